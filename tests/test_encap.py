@@ -1,0 +1,225 @@
+"""Tests for voiceedge.wire.encap: the relay <-> transceiver encapsulation header."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from voiceedge.wire import encap
+from voiceedge.wire.encap import (
+    FIRST_BYTE,
+    FIRST_BYTE_MIN,
+    MAX_HEADER_SIZE,
+    EncapError,
+    Envelope,
+    decode,
+    encode,
+    header_length,
+    is_encapsulated,
+    pack_header_into,
+    peek_addresses,
+    peek_client,
+)
+from voiceedge.wire.errors import WireError
+
+V4_CLIENT = ("203.0.113.7", 51234)
+V6_CLIENT = ("2001:db8::7", 61000)
+V4_INGRESS = ("198.51.100.1", 3478)
+V6_INGRESS = ("2001:db8:1::1", 3478)
+STUN = bytes.fromhex("000100002112a442") + b"\x00" * 12
+DTLS = bytes([22, 0xFE, 0xFD]) + b"\x00" * 10
+RTP = bytes([0x80, 111]) + b"\x00" * 10
+
+
+def packed(host: str) -> bytes:
+    """The network form of an IPv4 or IPv6 host."""
+    return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+
+
+@pytest.mark.parametrize(
+    "client, ingress, size",
+    [
+        (V4_CLIENT, V4_INGRESS, 14),
+        (V6_CLIENT, V4_INGRESS, 26),
+        (V4_CLIENT, V6_INGRESS, 26),
+        (V6_CLIENT, V6_INGRESS, 38),
+    ],
+)
+@pytest.mark.parametrize("payload", [STUN, DTLS, RTP, b""], ids=["stun", "dtls", "rtp", "empty"])
+def test_round_trip(
+    client: tuple[str, int], ingress: tuple[str, int], size: int, payload: bytes
+) -> None:
+    """decode(encode(e, p)) == (e, p) for every mix of families; header sizes are fixed."""
+    envelope = Envelope(client, ingress)
+    data = encode(envelope, payload)
+    assert len(data) == size + len(payload)
+    assert data[0] == FIRST_BYTE == 0xF1
+    assert data[size:] == payload
+    assert header_length(data) == size
+    assert decode(data) == (envelope, payload)
+
+
+def test_layout_bytes() -> None:
+    """The v4/v4 header is exactly the documented bytes."""
+    data = encode(Envelope(("1.2.3.4", 0x0506), ("7.8.9.10", 0x0B0C)), b"P")
+    assert data == bytes([0xF1, 0x00, 5, 6, 11, 12, 1, 2, 3, 4, 7, 8, 9, 10]) + b"P"
+    data = encode(Envelope(("::1", 1), ("7.8.9.10", 2)), b"")
+    assert data[1] == encap.FLAG_CLIENT_V6
+    data = encode(Envelope(("1.2.3.4", 1), ("::2", 2)), b"")
+    assert data[1] == encap.FLAG_INGRESS_V6
+
+
+@pytest.mark.parametrize("client", [V4_CLIENT, V6_CLIENT])
+@pytest.mark.parametrize("ingress", [V4_INGRESS, V6_INGRESS])
+def test_pack_header_into_matches_encode(client: tuple[str, int], ingress: tuple[str, int]) -> None:
+    """The relay's allocation-free writer produces the same bytes as encode."""
+    buffer = bytearray(2048)
+    n = pack_header_into(buffer, packed(client[0]), client[1], packed(ingress[0]), ingress[1])
+    buffer[n : n + len(RTP)] = RTP
+    assert bytes(buffer[: n + len(RTP)]) == encode(Envelope(client, ingress), RTP)
+
+
+@pytest.mark.parametrize("client", [V4_CLIENT, V6_CLIENT])
+@pytest.mark.parametrize("ingress", [V4_INGRESS, V6_INGRESS])
+def test_peek(client: tuple[str, int], ingress: tuple[str, int]) -> None:
+    """peek_client and peek_addresses return packed addresses and the payload offset."""
+    data = encode(Envelope(client, ingress), DTLS)
+    ip, port, n = peek_client(data)
+    assert (ip, port) == (packed(client[0]), client[1])
+    assert data[n:] == DTLS
+    assert peek_addresses(data) == (
+        packed(client[0]), client[1], packed(ingress[0]), ingress[1], n,
+    )
+
+
+def test_pack_header_into_rejects() -> None:
+    """Bad packed lengths, ports out of range and a short buffer raise EncapError."""
+    v4 = packed("10.0.0.1")
+    with pytest.raises(EncapError):
+        pack_header_into(bytearray(64), b"\x00" * 5, 1, v4, 1)
+    with pytest.raises(EncapError):
+        pack_header_into(bytearray(64), v4, 65536, v4, 1)
+    with pytest.raises(EncapError):
+        pack_header_into(bytearray(64), v4, 1, v4, -1)
+    with pytest.raises(EncapError):
+        pack_header_into(bytearray(13), v4, 1, v4, 1)
+
+
+@pytest.mark.parametrize("client", [V4_CLIENT, V6_CLIENT])
+@pytest.mark.parametrize("ingress", [V4_INGRESS, V6_INGRESS])
+def test_truncated_headers(client: tuple[str, int], ingress: tuple[str, int]) -> None:
+    """Every prefix shorter than the header is rejected by every parser."""
+    data = encode(Envelope(client, ingress), b"")
+    for n in range(len(data)):
+        for parse in (decode, header_length, peek_client, peek_addresses):
+            with pytest.raises(EncapError):
+                parse(data[:n])
+
+
+def test_wrong_version_and_flags() -> None:
+    """Another version in 0xF0..0xFF, reserved flags, or a non-encap first byte are rejected."""
+    data = bytearray(encode(Envelope(V4_CLIENT, V4_INGRESS), RTP))
+    for first in range(0xF0, 0x100):
+        if first == FIRST_BYTE:
+            continue
+        data[0] = first
+        with pytest.raises(EncapError, match="version"):
+            decode(bytes(data))
+    data[0] = FIRST_BYTE
+    for flags in range(4, 256):
+        data[1] = flags
+        with pytest.raises(EncapError, match="flags"):
+            decode(bytes(data))
+    for direct in (STUN, DTLS, RTP):
+        with pytest.raises(EncapError, match="not an encapsulation"):
+            decode(direct)
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        Envelope(("10.0.0.1", 65536), V4_INGRESS),
+        Envelope(("10.0.0.1", -1), V4_INGRESS),
+        Envelope(("example.com", 1), V4_INGRESS),
+        Envelope(V4_CLIENT, ("fe80::1%eth0", 1)),
+        Envelope(V4_CLIENT, ("10.0.0.1",)),  # type: ignore[arg-type]
+    ],
+    ids=str,
+)
+def test_encode_rejects(envelope: Envelope) -> None:
+    """encode raises EncapError for addresses that cannot be encoded."""
+    with pytest.raises(EncapError):
+        encode(envelope, b"")
+
+
+def test_first_byte_classification() -> None:
+    """Our first bytes (240..255) collide with none of RFC 7983's assigned ranges."""
+    ours = set(range(FIRST_BYTE_MIN, 256))
+    stun = set(range(0, 4))
+    zrtp = set(range(16, 20))
+    dtls = set(range(20, 64))
+    turn_channel = set(range(64, 80))
+    rtp_rtcp = set(range(128, 192))
+    for assigned in (stun, zrtp, dtls, turn_channel, rtp_rtcp):
+        assert not ours & assigned
+    for first in range(256):
+        assert is_encapsulated(bytes([first])) == (first in ours)
+    assert not is_encapsulated(b"")
+    for direct in (STUN, DTLS, RTP):
+        assert not is_encapsulated(direct)
+    assert is_encapsulated(encode(Envelope(V6_CLIENT, V6_INGRESS), RTP))
+
+
+def test_decode_canonicalises_and_interns() -> None:
+    """Hosts come back in inet_ntop form; repeated headers give the same Envelope object."""
+    data = encode(Envelope(("0:0:0:0:0:0:0:1", 1), ("10.0.0.1", 2)), RTP)
+    envelope, _ = decode(data)
+    assert envelope == Envelope(("::1", 1), ("10.0.0.1", 2))
+    assert decode(data + b"more")[0] is envelope
+
+
+def test_encap_error_is_wire_error() -> None:
+    """EncapError is caught by the one type packet paths catch."""
+    assert issubclass(EncapError, WireError)
+
+
+def test_max_header_size() -> None:
+    """MAX_HEADER_SIZE is what a relay must reserve in front of a payload."""
+    assert MAX_HEADER_SIZE == 38
+
+
+addresses = st.tuples(
+    st.one_of(
+        st.binary(min_size=4, max_size=4).map(lambda b: socket.inet_ntop(socket.AF_INET, b)),
+        st.binary(min_size=16, max_size=16).map(lambda b: socket.inet_ntop(socket.AF_INET6, b)),
+    ),
+    st.integers(0, 0xFFFF),
+)
+
+
+@given(addresses, addresses, st.binary(max_size=64))
+def test_hypothesis_round_trip(
+    client: tuple[str, int], ingress: tuple[str, int], payload: bytes
+) -> None:
+    """decode(encode(e, p)) == (e, p) for any addresses and payload."""
+    envelope = Envelope(client, ingress)
+    assert decode(encode(envelope, payload)) == (envelope, payload)
+
+
+@given(st.one_of(st.binary(max_size=64), st.binary(max_size=40).map(lambda b: bytes([0xF1]) + b)))
+def test_hypothesis_random_bytes_raise_only_encap_error(data: bytes) -> None:
+    """Random bytes either parse consistently or raise EncapError, in every parser."""
+    try:
+        envelope, payload = decode(data)
+    except EncapError:
+        pass
+    else:
+        assert encode(envelope, payload) == data
+    for parse in (header_length, peek_client, peek_addresses):
+        try:
+            parse(data)
+        except EncapError:
+            pass
