@@ -1,0 +1,49 @@
+"""Real calls from aiortc to the all-in-one over loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.support import free_tcp_port, free_udp_port, health_sessions, running_service, write_allinone_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def allinone(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The all-in-one running as a twistd process on free loopback ports."""
+    http_port, media_port = free_tcp_port(), free_udp_port()
+    ini = write_allinone_config(tmp_path, http_port, media_port)
+    base = f"http://127.0.0.1:{http_port}"
+    with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp_path):
+        yield base
+
+
+def test_one_call_echoes_five_seconds_of_opus(allinone: str) -> None:
+    """aiortc sends 5 s of Opus and gets at least 95% of the frames back; DELETE frees it."""
+    from tests.aiortc_peer import echo_call
+
+    result = asyncio.run(echo_call(allinone, seconds=5.0))
+    assert result.packets_sent >= 240, result
+    assert result.packets_received >= 0.95 * result.packets_sent, result
+    assert result.delete_status == 204
+    assert health_sessions(allinone + "/healthz") == 0
+
+
+def test_five_calls_at_once_on_one_socket(allinone: str) -> None:
+    """Five concurrent calls share the one media socket and all echo."""
+    from tests.aiortc_peer import echo_call
+
+    async def five() -> list:
+        return await asyncio.gather(*(echo_call(allinone, seconds=5.0) for _ in range(5)))
+
+    results = asyncio.run(five())
+    assert len({r.location for r in results}) == 5
+    for result in results:
+        assert result.packets_sent >= 200, result
+        assert result.packets_received >= 0.95 * result.packets_sent, result
+        assert result.delete_status == 204
+    assert health_sessions(allinone + "/healthz") == 0

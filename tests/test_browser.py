@@ -1,0 +1,133 @@
+# -*- test-case-name: tests.test_browser -*-
+"""End to end: headless chromium calls the all-in-one service from the demo page and hears itself."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import (
+    free_tcp_port,
+    free_udp_port,
+    health_sessions,
+    running_service,
+    write_allinone_config,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+]
+# Opus in 20 ms frames: the echo sends back about 50 packets a second.
+EXPECTED_PPS = (40.0, 60.0)
+SAMPLE_SECONDS = 3.0
+
+# Reads getStats() now; returns the page's clock with the counters.
+_SAMPLE_JS = """async () => {
+  const s = await window.voiceedge.sample();
+  return {at: performance.now(), received: s.inbound.packetsReceived, stats: s};
+}"""
+
+
+def require_browser() -> Any:
+    """playwright's sync API, or skip when chromium or playwright is missing."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+def wait_for_sessions(health_url: str, expected: int, timeout: float = 5.0) -> int:
+    """Poll /healthz until it reports ``expected`` sessions; the last count seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = health_sessions(health_url)
+        if count == expected or time.monotonic() >= deadline:
+            return count
+        time.sleep(0.1)
+
+
+def drive_demo_call(sync_api: Any, base_url: str, tmp_path: Path) -> dict[str, Any]:
+    """Open the demo page at ``base_url``, call, measure inbound audio, hang up.
+
+    Returns ``{"connected": stats, "rate": packets/s, "final": stats, "console": [...]}``.
+    """
+    console: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            # The page's CSP forbids eval; playwright's wait_for_function needs it.
+            bypass_csp=True,
+        )
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+            page.goto(base_url + "/")
+            assert page.text_content("#call") == "Call"
+            page.click("#call")
+            page.wait_for_function(
+                "['connected', 'failed'].includes(window.voiceedgeStats.state)", timeout=15_000
+            )
+            connected = page.evaluate("window.voiceedgeStats")
+            assert connected["state"] == "connected", (connected, console)
+            assert page.text_content("#call") == "Hang up"
+            page.wait_for_function("window.voiceedgeStats.timings.firstAudio !== null", timeout=10_000)
+
+            first = page.evaluate(_SAMPLE_JS)
+            page.wait_for_timeout(SAMPLE_SECONDS * 1000)
+            last = page.evaluate(_SAMPLE_JS)
+            rate = (last["received"] - first["received"]) * 1000.0 / (last["at"] - first["at"])
+            page.wait_for_timeout(1200)  # one more tick of the page's own stats loop
+            page.screenshot(path=str(tmp_path / "demo-call.png"), full_page=True)
+
+            page.click("#call")
+            page.wait_for_function("window.voiceedgeStats.deleteStatus !== null", timeout=5_000)
+            final = page.evaluate("window.voiceedgeStats")
+        finally:
+            context.close()
+    return {"connected": connected, "rate": rate, "last": last["stats"], "final": final, "console": console}
+
+
+def test_call_from_chromium(tmp_path: Path) -> None:
+    """Chromium with a fake microphone calls the all-in-one echo and receives ~50 packets/s back."""
+    sync_api = require_browser()
+    http_port, media_port = free_tcp_port(), free_udp_port()
+    ini = write_allinone_config(tmp_path, http_port, media_port)
+    base_url = f"http://127.0.0.1:{http_port}"
+    health_url = f"{base_url}/healthz"
+    with running_service(["voiceedge", "--config", str(ini)], health_url, log_dir=tmp_path):
+        assert health_sessions(health_url) == 0
+        result = drive_demo_call(sync_api, base_url, tmp_path)
+        remaining = wait_for_sessions(health_url, 0)
+
+    connected, last, final = result["connected"], result["last"], result["final"]
+    print(f"setup timings (ms): {last['timings']}; rate {result['rate']:.1f} packets/s; rtt {last['rtt']} ms")
+    timings = last["timings"]
+    for name in ("answer", "ice", "connected", "firstAudio"):
+        assert isinstance(timings[name], (int, float)), (name, timings)
+    assert timings["answer"] <= timings["connected"] <= timings["firstAudio"] + 1000
+    assert connected["sessionUrl"].startswith(base_url + "/v1/realtime/calls/")
+    low, high = EXPECTED_PPS
+    assert low <= result["rate"] <= high, (result["rate"], last, result["console"])
+    assert last["inbound"]["packetsReceived"] > 0
+    assert (tmp_path / "demo-call.png").stat().st_size > 0
+    assert final["state"] == "closed"
+    assert final["deleteStatus"] == 204, final
+    assert remaining == 0

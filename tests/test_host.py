@@ -1,0 +1,381 @@
+"""The transceiver on task.Clock: whole calls in memory, no sockets."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import pytest
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from tests.ice_client import binding_request
+from voiceedge.agents.echo import EchoAgentFactory
+from voiceedge.signaling.interfaces import ISessionHost, SessionRefused
+from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsState, DtlsTransport
+from voiceedge.transceiver.host import Transceiver
+from voiceedge.transceiver.session import EndReason, ISessionOwner, SessionState
+from voiceedge.transceiver.srtp import SrtpSession
+from voiceedge.wire import rtcp, sdp, stun
+from voiceedge.wire.rtp import RtpPacket, parse_rtp
+
+SERVER = ("127.0.0.1", 3478)
+CLIENT = ("127.0.0.1", 40000)
+SERVER_CERT = DtlsCertificate.generate()
+CLIENT_CERT = DtlsCertificate.generate()
+OTHER_CERT = DtlsCertificate.generate()
+
+
+def offer_sdp(fingerprint: str, ufrag: str = "cli1", pwd: str = "clientPasswordAbcdefgh123") -> str:
+    """An offer as a browser sends it: Opus 111, rtcp-mux, BUNDLE, a data channel."""
+    return "\r\n".join(
+        [
+            "v=0",
+            "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
+            "s=-",
+            "t=0 0",
+            "a=group:BUNDLE 0 1",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111 0",
+            "c=IN IP4 0.0.0.0",
+            "a=rtcp:9 IN IP4 0.0.0.0",
+            f"a=ice-ufrag:{ufrag}",
+            f"a=ice-pwd:{pwd}",
+            "a=ice-options:trickle",
+            f"a=fingerprint:sha-256 {fingerprint}",
+            "a=setup:actpass",
+            "a=mid:0",
+            "a=sendrecv",
+            "a=rtcp-mux",
+            "a=rtpmap:111 opus/48000/2",
+            "a=fmtp:111 minptime=10;useinbandfec=1",
+            "a=rtpmap:0 PCMU/8000",
+            "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+            "c=IN IP4 0.0.0.0",
+            f"a=ice-ufrag:{ufrag}",
+            f"a=ice-pwd:{pwd}",
+            f"a=fingerprint:sha-256 {fingerprint}",
+            "a=setup:actpass",
+            "a=mid:1",
+            "a=sctp-port:5000",
+            "",
+        ]
+    )
+
+
+@dataclass
+class Call:
+    """A client's side of one call, wired to the transceiver in memory."""
+
+    transceiver: Transceiver
+    clock: Clock
+    session_id: str
+    username: str
+    password: str
+    server_fingerprint: str
+    dtls: DtlsTransport
+    source: tuple[str, int] = CLIENT
+    inbox: list[bytes] = field(default_factory=list)
+    srtp: SrtpSession | None = None
+
+    def send(self, data: bytes) -> None:
+        """A datagram from the client reaches the transceiver."""
+        self.transceiver.datagram_received(data, self.source)
+
+    def check(self, use_candidate: bool = True) -> bytes:
+        """Send one connectivity check; return the response."""
+        before = len(self.inbox)
+        self.send(binding_request(self.username, self.password, use_candidate=use_candidate))
+        assert len(self.inbox) == before + 1, "the check was not answered"
+        return self.inbox.pop()
+
+    def handshake(self, drop_first_server_flight: bool = False, start: bool = True) -> None:
+        """Run DTLS over the in-memory path until the client connects."""
+        if start:
+            for datagram in self.dtls.start(self.clock.seconds()):
+                self.send(datagram)
+        dropped = False
+        for _ in range(20):
+            if self.dtls.state is DtlsState.CONNECTED:
+                break
+            pending, self.inbox[:] = list(self.inbox), []
+            if drop_first_server_flight and pending and not dropped:
+                dropped = True
+                pending = []
+            if not pending:
+                self.clock.advance(1.0)
+                continue
+            for datagram in pending:
+                output = self.dtls.receive(datagram, self.clock.seconds())
+                for reply in output.datagrams:
+                    self.send(reply)
+        assert self.dtls.srtp_keys is not None
+        self.srtp = SrtpSession(self.dtls.srtp_keys)
+
+    def send_rtp(self, sequence: int, payload: bytes, ssrc: int = 1234) -> bytes:
+        """Protect and send one Opus packet; return the protected bytes."""
+        assert self.srtp is not None
+        packet = RtpPacket(111, sequence, sequence * 960, ssrc, payload).serialize()
+        protected = self.srtp.protect_rtp(packet)
+        self.send(protected)
+        return protected
+
+    def received_rtp(self) -> list[RtpPacket]:
+        """Unprotect and parse every RTP packet in the inbox."""
+        assert self.srtp is not None
+        packets = []
+        for datagram in self.inbox:
+            if 128 <= datagram[0] <= 191 and not 192 <= datagram[1] <= 223:
+                packets.append(parse_rtp(self.srtp.unprotect_rtp(datagram)))
+        return packets
+
+
+def make_transceiver(clock: Clock, **kwargs: object) -> tuple[Transceiver, dict[tuple[str, int], list[bytes]]]:
+    """A started transceiver whose writes land in per-destination lists."""
+    outbox: dict[tuple[str, int], list[bytes]] = {}
+    transceiver = Transceiver(clock, SERVER_CERT, SERVER, EchoAgentFactory(), **kwargs)  # type: ignore[arg-type]
+    transceiver.write = lambda data, dest: outbox.setdefault(dest, []).append(data)
+    transceiver.start()
+    return transceiver, outbox
+
+
+def open_call(transceiver: Transceiver, clock: Clock, outbox: dict, client_cert: DtlsCertificate = CLIENT_CERT, source: tuple[str, int] = CLIENT) -> Call:
+    """Open a session for an offer and return the client's side of it."""
+    opened = transceiver.open_session(offer_sdp(CLIENT_CERT.fingerprint))
+    answer = sdp.parse_sdp(opened.answer_sdp)
+    audio = answer.media[0]
+    ufrag, pwd = answer.ice_credentials(audio)  # type: ignore[misc]
+    fingerprint = answer.media[0].fingerprints[0].value
+    dtls = DtlsTransport(client_cert, DtlsRole.CLIENT, [("sha-256", fingerprint)])
+    inbox = outbox.setdefault(source, [])
+    return Call(transceiver, clock, opened.session_id, f"{ufrag}:cli1", pwd, fingerprint, dtls, source, inbox)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A clock that starts at a realistic time."""
+    c = Clock()
+    c.advance(1_700_000_000)
+    return c
+
+
+def test_transceiver_provides_its_interfaces(clock: Clock) -> None:
+    """The transceiver is what signaling and sessions expect."""
+    transceiver, _ = make_transceiver(clock)
+    verifyObject(ISessionHost, transceiver)
+    verifyObject(ISessionOwner, transceiver)
+
+
+def test_a_whole_call_echoes_audio(clock: Clock) -> None:
+    """Check, DTLS, SRTP, echo on the shared tick, RTCP, hangup: all in memory."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    response = stun.parse_message(call.check())
+    assert response.xor_mapped_address() == CLIENT
+    call.handshake()
+    session = transceiver.session(call.session_id)
+    assert session is not None and session.state is SessionState.CONNECTED
+    call.inbox.clear()
+
+    payloads = [os.urandom(60) for _ in range(50)]
+    for i, payload in enumerate(payloads):
+        call.send_rtp(1000 + i, payload)
+        clock.advance(0.02)
+    clock.advance(0.1)
+    echoed = call.received_rtp()
+    assert [p.payload for p in echoed] == payloads
+    assert echoed[0].marker and not any(p.marker for p in echoed[1:])
+    sequences = [p.sequence_number for p in echoed]
+    assert sequences == [(sequences[0] + i) & 0xFFFF for i in range(50)]
+    # The timestamp follows the shared 20 ms tick: whole frames, never backwards.
+    deltas = [(b.timestamp - a.timestamp) % (1 << 32) for a, b in zip(echoed, echoed[1:])]
+    assert all(d % 960 == 0 and 0 < d <= 2 * 960 for d in deltas)
+
+    # RTCP goes out within a few seconds, and it parses.
+    call.inbox.clear()
+    for _ in range(10):
+        call.check(use_candidate=False)
+        clock.advance(1.0)
+    reports = [d for d in call.inbox if 128 <= d[0] <= 191 and 192 <= d[1] <= 223]
+    assert reports
+    assert call.srtp is not None
+    parsed = rtcp.parse_rtcp(call.srtp.unprotect_rtcp(reports[0]))
+    assert isinstance(parsed[0], rtcp.SenderReport) and parsed[0].reports[0].ssrc == 1234
+
+    assert transceiver.close_session(call.session_id, "test")
+    assert transceiver.session_count() == 0
+    assert not transceiver.close_session(call.session_id, "test")
+    assert transceiver.ended == {"hangup": 1}
+    # Nothing routes to the ended session any more.
+    before = sum(transceiver.drops.values())
+    call.send_rtp(2000, b"late")
+    assert sum(transceiver.drops.values()) == before + 1
+
+
+def test_five_sessions_share_the_transceiver(clock: Clock) -> None:
+    """Sessions are told apart by ufrag, then by source address."""
+    transceiver, outbox = make_transceiver(clock)
+    calls = [open_call(transceiver, clock, outbox, source=("127.0.0.1", 41000 + i)) for i in range(5)]
+    for call in calls:
+        call.check()
+        call.handshake()
+        call.inbox.clear()
+    for i, call in enumerate(calls):
+        call.send_rtp(1, bytes([i]) * 40)
+    clock.advance(0.05)
+    for i, call in enumerate(calls):
+        assert [p.payload for p in call.received_rtp()] == [bytes([i]) * 40]
+
+
+def test_media_before_a_valid_check_is_dropped_not_answered(clock: Clock) -> None:
+    """DTLS and RTP from a source without a valid check get no reply."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    stranger = ("127.0.0.1", 49999)
+    transceiver.datagram_received(b"\x80\x6f" + os.urandom(100), stranger)
+    transceiver.datagram_received(b"\xff" * 50, stranger)
+    transceiver.datagram_received(binding_request(call.username, "wrong"), stranger)
+    transceiver.datagram_received(binding_request("nobody:cli1", call.password), stranger)
+    assert outbox.get(stranger, []) == []
+    assert transceiver.drops["unknown_source"] == 2
+    assert transceiver.drops["stun_bad_integrity"] == 1
+    assert transceiver.drops["unknown_ufrag"] == 1
+
+
+def test_dtls_that_overtakes_the_check_is_held(clock: Clock) -> None:
+    """A ClientHello that arrives before the first check is processed after it."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    for datagram in call.dtls.start(clock.seconds()):
+        call.send(datagram)
+    assert call.inbox == []  # held, not answered
+    call.send(binding_request(call.username, call.password, use_candidate=True))
+    assert len(call.inbox) >= 2, "the held ClientHello was answered after the check"
+    call.inbox.pop(0)  # the check's response
+    for _ in range(10):
+        pending, call.inbox[:] = list(call.inbox), []
+        for datagram in pending:
+            for reply in call.dtls.receive(datagram, clock.seconds()).datagrams:
+                call.send(reply)
+    assert call.dtls.state is DtlsState.CONNECTED
+
+
+def test_consent_expiry_ends_the_session_and_frees_it(clock: Clock) -> None:
+    """A client that stops checking is gone 30 s after its last check."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    call.check()
+    call.handshake()
+    clock.advance(5)
+    call.check()
+    clock.advance(29.5)
+    assert transceiver.session_count() == 1
+    clock.advance(1.0)
+    assert transceiver.session_count() == 0
+    assert transceiver.ended == {"consent_expired": 1}
+    assert not transceiver._by_address and not transceiver._by_ufrag and not transceiver._sending
+
+
+def test_setup_timeout_ends_a_session_that_never_connects(clock: Clock) -> None:
+    """An answered offer that never completes ICE and DTLS is freed."""
+    transceiver, outbox = make_transceiver(clock, setup_timeout=15.0)
+    open_call(transceiver, clock, outbox)
+    clock.advance(14.0)
+    assert transceiver.session_count() == 1
+    clock.advance(1.5)
+    assert transceiver.session_count() == 0
+    assert transceiver.ended == {"setup_timeout": 1}
+
+
+def test_fingerprint_mismatch_closes_without_keys(clock: Clock) -> None:
+    """A client whose certificate is not the one in its offer is refused."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox, client_cert=OTHER_CERT)
+    call.check()
+    session = transceiver.session(call.session_id)
+    assert session is not None
+    with pytest.raises(AssertionError):
+        call.handshake()
+    assert session.state is SessionState.CLOSED
+    assert session.end_reason is EndReason.DTLS_FAILED
+    assert session.dtls.srtp_keys is None
+    assert transceiver.session_count() == 0
+
+
+def test_server_retransmits_its_flight_on_the_clock(clock: Clock) -> None:
+    """A lost server flight is sent again when the injected clock passes the deadline."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    call.check()
+    for datagram in call.dtls.start(clock.seconds()):
+        call.send(datagram)
+    first_flight = list(call.inbox)
+    assert first_flight
+    call.inbox.clear()
+    clock.advance(0.5)
+    assert call.inbox == []
+    clock.advance(0.6)
+    # The same flight again (with new record sequence numbers).
+    assert [len(d) for d in call.inbox] == [len(d) for d in first_flight]
+    assert [d[:3] for d in call.inbox] == [d[:3] for d in first_flight]
+    call.handshake(start=False)
+    assert call.dtls.state is DtlsState.CONNECTED
+
+
+def test_replayed_and_forged_srtp_are_dropped_and_counted(clock: Clock) -> None:
+    """A replayed packet and a forged one never reach the agent."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    call.check()
+    call.handshake()
+    call.inbox.clear()
+    protected = call.send_rtp(1, b"real")
+    call.send(protected)
+    forged = bytearray(call.send_rtp(2, b"also real"))
+    forged[-1] ^= 1
+    forged[3] ^= 7  # new sequence number, so it is not a replay
+    call.send(bytes(forged))
+    clock.advance(0.1)
+    assert [p.payload for p in call.received_rtp()] == [b"real", b"also real"]
+    assert transceiver.drops["srtp_replay"] == 1
+    assert transceiver.drops["srtp_auth"] == 1
+
+
+@pytest.mark.parametrize(
+    "offer, status",
+    [
+        ("this is not sdp", 400),
+        (offer_sdp(CLIENT_CERT.fingerprint).replace("opus/48000/2", "G722/8000"), 406),
+        (offer_sdp(CLIENT_CERT.fingerprint).replace("a=fingerprint", "a=x-fingerprint"), 400),
+    ],
+)
+def test_bad_offers_are_refused_with_nothing_allocated(clock: Clock, offer: str, status: int) -> None:
+    """Offers that cannot become a call are refused with the right status."""
+    transceiver, _ = make_transceiver(clock)
+    with pytest.raises(SessionRefused) as refused:
+        transceiver.open_session(offer)
+    assert refused.value.status == status
+    assert transceiver.session_count() == 0
+    assert not transceiver._by_ufrag
+
+
+def test_session_cap_refuses_with_503(clock: Clock) -> None:
+    """Past max_sessions an offer gets 503 and nothing is allocated."""
+    transceiver, _ = make_transceiver(clock, max_sessions=2)
+    transceiver.open_session(offer_sdp(CLIENT_CERT.fingerprint))
+    transceiver.open_session(offer_sdp(CLIENT_CERT.fingerprint))
+    with pytest.raises(SessionRefused) as refused:
+        transceiver.open_session(offer_sdp(CLIENT_CERT.fingerprint))
+    assert refused.value.status == 503
+    assert transceiver.session_count() == 2
+
+
+def test_stop_ends_every_session(clock: Clock) -> None:
+    """Stopping the service ends live sessions with a reason."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    call.check()
+    call.handshake()
+    transceiver.stop()
+    assert transceiver.session_count() == 0
+    assert transceiver.ended == {"shutdown": 1}
+    assert call.inbox, "a close_notify went to the client"

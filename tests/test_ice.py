@@ -1,0 +1,109 @@
+"""ICE-lite: answering checks, dropping bad ones, nomination and consent."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.ice_client import binding_request
+from voiceedge.transceiver.ice import CheckResult, IceLiteAgent
+from voiceedge.wire import stun
+
+CLIENT = ("192.0.2.7", 50000)
+PWD = "server-password-24chars!"
+
+
+def agent() -> IceLiteAgent:
+    """A lite agent whose ufrag is 'srv1' facing a client ufrag 'cli1'."""
+    return IceLiteAgent("srv1", PWD, "cli1", consent_timeout=30.0)
+
+
+def test_valid_check_is_answered_with_integrity_and_mapped_address() -> None:
+    """A good check gets a success response the client can verify."""
+    ice = agent()
+    request = binding_request("srv1:cli1", PWD)
+    outcome = ice.receive(request, CLIENT, now=1.0)
+    assert outcome.result is CheckResult.ANSWERED and outcome.newly_valid
+    assert outcome.response is not None
+    response = stun.parse_message(outcome.response)
+    assert response.message_class is stun.StunClass.SUCCESS
+    assert response.transaction_id == stun.parse_message(request).transaction_id
+    assert response.xor_mapped_address() == CLIENT
+    assert stun.verify_integrity(outcome.response, PWD.encode())
+    assert stun.verify_fingerprint(outcome.response)
+    assert ice.is_valid(CLIENT)
+    assert ice.selected is None  # no USE-CANDIDATE yet
+
+
+def test_sha256_integrity_is_answered_in_kind() -> None:
+    """A check with MESSAGE-INTEGRITY-SHA256 is answered with it."""
+    outcome = agent().receive(binding_request("srv1:cli1", PWD, sha256=True), CLIENT, 0.0)
+    assert outcome.response is not None
+    response = stun.parse_message(outcome.response)
+    assert response.get(stun.Attr.MESSAGE_INTEGRITY_SHA256) is not None
+    assert stun.verify_integrity(outcome.response, PWD.encode())
+
+
+@pytest.mark.parametrize(
+    "request_bytes, result",
+    [
+        (binding_request("srv1:cli1", "wrong-password"), CheckResult.BAD_INTEGRITY),
+        (binding_request("srv1:other", PWD), CheckResult.BAD_USERNAME),
+        (binding_request("srv2:cli1", PWD), CheckResult.BAD_USERNAME),
+        (b"\x00\x01\x00\x00garbage", CheckResult.MALFORMED),
+    ],
+)
+def test_bad_checks_are_dropped_silently(request_bytes: bytes, result: CheckResult) -> None:
+    """Bad integrity, a wrong username or garbage: no reply, no state."""
+    ice = agent()
+    outcome = ice.receive(request_bytes, CLIENT, 0.0)
+    assert outcome.result is result
+    assert outcome.response is None
+    assert not ice.is_valid(CLIENT)
+
+
+def test_tampered_check_is_dropped() -> None:
+    """Flipping a byte inside the signed part makes the check fail."""
+    request = bytearray(binding_request("srv1:cli1", PWD))
+    request[30] ^= 0x01  # inside the PRIORITY/USERNAME attributes
+    ice = agent()
+    assert ice.receive(bytes(request), CLIENT, 0.0).response is None
+    assert not ice.is_valid(CLIENT)
+
+
+def test_responses_and_indications_are_ignored() -> None:
+    """Only binding requests are answered."""
+    indication = stun.build_message(stun.METHOD_BINDING, stun.StunClass.INDICATION, b"x" * 12, [])
+    assert agent().receive(indication, CLIENT, 0.0).result is CheckResult.IGNORED
+
+
+def test_controlled_peer_gets_role_conflict() -> None:
+    """A lite agent cannot switch roles: a controlled peer gets 487."""
+    outcome = agent().receive(binding_request("srv1:cli1", PWD, controlled=True), CLIENT, 0.0)
+    assert outcome.result is CheckResult.ROLE_CONFLICT
+    assert outcome.response is not None
+    assert stun.parse_message(outcome.response).error_code() == (487, "Role Conflict")
+
+
+def test_use_candidate_selects_and_a_later_nomination_moves_the_path() -> None:
+    """USE-CANDIDATE selects a path; a new nominated source (network change) replaces it."""
+    ice = agent()
+    first = ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), CLIENT, 0.0)
+    assert first.nominated and ice.selected == CLIENT
+    again = ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), CLIENT, 1.0)
+    assert not again.nominated and not again.newly_valid
+    other = ("198.51.100.1", 4000)
+    ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), other, 2.0)
+    assert ice.selected == other
+
+
+def test_consent_expires_thirty_seconds_after_the_last_check() -> None:
+    """RFC 7675: each check on the selected path refreshes consent for 30 s."""
+    ice = agent()
+    assert ice.consent_expires_at() is None
+    ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), CLIENT, 10.0)
+    assert ice.consent_expires_at() == 40.0
+    ice.receive(binding_request("srv1:cli1", PWD), CLIENT, 15.0)
+    assert ice.consent_expires_at() == 45.0
+    # A forged check does not refresh consent.
+    ice.receive(binding_request("srv1:cli1", "bad"), CLIENT, 20.0)
+    assert ice.consent_expires_at() == 45.0

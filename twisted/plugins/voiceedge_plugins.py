@@ -1,0 +1,13 @@
+"""twistd plugins of voiceedge; the heavy imports live in each tap module."""
+
+from twisted.application.service import ServiceMaker
+
+voiceedge = ServiceMaker(
+    "voiceedge", "voiceedge.tap", "voiceedge all-in-one: signaling, transceiver, echo agent", "voiceedge"
+)
+voiceedge_transceiver = ServiceMaker(
+    "voiceedge-transceiver",
+    "voiceedge.transceiver.tap",
+    "voiceedge transceiver: ICE-lite, DTLS-SRTP and RTP on one UDP socket",
+    "voiceedge-transceiver",
+)

@@ -1,0 +1,24 @@
+# -*- test-case-name: tests.test_host -*-
+"""The one UDP socket a transceiver's sessions share."""
+
+from __future__ import annotations
+
+from twisted.internet.protocol import DatagramProtocol
+
+from voiceedge.transceiver.host import Address, Transceiver
+
+
+class SharedSocketProtocol(DatagramProtocol):
+    """Moves datagrams between the socket and the :class:`Transceiver`; nothing more."""
+
+    def __init__(self, transceiver: Transceiver) -> None:
+        self.transceiver = transceiver
+
+    def startProtocol(self) -> None:
+        """Give the transceiver the socket's write, bound once."""
+        assert self.transport is not None
+        self.transceiver.write = self.transport.write  # type: ignore[assignment]
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:  # type: ignore[override]
+        """Hand every datagram to the transceiver."""
+        self.transceiver.datagram_received(datagram, addr)

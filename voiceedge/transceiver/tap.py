@@ -1,0 +1,125 @@
+# -*- test-case-name: tests.test_tap -*-
+"""``twistd voiceedge-transceiver``: options and the service it runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import internet, service, strports
+from twisted.internet.interfaces import IReactorTime
+from twisted.python import usage
+
+from voiceedge import config as c
+from voiceedge.agents.registry import agent_factory
+from voiceedge.metrics import MetricsResource, make_registry
+from voiceedge.signaling.resource import build_site
+from voiceedge.transceiver.dtls import DtlsCertificate
+from voiceedge.transceiver.host import Transceiver
+from voiceedge.transceiver.protocol import SharedSocketProtocol
+
+SCHEMA: c.Schema = {
+    "signaling": {
+        "listen": c.Key(c.nonempty, "tcp:8080:interface=127.0.0.1", "Twisted endpoint for HTTP signaling"),
+        "demo_page": c.Key(c.boolean, "no", "serve the demo page at /"),
+        "max_body_bytes": c.Key(c.integer(1024, 1 << 20), "65536", "largest SDP offer accepted"),
+        "cors_origins": c.Key(c.words, "", "origins allowed to call the API from a browser"),
+    },
+    "transceiver": {
+        "media_listen": c.Key(c.address, "127.0.0.1:3478", "UDP address of the shared media socket"),
+        "advertised_address": c.Key(
+            c.optional_address, "", "the candidate put in answers (default: media_listen)"
+        ),
+        "max_sessions": c.Key(c.integer(1, 1_000_000), "1000", "sessions beyond this get 503"),
+        "setup_timeout": c.Key(c.seconds(1, 300), "15", "seconds for ICE and DTLS to complete"),
+        "consent_timeout": c.Key(c.seconds(5, 300), "30", "RFC 7675 consent lifetime"),
+    },
+    "agent": {
+        "name": c.Key(c.nonempty, "echo", "the agent behind every session"),
+    },
+}
+
+
+class Options(usage.Options):
+    """Options of ``twistd voiceedge-transceiver``."""
+
+    optParameters = [
+        ["config", "c", None, "INI file (see etc/transceiver.ini)"],
+    ]
+    config_required = True
+    schema = SCHEMA
+    defaults_text: str | None = None
+
+    def postOptions(self) -> None:
+        """Load and validate the INI file now, so a bad one stops start-up."""
+        path = self["config"]
+        if path is None and self.config_required:
+            raise usage.UsageError("--config is required")
+        try:
+            self.loaded = c.load_config(self.schema, path, self.defaults_text)
+            agent_factory(self.loaded["agent"]["name"])
+        except c.ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        except ValueError as e:
+            raise usage.UsageError(f"{self.loaded.source}: [agent] name: {e}") from None
+
+
+class TransceiverService(service.Service):
+    """Starts and stops the transceiver's timers with the application."""
+
+    def __init__(self, transceiver: Transceiver) -> None:
+        self.transceiver = transceiver
+
+    def startService(self) -> None:
+        """Start the shared tick and the sweep."""
+        super().startService()
+        self.transceiver.start()
+
+    def stopService(self) -> Any:
+        """End every session."""
+        self.transceiver.stop()
+        return super().stopService()
+
+
+def build_transceiver(
+    conf: c.Config, clock: IReactorTime, parent: service.MultiService
+) -> Transceiver:
+    """A transceiver from ``conf``, its UDP socket and timers added to ``parent``."""
+    section = conf["transceiver"]
+    media_host, media_port = section["media_listen"]
+    transceiver = Transceiver(
+        clock,
+        DtlsCertificate.generate(),
+        section["advertised_address"] or section["media_listen"],
+        agent_factory(conf["agent"]["name"]),
+        max_sessions=section["max_sessions"],
+        setup_timeout=section["setup_timeout"],
+        consent_timeout=section["consent_timeout"],
+    )
+    udp = internet.UDPServer(media_port, SharedSocketProtocol(transceiver), interface=media_host)
+    udp.setServiceParent(parent)
+    TransceiverService(transceiver).setServiceParent(parent)
+    return transceiver
+
+
+def build_signaling(conf: c.Config, transceiver: Transceiver, parent: service.MultiService) -> None:
+    """HTTP signaling for ``transceiver``, with its metrics, added to ``parent``."""
+    section = conf["signaling"]
+    site = build_site(
+        transceiver,
+        max_body_bytes=section["max_body_bytes"],
+        demo_page=section["demo_page"],
+        cors_origins=section["cors_origins"],
+        extra={b"metrics": MetricsResource(make_registry(transceiver.metrics))},
+    )
+    strports.service(section["listen"], site).setServiceParent(parent)
+
+
+def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
+    """The transceiver: its media socket, its timers and its HTTP signaling."""
+    if clock is None:
+        from twisted.internet import reactor as clock  # type: ignore[assignment]
+    assert clock is not None
+    top = service.MultiService()
+    transceiver = build_transceiver(config.loaded, clock, top)
+    build_signaling(config.loaded, transceiver, top)
+    return top
