@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsState, Dtl
 from voiceedge.transceiver.host import Transceiver
 from voiceedge.transceiver.session import EndReason, ISessionOwner, SessionState
 from voiceedge.transceiver.srtp import SrtpSession
-from voiceedge.wire import rtcp, sdp, stun
+from voiceedge.wire import encap, rtcp, sdp, stun
 from voiceedge.wire.rtp import RtpPacket, parse_rtp
 
 SERVER = ("127.0.0.1", 3478)
@@ -232,7 +233,7 @@ def test_media_before_a_valid_check_is_dropped_not_answered(clock: Clock) -> Non
     call = open_call(transceiver, clock, outbox)
     stranger = ("127.0.0.1", 49999)
     transceiver.datagram_received(b"\x80\x6f" + os.urandom(100), stranger)
-    transceiver.datagram_received(b"\xff" * 50, stranger)
+    transceiver.datagram_received(b"\xc0" * 50, stranger)
     transceiver.datagram_received(binding_request(call.username, "wrong"), stranger)
     transceiver.datagram_received(binding_request("nobody:cli1", call.password), stranger)
     assert outbox.get(stranger, []) == []
@@ -379,3 +380,86 @@ def test_stop_ends_every_session(clock: Clock) -> None:
     assert transceiver.session_count() == 0
     assert transceiver.ended == {"shutdown": 1}
     assert call.inbox, "a close_notify went to the client"
+
+
+RELAY_A = ("127.0.0.2", 5000)
+RELAY_B = ("127.0.0.3", 5000)
+INGRESS = ("203.0.113.10", 3478)
+PUBLIC_CLIENT = ("198.51.100.20", 61000)
+
+
+class RelayedCall(Call):
+    """A client whose packets reach the transceiver encapsulated by a relay."""
+
+    relay: tuple[str, int] = RELAY_A
+
+    def send(self, data: bytes) -> None:
+        """The relay wraps the client's datagram with its header."""
+        self.transceiver.datagram_received(
+            encap.encode(encap.Envelope(self.source, INGRESS), data), self.relay
+        )
+
+
+def open_relayed_call(transceiver: Transceiver, clock: Clock, outbox: dict) -> tuple[RelayedCall, list[bytes]]:
+    """Open a session whose client sits behind a relay; return it and the relay's inbox."""
+    plain = open_call(transceiver, clock, outbox, source=PUBLIC_CLIENT)
+    relay_inbox: list[bytes] = []
+    call = RelayedCall(**{**plain.__dict__, "inbox": relay_inbox})
+    return call, relay_inbox
+
+
+def unwrap(datagrams: list[bytes]) -> list[bytes]:
+    """Check the header of each datagram a relay got back, and strip it."""
+    payloads = []
+    for datagram in datagrams:
+        envelope, payload = encap.decode(datagram)
+        assert envelope == encap.Envelope(PUBLIC_CLIENT, INGRESS)
+        payloads.append(payload)
+    return payloads
+
+
+def test_a_call_through_a_relay(clock: Clock) -> None:
+    """Encapsulated checks, DTLS and media work; replies go back to the relay, wrapped."""
+    transceiver, outbox = make_transceiver(clock, relay_networks=[ipaddress.ip_network("127.0.0.0/8")])
+    call, _ = open_relayed_call(transceiver, clock, outbox)
+    call.send(binding_request(call.username, call.password, use_candidate=True))
+    (response,) = unwrap(outbox.pop(RELAY_A))
+    # XOR-MAPPED-ADDRESS is the client's real public address, not the relay's.
+    assert stun.parse_message(response).xor_mapped_address() == PUBLIC_CLIENT
+
+    # Run DTLS with the relay unwrapping on the way back.
+    for datagram in call.dtls.start(clock.seconds()):
+        call.send(datagram)
+    for _ in range(10):
+        replies = unwrap(outbox.pop(RELAY_A, []))
+        for datagram in replies:
+            for reply in call.dtls.receive(datagram, clock.seconds()).datagrams:
+                call.send(reply)
+    assert call.dtls.state is DtlsState.CONNECTED
+    assert call.dtls.srtp_keys is not None
+    call.srtp = SrtpSession(call.dtls.srtp_keys)
+    call.send_rtp(1, b"through the relay")
+    clock.advance(0.04)
+    (echo,) = unwrap(outbox.pop(RELAY_A))
+    assert parse_rtp(call.srtp.unprotect_rtp(echo)).payload == b"through the relay"
+
+    # The client's next packet comes through another relay: replies follow it.
+    call.relay = RELAY_B
+    call.send_rtp(2, b"moved")
+    clock.advance(0.04)
+    assert RELAY_A not in outbox or outbox[RELAY_A] == []
+    (echo,) = unwrap(outbox.pop(RELAY_B))
+    assert parse_rtp(call.srtp.unprotect_rtp(echo)).payload == b"moved"
+    assert transceiver.close_session(call.session_id, "done")
+    assert not transceiver._relay_of
+
+
+def test_encapsulated_datagrams_from_outside_relay_networks_are_dropped(clock: Clock) -> None:
+    """Only configured relay networks may speak for a client address."""
+    transceiver, outbox = make_transceiver(clock, relay_networks=[ipaddress.ip_network("10.0.0.0/8")])
+    call, _ = open_relayed_call(transceiver, clock, outbox)
+    call.send(binding_request(call.username, call.password, use_candidate=True))
+    assert outbox.get(RELAY_A, []) == []
+    assert transceiver.drops["encap_untrusted_source"] == 1
+    transceiver.datagram_received(b"\xf1\x00\x00", ("10.1.1.1", 1))
+    assert transceiver.drops["encap_malformed"] == 1

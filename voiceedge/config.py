@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import binascii
 import configparser
 import ipaddress
 from dataclasses import dataclass
@@ -173,3 +174,42 @@ def networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
 def words(value: str) -> tuple[str, ...]:
     """A comma-separated list of words."""
     return tuple(w.strip() for w in value.split(",") if w.strip())
+
+
+def token_keys(value: str) -> dict[int, bytes]:
+    """Route-token keys: ``<id>:<base64 secret>`` pairs separated by commas.
+
+    Ids are 0..255 and unique; each secret is standard base64 of at least 16
+    bytes (32 random bytes recommended). Empty text means no keys.
+    """
+    from voiceedge.wire.route_token import MIN_KEY_SIZE
+
+    keys: dict[int, bytes] = {}
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        id_text, sep, secret_text = item.partition(":")
+        if not sep:
+            raise ValueError(f"expected <id>:<base64 secret>, got {item[:8]!r}...")
+        key_id = integer(0, 255)(id_text.strip())
+        if key_id in keys:
+            raise ValueError(f"key id {key_id} appears twice")
+        try:
+            secret = binascii.a2b_base64(secret_text.strip(), strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"key {key_id}: secret is not base64") from None
+        if len(secret) < MIN_KEY_SIZE:
+            raise ValueError(f"key {key_id}: secret must be at least {MIN_KEY_SIZE} bytes")
+        keys[key_id] = secret
+    return keys
+
+
+def optional_integer(minimum: int, maximum: int) -> Callable[[str], int | None]:
+    """An :func:`integer`, or nothing when empty."""
+    parse = integer(minimum, maximum)
+
+    def parse_optional(text: str) -> int | None:
+        return parse(text) if text else None
+
+    return parse_optional

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import collections
+import ipaddress
 import secrets
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -25,7 +26,7 @@ from voiceedge.transceiver.credentials import new_credentials, random_ufrag
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsTransport
 from voiceedge.transceiver.ice import IceLiteAgent
 from voiceedge.transceiver.session import EndReason, ISessionOwner, Session
-from voiceedge.wire import sdp, stun
+from voiceedge.wire import encap, sdp, stun
 from voiceedge.wire.errors import WireError
 
 Address = tuple[str, int]
@@ -62,6 +63,7 @@ class Transceiver:
         setup_timeout: float = 15.0,
         consent_timeout: float = 30.0,
         make_ufrag: Callable[[], str] = random_ufrag,
+        relay_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
     ) -> None:
         self.clock = clock
         self.certificate = certificate
@@ -72,6 +74,10 @@ class Transceiver:
         self.consent_timeout = consent_timeout
         self.make_ufrag = make_ufrag
         self.write: Callable[[bytes, Address], None] = _not_listening
+        self.relay_networks = tuple(relay_networks)
+        self._trusted_relays: dict[str, bool] = {}
+        # client address -> (relay that last delivered its packets, ingress)
+        self._relay_of: dict[Address, tuple[Address, Address]] = {}
 
         self._by_id: dict[str, Session] = {}
         self._by_ufrag: dict[bytes, Session] = {}
@@ -190,35 +196,80 @@ class Transceiver:
     # -- datagrams ----------------------------------------------------------
 
     def datagram_received(self, data: bytes, source: Address) -> None:
-        """Route one datagram from ``source`` to its session, or drop it."""
+        """Route one datagram from ``source`` to its session, or drop it.
+
+        A datagram whose first byte marks the relay encapsulation is taken
+        only from a configured relay network; it then counts as coming from
+        the client address in its header, and replies to that client go back
+        through the relay that delivered it.
+        """
         self.packets_in += 1
         self.bytes_in += len(data)
-        session = self._by_address.get(source)
+        if data and data[0] >= encap.FIRST_BYTE_MIN:
+            self._relayed_datagram_received(data, source)
+            return
+        session = self._session_for(data, source)
         if session is not None:
             session.datagram_received(data, source)
+
+    def _relayed_datagram_received(self, data: bytes, relay: Address) -> None:
+        trusted = self._trusted_relays.get(relay[0])
+        if trusted is None:
+            trusted = self._is_relay_network(relay[0])
+        if not trusted:
+            self.drops["encap_untrusted_source"] += 1
             return
+        try:
+            envelope, payload = encap.decode(data)
+        except WireError:
+            self.drops["encap_malformed"] += 1
+            return
+        client = envelope.client
+        session = self._session_for(payload, client)
+        if session is None:
+            return
+        route = (relay, envelope.ingress)
+        if self._relay_of.get(client) != route:
+            self._relay_of[client] = route
+        session.datagram_received(payload, client)
+
+    def _is_relay_network(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        trusted = any(address in network for network in self.relay_networks)
+        if len(self._trusted_relays) < 4096:
+            self._trusted_relays[host] = trusted
+        return trusted
+
+    def _session_for(self, data: bytes, source: Address) -> Session | None:
+        """The session a datagram belongs to; ``None`` (counted, or held) if none."""
+        session = self._by_address.get(source)
+        if session is not None:
+            return session
         if not data:
             self.drops["empty"] += 1
-            return
+            return None
         first = data[0]
         if first < 4:
             try:
                 username = stun.peek_username(data)
             except WireError:
                 self.drops["stun_malformed"] += 1
-                return
+                return None
             if username is None:
                 self.drops["stun_no_username"] += 1
-                return
+                return None
             session = self._by_ufrag.get(username.partition(b":")[0])
             if session is None:
                 self.drops["unknown_ufrag"] += 1
-                return
-            session.datagram_received(data, source)
-        elif 20 <= first <= 63:
+            return session
+        if 20 <= first <= 63:
             self._hold_early_dtls(data, source)
         else:
             self.drops["unknown_source"] += 1
+        return None
 
     def _hold_early_dtls(self, data: bytes, source: Address) -> None:
         entry = self._early_dtls.get(source)
@@ -236,7 +287,11 @@ class Transceiver:
     # -- ISessionOwner ------------------------------------------------------
 
     def transmit(self, data: bytes, destination: Address) -> None:
-        """Send a session's datagram."""
+        """Send a session's datagram, through the client's relay if it has one."""
+        via = self._relay_of.get(destination)
+        if via is not None:
+            data = encap.encode(encap.Envelope(destination, via[1]), data)
+            destination = via[0]
         try:
             self.write(data, destination)
         except OSError:
@@ -269,6 +324,7 @@ class Transceiver:
         for source in session.ice.valid_sources:
             if self._by_address.get(source) is session:
                 del self._by_address[source]
+            self._relay_of.pop(source, None)
         self._sending.discard(session)
         self.ended[reason.value] += 1
 
@@ -287,6 +343,9 @@ class Transceiver:
         now = self.clock.seconds()
         for session in list(self._by_id.values()):
             session.check_timeouts(now)
+        # Relay routes learnt from checks that never passed: forget them.
+        for client in [c for c in self._relay_of if c not in self._by_address]:
+            del self._relay_of[client]
         while self._early_dtls:
             source, (held_at, _) = next(iter(self._early_dtls.items()))
             if now - held_at < EARLY_DTLS_TTL:

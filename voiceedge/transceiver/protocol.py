@@ -19,6 +19,12 @@ class SharedSocketProtocol(DatagramProtocol):
         assert self.transport is not None
         self.transceiver.write = self.transport.write  # type: ignore[assignment]
 
+    def local_address(self) -> Address:
+        """The address the socket is bound to."""
+        assert self.transport is not None
+        host = self.transport.getHost()
+        return host.host, host.port
+
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:  # type: ignore[override]
         """Hand every datagram to the transceiver."""
         self.transceiver.datagram_received(datagram, addr)

@@ -16,6 +16,7 @@ from voiceedge.signaling.resource import build_site
 from voiceedge.transceiver.dtls import DtlsCertificate
 from voiceedge.transceiver.host import Transceiver
 from voiceedge.transceiver.protocol import SharedSocketProtocol
+from voiceedge.wire.route_token import Route, RouteTokenCodec
 
 SCHEMA: c.Schema = {
     "signaling": {
@@ -32,6 +33,17 @@ SCHEMA: c.Schema = {
         "max_sessions": c.Key(c.integer(1, 1_000_000), "1000", "sessions beyond this get 503"),
         "setup_timeout": c.Key(c.seconds(1, 300), "15", "seconds for ICE and DTLS to complete"),
         "consent_timeout": c.Key(c.seconds(5, 300), "30", "RFC 7675 consent lifetime"),
+        "relay_networks": c.Key(
+            c.networks, "", "networks whose relays may send encapsulated client packets"
+        ),
+    },
+    "route": {
+        "keys": c.Key(c.token_keys, "", "fleet route-token keys <id>:<base64>; empty: random ufrags"),
+        "issuing_key": c.Key(c.optional_integer(0, 255), "", "key id new tokens use (default: highest)"),
+        "cluster": c.Key(c.integer(0, 65535), "0", "this transceiver's cluster id"),
+        "address": c.Key(
+            c.optional_address, "", "where relays reach this transceiver (default: media_listen)"
+        ),
     },
     "agent": {
         "name": c.Key(c.nonempty, "echo", "the agent behind every session"),
@@ -56,6 +68,12 @@ class Options(usage.Options):
             raise usage.UsageError("--config is required")
         try:
             self.loaded = c.load_config(self.schema, path, self.defaults_text)
+            route = self.loaded["route"]
+            if route["issuing_key"] is not None and route["issuing_key"] not in route["keys"]:
+                raise c.ConfigError(
+                    f"{self.loaded.source}: [route] issuing_key = {route['issuing_key']}:"
+                    " not among the keys"
+                )
             agent_factory(self.loaded["agent"]["name"])
         except c.ConfigError as e:
             raise usage.UsageError(str(e)) from None
@@ -94,8 +112,22 @@ def build_transceiver(
         max_sessions=section["max_sessions"],
         setup_timeout=section["setup_timeout"],
         consent_timeout=section["consent_timeout"],
+        relay_networks=section["relay_networks"],
     )
-    udp = internet.UDPServer(media_port, SharedSocketProtocol(transceiver), interface=media_host)
+    protocol = SharedSocketProtocol(transceiver)
+    route = conf["route"]
+    if route["keys"]:
+        codec = RouteTokenCodec(route["keys"], route["issuing_key"] or max(route["keys"]))
+        cluster = route["cluster"]
+        configured = route["address"]
+
+        def make_ufrag() -> str:
+            # The route names the address relays reach us on: configured, or
+            # the socket's own once bound (port 0 picks a free one).
+            return codec.issue(Route(cluster, configured or protocol.local_address()))
+
+        transceiver.make_ufrag = make_ufrag
+    udp = internet.UDPServer(media_port, protocol, interface=media_host)
     udp.setServiceParent(parent)
     TransceiverService(transceiver).setServiceParent(parent)
     return transceiver

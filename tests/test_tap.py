@@ -1,0 +1,60 @@
+"""The tap modules: options, INI validation at start-up, and the services they build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.application import internet, service
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+
+from voiceedge import tap as allinone_tap
+from voiceedge.transceiver import tap as transceiver_tap
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_allinone_runs_on_embedded_defaults() -> None:
+    """``twistd voiceedge`` needs no file: loopback HTTP 8080, UDP 3478, demo page, echo."""
+    options = allinone_tap.Options()
+    options.parseOptions([])
+    conf = options.loaded
+    assert conf["signaling"]["listen"] == "tcp:8080:interface=127.0.0.1"
+    assert conf["signaling"]["demo_page"] is True
+    assert conf["transceiver"]["media_listen"] == ("127.0.0.1", 3478)
+    assert conf["agent"]["name"] == "echo"
+    top = allinone_tap.makeService(options, MemoryReactorClock())
+    assert isinstance(top, service.MultiService)
+    kinds = [type(s) for s in top]
+    assert internet.UDPServer in kinds
+
+
+def test_transceiver_requires_a_config() -> None:
+    """The transceiver plugin insists on an INI file."""
+    with pytest.raises(usage.UsageError, match="--config"):
+        transceiver_tap.Options().parseOptions([])
+
+
+def test_transceiver_loads_the_shipped_ini() -> None:
+    """etc/transceiver.ini is valid."""
+    options = transceiver_tap.Options()
+    options.parseOptions(["--config", str(REPO / "etc" / "transceiver.ini")])
+    assert options.loaded["transceiver"]["max_sessions"] == 1000
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[transceiver]\nmax_sesions = 3\n", r"\[transceiver\] unknown key 'max_sesions'"),
+        ("[media]\n", r"unknown section \[media\]"),
+        ("[transceiver]\nmedia_listen = nowhere\n", r"\[transceiver\] media_listen"),
+        ("[agent]\nname = nobody\n", r"\[agent\] name: no agent named 'nobody'"),
+    ],
+)
+def test_a_bad_ini_stops_start_up_naming_file_section_and_key(tmp_path: Path, text: str, message: str) -> None:
+    """Start-up fails with a UsageError that says where the problem is."""
+    path = tmp_path / "bad.ini"
+    path.write_text(text)
+    with pytest.raises(usage.UsageError, match=rf"bad\.ini: .*{message}"):
+        transceiver_tap.Options().parseOptions(["--config", str(path)])
