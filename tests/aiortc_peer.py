@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import json
 import math
 import struct
 import time
@@ -67,9 +68,18 @@ class CallResult:
     packets_sent: int = 0
     packets_received: int = 0
     frames_decoded: int = 0
+    received_rms: float = 0.0
     connected_after: float = 0.0
     delete_status: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+
+
+def frame_rms(frame: AudioFrame) -> float:
+    """RMS of one decoded s16 frame (any channel layout)."""
+    data = bytes(frame.planes[0])[: frame.samples * 2 * len(frame.layout.channels)]
+    samples = struct.unpack(f"<{len(data) // 2}h", data)
+    return math.sqrt(sum(x * x for x in samples) / max(len(samples), 1))
 
 
 async def _read_stats(pc: RTCPeerConnection, result: CallResult) -> None:
@@ -91,11 +101,30 @@ def _http(method: str, url: str, body: bytes | None = None, content_type: str | 
         return e.code, dict(e.headers), e.read()
 
 
-async def echo_call(base_url: str, seconds: float = 5.0) -> CallResult:
-    """Call voiceedge, send ``seconds`` of Opus, count what comes back, hang up."""
+async def echo_call(
+    base_url: str, seconds: float = 5.0, events: list[dict[str, Any]] | None = None
+) -> CallResult:
+    """Call voiceedge, send ``seconds`` of Opus, count what comes back, hang up.
+
+    With ``events``, the call also opens ``oai-events`` and sends each event
+    once the channel is open; every event received is kept in the result.
+    """
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     connected = asyncio.Event()
     decoded = 0
+    levels: list[float] = []
+    received_events: list[dict[str, Any]] = []
+    if events is not None:
+        channel = pc.createDataChannel("oai-events")
+
+        @channel.on("open")
+        def _open() -> None:
+            for event in events:
+                channel.send(json.dumps(event))
+
+        @channel.on("message")
+        def _message(message: str | bytes) -> None:
+            received_events.append(json.loads(message))
 
     @pc.on("connectionstatechange")
     def _state() -> None:
@@ -106,8 +135,9 @@ async def echo_call(base_url: str, seconds: float = 5.0) -> CallResult:
         nonlocal decoded
         try:
             while True:
-                await track.recv()
+                frame = await track.recv()
                 decoded += 1
+                levels.append(frame_rms(frame))
         except MediaStreamError:
             pass
 
@@ -141,6 +171,10 @@ async def echo_call(base_url: str, seconds: float = 5.0) -> CallResult:
                 break
             previous = result.packets_received
         result.frames_decoded = decoded
+        # The middle of the call: past start-up, before the tail.
+        middle = levels[len(levels) // 4 : 3 * len(levels) // 4] or [0.0]
+        result.received_rms = sum(middle) / len(middle)
+        result.events = received_events
         status, _, _ = await asyncio.to_thread(_http, "DELETE", base_url + location)
         result.delete_status = status
         return result

@@ -47,3 +47,17 @@ def test_five_calls_at_once_on_one_socket(allinone: str) -> None:
         assert result.packets_received >= 0.95 * result.packets_sent, result
         assert result.delete_status == 204
     assert health_sessions(allinone + "/healthz") == 0
+
+
+def test_events_channel_and_decoded_echo(allinone: str) -> None:
+    """oai-events: session.created arrives, a client event reaches the agent and one comes back;
+    the echo, decoded by aiortc, carries the tone's energy, not silence."""
+    from tests.aiortc_peer import echo_call
+
+    ping = {"type": "conversation.item.create", "item": {"text": "hello"}}
+    result = asyncio.run(echo_call(allinone, seconds=3.0, events=[ping]))
+    types = [e["type"] for e in result.events]
+    assert types[0] == "session.created", result.events
+    assert {"type": "echo", "event": ping} in result.events
+    # The tone is sent at amplitude 8000 (RMS ~5657); Opus at 32 kbit/s keeps most of it.
+    assert result.received_rms > 2000, result.received_rms

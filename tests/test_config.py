@@ -84,7 +84,8 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 
 def test_shipped_ini_files_load() -> None:
     """Every INI file in etc/ loads against its service's schema."""
-    from voiceedge.transceiver.tap import SCHEMA as TRANSCEIVER
+    from voiceedge.transceiver.tap import SCHEMA as TRANSCEIVER, load
 
     root = Path(__file__).parent.parent / "etc"
-    c.load_config(TRANSCEIVER, str(root / "transceiver.ini"))
+    conf, kind = load(str(root / "transceiver.ini"), None, TRANSCEIVER)
+    assert kind.name == conf["agent"]["name"] == "echo"

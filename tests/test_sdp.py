@@ -433,14 +433,14 @@ def session_descriptions(draw: st.DrawFn) -> SessionDescription:
     )
 
 
-@settings(max_examples=5000, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(session_descriptions())
 def test_round_trip_generated(desc: SessionDescription) -> None:
     """parse(serialize(x)) == x for generated descriptions."""
     assert parse_sdp(serialize_sdp(desc)) == desc
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.text(max_size=300))
 def test_random_text_only_sdp_error(text: str) -> None:
     """Random text raises nothing but SdpError."""
@@ -458,7 +458,7 @@ _line_prefixes = st.sampled_from(
 )
 
 
-@settings(max_examples=20000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.lists(st.tuples(_line_prefixes, st.text(max_size=30)), max_size=30))
 def test_sdp_shaped_noise_only_sdp_error(lines: list[tuple[str, str]]) -> None:
     """Lines that look like SDP with random tails raise nothing but SdpError."""
@@ -470,7 +470,7 @@ def test_sdp_shaped_noise_only_sdp_error(lines: list[tuple[str, str]]) -> None:
     assert parse_sdp(serialize_sdp(desc)) == desc
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.sampled_from(CLIENTS), st.data())
 def test_mutated_fixture_only_sdp_error(client: str, data: st.DataObject) -> None:
     """A fixture with one line replaced by noise raises nothing but SdpError."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -66,6 +67,10 @@ class FakeHost:
         """Record the close; ``False`` for an unknown id."""
         self.closed.append((session_id, reason))
         return self.sessions.pop(session_id, None) is not None
+
+    def session_stats(self, session_id: str) -> dict[str, object] | None:
+        """A stand-in for live numbers; ``None`` for an unknown id."""
+        return {"state": "connected"} if session_id in self.sessions else None
 
     def session_count(self) -> int:
         """Open sessions."""
@@ -477,7 +482,7 @@ def test_path_below_session_404(site: server.Site, host: FakeHost) -> None:
     [
         ("GET", "/v1/realtime/calls", "POST"),
         ("PUT", "/v1/whip", "POST"),
-        ("GET", "/v1/realtime/calls/s1", "DELETE"),
+        ("PUT", "/v1/realtime/calls/s1", "DELETE"),
         ("POST", "/v1/realtime/calls/s1", "DELETE"),
         ("POST", "/healthz", "GET"),
     ],
@@ -686,3 +691,16 @@ def test_demo_page_wiring() -> None:
         "packetsLost",
     ):
         assert needle in js, needle
+
+
+def test_get_session_stats(site: server.Site, host: FakeHost) -> None:
+    """GET on a session's Location gives its live numbers as JSON; 404 when gone."""
+    created = post_offer(site)
+    location = created.header("location")
+    assert location is not None
+    resp = call(site, "GET", location)
+    assert resp.status == 200
+    assert resp.header("content-type") == "application/json"
+    assert json.loads(resp.body) == {"state": "connected"}
+    assert call(site, "DELETE", location).status == 204
+    assert call(site, "GET", location).status == 404

@@ -119,6 +119,21 @@ def seconds(minimum: float, maximum: float) -> Callable[[str], float]:
     return parse
 
 
+def number(minimum: float, maximum: float) -> Callable[[str], float]:
+    """A parser for a number in ``[minimum, maximum]``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("not a number") from None
+        if not minimum <= value <= maximum:
+            raise ValueError(f"must be between {minimum} and {maximum}")
+        return value
+
+    return parse
+
+
 def boolean(text: str) -> bool:
     """yes/no, true/false, on/off, 1/0."""
     lowered = text.lower()
@@ -213,3 +228,18 @@ def optional_integer(minimum: int, maximum: int) -> Callable[[str], int | None]:
         return parse(text) if text else None
 
     return parse_optional
+
+
+def choice(*allowed: int) -> Callable[[str], int]:
+    """A parser for one of a few whole numbers."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError("not a whole number") from None
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(map(str, allowed))}")
+        return value
+
+    return parse

@@ -11,31 +11,40 @@ from zope.interface import Attribute, Interface
 
 @dataclass(frozen=True, slots=True)
 class AudioFrame:
-    """One 20 ms frame of the caller's audio as it arrived.
+    """20 ms of the caller's audio, decoded for the agent.
 
-    ``opus`` is the RTP payload; ``rtp_timestamp`` is on the 48 kHz Opus
-    clock; ``arrival`` is the transceiver's clock when the packet came in.
+    ``pcm`` is signed 16-bit little-endian mono at the agent's sample rate.
+    ``lost`` marks a frame the network lost and the decoder concealed.
+    ``rtp_timestamp`` is on the 48 kHz Opus clock; ``arrival`` is the
+    transceiver's clock when the packet came in (for a lost frame: when the
+    loss was decided).
     """
 
-    opus: bytes
-    sequence_number: int
+    pcm: bytes
+    sample_rate: int
     rtp_timestamp: int
     arrival: float
+    lost: bool = False
 
 
 class IAgentSession(Interface):
     """What a session offers the agent behind it."""
 
     session_id = Attribute("The session's id, as in its signaling Location.")
+    sample_rate = Attribute("The PCM rate of audio both ways: the agent factory's choice.")
+    clock = Attribute("The session's IReactorTime: agents take time from it, never elsewhere.")
 
-    def send_audio(opus: bytes) -> None:
-        """Queue one 20 ms Opus frame for the caller; the shared tick paces it."""
+    def send_audio(pcm: bytes) -> None:
+        """Queue PCM16 mono at ``sample_rate``, any length; the shared tick plays it in 20 ms frames."""
 
-    def clear_audio() -> None:
-        """Drop every queued frame at once (for barge-in)."""
+    def clear_audio() -> int:
+        """Drop all queued agent audio at once; return how many milliseconds were dropped."""
+
+    def queued_audio_ms() -> int:
+        """How much agent audio waits to be played, in milliseconds."""
 
     def send_event(event: dict[str, Any]) -> None:
-        """Send a JSON event to the caller (the data channel, once there is one)."""
+        """Send a JSON event to the caller on the ``oai-events`` data channel."""
 
     def end(reason: str) -> None:
         """Hang up the call."""
@@ -45,19 +54,57 @@ class IAgent(Interface):
     """What sits behind one session: audio and events in, audio and events out."""
 
     def audio_received(frame: AudioFrame) -> None:
-        """A frame of the caller's audio arrived."""
+        """A 20 ms frame of the caller's audio, in order, losses concealed."""
+
+    def speech_started(at: float) -> None:
+        """The caller started speaking; ``at`` is when the first voiced frame arrived.
+
+        When agent audio was playing the session has already cleared it
+        (barge-in), unless configured otherwise.
+        """
+
+    def speech_stopped(at: float) -> None:
+        """The caller stopped speaking; ``at`` is the end of the last voiced frame."""
 
     def event_received(event: dict[str, Any]) -> None:
-        """The caller sent a JSON event."""
+        """The caller sent a JSON event on ``oai-events``."""
 
     def session_ended(reason: str) -> None:
         """The call is over; free everything."""
 
 
 class IAgentFactory(Interface):
-    """Makes an agent for each new session."""
+    """Makes the agent of each new session."""
 
-    name = Attribute("The name INI files use to choose this agent.")
+    sample_rate = Attribute("PCM rate the agents want: 16000, 24000 or 48000.")
 
     def agent_for(session: IAgentSession) -> IAgent:
         """Build the agent for a session whose media is now flowing."""
+
+
+class IAgentType(Interface):
+    """A kind of agent: its INI options and how to make its factory."""
+
+    name = Attribute("The name an INI file's [agent] name chooses it by.")
+    description = Attribute("One line for humans.")
+    options = Attribute(
+        "Mapping[str, voiceedge.config.Key]: the keys of its [agent.<name>] INI section."
+    )
+
+    def make_factory(options: dict[str, Any], reactor: Any) -> IAgentFactory:
+        """A factory configured by the parsed ``[agent.<name>]`` section."""
+
+
+class IAgentPlugin(Interface):
+    """What a ``twisted/plugins`` module offers: a name, cheaply, and the agent type on demand.
+
+    A package adds an agent by installing a plugin module that holds an
+    :class:`voiceedge.agents.plugin.AgentPlugin`; importing it must stay
+    cheap because every plugin module is imported to list them.
+    """
+
+    name = Attribute("The agent's name.")
+    description = Attribute("One line for humans.")
+
+    def load() -> IAgentType:
+        """Import the agent's module and return its type."""

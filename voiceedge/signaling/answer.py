@@ -122,6 +122,14 @@ def _bundle_group(offer: SessionDescription, mid: str | None) -> list[str] | Non
     return None
 
 
+def _tagged_media(offer: SessionDescription, mid: str | None) -> list[MediaDescription]:
+    """The offerer BUNDLE-tagged m-line of ``mid``'s group, if there is one."""
+    group = _bundle_group(offer, mid)
+    if not group:
+        return []
+    return [m for m in offer.media if m.mid == group[0]][:1]
+
+
 def _pick_datachannel(offer: SessionDescription, audio_mid: str | None) -> MediaDescription | None:
     """The first data channel m-line that shares the audio m-line's BUNDLE group.
 
@@ -151,16 +159,19 @@ def summarize_offer(offer: SessionDescription) -> OfferSummary:
     """
     index, opus = _pick_audio(offer)
     audio = offer.media[index]
-    credentials = offer.ice_credentials(audio)
+    # A bundled m-line may leave the transport attributes to the BUNDLE-tagged one (RFC 8843).
+    sources = [audio, *_tagged_media(offer, audio.mid)]
+    credentials = next(filter(None, (offer.ice_credentials(m) for m in sources)), None)
     if credentials is None:
         raise OfferNotAcceptable("the offer has no a=ice-ufrag/a=ice-pwd for the audio m-line")
     ufrag, pwd = credentials
     if not 4 <= len(ufrag) <= 256 or not 22 <= len(pwd) <= 256:
         raise OfferNotAcceptable("the offer's ICE ufrag or pwd has a length RFC 8839 forbids")
-    fingerprints = [f for f in offer.dtls_fingerprints(audio) if f.algorithm in _FINGERPRINT_HASHES]
+    offered = next(filter(None, (offer.dtls_fingerprints(m) for m in sources)), [])
+    fingerprints = [f for f in offered if f.algorithm in _FINGERPRINT_HASHES]
     if not fingerprints:
         raise OfferNotAcceptable("the offer has no a=fingerprint with a SHA hash for the audio m-line")
-    setup = offer.dtls_setup(audio)
+    setup = next(filter(None, (offer.dtls_setup(m) for m in sources)), None)
     if setup in ("passive", "holdconn"):
         # We are ICE-lite and take the DTLS server role; the client must be able to connect.
         raise OfferNotAcceptable(f"the offer has a=setup:{setup}; it must be actpass or active")

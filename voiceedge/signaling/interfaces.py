@@ -43,5 +43,8 @@ class ISessionHost(Interface):
     def close_session(session_id: str, reason: str) -> bool:
         """End a session; ``False`` if no such session exists."""
 
+    def session_stats(session_id: str) -> dict[str, object] | None:
+        """Live numbers of one session (JSON-serialisable), or ``None`` if it is not open."""
+
     def session_count() -> int:
         """How many sessions are open now."""

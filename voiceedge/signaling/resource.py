@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import IO, Callable, cast, ClassVar, Mapping, Sequence
 from urllib.parse import quote
@@ -304,15 +305,24 @@ class CallsResource(_Endpoint):
 
 
 class SessionResource(_Endpoint):
-    """One session: ``DELETE`` it to hang up."""
+    """One session: ``GET`` its live numbers, ``DELETE`` it to hang up."""
 
-    methods = (b"DELETE",)
+    methods = (b"GET", b"DELETE")
     isLeaf = True
 
     def __init__(self, host: ISessionHost, cors: _Cors, session_id: str) -> None:
         super().__init__(cors)
         self.host = host
         self.session_id = session_id
+
+    def render_GET(self, request: server.Request) -> bytes:
+        """200 with the session's stats as JSON, 404 when it is not open."""
+        stats = self.host.session_stats(self.session_id)
+        if stats is None:
+            return _text(request, http.NOT_FOUND, "no such session")
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json.dumps(stats).encode("utf-8")
 
     def render_DELETE(self, request: server.Request) -> bytes:
         """204 when the session existed and is now closed, 404 when it did not."""

@@ -22,6 +22,7 @@ from voiceedge.signaling.answer import (
     summarize_offer,
 )
 from voiceedge.signaling.interfaces import ISessionHost, OpenedSession, SessionRefused
+from voiceedge.transceiver.audio import SpeechSettings
 from voiceedge.transceiver.credentials import new_credentials, random_ufrag
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsTransport
 from voiceedge.transceiver.ice import IceLiteAgent
@@ -64,6 +65,7 @@ class Transceiver:
         consent_timeout: float = 30.0,
         make_ufrag: Callable[[], str] = random_ufrag,
         relay_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+        speech: SpeechSettings = SpeechSettings(),
     ) -> None:
         self.clock = clock
         self.certificate = certificate
@@ -73,6 +75,7 @@ class Transceiver:
         self.setup_timeout = setup_timeout
         self.consent_timeout = consent_timeout
         self.make_ufrag = make_ufrag
+        self.speech = speech
         self.write: Callable[[bytes, Address], None] = _not_listening
         self.relay_networks = tuple(relay_networks)
         self._trusted_relays: dict[str, bool] = {}
@@ -147,6 +150,7 @@ class Transceiver:
                 fingerprint=sdp.Fingerprint("sha-256", self.certificate.fingerprint),
                 candidate=self.advertised,
                 session_id=secrets.randbits(62),
+                accept_datachannel=summary.datachannel_mid is not None,
             ),
         )
         ice = IceLiteAgent(
@@ -166,6 +170,8 @@ class Transceiver:
             self.agent_factory,
             self.clock,
             self.setup_timeout,
+            speech=self.speech,
+            data_channel=summary.datachannel_mid is not None,
         )
         self._by_id[session_id] = session
         self._by_ufrag[ufrag_key] = session
@@ -184,6 +190,11 @@ class Transceiver:
     def session_count(self) -> int:
         """How many sessions are open."""
         return len(self._by_id)
+
+    def session_stats(self, session_id: str) -> dict[str, object] | None:
+        """Live numbers of one session, or ``None`` if it is not open."""
+        session = self._by_id.get(session_id)
+        return None if session is None else session.stats()
 
     def session(self, session_id: str) -> Session | None:
         """The session with this id, if it is open."""

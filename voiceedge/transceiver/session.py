@@ -1,12 +1,12 @@
-# -*- test-case-name: tests.test_session -*-
-"""One call: ICE-lite, DTLS, SRTP, RTP and RTCP for a session, with no socket of its own."""
+# -*- test-case-name: tests.test_host -*-
+"""One call: ICE-lite, DTLS, SRTP, RTP/RTCP, audio and events for a session, with no socket of its own."""
 
 from __future__ import annotations
 
-import collections
 import enum
 import os
 import random
+import secrets
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -14,7 +14,10 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from voiceedge.agents.interfaces import AudioFrame, IAgent, IAgentFactory, IAgentSession
+from voiceedge.media.speech import SpeechEvent, SpeechStarted
+from voiceedge.transceiver.audio import InboundAudio, OutboundAudio, SpeechSettings
 from voiceedge.transceiver.dtls import DtlsState, DtlsTransport
+from voiceedge.transceiver.events_channel import EventsChannel
 from voiceedge.transceiver.ice import CheckResult, IceLiteAgent
 from voiceedge.transceiver.rtp_stats import ReceiveStatistics, SendStatistics, round_trip_time
 from voiceedge.transceiver.srtp import SrtpError, SrtpSession
@@ -28,12 +31,11 @@ Address = tuple[str, int]
 OPUS_CLOCK_RATE = 48000
 SAMPLES_PER_TICK = OPUS_CLOCK_RATE // 50  # one 20 ms frame
 RTCP_INTERVAL = 5.0  # RFC 3550 §6.2 minimum for a two-party session
-# Enough for an agent to queue a long answer ahead of playout, small enough
-# that a runaway agent cannot eat the process.
-MAX_QUEUED_FRAMES = 3000
 # Frames one session may send in a single late tick: enough to recover from a
 # 100 ms stall, few enough not to burst a whole queue at the client.
 MAX_CATCH_UP = 5
+# Agent audio sent this recently still counts as "playing" for barge-in.
+PLAYING_GRACE = 0.1
 
 
 class SessionState(enum.Enum):
@@ -69,7 +71,7 @@ class ISessionOwner(Interface):
         """``source`` passed an ICE check for ``session``: route its packets here."""
 
     def session_wants_tick(session: Session) -> None:
-        """``session`` has audio queued for the shared 20 ms tick."""
+        """``session`` has audio to send, or a jitter buffer to drain, on the shared tick."""
 
     def session_closed(session: Session, reason: EndReason) -> None:
         """``session`` has ended and freed its state."""
@@ -80,9 +82,11 @@ class Session:
     """The state of one call, driven by datagrams, ticks and the injected clock.
 
     The transceiver hands it every datagram routed to it; it answers ICE
-    checks, runs the DTLS handshake, protects and unprotects media, and
-    talks to its agent. It never touches a socket: what it sends goes through
-    its owner's ``transmit``.
+    checks, runs the DTLS handshake, protects and unprotects media, decodes
+    the caller's audio for its agent and encodes the agent's, carries JSON
+    events on the ``oai-events`` data channel, and cuts the agent off when
+    the caller barges in. It never touches a socket: what it sends goes
+    through its owner's ``transmit``.
     """
 
     log = Logger()
@@ -97,19 +101,28 @@ class Session:
         agent_factory: IAgentFactory,
         clock: IReactorTime,
         setup_timeout: float = 15.0,
+        speech: SpeechSettings = SpeechSettings(),
+        data_channel: bool = False,
     ) -> None:
         self.session_id = session_id
         self.ice = ice
         self.dtls = dtls
         self.payload_type = payload_type
+        self.clock = clock
+        self.sample_rate: int = agent_factory.sample_rate
+        self.speech = speech
         self.state = SessionState.WAITING
         self.end_reason: EndReason | None = None
         self._owner = owner
         self._agent_factory = agent_factory
         self._agent: IAgent | None = None
-        self._clock = clock
         self._srtp: SrtpSession | None = None
-        self._dtls_timer: IDelayedCall | None = None
+        self._timer: IDelayedCall | None = None
+        self._inbound: InboundAudio | None = None
+        self._outbound: OutboundAudio | None = None
+        self.events: EventsChannel | None = None
+        if data_channel:
+            self.events = EventsChannel(self._events_open, self._event_received, self._bad_event)
 
         now = clock.seconds()
         # The answer takes setup:passive, so we are the DTLS server: start()
@@ -119,7 +132,6 @@ class Session:
         self.setup_deadline = now + setup_timeout
         self.timings: dict[str, float] = {}
 
-        self._queue: collections.deque[bytes] = collections.deque()
         self._ssrc = int.from_bytes(os.urandom(4), "big")
         self._sequence = int.from_bytes(os.urandom(2), "big")
         self._timestamp_base = int.from_bytes(os.urandom(4), "big")
@@ -127,6 +139,8 @@ class Session:
         self._last_sent_timestamp = self._timestamp_base
         self._talking = False
         self._cname = os.urandom(8).hex().encode("ascii")
+        self._last_agent_sent_at: float | None = None
+        self.barge_in_ms: list[float] = []
 
         self.receive_stats = ReceiveStatistics(OPUS_CLOCK_RATE)
         self.send_stats = SendStatistics()
@@ -135,7 +149,6 @@ class Session:
         self.round_trip_time: float | None = None
         self.remote_jitter: float | None = None
         self.remote_fraction_lost: float | None = None
-        self.frames_dropped_queue_full = 0
 
     # -- datagrams in -------------------------------------------------------
 
@@ -156,7 +169,7 @@ class Session:
             self._owner.drops["unknown_kind"] += 1
 
     def _stun_received(self, data: bytes, source: Address) -> None:
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         outcome = self.ice.receive(data, source, now)
         if outcome.result is not CheckResult.ANSWERED:
             self._owner.drops["stun_" + outcome.result.value] += 1
@@ -176,27 +189,24 @@ class Session:
         if not self.ice.is_valid(source):
             self._owner.drops["dtls_unvalidated"] += 1
             return
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         output = self.dtls.receive(data, now)
         for datagram in output.datagrams:
             self._owner.transmit(datagram, source)
         self._after_dtls(now)
+        if output.application_data and self.state is SessionState.CONNECTED:
+            events = self.events
+            if events is None:
+                self._owner.drops["sctp_not_negotiated"] += 1
+            else:
+                for packet in output.application_data:
+                    events.receive(packet, now)
+                self._flush_sctp()
 
     def _after_dtls(self, now: float) -> None:
         state = self.dtls.state
         if state is DtlsState.CONNECTED and self._srtp is None:
-            keys = self.dtls.srtp_keys
-            assert keys is not None
-            self._srtp = SrtpSession(keys)
-            self.state = SessionState.CONNECTED
-            self.timings["dtls"] = now - self.created_at
-            self.log.info(
-                "session {id} connected: ice {ice:.0f} ms, dtls {dtls:.0f} ms",
-                id=self.session_id,
-                ice=self.timings.get("ice", 0.0) * 1000,
-                dtls=self.timings["dtls"] * 1000,
-            )
-            self._agent = self._agent_factory.agent_for(self)
+            self._connected(now)
         elif state is DtlsState.FAILED:
             self.log.warn(
                 "session {id}: DTLS failed: {why}", id=self.session_id, why=self.dtls.failure_reason
@@ -206,29 +216,65 @@ class Session:
         elif state is DtlsState.CLOSED:
             self.close(EndReason.DTLS_CLOSED)
             return
-        self._arm_dtls_timer()
+        self._arm_timer()
 
-    def _arm_dtls_timer(self) -> None:
-        deadline = self.dtls.deadline()
-        if self._dtls_timer is not None and self._dtls_timer.active():
-            self._dtls_timer.cancel()
-        self._dtls_timer = None
-        if deadline is not None and self.state is not SessionState.CLOSED:
-            delay = max(0.0, deadline - self._clock.seconds())
-            self._dtls_timer = self._clock.callLater(delay, self._dtls_timeout)
+    def _connected(self, now: float) -> None:
+        keys = self.dtls.srtp_keys
+        assert keys is not None
+        self._srtp = SrtpSession(keys)
+        self.state = SessionState.CONNECTED
+        self.timings["dtls"] = now - self.created_at
+        self.log.info(
+            "session {id} connected: ice {ice:.0f} ms, dtls {dtls:.0f} ms",
+            id=self.session_id,
+            ice=self.timings.get("ice", 0.0) * 1000,
+            dtls=self.timings["dtls"] * 1000,
+        )
+        self._inbound = InboundAudio(self.sample_rate, self.speech, self._frame_decoded, self._speech)
+        self._outbound = OutboundAudio(self.sample_rate)
+        self._agent = self._agent_factory.agent_for(self)
 
-    def _dtls_timeout(self) -> None:
-        self._dtls_timer = None
-        now = self._clock.seconds()
-        destination = self.ice.selected or self._last_valid_source()
-        for datagram in self.dtls.handle_timeout(now):
-            if destination is not None:
-                self._owner.transmit(datagram, destination)
-        self._after_dtls(now)
-
-    def _last_valid_source(self) -> Address | None:
+    def _destination(self) -> Address | None:
+        """Where media goes: the nominated path, else the latest valid source."""
+        if self.ice.selected is not None:
+            return self.ice.selected
         sources = self.ice.valid_sources
         return sources[-1] if sources else None
+
+    # -- timers ---------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        """One timer for DTLS retransmission and SCTP: the earlier deadline."""
+        deadlines = [d for d in (self.dtls.deadline(), self._sctp_deadline()) if d is not None]
+        if self._timer is not None and self._timer.active():
+            if deadlines and abs(self._timer.getTime() - min(deadlines)) < 1e-6:
+                return
+            self._timer.cancel()
+        self._timer = None
+        if deadlines and self.state is not SessionState.CLOSED:
+            delay = max(0.0, min(deadlines) - self.clock.seconds())
+            self._timer = self.clock.callLater(delay, self._timeout)
+
+    def _sctp_deadline(self) -> float | None:
+        return self.events.deadline() if self.events is not None and self._srtp is not None else None
+
+    def _timeout(self) -> None:
+        self._timer = None
+        now = self.clock.seconds()
+        deadline = self.dtls.deadline()
+        if deadline is not None and deadline <= now:
+            destination = self._destination()
+            for datagram in self.dtls.handle_timeout(now):
+                if destination is not None:
+                    self._owner.transmit(datagram, destination)
+        sctp_deadline = self._sctp_deadline()
+        if self.events is not None and sctp_deadline is not None and sctp_deadline <= now:
+            self.events.handle_timeout(now)
+            self._flush_sctp()
+            return  # _flush_sctp re-arms
+        self._after_dtls(now)
+
+    # -- media in -------------------------------------------------------------
 
     def _rtp_received(self, data: bytes, source: Address) -> None:
         srtp = self._srtp
@@ -246,7 +292,7 @@ class Session:
         if packet.payload_type != self.payload_type:
             self._owner.drops["rtp_other_payload"] += 1
             return
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         if self._remote_ssrc != packet.ssrc:
             if self._remote_ssrc is not None:
                 self.receive_stats = ReceiveStatistics(OPUS_CLOCK_RATE)
@@ -254,10 +300,39 @@ class Session:
         self.receive_stats.on_packet(packet.sequence_number, packet.timestamp, now)
         if "first_audio" not in self.timings:
             self.timings["first_audio"] = now - self.created_at
+        inbound = self._inbound
+        assert inbound is not None
+        inbound.packet_received(packet.sequence_number, packet.timestamp, packet.payload, now)
+        if inbound.deadline() is not None:
+            self._owner.session_wants_tick(self)
+
+    def _frame_decoded(self, frame: AudioFrame) -> None:
         if self._agent is not None:
-            self._agent.audio_received(
-                AudioFrame(packet.payload, packet.sequence_number, packet.timestamp, now)
-            )
+            self._agent.audio_received(frame)
+
+    def _speech(self, event: SpeechEvent) -> None:
+        if isinstance(event, SpeechStarted):
+            if self.speech.barge_in and self._agent_playing(event.at):
+                self._barge_in(event)
+            if self._agent is not None:
+                self._agent.speech_started(event.time)
+        elif self._agent is not None:
+            self._agent.speech_stopped(event.time)
+
+    def _agent_playing(self, now: float) -> bool:
+        if self._outbound:
+            return True
+        sent = self._last_agent_sent_at
+        return sent is not None and now - sent < PLAYING_GRACE
+
+    def _barge_in(self, event: SpeechStarted) -> None:
+        """The caller talks over the agent: stop the agent's audio now."""
+        self.clear_audio()
+        # From the first voiced packet's arrival to the last agent packet sent.
+        last = self._last_agent_sent_at
+        arrival = event.time
+        latency = 0.0 if last is None else max(0.0, last - arrival)
+        self.barge_in_ms.append(round(latency * 1000, 1))
 
     def _rtcp_received(self, data: bytes, source: Address) -> None:
         srtp = self._srtp
@@ -272,7 +347,7 @@ class Session:
         except WireError:
             self._owner.drops["rtcp_malformed"] += 1
             return
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         for packet in packets:
             if isinstance(packet, rtcp.SenderReport):
                 self.receive_stats.on_sender_report(packet, now)
@@ -290,37 +365,79 @@ class Session:
             self.remote_jitter = block.jitter / OPUS_CLOCK_RATE
             self.remote_fraction_lost = block.fraction_lost / 256
 
-    # -- audio out (IAgentSession) -----------------------------------------
+    # -- events ---------------------------------------------------------------
 
-    def send_audio(self, opus: bytes) -> None:
-        """Queue one 20 ms Opus frame for the shared tick."""
-        if self.state is not SessionState.CONNECTED:
+    def _events_open(self) -> None:
+        assert self.events is not None
+        self.events.send_event(
+            {
+                "type": "session.created",
+                "event_id": "event_" + secrets.token_hex(8),
+                "session": {
+                    "id": self.session_id,
+                    "object": "realtime.session",
+                    "audio": {"sample_rate": self.sample_rate},
+                },
+            }
+        )
+
+    def _event_received(self, event: dict[str, Any]) -> None:
+        if self._agent is not None:
+            self._agent.event_received(event)
+
+    def _bad_event(self, why: str) -> None:
+        self._owner.drops["event_malformed"] += 1
+        self.send_event(
+            {"type": "error", "error": {"type": "invalid_request_error", "message": why}}
+        )
+
+    def _flush_sctp(self) -> None:
+        events = self.events
+        destination = self._destination()
+        if events is None or destination is None or self.state is not SessionState.CONNECTED:
             return
-        if len(self._queue) >= MAX_QUEUED_FRAMES:
-            self.frames_dropped_queue_full += 1
-            self._owner.drops["audio_queue_full"] += 1
+        for packet in events.take_outgoing():
+            for datagram in self.dtls.send_application_data(packet):
+                self._owner.transmit(datagram, destination)
+        self._arm_timer()
+
+    # -- the agent's side (IAgentSession) ----------------------------------------
+
+    def send_audio(self, pcm: bytes) -> None:
+        """Queue agent PCM; the shared tick sends it in 20 ms Opus frames."""
+        outbound = self._outbound
+        if outbound is None or self.state is not SessionState.CONNECTED:
             return
-        if not self._queue:
+        had_frames = bool(outbound)
+        dropped = outbound.frames_dropped
+        outbound.add(pcm)
+        if outbound.frames_dropped != dropped:
+            self._owner.drops["audio_queue_full"] += outbound.frames_dropped - dropped
+        if outbound and not had_frames:
             self._owner.session_wants_tick(self)
-        self._queue.append(opus)
 
-    def clear_audio(self) -> None:
-        """Drop every queued frame at once."""
-        self._queue.clear()
+    def clear_audio(self) -> int:
+        """Drop all queued agent audio; the milliseconds dropped."""
+        return self._outbound.clear() if self._outbound is not None else 0
 
-    @property
-    def queued_frames(self) -> int:
-        """How many frames wait for the tick."""
-        return len(self._queue)
+    def queued_audio_ms(self) -> int:
+        """Agent audio waiting for the tick, in milliseconds."""
+        return self._outbound.queued_ms() if self._outbound is not None else 0
 
     def send_event(self, event: dict[str, Any]) -> None:
-        """Events need the data channel; until it is open they are counted and dropped."""
-        self._owner.drops["event_no_channel"] += 1
+        """Send a JSON event to the caller on ``oai-events``."""
+        if self.events is None:
+            self._owner.drops["event_no_channel"] += 1
+            return
+        self.events.send_event(event)
+        self._flush_sctp()
 
     def end(self, reason: str) -> None:
         """The agent hangs up."""
         self.log.info("session {id}: agent ended the call: {why}", id=self.session_id, why=reason)
         self.close(EndReason.AGENT)
+
+    # -- the shared tick ------------------------------------------------------
 
     def tick(self, tick_index: int, slots: int = 1) -> bool:
         """Send queued frames for the ``slots`` 20 ms slots ending at ``tick_index``.
@@ -329,28 +446,40 @@ class Session:
         the missed slots go out now (at most :data:`MAX_CATCH_UP`), so a stall
         does not leave a permanent delay behind it. The RTP timestamp follows
         the shared tick, not the number of frames sent, so a pause in the
-        agent's audio is a pause in the timeline too. Returns ``True`` while
-        frames remain queued.
+        agent's audio is a pause in the timeline too. The tick also releases
+        frames the jitter buffer held for a missing packet. Returns ``True``
+        while there is more to do on later ticks.
         """
+        now = self.clock.seconds()
+        inbound = self._inbound
+        waiting = False
+        if inbound is not None:
+            deadline = inbound.deadline()
+            if deadline is not None and deadline <= now:
+                inbound.drain(now)
+            waiting = inbound.deadline() is not None
         srtp = self._srtp
-        destination = self.ice.selected or self._last_valid_source()
-        if srtp is None or destination is None:
+        outbound = self._outbound
+        destination = self._destination()
+        if srtp is None or outbound is None or destination is None:
             self._talking = False
-            return False
+            return waiting
         slots = min(slots, MAX_CATCH_UP)
         for slot in range(tick_index - slots + 1, tick_index + 1):
-            if not self._queue:
+            payload = outbound.pop()
+            if payload is None:
                 break
-            self._send_frame(srtp, destination, slot)
-        if self._queue:
+            self._send_frame(srtp, destination, slot, payload, now)
+        if outbound:
             return True
         self._talking = False
-        return False
+        return waiting
 
-    def _send_frame(self, srtp: SrtpSession, destination: Address, slot: int) -> None:
+    def _send_frame(
+        self, srtp: SrtpSession, destination: Address, slot: int, payload: bytes, now: float
+    ) -> None:
         if self._tick_base is None:
             self._tick_base = slot
-        payload = self._queue.popleft()
         timestamp = (self._timestamp_base + SAMPLES_PER_TICK * (slot - self._tick_base)) & 0xFFFFFFFF
         header = build_rtp_header(
             self.payload_type, self._sequence, timestamp, self._ssrc, marker=not self._talking
@@ -358,10 +487,11 @@ class Session:
         self._talking = True
         self._sequence = (self._sequence + 1) & 0xFFFF
         self._last_sent_timestamp = timestamp
+        self._last_agent_sent_at = now
         self.send_stats.on_packet_sent(len(payload))
         self._owner.transmit(srtp.protect_rtp(header + payload), destination)
 
-    # -- time ----------------------------------------------------------------
+    # -- housekeeping -----------------------------------------------------------
 
     def check_timeouts(self, now: float) -> None:
         """Called by the transceiver's housekeeping sweep: setup, consent and RTCP."""
@@ -380,7 +510,7 @@ class Session:
 
     def _send_rtcp(self, now: float) -> None:
         srtp = self._srtp
-        destination = self.ice.selected or self._last_valid_source()
+        destination = self._destination()
         if srtp is None or destination is None:
             return
         blocks = []
@@ -388,44 +518,45 @@ class Session:
             blocks.append(self.receive_stats.report_block(self._remote_ssrc, now))
         report: rtcp.RtcpPacket
         if self.send_stats.packet_count and self._tick_base is not None:
-            rtp_now = self._last_sent_timestamp
-            report = self.send_stats.sender_report(self._ssrc, now, rtp_now, blocks)
+            report = self.send_stats.sender_report(self._ssrc, now, self._last_sent_timestamp, blocks)
         else:
             report = rtcp.ReceiverReport(self._ssrc, blocks)
-        sdes = rtcp.SourceDescription([(self._ssrc, [(1, self._cname)])])
+        sdes = rtcp.SourceDescription([(self._ssrc, [(rtcp.SDES_CNAME, self._cname)])])
         self._owner.transmit(srtp.protect_rtcp(rtcp.build_rtcp([report, sdes])), destination)
 
-    # -- end -------------------------------------------------------------
+    # -- end ----------------------------------------------------------------------
 
     def close(self, reason: EndReason) -> None:
         """End the session, free everything and tell the owner why."""
         if self.state is SessionState.CLOSED:
             return
         was_connected = self.state is SessionState.CONNECTED
+        destination = self._destination()
         self.state = SessionState.CLOSED
         self.end_reason = reason
-        if self._dtls_timer is not None and self._dtls_timer.active():
-            self._dtls_timer.cancel()
-        self._dtls_timer = None
-        destination = self.ice.selected or self._last_valid_source()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         if was_connected and reason is not EndReason.DTLS_CLOSED and destination is not None:
             for datagram in self.dtls.close():
                 self._owner.transmit(datagram, destination)
-        self._queue.clear()
         agent, self._agent = self._agent, None
         if agent is not None:
             agent.session_ended(reason.value)
         self._srtp = None
+        self._inbound = None
+        self._outbound = None
+        self.events = None
         self.log.info(
             "session {id} ended: {why} after {secs:.1f} s",
             id=self.session_id,
             why=reason.value,
-            secs=self._clock.seconds() - self.created_at,
+            secs=self.clock.seconds() - self.created_at,
         )
         self._owner.session_closed(self, reason)
 
     def stats(self) -> dict[str, Any]:
-        """Live numbers for operators and the demo page."""
+        """Live numbers for operators, tests and the demo page."""
         return {
             "state": self.state.value,
             "timings_ms": {k: round(v * 1000, 1) for k, v in self.timings.items()},
@@ -434,6 +565,8 @@ class Session:
             "jitter_ms": round(self.receive_stats.jitter_seconds * 1000, 2),
             "packets_sent": self.send_stats.packet_count,
             "rtt_ms": None if self.round_trip_time is None else round(self.round_trip_time * 1000, 2),
-            "queued_frames": len(self._queue),
+            "queued_audio_ms": self.queued_audio_ms(),
+            "barge_in_ms": list(self.barge_in_ms),
+            "frames_concealed": self._inbound.frames_concealed if self._inbound else 0,
+            "events_channel_open": bool(self.events and self.events.is_open),
         }
-

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import configparser
 from typing import Any
 
 from twisted.application import internet, service, strports
@@ -10,9 +11,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
 from voiceedge import config as c
-from voiceedge.agents.registry import agent_factory
+from voiceedge.agents.interfaces import IAgentType
+from voiceedge.agents.plugin import agent_type
 from voiceedge.metrics import MetricsResource, make_registry
 from voiceedge.signaling.resource import build_site
+from voiceedge.transceiver.audio import SpeechSettings
 from voiceedge.transceiver.dtls import DtlsCertificate
 from voiceedge.transceiver.host import Transceiver
 from voiceedge.transceiver.protocol import SharedSocketProtocol
@@ -45,10 +48,42 @@ SCHEMA: c.Schema = {
             c.optional_address, "", "where relays reach this transceiver (default: media_listen)"
         ),
     },
+    "speech": {
+        "threshold_db": c.Key(c.number(3, 60), "12", "dB above the noise floor that counts as voice"),
+        "min_speech_ms": c.Key(c.integer(20, 2000), "40", "voice this long starts speech (and barge-in)"),
+        "silence_ms": c.Key(c.integer(100, 10000), "500", "silence this long stops speech"),
+        "barge_in": c.Key(c.boolean, "yes", "clear queued agent audio when the caller starts speaking"),
+    },
     "agent": {
-        "name": c.Key(c.nonempty, "echo", "the agent behind every session"),
+        "name": c.Key(c.nonempty, "echo", "the agent behind every session (an installed agent plugin)"),
     },
 }
+
+
+def _agent_name(path: str | None, text: str | None) -> str:
+    """The [agent] name a file chooses, read before the full schema is known."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        if path is not None:
+            parser.read(path, encoding="utf-8")
+        elif text is not None:
+            parser.read_string(text)
+    except (configparser.Error, UnicodeDecodeError):
+        pass  # load_config reports it properly
+    return parser.get("agent", "name", fallback="echo").strip()
+
+
+def load(path: str | None, text: str | None, schema: c.Schema) -> tuple[c.Config, IAgentType]:
+    """Validate a file against ``schema`` plus the chosen agent's ``[agent.<name>]`` section."""
+    source = path or "<embedded defaults>"
+    name = _agent_name(path, text)
+    try:
+        kind = agent_type(name)
+    except ValueError as e:
+        raise c.ConfigError(f"{source}: [agent] name: {e}") from None
+    full = dict(schema)
+    full[f"agent.{name}"] = kind.options
+    return c.load_config(full, path, text), kind
 
 
 class Options(usage.Options):
@@ -67,18 +102,15 @@ class Options(usage.Options):
         if path is None and self.config_required:
             raise usage.UsageError("--config is required")
         try:
-            self.loaded = c.load_config(self.schema, path, self.defaults_text)
+            self.loaded, self.agent_type = load(path, self.defaults_text, self.schema)
             route = self.loaded["route"]
             if route["issuing_key"] is not None and route["issuing_key"] not in route["keys"]:
                 raise c.ConfigError(
                     f"{self.loaded.source}: [route] issuing_key = {route['issuing_key']}:"
                     " not among the keys"
                 )
-            agent_factory(self.loaded["agent"]["name"])
         except c.ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        except ValueError as e:
-            raise usage.UsageError(f"{self.loaded.source}: [agent] name: {e}") from None
 
 
 class TransceiverService(service.Service):
@@ -99,20 +131,28 @@ class TransceiverService(service.Service):
 
 
 def build_transceiver(
-    conf: c.Config, clock: IReactorTime, parent: service.MultiService
+    conf: c.Config, kind: IAgentType, clock: IReactorTime, parent: service.MultiService
 ) -> Transceiver:
     """A transceiver from ``conf``, its UDP socket and timers added to ``parent``."""
     section = conf["transceiver"]
+    speech = conf["speech"]
+    name = conf["agent"]["name"]
     media_host, media_port = section["media_listen"]
     transceiver = Transceiver(
         clock,
         DtlsCertificate.generate(),
         section["advertised_address"] or section["media_listen"],
-        agent_factory(conf["agent"]["name"]),
+        kind.make_factory(conf[f"agent.{name}"], clock),
         max_sessions=section["max_sessions"],
         setup_timeout=section["setup_timeout"],
         consent_timeout=section["consent_timeout"],
         relay_networks=section["relay_networks"],
+        speech=SpeechSettings(
+            threshold_db=speech["threshold_db"],
+            min_speech_ms=speech["min_speech_ms"],
+            silence_ms=speech["silence_ms"],
+            barge_in=speech["barge_in"],
+        ),
     )
     protocol = SharedSocketProtocol(transceiver)
     route = conf["route"]
@@ -152,6 +192,6 @@ def makeService(config: Options, clock: IReactorTime | None = None) -> service.M
         from twisted.internet import reactor as clock  # type: ignore[assignment]
     assert clock is not None
     top = service.MultiService()
-    transceiver = build_transceiver(config.loaded, clock, top)
+    transceiver = build_transceiver(config.loaded, config.agent_type, clock, top)
     build_signaling(config.loaded, transceiver, top)
     return top

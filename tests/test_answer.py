@@ -1,0 +1,429 @@
+"""Tests for voiceedge.signaling.answer: the offer checks and the exact answer we write."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from voiceedge.signaling.answer import (
+    AnswerParameters,
+    NoOpusOffered,
+    OfferNotAcceptable,
+    OfferSummary,
+    build_answer,
+    summarize_offer,
+)
+from voiceedge.wire.sdp import Codec, Fingerprint, parse_sdp
+
+FIXTURES = Path(__file__).parent / "fixtures" / "sdp"
+CLIENTS = ["chrome", "firefox", "safari", "pion", "aiortc"]
+
+UFRAG = "vE1Qx7+/abcd"
+PWD = "p9T2mZ8xL4kR7wN1vB6cF3hJ"
+FINGERPRINT = Fingerprint(
+    "sha-256",
+    "0F:2E:4D:6C:8B:AA:C9:E8:07:26:45:64:83:A2:C1:E0:FF:1E:3D:5C:7B:9A:B9:D8:F7:16:35:54:73:92:B1:D0",
+)
+PARAMS = AnswerParameters(UFRAG, PWD, FINGERPRINT, ("203.0.113.7", 3478), 4242)
+PARAMS_DC = AnswerParameters(UFRAG, PWD, FINGERPRINT, ("203.0.113.7", 3478), 4242, accept_datachannel=True)
+
+# (opus pt, echoed fmtp or None, rtcp-rsize offered) per fixture
+OPUS = {
+    "chrome": (111, "minptime=10;useinbandfec=1", True),
+    "firefox": (109, "useinbandfec=1", False),
+    "safari": (111, "minptime=10;useinbandfec=1", True),
+    "pion": (111, "minptime=10;useinbandfec=1", True),
+    "aiortc": (96, None, False),
+}
+
+
+def load(client: str) -> str:
+    """Return a fixture offer's text."""
+    return (FIXTURES / f"{client}-offer.sdp").read_bytes().decode("utf-8")
+
+
+def _sections(text: str) -> list[str]:
+    """Split SDP text into the session part and each m= section, keeping every line."""
+    parts = text.split("m=")
+    return [parts[0], *("m=" + p for p in parts[1:])]
+
+
+def answer_for(text: str, params: AnswerParameters = PARAMS) -> str:
+    """Summarize and answer an offer's text."""
+    offer = parse_sdp(text)
+    return build_answer(offer, summarize_offer(offer), params)
+
+
+def transport_lines() -> list[str]:
+    """Our ICE/DTLS lines, in serializer order, at session level and on accepted m-lines."""
+    return [
+        f"a=ice-ufrag:{UFRAG}",
+        f"a=ice-pwd:{PWD}",
+        f"a=fingerprint:sha-256 {FINGERPRINT.value}",
+        "a=setup:passive",
+    ]
+
+
+def expected_answer(
+    pt: int, fmtp: str | None, rsize: bool, datachannel: bool, direction: str = "sendrecv"
+) -> list[str]:
+    """The exact answer lines for a two m-line (audio mid 0, data channel mid 1) offer."""
+    candidate = ["a=candidate:1 1 udp 2130706431 203.0.113.7 3478 typ host", "a=end-of-candidates"]
+    lines = [
+        "v=0",
+        "o=- 4242 1 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=ice-lite",
+        *transport_lines(),
+        "a=group:BUNDLE 0 1" if datachannel else "a=group:BUNDLE 0",
+        f"m=audio 3478 UDP/TLS/RTP/SAVPF {pt}",
+        "c=IN IP4 203.0.113.7",
+        "a=mid:0",
+        f"a={direction}",
+        *transport_lines(),
+        "a=rtcp-mux",
+        *(["a=rtcp-rsize"] if rsize else []),
+        f"a=rtpmap:{pt} opus/48000/2",
+        *([f"a=fmtp:{pt} {fmtp}"] if fmtp else []),
+        *candidate,
+    ]
+    if datachannel:
+        lines += [
+            "m=application 3478 UDP/DTLS/SCTP webrtc-datachannel",
+            "c=IN IP4 203.0.113.7",
+            "a=mid:1",
+            *transport_lines(),
+            "a=sctp-port:5000",
+            "a=max-message-size:262144",
+            *candidate,
+        ]
+    else:
+        lines += ["m=application 0 UDP/DTLS/SCTP webrtc-datachannel", "c=IN IP4 0.0.0.0", "a=mid:1"]
+    return lines
+
+
+# --- fixtures --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("datachannel", [False, True])
+def test_fixture_answer_exact(client: str, datachannel: bool) -> None:
+    """Each client's offer gets exactly the expected answer, which parses."""
+    answer = answer_for(load(client), PARAMS_DC if datachannel else PARAMS)
+    pt, fmtp, rsize = OPUS[client]
+    assert answer.split("\r\n") == [*expected_answer(pt, fmtp, rsize, datachannel), ""]
+    desc = parse_sdp(answer)
+    assert desc.ice_lite and desc.media[0].codecs == [
+        Codec(pt, "opus", 48000, 2, dict(p.split("=") for p in fmtp.split(";")) if fmtp else {})
+    ]
+
+
+def test_chrome_answer_golden_file() -> None:
+    """The Chrome answer with the data channel matches the reviewed golden file."""
+    golden = (FIXTURES / "chrome-answer.sdp").read_bytes().decode("utf-8")
+    assert answer_for(load("chrome"), PARAMS_DC) == golden
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_fixture_summary(client: str) -> None:
+    """The summary carries the client's ICE credentials, fingerprints, Opus and data channel."""
+    offer = parse_sdp(load(client))
+    summary = summarize_offer(offer)
+    audio = offer.media[0]
+    assert (summary.remote_ufrag, summary.remote_pwd) == offer.ice_credentials(audio)
+    assert list(summary.remote_fingerprints) == offer.dtls_fingerprints(audio)
+    assert summary.audio_mid == "0" and summary.datachannel_mid == "1"
+    assert summary.opus == audio.codec("opus")
+    assert summary.max_message_size == offer.media[1].max_message_size
+
+
+def test_summary_is_frozen() -> None:
+    """OfferSummary and AnswerParameters are immutable."""
+    summary = summarize_offer(parse_sdp(load("chrome")))
+    with pytest.raises(AttributeError):
+        summary.audio_mid = "x"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        PARAMS.session_id = 1  # type: ignore[misc]
+    assert isinstance(summary, OfferSummary)
+
+
+# --- policy details --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "offered, answered",
+    [("sendrecv", "sendrecv"), ("sendonly", "recvonly"), ("recvonly", "sendonly"), ("inactive", "inactive")],
+)
+def test_direction_mirrored(offered: str, answered: str) -> None:
+    """The answer's direction mirrors the offer's (RFC 3264 6.1)."""
+    answer = parse_sdp(answer_for(load("chrome").replace("a=sendrecv", f"a={offered}")))
+    assert answer.media[0].direction == answered
+
+
+def test_no_direction_means_sendrecv() -> None:
+    """An offer without a direction attribute is sendrecv."""
+    answer = parse_sdp(answer_for(load("chrome").replace("a=sendrecv\r\n", "")))
+    assert answer.media[0].direction == "sendrecv"
+
+
+VIDEO = (
+    "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\na=sendrecv\r\na=rtcp-mux\r\n"
+    "a=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n"
+)
+SECOND_AUDIO = (
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\na=rtcp-mux\r\n"
+    "a=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+
+
+def test_other_m_lines_rejected() -> None:
+    """Video and a second audio are rejected: port 0, same proto, first format, mid kept, not bundled."""
+    session, audio_section, app_section = _sections(load("chrome"))
+    session = session.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE v 0 1 a2")
+    text = session + VIDEO.format(mid="v") + audio_section + app_section + SECOND_AUDIO.format(mid="a2")
+    offer = parse_sdp(text)
+    assert [m.mid for m in offer.media] == ["v", "0", "1", "a2"]
+    answer = parse_sdp(build_answer(offer, summarize_offer(offer), PARAMS_DC))
+    assert answer.groups == [("BUNDLE", ["0", "1"])]
+    video, audio, app, audio2 = answer.media
+    assert (video.kind, video.port, video.proto, video.formats, video.mid) == (
+        "video", 0, "UDP/TLS/RTP/SAVPF", ["96"], "v",
+    )
+    assert (audio2.kind, audio2.port, audio2.formats, audio2.mid) == ("audio", 0, ["111"], "a2")
+    for rejected in (video, audio2):
+        assert rejected.codecs == [] and rejected.candidates == [] and rejected.ice_ufrag is None
+        assert rejected.connection == "IN IP4 0.0.0.0" and rejected.direction is None
+    assert audio.port == 3478 and app.port == 3478
+
+
+def test_first_opus_audio_wins() -> None:
+    """With two audio m-lines the first one carrying Opus is accepted."""
+    text = load("chrome").replace("a=rtpmap:111 opus/48000/2\r\n", "a=rtpmap:111 ISAC/16000\r\n")
+    text = text.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0 1 2") + SECOND_AUDIO.format(mid="2")
+    offer = parse_sdp(text)
+    summary = summarize_offer(offer)
+    assert summary.audio_mid == "2" and summary.opus.payload_type == 111
+    answer = parse_sdp(build_answer(offer, summary, PARAMS))
+    assert [m.port for m in answer.media] == [0, 0, 3478]
+    assert answer.groups == [("BUNDLE", ["2"])]
+
+
+def test_ipv6_candidate() -> None:
+    """An IPv6 media address gives c=IN IP6 and an IPv6 host candidate."""
+    params = AnswerParameters(UFRAG, PWD, FINGERPRINT, ("2001:db8::7", 3478), 1)
+    answer = parse_sdp(answer_for(load("firefox"), params))
+    audio = answer.media[0]
+    assert audio.connection == "IN IP6 2001:db8::7"
+    assert (audio.candidates[0].host, audio.candidates[0].port) == ("2001:db8::7", 3478)
+
+
+def test_hostname_candidate_is_a_programming_error() -> None:
+    """The advertised address must be an IP literal."""
+    offer = parse_sdp(load("chrome"))
+    params = AnswerParameters(UFRAG, PWD, FINGERPRINT, ("relay.example", 3478), 1)
+    with pytest.raises(ValueError, match="IP address"):
+        build_answer(offer, summarize_offer(offer), params)
+
+
+def test_custom_sctp_parameters() -> None:
+    """sctp-port and max-message-size come from the parameters."""
+    params = AnswerParameters(
+        UFRAG, PWD, FINGERPRINT, ("203.0.113.7", 3478), 1, accept_datachannel=True,
+        sctp_port=5001, max_message_size=65536,
+    )
+    app = parse_sdp(answer_for(load("pion"), params)).media[1]
+    assert (app.sctp_port, app.max_message_size) == (5001, 65536)
+
+
+def test_datachannel_outside_audio_bundle_rejected() -> None:
+    """A data channel not bundled with the audio cannot share our one transport: rejected."""
+    text = load("chrome").replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0")
+    offer = parse_sdp(text)
+    summary = summarize_offer(offer)
+    assert summary.datachannel_mid is None
+    answer = parse_sdp(build_answer(offer, summary, PARAMS_DC))
+    assert answer.media[1].port == 0 and answer.groups == [("BUNDLE", ["0"])]
+
+
+def test_no_bundle_no_mid() -> None:
+    """A legacy offer without mids or BUNDLE gets an answer without a=group or a=mid."""
+    text = load("chrome")
+    for line in ("a=group:BUNDLE 0 1\r\n", "a=mid:0\r\n", "a=mid:1\r\n"):
+        text = text.replace(line, "")
+    answer_text = answer_for(text, PARAMS_DC)
+    assert "a=group" not in answer_text and "a=mid" not in answer_text
+    answer = parse_sdp(answer_text)
+    assert [m.port for m in answer.media] == [3478, 0]
+
+
+def test_legacy_sctp_rejected() -> None:
+    """The pre-RFC 8841 'DTLS/SCTP 5000' m-line is rejected, not answered."""
+    text = load("chrome").replace(
+        "m=application 54322 UDP/DTLS/SCTP webrtc-datachannel", "m=application 54322 DTLS/SCTP 5000"
+    )
+    answer = parse_sdp(answer_for(text, PARAMS_DC))
+    assert (answer.media[1].port, answer.media[1].proto, answer.media[1].formats) == (0, "DTLS/SCTP", ["5000"])
+
+
+def test_setup_active_accepted() -> None:
+    """A client that insists on being the DTLS client (active) is fine: we are passive."""
+    answer = parse_sdp(answer_for(load("chrome").replace("a=setup:actpass", "a=setup:active")))
+    assert answer.media[0].setup == "passive"
+
+
+# --- refusals --------------------------------------------------------------
+
+
+def _without(text: str, *prefixes: str) -> str:
+    return "".join(
+        line for line in text.splitlines(keepends=True) if not line.startswith(prefixes)
+    )
+
+
+REFUSALS = [
+    ("no ICE", lambda t: _without(t, "a=ice-ufrag:"), 400, "ice-ufrag"),
+    ("no ICE pwd", lambda t: _without(t, "a=ice-pwd:"), 400, "ice-pwd"),
+    ("short pwd", lambda t: t.replace("X3bLp0mN9tV7qRk2zW8sJd4H", "short"), 400, "RFC 8839"),
+    ("no fingerprint", lambda t: _without(t, "a=fingerprint:"), 400, "fingerprint"),
+    ("md5 only", lambda t: t.replace("a=fingerprint:sha-256", "a=fingerprint:md5"), 400, "fingerprint"),
+    ("passive", lambda t: t.replace("a=setup:actpass", "a=setup:passive"), 400, "setup:passive"),
+    ("holdconn", lambda t: t.replace("a=setup:actpass", "a=setup:holdconn"), 400, "setup:holdconn"),
+    ("no rtcp-mux", lambda t: _without(t, "a=rtcp-mux"), 400, "rtcp-mux"),
+    ("plain RTP", lambda t: t.replace("UDP/TLS/RTP/SAVPF", "RTP/AVP"), 400, "DTLS-SRTP"),
+    ("no audio", lambda t: _sections(t)[0] + _sections(t)[2], 400, "no audio"),
+    ("audio disabled", lambda t: t.replace("m=audio 54321", "m=audio 0"), 400, "no audio"),
+]
+
+
+@pytest.mark.parametrize("name, mutate, status, reason", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_refusals(name: str, mutate: object, status: int, reason: str) -> None:
+    """Each bad-but-parseable offer is refused with its status and a reason naming the problem."""
+    offer = parse_sdp(mutate(load("chrome")))  # type: ignore[operator]
+    with pytest.raises(OfferNotAcceptable) as info:
+        summarize_offer(offer)
+    assert info.value.status == status
+    assert reason in info.value.reason and str(info.value) == info.value.reason
+    assert not isinstance(info.value, NoOpusOffered)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda t: t.replace("opus/48000/2", "ISAC/16000"),
+        lambda t: t.replace("opus/48000/2", "opus/48000"),
+        lambda t: t.replace("opus/48000/2", "opus/16000/2"),
+        lambda t: t.replace("m=audio 54321 UDP/TLS/RTP/SAVPF 111 ", "m=audio 54321 UDP/TLS/RTP/SAVPF "),
+    ],
+    ids=["no-opus", "mono", "wrong-rate", "opus-not-in-m-line"],
+)
+def test_no_opus(mutate: object) -> None:
+    """Without opus/48000/2 listed on an audio m-line the offer is 406."""
+    offer = parse_sdp(mutate(load("chrome")))  # type: ignore[operator]
+    with pytest.raises(NoOpusOffered) as info:
+        summarize_offer(offer)
+    assert info.value.status == 406 and "opus" in info.value.reason
+
+
+def test_summary_from_other_offer_refused() -> None:
+    """build_answer with a summary that does not belong to the offer is a programming error."""
+    chrome, firefox = parse_sdp(load("chrome")), parse_sdp(load("firefox"))
+    with pytest.raises(ValueError):
+        build_answer(chrome, summarize_offer(firefox), PARAMS)
+
+
+# --- aiortc accepts our answers --------------------------------------------
+
+
+async def _aiortc_round(direction: str, datachannel: bool, accept: bool) -> tuple[str, str, str]:
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver("audio", direction=direction)
+        if datachannel:
+            pc.createDataChannel("events")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = parse_sdp(pc.localDescription.sdp)
+        params = AnswerParameters(UFRAG, PWD, FINGERPRINT, ("127.0.0.1", 9), 7, accept_datachannel=accept)
+        answer = build_answer(offer, summarize_offer(offer), params)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        transceiver = pc.getTransceivers()[0]
+        return pc.signalingState, transceiver.currentDirection or "", answer
+    finally:
+        await pc.close()
+
+
+@pytest.mark.parametrize(
+    "direction, datachannel, accept, current",
+    [
+        ("sendrecv", True, True, "sendrecv"),
+        ("sendrecv", True, False, "sendrecv"),
+        ("sendrecv", False, False, "sendrecv"),
+        ("sendonly", False, False, "sendonly"),
+        ("recvonly", True, True, "recvonly"),
+    ],
+)
+def test_aiortc_accepts_answer(direction: str, datachannel: bool, accept: bool, current: str) -> None:
+    """aiortc's createOffer -> our build_answer -> aiortc's setRemoteDescription succeeds."""
+    state, negotiated, answer = asyncio.run(_aiortc_round(direction, datachannel, accept))
+    assert state == "stable"
+    assert negotiated == current
+    desc = parse_sdp(answer)
+    assert len(desc.media) == (2 if datachannel else 1)
+    if datachannel:
+        assert desc.media[1].port == (9 if accept else 0)
+
+
+# --- chromium accepts our answers ------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+JS_OFFER = """async (video) => {
+  window.pc = new RTCPeerConnection();
+  pc.addTransceiver('audio');
+  if (video) pc.addTransceiver('video');
+  pc.createDataChannel('events');
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  return offer.sdp;
+}"""
+JS_ANSWER = """async (sdp) => {
+  try {
+    await pc.setRemoteDescription({type: 'answer', sdp});
+    return pc.signalingState + ' ' + pc.getTransceivers().map(t => t.currentDirection).join(',');
+  } catch (e) {
+    return 'error: ' + e.message;
+  } finally {
+    pc.close();
+  }
+}"""
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("video", [False, True])
+@pytest.mark.parametrize("accept", [False, True])
+def test_chromium_accepts_answer(video: bool, accept: bool) -> None:
+    """Headless chromium's offer -> our answer -> chromium's setRemoteDescription succeeds."""
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium")
+    playwright_api = pytest.importorskip("playwright.async_api")
+
+    async def run() -> tuple[str, str]:
+        async with playwright_api.async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+            try:
+                page = await browser.new_page()
+                offer = parse_sdp(await page.evaluate(JS_OFFER, video))
+                params = AnswerParameters(
+                    UFRAG, PWD, FINGERPRINT, ("127.0.0.1", 9), 7, accept_datachannel=accept
+                )
+                answer = build_answer(offer, summarize_offer(offer), params)
+                return await page.evaluate(JS_ANSWER, answer), answer
+            finally:
+                await browser.close()
+
+    result, answer = asyncio.run(run())
+    # chromium drops the transceiver of a rejected video m-line, so one audio transceiver remains
+    assert result == "stable sendrecv", answer

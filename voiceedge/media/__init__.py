@@ -1,0 +1,1 @@
+"""Media: the Opus codec, a jitter buffer and a speech detector, all sans-I/O."""

@@ -1,0 +1,143 @@
+# -*- test-case-name: tests.test_audio -*-
+"""A session's audio both ways: Opus in to PCM frames and speech events, PCM out to Opus frames."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Callable
+
+from voiceedge.agents.interfaces import AudioFrame
+from voiceedge.media.jitter import JitterBuffer
+from voiceedge.media.opus import CodecError, OpusDecoder, OpusEncoder
+from voiceedge.media.speech import SpeechDetector, SpeechEvent
+
+# Enough for an agent to queue a long answer ahead of playout, small enough
+# that a runaway agent cannot eat the process: 60 s.
+MAX_QUEUED_FRAMES = 3000
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechSettings:
+    """The session's speech detector: it drives speech events and barge-in."""
+
+    threshold_db: float = 12.0
+    min_speech_ms: float = 40.0
+    silence_ms: float = 500.0
+    barge_in: bool = True
+
+
+class InboundAudio:
+    """Caller's Opus packets in; decoded 20 ms frames and speech events out.
+
+    Packets go through a jitter buffer that adds no delay on a clean network
+    (in-order packets come straight out) and waits briefly for a missing one
+    only once reordering has been seen; a frame that does not come is
+    concealed by the decoder.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        speech: SpeechSettings,
+        on_frame: Callable[[AudioFrame], None],
+        on_speech: Callable[[SpeechEvent], None],
+    ) -> None:
+        self.sample_rate = sample_rate
+        self._jitter = JitterBuffer()
+        self._decoder = OpusDecoder(sample_rate)
+        self._detector = SpeechDetector(
+            sample_rate,
+            threshold_db=speech.threshold_db,
+            min_speech_ms=speech.min_speech_ms,
+            silence_ms=speech.silence_ms,
+        )
+        self._on_frame = on_frame
+        self._on_speech = on_speech
+        self.frames_decoded = 0
+        self.frames_concealed = 0
+        self.decode_errors = 0
+
+    def packet_received(self, sequence_number: int, timestamp: int, payload: bytes, now: float) -> None:
+        """One Opus packet arrived."""
+        self._jitter.push(sequence_number, timestamp, payload, now)
+        self.drain(now)
+
+    def drain(self, now: float) -> None:
+        """Decode every frame the jitter buffer releases at ``now``."""
+        while (frame := self._jitter.pop(now)) is not None:
+            if frame.lost:
+                pcm = self._conceal(frame.next_payload)
+            else:
+                try:
+                    pcm = self._decoder.decode(frame.payload)
+                    self.frames_decoded += 1
+                except CodecError:
+                    self.decode_errors += 1
+                    pcm = self._conceal(None)
+            for event in self._detector.feed(pcm, now):
+                self._on_speech(event)
+            self._on_frame(AudioFrame(pcm, self.sample_rate, frame.timestamp, now, frame.lost))
+        for event in self._detector.poll(now):
+            self._on_speech(event)
+
+    def _conceal(self, next_payload: bytes | None) -> bytes:
+        self.frames_concealed += 1
+        if next_payload is not None and self._decoder.supports_fec:
+            return self._decoder.decode_fec(next_payload)
+        return self._decoder.conceal()
+
+    def deadline(self) -> float | None:
+        """When the jitter buffer gives up waiting for a missing packet."""
+        return self._jitter.deadline()
+
+    @property
+    def jitter_stats(self) -> object:
+        """The jitter buffer's counters."""
+        return self._jitter.stats
+
+
+class OutboundAudio:
+    """The agent's PCM in, any length; 20 ms Opus frames out, for the shared tick.
+
+    Frames are encoded as soon as they are complete, not on the tick, so the
+    tick only pops and sends.
+    """
+
+    def __init__(self, sample_rate: int, complexity: int = 5) -> None:
+        self.sample_rate = sample_rate
+        self._frame_bytes = sample_rate // 50 * 2
+        self._encoder = OpusEncoder(sample_rate, complexity=complexity)
+        self._pcm = bytearray()
+        self._frames: collections.deque[bytes] = collections.deque()
+        self.frames_dropped = 0
+
+    def add(self, pcm: bytes) -> None:
+        """Queue PCM16 mono; odd trailing bytes wait for the rest of their frame."""
+        self._pcm += pcm
+        size = self._frame_bytes
+        while len(self._pcm) >= size:
+            chunk = bytes(self._pcm[:size])
+            del self._pcm[:size]
+            if len(self._frames) >= MAX_QUEUED_FRAMES:
+                self.frames_dropped += 1
+                continue
+            self._frames.append(self._encoder.encode(chunk))
+
+    def pop(self) -> bytes | None:
+        """The next Opus frame to send, if any."""
+        return self._frames.popleft() if self._frames else None
+
+    def __bool__(self) -> bool:
+        return bool(self._frames)
+
+    def queued_ms(self) -> int:
+        """Milliseconds of audio waiting, encoded or not."""
+        return len(self._frames) * 20 + len(self._pcm) * 1000 // (2 * self.sample_rate)
+
+    def clear(self) -> int:
+        """Drop everything queued; return how many milliseconds that was."""
+        dropped = self.queued_ms()
+        self._frames.clear()
+        self._pcm.clear()
+        return dropped
