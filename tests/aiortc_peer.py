@@ -182,3 +182,330 @@ async def echo_call(
         await pc.close()
         for task in consumers:
             task.cancel()
+
+
+async def monitored_call(base_url: str, seconds: float, during: Any = None) -> list[float]:
+    """Call, send a tone for ``seconds`` while ``during`` (a coroutine) runs; hang up.
+
+    Returns the ``time.monotonic()`` arrival of every echoed frame, so a
+    test can see gaps (a relay restart) and when audio came back.
+    """
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    connected = asyncio.Event()
+    arrivals: list[float] = []
+
+    @pc.on("connectionstatechange")
+    def _state() -> None:
+        if pc.connectionState == "connected":
+            connected.set()
+
+    async def consume(track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                await track.recv()
+                arrivals.append(time.monotonic())
+        except MediaStreamError:
+            pass
+
+    consumers: list[asyncio.Task[None]] = []
+
+    @pc.on("track")
+    def _track(track: MediaStreamTrack) -> None:
+        consumers.append(asyncio.ensure_future(consume(track)))
+
+    pc.addTrack(SineTrack())
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        status, headers, body = await asyncio.to_thread(
+            _http, "POST", base_url + "/v1/realtime/calls", pc.localDescription.sdp.encode(), "application/sdp"
+        )
+        assert status == 201, (status, body)
+        await pc.setRemoteDescription(RTCSessionDescription(body.decode(), "answer"))
+        await asyncio.wait_for(connected.wait(), 10)
+        task = asyncio.ensure_future(during) if during is not None else None
+        await asyncio.sleep(seconds)
+        if task is not None:
+            await task
+        await asyncio.to_thread(_http, "DELETE", base_url + headers["Location"])
+        return arrivals
+    finally:
+        await pc.close()
+        for consumer in consumers:
+            consumer.cancel()
+
+
+# -- turn-taking calls (the parrot agent) ---------------------------------------
+
+
+class ScriptedTrack(MediaStreamTrack):
+    """A microphone that says given PCM at given times and is silent otherwise.
+
+    ``segments`` are ``(start, pcm)``: seconds after the first frame (rounded
+    to 20 ms), PCM16 mono at 48 kHz.  ``started_at[i]`` is the monotonic time
+    the first frame of segment ``i`` was handed to the encoder (aiortc
+    encodes and sends it at once), ``first_frame_at`` that of the first frame.
+    """
+
+    kind = "audio"
+
+    def __init__(self, segments: list[tuple[float, bytes]]) -> None:
+        super().__init__()
+        self._segments = [(round(start * 50) * FRAME_SAMPLES, pcm) for start, pcm in segments]
+        self.started_at: list[float | None] = [None] * len(segments)
+        self.first_frame_at: float | None = None
+        self._pts = 0
+
+    async def recv(self) -> AudioFrame:
+        """The next 20 ms frame, on time."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.first_frame_at is None:
+            self.first_frame_at = time.monotonic()
+        else:
+            self._pts += FRAME_SAMPLES
+            delay = self.first_frame_at + self._pts / SAMPLE_RATE - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        pcm = bytearray(FRAME_SAMPLES * 2)
+        for index, (first, segment) in enumerate(self._segments):
+            offset = (self._pts - first) * 2
+            if 0 <= offset < len(segment):
+                piece = segment[offset : offset + len(pcm)]
+                pcm[: len(piece)] = piece
+                if offset == 0:
+                    self.started_at[index] = time.monotonic()
+        frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        frame.planes[0].update(bytes(pcm))
+        frame.pts = self._pts
+        frame.sample_rate = SAMPLE_RATE
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        return frame
+
+
+@dataclass
+class TurnCallResult:
+    """What one scripted call heard: every RTP packet's arrival and level, events and server stats."""
+
+    location: str
+    segment_started_at: list[float | None]
+    # (monotonic arrival, RMS level in dBFS) of every audio packet received, in order
+    # of arrival: measured on the packet, ahead of aiortc's jitter buffer, which
+    # holds the last packets of a burst until the next burst comes.
+    received: list[tuple[float, float]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    channel_opened: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+    stats_status: int = 0
+    delete_status: int = 0
+
+    def loud(self, threshold_db: float = -45.0, since: float = 0.0, until: float = math.inf) -> list[float]:
+        """Arrival times of packets louder than ``threshold_db`` within ``[since, until)``."""
+        return [at for at, level in self.received if level > threshold_db and since <= at < until]
+
+
+def _level_db(pcm: bytes) -> float:
+    count = len(pcm) // 2
+    if not count:
+        return -100.0
+    samples = struct.unpack(f"<{count}h", pcm[: count * 2])
+    energy = sum(s * s for s in samples) / count
+    return max(-100.0, 10 * math.log10(energy / 32768**2)) if energy else -100.0
+
+
+async def scripted_call(
+    base_url: str,
+    segments: list[tuple[float, bytes]],
+    seconds: float,
+    events: list[dict[str, Any]] | None = None,
+) -> TurnCallResult:
+    """Call voiceedge, say ``segments`` (see :class:`ScriptedTrack`), listen ``seconds`` from the first frame.
+
+    Every received RTP packet is decoded with our own Opus decoder and its level
+    kept with its arrival time.  An ``oai-events`` data channel is opened; the
+    ``events`` given are sent on it once it opens, and what comes back is kept.
+    Before hanging up the session's stats are read with ``GET <Location>``.
+    """
+    from voiceedge.media.opus import OpusDecoder
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    connected = asyncio.Event()
+    track = ScriptedTrack(segments)
+    decoder = OpusDecoder(SAMPLE_RATE)
+    result = TurnCallResult("", track.started_at)
+    channel = pc.createDataChannel("oai-events")
+
+    @channel.on("open")
+    def _open() -> None:
+        result.channel_opened = True
+        for event in events or []:
+            channel.send(json.dumps(event))
+
+    @channel.on("message")
+    def _message(message: str | bytes) -> None:
+        try:
+            result.events.append(json.loads(message))
+        except ValueError:
+            result.events.append({"type": "<not json>", "raw": repr(message)})
+
+    @pc.on("connectionstatechange")
+    def _state() -> None:
+        if pc.connectionState == "connected":
+            connected.set()
+
+    async def drain(remote: MediaStreamTrack) -> None:
+        try:
+            while True:
+                await remote.recv()
+        except MediaStreamError:
+            pass
+
+    consumers: list[asyncio.Task[None]] = []
+
+    @pc.on("track")
+    def _track(remote: MediaStreamTrack) -> None:
+        consumers.append(asyncio.ensure_future(drain(remote)))
+
+    pc.addTrack(track)
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        handle = receiver._handle_rtp_packet
+
+        async def measured(packet: Any, arrival_time_ms: int, handle: Any = handle) -> None:
+            arrival = time.monotonic()
+            try:
+                level = _level_db(decoder.decode(packet.payload))
+            except Exception:  # a packet our decoder rejects: note it as silent
+                level = -100.0
+            result.received.append((arrival, level))
+            await handle(packet, arrival_time_ms=arrival_time_ms)
+
+        receiver._handle_rtp_packet = measured  # type: ignore[method-assign]
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        status, headers, body = await asyncio.to_thread(
+            _http, "POST", base_url + "/v1/realtime/calls", pc.localDescription.sdp.encode(), "application/sdp"
+        )
+        assert status == 201, (status, body)
+        result.location = headers["Location"]
+        await pc.setRemoteDescription(RTCSessionDescription(body.decode(), "answer"))
+        await asyncio.wait_for(connected.wait(), 10)
+        for _ in range(200):
+            if track.first_frame_at is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert track.first_frame_at is not None, "aiortc never pulled a frame"
+        await asyncio.sleep(max(0.0, track.first_frame_at + seconds - time.monotonic()))
+        status, _, body = await asyncio.to_thread(_http, "GET", base_url + result.location)
+        result.stats_status = status
+        if status == 200:
+            result.stats = json.loads(body)
+        status, _, _ = await asyncio.to_thread(_http, "DELETE", base_url + result.location)
+        result.delete_status = status
+        return result
+    finally:
+        await pc.close()
+        for task in consumers:
+            task.cancel()
+
+
+# -- calls driven by a test's script (the bridge agent) ------------------------
+
+
+@dataclass
+class LiveCall:
+    """A call in progress, as a test's script sees it: events both ways, audio levels, the end."""
+
+    channel: Any
+    location: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    # RMS level in dBFS of every frame aiortc decoded from what voiceedge sent.
+    levels: list[float] = field(default_factory=list)
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    delete_status: int = 0
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        """Send a JSON event on ``oai-events``."""
+        self.channel.send(json.dumps(event))
+
+    def loud_frames(self, threshold_db: float = -40.0) -> int:
+        """How many received frames were louder than ``threshold_db``."""
+        return sum(1 for level in self.levels if level > threshold_db)
+
+    async def wait_for(self, predicate: Any, timeout: float) -> bool:
+        """Poll ``predicate()`` every 20 ms until true or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+
+async def live_call(base_url: str, script: Any, track: MediaStreamTrack | None = None) -> LiveCall:
+    """Call voiceedge with an ``oai-events`` channel and a tone; run ``await script(call)``; hang up.
+
+    ``call.ended`` is set when the server ends the call (the data channel
+    closes or the connection closes or fails). The DELETE is sent only if the
+    call had not ended by the time the script returned.
+    """
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    connected = asyncio.Event()
+    channel = pc.createDataChannel("oai-events")
+    call = LiveCall(channel)
+
+    @channel.on("open")
+    def _open() -> None:
+        call.opened.set()
+
+    @channel.on("close")
+    def _close() -> None:
+        call.ended.set()
+
+    @channel.on("message")
+    def _message(message: str | bytes) -> None:
+        try:
+            call.events.append(json.loads(message))
+        except ValueError:
+            call.events.append({"type": "<not json>", "raw": repr(message)})
+
+    @pc.on("connectionstatechange")
+    def _state() -> None:
+        if pc.connectionState == "connected":
+            connected.set()
+        elif pc.connectionState in ("closed", "failed") and connected.is_set():
+            call.ended.set()
+
+    async def consume(remote: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await remote.recv()
+                call.levels.append(_level_db(bytes(frame.planes[0])))
+        except MediaStreamError:
+            pass
+
+    consumers: list[asyncio.Task[None]] = []
+
+    @pc.on("track")
+    def _track(remote: MediaStreamTrack) -> None:
+        consumers.append(asyncio.ensure_future(consume(remote)))
+
+    pc.addTrack(track or SineTrack())
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        status, headers, body = await asyncio.to_thread(
+            _http, "POST", base_url + "/v1/realtime/calls", pc.localDescription.sdp.encode(), "application/sdp"
+        )
+        assert status == 201, (status, body)
+        call.location = headers["Location"]
+        await pc.setRemoteDescription(RTCSessionDescription(body.decode(), "answer"))
+        await asyncio.wait_for(connected.wait(), 10)
+        await script(call)
+        if not call.ended.is_set():
+            status, _, _ = await asyncio.to_thread(_http, "DELETE", base_url + call.location)
+            call.delete_status = status
+        return call
+    finally:
+        await pc.close()
+        for task in consumers:
+            task.cancel()

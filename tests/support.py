@@ -82,11 +82,10 @@ def write_allinone_config(
             "listen": f"tcp:{http_port}:interface={LOOPBACK}",
             "demo_page": "yes",
         },
-        "transceiver": {
-            "media_listen": f"{LOOPBACK}:{media_port}",
-            "advertised_address": f"{LOOPBACK}:{media_port}",
-            "max_sessions": "100",
-        },
+        # Clients see only the relay, on media_port; the transceiver behind it
+        # takes a free internal port.
+        "relay": {"public_listen": f"{LOOPBACK}:{media_port}"},
+        "transceiver": {"max_sessions": "100"},
         "agent": {"name": "echo"},
     }
     for section, values in overrides.items():

@@ -10,6 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from voiceedge import tap as allinone_tap
+from voiceedge.relay.tap import RelayService
 from voiceedge.transceiver import tap as transceiver_tap
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,12 +23,16 @@ def test_allinone_runs_on_embedded_defaults() -> None:
     conf = options.loaded
     assert conf["signaling"]["listen"] == "tcp:8080:interface=127.0.0.1"
     assert conf["signaling"]["demo_page"] is True
-    assert conf["transceiver"]["media_listen"] == ("127.0.0.1", 3478)
+    assert conf["relay"]["public_listen"] == ("127.0.0.1", 3478)
+    assert conf["transceiver"]["media_listen"] == ("127.0.0.1", 0)
     assert conf["agent"]["name"] == "echo"
     top = allinone_tap.makeService(options, MemoryReactorClock())
     assert isinstance(top, service.MultiService)
     kinds = [type(s) for s in top]
     assert internet.UDPServer in kinds
+    assert RelayService in kinds
+    # The answer's only candidate is the relay.
+    assert options.loaded["transceiver"]["advertised_address"] == ("127.0.0.1", 3478)
 
 
 def test_transceiver_requires_a_config() -> None:

@@ -38,6 +38,10 @@ class Config:
     def __getitem__(self, section: str) -> dict[str, Any]:
         return self._values[section]
 
+    def __setitem__(self, section: str, values: dict[str, Any]) -> None:
+        """Set a whole section (for services that derive settings of their own)."""
+        self._values[section] = values
+
     def sections(self) -> list[str]:
         """The schema's sections, in order."""
         return list(self._values)
@@ -68,11 +72,11 @@ def load_config(schema: Schema, path: str | None = None, text: str | None = None
         if section not in schema:
             allowed = ", ".join(sorted(schema))
             raise ConfigError(f"{source}: unknown section [{section}] (allowed: {allowed})")
-        for key in parser[section]:
-            if key not in schema[section]:
+        for written in parser[section]:
+            if written not in schema[section]:
                 allowed = ", ".join(sorted(schema[section]))
                 raise ConfigError(
-                    f"{source}: [{section}] unknown key {key!r} (allowed: {allowed})"
+                    f"{source}: [{section}] unknown key {written!r} (allowed: {allowed})"
                 )
 
     values: dict[str, dict[str, Any]] = {}

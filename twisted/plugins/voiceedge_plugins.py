@@ -11,3 +11,4 @@ voiceedge_transceiver = ServiceMaker(
     "voiceedge transceiver: ICE-lite, DTLS-SRTP and RTP on one UDP socket",
     "voiceedge-transceiver",
 )
+voiceedge_relay = ServiceMaker("voiceedge-relay", "voiceedge.relay.tap", "voiceedge relay: one public UDP port, routes by the token in the ICE ufrag", "voiceedge-relay")

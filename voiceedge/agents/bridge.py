@@ -126,8 +126,10 @@ class BridgeLink:
         self.transport: WebSocketClient | None = None
 
     def negotiationStarted(self, transport: WebSocketClient) -> None:  # noqa: N802 - Twisted's name
-        """TCP is up; the HTTP upgrade is under way."""
+        """TCP is up; the HTTP upgrade is under way (closed at once if the agent gave up)."""
         self.transport = transport
+        if self.agent.state is LinkState.CLOSED:
+            transport.loseConnection()
 
     def negotiationFinished(self) -> None:  # noqa: N802
         """The upgrade succeeded; the connect Deferred has fired already."""
@@ -268,9 +270,9 @@ class WebSocketClient(protocol.Protocol):
                 self._done.errback(reason)
             return
         self._open = False
-        if self._close is not None:
-            reason = Failure(self._close)
-        self._link.connectionLost(reason)
+        # TCP gone without a Close frame is RFC 6455's abnormal closure, 1006.
+        closed = self._close or BackendClosed(1006, "no close frame")
+        self._link.connectionLost(Failure(closed))
 
     # -- WebSocketTransport ---------------------------------------------
 
@@ -307,6 +309,8 @@ class WebSocketClient(protocol.Protocol):
 
 class _OneShotFactory(protocol.Factory):
     """Builds the one protocol instance of one connection attempt."""
+
+    noisy = False  # one per call: no start/stop lines in the log
 
     def __init__(self, build: Callable[[], protocol.Protocol]) -> None:
         self._build = build

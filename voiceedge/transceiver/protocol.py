@@ -17,7 +17,7 @@ class SharedSocketProtocol(DatagramProtocol):
     def startProtocol(self) -> None:
         """Give the transceiver the socket's write, bound once."""
         assert self.transport is not None
-        self.transceiver.write = self.transport.write  # type: ignore[assignment]
+        self.transceiver.write = self.transport.write
 
     def local_address(self) -> Address:
         """The address the socket is bound to."""
@@ -25,6 +25,6 @@ class SharedSocketProtocol(DatagramProtocol):
         host = self.transport.getHost()
         return host.host, host.port
 
-    def datagramReceived(self, datagram: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
         """Hand every datagram to the transceiver."""
         self.transceiver.datagram_received(datagram, addr)

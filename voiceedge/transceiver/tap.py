@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import configparser
-from typing import Any
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.application import internet, service, strports
 from twisted.internet.interfaces import IReactorTime
@@ -13,7 +13,7 @@ from twisted.python import usage
 from voiceedge import config as c
 from voiceedge.agents.interfaces import IAgentType
 from voiceedge.agents.plugin import agent_type
-from voiceedge.metrics import MetricsResource, make_registry
+from voiceedge.metrics import MetricsResource, Sample, make_registry
 from voiceedge.signaling.resource import build_site
 from voiceedge.transceiver.audio import SpeechSettings
 from voiceedge.transceiver.dtls import DtlsCertificate
@@ -103,8 +103,8 @@ class Options(usage.Options):
             raise usage.UsageError("--config is required")
         try:
             self.loaded, self.agent_type = load(path, self.defaults_text, self.schema)
-            route = self.loaded["route"]
-            if route["issuing_key"] is not None and route["issuing_key"] not in route["keys"]:
+            route = self.loaded["route"] if "route" in self.loaded.sections() else {"keys": {}}
+            if route["keys"] and route["issuing_key"] is not None and route["issuing_key"] not in route["keys"]:
                 raise c.ConfigError(
                     f"{self.loaded.source}: [route] issuing_key = {route['issuing_key']}:"
                     " not among the keys"
@@ -173,15 +173,21 @@ def build_transceiver(
     return transceiver
 
 
-def build_signaling(conf: c.Config, transceiver: Transceiver, parent: service.MultiService) -> None:
+def build_signaling(
+    conf: c.Config,
+    transceiver: Transceiver,
+    parent: service.MultiService,
+    more_metrics: Sequence[Callable[[], Iterable[Sample]]] = (),
+) -> None:
     """HTTP signaling for ``transceiver``, with its metrics, added to ``parent``."""
     section = conf["signaling"]
+    registry = make_registry(transceiver.metrics, *more_metrics)
     site = build_site(
         transceiver,
         max_body_bytes=section["max_body_bytes"],
         demo_page=section["demo_page"],
         cors_origins=section["cors_origins"],
-        extra={b"metrics": MetricsResource(make_registry(transceiver.metrics))},
+        extra={b"metrics": MetricsResource(registry)},
     )
     strports.service(section["listen"], site).setServiceParent(parent)
 
@@ -189,7 +195,7 @@ def build_signaling(conf: c.Config, transceiver: Transceiver, parent: service.Mu
 def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
     """The transceiver: its media socket, its timers and its HTTP signaling."""
     if clock is None:
-        from twisted.internet import reactor as clock  # type: ignore[assignment]
+        from twisted.internet import reactor as clock
     assert clock is not None
     top = service.MultiService()
     transceiver = build_transceiver(config.loaded, config.agent_type, clock, top)

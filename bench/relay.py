@@ -1,0 +1,290 @@
+# -*- test-case-name: tests.test_relay_protocol -*-
+"""CPU cost per forwarded packet: the voiceedge relay beside a plain recvfrom/sendto forwarder.
+
+``python bench/relay.py [--packets 200000] [--rate 60000] [--size 200]``
+
+Every variant runs in the same way, in separate processes on loopback: a
+load generator (the client), the forwarder under test, and a sink standing
+in for the transceiver. For the relay the generator first sends a STUN
+Binding request with a valid route token naming the sink, the sink answers
+through the relay's internal socket, and only then (a confirmed flow) does
+the media flood start, so the measured path is the production hot path.
+The forwarder's CPU time (user + system, ``getrusage`` taken inside it on
+SIGUSR1) is read just before and just after the flood and divided by the
+number of packets the sink received. Variants:
+
+* ``plain``: ``while True: sendto(recvfrom())``, the floor for Python.
+* ``relay``: the relay as ``twistd voiceedge-relay`` runs it (ClientPort:
+  ``recvfrom_into`` the relay's buffer, batch reads).
+* ``relay-stock-port``: the same relay behind Twisted's stock ``udp.Port``
+  (``recvfrom`` + ``datagramReceived``), to show what the custom doRead buys.
+
+Bounded: every child has a deadline and the whole run stays under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+LOOPBACK = "127.0.0.1"
+CHILD_DEADLINE = 40.0  # no child lives longer than this
+RCVBUF = 4 << 20
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _report_cpu_on_usr1() -> None:
+    """Print this process's CPU seconds on stdout at every SIGUSR1."""
+
+    def handler(signum: int, frame: Any) -> None:
+        sys.stdout.write(json.dumps({"cpu": _cpu()}) + "\n")
+        sys.stdout.flush()
+
+    signal.signal(signal.SIGUSR1, handler)
+    signal.alarm(int(CHILD_DEADLINE))
+
+
+def _udp(port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    sock.bind((LOOPBACK, port))
+    return sock
+
+
+# -- children ----------------------------------------------------------------
+
+
+def run_sink(expected: int) -> None:
+    """Stand-in transceiver: answer the first encapsulated STUN, count everything, print the count."""
+    from voiceedge.wire import encap
+
+    signal.alarm(int(CHILD_DEADLINE))
+    sock = _udp()
+    print(sock.getsockname()[1], flush=True)
+    count = 0
+    sock.settimeout(CHILD_DEADLINE)
+    while count < expected:
+        try:
+            data, addr = sock.recvfrom(65536)
+        except socket.timeout:
+            break
+        if count == 0 and data[:1] == b"\xf1":
+            envelope, payload = encap.decode(data)
+            if payload[:2] == b"\x00\x01":
+                sock.sendto(encap.encode(envelope, b"\x01\x01\x00\x00answer"), addr)
+                continue
+        count += 1
+        sock.settimeout(1.0)  # once the flood started, 1 s of silence ends it
+    print(json.dumps({"received": count}), flush=True)
+
+
+def run_plain(sink_port: int) -> None:
+    """The baseline: a blocking recvfrom/sendto loop."""
+    _report_cpu_on_usr1()
+    sock = _udp()
+    print(sock.getsockname()[1], flush=True)
+    dest = (LOOPBACK, sink_port)
+    recvfrom, sendto = sock.recvfrom, sock.sendto
+    while True:
+        data, _ = recvfrom(65536)
+        sendto(data, dest)
+
+
+def run_relay(secret_hex: str, stock_port: bool) -> None:
+    """The voiceedge relay, no Redis, on the default reactor."""
+    _report_cpu_on_usr1()
+    from twisted.internet import reactor
+
+    from voiceedge.relay.core import Relay
+    from voiceedge.relay.protocol import (
+        ClientProtocol,
+        TransceiverProtocol,
+        listen_client,
+        listen_transceiver,
+    )
+    from voiceedge.wire.route_token import RouteTokenCodec
+
+    codec = RouteTokenCodec({1: bytes.fromhex(secret_hex)}, 1)
+    relay = Relay(reactor, codec, (LOOPBACK, 3478))
+    if stock_port:
+        public: Any = reactor.listenUDP(0, ClientProtocol(relay), LOOPBACK, 65536)  # type: ignore[attr-defined]
+        internal: Any = reactor.listenUDP(0, TransceiverProtocol(relay), LOOPBACK, 65536)  # type: ignore[attr-defined]
+    else:
+        public = listen_client(relay, (LOOPBACK, 0), reactor)  # type: ignore[arg-type]
+        internal = listen_transceiver(relay, (LOOPBACK, 0), reactor)  # type: ignore[arg-type]
+    for port in (public, internal):
+        port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    relay.start()
+    print(public.getHost().port, flush=True)
+    reactor.run()
+
+
+def run_generator(
+    target_port: int, sink_port: int, packets: int, rate: float, size: int, secret_hex: str
+) -> None:
+    """The client: handshake if a secret is given, wait for "go" on stdin, then send paced bursts."""
+    signal.alarm(int(CHILD_DEADLINE))
+    sock = _udp()
+    target = (LOOPBACK, target_port)
+    if secret_hex:
+        from voiceedge.wire.route_token import Route, RouteTokenCodec
+        from voiceedge.wire.stun import Attr, StunClass, build_message
+
+        codec = RouteTokenCodec({1: bytes.fromhex(secret_hex)}, 1)
+        ufrag = codec.issue(Route(0, (LOOPBACK, sink_port))).encode()
+        request = build_message(
+            0x001, StunClass.REQUEST, os.urandom(12), [(Attr.USERNAME, ufrag + b":bnch")]
+        )
+        sock.settimeout(5)
+        sock.sendto(request, target)
+        answer, _ = sock.recvfrom(65536)
+        assert answer.startswith(b"\x01\x01"), answer
+    print("ready", flush=True)
+    sys.stdin.readline()
+    payload = b"\x80\x6f" + os.urandom(size - 2)
+    sendto = sock.sendto
+    burst = 50
+    interval = burst / rate
+    start = time.perf_counter()
+    sent = 0
+    while sent < packets:
+        for _ in range(min(burst, packets - sent)):
+            sendto(payload, target)
+        sent += burst
+        delay = start + (sent / burst) * interval - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    print(json.dumps({"sent": packets, "seconds": time.perf_counter() - start}), flush=True)
+
+
+# -- the driver --------------------------------------------------------------
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"child {proc.args!r} ended early")
+    return line.strip()
+
+
+def _cpu_of(proc: subprocess.Popen[str]) -> float:
+    proc.send_signal(signal.SIGUSR1)
+    return float(json.loads(_line(proc))["cpu"])
+
+
+def measure(variant: str, packets: int, rate: float, size: int) -> dict[str, float]:
+    """Run one variant; return CPU seconds, packets delivered and µs per packet."""
+    secret = os.urandom(32).hex()
+    sink = _spawn("--role", "sink", "--packets", str(packets))
+    forwarder: subprocess.Popen[str] | None = None
+    generator: subprocess.Popen[str] | None = None
+    try:
+        sink_port = int(_line(sink))
+        if variant == "plain":
+            forwarder = _spawn("--role", "plain", "--sink", str(sink_port))
+        else:
+            role = "relay-stock" if variant == "relay-stock-port" else "relay"
+            forwarder = _spawn("--role", role, "--secret", secret)
+        port = int(_line(forwarder))
+        generator = _spawn(
+            "--role", "generator", "--target", str(port), "--sink", str(sink_port),
+            "--packets", str(packets), "--rate", str(rate), "--size", str(size),
+            "--secret", "" if variant == "plain" else secret,
+        )
+        assert _line(generator) == "ready"
+        before = _cpu_of(forwarder)
+        assert generator.stdin is not None
+        generator.stdin.write("go\n")
+        generator.stdin.flush()
+        sent = json.loads(_line(generator))
+        received = json.loads(_line(sink))["received"]
+        after = _cpu_of(forwarder)
+    finally:
+        for proc in (generator, forwarder, sink):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            if proc is not None:
+                proc.wait()
+    cpu = after - before
+    return {
+        "cpu_s": cpu,
+        "sent": sent["sent"],
+        "received": received,
+        "send_s": sent["seconds"],
+        "us_per_packet": cpu / max(received, 1) * 1e6,
+    }
+
+
+def main() -> None:
+    """Parse arguments; run a child role or the whole comparison."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packets", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, default=60_000, help="packets per second sent")
+    parser.add_argument("--size", type=int, default=200, help="payload bytes")
+    parser.add_argument("--variants", default="plain,relay,relay-stock-port")
+    parser.add_argument("--role", default="driver", help=argparse.SUPPRESS)
+    parser.add_argument("--sink", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--target", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--secret", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.role == "sink":
+        return run_sink(args.packets)
+    if args.role == "plain":
+        return run_plain(args.sink)
+    if args.role in ("relay", "relay-stock"):
+        return run_relay(args.secret, stock_port=args.role == "relay-stock")
+    if args.role == "generator":
+        return run_generator(
+            args.target, args.sink, args.packets, args.rate, args.size, args.secret
+        )
+
+    started = time.monotonic()
+    print(
+        f"{args.packets} packets of {args.size} bytes at {args.rate:.0f}/s, loopback, "
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+    )
+    results: dict[str, dict[str, float]] = {}
+    for variant in args.variants.split(","):
+        results[variant] = r = measure(variant, args.packets, args.rate, args.size)
+        print(
+            f"  {variant:18s} {r['us_per_packet']:6.2f} µs CPU/packet   "
+            f"({r['cpu_s']:.2f} s CPU, {r['received']}/{r['sent']} delivered)",
+            flush=True,
+        )
+    if "plain" in results:
+        base = results["plain"]["us_per_packet"]
+        for variant, r in results.items():
+            if variant != "plain":
+                print(f"  {variant} / plain = {r['us_per_packet'] / base:.2f}x")
+    print(f"  total {time.monotonic() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

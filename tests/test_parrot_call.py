@@ -1,0 +1,201 @@
+"""Real calls from aiortc to the all-in-one running the parrot: turn-taking and barge-in, with espeak-ng speech."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import math
+import shutil
+import subprocess
+import wave
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support import free_tcp_port, free_udp_port, health_sessions, running_service, write_allinone_config
+
+pytestmark = pytest.mark.integration
+
+RATE = 48000
+FRAME = RATE // 50
+SILENCE_MS = 600
+# Per-frame RMS above this counts as speech, in what we send and what comes back.
+VOICED_DB = -45.0
+
+FIRST = "The quick brown fox jumps over the lazy dog, near the bank of the river."
+SECOND = "Wait a moment, I have a question for you."
+
+
+def _frame_levels(pcm: bytes) -> list[float]:
+    """RMS dBFS of every 20 ms frame of 48 kHz PCM16."""
+    levels = []
+    for offset in range(0, len(pcm) - FRAME * 2 + 1, FRAME * 2):
+        samples = array.array("h", pcm[offset : offset + FRAME * 2])
+        energy = sum(s * s for s in samples) / FRAME
+        levels.append(10 * math.log10(energy / 32768**2) if energy else -100.0)
+    return levels
+
+
+def speech(tmp: Path, name: str, text: str) -> bytes:
+    """``text`` said by espeak-ng as 48 kHz PCM16 mono, trimmed to its first and last voiced frames."""
+    raw, wav = tmp / f"{name}-espeak.wav", tmp / f"{name}.wav"
+    subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
+    subprocess.run(
+        ["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", "-e", "signed-integer", str(wav)],
+        check=True,
+        capture_output=True,
+    )
+    with wave.open(str(wav)) as f:
+        assert (f.getframerate(), f.getnchannels(), f.getsampwidth()) == (RATE, 1, 2)
+        pcm = f.readframes(f.getnframes())
+    voiced = [i for i, level in enumerate(_frame_levels(pcm)) if level > VOICED_DB]
+    return pcm[voiced[0] * FRAME * 2 : (voiced[-1] + 1) * FRAME * 2]
+
+
+def seconds_of(pcm: bytes) -> float:
+    """The duration of 48 kHz PCM16."""
+    return len(pcm) / 2 / RATE
+
+
+def bursts(times: list[float], gap: float = 0.3) -> list[tuple[float, float]]:
+    """Group arrival times into (first, last) bursts separated by more than ``gap`` seconds."""
+    out: list[tuple[float, float]] = []
+    for t in times:
+        if out and t - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], t)
+        else:
+            out.append((t, t))
+    return out
+
+
+@pytest.fixture(scope="module")
+def utterances(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The two utterances, made once."""
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        pytest.skip("espeak-ng and sox are needed to make speech")
+    tmp = tmp_path_factory.mktemp("parrot-speech")
+    return {"first": speech(tmp, "first", FIRST), "second": speech(tmp, "second", SECOND)}
+
+
+@pytest.fixture
+def parrot_service(tmp_path: Path) -> Iterator[str]:
+    """The all-in-one with the parrot agent, on free loopback ports."""
+    http_port, media_port = free_tcp_port(), free_udp_port()
+    ini = write_allinone_config(
+        tmp_path,
+        http_port,
+        media_port,
+        agent={"name": "parrot"},
+        **{
+            "agent.parrot": {
+                "silence_ms": SILENCE_MS,
+                "min_speech_ms": 150,
+                "prefix_padding_ms": 100,
+                "max_wait_ms": 20000,
+            }
+        },
+    )
+    base = f"http://127.0.0.1:{http_port}"
+    with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp_path):
+        yield base
+
+
+def test_turn_comes_back_after_the_end_of_the_turn(parrot_service: str, utterances: dict[str, bytes]) -> None:
+    """One utterance: its echo starts only after the turn and silence_ms, and lasts as long as the turn."""
+    from tests.aiortc_peer import scripted_call
+
+    first = utterances["first"]
+    duration = seconds_of(first)
+    assert 2.0 < duration < 6.0, duration
+    result = asyncio.run(scripted_call(parrot_service, [(1.0, first)], seconds=1.0 + 2 * duration + 2.5))
+    assert result.delete_status == 204
+    said_at = result.segment_started_at[0]
+    assert said_at is not None
+    turn_end = said_at + duration
+
+    loud = result.loud(VOICED_DB)
+    assert loud, f"nothing came back: {len(result.received)} packets received"
+    # Nothing during the turn or the silence that ends it.
+    first_back = loud[0]
+    assert first_back >= turn_end + SILENCE_MS / 1000 - 0.1, (first_back - turn_end, result.events)
+    assert first_back <= turn_end + SILENCE_MS / 1000 + 0.5, (first_back - turn_end, result.events)
+    # One answer, about as long as the turn (its voiced part: the padding is quiet).
+    answer = bursts(loud, gap=0.5)
+    assert len(answer) == 1, answer
+    back = answer[0][1] - answer[0][0] + 0.02
+    assert back == pytest.approx(duration, abs=0.25), (back, duration)
+
+    if result.channel_opened:
+        types = [e.get("type") for e in result.events]
+        for kind in ("parrot.turn_ended", "parrot.speaking", "parrot.done"):
+            assert types.count(kind) == 1, types
+        ended = next(e for e in result.events if e.get("type") == "parrot.turn_ended")
+        assert ended["reason"] == "silence"
+        assert ended["duration_ms"] == pytest.approx(duration * 1000, abs=250)
+    assert health_sessions(parrot_service + "/healthz") == 0
+
+
+def test_second_utterance_barges_in(parrot_service: str, utterances: dict[str, bytes]) -> None:
+    """Speaking while the parrot plays stops it within 60 ms at the transceiver; the new turn comes back."""
+    from tests.aiortc_peer import scripted_call
+
+    first, second = utterances["first"], utterances["second"]
+    duration, second_duration = seconds_of(first), seconds_of(second)
+    # Barge in about 1.2 s into the parrot's answer.
+    second_at = 1.0 + duration + SILENCE_MS / 1000 + 1.2
+    length = second_at + second_duration + SILENCE_MS / 1000 + second_duration + 2.0
+    result = asyncio.run(scripted_call(parrot_service, [(1.0, first), (second_at, second)], seconds=length))
+    assert result.delete_status == 204
+    assert result.stats_status == 200, result.stats_status
+
+    # The transceiver's own measure: first voiced packet in -> last agent packet out.
+    barge_in_ms = result.stats.get("barge_in_ms")
+    assert barge_in_ms, result.stats
+    assert len(barge_in_ms) == 1, barge_in_ms
+    assert barge_in_ms[0] <= 60, barge_in_ms
+
+    # The client's: the answer was playing when the second utterance began, and stopped soon after.
+    first_at, barge_at = result.segment_started_at
+    assert first_at is not None and barge_at is not None
+    loud = result.loud(VOICED_DB)
+    assert result.loud(VOICED_DB, barge_at - 0.3, barge_at), "the parrot was not playing when the caller spoke"
+    during = result.loud(VOICED_DB, barge_at, barge_at + second_duration + SILENCE_MS / 1000 - 0.1)
+    assert during, "no audio at all after the barge-in started"
+    stopped_after = during[-1] - barge_at
+    assert stopped_after <= 0.15, (stopped_after, bursts(during, 0.1))
+
+    # Then the second turn comes back, about as long as it was.
+    second_end = barge_at + second_duration
+    answer = bursts(result.loud(VOICED_DB, second_end), gap=0.5)
+    assert len(answer) == 1, answer
+    assert answer[0][0] >= second_end + SILENCE_MS / 1000 - 0.1, answer[0][0] - second_end
+    assert answer[0][1] - answer[0][0] + 0.02 == pytest.approx(second_duration, abs=0.25)
+
+    if result.channel_opened:
+        types = [e.get("type") for e in result.events]
+        assert types.count("parrot.interrupted") == 1, types
+        assert types.count("parrot.speaking") == 2, types
+    assert loud
+    assert health_sessions(parrot_service + "/healthz") == 0
+
+
+def test_session_update_over_the_data_channel(parrot_service: str, utterances: dict[str, bytes]) -> None:
+    """session.update on oai-events sets the silence; session.updated answers, and the turn waits that long."""
+    from tests.aiortc_peer import scripted_call
+
+    second = utterances["second"]
+    duration = seconds_of(second)
+    update = {"type": "session.update", "session": {"turn_detection": {"silence_duration_ms": 1500}}}
+    result = asyncio.run(
+        scripted_call(parrot_service, [(1.5, second)], seconds=1.5 + 2 * duration + 3.0, events=[update])
+    )
+    if not result.channel_opened:
+        pytest.fail(f"the oai-events channel never opened: {result.events}")
+    updated = [e for e in result.events if e.get("type") == "session.updated"]
+    assert updated and updated[0]["session"]["turn_detection"]["silence_duration_ms"] == 1500, result.events
+    said_at = result.segment_started_at[0]
+    assert said_at is not None
+    loud = result.loud(VOICED_DB)
+    assert loud
+    assert loud[0] >= said_at + duration + 1.4, loud[0] - said_at - duration

@@ -1,0 +1,429 @@
+"""Tests for the relay's routing (voiceedge.relay.core) and its datagram protocols."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import socket
+from typing import Any, Iterator
+
+import pytest
+import pytest_twisted
+from prometheus_client import generate_latest
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
+
+from voiceedge.metrics import make_registry
+from voiceedge.relay.core import Relay
+from voiceedge.relay.protocol import (
+    ClientProtocol,
+    TransceiverProtocol,
+    listen_client,
+    listen_transceiver,
+)
+from voiceedge.wire import encap
+from voiceedge.wire.encap import Envelope
+from voiceedge.wire.route_token import Route, RouteTokenCodec
+from voiceedge.wire.stun import Attr, StunClass, build_message
+
+SECRET = bytes(range(32))
+OTHER_SECRET = bytes(range(1, 33))
+INGRESS = ("203.0.113.10", 3478)
+HOP = ("10.1.0.5", 4000)
+HOP2 = ("10.1.0.6", 4000)
+CLIENT = ("198.51.100.7", 50000)
+NETS = (ipaddress.ip_network("10.0.0.0/8"),)
+
+Sent = list[tuple[bytes, tuple[str, int]]]
+
+
+def codec(secret: bytes = SECRET) -> RouteTokenCodec:
+    """A codec with key id 1."""
+    return RouteTokenCodec({1: secret}, 1)
+
+
+def token(hop: tuple[str, int] = HOP, cluster: int = 0, secret: bytes = SECRET) -> str:
+    """A fresh ufrag routing to ``hop``."""
+    return codec(secret).issue(Route(cluster, hop))
+
+
+def binding_request(ufrag: str | bytes, client_ufrag: bytes = b"abcd") -> bytes:
+    """A STUN Binding request with USERNAME ``<ufrag>:<client_ufrag>``."""
+    if isinstance(ufrag, str):
+        ufrag = ufrag.encode()
+    return build_message(
+        0x001,
+        StunClass.REQUEST,
+        os.urandom(12),
+        [(Attr.USERNAME, ufrag + b":" + client_ufrag), (Attr.PRIORITY, b"\x6e\x00\x1e\xff")],
+        integrity_key=b"k" * 22,
+    )
+
+
+def srtp(size: int = 160) -> bytes:
+    """Something shaped like SRTP: first byte 0x80."""
+    return b"\x80\x6f" + os.urandom(size - 2)
+
+
+class Harness:
+    """A Relay on a Clock with its two send functions recording into lists."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        kwargs.setdefault("transceiver_networks", NETS)
+        self.relay = Relay(self.clock, codec(), INGRESS, **kwargs)
+        self.to_transceiver: Sent = []
+        self.to_client: Sent = []
+        self.relay.send_to_transceiver = lambda d, a: self.to_transceiver.append((bytes(d), a))
+        self.relay.send_to_client = lambda d, a: self.to_client.append((bytes(d), a))
+
+    def from_client(self, data: bytes, addr: tuple[str, int] = CLIENT) -> None:
+        """A datagram arrives on the public socket."""
+        self.relay.client_datagram(data, addr)
+
+    def from_transceiver(
+        self, payload: bytes, client: tuple[str, int] = CLIENT, source: tuple[str, int] = HOP
+    ) -> None:
+        """A transceiver sends ``payload`` for ``client`` to the internal socket."""
+        self.relay.transceiver_datagram(encap.encode(Envelope(client, INGRESS), payload), source)
+
+    def confirm(self, client: tuple[str, int] = CLIENT, hop: tuple[str, int] = HOP) -> None:
+        """Route ``client`` by token to ``hop`` and have ``hop`` answer."""
+        self.from_client(binding_request(token(hop)), client)
+        self.from_transceiver(b"\x01\x01\x00\x00answer", client, hop)
+        assert self.relay.flows.confirmed[client].next_hop == hop
+
+
+@pytest.fixture
+def h() -> Harness:
+    """A fresh harness."""
+    return Harness()
+
+
+def test_valid_token_is_forwarded_with_header(h: Harness) -> None:
+    """A Binding request with a valid token goes to its transceiver, encapsulated, untouched."""
+    request = binding_request(token())
+    h.from_client(request)
+    assert len(h.to_transceiver) == 1
+    data, addr = h.to_transceiver[0]
+    assert addr == HOP
+    envelope, payload = encap.decode(data)
+    assert envelope == Envelope(CLIENT, INGRESS)
+    assert payload == request
+    assert h.to_client == []
+    assert CLIENT in h.relay.flows.pending
+
+
+def test_reply_goes_back_untouched_and_confirms(h: Harness) -> None:
+    """The transceiver's answer reaches the client byte for byte and confirms the flow."""
+    h.from_client(binding_request(token()))
+    answer = b"\x01\x01" + os.urandom(98)
+    h.from_transceiver(answer)
+    assert h.to_client == [(answer, CLIENT)]
+    flow = h.relay.flows.confirmed[CLIENT]
+    assert flow.confirmed and CLIENT not in h.relay.flows.pending
+    assert h.relay.flows.confirmed_total == 1
+
+
+def test_media_from_pending_flow_is_dropped(h: Harness) -> None:
+    """DTLS or SRTP before the owner answered goes nowhere."""
+    h.from_client(binding_request(token()))
+    h.to_transceiver.clear()
+    h.from_client(b"\x16\xfe\xfd" + os.urandom(100))
+    h.from_client(srtp())
+    assert h.to_transceiver == [] and h.to_client == []
+    assert h.relay.drops["pending_media"] == 2
+
+
+def test_repeated_checks_on_pending_flow_are_forwarded(h: Harness) -> None:
+    """Retransmitted checks with the same token go to the same transceiver."""
+    t = token()
+    for _ in range(3):
+        h.from_client(binding_request(t))
+    assert [a for _, a in h.to_transceiver] == [HOP] * 3
+    assert len(h.relay.flows) == 1
+
+
+def test_media_both_ways_after_confirmation(h: Harness) -> None:
+    """Once confirmed, every client datagram goes to the owner and back, untouched."""
+    h.confirm()
+    h.to_transceiver.clear()
+    h.to_client.clear()
+    up = [srtp(random.randrange(20, 1400)) for _ in range(50)]
+    down = [srtp(random.randrange(20, 1400)) for _ in range(50)]
+    for u, d in zip(up, down):
+        h.from_client(u)
+        h.from_transceiver(d)
+    assert [encap.decode(d) for d, _ in h.to_transceiver] == [
+        (Envelope(CLIENT, INGRESS), u) for u in up
+    ]
+    assert {a for _, a in h.to_transceiver} == {HOP}
+    assert h.to_client == [(d, CLIENT) for d in down]
+    r = h.relay
+    assert r.to_transceiver_packets == 51 and r.to_client_packets == 51
+    assert r.to_transceiver_bytes == sum(map(len, up)) + len(binding_request(token()))
+
+
+def test_consent_checks_on_confirmed_flow(h: Harness) -> None:
+    """STUN on a confirmed flow (consent checks) is forwarded to the owner."""
+    t = token()
+    h.from_client(binding_request(t))
+    h.from_transceiver(b"\x01\x01\x00\x00")
+    h.to_transceiver.clear()
+    h.from_client(binding_request(t))
+    h.from_client(b"\x00\x01\x00")  # STUN range, malformed: still the client's own flow
+    assert [a for _, a in h.to_transceiver] == [HOP, HOP]
+
+
+def test_oversized_and_empty_datagrams_are_dropped(h: Harness) -> None:
+    """Nothing larger than max_payload is forwarded, even on a confirmed flow."""
+    h.confirm()
+    h.to_transceiver.clear()
+    h.from_client(srtp(1401))
+    h.from_client(b"")
+    assert h.to_transceiver == []
+    assert h.relay.drops["too_big"] == 1 and h.relay.drops["empty"] == 1
+
+
+def test_ice_restart_to_another_transceiver(h: Harness) -> None:
+    """A new token naming another transceiver takes over only when that one answers."""
+    h.confirm()
+    h.to_transceiver.clear()
+    h.from_client(binding_request(token(HOP2)))
+    assert h.to_transceiver[-1][1] == HOP2
+    h.from_client(srtp())
+    assert h.to_transceiver[-1][1] == HOP  # media still goes to the current owner
+    h.from_transceiver(b"\x01\x01\x00\x00", source=HOP2)
+    flow = h.relay.flows.confirmed[CLIENT]
+    assert flow.next_hop == HOP2 and flow.pending_hop is None
+    h.from_client(srtp())
+    assert h.to_transceiver[-1][1] == HOP2
+    h.from_transceiver(b"\x80late", source=HOP)
+    assert h.relay.drops["wrong_transceiver"] == 1
+
+
+def test_tokens_for_other_cluster_or_outside_networks_are_dropped(h: Harness) -> None:
+    """A valid token is not enough: right cluster, and a hop inside transceiver_networks."""
+    h.from_client(binding_request(token(cluster=7)))
+    h.from_client(binding_request(token(("192.168.1.1", 4000))))
+    h.from_client(binding_request(token(("::1", 4000))))
+    assert h.to_transceiver == [] and len(h.relay.flows) == 0
+    assert h.relay.drops["wrong_cluster"] == 1
+    assert h.relay.drops["route_outside_networks"] == 2
+
+
+def _hostile_datagrams(rng: random.Random, count: int) -> Iterator[bytes]:
+    """STUN with random, forged and tampered tokens, and random non-STUN bytes."""
+    good = token().encode()
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    for i in range(count):
+        kind = i % 7
+        if kind == 0:
+            ufrag = bytes(rng.choice(alphabet) for _ in range(36))
+        elif kind == 1:
+            ufrag = token(secret=OTHER_SECRET).encode()
+        elif kind == 2:
+            pos = rng.randrange(len(good))
+            ufrag = good[:pos] + bytes([rng.choice(alphabet)]) + good[pos + 1 :]
+            if ufrag == good:
+                continue
+        elif kind == 3:
+            ufrag = bytes(rng.choice(alphabet) for _ in range(rng.randrange(1, 80)))
+        elif kind == 4:
+            yield rng.randbytes(rng.randrange(0, 1500))
+            continue
+        elif kind == 5:
+            # STUN-shaped garbage: right cookie, random rest.
+            body = rng.randbytes(rng.randrange(0, 64) * 4)
+            yield bytes([rng.randrange(4), rng.randrange(256)]) + len(body).to_bytes(
+                2, "big"
+            ) + b"\x21\x12\xa4\x42" + rng.randbytes(12) + body
+            continue
+        else:
+            yield b"\x80" + rng.randbytes(rng.randrange(12, 1200))
+            continue
+        yield binding_request(ufrag)
+
+
+def test_hostile_traffic_reaches_nobody_and_gets_nothing_back(h: Harness) -> None:
+    """Thousands of forged, random and garbage datagrams: nothing forwarded, zero bytes back."""
+    rng = random.Random(7983)
+    for i, data in enumerate(_hostile_datagrams(rng, 7000)):
+        h.from_client(data, (f"192.0.2.{i % 200 + 1}", 1024 + i))
+    assert h.to_transceiver == []
+    assert h.to_client == []
+    assert len(h.relay.flows) == 0
+    drops = h.relay.drops
+    assert drops["bad_token"] > 2000
+    assert drops["not_stun_unknown_source"] > 1500
+
+
+def test_spoofed_flood_keeps_bound_and_confirmed_flows() -> None:
+    """Valid-looking but never confirmed flows from spoofed sources cannot push out real ones."""
+    h = Harness(max_flows=100)
+    real = [(f"198.51.100.{i + 1}", 40000 + i) for i in range(20)]
+    for client in real:
+        h.confirm(client)
+    replayed = binding_request(token())  # a token anyone can copy from an answer
+    for i in range(5000):
+        h.from_client(replayed, (f"100.64.{i // 250}.{i % 250 + 1}", 2000 + i))
+        assert len(h.relay.flows) <= 100
+    flows = h.relay.flows
+    assert len(flows.confirmed) == 20 and len(flows.pending) == 80
+    assert flows.evicted_pending == 5000 - 80
+    h.to_transceiver.clear()
+    for client in real:
+        h.from_client(srtp(), client)
+    assert len(h.to_transceiver) == 20
+    assert h.to_client == [(b"\x01\x01\x00\x00answer", c) for c in real]
+
+
+def test_full_of_confirmed_refuses_new_sessions() -> None:
+    """With every slot confirmed, a new session is refused and counted."""
+    h = Harness(max_flows=2)
+    h.confirm(("198.51.100.1", 1))
+    h.confirm(("198.51.100.2", 2))
+    h.from_client(binding_request(token()), ("198.51.100.3", 3))
+    assert h.relay.drops["table_full"] == 1 and len(h.relay.flows) == 2
+
+
+def test_internal_side_only_accepts_transceiver_networks(h: Harness) -> None:
+    """A datagram on the internal socket from outside transceiver_networks is dropped."""
+    h.confirm()
+    h.to_client.clear()
+    h.from_transceiver(b"\x80spoofed", source=("192.168.7.7", 4000))
+    h.from_transceiver(b"\x80spoofed", source=("127.0.0.1", 4000))
+    assert h.to_client == []
+    assert h.relay.drops["outside_transceiver_networks"] == 2
+
+
+def test_transceiver_cannot_spray_or_confirm_foreign_flows(h: Harness) -> None:
+    """No flow, or a flow owned by another transceiver: nothing goes out."""
+    h.from_transceiver(b"\x80x", client=("192.0.2.99", 9))
+    h.from_client(binding_request(token()))
+    h.from_transceiver(b"\x01\x01\x00\x00", source=HOP2)
+    h.relay.transceiver_datagram(b"\x80not encapsulated", HOP)
+    assert h.to_client == []
+    assert CLIENT in h.relay.flows.pending
+    drops = h.relay.drops
+    assert drops["no_flow"] == 1 and drops["wrong_transceiver"] == 1 and drops["bad_header"] == 1
+
+
+def test_sweep_expires_pending_and_idle_flows() -> None:
+    """The sweep timer (on the injected clock) removes pending flows then idle ones."""
+    h = Harness(pending_timeout=10, idle_timeout=40)
+    h.relay.start()
+    h.confirm()
+    h.from_client(binding_request(token()), ("198.51.100.99", 9))
+    h.clock.pump([1.0] * 11)
+    assert len(h.relay.flows.pending) == 0 and len(h.relay.flows.confirmed) == 1
+    h.clock.pump([1.0] * 30)
+    assert len(h.relay.flows) == 0
+    h.relay.stop()
+
+
+def test_flow_kept_alive_by_client_traffic() -> None:
+    """Client packets keep a confirmed flow past the idle timeout."""
+    h = Harness(idle_timeout=40)
+    h.relay.start()
+    h.confirm()
+    for _ in range(100):
+        h.clock.advance(1)
+        h.from_client(srtp())
+    assert CLIENT in h.relay.flows.confirmed
+    h.relay.stop()
+
+
+def test_metrics_text(h: Harness) -> None:
+    """The snapshot renders as Prometheus text with the operator's counters."""
+    h.confirm()
+    h.from_client(b"junk", ("192.0.2.1", 1))
+    text = generate_latest(make_registry(h.relay.metrics)).decode()
+    assert 'voiceedge_relay_packets_total{direction="to_transceiver"} 1.0' in text
+    assert 'voiceedge_relay_flows{state="confirmed"} 1.0' in text
+    assert 'voiceedge_relay_drops_total{reason="not_stun_unknown_source"} 1.0' in text
+    assert "voiceedge_relay_redis_enabled 0.0" in text
+
+
+class FakeDatagramTransport:
+    """Records writes (copied: the relay reuses its buffer)."""
+
+    def __init__(self) -> None:
+        self.written: Sent = []
+
+    def write(self, data: Any, addr: tuple[str, int]) -> None:
+        """Record one datagram."""
+        self.written.append((bytes(data), addr))
+
+
+def test_protocols_move_bytes_through_fake_transports() -> None:
+    """The protocols bind the relay to their transports and feed it datagrams."""
+    clock = Clock()
+    relay = Relay(clock, codec(), INGRESS, transceiver_networks=NETS)
+    public, internal = FakeDatagramTransport(), FakeDatagramTransport()
+    client_proto, transceiver_proto = ClientProtocol(relay), TransceiverProtocol(relay)
+    client_proto.makeConnection(public)  # type: ignore[arg-type]
+    transceiver_proto.makeConnection(internal)  # type: ignore[arg-type]
+    request = binding_request(token())
+    client_proto.datagramReceived(request, CLIENT)
+    assert internal.written == [(encap.encode(Envelope(CLIENT, INGRESS), request), HOP)]
+    transceiver_proto.datagramReceived(encap.encode(Envelope(CLIENT, INGRESS), b"\x01\x01ok"), HOP)
+    assert public.written == [(b"\x01\x01ok", CLIENT)]
+    client_proto.doStop()
+    with pytest.raises(OSError):
+        relay.send_to_client(b"x", CLIENT)  # the socket is gone: sends fail (and are counted)
+
+
+@pytest_twisted.inlineCallbacks
+def test_real_loopback_sockets() -> Iterator[Any]:
+    """Client -> relay (recvfrom_into port) -> transceiver socket -> relay -> client, for real."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setblocking(False)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.setblocking(False)
+    hop = sink.getsockname()
+    relay = Relay(
+        reactor, RouteTokenCodec({1: SECRET}, 1), ("127.0.0.1", 0),
+        transceiver_networks=(ipaddress.ip_network("127.0.0.0/8"),),
+    )
+    public = listen_client(relay, ("127.0.0.1", 0), reactor)  # type: ignore[arg-type]
+    internal = listen_transceiver(relay, ("127.0.0.1", 0), reactor)  # type: ignore[arg-type]
+    relay_addr = ("127.0.0.1", public.getHost().port)
+
+    def receive(sock: socket.socket) -> list[tuple[bytes, Any]]:
+        got = []
+        while True:
+            try:
+                got.append(sock.recvfrom(65536))
+            except BlockingIOError:
+                return got
+
+    try:
+        request = binding_request(token(hop))
+        client.sendto(request, relay_addr)
+        client.sendto(srtp(), relay_addr)  # before confirmation: dropped
+        yield deferLater(reactor, 0.05, lambda: None)
+        got = receive(sink)
+        assert len(got) == 1
+        envelope, payload = encap.decode(got[0][0])
+        assert payload == request and envelope.client == client.getsockname()
+        internal_addr = got[0][1]
+        sink.sendto(encap.encode(envelope, b"\x01\x01answer"), internal_addr)
+        yield deferLater(reactor, 0.05, lambda: None)
+        assert receive(client) == [(b"\x01\x01answer", relay_addr)]
+        media = [srtp(100 + i) for i in range(20)]
+        for m in media:
+            client.sendto(m, relay_addr)
+            sink.sendto(encap.encode(envelope, m[::-1]), internal_addr)
+        yield deferLater(reactor, 0.1, lambda: None)
+        assert [encap.decode(d)[1] for d, _ in receive(sink)] == media
+        assert [d for d, _ in receive(client)] == [m[::-1] for m in media]
+    finally:
+        yield public.stopListening()
+        yield internal.stopListening()
+        sink.close()
+        client.close()

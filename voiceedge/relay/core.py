@@ -1,0 +1,493 @@
+# -*- test-case-name: tests.test_relay_protocol -*-
+"""The relay's routing logic: token-routed first packets, the flow table, both directions.
+
+:class:`Relay` decides what happens to every datagram; the protocols in
+:mod:`voiceedge.relay.protocol` only move bytes in and out of it. Time comes
+from the injected clock: the hot path reads ``self.now``, which the sweep
+(and every slow-path event) refreshes, so a forwarded packet costs no clock
+call, no Deferred, no log line and no allocation beyond the memoryview slice
+handed to ``sendto``.
+
+The relay never answers a client itself. Every datagram it sends to a client
+is the payload of a datagram a transceiver sent it for that client, and only
+for a client that has a flow created from a valid token (or restored from the
+cache) whose next hop is that transceiver. So it cannot be used to reflect or
+amplify: garbage, forged tokens and unknown sources get zero bytes back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any, Callable, Iterator, Sequence
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from voiceedge.metrics import Sample
+from voiceedge.relay.flow_store import FlowCache
+from voiceedge.relay.flows import Address, Flow, FlowTable
+from voiceedge.wire.encap import MAX_HEADER_SIZE, EncapError, pack_header_into, peek_client
+from voiceedge.wire.route_token import RouteTokenCodec, TokenError
+from voiceedge.wire.stun import StunError, is_stun, peek_username
+
+__all__ = ["DROP_REASONS", "OFFSET", "Relay", "not_started"]
+
+log = Logger()
+
+# Client payloads are received at this offset of the receive buffer, so the
+# encapsulation header (at most 38 bytes) is written in front of them in place.
+OFFSET = MAX_HEADER_SIZE
+_BUFFER_SIZE = OFFSET + 65536  # larger than any UDP payload: never truncates
+_SOURCE_CACHE_MAX = 4096
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+SendTo = Callable[[Any, Address], object]
+
+DROP_REASONS = (
+    # client side (public socket)
+    "empty",  # zero-length datagram
+    "too_big",  # larger than max_payload
+    "not_stun_unknown_source",  # media or garbage from a source with no flow
+    "pending_media",  # non-STUN from a source whose flow is not confirmed yet
+    "stun_not_request",  # STUN, but not a Binding request
+    "bad_stun",  # STUN-shaped but malformed
+    "no_username",  # Binding request without USERNAME
+    "bad_token",  # USERNAME's server ufrag is not a valid token
+    "wrong_cluster",  # valid token for another cluster (global relay: future work)
+    "route_outside_networks",  # token points outside transceiver_networks
+    "table_full",  # flow table full of confirmed flows
+    # transceiver side (internal socket)
+    "outside_transceiver_networks",  # sender is not in transceiver_networks
+    "bad_header",  # not a valid encapsulation header
+    "no_flow",  # for a client with no flow
+    "wrong_transceiver",  # for a client whose flow belongs to another transceiver
+    # either
+    "send_failed",  # sendto raised (buffer full, unreachable)
+    "restore_rejected",  # a cache entry for another cluster or outside the networks
+)
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class Relay:
+    """Routes client datagrams to transceivers and back.
+
+    ``send_to_transceiver`` and ``send_to_client`` are ``sendto``-shaped
+    callables (the internal and public sockets' ``sendto``, or a fake's
+    ``write``) that :mod:`voiceedge.relay.protocol` binds when the ports
+    start. They receive a memoryview into a reused buffer: a fake must copy.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        codec: RouteTokenCodec,
+        ingress: Address,
+        *,
+        cluster: int = 0,
+        transceiver_networks: Sequence[Network] = (ipaddress.ip_network("127.0.0.0/8"),),
+        max_flows: int = 100_000,
+        idle_timeout: float = 40.0,
+        pending_timeout: float = 10.0,
+        max_payload: int = 1400,
+        cache: FlowCache | None = None,
+        sweep_interval: float = 1.0,
+        internal_family: int = socket.AF_INET,
+    ) -> None:
+        self.clock = clock
+        self.codec = codec
+        self.ingress = ingress
+        self._ingress_packed = socket.inet_pton(_family(ingress[0]), ingress[0])
+        self.cluster = cluster
+        self.networks = tuple(transceiver_networks)
+        self.max_payload = max_payload
+        self.internal_family = internal_family
+        self.flows = FlowTable(max_flows, idle_timeout, pending_timeout)
+        self._confirmed_get = self.flows.confirmed.get
+        self._by_packed_get = self.flows.by_packed.get
+        self.cache = cache
+        if cache is not None:
+            cache.on_restore = self.restore
+        self.sweep_interval = sweep_interval
+        self._sweeper: LoopingCall | None = None
+        self.now = clock.seconds()
+
+        self.rx = bytearray(_BUFFER_SIZE)
+        self.rx_view = memoryview(self.rx)
+        self.rx_payload = self.rx_view[OFFSET:]
+        self._header_buffer = bytearray(MAX_HEADER_SIZE)
+
+        self.send_to_transceiver: SendTo = not_started
+        self.send_to_client: SendTo = not_started
+
+        self.to_transceiver_packets = 0
+        self.to_transceiver_bytes = 0
+        self.to_client_packets = 0
+        self.to_client_bytes = 0
+        self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self._sources: dict[str, bool] = {}
+        self._hops: dict[Address, bool] = {}
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the sweep timer (which also probes and refreshes the cache)."""
+        if self._sweeper is None:
+            self._sweeper = LoopingCall(self.sweep)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(self.sweep_interval, now=True)
+
+    def stop(self) -> None:
+        """Stop the sweep timer."""
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+
+    def sweep(self) -> None:
+        """Expire flows, refresh active confirmed flows in the cache, probe the cache."""
+        now = self.now = self.clock.seconds()
+        cache = self.cache
+        due = self.flows.sweep(now, cache.ttl / 3 if cache is not None else None)
+        if cache is not None:
+            cache.poll(now)
+            if cache.up:
+                for flow in due:
+                    cache.store_flow(flow, now)
+
+    # -- client -> transceiver ------------------------------------------------
+
+    def client_datagram(self, data: bytes, addr: Address) -> None:
+        """A datagram from a client, as bytes (the plain ``DatagramProtocol`` path)."""
+        n = len(data)
+        if n > len(self.rx_payload):
+            self._drop("too_big")
+            return
+        self.rx_payload[:n] = data
+        self.client_received(n, addr)
+
+    def client_received(self, n: int, addr: Address) -> None:
+        """A datagram of ``n`` bytes from ``addr`` already sits at ``rx[OFFSET:]``.
+
+        The hot path: a confirmed flow and a non-STUN packet (DTLS, SRTP)
+        goes straight out with the flow's header written in front of it.
+        """
+        flow = self._confirmed_get(addr)
+        if flow is not None and n and self.rx[OFFSET] > 3 and n <= self.max_payload:
+            header = flow.header
+            start = OFFSET - len(header)
+            self.rx[start:OFFSET] = header
+            try:
+                self.send_to_transceiver(self.rx_view[start : OFFSET + n], flow.next_hop)
+            except OSError:
+                self._drop("send_failed")
+                return
+            flow.last_seen = self.now
+            self.to_transceiver_packets += 1
+            self.to_transceiver_bytes += n
+            return
+        self._client_slow(n, addr, flow)
+
+    def _send_received(self, flow: Flow, n: int, hop: Address) -> None:
+        """Send the datagram in the receive buffer to ``hop`` with ``flow``'s header."""
+        header = flow.header
+        start = OFFSET - len(header)
+        self.rx[start:OFFSET] = header
+        try:
+            self.send_to_transceiver(self.rx_view[start : OFFSET + n], hop)
+        except OSError:
+            self._drop("send_failed")
+            return
+        self.to_transceiver_packets += 1
+        self.to_transceiver_bytes += n
+
+    def _client_slow(self, n: int, addr: Address, flow: Flow | None) -> None:
+        """Everything but media on a confirmed flow: STUN, unknown and pending sources."""
+        now = self.now = self.clock.seconds()
+        if n == 0:
+            self._drop("empty")
+            return
+        if n > self.max_payload:
+            self._drop("too_big")
+            return
+        data = bytes(self.rx[OFFSET : OFFSET + n])
+        if flow is not None:
+            self._confirmed_stun(flow, data, n, now)
+            return
+        pending = self.flows.pending.get(addr)
+        if not is_stun(data):
+            if pending is not None:
+                self._drop("pending_media")
+            else:
+                self._drop("not_stun_unknown_source")
+                if self.cache is not None:
+                    self.cache.lookup(addr, now)
+            return
+        if data[0] != 0 or data[1] != 1:
+            self._drop("stun_not_request")
+            return
+        try:
+            username = peek_username(data)
+        except StunError:
+            self._drop("bad_stun")
+            return
+        if username is None:
+            self._drop("no_username")
+            return
+        ufrag = username.partition(b":")[0]
+        if pending is not None and ufrag == pending.ufrag:
+            # The same, already checked token: no need to decode it again.
+            self._send_received(pending, n, pending.next_hop)
+            return
+        hop = self._route(username)
+        if hop is None:
+            return
+        if pending is not None:
+            pending.next_hop = hop
+            pending.ufrag = ufrag
+            self._send_received(pending, n, hop)
+            return
+        new = self._new_flow(addr, hop, now, ufrag)
+        if not self.flows.add_pending(new):
+            self._drop("table_full")
+            return
+        self._send_received(new, n, hop)
+
+    def _confirmed_stun(self, flow: Flow, data: bytes, n: int, now: float) -> None:
+        """A STUN-range packet on a confirmed flow: usually a consent check.
+
+        A Binding request whose server ufrag differs from the flow's is an
+        ICE restart; if its token names another transceiver the request goes
+        there and that transceiver takes the flow over once it answers, while
+        media keeps going to the current one (a spoofer with a replayed token
+        cannot break the flow: the other transceiver will not answer it).
+        """
+        hop = flow.next_hop
+        if is_stun(data) and data[0] == 0 and data[1] == 1:
+            try:
+                username = peek_username(data)
+            except StunError:
+                username = None
+            if username is not None:
+                ufrag = username.partition(b":")[0]
+                if ufrag != flow.ufrag:
+                    new_hop = self._route(username, count=False)
+                    if new_hop == hop:
+                        flow.ufrag = ufrag
+                    elif new_hop is not None:
+                        flow.pending_hop = hop = new_hop
+        flow.last_seen = now
+        self._send_received(flow, n, hop)
+
+    def _route(self, username: bytes, count: bool = True) -> Address | None:
+        """The next hop a USERNAME's token names, or None (dropped and counted)."""
+        try:
+            route = self.codec.decode_username(username)
+        except TokenError:
+            if count:
+                self._drop("bad_token")
+            return None
+        if route.cluster != self.cluster:
+            if count:
+                self._drop("wrong_cluster")
+            return None
+        hop = route.transceiver
+        if not self._hop_allowed(hop):
+            if count:
+                self._drop("route_outside_networks")
+            return None
+        return hop
+
+    def _new_flow(self, client: Address, hop: Address, now: float, ufrag: bytes) -> Flow:
+        """A Flow with the client's packed address and its header built once."""
+        packed = socket.inet_pton(_family(client[0]), client[0])
+        size = pack_header_into(
+            self._header_buffer, packed, client[1], self._ingress_packed, self.ingress[1]
+        )
+        header = bytes(self._header_buffer[:size])
+        return Flow(client, packed, hop, now, ufrag, header)
+
+    # -- transceiver -> client ------------------------------------------------
+
+    def transceiver_datagram(self, data: bytes, addr: Address) -> None:
+        """An encapsulated datagram from a transceiver on the internal socket.
+
+        The hot path: a known transceiver answering a confirmed flow it owns;
+        the payload goes to the client untouched from the public socket.
+        """
+        allowed = self._sources.get(addr[0])
+        if allowed is None:
+            allowed = self._source_allowed(addr[0])
+        if not allowed:
+            self._drop("outside_transceiver_networks")
+            return
+        try:
+            ip, port, size = peek_client(data)
+        except EncapError:
+            self._drop("bad_header")
+            return
+        flow = self._by_packed_get((ip, port))
+        if flow is None or not flow.confirmed or flow.next_hop != addr:
+            self._transceiver_slow(data, addr, flow, ip, port, size)
+            return
+        try:
+            self.send_to_client(memoryview(data)[size:], flow.client)
+        except OSError:
+            self._drop("send_failed")
+            return
+        self.to_client_packets += 1
+        self.to_client_bytes += len(data) - size
+
+    def _transceiver_slow(
+        self, data: bytes, addr: Address, flow: Flow | None, ip: bytes, port: int, size: int
+    ) -> None:
+        """Confirmation, a session moving to another transceiver, or a drop."""
+        now = self.now = self.clock.seconds()
+        if flow is None:
+            # Decided: a transceiver cannot create a flow, so it cannot make
+            # the relay send to an address no client has routed through it.
+            # After a relay restart its packets for a live client do start a
+            # (rate-limited) cache lookup, like the client's media does.
+            self._drop("no_flow")
+            if self.cache is not None:
+                family = socket.AF_INET6 if len(ip) == 16 else socket.AF_INET
+                self.cache.lookup((socket.inet_ntop(family, ip), port), now)
+            return
+        if flow.next_hop == addr:
+            if not flow.confirmed:
+                self.flows.confirm(flow, now)
+                if self.cache is not None:
+                    self.cache.store_flow(flow, now)
+        elif flow.pending_hop == addr:
+            flow.next_hop = addr
+            flow.pending_hop = None
+            if not flow.confirmed:
+                self.flows.confirm(flow, now)
+            if self.cache is not None:
+                self.cache.store_flow(flow, now)
+        else:
+            self._drop("wrong_transceiver")
+            return
+        try:
+            self.send_to_client(memoryview(data)[size:], flow.client)
+        except OSError:
+            self._drop("send_failed")
+            return
+        self.to_client_packets += 1
+        self.to_client_bytes += len(data) - size
+
+    # -- cache ---------------------------------------------------------------
+
+    def restore(self, client: Address, cluster: int, hop: Address) -> None:
+        """Install a confirmed flow found in the cache (a lookup hit)."""
+        now = self.now = self.clock.seconds()
+        if cluster != self.cluster or not self._hop_allowed(hop):
+            self._drop("restore_rejected")
+            return
+        existing = self.flows.get(client)
+        if existing is not None:
+            if not existing.confirmed and existing.next_hop == hop:
+                self.flows.confirm(existing, now)
+                existing.stored_at = now
+            return
+        flow = self._new_flow(client, hop, now, b"")
+        flow.stored_at = now  # it is in the cache already
+        if not self.flows.add_confirmed(flow):
+            self._drop("table_full")
+
+    # -- checks --------------------------------------------------------------
+
+    def _in_networks(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+    def _source_allowed(self, host: str) -> bool:
+        """Whether ``host`` may send on the internal socket; cached (few transceivers)."""
+        allowed = self._in_networks(host)
+        if len(self._sources) >= _SOURCE_CACHE_MAX:
+            self._sources.clear()
+        self._sources[host] = allowed
+        return allowed
+
+    def _hop_allowed(self, hop: Address) -> bool:
+        """Whether the relay may forward to ``hop``: right family, inside the networks."""
+        allowed = self._hops.get(hop)
+        if allowed is None:
+            allowed = _family(hop[0]) == self.internal_family and self._in_networks(hop[0])
+            if len(self._hops) >= _SOURCE_CACHE_MAX:
+                self._hops.clear()
+            self._hops[hop] = allowed
+        return allowed
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] += 1
+
+    # -- metrics -------------------------------------------------------------
+
+    def metrics(self) -> Iterator[Sample]:
+        """Samples for ``GET /metrics`` (see docs/relay.md)."""
+        p = "voiceedge_relay_"
+        flows = self.flows
+        yield ("counter", p + "packets", "Datagrams forwarded",
+               {"direction": "to_transceiver"}, self.to_transceiver_packets)
+        yield ("counter", p + "packets", "Datagrams forwarded",
+               {"direction": "to_client"}, self.to_client_packets)
+        yield ("counter", p + "bytes", "Payload bytes forwarded (without the header)",
+               {"direction": "to_transceiver"}, self.to_transceiver_bytes)
+        yield ("counter", p + "bytes", "Payload bytes forwarded (without the header)",
+               {"direction": "to_client"}, self.to_client_bytes)
+        yield ("gauge", p + "flows", "Flows in the table", {"state": "pending"}, len(flows.pending))
+        yield ("gauge", p + "flows", "Flows in the table",
+               {"state": "confirmed"}, len(flows.confirmed))
+        yield ("gauge", p + "flows_max", "Bound of the flow table", {}, flows.max_flows)
+        yield ("counter", p + "flows_created", "New flows",
+               {"origin": "token"}, flows.created_pending)
+        yield ("counter", p + "flows_created", "New flows",
+               {"origin": "cache"}, flows.created_restored)
+        yield ("counter", p + "flows_confirmed", "Pending flows confirmed by their transceiver",
+               {}, flows.confirmed_total)
+        yield ("counter", p + "flows_ended", "Flows removed",
+               {"reason": "pending_expired"}, flows.expired_pending)
+        yield ("counter", p + "flows_ended", "Flows removed",
+               {"reason": "idle_expired"}, flows.expired_confirmed)
+        yield ("counter", p + "flows_ended", "Flows removed",
+               {"reason": "pending_evicted"}, flows.evicted_pending)
+        for reason, count in self.drops.items():
+            yield ("counter", p + "drops", "Datagrams dropped, by reason", {"reason": reason}, count)
+        cache = self.cache
+        yield ("gauge", p + "redis_enabled", "Whether the Redis flow cache is configured",
+               {}, 0 if cache is None else 1)
+        if cache is None:
+            return
+        yield ("gauge", p + "redis_up", "Whether Redis answered the last operation", {},
+               1 if cache.up else 0)
+        for result, count in (
+            ("hit", cache.lookup_hits),
+            ("miss", cache.lookup_misses),
+            ("error", cache.lookup_errors),
+            ("rate_limited", cache.lookup_rate_limited),
+            ("negative_cached", cache.lookup_negative_cached),
+            ("skipped", cache.lookup_skipped),
+        ):
+            yield ("counter", p + "redis_lookups", "Flow lookups after an unknown source",
+                   {"result": result}, count)
+        for result, count in (
+            ("ok", cache.writes_ok),
+            ("error", cache.write_errors),
+            ("skipped", cache.writes_skipped),
+        ):
+            yield ("counter", p + "redis_writes", "Confirmed flows written or refreshed",
+                   {"result": result}, count)
+        yield ("gauge", p + "redis_in_flight", "Redis operations awaiting an answer",
+               {}, cache.in_flight)
+
+
+def not_started(data: Any, addr: Address) -> object:
+    """The send function of a socket that is not open: every send fails (and is counted)."""
+    raise OSError("relay port not started")

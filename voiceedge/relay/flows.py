@@ -1,0 +1,239 @@
+# -*- test-case-name: tests.test_relay_flows -*-
+"""The relay's flow table: client address -> next hop, pending until the owner answers.
+
+Sans-I/O: every method takes ``now`` (seconds from the caller's clock) and
+nothing here touches a socket or a timer. The relay's datagram path reads the
+``confirmed`` dict directly; everything that changes the table goes through
+:class:`FlowTable` so the size bound and the indexes stay consistent.
+
+Eviction rule (the table never holds more than ``max_flows`` entries):
+
+* a new pending entry, when the table is full, evicts the *oldest pending*
+  entry (by creation time);
+* a pending entry never evicts a confirmed one: when the table is full of
+  confirmed flows the new entry is refused (and counted);
+* confirming an entry moves it from pending to confirmed and does not change
+  the size;
+* a confirmed entry restored from the Redis cache follows the same rule as a
+  pending one (it may evict the oldest pending, never a confirmed flow).
+
+Expiry: a pending entry lives ``pending_timeout`` seconds from its creation
+unless confirmed; a confirmed entry lives until the client has sent nothing
+for ``idle_timeout`` seconds (packets from the transceiver do not keep it
+alive: a client that went away must let its flow go).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+__all__ = ["Address", "Flow", "FlowTable"]
+
+Address = tuple[str, int]
+
+
+class Flow:
+    """One client's route through the relay.
+
+    ``client_packed`` and ``client_port`` index the flow for packets coming
+    back from a transceiver (the encapsulation header carries the client's IP
+    packed); ``header`` is the encapsulation header the relay puts in front
+    of this client's packets, built once. ``ufrag`` is the server ufrag whose
+    token created the flow (empty when unknown, e.g. restored from Redis).
+    ``pending_hop`` is a second transceiver the client has started to check
+    against (an ICE restart that moves the session); it takes over when it
+    answers. ``stored_at`` is when the flow was last written to the cache.
+    """
+
+    __slots__ = (
+        "client",
+        "client_packed",
+        "client_port",
+        "next_hop",
+        "confirmed",
+        "created",
+        "last_seen",
+        "ufrag",
+        "header",
+        "pending_hop",
+        "stored_at",
+    )
+
+    def __init__(
+        self,
+        client: Address,
+        client_packed: bytes,
+        next_hop: Address,
+        now: float,
+        ufrag: bytes = b"",
+        header: bytes = b"",
+        confirmed: bool = False,
+    ) -> None:
+        self.client = client
+        self.client_packed = client_packed
+        self.client_port = client[1]
+        self.next_hop = next_hop
+        self.confirmed = confirmed
+        self.created = now
+        self.last_seen = now
+        self.ufrag = ufrag
+        self.header = header
+        self.pending_hop: Address | None = None
+        self.stored_at = float("-inf")  # never stored
+
+    def __repr__(self) -> str:
+        state = "confirmed" if self.confirmed else "pending"
+        return f"<Flow {self.client} -> {self.next_hop} {state}>"
+
+
+class FlowTable:
+    """Bounded client -> next-hop table with pending and confirmed entries.
+
+    ``confirmed`` and ``pending`` map the client address to its
+    :class:`Flow`; ``by_packed`` maps ``(packed client IP, port)`` to the
+    same flows for the transceiver -> client direction. ``pending`` keeps
+    insertion (= creation) order, which is the eviction and expiry order.
+    """
+
+    __slots__ = (
+        "max_flows",
+        "idle_timeout",
+        "pending_timeout",
+        "confirmed",
+        "pending",
+        "by_packed",
+        "created_pending",
+        "created_restored",
+        "confirmed_total",
+        "evicted_pending",
+        "refused_full",
+        "expired_pending",
+        "expired_confirmed",
+    )
+
+    def __init__(self, max_flows: int, idle_timeout: float, pending_timeout: float) -> None:
+        if max_flows < 1:
+            raise ValueError("max_flows must be at least 1")
+        if pending_timeout <= 0 or idle_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self.max_flows = max_flows
+        self.idle_timeout = idle_timeout
+        self.pending_timeout = pending_timeout
+        self.confirmed: dict[Address, Flow] = {}
+        self.pending: dict[Address, Flow] = {}
+        self.by_packed: dict[tuple[bytes, int], Flow] = {}
+        self.created_pending = 0
+        self.created_restored = 0
+        self.confirmed_total = 0
+        self.evicted_pending = 0
+        self.refused_full = 0
+        self.expired_pending = 0
+        self.expired_confirmed = 0
+
+    def __len__(self) -> int:
+        return len(self.confirmed) + len(self.pending)
+
+    def __iter__(self) -> Iterator[Flow]:
+        yield from list(self.confirmed.values())
+        yield from list(self.pending.values())
+
+    def get(self, client: Address) -> Flow | None:
+        """The flow of ``client``, confirmed or pending, or None."""
+        flow = self.confirmed.get(client)
+        if flow is None:
+            flow = self.pending.get(client)
+        return flow
+
+    def _make_room(self) -> bool:
+        """Evict the oldest pending entry if the table is full; False if it cannot."""
+        if len(self.confirmed) + len(self.pending) < self.max_flows:
+            return True
+        if not self.pending:
+            self.refused_full += 1
+            return False
+        oldest = next(iter(self.pending))
+        self._drop(self.pending.pop(oldest))
+        self.evicted_pending += 1
+        return True
+
+    def _drop(self, flow: Flow) -> None:
+        key = (flow.client_packed, flow.client_port)
+        if self.by_packed.get(key) is flow:
+            del self.by_packed[key]
+
+    def add_pending(self, flow: Flow) -> bool:
+        """Insert a new pending ``flow`` (its client must have no flow); False if refused."""
+        if flow.client in self.confirmed or flow.client in self.pending:
+            raise ValueError(f"{flow.client} already has a flow")
+        if not self._make_room():
+            return False
+        flow.confirmed = False
+        self.pending[flow.client] = flow
+        self.by_packed[(flow.client_packed, flow.client_port)] = flow
+        self.created_pending += 1
+        return True
+
+    def add_confirmed(self, flow: Flow) -> bool:
+        """Insert a flow already known to be confirmed (restored from the cache); False if refused."""
+        if flow.client in self.confirmed or flow.client in self.pending:
+            raise ValueError(f"{flow.client} already has a flow")
+        if not self._make_room():
+            return False
+        flow.confirmed = True
+        self.confirmed[flow.client] = flow
+        self.by_packed[(flow.client_packed, flow.client_port)] = flow
+        self.created_restored += 1
+        return True
+
+    def confirm(self, flow: Flow, now: float) -> None:
+        """Move a pending ``flow`` to confirmed: media may use it from now on."""
+        if flow.confirmed:
+            return
+        if self.pending.pop(flow.client, None) is not flow:
+            raise ValueError(f"{flow!r} is not in the table")
+        flow.confirmed = True
+        flow.last_seen = now
+        self.confirmed[flow.client] = flow
+        self.confirmed_total += 1
+
+    def remove(self, flow: Flow) -> None:
+        """Forget ``flow`` (no-op if it is already gone)."""
+        table = self.confirmed if flow.confirmed else self.pending
+        if table.get(flow.client) is flow:
+            del table[flow.client]
+            self._drop(flow)
+
+    def sweep(self, now: float, refresh_interval: float | None = None) -> list[Flow]:
+        """Expire what is due; return the confirmed flows due for a cache refresh.
+
+        A confirmed flow is due when ``refresh_interval`` has passed since it
+        was last stored and the client has been active since then (so an idle
+        flow's cache entry is left to its TTL). Pending entries are visited in
+        creation order and the walk stops at the first one still young, so
+        their cost is the number that expire.
+        """
+        pending = self.pending
+        deadline = now - self.pending_timeout
+        while pending:
+            client = next(iter(pending))
+            flow = pending[client]
+            if flow.created > deadline:
+                break
+            del pending[client]
+            self._drop(flow)
+            self.expired_pending += 1
+
+        due: list[Flow] = []
+        idle_before = now - self.idle_timeout
+        expired = [f for f in self.confirmed.values() if f.last_seen <= idle_before]
+        for flow in expired:
+            del self.confirmed[flow.client]
+            self._drop(flow)
+            self.expired_confirmed += 1
+        if refresh_interval is not None:
+            stale_before = now - refresh_interval
+            for flow in self.confirmed.values():
+                stored = flow.stored_at
+                if stored <= stale_before and flow.last_seen > stored:
+                    due.append(flow)
+        return due
