@@ -1,0 +1,168 @@
+"""Hostile traffic at the relay's public port while a real call runs through it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import socket
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.ice_client import binding_request
+from tests.support import (
+    free_tcp_port,
+    free_udp_port,
+    health_sessions,
+    http_get,
+    running_service,
+    write_allinone_config,
+)
+from voiceedge.wire.route_token import Route, RouteTokenCodec
+
+pytestmark = pytest.mark.integration
+
+MAX_FLOWS = 300
+
+
+def metrics(base: str) -> dict[str, dict[str, float]]:
+    """``/metrics`` as {metric name: {label values joined: value}}."""
+    status, body = http_get(base + "/metrics")
+    assert status == 200
+    result: dict[str, dict[str, float]] = defaultdict(dict)
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            key = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            result[sample.name][key] = sample.value
+    return result
+
+
+def transceiver_drops(snapshot: dict[str, dict[str, float]]) -> float:
+    """Everything the transceiver has dropped, all reasons."""
+    return sum(snapshot.get("voiceedge_transceiver_drops_total", {}).values())
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def allinone(tmp_path: Path) -> Iterator[tuple[str, tuple[str, int], int]]:
+    """The all-in-one with a small flow table: (base URL, relay address, pid)."""
+    http_port, media_port = free_tcp_port(), free_udp_port()
+    ini = write_allinone_config(tmp_path, http_port, media_port, relay={"max_flows": MAX_FLOWS})
+    base = f"http://127.0.0.1:{http_port}"
+    with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp_path) as proc:
+        yield base, ("127.0.0.1", media_port), proc.pid
+
+
+def call_in_background(base: str, seconds: float) -> tuple[threading.Thread, list]:
+    """Run an aiortc echo call in a thread; its result lands in the returned list."""
+    from tests.aiortc_peer import echo_call
+
+    results: list = []
+    thread = threading.Thread(target=lambda: results.append(asyncio.run(echo_call(base, seconds))))
+    thread.start()
+    return thread, results
+
+
+def stun_with_username(username: str) -> bytes:
+    """A well-formed binding request whose integrity is keyed with a password nobody has."""
+    return binding_request(username, base64.b64encode(os.urandom(18)).decode())
+
+
+def test_forged_tokens_and_garbage_reach_no_transceiver_and_get_no_reply(
+    allinone: tuple[str, tuple[str, int], int],
+) -> None:
+    """Thousands of random and forged tokens and non-STUN datagrams: nothing forwarded, nothing back."""
+    base, relay, _ = allinone
+    thread, results = call_in_background(base, 5.0)
+    before = metrics(base)
+    rng = random.Random(7)
+    forger = RouteTokenCodec({1: os.urandom(32)}, 1)  # the right format, the wrong fleet secret
+    attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    attacker.bind(("127.0.0.1", 0))
+    sent = 0
+    try:
+        for i in range(3000):
+            kind = i % 4
+            if kind == 0:  # random ufrag
+                packet = stun_with_username(base64.b64encode(rng.randbytes(27)).decode() + ":abcd")
+            elif kind == 1:  # a token sealed with another fleet's key, naming a loopback "transceiver"
+                token = forger.issue(Route(0, ("127.0.0.1", rng.randrange(1024, 65535))))
+                packet = stun_with_username(token + ":abcd")
+            elif kind == 2:  # random bytes that look like nothing
+                packet = bytes([rng.randrange(64, 256)]) + rng.randbytes(rng.randrange(0, 300))
+            else:  # random bytes in STUN's first-byte range
+                packet = bytes([rng.randrange(0, 4)]) + rng.randbytes(rng.randrange(0, 300))
+            attacker.sendto(packet, relay)
+            sent += 1
+            if sent % 50 == 0:
+                time.sleep(0.005)  # paced, so the kernel's socket buffer does not drop any
+        attacker.settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            attacker.recvfrom(2048)  # zero bytes come back
+    finally:
+        attacker.close()
+    thread.join(30)
+    after = metrics(base)
+    # The relay dropped them all, and counted why...
+    relay_drops = sum(after["voiceedge_relay_drops_total"].values()) - sum(
+        before.get("voiceedge_relay_drops_total", {}).values()
+    )
+    assert relay_drops >= sent
+    # ...so the transceiver saw none of them.
+    assert transceiver_drops(after) == transceiver_drops(before)
+    (result,) = results
+    assert result.packets_received >= 0.95 * result.packets_sent, result
+    assert health_sessions(base + "/healthz") == 0
+
+
+def test_spoofed_sources_with_valid_tokens_stay_within_the_flow_bound(
+    allinone: tuple[str, tuple[str, int], int],
+) -> None:
+    """Thousands of sources presenting a real session's token, none able to confirm a flow."""
+    base, relay, pid = allinone
+    # A real, valid token: the ufrag of an answer to our own offer.
+    from tests.test_host import CLIENT_CERT, offer_sdp
+
+    request = __import__("urllib.request").request.Request(
+        base + "/v1/realtime/calls", data=offer_sdp(CLIENT_CERT.fingerprint).encode(),
+        headers={"Content-Type": "application/sdp"}, method="POST",
+    )
+    with __import__("urllib.request").request.urlopen(request, timeout=5) as response:
+        answer = response.read().decode()
+    ufrag = next(line.split(":", 1)[1] for line in answer.splitlines() if line.startswith("a=ice-ufrag:"))
+
+    thread, results = call_in_background(base, 6.0)
+    rss_before = rss_kib(pid)
+    flows_seen = []
+    for burst in range(10):
+        for i in range(400):
+            source = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            source.bind((f"127.{1 + burst}.{i // 250}.{1 + i % 250}", 0))
+            source.sendto(stun_with_username(f"{ufrag}:x{i}"), relay)
+            source.close()
+            if i % 50 == 49:
+                time.sleep(0.005)
+        flows_seen.append(sum(metrics(base)["voiceedge_relay_flows"].values()))
+    thread.join(30)
+    after = metrics(base)
+    assert max(flows_seen) <= MAX_FLOWS, flows_seen
+    assert after["voiceedge_relay_flows_max"][""] == MAX_FLOWS
+    # 4000 pending flows came and went: the oldest pending ones were evicted.
+    assert sum(after["voiceedge_relay_flows_created_total"].values()) >= 4000
+    assert rss_kib(pid) - rss_before < 50 * 1024
+    (result,) = results
+    assert result.packets_received >= 0.95 * result.packets_sent, result
