@@ -90,6 +90,20 @@ def drive_demo_call(sync_api: Any, base_url: str, tmp_path: Path) -> dict[str, A
             assert page.text_content("#call") == "Hang up"
             page.wait_for_function("window.voiceedgeStats.timings.firstAudio !== null", timeout=10_000)
 
+            # oai-events: the server's session.created shows up, and an event
+            # typed into the page reaches the agent and comes back.
+            page.wait_for_function(
+                "window.voiceedgeStats.events.some(e => e.type === 'session.created')", timeout=10_000
+            )
+            page.fill("#event-input", '{"type": "ping", "n": 1}')
+            page.click("#event-send")
+            page.wait_for_function(
+                "window.voiceedgeStats.events.some(e => e.type === 'echo' && e.event.n === 1)",
+                timeout=10_000,
+            )
+            shown = page.text_content("#events") or ""
+            assert "session.created" in shown and "ping" in shown, shown
+
             first = page.evaluate(_SAMPLE_JS)
             page.wait_for_timeout(SAMPLE_SECONDS * 1000)
             last = page.evaluate(_SAMPLE_JS)
