@@ -101,6 +101,18 @@ def _http(method: str, url: str, body: bytes | None = None, content_type: str | 
         return e.code, dict(e.headers), e.read()
 
 
+async def negotiate(pc: RTCPeerConnection, base_url: str, connected: asyncio.Event) -> str:
+    """Offer, POST it, apply the answer and wait until connected; the session's Location."""
+    await pc.setLocalDescription(await pc.createOffer())
+    status, headers, body = await asyncio.to_thread(
+        _http, "POST", base_url + "/v1/realtime/calls", pc.localDescription.sdp.encode(), "application/sdp"
+    )
+    assert status == 201, (status, body)
+    await pc.setRemoteDescription(RTCSessionDescription(body.decode(), "answer"))
+    await asyncio.wait_for(connected.wait(), 10)
+    return str(headers["Location"])
+
+
 async def echo_call(
     base_url: str, seconds: float = 5.0, events: list[dict[str, Any]] | None = None
 ) -> CallResult:
@@ -136,6 +148,7 @@ async def echo_call(
         try:
             while True:
                 frame = await track.recv()
+                assert isinstance(frame, AudioFrame)
                 decoded += 1
                 levels.append(frame_rms(frame))
         except MediaStreamError:
@@ -150,15 +163,8 @@ async def echo_call(
     sender = pc.addTrack(SineTrack())
     started = time.monotonic()
     try:
-        await pc.setLocalDescription(await pc.createOffer())
-        status, headers, body = await asyncio.to_thread(
-            _http, "POST", base_url + "/v1/realtime/calls", pc.localDescription.sdp.encode(), "application/sdp"
-        )
-        assert status == 201, (status, body)
-        location = headers["Location"]
+        location = await negotiate(pc, base_url, connected)
         result = CallResult(location)
-        await pc.setRemoteDescription(RTCSessionDescription(body.decode(), "answer"))
-        await asyncio.wait_for(connected.wait(), 10)
         result.connected_after = time.monotonic() - started
         await asyncio.sleep(seconds)
         # Stop sending, then count once the echo has drained (bounded wait).
@@ -215,18 +221,12 @@ async def monitored_call(base_url: str, seconds: float, during: Any = None) -> l
 
     pc.addTrack(SineTrack())
     try:
-        await pc.setLocalDescription(await pc.createOffer())
-        status, headers, body = await asyncio.to_thread(
-            _http, "POST", base_url + "/v1/realtime/calls", pc.localDescription.sdp.encode(), "application/sdp"
-        )
-        assert status == 201, (status, body)
-        await pc.setRemoteDescription(RTCSessionDescription(body.decode(), "answer"))
-        await asyncio.wait_for(connected.wait(), 10)
+        location = await negotiate(pc, base_url, connected)
         task = asyncio.ensure_future(during) if during is not None else None
         await asyncio.sleep(seconds)
         if task is not None:
             await task
-        await asyncio.to_thread(_http, "DELETE", base_url + headers["Location"])
+        await asyncio.to_thread(_http, "DELETE", base_url + location)
         return arrivals
     finally:
         await pc.close()
@@ -381,14 +381,7 @@ async def scripted_call(
 
         receiver._handle_rtp_packet = measured  # type: ignore[method-assign]
     try:
-        await pc.setLocalDescription(await pc.createOffer())
-        status, headers, body = await asyncio.to_thread(
-            _http, "POST", base_url + "/v1/realtime/calls", pc.localDescription.sdp.encode(), "application/sdp"
-        )
-        assert status == 201, (status, body)
-        result.location = headers["Location"]
-        await pc.setRemoteDescription(RTCSessionDescription(body.decode(), "answer"))
-        await asyncio.wait_for(connected.wait(), 10)
+        result.location = await negotiate(pc, base_url, connected)
         for _ in range(200):
             if track.first_frame_at is not None:
                 break
@@ -480,6 +473,7 @@ async def live_call(base_url: str, script: Any, track: MediaStreamTrack | None =
         try:
             while True:
                 frame = await remote.recv()
+                assert isinstance(frame, AudioFrame)
                 call.levels.append(_level_db(bytes(frame.planes[0])))
         except MediaStreamError:
             pass
@@ -492,14 +486,7 @@ async def live_call(base_url: str, script: Any, track: MediaStreamTrack | None =
 
     pc.addTrack(track or SineTrack())
     try:
-        await pc.setLocalDescription(await pc.createOffer())
-        status, headers, body = await asyncio.to_thread(
-            _http, "POST", base_url + "/v1/realtime/calls", pc.localDescription.sdp.encode(), "application/sdp"
-        )
-        assert status == 201, (status, body)
-        call.location = headers["Location"]
-        await pc.setRemoteDescription(RTCSessionDescription(body.decode(), "answer"))
-        await asyncio.wait_for(connected.wait(), 10)
+        call.location = await negotiate(pc, base_url, connected)
         await script(call)
         if not call.ended.is_set():
             status, _, _ = await asyncio.to_thread(_http, "DELETE", base_url + call.location)
