@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,22 @@ def test_a_bad_ini_stops_start_up_naming_file_section_and_key(tmp_path: Path, te
     path.write_text(text)
     with pytest.raises(usage.UsageError, match=rf"bad\.ini: .*{message}"):
         transceiver_tap.Options().parseOptions(["--config", str(path)])
+
+
+def test_local_split_files_agree() -> None:
+    """etc/local-split: the relay and transceiver share a key and each other's addresses."""
+    from voiceedge.relay import tap as relay_tap
+
+    relay_options = relay_tap.Options()
+    relay_options.parseOptions(["--config", str(REPO / "etc" / "local-split" / "relay.ini")])
+    transceiver_options = transceiver_tap.Options()
+    transceiver_options.parseOptions(["--config", str(REPO / "etc" / "local-split" / "transceiver.ini")])
+    relay, transceiver = relay_options.loaded, transceiver_options.loaded
+    assert relay["token"]["keys"] == transceiver["route"]["keys"]
+    assert relay["relay"]["public_listen"] == transceiver["transceiver"]["advertised_address"] == ("127.0.0.1", 3478)
+    assert transceiver["signaling"]["listen"] == "tcp:8080:interface=127.0.0.1"
+    media = ipaddress.ip_address(transceiver["transceiver"]["media_listen"][0])
+    assert any(media in net for net in relay["relay"]["transceiver_networks"])
+    internal = ipaddress.ip_address(relay["relay"]["internal_listen"][0])
+    assert any(internal in net for net in transceiver["transceiver"]["relay_networks"])
+    assert relay["redis"]["address"] == ("127.0.0.1", 6379)
