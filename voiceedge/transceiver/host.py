@@ -79,8 +79,9 @@ class Transceiver:
         self.write: Callable[[bytes, Address], None] = _not_listening
         self.relay_networks = tuple(relay_networks)
         self._trusted_relays: dict[str, bool] = {}
-        # client address -> (relay that last delivered its packets, ingress)
-        self._relay_of: dict[Address, tuple[Address, Address]] = {}
+        # client address -> (relay that last delivered its packets, its
+        # ingress, the header for replies: built once per route change)
+        self._relay_of: dict[Address, tuple[Address, Address, bytes]] = {}
 
         self._by_id: dict[str, Session] = {}
         self._by_ufrag: dict[bytes, Session] = {}
@@ -239,9 +240,9 @@ class Transceiver:
         session = self._session_for(payload, client)
         if session is None:
             return
-        route = (relay, envelope.ingress)
-        if self._relay_of.get(client) != route:
-            self._relay_of[client] = route
+        known = self._relay_of.get(client)
+        if known is None or known[0] != relay or known[1] != envelope.ingress:
+            self._relay_of[client] = (relay, envelope.ingress, encap.encode(envelope, b""))
         session.datagram_received(payload, client)
 
     def _is_relay_network(self, host: str) -> bool:
@@ -301,8 +302,8 @@ class Transceiver:
         """Send a session's datagram, through the client's relay if it has one."""
         via = self._relay_of.get(destination)
         if via is not None:
-            data = encap.encode(encap.Envelope(destination, via[1]), data)
-            destination = via[0]
+            destination, _, header = via
+            data = header + data
         try:
             self.write(data, destination)
         except OSError:
