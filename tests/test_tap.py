@@ -83,3 +83,13 @@ def test_local_split_files_agree() -> None:
     internal = ipaddress.ip_address(relay["relay"]["internal_listen"][0])
     assert any(internal in net for net in transceiver["transceiver"]["relay_networks"])
     assert relay["redis"]["address"] == ("127.0.0.1", 6379)
+
+
+def test_shipped_allinone_ini_matches_the_embedded_defaults() -> None:
+    """etc/voiceedge.ini loads and says what running with no file does."""
+    from_file = allinone_tap.Options()
+    from_file.parseOptions(["--config", str(REPO / "etc" / "voiceedge.ini")])
+    embedded = allinone_tap.Options()
+    embedded.parseOptions([])
+    for section in from_file.loaded.sections():
+        assert from_file.loaded[section] == embedded.loaded[section], section
