@@ -24,6 +24,7 @@ from tests.support import (
     free_tcp_port,
     free_udp_port,
     health_sessions,
+    http_get,
     running_service,
     write_allinone_config,
 )
@@ -249,6 +250,9 @@ def test_call_through_the_bridge(bridged: tuple[str, Backend]) -> None:
     assert errors and errors[0]["error"]["code"] == "backend_unavailable", call.events
     assert call.ended.is_set(), "the server did not end the call"
     assert health_sessions(base + "/healthz") == 0
+    # An operator sees the backend failure on /metrics.
+    _, metrics = http_get(base + "/metrics")
+    assert b'voiceedge_agent_events_total{agent="bridge",event="backend_unavailable"} 1.0' in metrics, metrics
 
 
 def test_caller_hangup_reaches_the_backend(bridged: tuple[str, Backend]) -> None:

@@ -35,6 +35,7 @@ from voiceedge.agents import bridge_protocol as bp
 from voiceedge.agents.interfaces import (
     AudioFrame,
     IAgent,
+    IAgentCounters,
     IAgentFactory,
     IAgentSession,
     IAgentType,
@@ -630,9 +631,11 @@ class BridgeAgent:
 # -- the factory and the plugin's type ---------------------------------------------
 
 
-@implementer(IAgentFactory)
+@implementer(IAgentFactory, IAgentCounters)
 class BridgeAgentFactory:
     """Builds a :class:`BridgeAgent` for every session, all to one backend URL."""
+
+    name = "bridge"
 
     def __init__(self, settings: BridgeSettings, connect: Connector) -> None:
         self.settings = settings

@@ -82,6 +82,13 @@ class IAgentFactory(Interface):
         """Build the agent for a session whose media is now flowing."""
 
 
+class IAgentCounters(Interface):
+    """An agent factory whose counters an operator should see on ``/metrics``."""
+
+    name = Attribute("The agent's name, the metric's ``agent`` label.")
+    counters = Attribute("A collections.Counter[str] of events over every session, by name.")
+
+
 class IAgentType(Interface):
     """A kind of agent: its INI options and how to make its factory."""
 

@@ -13,7 +13,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from voiceedge.agents.interfaces import IAgentFactory
+from voiceedge.agents.interfaces import IAgentCounters, IAgentFactory
 from voiceedge.metrics import Sample
 from voiceedge.signaling.answer import (
     AnswerParameters,
@@ -383,6 +383,16 @@ class Transceiver:
         yield ("counter", prefix + "packets_out", "Datagrams sent.", {}, self.packets_out)
         yield ("counter", prefix + "bytes_out", "Bytes sent.", {}, self.bytes_out)
         yield ("gauge", prefix + "sessions_sending", "Sessions with audio queued.", {}, len(self._sending))
+        if IAgentCounters.providedBy(self.agent_factory):
+            agent = self.agent_factory.name
+            for event, n in self.agent_factory.counters.items():
+                yield (
+                    "counter",
+                    "voiceedge_agent_events",
+                    "Agent events (backend failures, dropped audio...), by agent and event.",
+                    {"agent": agent, "event": event},
+                    n,
+                )
 
 
 def _not_listening(data: bytes, destination: Address) -> None:
