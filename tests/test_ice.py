@@ -107,3 +107,13 @@ def test_consent_expires_thirty_seconds_after_the_last_check() -> None:
     # A forged check does not refresh consent.
     ice.receive(binding_request("srv1:cli1", "bad"), CLIENT, 20.0)
     assert ice.consent_expires_at() == 45.0
+
+
+def test_consent_without_a_nomination_still_expires() -> None:
+    """A client that checks but never sends USE-CANDIDATE is held to consent too."""
+    ice = agent()
+    ice.receive(binding_request("srv1:cli1", PWD), CLIENT, 10.0)
+    assert ice.selected is None
+    assert ice.consent_expires_at() == 40.0
+    ice.receive(binding_request("srv1:cli1", PWD), ("192.0.2.8", 1), 12.0)
+    assert ice.consent_expires_at() == 42.0

@@ -70,10 +70,17 @@ class IceLiteAgent:
         return list(self._last_check)
 
     def consent_expires_at(self) -> float | None:
-        """When consent on the selected path lapses; ``None`` before a path is selected."""
-        if self.selected is None:
+        """When consent lapses; ``None`` before any valid check.
+
+        Consent is the selected path's; before a nomination (media then goes
+        to the latest valid source) it is the freshest check on any path, so
+        a client that never nominates cannot keep a session alive forever.
+        """
+        if self.selected is not None:
+            return self._last_check[self.selected] + self._consent_timeout
+        if not self._last_check:
             return None
-        return self._last_check[self.selected] + self._consent_timeout
+        return max(self._last_check.values()) + self._consent_timeout
 
     def receive(self, data: bytes, source: Address, now: float) -> CheckOutcome:
         """Handle one STUN datagram from ``source``.
