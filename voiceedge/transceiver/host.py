@@ -347,7 +347,9 @@ class Transceiver:
         # operation per packet, and would drift apart.
         self._tick_index += count
         index = self._tick_index
-        done = [s for s in self._sending if not s.tick(index, count)]
+        # A copy: ticking runs agent code (decoded frames), which may queue
+        # audio and so add sessions to the set.
+        done = [s for s in list(self._sending) if not s.tick(index, count)]
         for session in done:
             self._sending.discard(session)
 
