@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_tcp_port, free_udp_port, health_sessions, running_service, write_allinone_config
+from tests.support import (
+    free_tcp_port,
+    free_udp_port,
+    health_sessions,
+    http_get,
+    running_service,
+    write_allinone_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +35,9 @@ def test_one_call_echoes_five_seconds_of_opus(allinone: str) -> None:
 
     result = asyncio.run(echo_call(allinone, seconds=5.0))
     assert result.packets_sent >= 240, result
+    # aiortc answered the return-routability probe of its nominated path.
+    _, metrics = http_get(allinone + "/metrics")
+    assert b'voiceedge_transceiver_path_probes_total{result="answered"} 1.0' in metrics, metrics
     assert result.packets_received >= 0.95 * result.packets_sent, result
     assert result.delete_status == 204
     assert health_sessions(allinone + "/healthz") == 0

@@ -13,6 +13,7 @@ from tests.support import (
     free_tcp_port,
     free_udp_port,
     health_sessions,
+    http_get,
     running_service,
     write_allinone_config,
 )
@@ -130,6 +131,7 @@ def test_call_from_chromium(tmp_path: Path) -> None:
         assert health_sessions(health_url) == 0
         result = drive_demo_call(sync_api, base_url, tmp_path)
         remaining = wait_for_sessions(health_url, 0)
+        _, metrics = http_get(base_url + "/metrics")
 
     connected, last, final = result["connected"], result["last"], result["final"]
     print(f"setup timings (ms): {last['timings']}; rate {result['rate']:.1f} packets/s; rtt {last['rtt']} ms")
@@ -145,3 +147,5 @@ def test_call_from_chromium(tmp_path: Path) -> None:
     assert final["state"] == "closed"
     assert final["deleteStatus"] == 204, final
     assert remaining == 0
+    # Chromium answered the return-routability probe of its nominated path.
+    assert b'voiceedge_transceiver_path_probes_total{result="answered"} 1.0' in metrics, metrics

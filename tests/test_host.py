@@ -56,7 +56,10 @@ CLIENT_CERT = DtlsCertificate.generate()
 OTHER_CERT = DtlsCertificate.generate()
 
 
-def offer_sdp(fingerprint: str, ufrag: str = "cli1", pwd: str = "clientPasswordAbcdefgh123") -> str:
+CLIENT_PWD = "clientPasswordAbcdefgh123"
+
+
+def offer_sdp(fingerprint: str, ufrag: str = "cli1", pwd: str = CLIENT_PWD) -> str:
     """An offer as a browser sends it: Opus 111, rtcp-mux, BUNDLE, a data channel."""
     return "\r\n".join(
         [
@@ -112,11 +115,16 @@ class Call:
         self.transceiver.datagram_received(data, self.source)
 
     def check(self, use_candidate: bool = True) -> bytes:
-        """Send one connectivity check; return the response."""
+        """Send one connectivity check; return the response. Probes are answered, as a browser does."""
         before = len(self.inbox)
         self.send(binding_request(self.username, self.password, use_candidate=use_candidate))
-        assert len(self.inbox) == before + 1, "the check was not answered"
-        return self.inbox.pop()
+        new = self.inbox[before:]
+        del self.inbox[before:]
+        responses = [d for d in new if d[0] == 0x01 and d[1] == 0x01]
+        assert len(responses) == 1, "the check was not answered"
+        for probe in (d for d in new if d[0] == 0x00 and d[1] == 0x01):
+            self.send(answer_probe(probe))
+        return responses[0]
 
     def handshake(self, drop_first_server_flight: bool = False, start: bool = True) -> None:
         """Run DTLS over the in-memory path until the client connects."""
@@ -157,6 +165,12 @@ class Call:
             if 128 <= datagram[0] <= 191 and not 192 <= datagram[1] <= 223:
                 packets.append(parse_rtp(self.srtp.unprotect_rtp(datagram)))
         return packets
+
+
+def answer_probe(probe: bytes) -> bytes:
+    """A client's answer to the transceiver's return-routability check."""
+    request = stun.parse_message(probe)
+    return stun.binding_success(request, SERVER, CLIENT_PWD.encode())
 
 
 def make_transceiver(clock: Clock, **kwargs: object) -> tuple[Transceiver, dict[tuple[str, int], list[bytes]]]:
@@ -454,7 +468,8 @@ def test_a_call_through_a_relay(clock: Clock) -> None:
     transceiver, outbox = make_transceiver(clock, relay_networks=[ipaddress.ip_network("127.0.0.0/8")])
     call, _ = open_relayed_call(transceiver, clock, outbox)
     call.send(binding_request(call.username, call.password, use_candidate=True))
-    (response,) = unwrap(outbox.pop(RELAY_A))
+    response, probe = unwrap(outbox.pop(RELAY_A))
+    call.send(answer_probe(probe))
     # XOR-MAPPED-ADDRESS is the client's real public address, not the relay's.
     assert stun.parse_message(response).xor_mapped_address() == PUBLIC_CLIENT
 

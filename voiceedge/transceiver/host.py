@@ -97,6 +97,7 @@ class Transceiver:
         self._sweeper.clock = clock
 
         self.drops: collections.Counter[str] = collections.Counter()
+        self.probes: collections.Counter[str] = collections.Counter()
         self.ended: collections.Counter[str] = collections.Counter()
         self.sessions_opened = 0
         self.refused: collections.Counter[int] = collections.Counter()
@@ -155,7 +156,11 @@ class Transceiver:
             ),
         )
         ice = IceLiteAgent(
-            credentials.ufrag, credentials.pwd, summary.remote_ufrag, self.consent_timeout
+            credentials.ufrag,
+            credentials.pwd,
+            summary.remote_ufrag,
+            self.consent_timeout,
+            remote_pwd=summary.remote_pwd,
         )
         dtls = DtlsTransport(
             self.certificate,
@@ -325,6 +330,12 @@ class Transceiver:
             for data in early[1]:
                 session.datagram_received(data, source)
 
+    def session_address_invalid(self, session: Session, source: Address) -> None:
+        """Stop routing ``source`` to ``session``."""
+        if self._by_address.get(source) is session:
+            del self._by_address[source]
+            self._relay_of.pop(source, None)
+
     def session_wants_tick(self, session: Session) -> None:
         """Put ``session`` on the shared tick."""
         self._sending.add(session)
@@ -378,6 +389,14 @@ class Transceiver:
             yield ("counter", prefix + "sessions_ended", "Sessions ended, by reason.", {"reason": reason}, n)
         for status, n in self.refused.items():
             yield ("counter", prefix + "offers_refused", "Offers refused, by HTTP status.", {"status": str(status)}, n)
+        for result, n in self.probes.items():
+            yield (
+                "counter",
+                prefix + "path_probes",
+                "Return-routability checks to newly nominated paths, by result (sent, answered).",
+                {"result": result},
+                n,
+            )
         for reason, n in self.drops.items():
             yield ("counter", prefix + "drops", "Datagrams dropped, by reason.", {"reason": reason}, n)
         yield ("counter", prefix + "packets_in", "Datagrams received.", {}, self.packets_in)

@@ -63,12 +63,16 @@ class ISessionOwner(Interface):
     """What a session needs from the transceiver that holds it."""
 
     drops = Attribute("A collections.Counter of dropped packets, by reason.")
+    probes = Attribute("A collections.Counter of return-routability probes: sent, answered.")
 
     def transmit(data: bytes, destination: Address) -> None:
         """Send one datagram to a client address."""
 
     def session_address_valid(session: Session, source: Address) -> None:
         """``source`` passed an ICE check for ``session``: route its packets here."""
+
+    def session_address_invalid(session: Session, source: Address) -> None:
+        """``session`` no longer takes packets from ``source``: stop routing them here."""
 
     def session_wants_tick(session: Session) -> None:
         """``session`` has audio to send, or a jitter buffer to drain, on the shared tick."""
@@ -118,6 +122,7 @@ class Session:
         self._agent: IAgent | None = None
         self._srtp: SrtpSession | None = None
         self._timer: IDelayedCall | None = None
+        self._dtls_peer: Address | None = None
         self._inbound: InboundAudio | None = None
         self._outbound: OutboundAudio | None = None
         self.events: EventsChannel | None = None
@@ -171,6 +176,9 @@ class Session:
     def _stun_received(self, data: bytes, source: Address) -> None:
         now = self.clock.seconds()
         outcome = self.ice.receive(data, source, now)
+        if outcome.result is CheckResult.VERIFIED:
+            self._owner.probes["answered"] += 1
+            return
         if outcome.result is not CheckResult.ANSWERED:
             self._owner.drops["stun_" + outcome.result.value] += 1
             if outcome.response is not None:
@@ -178,6 +186,13 @@ class Session:
             return
         assert outcome.response is not None
         self._owner.transmit(outcome.response, source)
+        if outcome.probe is not None:
+            # The client nominated an address we have not seen receive our
+            # packets: media follows only once it answers this.
+            self._owner.transmit(outcome.probe, source)
+            self._owner.probes["sent"] += 1
+        for gone in outcome.evicted:
+            self._owner.session_address_invalid(self, gone)
         if outcome.newly_valid:
             if self.state is SessionState.WAITING:
                 self.state = SessionState.CONNECTING
@@ -190,6 +205,7 @@ class Session:
             self._owner.drops["dtls_unvalidated"] += 1
             return
         now = self.clock.seconds()
+        self._dtls_peer = source
         output = self.dtls.receive(data, now)
         for datagram in output.datagrams:
             self._owner.transmit(datagram, source)
@@ -221,6 +237,9 @@ class Session:
     def _connected(self, now: float) -> None:
         keys = self.dtls.srtp_keys
         assert keys is not None
+        if self._dtls_peer is not None:
+            # It completed a handshake with us, so it receives what we send.
+            self.ice.verify(self._dtls_peer)
         self._srtp = SrtpSession(keys)
         self.state = SessionState.CONNECTED
         self.timings["dtls"] = now - self.created_at
@@ -235,11 +254,8 @@ class Session:
         self._agent = self._agent_factory.agent_for(self)
 
     def _destination(self) -> Address | None:
-        """Where media goes: the nominated path, else the latest valid source."""
-        if self.ice.selected is not None:
-            return self.ice.selected
-        sources = self.ice.valid_sources
-        return sources[-1] if sources else None
+        """Where media goes: the selected path, else the freshest verified source."""
+        return self.ice.media_destination()
 
     # -- timers ---------------------------------------------------------------
 
@@ -263,7 +279,7 @@ class Session:
         now = self.clock.seconds()
         deadline = self.dtls.deadline()
         if deadline is not None and deadline <= now:
-            destination = self._destination()
+            destination = self._dtls_peer
             for datagram in self.dtls.handle_timeout(now):
                 if destination is not None:
                     self._owner.transmit(datagram, destination)
@@ -531,7 +547,7 @@ class Session:
         if self.state is SessionState.CLOSED:
             return
         was_connected = self.state is SessionState.CONNECTED
-        destination = self._destination()
+        destination = self._destination() or self._dtls_peer
         self.state = SessionState.CLOSED
         self.end_reason = reason
         if self._timer is not None and self._timer.active():
