@@ -741,3 +741,16 @@ def test_doc_example_is_the_tested_backend() -> None:
     example = (root / "tests" / "fixtures" / "bridge" / "echo_backend.py").read_text("utf-8")
     doc = (root / "docs" / "agent-protocol.md").read_text("utf-8")
     assert f"```python\n{example}```" in doc
+
+
+def test_backend_failure_ends_the_session_even_if_the_error_event_cannot_be_sent() -> None:
+    """The caller's channel may refuse the error event; the session still ends."""
+    agent, session, connector, clock = make_agent(connect_timeout=2.0)
+
+    def refuse(event: dict[str, Any]) -> None:
+        raise ValueError("channel closing")
+
+    session.send_event = refuse  # type: ignore[method-assign]
+    with pytest.raises(ValueError):
+        clock.advance(2.0)
+    assert len(session.ended) == 1 and session.ended[0].startswith("backend_unavailable")

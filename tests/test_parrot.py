@@ -474,3 +474,13 @@ def test_rtp_timestamp_jump_is_resynchronised(jump: int) -> None:
     assert agent.turns_played == 2
     assert first_audio_at(session, turn_at) == pytest.approx(tone_end + 0.4, abs=0.021)
     assert len(session.audio(turn_at)) == 700 * BYTES_PER_MS
+
+
+def test_session_update_with_a_huge_number_is_an_error_event() -> None:
+    """A 400-digit integer cannot overflow into the reactor: it is a bad value like any other."""
+    agent, session, _, _ = make(silence_ms=500)
+    agent.event_received(
+        {"type": "session.update", "session": {"turn_detection": {"silence_duration_ms": 10**400}}}
+    )
+    assert session.types() == ["error"]
+    assert agent.turn_detection.silence_ms == 500

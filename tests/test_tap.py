@@ -93,3 +93,28 @@ def test_shipped_allinone_ini_matches_the_embedded_defaults() -> None:
     embedded.parseOptions([])
     for section in from_file.loaded.sections():
         assert from_file.loaded[section] == embedded.loaded[section], section
+
+
+def test_issuing_key_zero_is_used(tmp_path: Path) -> None:
+    """issuing_key = 0 is a key id like any other, not 'unset'."""
+    import base64
+
+    from voiceedge.transceiver.host import Transceiver
+    from voiceedge.wire.route_token import RouteTokenCodec
+
+    secret = base64.b64encode(bytes(32)).decode()
+    other = base64.b64encode(bytes(range(32))).decode()
+    path = tmp_path / "t.ini"
+    path.write_text(
+        f"[transceiver]\nmedia_listen = 127.0.0.1:0\n[route]\nkeys = 0:{secret}, 1:{other}\nissuing_key = 0\n"
+    )
+    options = transceiver_tap.Options()
+    options.parseOptions(["--config", str(path)])
+    top = service.MultiService()
+    transceiver = transceiver_tap.build_transceiver(options.loaded, options.agent_type, MemoryReactorClock(), top)
+    assert isinstance(transceiver, Transceiver)
+    transceiver_tap_protocol = [s for s in top if isinstance(s, internet.UDPServer)][0].args[1]
+    transceiver_tap_protocol.local_address = lambda: ("127.0.0.1", 4000)
+    token = transceiver.make_ufrag()
+    assert base64.b64decode(token)[1] == 0  # the key id byte
+    assert RouteTokenCodec({0: bytes(32)}, 0).decode(token).transceiver == ("127.0.0.1", 4000)

@@ -546,8 +546,11 @@ class BridgeAgent:
         log.warn("session {id}: {detail}", id=self._session.session_id, detail=detail)
         self.count("backend_unavailable")
         self._shut()
-        self._session.send_event({"type": "error", "error": {"code": ERROR_CODE, "message": detail}})
-        self._session.end(f"{ERROR_CODE}: {detail}")
+        try:
+            self._session.send_event({"type": "error", "error": {"code": ERROR_CODE, "message": detail}})
+        finally:
+            # Whatever became of the event, the call must not outlive its backend.
+            self._session.end(f"{ERROR_CODE}: {detail}")
 
     def _shut(self) -> None:
         """Closed for good: no timer, no socket, no buffer. Safe to call twice."""

@@ -74,7 +74,8 @@ def _number(minimum: float, maximum: float) -> Callable[[object], float]:
         # bool is an int: reject it explicitly, True is not a duration.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError("must be a number")
-        if not (math.isfinite(value) and minimum <= value <= maximum):
+        # Compare before isfinite(): a huge int (10**400) overflows a float.
+        if not (minimum <= value <= maximum and math.isfinite(value)):
             raise ValueError(f"must be between {minimum:g} and {maximum:g}")
         return float(value)
 
@@ -434,7 +435,8 @@ def _decibels(minimum: float, maximum: float) -> Callable[[str], float]:
             value = float(text)
         except ValueError:
             raise ValueError("not a number of dB") from None
-        if not (math.isfinite(value) and minimum <= value <= maximum):
+        # Compare before isfinite(): a huge int (10**400) overflows a float.
+        if not (minimum <= value <= maximum and math.isfinite(value)):
             raise ValueError(f"must be between {minimum:g} and {maximum:g} dB")
         return value
 

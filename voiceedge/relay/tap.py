@@ -193,7 +193,8 @@ def build_relay(conf: c.Config, clock: IReactorTime, store: IFlowStore | None = 
     """A :class:`Relay` from a loaded config; ``store`` overrides the Redis connection."""
     section = conf["relay"]
     keys = conf["token"]["keys"]
-    codec = RouteTokenCodec(keys, conf["token"]["issuing_key"] or min(keys))
+    issuing = conf["token"]["issuing_key"]
+    codec = RouteTokenCodec(keys, min(keys) if issuing is None else issuing)
     ingress = section["ingress_address"] or section["public_listen"]
     internal_host = section["internal_listen"][0]
     cache = None

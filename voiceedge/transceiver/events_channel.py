@@ -9,6 +9,7 @@ from typing import Any, Callable
 from voiceedge.transceiver.datachannel import (
     ChannelClosed,
     ChannelOpened,
+    ChannelState,
     DataChannel,
     DataChannelManager,
     MessageReceived,
@@ -18,6 +19,9 @@ from voiceedge.transceiver.sctp import SctpAssociation
 EVENTS_LABEL = "oai-events"
 # Events the agent sends before the client has opened the channel wait here.
 MAX_PENDING_EVENTS = 256
+# Bytes queued in SCTP towards a client that does not take them; past this,
+# events are dropped rather than queued without end.
+MAX_BUFFERED_BYTES = 1 << 20
 
 
 class EventsChannel:
@@ -76,7 +80,25 @@ class EventsChannel:
                 return
             self._pending.append(text)
             return
-        self._channel.send(text)
+        self._send(self._channel, text)
+
+    def _send(self, channel: DataChannel, text: str) -> None:
+        """Send one event, or drop and count it: never raise into the caller.
+
+        A channel the client is closing, an association shutting down, a
+        message over the size limit, or a client not taking what we send
+        are the client's doing, not the agent's error.
+        """
+        if channel.state is not ChannelState.OPEN or (
+            self._association.buffered_amount > MAX_BUFFERED_BYTES
+        ):
+            self.events_dropped += 1
+            return
+        try:
+            channel.send(text)
+        except ValueError:
+            self.events_dropped += 1
+            return
         self.events_out += 1
 
     def _handle_events(self) -> None:
@@ -86,8 +108,7 @@ class EventsChannel:
                 self._on_open()
                 pending, self._pending = self._pending, []
                 for text in pending:
-                    self._channel.send(text)
-                    self.events_out += 1
+                    self._send(event.channel, text)
             elif isinstance(event, MessageReceived) and event.channel is self._channel:
                 self._message(event.data)
             elif isinstance(event, ChannelClosed) and event.channel is self._channel:
@@ -96,7 +117,8 @@ class EventsChannel:
     def _message(self, data: str | bytes) -> None:
         try:
             event = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: "[[[[..." a few thousand deep.
             self._on_bad_event("not JSON")
             return
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):

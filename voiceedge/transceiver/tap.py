@@ -157,7 +157,8 @@ def build_transceiver(
     protocol = SharedSocketProtocol(transceiver)
     route = conf["route"]
     if route["keys"]:
-        codec = RouteTokenCodec(route["keys"], route["issuing_key"] or max(route["keys"]))
+        issuing = route["issuing_key"]
+        codec = RouteTokenCodec(route["keys"], max(route["keys"]) if issuing is None else issuing)
         cluster = route["cluster"]
         configured = route["address"]
 
