@@ -509,3 +509,45 @@ def test_encapsulated_datagrams_from_outside_relay_networks_are_dropped(clock: C
     assert transceiver.drops["encap_untrusted_source"] == 1
     transceiver.datagram_received(b"\xf1\x00\x00", ("10.1.1.1", 1))
     assert transceiver.drops["encap_malformed"] == 1
+
+
+def test_caller_audio_is_decoded_no_faster_than_real_time(clock: Clock) -> None:
+    """Packets beyond real time plus a 1 s burst are dropped before the decoder; so are
+    packets claiming more than 60 ms each."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    call.check()
+    call.handshake()
+    for n in range(80):  # 1.6 s of audio in one instant
+        call.send_rtp(10 + n, TONE[n % 60])
+    assert transceiver.drops["rtp_over_real_time"] == 80 - 50
+    clock.advance(0.2)  # 200 ms more of credit: 10 more frames
+    for n in range(12):
+        call.send_rtp(100 + n, TONE[n])
+    assert transceiver.drops["rtp_over_real_time"] == 30 + 2
+    call.send_rtp(200, bytes([3 << 3 | 1]) + b"\x00" * 40)  # two 60 ms SILK frames
+    assert transceiver.drops["rtp_opus_too_long"] == 1
+
+
+def test_an_agent_that_fails_to_end_does_not_leak_the_session(clock: Clock) -> None:
+    """An exception in session_ended is logged; the session's routes are freed all the same."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    call.check()
+    call.handshake()
+    session = transceiver.session(call.session_id)
+    assert session is not None and session._agent is not None
+
+    def broken(reason: str) -> None:
+        raise RuntimeError("agent bug")
+
+    session._agent.session_ended = broken  # type: ignore[method-assign]
+    assert transceiver.close_session(call.session_id, "test")
+    assert transceiver.session_count() == 0 and not transceiver._by_address
+
+
+def test_oversized_early_dtls_is_not_held(clock: Clock) -> None:
+    """The early-DTLS pool holds first flights, not 64 KiB datagrams."""
+    transceiver, _ = make_transceiver(clock)
+    transceiver.datagram_received(b"\x16" + bytes(60000), ("127.0.0.1", 1))
+    assert transceiver.drops["early_dtls_too_big"] == 1 and not transceiver._early_dtls

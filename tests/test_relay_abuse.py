@@ -132,37 +132,48 @@ def test_forged_tokens_and_garbage_reach_no_transceiver_and_get_no_reply(
 def test_spoofed_sources_with_valid_tokens_stay_within_the_flow_bound(
     allinone: tuple[str, tuple[str, int], int],
 ) -> None:
-    """Thousands of sources presenting a real session's token, none able to confirm a flow."""
+    """Many sources presenting real sessions' tokens, none able to confirm a flow: the table
+    stays within its bound (pending flows evicted oldest first), each token within its
+    per-ufrag cap, and a live call is unaffected."""
     base, relay, pid = allinone
-    # A real, valid token: the ufrag of an answer to our own offer.
+    import urllib.request
+
     from tests.test_host import CLIENT_CERT, offer_sdp
 
-    request = __import__("urllib.request").request.Request(
-        base + "/v1/realtime/calls", data=offer_sdp(CLIENT_CERT.fingerprint).encode(),
-        headers={"Content-Type": "application/sdp"}, method="POST",
-    )
-    with __import__("urllib.request").request.urlopen(request, timeout=5) as response:
-        answer = response.read().decode()
-    ufrag = next(line.split(":", 1)[1] for line in answer.splitlines() if line.startswith("a=ice-ufrag:"))
+    # Real, valid tokens: the ufrags of answers to offers of our own.
+    ufrags = []
+    for _ in range(60):
+        request = urllib.request.Request(
+            base + "/v1/realtime/calls", data=offer_sdp(CLIENT_CERT.fingerprint).encode(),
+            headers={"Content-Type": "application/sdp"}, method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            answer = response.read().decode()
+        ufrags.append(next(l.split(":", 1)[1] for l in answer.splitlines() if l.startswith("a=ice-ufrag:")))
 
     thread, results = call_in_background(base, 6.0)
     rss_before = rss_kib(pid)
     flows_seen = []
-    for burst in range(10):
-        for i in range(400):
+    sent = 0
+    for n, ufrag in enumerate(ufrags):
+        for i in range(10):  # two more sources than a token may have flows
             source = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            source.bind((f"127.{1 + burst}.{i // 250}.{1 + i % 250}", 0))
+            source.bind((f"127.{1 + n}.{i}.{1 + i}", 0))
             source.sendto(stun_with_username(f"{ufrag}:x{i}"), relay)
             source.close()
-            if i % 50 == 49:
-                time.sleep(0.005)
-        flows_seen.append(sum(metrics(base)["voiceedge_relay_flows"].values()))
+            sent += 1
+        time.sleep(0.005)
+        if n % 10 == 9:
+            flows_seen.append(sum(metrics(base)["voiceedge_relay_flows"].values()))
     thread.join(30)
     after = metrics(base)
     assert max(flows_seen) <= MAX_FLOWS, flows_seen
     assert after["voiceedge_relay_flows_max"][""] == MAX_FLOWS
-    # 4000 pending flows came and went: the oldest pending ones were evicted.
-    assert sum(after["voiceedge_relay_flows_created_total"].values()) >= 4000
+    drops = after["voiceedge_relay_drops_total"]
+    # 8 flows per token were made (480 > 300: the oldest pending ones were evicted)...
+    assert sum(after["voiceedge_relay_flows_created_total"].values()) >= 60 * 8
+    # ...and the 2 extra sources of each token refused.
+    assert drops["reason=too_many_sources"] >= 60 * 2
     assert rss_kib(pid) - rss_before < 50 * 1024
     (result,) = results
     assert result.packets_received >= 0.95 * result.packets_sent, result

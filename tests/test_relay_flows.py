@@ -7,7 +7,7 @@ import socket
 import pytest
 from twisted.internet.task import Clock
 
-from voiceedge.relay.flows import Flow, FlowTable
+from voiceedge.relay.flows import MAX_FLOWS_PER_UFRAG, Flow, FlowTable
 
 HOP = ("10.0.0.5", 4000)
 OTHER_HOP = ("10.0.0.6", 4000)
@@ -176,9 +176,58 @@ def test_sweep_reports_flows_due_for_refresh() -> None:
     assert t.sweep(clock.seconds()) == []  # no cache: nothing is due
 
 
+def session_flow(i: int, now: float, ufrag: bytes = b"S") -> Flow:
+    """Flow ``i`` of one session: client 192.0.2.x, server ufrag ``ufrag``."""
+    client = (f"192.0.2.{i % 250 + 1}", 20000 + i)
+    return Flow(client, socket.inet_aton(client[0]), HOP, now, ufrag=ufrag)
+
+
+def test_flows_per_ufrag_are_bounded_and_counted() -> None:
+    """At most max_per_ufrag flows carry one ufrag; the count follows every change."""
+    t = table(max_flows=100)
+    assert MAX_FLOWS_PER_UFRAG == 8 and t.max_per_ufrag == 8
+    flows = [session_flow(i, 0) for i in range(8)]
+    for f in flows:
+        assert t.add_pending(f)
+    assert not t.ufrag_has_room(b"S") and t.ufrag_has_room(b"T") and t.ufrag_has_room(b"")
+    assert not t.add_pending(session_flow(8, 0))
+    assert not t.add_confirmed(session_flow(9, 0))
+    assert t.refused_ufrag == 2 and t.per_ufrag == {b"S": 8} and len(t) == 8
+    t.confirm(flows[0], 1)  # confirming keeps the count
+    t.remove(flows[0])  # remove
+    assert t.per_ufrag == {b"S": 7}
+    assert t.set_ufrag(flows[1], b"T")  # a ufrag change moves one unit
+    assert t.per_ufrag == {b"S": 6, b"T": 1} and flows[1].ufrag == b"T"
+    others = [session_flow(10 + i, 0, b"T") for i in range(7)]
+    for f in others:
+        assert t.add_pending(f)
+    assert not t.set_ufrag(flows[2], b"T") and flows[2].ufrag == b"S"  # T is full
+    assert t.set_ufrag(flows[2], b"S")  # unchanged: always allowed
+    t.sweep(20)  # pending expiry
+    assert t.per_ufrag == {} and len(t) == 0
+    restored = session_flow(30, 20, b"")
+    assert t.add_confirmed(restored)  # unknown ufrag: not counted, never refused
+    assert t.per_ufrag == {}
+    assert t.set_ufrag(restored, b"S") and t.per_ufrag == {b"S": 1}
+    t.sweep(100)  # idle expiry
+    assert t.per_ufrag == {}
+
+
+def test_eviction_uncounts_the_ufrag() -> None:
+    """A pending flow pushed out of a full table frees its ufrag's slot."""
+    t = table(max_flows=2)
+    a, b = session_flow(1, 0, b"A"), session_flow(2, 1, b"B")
+    t.add_pending(a)
+    t.add_pending(b)
+    assert t.add_pending(session_flow(3, 2, b"C"))
+    assert t.per_ufrag == {b"B": 1, b"C": 1}
+
+
 def test_bad_parameters() -> None:
     """A table needs room for one flow and positive timeouts."""
     with pytest.raises(ValueError):
         FlowTable(0, 40, 10)
+    with pytest.raises(ValueError):
+        FlowTable(10, 40, 10, max_per_ufrag=0)
     with pytest.raises(ValueError):
         FlowTable(10, 40, 0)

@@ -15,7 +15,8 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
 
 from voiceedge.metrics import make_registry
-from voiceedge.relay.core import Relay
+from voiceedge.relay.core import MOVE_IDLE, Relay
+from voiceedge.relay.flows import MAX_FLOWS_PER_UFRAG
 from voiceedge.relay.protocol import (
     ClientProtocol,
     TransceiverProtocol,
@@ -188,20 +189,110 @@ def test_oversized_and_empty_datagrams_are_dropped(h: Harness) -> None:
 
 
 def test_ice_restart_to_another_transceiver(h: Harness) -> None:
-    """A new token naming another transceiver takes over only when that one answers."""
+    """A new token naming another transceiver takes over an idle flow only when that one answers."""
     h.confirm()
     h.to_transceiver.clear()
-    h.from_client(binding_request(token(HOP2)))
+    h.clock.advance(MOVE_IDLE)
+    new = token(HOP2)
+    h.from_client(binding_request(new))
     assert h.to_transceiver[-1][1] == HOP2
     h.from_client(srtp())
     assert h.to_transceiver[-1][1] == HOP  # media still goes to the current owner
+    h.from_client(binding_request(new))  # a retransmission: not a new move, not busy
+    assert h.to_transceiver[-1][1] == HOP2 and h.relay.drops["flow_busy"] == 0
     h.from_transceiver(b"\x01\x01\x00\x00", source=HOP2)
     flow = h.relay.flows.confirmed[CLIENT]
     assert flow.next_hop == HOP2 and flow.pending_hop is None
+    assert flow.ufrag == new.encode()  # the move takes the new session's ufrag
     h.from_client(srtp())
+    assert h.to_transceiver[-1][1] == HOP2
+    h.from_client(binding_request(new))
     assert h.to_transceiver[-1][1] == HOP2
     h.from_transceiver(b"\x80late", source=HOP)
     assert h.relay.drops["wrong_transceiver"] == 1
+
+
+def test_spoofed_check_cannot_move_an_active_flow(h: Harness) -> None:
+    """Attack: a check with the attacker's own token, spoofed from a live client, moves nothing.
+
+    The attacker's transceiver would answer it (the attacker knows its own
+    ICE password); before the idle rule that answer moved the victim's flow
+    for good, since the victim's own checks did not move it back.
+    """
+    h.confirm()
+    victim_ufrag = h.relay.flows.confirmed[CLIENT].ufrag
+    for _ in range(20):  # an active call: media every 20 ms
+        h.clock.advance(0.02)
+        h.from_client(srtp())
+    h.to_transceiver.clear()
+    h.from_client(binding_request(token(HOP2)), CLIENT)  # spoofed by the attacker
+    assert h.to_transceiver == []  # not even forwarded to the attacker's transceiver
+    assert h.relay.drops["flow_busy"] == 1
+    h.from_transceiver(b"\x01\x01\x00\x00answer", CLIENT, HOP2)
+    flow = h.relay.flows.confirmed[CLIENT]
+    assert flow.next_hop == HOP and flow.pending_hop is None and flow.ufrag == victim_ufrag
+    assert h.to_client[-1][0] == b"\x01\x01\x00\x00answer"  # the confirmation, nothing since
+    assert h.relay.drops["wrong_transceiver"] == 1
+    h.from_client(binding_request(victim_ufrag), CLIENT)
+    h.from_client(srtp(), CLIENT)
+    assert [a for _, a in h.to_transceiver] == [HOP, HOP]
+
+
+def test_busy_check_is_judged_before_it_counts(h: Harness) -> None:
+    """Idleness is the time since the client's previous packet, not this one's."""
+    h.confirm()
+    h.clock.advance(MOVE_IDLE - 0.5)
+    h.from_client(binding_request(token(HOP2)))
+    assert h.relay.drops["flow_busy"] == 1
+    h.clock.advance(MOVE_IDLE)  # refused checks do not keep the flow busy
+    h.from_client(binding_request(token(HOP2)))
+    assert h.relay.flows.confirmed[CLIENT].pending_hop == HOP2
+
+
+def test_stale_pending_hop_is_ignored(h: Harness) -> None:
+    """Attack: an answer from the pending transceiver after pending_timeout moves nothing."""
+    h.confirm()
+    h.clock.advance(MOVE_IDLE)
+    h.from_client(binding_request(token(HOP2)))
+    flow = h.relay.flows.confirmed[CLIENT]
+    assert flow.pending_hop == HOP2
+    h.clock.advance(h.relay.flows.pending_timeout + 1)
+    h.from_transceiver(b"\x01\x01\x00\x00late", source=HOP2)
+    assert flow.next_hop == HOP and flow.pending_hop is None
+    assert h.relay.drops["wrong_transceiver"] == 1
+    h.from_transceiver(b"\x01\x01\x00\x00again", source=HOP2)
+    assert flow.next_hop == HOP and h.relay.drops["wrong_transceiver"] == 2
+
+
+def test_one_session_cannot_fill_the_table() -> None:
+    """Attack: one token and password replayed from many spoofed sources confirms at most 8 flows.
+
+    Before the per-ufrag bound every such flow was confirmed by the
+    attacker's own transceiver and the table was full for everyone else.
+    """
+    h = Harness(max_flows=50)
+    own = token(HOP)
+    for i in range(50):
+        source = (f"192.0.2.{i}", 40000)
+        h.from_client(binding_request(own), source)
+        h.from_transceiver(b"\x01\x01\x00\x00ok", source, HOP)
+    flows = h.relay.flows
+    assert len(flows) == MAX_FLOWS_PER_UFRAG == 8
+    assert flows.per_ufrag == {own.encode(): 8}
+    assert h.relay.drops["too_many_sources"] == 42
+    assert len(h.to_client) == 8  # the rest never reached the transceiver
+    h.to_transceiver.clear()
+    h.from_client(binding_request(token(HOP2)), CLIENT)  # a new legitimate session
+    assert h.relay.drops["table_full"] == 0 and h.to_transceiver[-1][1] == HOP2
+    # a pending flow cannot switch to the full ufrag either, nor a move take it
+    h.from_client(binding_request(own), CLIENT)
+    assert h.relay.drops["too_many_sources"] == 43
+    assert flows.pending[CLIENT].next_hop == HOP2
+    h.from_transceiver(b"\x01\x01\x00\x00", CLIENT, HOP2)
+    h.clock.advance(MOVE_IDLE)
+    h.from_client(binding_request(own), CLIENT)
+    assert h.relay.drops["too_many_sources"] == 44
+    assert flows.confirmed[CLIENT].pending_hop is None
 
 
 def test_tokens_for_other_cluster_or_outside_networks_are_dropped(h: Harness) -> None:
@@ -266,13 +357,18 @@ def test_spoofed_flood_keeps_bound_and_confirmed_flows() -> None:
     real = [(f"198.51.100.{i + 1}", 40000 + i) for i in range(20)]
     for client in real:
         h.confirm(client)
-    replayed = binding_request(token())  # a token anyone can copy from an answer
+    # Tokens anyone can copy from answers, each replayed from 8 sources (the
+    # per-ufrag bound; one token from more sources is test_one_session_...).
+    replayed = [binding_request(token()) for _ in range(625)]
     for i in range(5000):
-        h.from_client(replayed, (f"100.64.{i // 250}.{i % 250 + 1}", 2000 + i))
+        h.from_client(replayed[i // 8], (f"100.64.{i // 250}.{i % 250 + 1}", 2000 + i))
         assert len(h.relay.flows) <= 100
     flows = h.relay.flows
     assert len(flows.confirmed) == 20 and len(flows.pending) == 80
     assert flows.evicted_pending == 5000 - 80
+    assert h.relay.drops["too_many_sources"] == 0
+    h.from_client(replayed[-1], ("100.64.99.1", 9))  # a ninth source for the last token
+    assert h.relay.drops["too_many_sources"] == 1
     h.to_transceiver.clear()
     for client in real:
         h.from_client(srtp(), client)

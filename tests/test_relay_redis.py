@@ -17,6 +17,7 @@ from tests.conftest import RedisServer
 from tests.test_relay_protocol import (
     CLIENT,
     HOP,
+    HOP2,
     INGRESS,
     NETS,
     Sent,
@@ -25,7 +26,7 @@ from tests.test_relay_protocol import (
     srtp,
     token,
 )
-from voiceedge.relay.core import Relay
+from voiceedge.relay.core import MOVE_IDLE, Relay
 from voiceedge.relay.flow_store import (
     FlowCache,
     IFlowStore,
@@ -34,6 +35,7 @@ from voiceedge.relay.flow_store import (
     format_value,
     parse_value,
 )
+from voiceedge.relay.flows import Flow
 from voiceedge.wire import encap
 from voiceedge.wire.encap import Envelope
 
@@ -320,3 +322,85 @@ def test_redis_killed_mid_run(redis_server: RedisServer) -> Iterator[Any]:
         assert r.cache.state_changes == 2  # logged once up, once down
     finally:
         yield r.close()
+
+
+def test_move_while_down_is_rewritten_when_redis_is_back() -> None:
+    """A write skipped while Redis is down marks the flow dirty: the first sweep after rewrites it.
+
+    Before, a skipped write left ``stored_at`` at the last successful write,
+    so a flow that moved while Redis was down kept its old next hop in Redis
+    until the next TTL/3 refresh.
+    """
+    clock = Clock()
+    clock.advance(1000)
+    store = FakeStore()
+    cache = FlowCache(store, clock, INGRESS, ttl=60, lookup_rate=10, probe_interval=2)
+    relay = Relay(clock, codec(), INGRESS, transceiver_networks=NETS, cache=cache)
+    relay.send_to_transceiver = lambda d, a: None
+    relay.send_to_client = lambda d, a: None
+    relay.sweep()
+    assert cache.up
+    relay.client_datagram(binding_request(token()), CLIENT)
+    relay.transceiver_datagram(encap.encode(Envelope(CLIENT, INGRESS), b"\x01\x01\x00\x00"), HOP)
+    key = flow_key(INGRESS, CLIENT)
+    assert store.data[key] == format_value(0, HOP)
+
+    store.fail = True
+    clock.advance(2)
+    relay.sweep()
+    assert cache.up is False
+    clock.advance(MOVE_IDLE)  # the client went quiet; its restart moves it to HOP2
+    relay.client_datagram(binding_request(token(HOP2)), CLIENT)
+    relay.transceiver_datagram(encap.encode(Envelope(CLIENT, INGRESS), b"\x01\x01\x00\x00"), HOP2)
+    flow = relay.flows.confirmed[CLIENT]
+    assert flow.next_hop == HOP2 and cache.writes_skipped == 1
+    assert flow.stored_at == float("-inf")
+
+    store.fail = False
+    clock.advance(2)
+    relay.sweep()  # the probe succeeds, the dirty flow is rewritten in the same sweep
+    assert cache.up and store.data[key] == format_value(0, HOP2)
+
+
+def test_failed_write_marks_the_flow_dirty() -> None:
+    """A write that fails is owed too: stored_at goes to -inf, not back to the previous write."""
+    clock = Clock()
+    store = FakeStore()
+    cache = FlowCache(store, clock, INGRESS, ttl=60, lookup_rate=10)
+    cache.poll(clock.seconds())
+    flow = Flow(CLIENT, socket.inet_aton(CLIENT[0]), HOP, 0.0, confirmed=True)
+    cache.store_flow(flow, 1.0)
+    assert flow.stored_at == 1.0
+    store.fail = True
+    cache.store_flow(flow, 2.0)
+    assert flow.stored_at == float("-inf") and cache.write_errors == 1
+
+
+def free_tcp_port() -> int:
+    """A TCP port nothing listens on (bound once, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest_twisted.inlineCallbacks
+def test_probes_of_a_dead_redis_do_not_pile_up() -> Iterator[Any]:
+    """PING probes while Redis is unreachable leave no cancelled Deferreds behind in txredisapi.
+
+    txredisapi's ``PeekableQueue.peek`` has no canceller: every timed-out
+    probe used to stay in the pool's ``peekers`` until a reconnect (about
+    43,000 a day at one probe every 2 s).
+    """
+    store = RedisFlowStore("127.0.0.1", free_tcp_port(), timeout=0.05)
+    cache = FlowCache(store, reactor, INGRESS, ttl=60, lookup_rate=10, timeout=0.05,
+                      probe_interval=0.0)
+    try:
+        for _ in range(12):
+            cache.poll(reactor.seconds())
+            yield deferLater(reactor, 0.08, lambda: None)
+        assert cache.up is False
+        assert len(store._connection._factory.connectionQueue.peekers) <= 1
+        assert cache.in_flight == 0
+    finally:
+        yield cache.close()

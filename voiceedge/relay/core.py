@@ -11,8 +11,16 @@ handed to ``sendto``.
 The relay never answers a client itself. Every datagram it sends to a client
 is the payload of a datagram a transceiver sent it for that client, and only
 for a client that has a flow created from a valid token (or restored from the
-cache) whose next hop is that transceiver. So it cannot be used to reflect or
-amplify: garbage, forged tokens and unknown sources get zero bytes back.
+cache) whose next hop is that transceiver. Garbage, forged tokens and unknown
+sources get zero bytes back. What the relay cannot check is that a source
+address is real: someone holding a session of their own (its token and ICE
+password) can spoof checks from another address and make the transceiver
+answer each with one STUN response to that address. That is reflection
+without amplification, and it is bounded per session by
+:data:`~voiceedge.relay.flows.MAX_FLOWS_PER_UFRAG` new flows. A confirmed flow
+moves to another transceiver only after :data:`MOVE_IDLE` seconds without a
+packet from its client, so such a spoofer cannot take a live call's flow away
+(see docs/relay.md).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from voiceedge.wire.encap import MAX_HEADER_SIZE, EncapError, pack_header_into, 
 from voiceedge.wire.route_token import RouteTokenCodec, TokenError
 from voiceedge.wire.stun import StunError, is_stun, peek_username
 
-__all__ = ["DROP_REASONS", "OFFSET", "Relay", "not_started"]
+__all__ = ["DROP_REASONS", "MOVE_IDLE", "OFFSET", "Relay", "not_started"]
 
 log = Logger()
 
@@ -41,6 +49,12 @@ log = Logger()
 OFFSET = MAX_HEADER_SIZE
 _BUFFER_SIZE = OFFSET + 65536  # larger than any UDP payload: never truncates
 _SOURCE_CACHE_MAX = 4096
+
+# A confirmed flow moves to another transceiver (a check whose token names
+# it) only when its client has sent nothing for this long. A call in progress
+# sends media every 20 ms and so cannot be moved by a check spoofed from its
+# address; a client whose path went quiet can.
+MOVE_IDLE = 3.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 SendTo = Callable[[Any, Address], object]
@@ -58,6 +72,8 @@ DROP_REASONS = (
     "wrong_cluster",  # valid token for another cluster (global relay: future work)
     "route_outside_networks",  # token points outside transceiver_networks
     "table_full",  # flow table full of confirmed flows
+    "too_many_sources",  # MAX_FLOWS_PER_UFRAG flows already carry this ufrag
+    "flow_busy",  # a check would move a flow whose client sent something < MOVE_IDLE ago
     # transceiver side (internal socket)
     "outside_transceiver_networks",  # sender is not in transceiver_networks
     "bad_header",  # not a valid encapsulation header
@@ -112,6 +128,10 @@ class Relay:
         self.cache = cache
         if cache is not None:
             cache.on_restore = self.restore
+        if not 0 < sweep_interval < MOVE_IDLE:
+            # The hot path stamps last_seen with the sweep's clock reading, so
+            # an active flow's last_seen lags by up to one interval.
+            raise ValueError(f"sweep_interval must be in (0, {MOVE_IDLE:g}) seconds")
         self.sweep_interval = sweep_interval
         self._sweeper: LoopingCall | None = None
         self.now = clock.seconds()
@@ -246,9 +266,14 @@ class Relay:
         if hop is None:
             return
         if pending is not None:
+            if not self.flows.set_ufrag(pending, ufrag):
+                self._drop("too_many_sources")
+                return
             pending.next_hop = hop
-            pending.ufrag = ufrag
             self._send_received(pending, n, hop)
+            return
+        if not self.flows.ufrag_has_room(ufrag):
+            self._drop("too_many_sources")
             return
         new = self._new_flow(addr, hop, now, ufrag)
         if not self.flows.add_pending(new):
@@ -260,10 +285,14 @@ class Relay:
         """A STUN-range packet on a confirmed flow: usually a consent check.
 
         A Binding request whose server ufrag differs from the flow's is an
-        ICE restart; if its token names another transceiver the request goes
-        there and that transceiver takes the flow over once it answers, while
-        media keeps going to the current one (a spoofer with a replayed token
-        cannot break the flow: the other transceiver will not answer it).
+        ICE restart. If its token names another transceiver, the flow may
+        move there, but only when the client has been idle for
+        :data:`MOVE_IDLE` seconds (idleness is judged before this packet
+        counts); otherwise the check is dropped as ``flow_busy``. An accepted
+        move records ``pending_hop`` with the check's ufrag and the time;
+        the move completes only if that transceiver answers within
+        ``pending_timeout``. Until then media keeps going to the current
+        owner and retransmissions of the check go to the pending one.
         """
         hop = flow.next_hop
         if is_stun(data) and data[0] == 0 and data[1] == 1:
@@ -274,11 +303,31 @@ class Relay:
             if username is not None:
                 ufrag = username.partition(b":")[0]
                 if ufrag != flow.ufrag:
-                    new_hop = self._route(username, count=False)
-                    if new_hop == hop:
-                        flow.ufrag = ufrag
-                    elif new_hop is not None:
-                        flow.pending_hop = hop = new_hop
+                    flows = self.flows
+                    pending_hop = flow.pending_hop
+                    if (
+                        pending_hop is not None
+                        and ufrag == flow.pending_ufrag
+                        and now - flow.pending_since <= flows.pending_timeout
+                    ):
+                        hop = pending_hop  # the accepted move's check, again
+                    else:
+                        new_hop = self._route(username, count=False)
+                        if new_hop == hop:
+                            # A restart on the same transceiver. If the ufrag
+                            # is full the check still goes to the owner, which
+                            # verifies it; the flow just keeps its ufrag.
+                            flows.set_ufrag(flow, ufrag)
+                        elif new_hop is not None:
+                            if now - flow.last_seen < MOVE_IDLE:
+                                self._drop("flow_busy")
+                                return
+                            if not flows.ufrag_has_room(ufrag):
+                                self._drop("too_many_sources")
+                                return
+                            flow.pending_hop = hop = new_hop
+                            flow.pending_ufrag = ufrag
+                            flow.pending_since = now
         flow.last_seen = now
         self._send_received(flow, n, hop)
 
@@ -362,10 +411,22 @@ class Relay:
                 if self.cache is not None:
                     self.cache.store_flow(flow, now)
         elif flow.pending_hop == addr:
-            flow.next_hop = addr
+            # The move completes only within pending_timeout of the check
+            # that started it, and takes that check's ufrag, so the client's
+            # old ufrag does not move it back without the idle rule.
+            flows = self.flows
+            ufrag = flow.pending_ufrag
             flow.pending_hop = None
+            flow.pending_ufrag = b""
+            if now - flow.pending_since > flows.pending_timeout:
+                self._drop("wrong_transceiver")
+                return
+            if not flows.set_ufrag(flow, ufrag):
+                self._drop("too_many_sources")
+                return
+            flow.next_hop = addr
             if not flow.confirmed:
-                self.flows.confirm(flow, now)
+                flows.confirm(flow, now)
             if self.cache is not None:
                 self.cache.store_flow(flow, now)
         else:

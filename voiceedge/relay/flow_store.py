@@ -127,7 +127,22 @@ class RedisFlowStore:
         return defer.maybeDeferred(self._redis.set, key, value, expire=ttl)
 
     def ping(self) -> "defer.Deferred[Any]":
-        """PING."""
+        """PING; fails at once while the first connection is open and none is live.
+
+        A txredisapi command issued with no live connection waits on the
+        pool's ``PeekableQueue.peek``, a Deferred without a canceller: the
+        cache's timeout cancels it but leaves it in the queue's ``peekers``
+        until a reconnect, so probing a dead Redis every 2 s would pile them
+        up. txredisapi reconnects by itself; the probe only has to notice.
+        """
+        if self._connection is not None:
+            factory: Any = getattr(self._connection, "_factory", None)
+            queue: Any = getattr(factory, "connectionQueue", None)
+            peekers = getattr(queue, "peekers", None)
+            if peekers:  # drop the ones already cancelled by a timeout
+                queue.peekers = [d for d in peekers if not d.called]
+            if factory is not None and not getattr(factory, "size", 1):
+                return defer.fail(ConnectionError("not connected"))
         return defer.maybeDeferred(self._redis.ping)
 
     def close(self) -> "defer.Deferred[Any]":
@@ -257,13 +272,17 @@ class FlowCache:
     # -- writes --------------------------------------------------------------
 
     def store_flow(self, flow: Flow, now: float) -> None:
-        """Write (or refresh) a confirmed flow with the TTL; skipped while down."""
+        """Write (or refresh) a confirmed flow with the TTL; skipped while down.
+
+        A skipped or failed write marks the flow dirty (``stored_at`` =
+        ``-inf``): the store may hold an older next hop (a flow that moved),
+        so the first sweep after Redis is back rewrites it.
+        """
         if not self.up or self.in_flight >= self.max_in_flight:
             self.writes_skipped += 1
+            flow.stored_at = float("-inf")
             return
-        # Marked now so the sweep does not queue it again while the write runs;
-        # put back on failure so a later sweep retries.
-        previous = flow.stored_at
+        # Marked now so the sweep does not queue it again while the write runs.
         flow.stored_at = now
         key = flow_key(self.ingress, flow.client)
         value = format_value(self.cluster, flow.next_hop)
@@ -276,7 +295,7 @@ class FlowCache:
         def failed(failure: Failure) -> None:
             self.write_errors += 1
             if flow.stored_at == now:
-                flow.stored_at = previous
+                flow.stored_at = float("-inf")
             self._failed(failure)
 
         d.addCallbacks(ok, failed)

@@ -17,6 +17,13 @@ Eviction rule (the table never holds more than ``max_flows`` entries):
 * a confirmed entry restored from the Redis cache follows the same rule as a
   pending one (it may evict the oldest pending, never a confirmed flow).
 
+Per-session bound: at most ``max_per_ufrag`` (:data:`MAX_FLOWS_PER_UFRAG`, 8)
+flows, pending and confirmed together, carry the same server ufrag. The count
+is kept per ufrag (O(1) on every add, remove, eviction, expiry and ufrag
+change) so one session's token and ICE password, replayed from many spoofed
+sources, cannot fill the table with flows its transceiver will confirm.
+Flows with an unknown ufrag (restored from the cache) are not counted.
+
 Expiry: a pending entry lives ``pending_timeout`` seconds from its creation
 unless confirmed; a confirmed entry lives until the client has sent nothing
 for ``idle_timeout`` seconds (packets from the transceiver do not keep it
@@ -27,9 +34,13 @@ from __future__ import annotations
 
 from typing import Iterator
 
-__all__ = ["Address", "Flow", "FlowTable"]
+__all__ = ["MAX_FLOWS_PER_UFRAG", "Address", "Flow", "FlowTable"]
 
 Address = tuple[str, int]
+
+# A browser's session has a handful of candidate pairs (host, server-reflexive
+# and relayed, per family), each a source address with the session's ufrag.
+MAX_FLOWS_PER_UFRAG = 8
 
 
 class Flow:
@@ -41,8 +52,11 @@ class Flow:
     of this client's packets, built once. ``ufrag`` is the server ufrag whose
     token created the flow (empty when unknown, e.g. restored from Redis).
     ``pending_hop`` is a second transceiver the client has started to check
-    against (an ICE restart that moves the session); it takes over when it
-    answers. ``stored_at`` is when the flow was last written to the cache.
+    against (an ICE restart that moves the session), with ``pending_ufrag``,
+    the server ufrag of that check, and ``pending_since``, when the move was
+    accepted; it takes over only if it answers within the table's
+    ``pending_timeout``. ``stored_at`` is when the flow was last written to
+    the cache (``-inf``: never, or a write was skipped and is owed).
     """
 
     __slots__ = (
@@ -56,6 +70,8 @@ class Flow:
         "ufrag",
         "header",
         "pending_hop",
+        "pending_ufrag",
+        "pending_since",
         "stored_at",
     )
 
@@ -79,6 +95,8 @@ class Flow:
         self.ufrag = ufrag
         self.header = header
         self.pending_hop: Address | None = None
+        self.pending_ufrag = b""
+        self.pending_since = float("-inf")
         self.stored_at = float("-inf")  # never stored
 
     def __repr__(self) -> str:
@@ -93,6 +111,8 @@ class FlowTable:
     :class:`Flow`; ``by_packed`` maps ``(packed client IP, port)`` to the
     same flows for the transceiver -> client direction. ``pending`` keeps
     insertion (= creation) order, which is the eviction and expiry order.
+    ``per_ufrag`` counts the flows of each (non-empty) ufrag; change a
+    flow's ufrag only through :meth:`set_ufrag` so it stays right.
     """
 
     __slots__ = (
@@ -102,6 +122,9 @@ class FlowTable:
         "confirmed",
         "pending",
         "by_packed",
+        "max_per_ufrag",
+        "per_ufrag",
+        "refused_ufrag",
         "created_pending",
         "created_restored",
         "confirmed_total",
@@ -111,9 +134,15 @@ class FlowTable:
         "expired_confirmed",
     )
 
-    def __init__(self, max_flows: int, idle_timeout: float, pending_timeout: float) -> None:
-        if max_flows < 1:
-            raise ValueError("max_flows must be at least 1")
+    def __init__(
+        self,
+        max_flows: int,
+        idle_timeout: float,
+        pending_timeout: float,
+        max_per_ufrag: int = MAX_FLOWS_PER_UFRAG,
+    ) -> None:
+        if max_flows < 1 or max_per_ufrag < 1:
+            raise ValueError("max_flows and max_per_ufrag must be at least 1")
         if pending_timeout <= 0 or idle_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self.max_flows = max_flows
@@ -122,6 +151,9 @@ class FlowTable:
         self.confirmed: dict[Address, Flow] = {}
         self.pending: dict[Address, Flow] = {}
         self.by_packed: dict[tuple[bytes, int], Flow] = {}
+        self.max_per_ufrag = max_per_ufrag
+        self.per_ufrag: dict[bytes, int] = {}
+        self.refused_ufrag = 0
         self.created_pending = 0
         self.created_restored = 0
         self.confirmed_total = 0
@@ -156,17 +188,58 @@ class FlowTable:
         self.evicted_pending += 1
         return True
 
+    def ufrag_has_room(self, ufrag: bytes) -> bool:
+        """Whether one more flow may carry ``ufrag`` (always, for the empty one)."""
+        return not ufrag or self.per_ufrag.get(ufrag, 0) < self.max_per_ufrag
+
+    def _count(self, ufrag: bytes) -> None:
+        if ufrag:
+            per_ufrag = self.per_ufrag
+            per_ufrag[ufrag] = per_ufrag.get(ufrag, 0) + 1
+
+    def _uncount(self, ufrag: bytes) -> None:
+        if ufrag:
+            per_ufrag = self.per_ufrag
+            left = per_ufrag[ufrag] - 1
+            if left:
+                per_ufrag[ufrag] = left
+            else:
+                del per_ufrag[ufrag]
+
+    def set_ufrag(self, flow: Flow, ufrag: bytes) -> bool:
+        """Give ``flow`` (in the table) the server ufrag ``ufrag``; False if that ufrag is full."""
+        if ufrag == flow.ufrag:
+            return True
+        if not self.ufrag_has_room(ufrag):
+            self.refused_ufrag += 1
+            return False
+        self._uncount(flow.ufrag)
+        self._count(ufrag)
+        flow.ufrag = ufrag
+        return True
+
     def _drop(self, flow: Flow) -> None:
+        """Forget a flow just taken out of ``pending`` or ``confirmed``."""
         key = (flow.client_packed, flow.client_port)
         if self.by_packed.get(key) is flow:
             del self.by_packed[key]
+        self._uncount(flow.ufrag)
 
     def add_pending(self, flow: Flow) -> bool:
-        """Insert a new pending ``flow`` (its client must have no flow); False if refused."""
+        """Insert a new pending ``flow`` (its client must have no flow); False if refused.
+
+        Refused when the table is full of confirmed flows, or when
+        ``max_per_ufrag`` flows already carry ``flow.ufrag`` (check
+        :meth:`ufrag_has_room` first to tell the two apart).
+        """
         if flow.client in self.confirmed or flow.client in self.pending:
             raise ValueError(f"{flow.client} already has a flow")
+        if not self.ufrag_has_room(flow.ufrag):
+            self.refused_ufrag += 1
+            return False
         if not self._make_room():
             return False
+        self._count(flow.ufrag)
         flow.confirmed = False
         self.pending[flow.client] = flow
         self.by_packed[(flow.client_packed, flow.client_port)] = flow
@@ -177,8 +250,12 @@ class FlowTable:
         """Insert a flow already known to be confirmed (restored from the cache); False if refused."""
         if flow.client in self.confirmed or flow.client in self.pending:
             raise ValueError(f"{flow.client} already has a flow")
+        if not self.ufrag_has_room(flow.ufrag):
+            self.refused_ufrag += 1
+            return False
         if not self._make_room():
             return False
+        self._count(flow.ufrag)
         flow.confirmed = True
         self.confirmed[flow.client] = flow
         self.by_packed[(flow.client_packed, flow.client_port)] = flow

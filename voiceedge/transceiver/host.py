@@ -39,6 +39,7 @@ SWEEP = 0.5  # setup, consent and RTCP checks
 EARLY_DTLS_SOURCES = 256
 EARLY_DTLS_PER_SOURCE = 4
 EARLY_DTLS_TTL = 5.0
+EARLY_DTLS_MAX_BYTES = 1500
 
 
 @implementer(ISessionHost, ISessionOwner)
@@ -256,8 +257,11 @@ class Transceiver:
         except ValueError:
             return False
         trusted = any(address in network for network in self.relay_networks)
-        if len(self._trusted_relays) < 4096:
-            self._trusted_relays[host] = trusted
+        if len(self._trusted_relays) >= 4096:
+            # Spoofed hosts could fill it with "no"; start again rather than
+            # leave real relays uncached.
+            self._trusted_relays.clear()
+        self._trusted_relays[host] = trusted
         return trusted
 
     def _session_for(self, data: bytes, source: Address) -> Session | None:
@@ -289,6 +293,11 @@ class Transceiver:
         return None
 
     def _hold_early_dtls(self, data: bytes, source: Address) -> None:
+        if len(data) > EARLY_DTLS_MAX_BYTES:
+            # A real first flight fits the path MTU; the pool's bound in
+            # bytes must hold against 64 KiB datagrams.
+            self.drops["early_dtls_too_big"] += 1
+            return
         entry = self._early_dtls.get(source)
         if entry is None:
             if len(self._early_dtls) >= EARLY_DTLS_SOURCES:
@@ -347,7 +356,7 @@ class Transceiver:
         for source in session.ice.valid_sources:
             if self._by_address.get(source) is session:
                 del self._by_address[source]
-            self._relay_of.pop(source, None)
+                self._relay_of.pop(source, None)
         self._sending.discard(session)
         self.ended[reason.value] += 1
 

@@ -24,6 +24,7 @@ from voiceedge.transceiver.srtp import SrtpError, SrtpSession
 from voiceedge.wire import rtcp
 from voiceedge.wire.demux import PacketKind, classify
 from voiceedge.wire.errors import WireError
+from voiceedge.wire.opus import packet_duration
 from voiceedge.wire.rtp import build_rtp_header, parse_rtp
 
 Address = tuple[str, int]
@@ -36,6 +37,11 @@ RTCP_INTERVAL = 5.0  # RFC 3550 §6.2 minimum for a two-party session
 MAX_CATCH_UP = 5
 # Agent audio sent this recently still counts as "playing" for barge-in.
 PLAYING_GRACE = 0.1
+# The caller's audio is decoded no faster than real time, with this much burst
+# (a late reactor, a network hiccup): a peer sending tiny packets that each
+# claim 120 ms cannot make us decode without end.
+AUDIO_BURST = 1.0
+MAX_PACKET_DURATION = 0.06
 
 
 class SessionState(enum.Enum):
@@ -145,7 +151,10 @@ class Session:
         self._talking = False
         self._cname = os.urandom(8).hex().encode("ascii")
         self._last_agent_sent_at: float | None = None
+        self._last_sent_slot_at = now
         self.barge_in_ms: list[float] = []
+        self._audio_credit = AUDIO_BURST
+        self._audio_credit_at = now
 
         self.receive_stats = ReceiveStatistics(OPUS_CLOCK_RATE)
         self.send_stats = SendStatistics()
@@ -209,17 +218,18 @@ class Session:
         output = self.dtls.receive(data, now)
         for datagram in output.datagrams:
             self._owner.transmit(datagram, source)
-        self._after_dtls(now)
+        self._after_dtls(now, arm=not output.application_data)
         if output.application_data and self.state is SessionState.CONNECTED:
             events = self.events
             if events is None:
                 self._owner.drops["sctp_not_negotiated"] += 1
+                self._arm_timer()
             else:
                 for packet in output.application_data:
                     events.receive(packet, now)
-                self._flush_sctp()
+                self._flush_sctp()  # and arms the timer once
 
-    def _after_dtls(self, now: float) -> None:
+    def _after_dtls(self, now: float, arm: bool = True) -> None:
         state = self.dtls.state
         if state is DtlsState.CONNECTED and self._srtp is None:
             self._connected(now)
@@ -232,7 +242,8 @@ class Session:
         elif state is DtlsState.CLOSED:
             self.close(EndReason.DTLS_CLOSED)
             return
-        self._arm_timer()
+        if arm:
+            self._arm_timer()
 
     def _connected(self, now: float) -> None:
         keys = self.dtls.srtp_keys
@@ -309,6 +320,21 @@ class Session:
             self._owner.drops["rtp_other_payload"] += 1
             return
         now = self.clock.seconds()
+        try:
+            duration = packet_duration(packet.payload)
+        except WireError:
+            self._owner.drops["rtp_opus_malformed"] += 1
+            return
+        if duration > MAX_PACKET_DURATION:
+            self._owner.drops["rtp_opus_too_long"] += 1
+            return
+        credit = min(AUDIO_BURST, self._audio_credit + now - self._audio_credit_at)
+        self._audio_credit_at = now
+        if credit < duration:
+            self._audio_credit = credit
+            self._owner.drops["rtp_over_real_time"] += 1
+            return
+        self._audio_credit = credit - duration
         if self._remote_ssrc != packet.ssrc:
             if self._remote_ssrc is not None:
                 self.receive_stats = ReceiveStatistics(OPUS_CLOCK_RATE)
@@ -503,6 +529,7 @@ class Session:
         self._talking = True
         self._sequence = (self._sequence + 1) & 0xFFFF
         self._last_sent_timestamp = timestamp
+        self._last_sent_slot_at = now
         self._last_agent_sent_at = now
         self.send_stats.on_packet_sent(len(payload))
         self._owner.transmit(srtp.protect_rtp(header + payload), destination)
@@ -534,7 +561,11 @@ class Session:
             blocks.append(self.receive_stats.report_block(self._remote_ssrc, now))
         report: rtcp.RtcpPacket
         if self.send_stats.packet_count and self._tick_base is not None:
-            report = self.send_stats.sender_report(self._ssrc, now, self._last_sent_timestamp, blocks)
+            # RFC 3550 §6.4.1: the RTP time of this same instant, not of the
+            # last packet (the agent may have been quiet since).
+            elapsed = round((now - self._last_sent_slot_at) * OPUS_CLOCK_RATE)
+            rtp_now = (self._last_sent_timestamp + elapsed) & 0xFFFFFFFF
+            report = self.send_stats.sender_report(self._ssrc, now, rtp_now, blocks)
         else:
             report = rtcp.ReceiverReport(self._ssrc, blocks)
         sdes = rtcp.SourceDescription([(self._ssrc, [(rtcp.SDES_CNAME, self._cname)])])
@@ -557,12 +588,16 @@ class Session:
             for datagram in self.dtls.close():
                 self._owner.transmit(datagram, destination)
         agent, self._agent = self._agent, None
-        if agent is not None:
-            agent.session_ended(reason.value)
         self._srtp = None
         self._inbound = None
         self._outbound = None
         self.events = None
+        try:
+            if agent is not None:
+                agent.session_ended(reason.value)
+        except Exception:
+            # The agent's bug must not keep the session's routes alive.
+            self.log.failure("session {id}: the agent failed to end", id=self.session_id)
         self.log.info(
             "session {id} ended: {why} after {secs:.1f} s",
             id=self.session_id,
