@@ -31,13 +31,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fractions
 import json
-import math
 import os
 import queue
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -82,12 +79,6 @@ def process_cpu_seconds(pid: int) -> float:
 # -- the callers (a child process) -------------------------------------------
 
 
-def _tone_second(frequency: float = 440.0, amplitude: int = 8000, rate: int = 48000) -> bytes:
-    """One second of a tone as s16 mono; 440 whole periods, so it loops without a click."""
-    step = 2 * math.pi * frequency / rate
-    return struct.pack(f"<{rate}h", *(int(amplitude * math.sin(step * i)) for i in range(rate)))
-
-
 @dataclass
 class CallerStats:
     """What one call measured, as the caller reports it to the driver."""
@@ -109,40 +100,8 @@ async def run_callers(base_url: str, calls: int) -> None:
     import tests.aiortc_peer  # noqa: F401  (first: it patches aioice to loopback)
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-    from av import AudioFrame
 
-    from tests.aiortc_peer import FRAME_SAMPLES, SAMPLE_RATE
-
-    tone = _tone_second(rate=SAMPLE_RATE)
-
-    class ToneTrack(MediaStreamTrack):
-        """A 440 Hz tone in real-time 20 ms frames, cut from a precomputed second (cheap per frame)."""
-
-        kind = "audio"
-
-        def __init__(self) -> None:
-            super().__init__()
-            self._pts = 0
-            self._start: float | None = None
-
-        async def recv(self) -> AudioFrame:
-            """The next 20 ms frame, on time."""
-            if self.readyState != "live":
-                raise MediaStreamError
-            if self._start is None:
-                self._start = time.monotonic()
-            else:
-                self._pts += FRAME_SAMPLES
-                delay = self._start + self._pts / SAMPLE_RATE - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            offset = (self._pts % SAMPLE_RATE) * 2
-            frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-            frame.planes[0].update(tone[offset : offset + FRAME_SAMPLES * 2])
-            frame.pts = self._pts
-            frame.sample_rate = SAMPLE_RATE
-            frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
-            return frame
+    from tests.aiortc_peer import SineTrack
 
     def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
         request = urllib.request.Request(url, data=body, method=method)
@@ -159,7 +118,7 @@ async def run_callers(base_url: str, calls: int) -> None:
 
         def __init__(self) -> None:
             self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-            self.sender: RTCRtpSender = self.pc.addTrack(ToneTrack())
+            self.sender: RTCRtpSender = self.pc.addTrack(SineTrack())
             self.stats = CallerStats()
             self._drains: list[asyncio.Task[None]] = []
             self.pc.on("track", self._track)

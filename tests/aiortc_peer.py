@@ -25,15 +25,24 @@ SAMPLE_RATE = 48000
 FRAME_SAMPLES = 960
 
 
+def tone_second(frequency: int = 440, amplitude: int = 8000) -> bytes:
+    """One second of a tone as s16 mono at 48 kHz; whole periods, so it loops without a click."""
+    step = 2 * math.pi * frequency / SAMPLE_RATE
+    return struct.pack(f"<{SAMPLE_RATE}h", *(int(amplitude * math.sin(step * i)) for i in range(SAMPLE_RATE)))
+
+
 class SineTrack(MediaStreamTrack):
-    """A 440 Hz tone paced in real time, 20 ms frames, as a microphone would give them."""
+    """A tone paced in real time, 20 ms frames, as a microphone would give them.
+
+    Frames are cut from one precomputed second, so a benchmark's callers
+    spend almost nothing per frame.
+    """
 
     kind = "audio"
 
-    def __init__(self, frequency: float = 440.0, amplitude: int = 8000) -> None:
+    def __init__(self, frequency: int = 440, amplitude: int = 8000) -> None:
         super().__init__()
-        self._frequency = frequency
-        self._amplitude = amplitude
+        self._tone = tone_second(frequency, amplitude)
         self._pts = 0
         self._start: float | None = None
 
@@ -48,12 +57,9 @@ class SineTrack(MediaStreamTrack):
             delay = self._start + self._pts / SAMPLE_RATE - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        step = 2 * math.pi * self._frequency / SAMPLE_RATE
-        samples = [
-            int(self._amplitude * math.sin(step * (self._pts + i))) for i in range(FRAME_SAMPLES)
-        ]
+        offset = (self._pts % SAMPLE_RATE) * 2
         frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-        frame.planes[0].update(struct.pack(f"<{FRAME_SAMPLES}h", *samples))
+        frame.planes[0].update(self._tone[offset : offset + FRAME_SAMPLES * 2])
         frame.pts = self._pts
         frame.sample_rate = SAMPLE_RATE
         frame.time_base = fractions.Fraction(1, SAMPLE_RATE)

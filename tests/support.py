@@ -112,6 +112,21 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return int(e.code), bytes(e.read())
 
 
+def scrape_metrics(base_url: str) -> dict[str, dict[str, float]]:
+    """``GET /metrics`` as {sample name: {"label=value,...": value}}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = http_get(base_url + "/metrics")
+    if status != 200:
+        raise ServiceFailed(f"{base_url}/metrics answered {status}")
+    result: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            key = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            result.setdefault(sample.name, {})[key] = sample.value
+    return result
+
+
 def health_sessions(health_url: str) -> int:
     """The session count a ``/healthz`` answer (``ok sessions=<n>``) reports."""
     status, body = http_get(health_url)

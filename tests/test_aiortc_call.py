@@ -6,14 +6,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
     free_tcp_port,
     free_udp_port,
     health_sessions,
-    http_get,
     running_service,
+    scrape_metrics,
     write_allinone_config,
 )
 
@@ -37,14 +36,8 @@ def test_one_call_echoes_five_seconds_of_opus(allinone: str) -> None:
     result = asyncio.run(echo_call(allinone, seconds=5.0))
     assert result.packets_sent >= 240, result
     # aiortc nominates before DTLS, so its path was probed, and it answered.
-    _, metrics = http_get(allinone + "/metrics")
-    probes = {
-        sample.labels["result"]: sample.value
-        for family in text_string_to_metric_families(metrics.decode())
-        for sample in family.samples
-        if sample.name == "voiceedge_transceiver_path_probes_total"
-    }
-    assert probes.get("answered", 0) >= 1 and probes["answered"] == probes["sent"], probes
+    probes = scrape_metrics(allinone)["voiceedge_transceiver_path_probes_total"]
+    assert probes["result=answered"] >= 1 and probes["result=answered"] == probes["result=sent"], probes
     assert result.packets_received >= 0.95 * result.packets_sent, result
     assert result.delete_status == 204
     assert health_sessions(allinone + "/healthz") == 0

@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
     free_tcp_port,
     free_udp_port,
     health_sessions,
-    http_get,
     running_service,
+    scrape_metrics,
     write_allinone_config,
 )
 
@@ -132,7 +131,7 @@ def test_call_from_chromium(tmp_path: Path) -> None:
         assert health_sessions(health_url) == 0
         result = drive_demo_call(sync_api, base_url, tmp_path)
         remaining = wait_for_sessions(health_url, 0)
-        _, metrics = http_get(base_url + "/metrics")
+        metrics = scrape_metrics(base_url)
 
     connected, last, final = result["connected"], result["last"], result["final"]
     print(f"setup timings (ms): {last['timings']}; rate {result['rate']:.1f} packets/s; rtt {last['rtt']} ms")
@@ -150,11 +149,6 @@ def test_call_from_chromium(tmp_path: Path) -> None:
     assert remaining == 0
     # Chromium nominates after DTLS may already have verified its path; when it did not,
     # we probed, and a real browser answers every probe.
-    probes = {
-        sample.labels["result"]: sample.value
-        for family in text_string_to_metric_families(metrics.decode())
-        for sample in family.samples
-        if sample.name == "voiceedge_transceiver_path_probes_total"
-    }
+    probes = metrics.get("voiceedge_transceiver_path_probes_total", {})
     print(f"path probes: {probes}")
-    assert probes.get("answered", 0) == probes.get("sent", 0), probes
+    assert probes.get("result=answered", 0) == probes.get("result=sent", 0), probes

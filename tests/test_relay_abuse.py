@@ -9,20 +9,18 @@ import random
 import socket
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ice_client import binding_request
 from tests.support import (
     free_tcp_port,
     free_udp_port,
     health_sessions,
-    http_get,
     running_service,
+    scrape_metrics,
     write_allinone_config,
 )
 from voiceedge.wire.route_token import Route, RouteTokenCodec
@@ -33,15 +31,8 @@ MAX_FLOWS = 300
 
 
 def metrics(base: str) -> dict[str, dict[str, float]]:
-    """``/metrics`` as {metric name: {label values joined: value}}."""
-    status, body = http_get(base + "/metrics")
-    assert status == 200
-    result: dict[str, dict[str, float]] = defaultdict(dict)
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            key = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            result[sample.name][key] = sample.value
-    return result
+    """``/metrics`` of the all-in-one, parsed."""
+    return scrape_metrics(base)
 
 
 def transceiver_drops(snapshot: dict[str, dict[str, float]]) -> float:
