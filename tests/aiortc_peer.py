@@ -31,39 +31,54 @@ def tone_second(frequency: int = 440, amplitude: int = 8000) -> bytes:
     return struct.pack(f"<{SAMPLE_RATE}h", *(int(amplitude * math.sin(step * i)) for i in range(SAMPLE_RATE)))
 
 
-class SineTrack(MediaStreamTrack):
-    """A tone paced in real time, 20 ms frames, as a microphone would give them.
+class PacedTrack(MediaStreamTrack):
+    """An audio track paced in real time, 20 ms frames, as a microphone would give them.
 
-    Frames are cut from one precomputed second, so a benchmark's callers
-    spend almost nothing per frame.
+    Subclasses say what PCM (s16 mono, 48 kHz) plays at a sample time;
+    ``first_frame_at`` is the monotonic time the first frame was handed out.
     """
 
     kind = "audio"
 
-    def __init__(self, frequency: int = 440, amplitude: int = 8000) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._tone = tone_second(frequency, amplitude)
+        self.first_frame_at: float | None = None
         self._pts = 0
-        self._start: float | None = None
+
+    def pcm_at(self, pts: int) -> bytes:
+        """The 20 ms of PCM that start at sample ``pts``."""
+        raise NotImplementedError
 
     async def recv(self) -> AudioFrame:
         """The next 20 ms frame, on time."""
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
+        if self.first_frame_at is None:
+            self.first_frame_at = time.monotonic()
         else:
             self._pts += FRAME_SAMPLES
-            delay = self._start + self._pts / SAMPLE_RATE - time.monotonic()
+            delay = self.first_frame_at + self._pts / SAMPLE_RATE - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        offset = (self._pts % SAMPLE_RATE) * 2
         frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-        frame.planes[0].update(self._tone[offset : offset + FRAME_SAMPLES * 2])
+        frame.planes[0].update(self.pcm_at(self._pts))
         frame.pts = self._pts
         frame.sample_rate = SAMPLE_RATE
         frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
         return frame
+
+
+class SineTrack(PacedTrack):
+    """A tone, cut from one precomputed second so callers spend almost nothing per frame."""
+
+    def __init__(self, frequency: int = 440, amplitude: int = 8000) -> None:
+        super().__init__()
+        self._tone = tone_second(frequency, amplitude)
+
+    def pcm_at(self, pts: int) -> bytes:
+        """The tone from ``pts`` on."""
+        offset = (pts % SAMPLE_RATE) * 2
+        return self._tone[offset : offset + FRAME_SAMPLES * 2]
 
 
 @dataclass
@@ -243,7 +258,7 @@ async def monitored_call(base_url: str, seconds: float, during: Any = None) -> l
 # -- turn-taking calls (the parrot agent) ---------------------------------------
 
 
-class ScriptedTrack(MediaStreamTrack):
+class ScriptedTrack(PacedTrack):
     """A microphone that says given PCM at given times and is silent otherwise.
 
     ``segments`` are ``(start, pcm)``: seconds after the first frame (rounded
@@ -252,40 +267,22 @@ class ScriptedTrack(MediaStreamTrack):
     encodes and sends it at once), ``first_frame_at`` that of the first frame.
     """
 
-    kind = "audio"
-
     def __init__(self, segments: list[tuple[float, bytes]]) -> None:
         super().__init__()
         self._segments = [(round(start * 50) * FRAME_SAMPLES, pcm) for start, pcm in segments]
         self.started_at: list[float | None] = [None] * len(segments)
-        self.first_frame_at: float | None = None
-        self._pts = 0
 
-    async def recv(self) -> AudioFrame:
-        """The next 20 ms frame, on time."""
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self.first_frame_at is None:
-            self.first_frame_at = time.monotonic()
-        else:
-            self._pts += FRAME_SAMPLES
-            delay = self.first_frame_at + self._pts / SAMPLE_RATE - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+    def pcm_at(self, pts: int) -> bytes:
+        """The segments that play at ``pts``; silence elsewhere."""
         pcm = bytearray(FRAME_SAMPLES * 2)
         for index, (first, segment) in enumerate(self._segments):
-            offset = (self._pts - first) * 2
+            offset = (pts - first) * 2
             if 0 <= offset < len(segment):
                 piece = segment[offset : offset + len(pcm)]
                 pcm[: len(piece)] = piece
                 if offset == 0:
                     self.started_at[index] = time.monotonic()
-        frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-        frame.planes[0].update(bytes(pcm))
-        frame.pts = self._pts
-        frame.sample_rate = SAMPLE_RATE
-        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
-        return frame
+        return bytes(pcm)
 
 
 @dataclass
