@@ -122,6 +122,28 @@ def _http(method: str, url: str, body: bytes | None = None, content_type: str | 
         return e.code, dict(e.headers), e.read()
 
 
+def new_peer() -> tuple[RTCPeerConnection, asyncio.Event]:
+    """A peer connection that stays on loopback, and an event set once it is connected."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    connected = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def _connected() -> None:
+        if pc.connectionState == "connected":
+            connected.set()
+
+    return pc, connected
+
+
+def channel_json(message: str | bytes) -> dict[str, Any]:
+    """One data-channel message as JSON, or a marker for what did not parse."""
+    try:
+        event = json.loads(message)
+    except ValueError:
+        return {"type": "<not json>", "raw": repr(message)}
+    return event if isinstance(event, dict) else {"type": "<not an object>", "raw": repr(message)}
+
+
 async def negotiate(pc: RTCPeerConnection, base_url: str, connected: asyncio.Event) -> str:
     """Offer, POST it, apply the answer and wait until connected; the session's Location."""
     await pc.setLocalDescription(await pc.createOffer())
@@ -142,8 +164,7 @@ async def echo_call(
     With ``events``, the call also opens ``oai-events`` and sends each event
     once the channel is open; every event received is kept in the result.
     """
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    connected = asyncio.Event()
+    pc, connected = new_peer()
     decoded = 0
     levels: list[float] = []
     received_events: list[dict[str, Any]] = []
@@ -157,12 +178,7 @@ async def echo_call(
 
         @channel.on("message")
         def _message(message: str | bytes) -> None:
-            received_events.append(json.loads(message))
-
-    @pc.on("connectionstatechange")
-    def _state() -> None:
-        if pc.connectionState == "connected":
-            connected.set()
+            received_events.append(channel_json(message))
 
     async def consume(track: MediaStreamTrack) -> None:
         nonlocal decoded
@@ -217,14 +233,8 @@ async def monitored_call(base_url: str, seconds: float, during: Any = None) -> l
     Returns the ``time.monotonic()`` arrival of every echoed frame, so a
     test can see gaps (a relay restart) and when audio came back.
     """
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    connected = asyncio.Event()
+    pc, connected = new_peer()
     arrivals: list[float] = []
-
-    @pc.on("connectionstatechange")
-    def _state() -> None:
-        if pc.connectionState == "connected":
-            connected.set()
 
     async def consume(track: MediaStreamTrack) -> None:
         try:
@@ -330,8 +340,7 @@ async def scripted_call(
     """
     from voiceedge.media.opus import OpusDecoder
 
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    connected = asyncio.Event()
+    pc, connected = new_peer()
     track = ScriptedTrack(segments)
     decoder = OpusDecoder(SAMPLE_RATE)
     result = TurnCallResult("", track.started_at)
@@ -345,15 +354,7 @@ async def scripted_call(
 
     @channel.on("message")
     def _message(message: str | bytes) -> None:
-        try:
-            result.events.append(json.loads(message))
-        except ValueError:
-            result.events.append({"type": "<not json>", "raw": repr(message)})
-
-    @pc.on("connectionstatechange")
-    def _state() -> None:
-        if pc.connectionState == "connected":
-            connected.set()
+        result.events.append(channel_json(message))
 
     async def drain(remote: MediaStreamTrack) -> None:
         try:
@@ -445,8 +446,7 @@ async def live_call(base_url: str, script: Any, track: MediaStreamTrack | None =
     closes or the connection closes or fails). The DELETE is sent only if the
     call had not ended by the time the script returned.
     """
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    connected = asyncio.Event()
+    pc, connected = new_peer()
     channel = pc.createDataChannel("oai-events")
     call = LiveCall(channel)
 
@@ -460,16 +460,11 @@ async def live_call(base_url: str, script: Any, track: MediaStreamTrack | None =
 
     @channel.on("message")
     def _message(message: str | bytes) -> None:
-        try:
-            call.events.append(json.loads(message))
-        except ValueError:
-            call.events.append({"type": "<not json>", "raw": repr(message)})
+        call.events.append(channel_json(message))
 
     @pc.on("connectionstatechange")
     def _state() -> None:
-        if pc.connectionState == "connected":
-            connected.set()
-        elif pc.connectionState in ("closed", "failed") and connected.is_set():
+        if pc.connectionState in ("closed", "failed") and connected.is_set():
             call.ended.set()
 
     async def consume(remote: MediaStreamTrack) -> None:

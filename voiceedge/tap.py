@@ -6,12 +6,12 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
-from typing import Any
 
 from twisted.application import service
-from twisted.internet.interfaces import IReactorTime, IReactorUDP
+from twisted.internet.interfaces import IReactorTime
 
 from voiceedge import config as c
+from voiceedge.reactors import service_reactors
 from voiceedge.relay import tap as relay_tap
 from voiceedge.transceiver import tap as transceiver_tap
 
@@ -55,12 +55,7 @@ class Options(transceiver_tap.Options):
 
 def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
     """A relay on the public port and a transceiver behind it, as a fleet of one."""
-    from twisted.internet import reactor
-
-    if clock is None:
-        clock = reactor
-    assert clock is not None
-    udp_reactor: Any = clock if IReactorUDP.providedBy(clock) else reactor
+    clock, udp_reactor = service_reactors(clock)
     conf = config.loaded
     public = conf["relay"]["public_listen"]
     # A fleet key that lives only in this process: relay and transceiver share it.

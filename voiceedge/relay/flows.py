@@ -232,22 +232,19 @@ class FlowTable:
         ``max_per_ufrag`` flows already carry ``flow.ufrag`` (check
         :meth:`ufrag_has_room` first to tell the two apart).
         """
-        if flow.client in self.confirmed or flow.client in self.pending:
-            raise ValueError(f"{flow.client} already has a flow")
-        if not self.ufrag_has_room(flow.ufrag):
-            self.refused_ufrag += 1
+        if not self._insert(flow, confirmed=False):
             return False
-        if not self._make_room():
-            return False
-        self._count(flow.ufrag)
-        flow.confirmed = False
-        self.pending[flow.client] = flow
-        self.by_packed[(flow.client_packed, flow.client_port)] = flow
         self.created_pending += 1
         return True
 
     def add_confirmed(self, flow: Flow) -> bool:
         """Insert a flow already known to be confirmed (restored from the cache); False if refused."""
+        if not self._insert(flow, confirmed=True):
+            return False
+        self.created_restored += 1
+        return True
+
+    def _insert(self, flow: Flow, confirmed: bool) -> bool:
         if flow.client in self.confirmed or flow.client in self.pending:
             raise ValueError(f"{flow.client} already has a flow")
         if not self.ufrag_has_room(flow.ufrag):
@@ -256,10 +253,9 @@ class FlowTable:
         if not self._make_room():
             return False
         self._count(flow.ufrag)
-        flow.confirmed = True
-        self.confirmed[flow.client] = flow
+        flow.confirmed = confirmed
+        (self.confirmed if confirmed else self.pending)[flow.client] = flow
         self.by_packed[(flow.client_packed, flow.client_port)] = flow
-        self.created_restored += 1
         return True
 
     def confirm(self, flow: Flow, now: float) -> None:

@@ -15,6 +15,7 @@ from twisted.python import usage
 from twisted.web import http, resource, server
 
 from voiceedge import config as c
+from voiceedge.reactors import service_reactors
 from voiceedge.metrics import MetricsResource, make_registry
 from voiceedge.relay.core import Relay
 from voiceedge.relay.flow_store import FlowCache, IFlowStore, RedisFlowStore
@@ -231,12 +232,7 @@ def build_relay(conf: c.Config, clock: IReactorTime, store: IFlowStore | None = 
 
 def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
     """The relay: its public and internal UDP ports, its sweep, and its HTTP listener."""
-    from twisted.internet import reactor as global_reactor
-
-    if clock is None:
-        clock = global_reactor
-    assert clock is not None
-    udp_reactor: Any = clock if IReactorUDP.providedBy(clock) else global_reactor
+    clock, udp_reactor = service_reactors(clock)
     conf = config.loaded
     relay = build_relay(conf, clock)
     top = service.MultiService()

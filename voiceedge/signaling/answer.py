@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 from dataclasses import dataclass
 
 from voiceedge.wire.sdp import (
@@ -204,6 +205,19 @@ def _connection_for(host: str) -> str:
     return f"IN IP{address.version} {address}"
 
 
+def _transport(params: AnswerParameters, candidate: Candidate, connection: str) -> dict[str, Any]:
+    """The ICE and DTLS fields every accepted m-line carries (fresh lists each time)."""
+    return {
+        "candidates": [candidate],
+        "end_of_candidates": True,
+        "connection": connection,
+        "ice_ufrag": params.ice_ufrag,
+        "ice_pwd": params.ice_pwd,
+        "fingerprints": [params.fingerprint],
+        "setup": "passive",
+    }
+
+
 def build_answer(offer: SessionDescription, summary: OfferSummary, params: AnswerParameters) -> str:
     """Write the SDP answer for ``offer`` as a CRLF-terminated string.
 
@@ -257,13 +271,7 @@ def build_answer(offer: SessionDescription, summary: OfferSummary, params: Answe
                     rtcp_mux=True,
                     rtcp_rsize=offered.rtcp_rsize,
                     direction=_MIRROR[offered.direction or "sendrecv"],
-                    candidates=[candidate],
-                    end_of_candidates=True,
-                    connection=connection,
-                    ice_ufrag=params.ice_ufrag,
-                    ice_pwd=params.ice_pwd,
-                    fingerprints=[params.fingerprint],
-                    setup="passive",
+                    **_transport(params, candidate, connection),
                 )
             )
         elif i in accepted:
@@ -276,13 +284,7 @@ def build_answer(offer: SessionDescription, summary: OfferSummary, params: Answe
                     mid=offered.mid,
                     sctp_port=params.sctp_port,
                     max_message_size=params.max_message_size,
-                    candidates=[candidate],
-                    end_of_candidates=True,
-                    connection=connection,
-                    ice_ufrag=params.ice_ufrag,
-                    ice_pwd=params.ice_pwd,
-                    fingerprints=[params.fingerprint],
-                    setup="passive",
+                    **_transport(params, candidate, connection),
                 )
             )
         else:

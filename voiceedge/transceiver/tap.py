@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
 from voiceedge import config as c
+from voiceedge.reactors import service_reactors
 from voiceedge.agents.interfaces import IAgentType
 from voiceedge.agents.plugin import agent_type
 from voiceedge.metrics import MetricsResource, Sample, make_registry
@@ -195,9 +196,7 @@ def build_signaling(
 
 def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
     """The transceiver: its media socket, its timers and its HTTP signaling."""
-    if clock is None:
-        from twisted.internet import reactor as clock
-    assert clock is not None
+    clock, _ = service_reactors(clock)
     top = service.MultiService()
     transceiver = build_transceiver(config.loaded, config.agent_type, clock, top)
     build_signaling(config.loaded, transceiver, top)

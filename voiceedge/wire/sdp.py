@@ -213,6 +213,40 @@ def _ascii(value: str, lineno: int) -> None:
         raise SdpError(lineno, "non-ASCII or control character where the grammar forbids it")
 
 
+def _transport_attribute(
+    target: SessionDescription | MediaDescription, name: str, arg: str | None, lineno: int
+) -> bool:
+    """ICE and DTLS attributes, the same at session and media level; False if ``name`` is not one."""
+    if name == "ice-ufrag":
+        target.ice_ufrag = _ice_chars((arg or "").strip(), lineno, "ice-ufrag")
+    elif name == "ice-pwd":
+        target.ice_pwd = _ice_chars((arg or "").strip(), lineno, "ice-pwd")
+    elif name == "ice-options":
+        target.ice_options = [_token(t, lineno, "ice-option") for t in (arg or "").split()]
+    elif name == "fingerprint":
+        target.fingerprints.append(_parse_fingerprint(arg or "", lineno))
+    elif name == "setup":
+        target.setup = _parse_setup(arg or "", lineno)
+    else:
+        return False
+    return True
+
+
+def _transport_lines(target: SessionDescription | MediaDescription) -> list[str]:
+    """The ICE and DTLS attribute lines, the same at session and media level."""
+    lines = []
+    if target.ice_ufrag is not None:
+        lines.append(f"a=ice-ufrag:{target.ice_ufrag}")
+    if target.ice_pwd is not None:
+        lines.append(f"a=ice-pwd:{target.ice_pwd}")
+    if target.ice_options:
+        lines.append("a=ice-options:" + " ".join(target.ice_options))
+    lines.extend(f"a=fingerprint:{fp.algorithm} {fp.value}" for fp in target.fingerprints)
+    if target.setup is not None:
+        lines.append(f"a=setup:{target.setup}")
+    return lines
+
+
 def _parse_fingerprint(value: str, lineno: int) -> Fingerprint:
     parts = value.split()
     if len(parts) != 2:
@@ -334,16 +368,8 @@ def _parse_media_section(header: tuple[int, str], lines: list[tuple[int, str]]) 
             media.rtcp_mux = True
         elif name == "rtcp-rsize":
             media.rtcp_rsize = True
-        elif name == "ice-ufrag":
-            media.ice_ufrag = _ice_chars((arg or "").strip(), lineno, "ice-ufrag")
-        elif name == "ice-pwd":
-            media.ice_pwd = _ice_chars((arg or "").strip(), lineno, "ice-pwd")
-        elif name == "ice-options":
-            media.ice_options = [_token(t, lineno, "ice-option") for t in (arg or "").split()]
-        elif name == "fingerprint":
-            media.fingerprints.append(_parse_fingerprint(arg or "", lineno))
-        elif name == "setup":
-            media.setup = _parse_setup(arg or "", lineno)
+        elif _transport_attribute(media, name, arg, lineno):
+            pass
         elif name == "candidate":
             media.candidates.append(_parse_candidate(arg or "", lineno))
         elif name == "end-of-candidates":
@@ -519,16 +545,8 @@ def _parse_session_attribute(desc: SessionDescription, line: str, lineno: int) -
     _ascii(line, lineno)
     if name == "ice-lite":
         desc.ice_lite = True
-    elif name == "ice-ufrag":
-        desc.ice_ufrag = _ice_chars((arg or "").strip(), lineno, "ice-ufrag")
-    elif name == "ice-pwd":
-        desc.ice_pwd = _ice_chars((arg or "").strip(), lineno, "ice-pwd")
-    elif name == "ice-options":
-        desc.ice_options = [_token(t, lineno, "ice-option") for t in (arg or "").split()]
-    elif name == "fingerprint":
-        desc.fingerprints.append(_parse_fingerprint(arg or "", lineno))
-    elif name == "setup":
-        desc.setup = _parse_setup(arg or "", lineno)
+    elif _transport_attribute(desc, name, arg, lineno):
+        pass
     elif name == "group":
         parts = (arg or "").split()
         if not parts:
@@ -560,16 +578,7 @@ def _serialize_media(media: MediaDescription) -> list[str]:
         typed.append((a, f"a=mid:{media.mid}"))
     if media.direction is not None:
         typed.append((a, f"a={media.direction}"))
-    if media.ice_ufrag is not None:
-        typed.append((a, f"a=ice-ufrag:{media.ice_ufrag}"))
-    if media.ice_pwd is not None:
-        typed.append((a, f"a=ice-pwd:{media.ice_pwd}"))
-    if media.ice_options:
-        typed.append((a, "a=ice-options:" + " ".join(media.ice_options)))
-    for fp in media.fingerprints:
-        typed.append((a, f"a=fingerprint:{fp.algorithm} {fp.value}"))
-    if media.setup is not None:
-        typed.append((a, f"a=setup:{media.setup}"))
+    typed.extend((a, line) for line in _transport_lines(media))
     if media.rtcp_mux:
         typed.append((a, "a=rtcp-mux"))
     if media.rtcp_rsize:
@@ -616,16 +625,7 @@ def serialize_sdp(desc: SessionDescription) -> str:
         typed.append((_SESSION_RANK["c"], f"c={desc.connection}"))
     if desc.ice_lite:
         typed.append((a, "a=ice-lite"))
-    if desc.ice_ufrag is not None:
-        typed.append((a, f"a=ice-ufrag:{desc.ice_ufrag}"))
-    if desc.ice_pwd is not None:
-        typed.append((a, f"a=ice-pwd:{desc.ice_pwd}"))
-    if desc.ice_options:
-        typed.append((a, "a=ice-options:" + " ".join(desc.ice_options)))
-    for fp in desc.fingerprints:
-        typed.append((a, f"a=fingerprint:{fp.algorithm} {fp.value}"))
-    if desc.setup is not None:
-        typed.append((a, f"a=setup:{desc.setup}"))
+    typed.extend((a, line) for line in _transport_lines(desc))
     for semantics, mids in desc.groups:
         typed.append((a, "a=group:" + " ".join([semantics, *mids])))
     if desc.msid_semantic is not None:
