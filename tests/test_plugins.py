@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -33,31 +34,65 @@ def test_no_init_files_shadow_twisted() -> None:
     assert not (REPO / "twisted" / "plugins" / "__init__.py").exists()
 
 
+def _fresh_env(env_dir: Path) -> Path:
+    """A new virtualenv whose dependencies come from this interpreter's site-packages, not a download.
+
+    The running interpreter may itself be a virtualenv, which a nested
+    ``system_site_packages`` would skip; a ``.pth`` line naming its
+    site-packages does not, and processes no ``.pth`` file of its own there
+    (so this checkout's editable install stays invisible).
+    """
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(site, "_voiceedge_test_deps.pth").write_text("\n".join(sorted(ours)) + "\n")
+    return python
+
+
+def _twistd_help(python: Path, cwd: Path) -> str:
+    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        # twistd itself, run by the new environment's interpreter.
+        [str(python), "-c", "from twisted.scripts.twistd import run; run()", "--help"],
+        check=True, capture_output=True, text=True, cwd=cwd, env=clean_env,
+    ).stdout
+
+
+def _pip_install(python: Path, cwd: Path, *target: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+         "--no-build-isolation", "--disable-pip-version-check", *target],
+        check=True,
+        cwd=cwd,
+    )
+
+
 @pytest.mark.integration
 def test_twistd_help_lists_every_plugin_after_a_fresh_install(tmp_path: Path) -> None:
     """pip install into a new virtualenv, then ``twistd --help`` from elsewhere lists our plugins."""
-    env_dir = tmp_path / "venv"
-    # System site-packages supply the dependencies (no download); the package
-    # itself, and its plugin file, come only from this install.
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
-    python = env_dir / "bin" / "python"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-         "--no-build-isolation", "--disable-pip-version-check", str(REPO)],
-        check=True,
-        cwd=tmp_path,
-    )
-    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    help_text = subprocess.run(
-        # twistd itself, run by the new environment's interpreter.
-        [str(python), "-c", "from twisted.scripts.twistd import run; run()", "--help"],
-        check=True, capture_output=True, text=True, cwd=tmp_path, env=clean_env,
-    ).stdout
+    python = _fresh_env(tmp_path / "venv")
+    _pip_install(python, tmp_path, str(REPO))
+    help_text = _twistd_help(python, tmp_path)
     for name in EXPECTED:
         assert f"    {name} " in help_text, help_text
+    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run(
         [str(python), "-c",
          "import twisted.plugins.voiceedge_plugins as p, voiceedge; print(p.__file__); print(voiceedge.__file__)"],
         check=True, capture_output=True, text=True, cwd=tmp_path, env=clean_env,
     ).stdout.split()
-    assert all(path.startswith(str(env_dir)) for path in where), where
+    assert all(path.startswith(str(tmp_path / "venv")) for path in where), where
+
+
+@pytest.mark.integration
+def test_twistd_help_lists_every_plugin_after_an_editable_install(tmp_path: Path) -> None:
+    """``pip install -e .`` must leave twisted/plugins on the path twistd scans."""
+    python = _fresh_env(tmp_path / "venv")
+    _pip_install(python, tmp_path, "-e", str(REPO))
+    help_text = _twistd_help(python, tmp_path)
+    for name in EXPECTED:
+        assert f"    {name} " in help_text, help_text
