@@ -112,6 +112,7 @@ def run_relay(secret_hex: str, stock_port: bool) -> None:
     from twisted.internet import reactor
 
     from voiceedge.relay.core import Relay
+    from voiceedge.relay.settings import RelaySettings
     from voiceedge.relay.protocol import (
         ClientProtocol,
         TransceiverProtocol,
@@ -121,7 +122,7 @@ def run_relay(secret_hex: str, stock_port: bool) -> None:
     from voiceedge.wire.route_token import RouteTokenCodec
 
     codec = RouteTokenCodec({1: bytes.fromhex(secret_hex)}, 1)
-    relay = Relay(reactor, codec, (LOOPBACK, 3478))
+    relay = Relay(reactor, codec, RelaySettings(public_listen=(LOOPBACK, 3478)))
     if stock_port:
         public: Any = reactor.listenUDP(0, ClientProtocol(relay), LOOPBACK, 65536)  # type: ignore[attr-defined]
         internal: Any = reactor.listenUDP(0, TransceiverProtocol(relay), LOOPBACK, 65536)  # type: ignore[attr-defined]

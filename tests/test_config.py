@@ -84,8 +84,9 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 
 def test_shipped_ini_files_load() -> None:
     """Every INI file in etc/ loads against its service's schema."""
-    from voiceedge.transceiver.tap import SCHEMA as TRANSCEIVER, load
+    from voiceedge.transceiver.settings import TransceiverServiceSettings
+    from voiceedge.transceiver.tap import load_with_agent
 
     root = Path(__file__).parent.parent / "etc"
-    conf, kind = load(str(root / "transceiver.ini"), None, TRANSCEIVER)
-    assert kind.name == conf["agent"]["name"] == "echo"
+    settings, agent = load_with_agent(TransceiverServiceSettings, str(root / "transceiver.ini"))
+    assert agent.kind.name == settings.agent.name == "echo"

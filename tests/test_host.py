@@ -7,6 +7,7 @@ import math
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
@@ -17,8 +18,10 @@ from voiceedge.agents.echo import EchoAgentFactory
 from voiceedge.media.opus import OpusDecoder, OpusEncoder
 from voiceedge.signaling.interfaces import ISessionHost, SessionRefused
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsState, DtlsTransport
+from voiceedge.transceiver.credentials import random_ufrag
 from voiceedge.transceiver.host import Transceiver
 from voiceedge.transceiver.session import EndReason, ISessionOwner, SessionState
+from voiceedge.transceiver.settings import SpeechSettings, TransceiverSettings
 from voiceedge.transceiver.srtp import SrtpSession
 from voiceedge.wire import encap, rtcp, sdp, stun
 from voiceedge.wire.rtp import RtpPacket, parse_rtp
@@ -173,10 +176,15 @@ def answer_probe(probe: bytes) -> bytes:
     return stun.binding_success(request, SERVER, CLIENT_PWD.encode())
 
 
-def make_transceiver(clock: Clock, **kwargs: object) -> tuple[Transceiver, dict[tuple[str, int], list[bytes]]]:
+def make_transceiver(clock: Clock, **kwargs: Any) -> tuple[Transceiver, dict[tuple[str, int], list[bytes]]]:
     """A started transceiver whose writes land in per-destination lists."""
     outbox: dict[tuple[str, int], list[bytes]] = {}
-    transceiver = Transceiver(clock, SERVER_CERT, SERVER, EchoAgentFactory(), **kwargs)  # type: ignore[arg-type]
+    make_ufrag = kwargs.pop("make_ufrag", random_ufrag)
+    speech = kwargs.pop("speech", SpeechSettings())
+    settings = TransceiverSettings(advertised_address=SERVER, **kwargs)
+    transceiver = Transceiver(
+        clock, SERVER_CERT, EchoAgentFactory(), settings, speech=speech, make_ufrag=make_ufrag
+    )
     transceiver.write = lambda data, dest: outbox.setdefault(dest, []).append(data)
     transceiver.start()
     return transceiver, outbox
@@ -465,7 +473,7 @@ def unwrap(datagrams: list[bytes]) -> list[bytes]:
 
 def test_a_call_through_a_relay(clock: Clock) -> None:
     """Encapsulated checks, DTLS and media work; replies go back to the relay, wrapped."""
-    transceiver, outbox = make_transceiver(clock, relay_networks=[ipaddress.ip_network("127.0.0.0/8")])
+    transceiver, outbox = make_transceiver(clock, relay_networks=(ipaddress.ip_network("127.0.0.0/8"),))
     call, _ = open_relayed_call(transceiver, clock, outbox)
     call.send(binding_request(call.username, call.password, use_candidate=True))
     response, probe = unwrap(outbox.pop(RELAY_A))
@@ -502,7 +510,7 @@ def test_a_call_through_a_relay(clock: Clock) -> None:
 
 def test_encapsulated_datagrams_from_outside_relay_networks_are_dropped(clock: Clock) -> None:
     """Only configured relay networks may speak for a client address."""
-    transceiver, outbox = make_transceiver(clock, relay_networks=[ipaddress.ip_network("10.0.0.0/8")])
+    transceiver, outbox = make_transceiver(clock, relay_networks=(ipaddress.ip_network("10.0.0.0/8"),))
     call, _ = open_relayed_call(transceiver, clock, outbox)
     call.send(binding_request(call.username, call.password, use_candidate=True))
     assert outbox.get(RELAY_A, []) == []

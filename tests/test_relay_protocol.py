@@ -17,6 +17,7 @@ from twisted.internet.task import Clock, deferLater
 from voiceedge.metrics import make_registry
 from voiceedge.relay.core import MOVE_IDLE, Relay
 from voiceedge.relay.flows import MAX_FLOWS_PER_UFRAG
+from voiceedge.relay.settings import RelaySettings
 from voiceedge.relay.protocol import (
     ClientProtocol,
     TransceiverProtocol,
@@ -74,7 +75,7 @@ class Harness:
         self.clock = Clock()
         self.clock.advance(1000)
         kwargs.setdefault("transceiver_networks", NETS)
-        self.relay = Relay(self.clock, codec(), INGRESS, **kwargs)
+        self.relay = Relay(self.clock, codec(), RelaySettings(public_listen=INGRESS, **kwargs))
         self.to_transceiver: Sent = []
         self.to_client: Sent = []
         self.relay.send_to_transceiver = lambda d, a: self.to_transceiver.append((bytes(d), a))
@@ -409,7 +410,7 @@ def test_transceiver_cannot_spray_or_confirm_foreign_flows(h: Harness) -> None:
 
 def test_sweep_expires_pending_and_idle_flows() -> None:
     """The sweep timer (on the injected clock) removes pending flows then idle ones."""
-    h = Harness(pending_timeout=10, idle_timeout=40)
+    h = Harness(pending_timeout=10, flow_idle_timeout=40)
     h.relay.start()
     h.confirm()
     h.from_client(binding_request(token()), ("198.51.100.99", 9))
@@ -422,7 +423,7 @@ def test_sweep_expires_pending_and_idle_flows() -> None:
 
 def test_flow_kept_alive_by_client_traffic() -> None:
     """Client packets keep a confirmed flow past the idle timeout."""
-    h = Harness(idle_timeout=40)
+    h = Harness(flow_idle_timeout=40)
     h.relay.start()
     h.confirm()
     for _ in range(100):
@@ -457,7 +458,7 @@ class FakeDatagramTransport:
 def test_protocols_move_bytes_through_fake_transports() -> None:
     """The protocols bind the relay to their transports and feed it datagrams."""
     clock = Clock()
-    relay = Relay(clock, codec(), INGRESS, transceiver_networks=NETS)
+    relay = Relay(clock, codec(), RelaySettings(public_listen=INGRESS, transceiver_networks=NETS))
     public, internal = FakeDatagramTransport(), FakeDatagramTransport()
     client_proto, transceiver_proto = ClientProtocol(relay), TransceiverProtocol(relay)
     client_proto.makeConnection(public)  # type: ignore[arg-type]
@@ -483,8 +484,8 @@ def test_real_loopback_sockets() -> Iterator[Any]:
     client.setblocking(False)
     hop = sink.getsockname()
     relay = Relay(
-        reactor, RouteTokenCodec({1: SECRET}, 1), ("127.0.0.1", 0),
-        transceiver_networks=(ipaddress.ip_network("127.0.0.0/8"),),
+        reactor, RouteTokenCodec({1: SECRET}, 1),
+        RelaySettings(public_listen=("127.0.0.1", 0), transceiver_networks=(ipaddress.ip_network("127.0.0.0/8"),)),
     )
     public = listen_client(relay, ("127.0.0.1", 0), reactor)  # type: ignore[arg-type]
     internal = listen_transceiver(relay, ("127.0.0.1", 0), reactor)  # type: ignore[arg-type]

@@ -36,8 +36,14 @@ from voiceedge.relay.flow_store import (
     parse_value,
 )
 from voiceedge.relay.flows import Flow
+from voiceedge.relay.settings import RedisSettings, RelaySettings
 from voiceedge.wire import encap
 from voiceedge.wire.encap import Envelope
+
+
+def make_cache(store: Any, clock: Any, probe_interval: float = 2.0, **settings: Any) -> FlowCache:
+    """A FlowCache through INGRESS; ``settings`` are [redis] keys."""
+    return FlowCache(store, clock, INGRESS, RedisSettings(**settings), probe_interval=probe_interval)
 
 
 def redis_command(server: RedisServer, *args: str) -> bytes:
@@ -57,12 +63,11 @@ class RelayUnderTest:
         store = RedisFlowStore(server.host, server.port, timeout=0.5)
         args: dict[str, Any] = dict(ttl=60, lookup_rate=100, timeout=0.5, probe_interval=0.1)
         args.update(cache_args)
-        self.cache = FlowCache(store, reactor, INGRESS, **args)
+        self.cache = make_cache(store, reactor, **args)
         self.relay = Relay(
             reactor,
             codec(),
-            INGRESS,
-            transceiver_networks=NETS,
+            RelaySettings(public_listen=INGRESS, transceiver_networks=NETS),
             cache=self.cache,
             sweep_interval=0.05,
         )
@@ -249,7 +254,7 @@ def test_lookups_are_rate_limited() -> None:
     clock = Clock()
     store = FakeStore()
     verifyObject(IFlowStore, store)
-    cache = FlowCache(store, clock, INGRESS, ttl=60, lookup_rate=10, negative_ttl=5)
+    cache = make_cache(store, clock, ttl=60, lookup_rate=10, negative_ttl=5)
     cache.poll(clock.seconds())
     assert cache.up
     for i in range(1000):
@@ -272,7 +277,7 @@ def test_hung_store_times_out_and_is_marked_down() -> None:
     """A store that never answers: operations time out, the cache says down and stops asking."""
     clock = Clock()
     store = FakeStore()
-    cache = FlowCache(store, clock, INGRESS, ttl=60, lookup_rate=100, timeout=1, probe_interval=2)
+    cache = make_cache(store, clock, ttl=60, lookup_rate=100, timeout=1, probe_interval=2)
     cache.poll(clock.seconds())
     store.hang = True
     cache.lookup(CLIENT, clock.seconds())
@@ -334,8 +339,8 @@ def test_move_while_down_is_rewritten_when_redis_is_back() -> None:
     clock = Clock()
     clock.advance(1000)
     store = FakeStore()
-    cache = FlowCache(store, clock, INGRESS, ttl=60, lookup_rate=10, probe_interval=2)
-    relay = Relay(clock, codec(), INGRESS, transceiver_networks=NETS, cache=cache)
+    cache = make_cache(store, clock, ttl=60, lookup_rate=10, probe_interval=2)
+    relay = Relay(clock, codec(), RelaySettings(public_listen=INGRESS, transceiver_networks=NETS), cache=cache)
     relay.send_to_transceiver = lambda d, a: None
     relay.send_to_client = lambda d, a: None
     relay.sweep()
@@ -366,7 +371,7 @@ def test_failed_write_marks_the_flow_dirty() -> None:
     """A write that fails is owed too: stored_at goes to -inf, not back to the previous write."""
     clock = Clock()
     store = FakeStore()
-    cache = FlowCache(store, clock, INGRESS, ttl=60, lookup_rate=10)
+    cache = make_cache(store, clock, ttl=60, lookup_rate=10)
     cache.poll(clock.seconds())
     flow = Flow(CLIENT, socket.inet_aton(CLIENT[0]), HOP, 0.0, confirmed=True)
     cache.store_flow(flow, 1.0)
@@ -393,7 +398,7 @@ def test_probes_of_a_dead_redis_do_not_pile_up() -> Iterator[Any]:
     43,000 a day at one probe every 2 s).
     """
     store = RedisFlowStore("127.0.0.1", free_tcp_port(), timeout=0.05)
-    cache = FlowCache(store, reactor, INGRESS, ttl=60, lookup_rate=10, timeout=0.05,
+    cache = make_cache(store, reactor, ttl=60, lookup_rate=10, timeout=0.05,
                       probe_interval=0.0)
     try:
         for _ in range(12):

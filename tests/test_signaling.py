@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import pytest
 from twisted.internet import address, defer
@@ -21,6 +21,7 @@ from zope.interface.verify import verifyObject
 
 from voiceedge.signaling.interfaces import ISessionHost, OpenedSession, SessionRefused
 from voiceedge.signaling.resource import STATIC_DIR, build_site
+from voiceedge.signaling.settings import SignalingSettings
 
 OFFER = (
     "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -176,9 +177,9 @@ def host() -> FakeHost:
     return FakeHost()
 
 
-def make_site(host: FakeHost, **kwargs: object) -> server.Site:
-    """build_site on a Clock so no timeout touches the global reactor."""
-    return build_site(host, reactor=Clock(), **kwargs)  # type: ignore[arg-type]
+def make_site(host: FakeHost, extra: Mapping[bytes, Any] = {}, **settings: Any) -> server.Site:
+    """build_site on a Clock so no timeout touches the global reactor; ``settings`` are [signaling] keys."""
+    return build_site(host, SignalingSettings(**settings), extra=extra, reactor=Clock())
 
 
 @pytest.fixture
@@ -550,7 +551,7 @@ def test_keep_alive_two_requests(site: server.Site, host: FakeHost) -> None:
 def test_invalid_cap_rejected(host: FakeHost) -> None:
     """A non-positive body cap is a configuration error."""
     with pytest.raises(ValueError):
-        build_site(host, max_body_bytes=0)
+        build_site(host, SignalingSettings(max_body_bytes=0))
 
 
 # -- CORS --------------------------------------------------------------------

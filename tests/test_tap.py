@@ -21,19 +21,20 @@ def test_allinone_runs_on_embedded_defaults() -> None:
     """``twistd voiceedge`` needs no file: loopback HTTP 8080, UDP 3478, demo page, echo."""
     options = allinone_tap.Options()
     options.parseOptions([])
-    conf = options.loaded
-    assert conf["signaling"]["listen"] == "tcp:8080:interface=127.0.0.1"
-    assert conf["signaling"]["demo_page"] is True
-    assert conf["relay"]["public_listen"] == ("127.0.0.1", 3478)
-    assert conf["transceiver"]["media_listen"] == ("127.0.0.1", 0)
-    assert conf["agent"]["name"] == "echo"
+    settings = options.settings
+    assert settings.signaling.listen == "tcp:8080:interface=127.0.0.1"
+    assert settings.signaling.demo_page is True
+    assert settings.relay.public_listen == ("127.0.0.1", 3478)
+    assert settings.transceiver.media_listen == ("127.0.0.1", 0)
+    assert settings.agent.name == "echo"
     top = allinone_tap.makeService(options, MemoryReactorClock())
     assert isinstance(top, service.MultiService)
     kinds = [type(s) for s in top]
     assert internet.UDPServer in kinds
     assert RelayService in kinds
     # The answer's only candidate is the relay.
-    assert options.loaded["transceiver"]["advertised_address"] == ("127.0.0.1", 3478)
+    transceiver = next(s for s in top if isinstance(s, transceiver_tap.TransceiverService)).transceiver
+    assert transceiver.advertised == ("127.0.0.1", 3478)
 
 
 def test_transceiver_requires_a_config() -> None:
@@ -46,7 +47,7 @@ def test_transceiver_loads_the_shipped_ini() -> None:
     """etc/transceiver.ini is valid."""
     options = transceiver_tap.Options()
     options.parseOptions(["--config", str(REPO / "etc" / "transceiver.ini")])
-    assert options.loaded["transceiver"]["max_sessions"] == 1000
+    assert options.settings.transceiver.max_sessions == 1000
 
 
 @pytest.mark.parametrize(
@@ -74,15 +75,15 @@ def test_local_split_files_agree() -> None:
     relay_options.parseOptions(["--config", str(REPO / "etc" / "local-split" / "relay.ini")])
     transceiver_options = transceiver_tap.Options()
     transceiver_options.parseOptions(["--config", str(REPO / "etc" / "local-split" / "transceiver.ini")])
-    relay, transceiver = relay_options.loaded, transceiver_options.loaded
-    assert relay["token"]["keys"] == transceiver["route"]["keys"]
-    assert relay["relay"]["public_listen"] == transceiver["transceiver"]["advertised_address"] == ("127.0.0.1", 3478)
-    assert transceiver["signaling"]["listen"] == "tcp:8080:interface=127.0.0.1"
-    media = ipaddress.ip_address(transceiver["transceiver"]["media_listen"][0])
-    assert any(media in net for net in relay["relay"]["transceiver_networks"])
-    internal = ipaddress.ip_address(relay["relay"]["internal_listen"][0])
-    assert any(internal in net for net in transceiver["transceiver"]["relay_networks"])
-    assert relay["redis"]["address"] == ("127.0.0.1", 6379)
+    relay, transceiver = relay_options.settings, transceiver_options.settings
+    assert relay.token.keys == transceiver.route.keys
+    assert relay.relay.public_listen == transceiver.transceiver.advertised_address == ("127.0.0.1", 3478)
+    assert transceiver.signaling.listen == "tcp:8080:interface=127.0.0.1"
+    media = ipaddress.ip_address(transceiver.transceiver.media_listen[0])
+    assert any(media in net for net in relay.relay.transceiver_networks)
+    internal = ipaddress.ip_address(relay.relay.internal_listen[0])
+    assert any(internal in net for net in transceiver.transceiver.relay_networks)
+    assert relay.redis.address == ("127.0.0.1", 6379)
 
 
 def test_shipped_allinone_ini_matches_the_embedded_defaults() -> None:
@@ -91,8 +92,8 @@ def test_shipped_allinone_ini_matches_the_embedded_defaults() -> None:
     from_file.parseOptions(["--config", str(REPO / "etc" / "voiceedge.ini")])
     embedded = allinone_tap.Options()
     embedded.parseOptions([])
-    for section in from_file.loaded.sections():
-        assert from_file.loaded[section] == embedded.loaded[section], section
+    assert from_file.settings == embedded.settings
+    assert from_file.agent == embedded.agent
 
 
 def test_issuing_key_zero_is_used(tmp_path: Path) -> None:
@@ -111,7 +112,10 @@ def test_issuing_key_zero_is_used(tmp_path: Path) -> None:
     options = transceiver_tap.Options()
     options.parseOptions(["--config", str(path)])
     top = service.MultiService()
-    transceiver = transceiver_tap.build_transceiver(options.loaded, options.agent_type, MemoryReactorClock(), top)
+    settings = options.settings
+    transceiver = transceiver_tap.build_transceiver(
+        settings.transceiver, settings.route, settings.speech, options.agent, MemoryReactorClock(), top
+    )
     assert isinstance(transceiver, Transceiver)
     transceiver_tap_protocol = [s for s in top if isinstance(s, internet.UDPServer)][0].args[1]
     transceiver_tap_protocol.local_address = lambda: ("127.0.0.1", 4000)

@@ -1,19 +1,51 @@
 # -*- test-case-name: tests.test_config -*-
-"""INI configuration: a schema of sections and keys, validated at start-up."""
+"""INI configuration: typed, frozen settings per section, validated at start-up.
+
+A service's settings are a frozen dataclass of sections (:func:`section`),
+each section a frozen dataclass of keys (:func:`setting`). The key's parser,
+its default (as INI text) and what it means live on the field, so adding a
+key is one line in its section class, plus its documented default in the
+``etc/`` files (a test keeps those equal to the classes).
+:func:`load_settings` reads an INI file once, refuses an unknown section or
+key and a value that does not parse, and returns the typed object that the
+taps hand to constructors. Cross-key rules live in a section's (or the
+service's) ``__post_init__``, raising :class:`SettingError`; the loader turns
+that into a :class:`ConfigError` naming file, section and key.
+"""
 
 from __future__ import annotations
 
 import binascii
 import configparser
+import dataclasses
 import ipaddress
+import types
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 Address = tuple[str, int]
+T = TypeVar("T")
+
+_KEY = "voiceedge.key"
+_SECTION = "voiceedge.section"
 
 
 class ConfigError(Exception):
     """A configuration file is unusable; the message names file, section and key."""
+
+
+class SettingError(ValueError):
+    """A rule across keys failed: raised by a settings class's ``__post_init__``.
+
+    ``key`` is the key to name in the message; ``section`` is set when the
+    rule belongs to a whole service rather than one section.
+    """
+
+    def __init__(self, key: str, message: str, section: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+        self.section = section
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,18 +61,14 @@ Schema = Mapping[str, Mapping[str, Key]]
 
 
 class Config:
-    """Parsed, validated values: ``config["section"]["key"]``."""
+    """Parsed, validated values: ``config["section"]["key"]`` (read-only)."""
 
     def __init__(self, source: str, values: dict[str, dict[str, Any]]) -> None:
         self.source = source
-        self._values = values
+        self._values = {name: types.MappingProxyType(keys) for name, keys in values.items()}
 
-    def __getitem__(self, section: str) -> dict[str, Any]:
+    def __getitem__(self, section: str) -> Mapping[str, Any]:
         return self._values[section]
-
-    def __setitem__(self, section: str, values: dict[str, Any]) -> None:
-        """Set a whole section (for services that derive settings of their own)."""
-        self._values[section] = values
 
     def sections(self) -> list[str]:
         """The schema's sections, in order."""
@@ -195,7 +223,7 @@ def words(value: str) -> tuple[str, ...]:
     return tuple(w.strip() for w in value.split(",") if w.strip())
 
 
-def token_keys(value: str) -> dict[int, bytes]:
+def token_keys(value: str) -> Mapping[int, bytes]:
     """Route-token keys: ``<id>:<base64 secret>`` pairs separated by commas.
 
     Ids are 0..255 and unique; each secret is standard base64 of at least 16
@@ -221,7 +249,7 @@ def token_keys(value: str) -> dict[int, bytes]:
         if len(secret) < MIN_KEY_SIZE:
             raise ValueError(f"key {key_id}: secret must be at least {MIN_KEY_SIZE} bytes")
         keys[key_id] = secret
-    return keys
+    return types.MappingProxyType(keys)
 
 
 def optional_integer(minimum: int, maximum: int) -> Callable[[str], int | None]:
@@ -247,3 +275,103 @@ def choice(*allowed: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+# -- typed settings --------------------------------------------------------------
+
+
+def setting(parse: Callable[[str], T], default: str, help: str, *, secret: bool = False) -> T:
+    """One key of a settings section: how its INI text parses, its default text, what it means.
+
+    Use as a dataclass field: ``max_flows: int = setting(integer(1, 10**7), "100000", "...")``.
+    The default is parsed once, here, so a bad default fails at import. A
+    ``secret`` key is left out of the settings object's ``repr`` (and so of logs).
+    """
+    value = parse(default)
+    return dataclasses.field(
+        default_factory=lambda: value, repr=not secret, metadata={_KEY: Key(parse, default, help)}
+    )
+
+
+def section(cls: type[T], *, name: str | None = None, **defaults: str) -> T:
+    """One section of a service's settings: ``[name]`` (default: the field name) parsed into ``cls``.
+
+    ``defaults`` override the section's default texts for this service (the
+    all-in-one's media socket takes any free port, say).
+    """
+    keys = keys_of(cls)
+    unknown = set(defaults) - set(keys)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no key {', '.join(sorted(unknown))}")
+    values = {k: keys[k].parse(text) for k, text in defaults.items()}
+    return dataclasses.field(
+        default_factory=lambda: cls(**values),
+        metadata={_SECTION: (cls, name, dict(defaults))},
+    )
+
+
+def keys_of(cls: type, overrides: Mapping[str, str] = {}) -> dict[str, Key]:
+    """The keys of a settings section class, in order, defaults overridden."""
+    keys: dict[str, Key] = {}
+    for f in dataclasses.fields(cls):
+        key = f.metadata.get(_KEY)
+        if key is None:
+            raise TypeError(f"{cls.__name__}.{f.name} is not a setting()")
+        if f.name in overrides:
+            key = Key(key.parse, overrides[f.name], key.help)
+        keys[f.name] = key
+    return keys
+
+
+def sections_of(service: type) -> dict[str, tuple[str, type, dict[str, Key]]]:
+    """A service settings class's sections: ``{field: (INI section name, class, keys)}``."""
+    result = {}
+    for f in dataclasses.fields(service):
+        spec = f.metadata.get(_SECTION)
+        if spec is None:
+            raise TypeError(f"{service.__name__}.{f.name} is not a section()")
+        cls, name, overrides = spec
+        result[f.name] = (name or f.name, cls, keys_of(cls, overrides))
+    return result
+
+
+def schema_of(service: type) -> dict[str, dict[str, Key]]:
+    """The INI schema of a service settings class: section name to keys."""
+    return {name: keys for name, _, keys in sections_of(service).values()}
+
+
+def load_settings(
+    service: type[T],
+    path: str | None = None,
+    text: str | None = None,
+    extra: Schema = {},
+) -> tuple[T, Config]:
+    """Read ``path`` (or ``text``, or nothing: all defaults) into a ``service`` settings object.
+
+    ``extra`` adds sections whose keys are known only at run time (an
+    agent's ``[agent.<name>]``); their values come back in the
+    :class:`Config`, beside the typed object. Every error is a
+    :class:`ConfigError` naming file, section and key.
+    """
+    parts = sections_of(service)
+    schema: dict[str, Mapping[str, Key]] = {name: keys for name, _, keys in parts.values()}
+    schema.update(extra)
+    conf = load_config(schema, path, text)
+    built: dict[str, Any] = {}
+    for field_name, (name, cls, _) in parts.items():
+        try:
+            built[field_name] = cls(**conf[name])
+        except SettingError as e:
+            raise ConfigError(f"{conf.source}: [{e.section or name}] {e.key}: {e.message}") from None
+    try:
+        return service(**built), conf
+    except SettingError as e:
+        raise ConfigError(f"{conf.source}: [{e.section}] {e.key}: {e.message}") from None
+
+
+def format_address(address: Address | None) -> str:
+    """``host:port`` or ``[v6]:port`` as an INI file spells it; empty for nothing."""
+    if address is None:
+        return ""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -3,86 +3,104 @@
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import ipaddress
 import os
+from dataclasses import dataclass
 
 from twisted.application import service
 from twisted.internet.interfaces import IReactorTime
+from twisted.python import usage
 
 from voiceedge import config as c
+from voiceedge.config import SettingError, section
 from voiceedge.reactors import service_reactors
 from voiceedge.relay import tap as relay_tap
+from voiceedge.relay.settings import RedisSettings, RelaySettings, TokenSettings
+from voiceedge.signaling.settings import SignalingSettings
 from voiceedge.transceiver import tap as transceiver_tap
+from voiceedge.transceiver.settings import (
+    AgentSettings,
+    RouteSettings,
+    SpeechSettings,
+    TransceiverSettings,
+)
 
-# Everything on loopback: signaling and the demo page on http://127.0.0.1:8080,
-# the relay on UDP 127.0.0.1:3478, the transceiver on a free internal port, echo.
-EMBEDDED_DEFAULTS = """
-[signaling]
-listen = tcp:8080:interface=127.0.0.1
-demo_page = yes
-"""
-
-# The transceiver's sections, less [route] (the all-in-one makes its own fleet
-# key), plus the relay's public address.
-SCHEMA: c.Schema = {
-    **{name: keys for name, keys in transceiver_tap.SCHEMA.items() if name != "route"},
-    "transceiver": {
-        **transceiver_tap.SCHEMA["transceiver"],
-        "media_listen": c.Key(c.address, "127.0.0.1:0", "the transceiver's internal UDP socket"),
-        "advertised_address": c.Key(
-            c.optional_address, "", "the candidate put in answers (default: the relay's public_listen)"
-        ),
-        "relay_networks": c.Key(c.networks, "127.0.0.0/8", "where the relay's internal socket is"),
-    },
-    "relay": {
-        "public_listen": c.Key(c.address, "127.0.0.1:3478", "the one public UDP address clients send to"),
-        "max_flows": relay_tap.SCHEMA["relay"]["max_flows"],
-    },
-}
+__all__ = ["AllInOneSettings", "Options", "makeService"]
 
 
-class Options(transceiver_tap.Options):
+@dataclass(frozen=True, slots=True)
+class AllInOneSettings:
+    """Everything ``twistd voiceedge`` reads from its INI file (less the agent's options).
+
+    Its defaults put everything on loopback: signaling and the demo page on
+    http://127.0.0.1:8080, the relay on UDP 127.0.0.1:3478, the transceiver
+    behind it on a free internal port. The fleet key is made in memory.
+    """
+
+    signaling: SignalingSettings = section(SignalingSettings, demo_page="yes")
+    relay: RelaySettings = section(RelaySettings)
+    transceiver: TransceiverSettings = section(
+        TransceiverSettings, media_listen="127.0.0.1:0", relay_networks="127.0.0.0/8"
+    )
+    speech: SpeechSettings = section(SpeechSettings)
+    agent: AgentSettings = section(AgentSettings)
+
+    def __post_init__(self) -> None:
+        # The relay and the transceiver talk over the internal network: each
+        # must accept the other's address.
+        media = ipaddress.ip_address(self.transceiver.media_listen[0])
+        if not any(media in net for net in self.relay.transceiver_networks):
+            raise SettingError(
+                "transceiver_networks", "must include [transceiver] media_listen", section="relay"
+            )
+        internal = ipaddress.ip_address(self.relay.internal_listen[0])
+        if not any(internal in net for net in self.transceiver.relay_networks):
+            raise SettingError(
+                "relay_networks", "must include [relay] internal_listen", section="transceiver"
+            )
+
+
+class Options(usage.Options):
     """Options of ``twistd voiceedge``: ``--config`` is optional here."""
 
     optParameters = [
         ["config", "c", None, "INI file (default: the embedded all-in-one settings)"],
     ]
-    config_required = False
-    schema = SCHEMA
-    defaults_text = EMBEDDED_DEFAULTS
+
+    def postOptions(self) -> None:
+        """Load and validate the INI file (or the defaults) now, so a bad one stops start-up."""
+        try:
+            self.settings, self.agent = transceiver_tap.load_with_agent(AllInOneSettings, self["config"])
+        except c.ConfigError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
     """A relay on the public port and a transceiver behind it, as a fleet of one."""
     clock, udp_reactor = service_reactors(clock)
-    conf = config.loaded
-    public = conf["relay"]["public_listen"]
+    settings: AllInOneSettings = config.settings
+    relay_settings = settings.relay
     # A fleet key that lives only in this process: relay and transceiver share it.
-    secret = base64.b64encode(os.urandom(32)).decode("ascii")
-    internal_host = conf["transceiver"]["media_listen"][0]
-    relay_conf = c.load_config(
-        relay_tap.SCHEMA,
-        text=(
-            f"[relay]\npublic_listen = {_ini_address(public)}\n"
-            f"internal_listen = {_ini_address((internal_host, 0))}\n"
-            f"transceiver_networks = {ipaddress.ip_network(internal_host)}\n"
-            f"max_flows = {conf['relay']['max_flows']}\n"
-            f"[token]\nkeys = 1:{secret}\n[redis]\nenabled = no\n"
-        ),
+    keys = {1: os.urandom(32)}
+    relay = relay_tap.build_relay(
+        relay_settings, TokenSettings(keys=keys, issuing_key=1), RedisSettings(enabled=False), clock
     )
-    relay = relay_tap.build_relay(relay_conf, clock)
-    conf["route"] = {"keys": c.token_keys(f"1:{secret}"), "issuing_key": 1, "cluster": 0, "address": None}
-    if conf["transceiver"]["advertised_address"] is None:
-        conf["transceiver"]["advertised_address"] = public
+    route = RouteSettings(keys=keys, issuing_key=1, cluster=relay_settings.cluster)
+    transceiver_settings = settings.transceiver
+    if transceiver_settings.advertised_address is None:
+        # Clients see only the relay.
+        transceiver_settings = dataclasses.replace(
+            transceiver_settings, advertised_address=relay_settings.ingress
+        )
 
     top = service.MultiService()
-    relay_tap.RelayService(relay, public, (internal_host, 0), udp_reactor).setServiceParent(top)
-    transceiver = transceiver_tap.build_transceiver(conf, config.agent_type, clock, top)
-    transceiver_tap.build_signaling(conf, transceiver, top, [relay.metrics])
+    relay_tap.RelayService(
+        relay, relay_settings.public_listen, relay_settings.internal_listen, udp_reactor
+    ).setServiceParent(top)
+    transceiver = transceiver_tap.build_transceiver(
+        transceiver_settings, route, settings.speech, config.agent, clock, top
+    )
+    transceiver_tap.build_signaling(settings.signaling, transceiver, top, [relay.metrics])
     return top
 
-
-def _ini_address(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

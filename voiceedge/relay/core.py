@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from voiceedge.metrics import Sample
 from voiceedge.relay.flow_store import FlowCache
 from voiceedge.relay.flows import Address, Flow, FlowTable
+from voiceedge.relay.settings import RelaySettings
 from voiceedge.wire.encap import MAX_HEADER_SIZE, EncapError, pack_header_into, peek_client
 from voiceedge.wire.route_token import RouteTokenCodec, TokenError
 from voiceedge.wire.stun import StunError, is_stun, peek_username
@@ -56,7 +57,6 @@ _SOURCE_CACHE_MAX = 4096
 # address; a client whose path went quiet can.
 MOVE_IDLE = 3.0
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 SendTo = Callable[[Any, Address], object]
 
 DROP_REASONS = (
@@ -102,27 +102,21 @@ class Relay:
         self,
         clock: IReactorTime,
         codec: RouteTokenCodec,
-        ingress: Address,
+        settings: RelaySettings = RelaySettings(),
         *,
-        cluster: int = 0,
-        transceiver_networks: Sequence[Network] = (ipaddress.ip_network("127.0.0.0/8"),),
-        max_flows: int = 100_000,
-        idle_timeout: float = 40.0,
-        pending_timeout: float = 10.0,
-        max_payload: int = 1400,
         cache: FlowCache | None = None,
         sweep_interval: float = 1.0,
-        internal_family: int = socket.AF_INET,
     ) -> None:
         self.clock = clock
         self.codec = codec
-        self.ingress = ingress
+        self.settings = settings
+        self.ingress = ingress = settings.ingress
         self._ingress_packed = socket.inet_pton(_family(ingress[0]), ingress[0])
-        self.cluster = cluster
-        self.networks = tuple(transceiver_networks)
-        self.max_payload = max_payload
-        self.internal_family = internal_family
-        self.flows = FlowTable(max_flows, idle_timeout, pending_timeout)
+        self.cluster = settings.cluster
+        self.networks = settings.transceiver_networks
+        self.max_payload = settings.max_payload
+        self.internal_family = _family(settings.internal_listen[0])
+        self.flows = FlowTable(settings.max_flows, settings.flow_idle_timeout, settings.pending_timeout)
         self._confirmed_get = self.flows.confirmed.get
         self._by_packed_get = self.flows.by_packed.get
         self.cache = cache

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from voiceedge.relay.flows import Address, Flow
+from voiceedge.relay.settings import RedisSettings
 
 __all__ = [
     "KEY_PREFIX",
@@ -167,11 +168,9 @@ class FlowCache:
         store: IFlowStore,
         clock: IReactorTime,
         ingress: Address,
-        ttl: int,
-        lookup_rate: float,
-        negative_ttl: float = 5.0,
+        settings: RedisSettings = RedisSettings(),
+        *,
         cluster: int = 0,
-        timeout: float = 1.0,
         probe_interval: float = 2.0,
         max_in_flight: int = 1024,
         label: str = "redis",
@@ -179,10 +178,11 @@ class FlowCache:
         self.store = store
         self.clock = clock
         self.ingress = ingress
-        self.ttl = ttl
+        self.settings = settings
+        self.ttl = settings.ttl
         self.cluster = cluster
-        self.negative_ttl = negative_ttl
-        self.timeout = timeout
+        self.negative_ttl = settings.negative_ttl
+        self.timeout = settings.timeout
         self.probe_interval = probe_interval
         self.max_in_flight = max_in_flight
         self.label = label
@@ -194,8 +194,8 @@ class FlowCache:
         self._looking_up: set[Address] = set()
         self._negative: dict[Address, float] = {}
         # Token bucket for lookups: ``lookup_rate`` per second, the same as burst.
-        self._rate = float(lookup_rate)
-        self._burst = max(1.0, float(lookup_rate))
+        self._rate = float(settings.lookup_rate)
+        self._burst = max(1.0, float(settings.lookup_rate))
         self._tokens = self._burst
         self._refilled = clock.seconds()
         self.lookup_hits = 0

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from typing import Any
 
 from twisted.application import service, strports
@@ -21,64 +19,19 @@ from voiceedge.relay.core import Relay
 from voiceedge.relay.flow_store import FlowCache, IFlowStore, RedisFlowStore
 from voiceedge.relay.flows import Address
 from voiceedge.relay.protocol import listen_client, listen_transceiver
+from voiceedge.relay.settings import RedisSettings, RelayServiceSettings, RelaySettings, TokenSettings
 from voiceedge.wire.route_token import RouteTokenCodec
 
 __all__ = [
-    "SCHEMA",
     "HealthResource",
     "Options",
     "RelayService",
     "build_relay",
     "build_site",
     "makeService",
-    "transceiver_networks",
 ]
 
 log = Logger()
-
-
-def transceiver_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """A non-empty comma-separated list of CIDR networks."""
-    nets = c.networks(value)
-    if not nets:
-        raise ValueError("at least one network is required")
-    return nets
-
-
-SCHEMA: c.Schema = {
-    "relay": {
-        "public_listen": c.Key(c.address, "127.0.0.1:3478", "the public UDP address clients send to"),
-        "ingress_address": c.Key(
-            c.optional_address, "", "public address put in headers (default: public_listen)"
-        ),
-        "internal_listen": c.Key(
-            c.address, "127.0.0.1:0", "UDP address for transceiver traffic (port 0: any free)"
-        ),
-        "transceiver_networks": c.Key(
-            transceiver_networks, "127.0.0.0/8", "networks transceivers live in (CIDR list)"
-        ),
-        "cluster": c.Key(c.integer(0, 65535), "0", "this relay's cluster id"),
-        "max_flows": c.Key(c.integer(1, 10_000_000), "100000", "bound of the flow table"),
-        "flow_idle_timeout": c.Key(c.seconds(10, 3600), "40", "a confirmed flow idle this long ends"),
-        "pending_timeout": c.Key(c.seconds(1, 300), "10", "an unconfirmed flow lives this long"),
-        "max_payload": c.Key(c.integer(576, 65000), "1400", "larger client datagrams are dropped"),
-    },
-    "token": {
-        "keys": c.Key(c.token_keys, "", "fleet route-token keys: <id>:<base64 secret>, ..."),
-        "issuing_key": c.Key(c.optional_integer(0, 255), "", "ignored by relays (transceivers issue)"),
-    },
-    "redis": {
-        "enabled": c.Key(c.boolean, "yes", "cache confirmed flows in Redis"),
-        "address": c.Key(c.address, "127.0.0.1:6379", "Redis host:port"),
-        "ttl": c.Key(c.integer(10, 86400), "120", "seconds a stored flow lives without refresh"),
-        "lookup_rate": c.Key(c.integer(1, 100_000), "200", "lookups per second at most"),
-        "negative_ttl": c.Key(c.seconds(0, 300), "5", "seconds a miss is remembered"),
-        "timeout": c.Key(c.seconds(0.05, 30), "1", "seconds before an operation counts as failed"),
-    },
-    "http": {
-        "listen": c.Key(c.nonempty, "tcp:9090:interface=127.0.0.1", "Twisted endpoint for /metrics"),
-    },
-}
 
 
 class Options(usage.Options):
@@ -94,23 +47,9 @@ class Options(usage.Options):
         if path is None:
             raise usage.UsageError("--config is required")
         try:
-            self.loaded = c.load_config(SCHEMA, path)
+            self.settings, _ = c.load_settings(RelayServiceSettings, path)
         except c.ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        token = self.loaded["token"]
-        if not token["keys"]:
-            raise usage.UsageError(f"{path}: [token] keys: at least one key is required")
-        if token["issuing_key"] is not None and token["issuing_key"] not in token["keys"]:
-            raise usage.UsageError(
-                f"{path}: [token] issuing_key = {token['issuing_key']}: not among the keys"
-            )
-        relay = self.loaded["relay"]
-        public_host = relay["public_listen"][0]
-        ingress = relay["ingress_address"] or relay["public_listen"]
-        if (":" in public_host) != (":" in ingress[0]):
-            raise usage.UsageError(
-                f"{path}: [relay] ingress_address: must be the same family as public_listen"
-            )
 
 
 class HealthResource(resource.Resource):
@@ -190,54 +129,35 @@ class RelayService(service.Service):
         return None
 
 
-def build_relay(conf: c.Config, clock: IReactorTime, store: IFlowStore | None = None) -> Relay:
-    """A :class:`Relay` from a loaded config; ``store`` overrides the Redis connection."""
-    section = conf["relay"]
-    keys = conf["token"]["keys"]
-    issuing = conf["token"]["issuing_key"]
-    codec = RouteTokenCodec(keys, min(keys) if issuing is None else issuing)
-    ingress = section["ingress_address"] or section["public_listen"]
-    internal_host = section["internal_listen"][0]
+def build_relay(
+    settings: RelaySettings,
+    token: TokenSettings,
+    redis: RedisSettings,
+    clock: IReactorTime,
+    store: IFlowStore | None = None,
+) -> Relay:
+    """A :class:`Relay` as the settings say; ``store`` overrides the Redis connection."""
+    keys = token.keys
+    codec = RouteTokenCodec(keys, min(keys) if token.issuing_key is None else token.issuing_key)
     cache = None
-    redis = conf["redis"]
-    if redis["enabled"]:
-        host, port = redis["address"]
+    if redis.enabled:
+        host, port = redis.address
         if store is None:
-            store = RedisFlowStore(host, port, timeout=redis["timeout"])
+            store = RedisFlowStore(host, port, timeout=redis.timeout)
         cache = FlowCache(
-            store,
-            clock,
-            ingress,
-            ttl=redis["ttl"],
-            lookup_rate=redis["lookup_rate"],
-            negative_ttl=redis["negative_ttl"],
-            cluster=section["cluster"],
-            timeout=redis["timeout"],
-            label=f"redis {host}:{port}",
+            store, clock, settings.ingress, redis, cluster=settings.cluster, label=f"redis {host}:{port}"
         )
-    return Relay(
-        clock,
-        codec,
-        ingress,
-        cluster=section["cluster"],
-        transceiver_networks=section["transceiver_networks"],
-        max_flows=section["max_flows"],
-        idle_timeout=section["flow_idle_timeout"],
-        pending_timeout=section["pending_timeout"],
-        max_payload=section["max_payload"],
-        cache=cache,
-        internal_family=socket.AF_INET6 if ":" in internal_host else socket.AF_INET,
-    )
+    return Relay(clock, codec, settings, cache=cache)
 
 
 def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
     """The relay: its public and internal UDP ports, its sweep, and its HTTP listener."""
     clock, udp_reactor = service_reactors(clock)
-    conf = config.loaded
-    relay = build_relay(conf, clock)
+    settings: RelayServiceSettings = config.settings
+    relay = build_relay(settings.relay, settings.token, settings.redis, clock)
     top = service.MultiService()
     RelayService(
-        relay, conf["relay"]["public_listen"], conf["relay"]["internal_listen"], udp_reactor
+        relay, settings.relay.public_listen, settings.relay.internal_listen, udp_reactor
     ).setServiceParent(top)
-    strports.service(conf["http"]["listen"], build_site(relay)).setServiceParent(top)
+    strports.service(settings.http.listen, build_site(relay)).setServiceParent(top)
     return top

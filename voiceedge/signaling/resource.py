@@ -17,6 +17,7 @@ from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
 
 from voiceedge.signaling.interfaces import ISessionHost, OpenedSession, SessionRefused
+from voiceedge.signaling.settings import SignalingSettings
 
 __all__ = ["build_site", "SignalingSite", "SignalingRequest", "STATIC_DIR"]
 
@@ -413,14 +414,12 @@ def _demo_assets(cors: _Cors, directory: Path = STATIC_DIR) -> dict[bytes, Resou
 
 def build_site(
     host: ISessionHost,
+    settings: SignalingSettings = SignalingSettings(),
     *,
-    max_body_bytes: int = 65536,
-    demo_page: bool = False,
-    cors_origins: Sequence[str] = (),
     extra: Mapping[bytes, IResource] = {},
     reactor: IReactorTime | None = None,
 ) -> server.Site:
-    """Build the signaling site for ``host``.
+    """Build the signaling site for ``host`` as ``settings`` say.
 
     Routes: ``POST /v1/realtime/calls`` and ``POST /v1/whip`` (an SDP offer in,
     ``201`` with the answer and ``Location`` out), ``DELETE`` on that
@@ -428,9 +427,10 @@ def build_site(
     ``extra`` children (``b"metrics"``, ...) are mounted at the root.
     ``reactor`` is for connection timeouts (tests pass a clock).
     """
+    max_body_bytes = settings.max_body_bytes
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be positive, not {max_body_bytes}")
-    cors = _Cors(cors_origins)
+    cors = _Cors(settings.cors_origins)
     root = _Root(cors)
     v1 = _Root(cors)
     realtime = _Root(cors)
@@ -439,10 +439,9 @@ def build_site(
     realtime.putChild(b"calls", CallsResource(host, cors, "/v1/realtime/calls", max_body_bytes))
     v1.putChild(b"whip", CallsResource(host, cors, "/v1/whip", max_body_bytes))
     root.putChild(b"healthz", HealthResource(host, cors))
-    if demo_page:
+    if settings.demo_page:
         for name, asset in _demo_assets(cors).items():
             root.putChild(name, asset)
     for name, child in extra.items():
         root.putChild(name, child)
     return SignalingSite(root, max_body_bytes=max_body_bytes, reactor=reactor)
-

@@ -4,27 +4,17 @@
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
 from typing import Callable
 
 from voiceedge.agents.interfaces import AudioFrame
 from voiceedge.media.jitter import JitterBuffer
 from voiceedge.media.opus import CodecError, OpusDecoder, OpusEncoder
 from voiceedge.media.speech import SpeechDetector, SpeechEvent
+from voiceedge.transceiver.settings import SpeechSettings
 
 # Enough for an agent to queue a long answer ahead of playout, small enough
 # that a runaway agent cannot eat the process: 60 s.
 MAX_QUEUED_FRAMES = 3000
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechSettings:
-    """The session's speech detector: it drives speech events and barge-in."""
-
-    threshold_db: float = 12.0
-    min_speech_ms: float = 40.0
-    silence_ms: float = 500.0
-    barge_in: bool = True
 
 
 class InboundAudio:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import secrets
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -22,11 +22,11 @@ from voiceedge.signaling.answer import (
     summarize_offer,
 )
 from voiceedge.signaling.interfaces import ISessionHost, OpenedSession, SessionRefused
-from voiceedge.transceiver.audio import SpeechSettings
 from voiceedge.transceiver.credentials import new_credentials, random_ufrag
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsTransport
 from voiceedge.transceiver.ice import IceLiteAgent
 from voiceedge.transceiver.session import EndReason, ISessionOwner, Session
+from voiceedge.transceiver.settings import SpeechSettings, TransceiverSettings
 from voiceedge.wire import encap, sdp, stun
 from voiceedge.wire.errors import WireError
 
@@ -59,26 +59,24 @@ class Transceiver:
         self,
         clock: IReactorTime,
         certificate: DtlsCertificate,
-        advertised: Address,
         agent_factory: IAgentFactory,
-        max_sessions: int = 1000,
-        setup_timeout: float = 15.0,
-        consent_timeout: float = 30.0,
-        make_ufrag: Callable[[], str] = random_ufrag,
-        relay_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+        settings: TransceiverSettings = TransceiverSettings(),
+        *,
         speech: SpeechSettings = SpeechSettings(),
+        make_ufrag: Callable[[], str] = random_ufrag,
     ) -> None:
         self.clock = clock
         self.certificate = certificate
-        self.advertised = advertised
+        self.settings = settings
+        self.advertised = settings.advertised
         self.agent_factory = agent_factory
-        self.max_sessions = max_sessions
-        self.setup_timeout = setup_timeout
-        self.consent_timeout = consent_timeout
+        self.max_sessions = settings.max_sessions
+        self.setup_timeout = settings.setup_timeout
+        self.consent_timeout = settings.consent_timeout
         self.make_ufrag = make_ufrag
         self.speech = speech
         self.write: Callable[[bytes, Address], None] = _not_listening
-        self.relay_networks = tuple(relay_networks)
+        self.relay_networks = settings.relay_networks
         self._trusted_relays: dict[str, bool] = {}
         # client address -> (relay that last delivered its packets, its
         # ingress, the header for replies: built once per route change)

@@ -1,0 +1,111 @@
+# -*- test-case-name: tests.test_relay_tap -*-
+"""The relay's settings: ``[relay]``, ``[token]``, ``[redis]`` and ``[http]``, typed and frozen."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Mapping
+
+from voiceedge import config as c
+from voiceedge.config import Address, SettingError, section, setting
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+__all__ = [
+    "HttpSettings",
+    "RelayServiceSettings",
+    "RelaySettings",
+    "RedisSettings",
+    "TokenSettings",
+    "transceiver_networks",
+]
+
+
+def transceiver_networks(value: str) -> tuple[Network, ...]:
+    """A non-empty comma-separated list of CIDR networks."""
+    nets = c.networks(value)
+    if not nets:
+        raise ValueError("at least one network is required")
+    return nets
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """``[relay]``: the public and internal sockets and the flow table."""
+
+    public_listen: Address = setting(c.address, "127.0.0.1:3478", "the public UDP address clients send to")
+    ingress_address: Address | None = setting(
+        c.optional_address, "", "public address put in headers (default: public_listen)"
+    )
+    internal_listen: Address = setting(
+        c.address, "127.0.0.1:0", "UDP address for transceiver traffic (port 0: any free)"
+    )
+    transceiver_networks: tuple[Network, ...] = setting(
+        transceiver_networks, "127.0.0.0/8", "networks transceivers live in (CIDR list)"
+    )
+    cluster: int = setting(c.integer(0, 65535), "0", "this relay's cluster id")
+    max_flows: int = setting(c.integer(1, 10_000_000), "100000", "bound of the flow table")
+    flow_idle_timeout: float = setting(c.seconds(10, 3600), "40", "a confirmed flow idle this long ends")
+    pending_timeout: float = setting(c.seconds(1, 300), "10", "an unconfirmed flow lives this long")
+    max_payload: int = setting(c.integer(576, 65000), "1400", "larger client datagrams are dropped")
+
+    def __post_init__(self) -> None:
+        if self.ingress_address is not None and (":" in self.ingress_address[0]) != (
+            ":" in self.public_listen[0]
+        ):
+            raise SettingError("ingress_address", "must be the same family as public_listen")
+
+    @property
+    def ingress(self) -> Address:
+        """The public address clients see: ``ingress_address``, else ``public_listen``."""
+        return self.ingress_address or self.public_listen
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSettings:
+    """``[token]``: the fleet's route-token keys."""
+
+    keys: Mapping[int, bytes] = setting(
+        c.token_keys, "", "fleet route-token keys: <id>:<base64 secret>, ...", secret=True
+    )
+    issuing_key: int | None = setting(
+        c.optional_integer(0, 255), "", "ignored by relays (transceivers issue)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.issuing_key is not None and self.keys and self.issuing_key not in self.keys:
+            raise SettingError("issuing_key", f"{self.issuing_key} is not among the keys")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """``[redis]`` of a relay: where Redis is, and the flow cache in it."""
+
+    enabled: bool = setting(c.boolean, "yes", "cache confirmed flows in Redis")
+    address: Address = setting(c.address, "127.0.0.1:6379", "Redis host:port")
+    ttl: int = setting(c.integer(10, 86400), "120", "seconds a stored flow lives without refresh")
+    lookup_rate: int = setting(c.integer(1, 100_000), "200", "lookups per second at most")
+    negative_ttl: float = setting(c.seconds(0, 300), "5", "seconds a miss is remembered")
+    timeout: float = setting(c.seconds(0.05, 30), "1", "seconds before an operation counts as failed")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """``[http]``: the relay's small HTTP listener."""
+
+    listen: str = setting(c.nonempty, "tcp:9090:interface=127.0.0.1", "Twisted endpoint for /metrics")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayServiceSettings:
+    """Everything ``twistd voiceedge-relay`` reads from its INI file."""
+
+    relay: RelaySettings = section(RelaySettings)
+    token: TokenSettings = section(TokenSettings)
+    redis: RedisSettings = section(RedisSettings)
+    http: HttpSettings = section(HttpSettings)
+
+    def __post_init__(self) -> None:
+        if not self.token.keys:
+            raise SettingError("keys", "at least one key is required", section="token")

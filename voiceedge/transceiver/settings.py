@@ -1,0 +1,96 @@
+# -*- test-case-name: tests.test_tap -*-
+"""The transceiver's settings: ``[transceiver]``, ``[route]``, ``[speech]``, ``[agent]``, typed and frozen."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Mapping
+
+from voiceedge import config as c
+from voiceedge.config import Address, SettingError, section, setting
+from voiceedge.signaling.settings import SignalingSettings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+__all__ = [
+    "AgentSettings",
+    "RouteSettings",
+    "SpeechSettings",
+    "TransceiverServiceSettings",
+    "TransceiverSettings",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TransceiverSettings:
+    """``[transceiver]``: the shared media socket and the session limits."""
+
+    media_listen: Address = setting(c.address, "127.0.0.1:3478", "UDP address of the shared media socket")
+    advertised_address: Address | None = setting(
+        c.optional_address, "", "the candidate put in answers (default: media_listen)"
+    )
+    max_sessions: int = setting(c.integer(1, 1_000_000), "1000", "sessions beyond this get 503")
+    setup_timeout: float = setting(c.seconds(1, 300), "15", "seconds for ICE and DTLS to complete")
+    consent_timeout: float = setting(c.seconds(5, 300), "30", "RFC 7675 consent lifetime")
+    relay_networks: tuple[Network, ...] = setting(
+        c.networks, "", "networks whose relays may send encapsulated client packets"
+    )
+
+    @property
+    def advertised(self) -> Address:
+        """The candidate in answers: ``advertised_address``, else ``media_listen``."""
+        return self.advertised_address or self.media_listen
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    """``[route]``: the route token this transceiver puts in its ufrags."""
+
+    keys: Mapping[int, bytes] = setting(
+        c.token_keys, "", "fleet route-token keys <id>:<base64>; empty: random ufrags", secret=True
+    )
+    issuing_key: int | None = setting(
+        c.optional_integer(0, 255), "", "key id new tokens use (default: highest)"
+    )
+    cluster: int = setting(c.integer(0, 65535), "0", "this transceiver's cluster id")
+    address: Address | None = setting(
+        c.optional_address, "", "where relays reach this transceiver (default: media_listen)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.keys and self.issuing_key is not None and self.issuing_key not in self.keys:
+            raise SettingError("issuing_key", f"{self.issuing_key} is not among the keys")
+
+    @property
+    def issuing(self) -> int:
+        """The key id new tokens use: ``issuing_key``, else the highest id."""
+        return max(self.keys) if self.issuing_key is None else self.issuing_key
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechSettings:
+    """``[speech]``: the session's speech detector; it drives speech events and barge-in."""
+
+    threshold_db: float = setting(c.number(3, 60), "12", "dB above the noise floor that counts as voice")
+    min_speech_ms: int = setting(c.integer(20, 2000), "40", "voice this long starts speech (and barge-in)")
+    silence_ms: int = setting(c.integer(100, 10000), "500", "silence this long stops speech")
+    barge_in: bool = setting(c.boolean, "yes", "clear queued agent audio when the caller starts speaking")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """``[agent]``: which agent plugin sits behind every session (its options: ``[agent.<name>]``)."""
+
+    name: str = setting(c.nonempty, "echo", "the agent behind every session (an installed agent plugin)")
+
+
+@dataclass(frozen=True, slots=True)
+class TransceiverServiceSettings:
+    """Everything ``twistd voiceedge-transceiver`` reads from its INI file (less the agent's options)."""
+
+    signaling: SignalingSettings = section(SignalingSettings)
+    transceiver: TransceiverSettings = section(TransceiverSettings)
+    route: RouteSettings = section(RouteSettings)
+    speech: SpeechSettings = section(SpeechSettings)
+    agent: AgentSettings = section(AgentSettings)
