@@ -3,15 +3,30 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import pylibsrtp
 from pylibsrtp import Policy, Session
 
 from voiceedge.transceiver.dtls import SrtpKeys
 from voiceedge.wire.errors import WireError
 
-__all__ = ["SrtpAuthError", "SrtpError", "SrtpReplayError", "SrtpSession"]
+__all__ = [
+    "MAX_LEARNED_SSRCS",
+    "MAX_OFFERED_SSRCS",
+    "PacketBudget",
+    "SrtpAuthError",
+    "SrtpError",
+    "SrtpReplayError",
+    "SrtpSession",
+]
 
 _REPLAY_WINDOW = 1024
+# libsrtp keeps one stream (about 400 bytes, found by a linear search) per SSRC
+# it accepts. A caller sends one or two SSRCs (audio, maybe RTX or a separate
+# RTCP sender): these bounds keep the search short whatever the caller sends.
+MAX_OFFERED_SSRCS = 16
+MAX_LEARNED_SSRCS = 4
 _RTP_HEADER = 12
 _RTCP_HEADER = 8
 _SRTCP_INDEX = 4
@@ -26,7 +41,7 @@ _TAG_LENGTH = {
 
 
 class SrtpError(WireError):
-    """An SRTP/SRTCP packet was rejected; ``reason`` is "replay", "auth" or "malformed"."""
+    """An SRTP/SRTCP packet was rejected; ``reason`` is "replay", "auth", "ssrc" or "malformed"."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -54,30 +69,95 @@ _REPLAY_MESSAGES = frozenset((_ERRORS[9], _ERRORS[10], _ERRORS[26]))
 _AUTH_MESSAGES = frozenset((_ERRORS[7], _ERRORS[8]))
 
 
+class PacketBudget:
+    """A token bucket of packets: ``rate`` a second, bursts up to ``burst``.
+
+    The receive path asks it before decrypting, so a flood costs one
+    comparison per packet instead of a decryption.
+    """
+
+    __slots__ = ("rate", "burst", "_tokens", "_at", "refused")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at: float | None = None
+        self.refused = 0
+
+    def allow(self, now: float) -> bool:
+        """Take one packet's token at ``now``; False (and counted) when there is none."""
+        at = self._at
+        elapsed = 0.0 if at is None or now < at else now - at
+        tokens = min(self.burst, self._tokens + elapsed * self.rate)
+        self._at = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            self.refused += 1
+            return False
+        self._tokens = tokens - 1.0
+        return True
+
+
 class SrtpSession:
     """Protects what we send with ``keys.local_key`` and unprotects with ``keys.remote_key``.
 
-    Counters ``replayed``, ``auth_failed`` and ``malformed`` count rejected
-    packets; each failure raises a subclass of :class:`SrtpError`.
+    Inbound, only a bounded set of SSRCs is accepted: those of the offer's
+    ``a=ssrc`` lines (``offered_ssrcs``, at most :data:`MAX_OFFERED_SSRCS`), and
+    the first ``max_learned`` others whose first packet authenticates. A
+    packet of any other SSRC is refused before any cryptography
+    (``SrtpError`` with reason "ssrc"), so a caller cannot grow libsrtp's
+    per-stream state or its stream search.
+
+    Counters ``replayed``, ``auth_failed``, ``malformed`` and ``ssrc_refused``
+    count rejected packets; each failure raises a subclass of :class:`SrtpError`.
     """
 
-    __slots__ = ("_tx", "_rx", "_min_rtp", "_min_rtcp", "replayed", "auth_failed", "malformed")
+    __slots__ = (
+        "_tx",
+        "_rx",
+        "_profile",
+        "_remote_key",
+        "_window",
+        "_min_rtp",
+        "_min_rtcp",
+        "_inbound_ssrcs",
+        "_learned",
+        "_max_learned",
+        "replayed",
+        "auth_failed",
+        "malformed",
+        "ssrc_refused",
+    )
 
-    def __init__(self, keys: SrtpKeys, replay_window: int = _REPLAY_WINDOW) -> None:
+    def __init__(
+        self,
+        keys: SrtpKeys,
+        replay_window: int = _REPLAY_WINDOW,
+        offered_ssrcs: Iterable[int] = (),
+        max_learned: int = MAX_LEARNED_SSRCS,
+    ) -> None:
+        self._profile = keys.profile
+        self._remote_key = keys.remote_key
+        self._window = replay_window
+        self._inbound_ssrcs: set[int] = set()
+        self._learned = 0
+        self._max_learned = max_learned
         try:
             tx_policy = Policy(
                 key=keys.local_key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=keys.profile
             )
-            rx_policy = Policy(
-                key=keys.remote_key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=keys.profile
-            )
-            for policy in (tx_policy, rx_policy):
-                policy.window_size = replay_window
-                # Never encrypt two packets under one index: with GCM that reuses the nonce.
-                policy.allow_repeat_tx = False
+            tx_policy.window_size = replay_window
+            # Never encrypt two packets under one index: with GCM that reuses the nonce.
+            tx_policy.allow_repeat_tx = False
             self._tx = Session(tx_policy)
-            self._rx = Session(rx_policy)
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            # No SSRC_ANY_INBOUND template: libsrtp would clone a stream for
+            # every SSRC that authenticates, without bound.
+            self._rx = Session()
+            for ssrc in list(dict.fromkeys(offered_ssrcs))[:MAX_OFFERED_SSRCS]:
+                self._rx.add_stream(self._inbound_policy(ssrc & 0xFFFFFFFF))
+                self._inbound_ssrcs.add(ssrc & 0xFFFFFFFF)
+        except (pylibsrtp.Error, ValueError, TypeError, OverflowError) as exc:
             raise ValueError(f"bad SRTP keys or profile: {exc}") from exc
         tag = _TAG_LENGTH.get(keys.profile, 4)
         self._min_rtp = _RTP_HEADER + tag
@@ -85,6 +165,48 @@ class SrtpSession:
         self.replayed = 0
         self.auth_failed = 0
         self.malformed = 0
+        self.ssrc_refused = 0
+
+    @property
+    def inbound_ssrcs(self) -> frozenset[int]:
+        """The SSRCs inbound packets may carry: offered, and learned so far."""
+        return frozenset(self._inbound_ssrcs)
+
+    def _inbound_policy(self, ssrc: int) -> Policy:
+        policy = Policy(
+            key=self._remote_key,
+            ssrc_type=Policy.SSRC_SPECIFIC,
+            ssrc_value=ssrc,
+            srtp_profile=self._profile,
+        )
+        policy.window_size = self._window
+        return policy
+
+    def _unprotect(self, packet: bytes, ssrc: int, rtcp: bool) -> bytes:
+        """Unprotect with the stream of ``ssrc``, adding one if the bound allows."""
+        rx = self._rx
+        if ssrc in self._inbound_ssrcs:
+            try:
+                return rx.unprotect_rtcp(packet) if rtcp else rx.unprotect(packet)
+            except (pylibsrtp.Error, ValueError) as exc:
+                raise self._classify(exc) from None
+        if self._learned >= self._max_learned:
+            self.ssrc_refused += 1
+            raise SrtpError("ssrc", f"SSRC {ssrc:#010x} is not one this session accepts")
+        try:
+            rx.add_stream(self._inbound_policy(ssrc))
+        except pylibsrtp.Error as exc:
+            raise self._classify(exc) from None
+        try:
+            plain = rx.unprotect_rtcp(packet) if rtcp else rx.unprotect(packet)
+        except (pylibsrtp.Error, ValueError) as exc:
+            # Only an SSRC whose packet authenticates takes a place: forged
+            # packets cannot use up the bound.
+            rx.remove_stream(ssrc)
+            raise self._classify(exc) from None
+        self._inbound_ssrcs.add(ssrc)
+        self._learned += 1
+        return plain
 
     def protect_rtp(self, packet: bytes) -> bytes:
         """Encrypt and authenticate one RTP packet."""
@@ -101,10 +223,7 @@ class SrtpSession:
         if len(packet) < self._min_rtp or packet[0] >> 6 != 2:
             self.malformed += 1
             raise SrtpError("malformed", "too short for SRTP")
-        try:
-            return self._rx.unprotect(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
-            raise self._classify(exc) from None
+        return self._unprotect(packet, int.from_bytes(packet[8:12], "big"), rtcp=False)
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """Encrypt and authenticate one (compound) RTCP packet."""
@@ -121,10 +240,7 @@ class SrtpSession:
         if len(packet) < self._min_rtcp or packet[0] >> 6 != 2:
             self.malformed += 1
             raise SrtpError("malformed", "too short for SRTCP")
-        try:
-            return self._rx.unprotect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
-            raise self._classify(exc) from None
+        return self._unprotect(packet, int.from_bytes(packet[4:8], "big"), rtcp=True)
 
     def _classify(self, exc: Exception) -> SrtpError:
         """Count the failure and turn pylibsrtp's message into our error type."""
