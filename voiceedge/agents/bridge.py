@@ -461,8 +461,13 @@ class BridgeAgent:
         self._send_text(bp.speech_stopped(self._ms(at)))
 
     def event_received(self, event: dict[str, Any]) -> None:
-        """Pass the caller's event to the backend unchanged."""
-        self._send_text(bp.client_event(event))
+        """Pass the caller's event to the backend unchanged (dropped and counted if not JSON)."""
+        try:
+            text = bp.client_event(event)
+        except bp.BridgeProtocolError:
+            self.count("events_unencodable")
+            return
+        self._send_text(text)
 
     def session_ended(self, reason: str) -> None:
         """The call is over: say so to the backend, close, cancel every timer."""

@@ -82,7 +82,15 @@ def decode_audio(data: bytes) -> AudioMessage:
 
 
 def _dump(event: dict[str, Any]) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    """Compact ASCII JSON: a lone surrogate from a caller's event stays encodable as UTF-8.
+
+    Raises :class:`BridgeProtocolError` for a value that is not JSON (NaN,
+    a non-JSON type, nesting deep enough to exhaust the stack).
+    """
+    try:
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (ValueError, TypeError, RecursionError) as e:
+        raise BridgeProtocolError(f"event is not JSON: {e}") from None
 
 
 def session_start(session_id: str, sample_rate: int) -> str:
@@ -115,7 +123,10 @@ def speech_stopped(at_ms: int) -> str:
 
 
 def client_event(event: dict[str, Any]) -> str:
-    """What the caller sent on ``oai-events``, wrapped unchanged."""
+    """What the caller sent on ``oai-events``, wrapped unchanged.
+
+    Raises :class:`BridgeProtocolError` if ``event`` cannot be JSON.
+    """
     return _dump({"type": "client.event", "event": event})
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable
 
 from voiceedge.transceiver.datachannel import (
@@ -22,6 +23,70 @@ MAX_PENDING_EVENTS = 256
 # Bytes queued in SCTP towards a client that does not take them; past this,
 # events are dropped rather than queued without end.
 MAX_BUFFERED_BYTES = 1 << 20
+# Realtime events nest a handful of levels; JSON far deeper than this only
+# makes json and every agent that walks it recurse (RecursionError).
+MAX_EVENT_DEPTH = 32
+# Agent events wrap caller events (the echo agent adds two levels), so they may nest deeper.
+MAX_OUTGOING_DEPTH = 2 * MAX_EVENT_DEPTH
+# The largest event accepted from the client, in characters (or bytes).
+MAX_EVENT_SIZE = 256 * 1024
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_EMPTY_PAIR = re.compile(r"\[\]|\{\}")
+
+
+class EventTooDeep(ValueError):
+    """A JSON value nested deeper than :data:`MAX_EVENT_DEPTH`."""
+
+
+def text_depth_exceeds(text: str, limit: int = MAX_EVENT_DEPTH) -> bool:
+    """Whether JSON ``text`` nests deeper than ``limit``, decided before parsing.
+
+    Strings are removed, then innermost bracket pairs, one level per pass:
+    at most ``limit + 1`` passes of C regular expressions, whatever the
+    size, and no recursion. Text that is not JSON may pass; the parser
+    then refuses it.
+    """
+    skeleton = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    for _ in range(limit):
+        if not skeleton:
+            return False
+        skeleton = _EMPTY_PAIR.sub("", skeleton)
+    return bool(skeleton) and _EMPTY_PAIR.search(skeleton) is not None
+
+
+def check_depth(value: object, limit: int = MAX_EVENT_DEPTH) -> None:
+    """Raise :class:`EventTooDeep` if ``value`` nests lists and objects deeper than ``limit``.
+
+    Iterative, so it cannot itself run out of stack.
+    """
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            raise EventTooDeep(f"nested deeper than {limit}")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def encode_event(event: dict[str, Any]) -> str | None:
+    """``event`` as compact ASCII JSON, or ``None`` if it cannot be JSON.
+
+    ASCII escapes keep a lone surrogate ("\\ud800") encodable; NaN and
+    infinities are not JSON; too deep a value is refused before the encoder
+    recurses.
+    """
+    try:
+        check_depth(event, MAX_OUTGOING_DEPTH)
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        return None
 
 
 class EventsChannel:
@@ -47,6 +112,8 @@ class EventsChannel:
         self.events_in = 0
         self.events_out = 0
         self.events_dropped = 0
+        # Agent events that are not JSON (dropped, and counted in events_dropped too).
+        self.events_unencodable = 0
 
     @property
     def is_open(self) -> bool:
@@ -72,8 +139,16 @@ class EventsChannel:
         return self._association.take_outgoing()
 
     def send_event(self, event: dict[str, Any]) -> None:
-        """Send a JSON event, or hold it (bounded) until the channel opens."""
-        text = json.dumps(event, separators=(",", ":"))
+        """Send a JSON event, or hold it (bounded) until the channel opens.
+
+        An event that cannot be encoded as JSON is dropped and counted
+        (``events_unencodable``): never an exception into the caller.
+        """
+        text = encode_event(event)
+        if text is None:
+            self.events_unencodable += 1
+            self.events_dropped += 1
+            return
         if self._channel is None:
             if len(self._pending) >= MAX_PENDING_EVENTS:
                 self.events_dropped += 1
@@ -115,8 +190,18 @@ class EventsChannel:
                 self._channel = None
 
     def _message(self, data: str | bytes) -> None:
+        """One client message: an event for the agent, or a reason for an ``error`` event."""
+        if len(data) > MAX_EVENT_SIZE:
+            self._on_bad_event(f"an event is at most {MAX_EVENT_SIZE} bytes")
+            return
         try:
-            event = json.loads(data)
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
+            if text_depth_exceeds(text):
+                raise EventTooDeep(f"nested deeper than {MAX_EVENT_DEPTH}")
+            event = json.loads(text)
+        except EventTooDeep:
+            self._on_bad_event(f"an event nests at most {MAX_EVENT_DEPTH} levels deep")
+            return
         except (ValueError, UnicodeDecodeError, RecursionError):
             # RecursionError: "[[[[..." a few thousand deep.
             self._on_bad_event("not JSON")

@@ -471,7 +471,11 @@ class Session:
         if self.events is None:
             self._owner.drops["event_no_channel"] += 1
             return
+        unencodable = self.events.events_unencodable
         self.events.send_event(event)
+        if self.events.events_unencodable != unencodable:
+            self._owner.drops["event_unencodable"] += 1
+            return
         self._flush_sctp()
 
     def end(self, reason: str) -> None:
