@@ -20,7 +20,7 @@ from voiceedge.signaling.interfaces import ISessionHost, SessionRefused
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsState, DtlsTransport
 from voiceedge.transceiver.credentials import random_ufrag
 from voiceedge.transceiver.host import Transceiver
-from voiceedge.transceiver.session import EndReason, ISessionOwner, SessionState
+from voiceedge.transceiver.session import EndReason, SessionState
 from voiceedge.transceiver.settings import SpeechSettings, TransceiverSettings
 from voiceedge.transceiver.srtp import SrtpSession
 from voiceedge.wire import encap, rtcp, sdp, stun
@@ -214,7 +214,6 @@ def test_transceiver_provides_its_interfaces(clock: Clock) -> None:
     """The transceiver is what signaling and sessions expect."""
     transceiver, _ = make_transceiver(clock)
     verifyObject(ISessionHost, transceiver)
-    verifyObject(ISessionOwner, transceiver)
 
 
 def test_a_whole_call_echoes_audio(clock: Clock) -> None:
@@ -313,20 +312,93 @@ def test_dtls_that_overtakes_the_check_is_held(clock: Clock) -> None:
     assert call.dtls.state is DtlsState.CONNECTED
 
 
-def test_consent_expiry_ends_the_session_and_frees_it(clock: Clock) -> None:
-    """A client that stops checking is gone 30 s after its last check."""
+def binding_requests(datagrams: list[bytes]) -> list[bytes]:
+    """The STUN binding requests among ``datagrams``."""
+    return [d for d in datagrams if d[:2] == b"\x00\x01"]
+
+
+def answer_requests(call: Call) -> int:
+    """Answer every binding request of ours in the inbox, as a client's ICE agent does; empty it."""
+    requests = binding_requests(call.inbox)
+    call.inbox.clear()
+    for request in requests:
+        call.send(answer_probe(request))
+    return len(requests)
+
+
+def test_consent_is_checked_by_the_sender(clock: Clock) -> None:
+    """RFC 7675 §5: a client that never checks (Pion while media flows) but answers our checks
+    holds the call; checks go every 5 s +-20 %."""
     transceiver, outbox = make_transceiver(clock)
     call = open_call(transceiver, clock, outbox)
     call.check()
     call.handshake()
-    clock.advance(5)
-    call.check()
-    clock.advance(29.5)
+    call.inbox.clear()
+    sent_at = []
+    for n in range(1200):  # 120 s in 100 ms steps, with audio from the client now and then
+        if n % 10 == 0:
+            call.send_rtp(n // 10 + 1, TONE[n % 60])
+        clock.advance(0.1)
+        if answer_requests(call):
+            sent_at.append(clock.seconds())
     assert transceiver.session_count() == 1
-    clock.advance(1.0)
+    gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
+    assert 20 <= len(sent_at) <= 30, sent_at
+    assert all(3.9 <= g <= 6.1 for g in gaps), gaps
+    session = transceiver.session(call.session_id)
+    assert session is not None
+    assert session.ice.consent_checks_answered == session.ice.consent_checks_sent == len(sent_at)
+
+
+def test_consent_expires_thirty_seconds_after_the_last_answer(clock: Clock) -> None:
+    """A client that stops answering is gone 30 s after its last answer, whatever it sends:
+    its own checks and its authenticated media are liveness, not consent. Unanswered checks
+    are retransmitted (500 ms, doubling) until the next is due."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    call.check()
+    call.handshake()
+    call.inbox.clear()
+    last_answer = clock.seconds()
+    requests: list[tuple[float, bytes]] = []
+    sequence = 1
+    while transceiver.session_count() and clock.seconds() - last_answer < 40:
+        call.send_rtp(sequence, TONE[sequence % 60])
+        sequence += 1
+        if sequence % 20 == 0:
+            call.check(use_candidate=True)
+        clock.advance(0.02 if sequence < 100 else 0.1)
+        for request in binding_requests(call.inbox):
+            requests.append((clock.seconds(), request))
+        call.inbox.clear()
+    ended_after = clock.seconds() - last_answer
     assert transceiver.session_count() == 0
+    assert 30.0 <= ended_after <= 30.2, ended_after
     assert transceiver.ended == {"consent_expired": 1}
     assert not transceiver._by_address and not transceiver._by_ufrag and not transceiver._sending
+    # Retransmissions carry the same transaction id, 0.5 s then 1 s apart.
+    first_tid = requests[0][1][8:20]
+    resent = [t for t, r in requests if r[8:20] == first_tid]
+    assert len(resent) >= 3
+    assert resent[1] - resent[0] == pytest.approx(0.5, abs=0.11)
+    assert resent[2] - resent[1] == pytest.approx(1.0, abs=0.11)
+    assert len({r[8:20] for _, r in requests}) >= 5  # a new transaction every 5 s or so
+
+
+def test_a_forbidden_answer_revokes_consent_at_once(clock: Clock) -> None:
+    """RFC 7675 §5.2: a 403 to a consent check ends the call without waiting."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    call.check()
+    call.handshake()
+    call.inbox.clear()
+    while not binding_requests(call.inbox):
+        clock.advance(0.1)
+    (request,) = binding_requests(call.inbox)
+    message = stun.parse_message(request)
+    call.send(stun.binding_error(message, 403, "Forbidden", CLIENT_PWD.encode()))
+    assert transceiver.session_count() == 0
+    assert transceiver.ended == {"consent_revoked": 1}
 
 
 def test_setup_timeout_ends_a_session_that_never_connects(clock: Clock) -> None:
@@ -543,13 +615,13 @@ def test_an_agent_that_fails_to_end_does_not_leak_the_session(clock: Clock) -> N
     call = open_call(transceiver, clock, outbox)
     call.check()
     call.handshake()
-    session = transceiver.session(call.session_id)
-    assert session is not None and session._agent is not None
+    conversation = transceiver.conversation(call.session_id)
+    assert conversation is not None and conversation.agent is not None
 
     def broken(reason: str) -> None:
         raise RuntimeError("agent bug")
 
-    session._agent.session_ended = broken  # type: ignore[method-assign]
+    conversation.agent.session_ended = broken  # type: ignore[method-assign]
     assert transceiver.close_session(call.session_id, "test")
     assert transceiver.session_count() == 0 and not transceiver._by_address
 
@@ -559,3 +631,30 @@ def test_oversized_early_dtls_is_not_held(clock: Clock) -> None:
     transceiver, _ = make_transceiver(clock)
     transceiver.datagram_received(b"\x16" + bytes(60000), ("127.0.0.1", 1))
     assert transceiver.drops["early_dtls_too_big"] == 1 and not transceiver._early_dtls
+
+
+def test_setup_waterfall_on_stats_and_metrics(clock: Clock) -> None:
+    """Every milestone of a call's setup is on GET <Location> and in the setup histograms."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    clock.advance(0.01)
+    call.check()
+    clock.advance(0.01)
+    call.handshake()
+    call.send_rtp(1, TONE[0])
+    stats = transceiver.session_stats(call.session_id)
+    assert stats is not None
+    timings = stats["timings_ms"]
+    assert isinstance(timings, dict)
+    assert list(timings) == ["answer", "first_check", "nomination", "dtls", "first_rtp_in", "first_rtp_out"]
+    assert timings["answer"] == 0.0 and timings["first_check"] == 10.0 and timings["dtls"] == 20.0
+    assert stats["barge_in_ms"] == [] and stats["consent"]["checks_sent"] == 0  # type: ignore[index]
+    histograms = {
+        labels["milestone"]: value
+        for kind, name, _, labels, value in transceiver.metrics()
+        if name == "voiceedge_transceiver_setup_seconds"
+    }
+    assert set(histograms) == {
+        "answer", "first_check", "nomination", "dtls", "first_rtp_in", "first_rtp_out", "datachannel_open"
+    }
+    assert histograms["dtls"].count == 1 and histograms["datachannel_open"].count == 0  # type: ignore[union-attr]

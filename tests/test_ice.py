@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from tests.ice_client import binding_request
@@ -101,7 +103,7 @@ def test_a_nominated_path_carries_media_only_once_verified() -> None:
     first = ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), CLIENT, 0.0)
     assert ice.nominated == CLIENT and ice.selected is None and ice.media_destination() is None
     # DTLS completing from that address is proof enough (the session calls verify()).
-    ice.verify(CLIENT)
+    ice.verify(CLIENT, 0.0)
     assert ice.selected == CLIENT == ice.media_destination()
     assert first.probe is not None  # it was also probed, which would have done the same
 
@@ -110,7 +112,7 @@ def test_a_new_nomination_moves_media_after_its_probe_is_answered() -> None:
     """A network change: the new address is probed; media moves when it answers."""
     ice = agent()
     ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), CLIENT, 0.0)
-    ice.verify(CLIENT)
+    ice.verify(CLIENT, 0.0)
     other = ("198.51.100.1", 4000)
     outcome = ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), other, 2.0)
     assert ice.selected == CLIENT  # not yet
@@ -126,7 +128,7 @@ def test_spoofed_nomination_never_gets_media() -> None:
     point media at the victim: the victim never answers, and forged answers do not verify."""
     ice = agent()
     ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), CLIENT, 0.0)
-    ice.verify(CLIENT)
+    ice.verify(CLIENT, 0.0)
     victim = ("192.0.2.99", 9)
     outcome = ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), victim, 1.0)
     # The attacker cannot see the probe; a guessed transaction id does not match.
@@ -143,7 +145,7 @@ def test_sources_per_session_are_bounded() -> None:
     """Checks from many addresses keep only the most recent few (never the selected path)."""
     ice = agent()
     ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), CLIENT, 0.0)
-    ice.verify(CLIENT)
+    ice.verify(CLIENT, 0.0)
     evicted = []
     for port in range(1, 21):
         evicted += ice.receive(binding_request("srv1:cli1", PWD), ("192.0.2.50", port), float(port)).evicted
@@ -152,24 +154,144 @@ def test_sources_per_session_are_bounded() -> None:
     assert len(evicted) == 21 - MAX_SOURCES
 
 
-def test_consent_expires_thirty_seconds_after_the_last_check() -> None:
-    """RFC 7675: each check on the selected path refreshes consent for 30 s."""
+def test_consent_before_any_verified_path_follows_the_freshest_check() -> None:
+    """Until a path is verified, consent is the freshest check on any path plus 30 s, so a
+    client that never lets itself be verified cannot keep a session alive."""
     ice = agent()
     assert ice.consent_expires_at() is None
-    ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), CLIENT, 10.0)
-    assert ice.consent_expires_at() == 40.0
-    ice.receive(binding_request("srv1:cli1", PWD), CLIENT, 15.0)
-    assert ice.consent_expires_at() == 45.0
-    # A forged check does not refresh consent.
-    ice.receive(binding_request("srv1:cli1", "bad"), CLIENT, 20.0)
-    assert ice.consent_expires_at() == 45.0
-
-
-def test_consent_without_a_nomination_still_expires() -> None:
-    """A client that checks but never sends USE-CANDIDATE is held to consent too."""
-    ice = agent()
     ice.receive(binding_request("srv1:cli1", PWD), CLIENT, 10.0)
     assert ice.selected is None
     assert ice.consent_expires_at() == 40.0
     ice.receive(binding_request("srv1:cli1", PWD), ("192.0.2.8", 1), 12.0)
     assert ice.consent_expires_at() == 42.0
+    # A forged check does not count.
+    ice.receive(binding_request("srv1:cli1", "bad"), CLIENT, 20.0)
+    assert ice.consent_expires_at() == 42.0
+
+
+def test_the_first_valid_check_gets_a_return_check_at_once() -> None:
+    """No waiting for USE-CANDIDATE: the path is probed right after its first check (a
+    controlling Pion nominates on it), and the answer verifies it."""
+    ice = agent()
+    outcome = ice.receive(binding_request("srv1:cli1", PWD), CLIENT, 1.0)
+    assert outcome.newly_valid and outcome.probe is not None
+    assert ice.receive(answer_probe(outcome.probe), CLIENT, 1.001).result is CheckResult.VERIFIED
+    assert ice.is_verified(CLIENT)
+    # Verified and not yet nominated: media may go to the freshest verified source.
+    assert ice.media_destination() == CLIENT and ice.selected is None
+    nominated = ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), CLIENT, 1.002)
+    assert nominated.nominated and nominated.probe is None
+    assert ice.selected == CLIENT
+
+
+def connected(now: float = 0.0, rng_seed: int = 7) -> IceLiteAgent:
+    """An agent whose client has checked, nominated and been verified at ``now``."""
+    ice = IceLiteAgent("srv1", PWD, "cli1", consent_timeout=30.0, remote_pwd=CLIENT_PWD, rng=random.Random(rng_seed))
+    outcome = ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), CLIENT, now)
+    ice.receive(answer_probe(outcome.probe), CLIENT, now)
+    assert ice.selected == CLIENT
+    return ice
+
+
+def run_timers(ice: IceLiteAgent, until: float, answer: bool) -> list[tuple[float, bytes]]:
+    """Drive the agent's timer to ``until``; answer each request at once if ``answer``."""
+    sent: list[tuple[float, bytes]] = []
+    while (due := ice.deadline()) is not None and due <= until:
+        for data, destination in ice.handle_timeout(due):
+            assert destination == CLIENT
+            sent.append((due, data))
+            if answer:
+                assert ice.receive(answer_probe(data), CLIENT, due).result is CheckResult.VERIFIED
+    return sent
+
+
+def test_consent_checks_go_every_five_seconds_and_are_answered() -> None:
+    """RFC 7675 §5.1: every 5 s +-20 %, each a new transaction; answers keep consent."""
+    ice = connected()
+    sent = run_timers(ice, 300.0, answer=True)
+    times = [t for t, _ in sent]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(4.0 <= g <= 6.0 for g in gaps), gaps
+    assert max(gaps) - min(gaps) > 0.5  # randomised, not a fixed beat
+    assert len({data[8:20] for _, data in sent}) == len(sent)
+    assert ice.consent_checks_sent == ice.consent_checks_answered == len(sent)
+    assert ice.consent_expires_at() == times[-1] + 30.0
+
+
+def test_unanswered_consent_checks_are_retransmitted_then_consent_lapses() -> None:
+    """Retransmissions keep the transaction id, 0.5 s then 1 s then 2 s apart, until the next
+    check; with no answer consent lapses 30 s after the last one, whatever the client sends."""
+    ice = connected(0.0)
+    sent = run_timers(ice, 29.0, answer=False)
+    first = [t for t, data in sent if data[8:20] == sent[0][1][8:20]]
+    assert [round(b - a, 3) for a, b in zip(first, first[1:])] == [0.5, 1.0, 2.0][: len(first) - 1]
+    # The client's own checks and media are liveness, not consent.
+    ice.receive(binding_request("srv1:cli1", PWD, use_candidate=True), CLIENT, 20.0)
+    assert not ice.heard(CLIENT, 25.0)
+    assert ice.consent_expires_at() == 30.0
+
+
+def test_a_forbidden_answer_revokes_consent() -> None:
+    """RFC 7675 §5.2: 403 to a consent check ends consent at once."""
+    ice = connected()
+    ((_, request),) = run_timers(ice, 6.5, answer=False)[:1]
+    error = stun.binding_error(stun.parse_message(request), 403, "Forbidden", CLIENT_PWD.encode())
+    assert ice.receive(error, CLIENT, 7.0).result is CheckResult.CONSENT_REVOKED
+    assert ice.consent_expires_at() == float("-inf")
+
+
+def test_media_follows_a_client_whose_address_changed() -> None:
+    """NAT rebinding: checks come from a new port without a nomination. Its media is taken once
+    a check passes; our media follows once the new address is verified and the old is silent."""
+    ice = connected(0.0)
+    assert not ice.heard(CLIENT, 5.0)
+    moved = ("192.0.2.7", 50123)
+    outcome = ice.receive(binding_request("srv1:cli1", PWD), moved, 6.0)
+    assert ice.is_valid(moved) and outcome.probe is not None
+    assert ice.media_destination() == CLIENT  # not before it is verified
+    assert ice.receive(answer_probe(outcome.probe), moved, 6.01).result is CheckResult.VERIFIED
+    assert ice.media_destination() == moved and ice.selected == moved
+    assert ice.consent_expires_at() == 6.01 + 30.0
+
+
+def test_media_stays_on_a_live_selected_path() -> None:
+    """A second verified source does not take the media while the selected path is heard from."""
+    ice = connected(0.0)
+    other = ("198.51.100.1", 4000)
+    outcome = ice.receive(binding_request("srv1:cli1", PWD), other, 0.5)
+    ice.heard(CLIENT, 0.9)
+    ice.receive(answer_probe(outcome.probe), other, 1.0)
+    assert ice.selected == CLIENT
+    assert not ice.heard(other, 1.2)
+    # Once the selected path has been silent for a second, the other one takes over.
+    assert ice.heard(other, 2.0)
+    assert ice.selected == other
+
+
+def test_ice_restart_rolls_the_credentials_over() -> None:
+    """New ufrag and password; the old ones work until the first check with the new ones;
+    the selected path and consent carry on."""
+    ice = connected(0.0)
+    assert ice.restart("srv2", "new-server-password-24ch", "cli2", "new-client-password-24ch") == []
+    assert ice.local_ufrags == ["srv2", "srv1"]
+    assert ice.selected == CLIENT
+    # Old credentials still answered.
+    assert ice.receive(binding_request("srv1:cli1", PWD), CLIENT, 1.0).result is CheckResult.ANSWERED
+    # Our requests use the new ones.
+    (_, request), = run_timers(ice, 6.2, answer=False)[:1]
+    assert stun.parse_message(request).username() == b"cli2:srv2"
+    assert stun.verify_integrity(request, b"new-client-password-24ch")
+    # The first check with the new credentials retires the old ufrag.
+    new = ice.receive(binding_request("srv2:cli2", "new-server-password-24ch"), CLIENT, 7.0)
+    assert new.result is CheckResult.ANSWERED and new.retired_ufrag == "srv1"
+    assert ice.local_ufrags == ["srv2"]
+    assert ice.receive(binding_request("srv1:cli1", PWD), CLIENT, 7.1).result is CheckResult.BAD_USERNAME
+    assert ice.selected == CLIENT
+
+
+def test_a_second_restart_retires_the_ufrag_before_last() -> None:
+    """Two restarts in a row: only the latest two ufrags are accepted."""
+    ice = connected(0.0)
+    ice.restart("srv2", "new-server-password-24ch", "cli2", "new-client-password-24ch")
+    assert ice.restart("srv3", "third-server-password-24", "cli3", "third-client-password-24") == ["srv1"]
+    assert ice.local_ufrags == ["srv3", "srv2"]

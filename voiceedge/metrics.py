@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+import bisect
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -14,7 +20,55 @@ from twisted.web.server import Request
 # prometheus_client's own Counter takes a lock on every increment; the packet
 # path instead bumps ints and dict entries, and this collector reads them
 # only when someone scrapes.
-Sample = tuple[str, str, str, dict[str, str], float]  # kind, name, help, labels, value
+
+
+class Histogram:
+    """A histogram kept as plain counts (no lock): ``observe`` on the hot path, read at scrape time.
+
+    ``buckets`` are the upper bounds, ascending; ``+Inf`` is added.
+    """
+
+    __slots__ = ("bounds", "counts", "count", "sum")
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        bounds = list(buckets)
+        if not bounds or bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
+            raise ValueError("histogram buckets must be distinct and ascending")
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus buckets: (upper bound as text, observations at or below it)."""
+        total = 0
+        result: list[tuple[str, float]] = []
+        for bound, n in zip([*map(repr, self.bounds), "+Inf"], self.counts):
+            total += n
+            result.append((bound, float(total)))
+        return result
+
+    def quantile(self, q: float) -> float | None:
+        """The upper bound of the bucket holding quantile ``q`` (``None`` when empty or past the last bound)."""
+        if not self.count:
+            return None
+        rank = q * self.count
+        total = 0
+        for bound, n in zip(self.bounds, self.counts):
+            total += n
+            if total >= rank:
+                return bound
+        return None
+
+
+# kind ("counter", "gauge" or "histogram"), name, help, labels, value
+Sample = tuple[str, str, str, dict[str, str], Union[float, Histogram]]
 
 
 class SnapshotCollector(Collector):
@@ -25,17 +79,25 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Group the snapshot's samples into metric families."""
-        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily] = {}
         for kind, name, help_text, labels, value in self._snapshot():
             family = families.get(name)
             if family is None:
                 label_names = sorted(labels)
                 if kind == "counter":
                     family = CounterMetricFamily(name, help_text, labels=label_names)
+                elif kind == "histogram":
+                    family = HistogramMetricFamily(name, help_text, labels=label_names)
                 else:
                     family = GaugeMetricFamily(name, help_text, labels=label_names)
                 families[name] = family
-            family.add_metric([labels[k] for k in sorted(labels)], value)
+            label_values = [labels[k] for k in sorted(labels)]
+            if isinstance(family, HistogramMetricFamily):
+                assert isinstance(value, Histogram)
+                family.add_metric(label_values, value.cumulative(), value.sum)
+            else:
+                assert not isinstance(value, Histogram)
+                family.add_metric(label_values, value)
         yield from families.values()
 
 

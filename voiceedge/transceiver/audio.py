@@ -20,6 +20,7 @@ MAX_QUEUED_FRAMES = 3000
 class InboundAudio:
     """Caller's Opus packets in; decoded 20 ms frames and speech events out.
 
+    It is the :class:`~voiceedge.transceiver.rtp_receiver.RtpReceiver`'s sink.
     Packets go through a jitter buffer that adds no delay on a clean network
     (in-order packets come straight out) and waits briefly for a missing one
     only once reordering has been seen; a frame that does not come is
@@ -78,8 +79,13 @@ class InboundAudio:
         return self._decoder.conceal()
 
     def deadline(self) -> float | None:
-        """When the jitter buffer gives up waiting for a missing packet."""
-        return self._jitter.deadline()
+        """When :meth:`drain` is due: the jitter buffer gives up on a missing packet, or
+        the speech detector ends a turn because no audio came (a sender in DTX)."""
+        jitter = self._jitter.deadline()
+        speech = self._detector.deadline()
+        if jitter is None:
+            return speech
+        return jitter if speech is None else min(jitter, speech)
 
     @property
     def jitter_stats(self) -> object:
@@ -88,10 +94,12 @@ class InboundAudio:
 
 
 class OutboundAudio:
-    """The agent's PCM in, any length; 20 ms Opus frames out, for the shared tick.
+    """The agent's PCM in, any length; 20 ms Opus frames out, encoded when taken.
 
-    Frames are encoded as soon as they are complete, not on the tick, so the
-    tick only pops and sends.
+    PCM waits in 20 ms frames and is encoded only by :meth:`pop`, when the
+    sender is about to put it on the wire: audio cleared before it is sent
+    (barge-in) costs no encode, and the encoder's state never runs ahead of
+    what the caller has received.
     """
 
     def __init__(self, sample_rate: int, complexity: int = 5) -> None:
@@ -101,6 +109,7 @@ class OutboundAudio:
         self._pcm = bytearray()
         self._frames: collections.deque[bytes] = collections.deque()
         self.frames_dropped = 0
+        self.frames_encoded = 0
 
     def add(self, pcm: bytes) -> None:
         """Queue PCM16 mono; odd trailing bytes wait for the rest of their frame."""
@@ -112,17 +121,20 @@ class OutboundAudio:
             if len(self._frames) >= MAX_QUEUED_FRAMES:
                 self.frames_dropped += 1
                 continue
-            self._frames.append(self._encoder.encode(chunk))
+            self._frames.append(chunk)
 
     def pop(self) -> bytes | None:
-        """The next Opus frame to send, if any."""
-        return self._frames.popleft() if self._frames else None
+        """Encode and return the next Opus frame to send, if any."""
+        if not self._frames:
+            return None
+        self.frames_encoded += 1
+        return self._encoder.encode(self._frames.popleft())
 
     def __bool__(self) -> bool:
         return bool(self._frames)
 
     def queued_ms(self) -> int:
-        """Milliseconds of audio waiting, encoded or not."""
+        """Milliseconds of audio waiting, whole frames and the partial one."""
         return len(self._frames) * 20 + len(self._pcm) * 1000 // (2 * self.sample_rate)
 
     def clear(self) -> int:

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_host -*-
-"""The transceiver: every session of a process, routed over one UDP socket."""
+"""The transceiver: every session of a process, routed over one UDP socket, driven on one clock."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import ipaddress
 import secrets
 from typing import Callable, Iterator
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from voiceedge.agents.interfaces import IAgentCounters, IAgentFactory
-from voiceedge.metrics import Sample
+from voiceedge.metrics import Histogram, Sample
 from voiceedge.signaling.answer import (
     AnswerParameters,
     OfferNotAcceptable,
@@ -22,35 +22,78 @@ from voiceedge.signaling.answer import (
     summarize_offer,
 )
 from voiceedge.signaling.interfaces import ISessionHost, OpenedSession, SessionRefused
+from voiceedge.transceiver.conversation import Conversation
 from voiceedge.transceiver.credentials import new_credentials, random_ufrag
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsTransport
 from voiceedge.transceiver.ice import IceLiteAgent
-from voiceedge.transceiver.session import EndReason, ISessionOwner, Session
+from voiceedge.transceiver.session import AudioStream, Session
+from voiceedge.transceiver.session_events import (
+    Closed,
+    EndReason,
+    PathInvalid,
+    PathValid,
+    SessionEvent,
+    SetupMilestone,
+    UfragRetired,
+)
 from voiceedge.transceiver.settings import SpeechSettings, TransceiverSettings
 from voiceedge.wire import encap, sdp, stun
 from voiceedge.wire.errors import WireError
 
 Address = tuple[str, int]
 
-TICK = 0.020  # one Opus frame
-SWEEP = 0.5  # setup, consent and RTCP checks
+TICK = 0.020  # one Opus frame: the pacing grid every session's sender shares
+SWEEP = 0.5  # early DTLS and relay routes
 # DTLS records that arrive from a source before its first valid ICE check
 # (reordering can do that) are held briefly, in a small bounded pool.
 EARLY_DTLS_SOURCES = 256
 EARLY_DTLS_PER_SOURCE = 4
 EARLY_DTLS_TTL = 5.0
 EARLY_DTLS_MAX_BYTES = 1500
+# A session's timer fires at most this much before its deadline is re-read:
+# deadlines that move later (a speech turn going on) do not re-arm it.
+_TIMER_SLACK = 1e-4
+# Setup milestones, seconds after the offer arrived: histogram buckets.
+SETUP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SETUP_MILESTONES = (
+    "answer",
+    "first_check",
+    "nomination",
+    "dtls",
+    "first_rtp_in",
+    "first_rtp_out",
+    "datachannel_open",
+)
 
 
-@implementer(ISessionHost, ISessionOwner)
+class Call:
+    """What the transceiver keeps per session: the session, its conversation, its timer, its ufrags."""
+
+    __slots__ = ("session", "conversation", "timer", "busy", "ufrags")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.conversation: Conversation | None = None
+        self.timer: IDelayedCall | None = None
+        self.busy = False  # its outputs are being handled: a re-entrant flush waits for that loop
+        self.ufrags: set[bytes] = set()
+
+
+@implementer(ISessionHost)
 class Transceiver:
-    """Sessions by id, ufrag and address; the shared tick; housekeeping.
+    """Sessions by id, ufrag and address; the shared tick; each session's timer.
 
     Datagrams come in through :meth:`datagram_received` and go out through
     ``write``, which the socket protocol sets; nothing here touches a socket.
     A datagram from a source that has passed an ICE check goes to that
     session; a STUN request from anywhere else is routed by the ufrag in its
     USERNAME; everything else is dropped and counted.
+
+    This is the driver of the sans-I/O :class:`Session`: after every input it
+    sends the session's datagrams, routes by its transport events, hands its
+    conversation events to the session's :class:`Conversation`, and arms one
+    timer at the session's deadline. Sessions with agent audio playing are
+    also polled on one shared 20 ms tick.
     """
 
     log = Logger()
@@ -82,40 +125,45 @@ class Transceiver:
         # ingress, the header for replies: built once per route change)
         self._relay_of: dict[Address, tuple[Address, Address, bytes]] = {}
 
-        self._by_id: dict[str, Session] = {}
-        self._by_ufrag: dict[bytes, Session] = {}
-        self._by_address: dict[Address, Session] = {}
-        self._sending: set[Session] = set()
+        self._by_id: dict[str, Call] = {}
+        self._by_ufrag: dict[bytes, Call] = {}
+        self._by_address: dict[Address, Call] = {}
+        self._sending: set[Call] = set()
         self._early_dtls: collections.OrderedDict[Address, tuple[float, list[bytes]]] = (
             collections.OrderedDict()
         )
-        self._tick_index = 0
-        self._ticker = LoopingCall.withCount(self._tick)
+        self.grid_origin = clock.seconds()
+        self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
 
         self.drops: collections.Counter[str] = collections.Counter()
         self.probes: collections.Counter[str] = collections.Counter()
+        self.consent: collections.Counter[str] = collections.Counter()
         self.ended: collections.Counter[str] = collections.Counter()
         self.sessions_opened = 0
+        self.ice_restarts = 0
         self.refused: collections.Counter[int] = collections.Counter()
         self.packets_in = 0
         self.bytes_in = 0
         self.packets_out = 0
         self.bytes_out = 0
+        self.setup = {name: Histogram(SETUP_BUCKETS) for name in SETUP_MILESTONES}
 
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> None:
-        """Start the shared tick and the sweep."""
+        """Start the shared tick (its first slot begins now) and the sweep."""
+        self.grid_origin = self.clock.seconds()
         self._ticker.start(TICK, now=False)
         self._sweeper.start(SWEEP, now=False)
 
     def stop(self) -> None:
         """End every session and stop the timers."""
-        for session in list(self._by_id.values()):
-            session.close(EndReason.SHUTDOWN)
+        for call in list(self._by_id.values()):
+            call.session.close(EndReason.SHUTDOWN, self.clock.seconds())
+            self._service(call)
         for loop in (self._ticker, self._sweeper):
             if loop.running:
                 loop.stop()
@@ -124,6 +172,7 @@ class Transceiver:
 
     def open_session(self, offer_sdp: str) -> OpenedSession:
         """Parse the offer, allocate a session, and answer it."""
+        received_at = self.clock.seconds()
         if len(self._by_id) >= self.max_sessions:
             self.refused[503] += 1
             raise SessionRefused(503, "this transceiver is at its session limit")
@@ -138,10 +187,10 @@ class Transceiver:
             raise SessionRefused(e.status, e.reason) from e
 
         credentials = new_credentials(self.make_ufrag)
-        ufrag_key = credentials.ufrag.encode("ascii")
         session_id = secrets.token_urlsafe(12)
         while session_id in self._by_id:  # pragma: no cover - 96 random bits
             session_id = secrets.token_urlsafe(12)
+        audio = AudioStream.new(summary.opus.payload_type, summary.audio_mid)
         answer = build_answer(
             offer,
             summary,
@@ -160,6 +209,7 @@ class Transceiver:
             summary.remote_ufrag,
             self.consent_timeout,
             remote_pwd=summary.remote_pwd,
+            consent_counts=self.consent,
         )
         dtls = DtlsTransport(
             self.certificate,
@@ -170,26 +220,39 @@ class Transceiver:
             session_id,
             ice,
             dtls,
-            summary.opus.payload_type,
-            self,
-            self.agent_factory,
-            self.clock,
-            self.setup_timeout,
+            audio,
+            received_at,
+            sample_rate=self.agent_factory.sample_rate,
+            grid_origin=self.grid_origin,
+            setup_timeout=self.setup_timeout,
             speech=self.speech,
             data_channel=summary.datachannel_mid is not None,
+            drops=self.drops,
+            probes=self.probes,
         )
-        self._by_id[session_id] = session
-        self._by_ufrag[ufrag_key] = session
+        call = Call(session)
+        call.conversation = Conversation(
+            session,
+            self.agent_factory,
+            self.clock,
+            lambda: self._service(call),
+            barge_in=self.speech.barge_in,
+        )
+        self._by_id[session_id] = call
+        self._add_ufrag(call, credentials.ufrag)
         self.sessions_opened += 1
+        session.mark_answered(self.clock.seconds())
+        self._service(call)
         self.log.info("session {id} opened", id=session_id)
         return OpenedSession(session_id, answer)
 
     def close_session(self, session_id: str, reason: str) -> bool:
         """End a session on request (a signaling DELETE)."""
-        session = self._by_id.get(session_id)
-        if session is None:
+        call = self._by_id.get(session_id)
+        if call is None:
             return False
-        session.close(EndReason.HANGUP)
+        call.session.close(EndReason.HANGUP, self.clock.seconds())
+        self._service(call)
         return True
 
     def session_count(self) -> int:
@@ -198,16 +261,27 @@ class Transceiver:
 
     def session_stats(self, session_id: str) -> dict[str, object] | None:
         """Live numbers of one session, or ``None`` if it is not open."""
-        session = self._by_id.get(session_id)
-        return None if session is None else session.stats()
+        call = self._by_id.get(session_id)
+        if call is None:
+            return None
+        stats = call.session.stats(self.clock.seconds())
+        if call.conversation is not None:
+            stats.update(call.conversation.stats())
+        return stats
 
     def session(self, session_id: str) -> Session | None:
         """The session with this id, if it is open."""
-        return self._by_id.get(session_id)
+        call = self._by_id.get(session_id)
+        return None if call is None else call.session
+
+    def conversation(self, session_id: str) -> Conversation | None:
+        """The conversation side of the session with this id, if it is open."""
+        call = self._by_id.get(session_id)
+        return None if call is None else call.conversation
 
     def sessions(self) -> Iterator[Session]:
         """Every open session."""
-        return iter(list(self._by_id.values()))
+        return iter([call.session for call in self._by_id.values()])
 
     # -- datagrams ----------------------------------------------------------
 
@@ -224,9 +298,10 @@ class Transceiver:
         if data and data[0] >= encap.FIRST_BYTE_MIN:
             self._relayed_datagram_received(data, source)
             return
-        session = self._session_for(data, source)
-        if session is not None:
-            session.datagram_received(data, source)
+        call = self._call_for(data, source)
+        if call is not None:
+            call.session.receive(data, source, self.clock.seconds())
+            self._service(call)
 
     def _relayed_datagram_received(self, data: bytes, relay: Address) -> None:
         trusted = self._trusted_relays.get(relay[0])
@@ -241,13 +316,14 @@ class Transceiver:
             self.drops["encap_malformed"] += 1
             return
         client = envelope.client
-        session = self._session_for(payload, client)
-        if session is None:
+        call = self._call_for(payload, client)
+        if call is None:
             return
         known = self._relay_of.get(client)
         if known is None or known[0] != relay or known[1] != envelope.ingress:
             self._relay_of[client] = (relay, envelope.ingress, encap.encode(envelope, b""))
-        session.datagram_received(payload, client)
+        call.session.receive(payload, client, self.clock.seconds())
+        self._service(call)
 
     def _is_relay_network(self, host: str) -> bool:
         try:
@@ -262,11 +338,11 @@ class Transceiver:
         self._trusted_relays[host] = trusted
         return trusted
 
-    def _session_for(self, data: bytes, source: Address) -> Session | None:
-        """The session a datagram belongs to; ``None`` (counted, or held) if none."""
-        session = self._by_address.get(source)
-        if session is not None:
-            return session
+    def _call_for(self, data: bytes, source: Address) -> Call | None:
+        """The call a datagram belongs to; ``None`` (counted, or held) if none."""
+        call = self._by_address.get(source)
+        if call is not None:
+            return call
         if not data:
             self.drops["empty"] += 1
             return None
@@ -280,10 +356,10 @@ class Transceiver:
             if username is None:
                 self.drops["stun_no_username"] += 1
                 return None
-            session = self._by_ufrag.get(username.partition(b":")[0])
-            if session is None:
+            call = self._by_ufrag.get(username.partition(b":")[0])
+            if call is None:
                 self.drops["unknown_ufrag"] += 1
-            return session
+            return call
         if 20 <= first <= 63:
             self._hold_early_dtls(data, source)
         else:
@@ -308,8 +384,6 @@ class Transceiver:
             return
         entry[1].append(data)
 
-    # -- ISessionOwner ------------------------------------------------------
-
     def transmit(self, data: bytes, destination: Address) -> None:
         """Send a session's datagram, through the client's relay if it has one."""
         via = self._relay_of.get(destination)
@@ -326,55 +400,141 @@ class Transceiver:
         self.packets_out += 1
         self.bytes_out += len(data)
 
-    def session_address_valid(self, session: Session, source: Address) -> None:
-        """Route ``source`` to ``session`` from now on, and hand over early DTLS."""
+    # -- driving a session ----------------------------------------------------
+
+    def _service(self, call: Call) -> None:
+        """Send what a session has to send, handle its events, arm its timer.
+
+        Handling an event may feed the session again (held DTLS, an agent
+        answering at once): a call made while this loop runs returns at once,
+        and the loop picks up what it produced.
+        """
+        if call.busy:
+            return
+        call.busy = True
+        session = call.session
+        try:
+            while True:
+                datagrams = session.take_datagrams()
+                for data, destination in datagrams:
+                    self.transmit(data, destination)
+                events = session.take_events()
+                if not events:
+                    if not datagrams:
+                        break
+                    continue
+                for event in events:
+                    self._handle(call, event)
+        finally:
+            call.busy = False
+        if session.wants_tick():
+            self._sending.add(call)
+        self._arm(call)
+
+    def _handle(self, call: Call, event: SessionEvent) -> None:
+        if isinstance(event, PathValid):
+            self._route(call, event.source)
+        elif isinstance(event, PathInvalid):
+            self._unroute(call, event.source)
+        elif isinstance(event, SetupMilestone):
+            histogram = self.setup.get(event.name)
+            if histogram is not None:
+                histogram.observe(event.seconds)
+        elif isinstance(event, UfragRetired):
+            key = event.ufrag.encode("ascii")
+            call.ufrags.discard(key)
+            if self._by_ufrag.get(key) is call:
+                del self._by_ufrag[key]
+        elif isinstance(event, Closed):
+            self._forget(call, event.reason)
+        if call.conversation is not None:
+            call.conversation.handle(event)
+
+    def _route(self, call: Call, source: Address) -> None:
+        """Route ``source`` to ``call`` from now on, and hand over early DTLS."""
         previous = self._by_address.get(source)
-        if previous is not None and previous is not session:
+        if previous is not None and previous is not call:
             self.drops["address_taken_over"] += 1
-        self._by_address[source] = session
+        self._by_address[source] = call
         early = self._early_dtls.pop(source, None)
         if early is not None:
             for data in early[1]:
-                session.datagram_received(data, source)
+                call.session.receive(data, source, self.clock.seconds())
 
-    def session_address_invalid(self, session: Session, source: Address) -> None:
-        """Stop routing ``source`` to ``session``."""
-        if self._by_address.get(source) is session:
+    def _unroute(self, call: Call, source: Address) -> None:
+        """Stop routing ``source`` to ``call``."""
+        if self._by_address.get(source) is call:
             del self._by_address[source]
             self._relay_of.pop(source, None)
 
-    def session_wants_tick(self, session: Session) -> None:
-        """Put ``session`` on the shared tick."""
-        self._sending.add(session)
+    def _add_ufrag(self, call: Call, ufrag: str) -> None:
+        key = ufrag.encode("ascii")
+        call.ufrags.add(key)
+        self._by_ufrag[key] = call
 
-    def session_closed(self, session: Session, reason: EndReason) -> None:
+    def _forget(self, call: Call, reason: EndReason) -> None:
         """Forget every route to a session that has ended."""
+        session = call.session
         self._by_id.pop(session.session_id, None)
-        self._by_ufrag.pop(session.ice.local_ufrag.encode("ascii"), None)
+        for key in call.ufrags:
+            if self._by_ufrag.get(key) is call:
+                del self._by_ufrag[key]
+        call.ufrags.clear()
         for source in session.ice.valid_sources:
-            if self._by_address.get(source) is session:
-                del self._by_address[source]
-                self._relay_of.pop(source, None)
-        self._sending.discard(session)
+            self._unroute(call, source)
+        self._sending.discard(call)
+        if call.timer is not None and call.timer.active():
+            call.timer.cancel()
+        call.timer = None
         self.ended[reason.value] += 1
+
+    def _arm(self, call: Call) -> None:
+        """One timer per session, at its deadline; one that would fire early is left alone."""
+        deadline = call.session.deadline()
+        timer = call.timer
+        if timer is not None:
+            if timer.active():
+                if deadline is not None and timer.getTime() <= deadline + _TIMER_SLACK:
+                    return
+                timer.cancel()
+            call.timer = None
+        if deadline is not None:
+            delay = max(0.0, deadline - self.clock.seconds())
+            call.timer = self.clock.callLater(delay, self._timeout, call)
+
+    def _timeout(self, call: Call) -> None:
+        call.timer = None
+        call.session.handle_timeout(self.clock.seconds())
+        self._service(call)
+
+    # -- ICE restart ---------------------------------------------------------
+
+    def restart_ice(self, session_id: str, remote_ufrag: str, remote_pwd: str) -> tuple[str, str] | None:
+        """New ICE credentials for a live session; ``(ufrag, pwd)`` of ours, or ``None`` if none."""
+        call = self._by_id.get(session_id)
+        if call is None:
+            return None
+        credentials = new_credentials(self.make_ufrag)
+        self._add_ufrag(call, credentials.ufrag)
+        call.session.restart_ice(credentials.ufrag, credentials.pwd, remote_ufrag, remote_pwd)
+        self.ice_restarts += 1
+        self._service(call)
+        return credentials.ufrag, credentials.pwd
 
     # -- time ---------------------------------------------------------------
 
-    def _tick(self, count: int) -> None:
-        # One tick for every session: a timer per session would cost a heap
-        # operation per packet, and would drift apart.
-        self._tick_index += count
-        index = self._tick_index
-        # A copy: ticking runs agent code (decoded frames), which may queue
-        # audio and so add sessions to the set.
-        done = [s for s in list(self._sending) if not s.tick(index, count)]
-        for session in done:
-            self._sending.discard(session)
+    def _tick(self) -> None:
+        # One tick for every session with audio playing: a timer per session
+        # would cost a heap operation per frame, and they would drift apart.
+        now = self.clock.seconds()
+        # A copy: ticking runs agent code, which may add to the set.
+        for call in list(self._sending):
+            if not call.session.tick(now):
+                self._sending.discard(call)
+            self._service(call)
 
     def _sweep(self) -> None:
         now = self.clock.seconds()
-        for session in list(self._by_id.values()):
-            session.check_timeouts(now)
         # Relay routes learnt from checks that never passed: forget them.
         for client in [c for c in self._relay_of if c not in self._by_address]:
             del self._relay_of[client]
@@ -400,17 +560,34 @@ class Transceiver:
             yield (
                 "counter",
                 prefix + "path_probes",
-                "Return-routability checks to newly nominated paths, by result (sent, answered).",
+                "Return checks to paths not yet shown to receive our packets, by result (sent, answered).",
                 {"result": result},
                 n,
             )
+        for result, n in self.consent.items():
+            yield (
+                "counter",
+                prefix + "consent_checks",
+                "RFC 7675 consent checks we sent, by result (sent, retransmitted, answered, revoked).",
+                {"result": result},
+                n,
+            )
+        yield ("counter", prefix + "ice_restarts", "ICE restarts (PATCH).", {}, self.ice_restarts)
         for reason, n in self.drops.items():
             yield ("counter", prefix + "drops", "Datagrams dropped, by reason.", {"reason": reason}, n)
         yield ("counter", prefix + "packets_in", "Datagrams received.", {}, self.packets_in)
         yield ("counter", prefix + "bytes_in", "Bytes received.", {}, self.bytes_in)
         yield ("counter", prefix + "packets_out", "Datagrams sent.", {}, self.packets_out)
         yield ("counter", prefix + "bytes_out", "Bytes sent.", {}, self.bytes_out)
-        yield ("gauge", prefix + "sessions_sending", "Sessions with audio queued.", {}, len(self._sending))
+        yield ("gauge", prefix + "sessions_sending", "Sessions with agent audio playing.", {}, len(self._sending))
+        for milestone, histogram in self.setup.items():
+            yield (
+                "histogram",
+                prefix + "setup_seconds",
+                "Call setup: seconds from the offer to each milestone.",
+                {"milestone": milestone},
+                histogram,
+            )
         if IAgentCounters.providedBy(self.agent_factory):
             agent = self.agent_factory.name
             for event, n in self.agent_factory.counters.items():

@@ -1,47 +1,52 @@
-# -*- test-case-name: tests.test_host -*-
-"""One call: ICE-lite, DTLS, SRTP, RTP/RTCP, audio and events for a session, with no socket of its own."""
+# -*- test-case-name: tests.test_session -*-
+"""One call's transport and media, sans-I/O: datagrams and time in; datagrams, events and a deadline out."""
 
 from __future__ import annotations
 
+import collections
 import enum
 import os
 import random
-import secrets
+from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface, implementer
 
-from voiceedge.agents.interfaces import AudioFrame, IAgent, IAgentFactory, IAgentSession
-from voiceedge.media.speech import SpeechEvent, SpeechStarted
-from voiceedge.transceiver.audio import InboundAudio, OutboundAudio, SpeechSettings
+from voiceedge.transceiver.audio import InboundAudio, OutboundAudio
 from voiceedge.transceiver.dtls import DtlsState, DtlsTransport
 from voiceedge.transceiver.events_channel import EventsChannel
 from voiceedge.transceiver.ice import CheckResult, IceLiteAgent
-from voiceedge.transceiver.rtp_stats import ReceiveStatistics, SendStatistics, round_trip_time
+from voiceedge.transceiver.rtp_receiver import RtpReceiver
+from voiceedge.transceiver.rtp_sender import RtpSender, mid_extension
+from voiceedge.transceiver.rtp_stats import SendStatistics, round_trip_time
+from voiceedge.transceiver.settings import SpeechSettings
+from voiceedge.transceiver.session_events import (
+    ClientEvent,
+    ClientEventRejected,
+    Closed,
+    Connected,
+    EndReason,
+    EventsChannelOpened,
+    MediaPathChanged,
+    PathInvalid,
+    PathValid,
+    SessionEvent,
+    SetupMilestone,
+    UfragRetired,
+)
 from voiceedge.transceiver.srtp import SrtpError, SrtpSession
 from voiceedge.wire import rtcp
-from voiceedge.wire.demux import PacketKind, classify
 from voiceedge.wire.errors import WireError
-from voiceedge.wire.opus import packet_duration
-from voiceedge.wire.rtp import build_rtp_header, parse_rtp
+
+__all__ = ["AudioStream", "EndReason", "Session", "SessionState"]
 
 Address = tuple[str, int]
+Datagram = tuple[bytes, Address]
 
 OPUS_CLOCK_RATE = 48000
-SAMPLES_PER_TICK = OPUS_CLOCK_RATE // 50  # one 20 ms frame
 RTCP_INTERVAL = 5.0  # RFC 3550 §6.2 minimum for a two-party session
-# Frames one session may send in a single late tick: enough to recover from a
-# 100 ms stall, few enough not to burst a whole queue at the client.
-MAX_CATCH_UP = 5
 # Agent audio sent this recently still counts as "playing" for barge-in.
 PLAYING_GRACE = 0.1
-# The caller's audio is decoded no faster than real time, with this much burst
-# (a late reactor, a network hiccup): a peer sending tiny packets that each
-# claim 120 ms cannot make us decode without end.
-AUDIO_BURST = 1.0
-MAX_PACKET_DURATION = 0.06
 
 
 class SessionState(enum.Enum):
@@ -49,54 +54,56 @@ class SessionState(enum.Enum):
 
     WAITING = "waiting"  # answered, no valid ICE check yet
     CONNECTING = "connecting"  # ICE valid, DTLS under way
-    CONNECTED = "connected"  # SRTP keys in place, agent running
+    CONNECTED = "connected"  # SRTP keys in place, media flowing
     CLOSED = "closed"
 
 
-class EndReason(str, enum.Enum):
-    """Why a session ended; the values appear in logs and metrics."""
+@dataclass(frozen=True, slots=True)
+class AudioStream:
+    """The audio m-line as answered: the client's Opus payload type, our SSRC, CNAME and MID.
 
-    HANGUP = "hangup"
-    CONSENT_EXPIRED = "consent_expired"
-    DTLS_CLOSED = "dtls_closed"
-    DTLS_FAILED = "dtls_failed"
-    SETUP_TIMEOUT = "setup_timeout"
-    AGENT = "agent"
-    SHUTDOWN = "shutdown"
+    ``mid_extension_id`` is the id the client gave the
+    ``urn:ietf:params:rtp-hdrext:sdes:mid`` header extension, when it offered
+    it: every packet we send then carries ``mid``.
+    """
 
+    payload_type: int
+    ssrc: int
+    cname: str
+    mid: str | None = None
+    mid_extension_id: int | None = None
 
-class ISessionOwner(Interface):
-    """What a session needs from the transceiver that holds it."""
-
-    drops = Attribute("A collections.Counter of dropped packets, by reason.")
-    probes = Attribute("A collections.Counter of return-routability probes: sent, answered.")
-
-    def transmit(data: bytes, destination: Address) -> None:
-        """Send one datagram to a client address."""
-
-    def session_address_valid(session: Session, source: Address) -> None:
-        """``source`` passed an ICE check for ``session``: route its packets here."""
-
-    def session_address_invalid(session: Session, source: Address) -> None:
-        """``session`` no longer takes packets from ``source``: stop routing them here."""
-
-    def session_wants_tick(session: Session) -> None:
-        """``session`` has audio to send, or a jitter buffer to drain, on the shared tick."""
-
-    def session_closed(session: Session, reason: EndReason) -> None:
-        """``session`` has ended and freed its state."""
+    @classmethod
+    def new(cls, payload_type: int, mid: str | None = None, mid_extension_id: int | None = None) -> AudioStream:
+        """A stream with a random SSRC and CNAME."""
+        return cls(
+            payload_type,
+            int.from_bytes(os.urandom(4), "big"),
+            os.urandom(12).hex(),
+            mid,
+            mid_extension_id,
+        )
 
 
-@implementer(IAgentSession)
 class Session:
-    """The state of one call, driven by datagrams, ticks and the injected clock.
+    """The transport and media of one call, with no socket and no clock of its own.
 
-    The transceiver hands it every datagram routed to it; it answers ICE
-    checks, runs the DTLS handshake, protects and unprotects media, decodes
-    the caller's audio for its agent and encodes the agent's, carries JSON
-    events on the ``oai-events`` data channel, and cuts the agent off when
-    the caller barges in. It never touches a socket: what it sends goes
-    through its owner's ``transmit``.
+    Inputs: :meth:`receive` (a datagram routed to this session), :meth:`tick`
+    (the transceiver's shared 20 ms tick, while :meth:`wants_tick`),
+    :meth:`handle_timeout` (at :meth:`deadline`), and the conversation side's
+    calls: :meth:`send_audio`, :meth:`stop_audio`, :meth:`send_event`,
+    :meth:`close`, and :meth:`restart_ice` from signaling. Each takes ``now``.
+
+    Outputs: :meth:`take_datagrams` (what to send, and where), :meth:`take_events`
+    (:mod:`voiceedge.transceiver.session_events`) and :meth:`deadline`. The
+    driver takes both after every input.
+
+    Inside: the :class:`~voiceedge.transceiver.ice.IceLiteAgent` (checks,
+    return checks, consent, restart), the :class:`DtlsTransport`, SRTP, the
+    :class:`~voiceedge.transceiver.rtp_receiver.RtpReceiver` (caller audio to
+    decoded frames and speech events), the
+    :class:`~voiceedge.transceiver.rtp_sender.RtpSender` (agent audio, paced,
+    to RTP), RTCP, and the ``oai-events`` channel's SCTP association.
     """
 
     log = Logger()
@@ -106,130 +113,193 @@ class Session:
         session_id: str,
         ice: IceLiteAgent,
         dtls: DtlsTransport,
-        payload_type: int,
-        owner: ISessionOwner,
-        agent_factory: IAgentFactory,
-        clock: IReactorTime,
+        audio: AudioStream,
+        now: float,
+        *,
+        sample_rate: int = 48000,
+        grid_origin: float = 0.0,
         setup_timeout: float = 15.0,
         speech: SpeechSettings = SpeechSettings(),
         data_channel: bool = False,
+        drops: collections.Counter[str] | None = None,
+        probes: collections.Counter[str] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.session_id = session_id
         self.ice = ice
         self.dtls = dtls
-        self.payload_type = payload_type
-        self.clock = clock
-        self.sample_rate: int = agent_factory.sample_rate
+        self.audio = audio
+        self.sample_rate = sample_rate
+        self.grid_origin = grid_origin
         self.speech = speech
         self.state = SessionState.WAITING
         self.end_reason: EndReason | None = None
-        self._owner = owner
-        self._agent_factory = agent_factory
-        self._agent: IAgent | None = None
+        self.drops: collections.Counter[str] = collections.Counter() if drops is None else drops
+        self.probes: collections.Counter[str] = collections.Counter() if probes is None else probes
+        self._rng = rng or random.Random()
+        self._datagrams: list[Datagram] = []
+        self._events: list[SessionEvent] = []
         self._srtp: SrtpSession | None = None
-        self._timer: IDelayedCall | None = None
         self._dtls_peer: Address | None = None
         self._inbound: InboundAudio | None = None
         self._outbound: OutboundAudio | None = None
-        self.events: EventsChannel | None = None
+        self.receiver: RtpReceiver | None = None
+        self.sender: RtpSender | None = None
+        self.events_channel: EventsChannel | None = None
         if data_channel:
-            self.events = EventsChannel(self._events_open, self._event_received, self._bad_event)
+            self.events_channel = EventsChannel(self._events_open, self._event_received, self._bad_event)
 
-        now = clock.seconds()
         # The answer takes setup:passive, so we are the DTLS server: start()
         # sends nothing and only readies it for the client's hello.
         dtls.start(now)
         self.created_at = now
+        # The time of the input being handled, for callbacks that do not pass
+        # it on (the events channel's open).
+        self._now = now
         self.setup_deadline = now + setup_timeout
         self.timings: dict[str, float] = {}
+        self._awaiting_first_in = True
+        self._awaiting_first_out = True
+        self.path_changes = 0
 
-        self._ssrc = int.from_bytes(os.urandom(4), "big")
-        self._sequence = int.from_bytes(os.urandom(2), "big")
-        self._timestamp_base = int.from_bytes(os.urandom(4), "big")
-        self._tick_base: int | None = None
-        self._last_sent_timestamp = self._timestamp_base
-        self._talking = False
-        self._cname = os.urandom(8).hex().encode("ascii")
-        self._last_agent_sent_at: float | None = None
-        self._last_sent_slot_at = now
-        self.barge_in_ms: list[float] = []
-        self._audio_credit = AUDIO_BURST
-        self._audio_credit_at = now
-
-        self.receive_stats = ReceiveStatistics(OPUS_CLOCK_RATE)
         self.send_stats = SendStatistics()
-        self._remote_ssrc: int | None = None
-        self._next_rtcp = now + RTCP_INTERVAL
+        self._next_rtcp: float | None = None
         self.round_trip_time: float | None = None
         self.remote_jitter: float | None = None
         self.remote_fraction_lost: float | None = None
 
-    # -- datagrams in -------------------------------------------------------
+    # -- outputs --------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, source: Address) -> None:
-        """Handle one datagram from ``source``, already routed to this session."""
+    def take_datagrams(self) -> list[Datagram]:
+        """The datagrams to send, with their destinations, since the last call."""
+        datagrams = self._datagrams
+        if datagrams:
+            self._datagrams = []
+        return datagrams
+
+    def take_events(self) -> list[SessionEvent]:
+        """The events since the last call, in order."""
+        events = self._events
+        if events:
+            self._events = []
+        return events
+
+    def _emit(self, event: SessionEvent) -> None:
+        # Not a bound list.append: take_events() swaps the list.
+        self._events.append(event)
+
+    def deadline(self) -> float | None:
+        """When :meth:`handle_timeout` is next due; ``None`` once closed."""
         if self.state is SessionState.CLOSED:
-            return
-        kind = classify(data)
-        if kind is PacketKind.RTP:
-            self._rtp_received(data, source)
-        elif kind is PacketKind.STUN:
-            self._stun_received(data, source)
-        elif kind is PacketKind.DTLS:
-            self._dtls_received(data, source)
-        elif kind is PacketKind.RTCP:
-            self._rtcp_received(data, source)
-        else:
-            self._owner.drops["unknown_kind"] += 1
+            return None
+        earliest = self.ice.consent_expires_at()
+        for due in (
+            self.dtls.deadline(),
+            self.ice.deadline(),
+            self.receiver.deadline() if self.receiver is not None else None,
+            self._sctp_deadline(),
+            self._next_rtcp,
+            self.setup_deadline if self.state is not SessionState.CONNECTED else None,
+        ):
+            if due is not None and (earliest is None or due < earliest):
+                earliest = due
+        return earliest
 
-    def _stun_received(self, data: bytes, source: Address) -> None:
-        now = self.clock.seconds()
-        outcome = self.ice.receive(data, source, now)
-        if outcome.result is CheckResult.VERIFIED:
-            self._owner.probes["answered"] += 1
+    def wants_tick(self) -> bool:
+        """Whether the shared tick should call :meth:`tick`: agent audio queued or still playing."""
+        sender = self.sender
+        return sender is not None and sender.wants_tick()
+
+    def _milestone(self, name: str, now: float) -> None:
+        if name not in self.timings:
+            seconds = now - self.created_at
+            self.timings[name] = seconds
+            self._events.append(SetupMilestone(name, seconds))
+
+    def mark_answered(self, now: float) -> None:
+        """Signaling has built the answer (the first step of the setup waterfall)."""
+        self._milestone("answer", now)
+
+    # -- datagrams in -----------------------------------------------------------
+
+    def receive(self, data: bytes, source: Address, now: float) -> None:
+        """Handle one datagram from ``source``, already routed to this session (RFC 7983 demux)."""
+        if self.state is SessionState.CLOSED or not data:
             return
-        if outcome.result is not CheckResult.ANSWERED:
-            self._owner.drops["stun_" + outcome.result.value] += 1
+        self._now = now
+        first = data[0]
+        if 128 <= first <= 191:
+            if len(data) > 1 and 192 <= data[1] <= 223:
+                self._rtcp_received(data, source, now)
+            else:
+                self._rtp_received(data, source, now)
+        elif first < 4:
+            self._stun_received(data, source, now)
+        elif 20 <= first <= 63:
+            self._dtls_received(data, source, now)
+        else:
+            self.drops["unknown_kind"] += 1
+
+    def _stun_received(self, data: bytes, source: Address, now: float) -> None:
+        before = self.ice.media_destination()
+        outcome = self.ice.receive(data, source, now)
+        result = outcome.result
+        if result is CheckResult.VERIFIED:
+            if not outcome.consent:
+                self.probes["answered"] += 1
+            self._check_destination(before)
+            return
+        if result is CheckResult.CONSENT_REVOKED:
+            self.close(EndReason.CONSENT_REVOKED, now)
+            return
+        if result is not CheckResult.ANSWERED:
+            self.drops["stun_" + result.value] += 1
             if outcome.response is not None:
-                self._owner.transmit(outcome.response, source)
+                self._datagrams.append((outcome.response, source))
             return
         assert outcome.response is not None
-        self._owner.transmit(outcome.response, source)
+        self._datagrams.append((outcome.response, source))
         if outcome.probe is not None:
-            # The client nominated an address we have not seen receive our
-            # packets: media follows only once it answers this.
-            self._owner.transmit(outcome.probe, source)
-            self._owner.probes["sent"] += 1
+            self._datagrams.append((outcome.probe, source))
+            self.probes["sent"] += 1
         for gone in outcome.evicted:
-            self._owner.session_address_invalid(self, gone)
+            self._events.append(PathInvalid(gone))
+        if outcome.retired_ufrag is not None:
+            self._events.append(UfragRetired(outcome.retired_ufrag))
+        self._milestone("first_check", now)
+        if outcome.nominated:
+            self._milestone("nomination", now)
         if outcome.newly_valid:
             if self.state is SessionState.WAITING:
                 self.state = SessionState.CONNECTING
-                self.timings["ice"] = now - self.created_at
-            # Last: the owner may hand over DTLS records that overtook this check.
-            self._owner.session_address_valid(self, source)
+            self._events.append(PathValid(source))
+        self._check_destination(before)
 
-    def _dtls_received(self, data: bytes, source: Address) -> None:
+    def _check_destination(self, before: Address | None) -> None:
+        after = self.ice.media_destination()
+        if after != before and after is not None and before is not None:
+            self.path_changes += 1
+            self._events.append(MediaPathChanged(after))
+
+    def _dtls_received(self, data: bytes, source: Address, now: float) -> None:
         if not self.ice.is_valid(source):
-            self._owner.drops["dtls_unvalidated"] += 1
+            self.drops["dtls_unvalidated"] += 1
             return
-        now = self.clock.seconds()
         self._dtls_peer = source
         output = self.dtls.receive(data, now)
         for datagram in output.datagrams:
-            self._owner.transmit(datagram, source)
-        self._after_dtls(now, arm=not output.application_data)
+            self._datagrams.append((datagram, source))
+        self._after_dtls(now)
         if output.application_data and self.state is SessionState.CONNECTED:
-            events = self.events
+            events = self.events_channel
             if events is None:
-                self._owner.drops["sctp_not_negotiated"] += 1
-                self._arm_timer()
-            else:
-                for packet in output.application_data:
-                    events.receive(packet, now)
-                self._flush_sctp()  # and arms the timer once
+                self.drops["sctp_not_negotiated"] += 1
+                return
+            for packet in output.application_data:
+                events.receive(packet, now)
+            self._flush_sctp()
 
-    def _after_dtls(self, now: float, arm: bool = True) -> None:
+    def _after_dtls(self, now: float) -> None:
         state = self.dtls.state
         if state is DtlsState.CONNECTED and self._srtp is None:
             self._connected(now)
@@ -237,169 +307,85 @@ class Session:
             self.log.warn(
                 "session {id}: DTLS failed: {why}", id=self.session_id, why=self.dtls.failure_reason
             )
-            self.close(EndReason.DTLS_FAILED)
-            return
+            self.close(EndReason.DTLS_FAILED, now)
         elif state is DtlsState.CLOSED:
-            self.close(EndReason.DTLS_CLOSED)
-            return
-        if arm:
-            self._arm_timer()
+            self.close(EndReason.DTLS_CLOSED, now)
 
     def _connected(self, now: float) -> None:
         keys = self.dtls.srtp_keys
         assert keys is not None
         if self._dtls_peer is not None:
             # It completed a handshake with us, so it receives what we send.
-            self.ice.verify(self._dtls_peer)
-        self._srtp = SrtpSession(keys)
+            before = self.ice.media_destination()
+            self.ice.verify(self._dtls_peer, now)
+            self._check_destination(before)
+        srtp = self._srtp = SrtpSession(keys)
         self.state = SessionState.CONNECTED
-        self.timings["dtls"] = now - self.created_at
+        self._milestone("dtls", now)
         self.log.info(
-            "session {id} connected: ice {ice:.0f} ms, dtls {dtls:.0f} ms",
+            "session {id} connected: first check {ice:.0f} ms, dtls {dtls:.0f} ms",
             id=self.session_id,
-            ice=self.timings.get("ice", 0.0) * 1000,
+            ice=self.timings.get("first_check", 0.0) * 1000,
             dtls=self.timings["dtls"] * 1000,
         )
-        self._inbound = InboundAudio(self.sample_rate, self.speech, self._frame_decoded, self._speech)
+        self._inbound = InboundAudio(self.sample_rate, self.speech, self._emit, self._emit)
+        self.receiver = RtpReceiver(srtp, self.audio.payload_type, self._inbound, now, self.drops)
         self._outbound = OutboundAudio(self.sample_rate)
-        self._agent = self._agent_factory.agent_for(self)
-
-    def _destination(self) -> Address | None:
-        """Where media goes: the selected path, else the freshest verified source."""
-        return self.ice.media_destination()
-
-    # -- timers ---------------------------------------------------------------
-
-    def _arm_timer(self) -> None:
-        """One timer for DTLS retransmission and SCTP: the earlier deadline."""
-        deadlines = [d for d in (self.dtls.deadline(), self._sctp_deadline()) if d is not None]
-        if self._timer is not None and self._timer.active():
-            if deadlines and abs(self._timer.getTime() - min(deadlines)) < 1e-6:
-                return
-            self._timer.cancel()
-        self._timer = None
-        if deadlines and self.state is not SessionState.CLOSED:
-            delay = max(0.0, min(deadlines) - self.clock.seconds())
-            self._timer = self.clock.callLater(delay, self._timeout)
-
-    def _sctp_deadline(self) -> float | None:
-        return self.events.deadline() if self.events is not None and self._srtp is not None else None
-
-    def _timeout(self) -> None:
-        self._timer = None
-        now = self.clock.seconds()
-        deadline = self.dtls.deadline()
-        if deadline is not None and deadline <= now:
-            destination = self._dtls_peer
-            for datagram in self.dtls.handle_timeout(now):
-                if destination is not None:
-                    self._owner.transmit(datagram, destination)
-        sctp_deadline = self._sctp_deadline()
-        if self.events is not None and sctp_deadline is not None and sctp_deadline <= now:
-            self.events.handle_timeout(now)
-            self._flush_sctp()
-            return  # _flush_sctp re-arms
-        self._after_dtls(now)
+        audio = self.audio
+        extension = b""
+        if audio.mid is not None and audio.mid_extension_id is not None:
+            extension = mid_extension(audio.mid_extension_id, audio.mid)
+        self.sender = RtpSender(
+            audio.payload_type, audio.ssrc, self._outbound, self.grid_origin, header_extension=extension
+        )
+        self.send_stats = self.sender.stats
+        self._next_rtcp = now + RTCP_INTERVAL * self._rng.uniform(0.5, 1.5)
+        self._events.append(Connected(now))
 
     # -- media in -------------------------------------------------------------
 
-    def _rtp_received(self, data: bytes, source: Address) -> None:
+    def _rtp_received(self, data: bytes, source: Address, now: float) -> None:
+        receiver = self.receiver
+        if receiver is None or not self.ice.is_valid(source):
+            self.drops["rtp_not_ready"] += 1
+            return
+        if not receiver.receive(data, now):
+            return
+        if self.ice.heard(source, now):
+            self.path_changes += 1
+            self._events.append(MediaPathChanged(source))
+        if self._awaiting_first_in and receiver.first_packet_at is not None:
+            self._awaiting_first_in = False
+            self._milestone("first_rtp_in", now)
+
+    def _rtcp_received(self, data: bytes, source: Address, now: float) -> None:
         srtp = self._srtp
         if srtp is None or not self.ice.is_valid(source):
-            self._owner.drops["rtp_not_ready"] += 1
-            return
-        try:
-            packet = parse_rtp(srtp.unprotect_rtp(data))
-        except SrtpError as e:
-            self._owner.drops["srtp_" + e.reason] += 1
-            return
-        except WireError:
-            self._owner.drops["rtp_malformed"] += 1
-            return
-        if packet.payload_type != self.payload_type:
-            self._owner.drops["rtp_other_payload"] += 1
-            return
-        now = self.clock.seconds()
-        try:
-            duration = packet_duration(packet.payload)
-        except WireError:
-            self._owner.drops["rtp_opus_malformed"] += 1
-            return
-        if duration > MAX_PACKET_DURATION:
-            self._owner.drops["rtp_opus_too_long"] += 1
-            return
-        credit = min(AUDIO_BURST, self._audio_credit + now - self._audio_credit_at)
-        self._audio_credit_at = now
-        if credit < duration:
-            self._audio_credit = credit
-            self._owner.drops["rtp_over_real_time"] += 1
-            return
-        self._audio_credit = credit - duration
-        if self._remote_ssrc != packet.ssrc:
-            if self._remote_ssrc is not None:
-                self.receive_stats = ReceiveStatistics(OPUS_CLOCK_RATE)
-            self._remote_ssrc = packet.ssrc
-        self.receive_stats.on_packet(packet.sequence_number, packet.timestamp, now)
-        if "first_audio" not in self.timings:
-            self.timings["first_audio"] = now - self.created_at
-        inbound = self._inbound
-        assert inbound is not None
-        inbound.packet_received(packet.sequence_number, packet.timestamp, packet.payload, now)
-        if inbound.deadline() is not None:
-            self._owner.session_wants_tick(self)
-
-    def _frame_decoded(self, frame: AudioFrame) -> None:
-        if self._agent is not None:
-            self._agent.audio_received(frame)
-
-    def _speech(self, event: SpeechEvent) -> None:
-        if isinstance(event, SpeechStarted):
-            if self.speech.barge_in and self._agent_playing(event.at):
-                self._barge_in(event)
-            if self._agent is not None:
-                self._agent.speech_started(event.time)
-        elif self._agent is not None:
-            self._agent.speech_stopped(event.time)
-
-    def _agent_playing(self, now: float) -> bool:
-        if self._outbound:
-            return True
-        sent = self._last_agent_sent_at
-        return sent is not None and now - sent < PLAYING_GRACE
-
-    def _barge_in(self, event: SpeechStarted) -> None:
-        """The caller talks over the agent: stop the agent's audio now."""
-        self.clear_audio()
-        # From the first voiced packet's arrival to the last agent packet sent.
-        last = self._last_agent_sent_at
-        arrival = event.time
-        latency = 0.0 if last is None else max(0.0, last - arrival)
-        self.barge_in_ms.append(round(latency * 1000, 1))
-
-    def _rtcp_received(self, data: bytes, source: Address) -> None:
-        srtp = self._srtp
-        if srtp is None or not self.ice.is_valid(source):
-            self._owner.drops["rtcp_not_ready"] += 1
+            self.drops["rtcp_not_ready"] += 1
             return
         try:
             packets = rtcp.parse_rtcp(srtp.unprotect_rtcp(data))
         except SrtpError as e:
-            self._owner.drops["srtcp_" + e.reason] += 1
+            self.drops["srtcp_" + e.reason] += 1
             return
         except WireError:
-            self._owner.drops["rtcp_malformed"] += 1
+            self.drops["rtcp_malformed"] += 1
             return
-        now = self.clock.seconds()
+        if self.ice.heard(source, now):
+            self.path_changes += 1
+            self._events.append(MediaPathChanged(source))
+        receiver = self.receiver
         for packet in packets:
             if isinstance(packet, rtcp.SenderReport):
-                self.receive_stats.on_sender_report(packet, now)
+                if receiver is not None:
+                    receiver.stats.on_sender_report(packet, now)
                 self._report_blocks(packet.reports, now)
             elif isinstance(packet, rtcp.ReceiverReport):
                 self._report_blocks(packet.reports, now)
 
     def _report_blocks(self, blocks: list[rtcp.ReportBlock], now: float) -> None:
         for block in blocks:
-            if block.ssrc != self._ssrc:
+            if block.ssrc != self.audio.ssrc:
                 continue
             rtt = round_trip_time(block, now)
             if rtt is not None:
@@ -407,221 +393,244 @@ class Session:
             self.remote_jitter = block.jitter / OPUS_CLOCK_RATE
             self.remote_fraction_lost = block.fraction_lost / 256
 
-    # -- events ---------------------------------------------------------------
+    # -- media out ------------------------------------------------------------
+
+    def send_audio(self, pcm: bytes, now: float) -> None:
+        """Queue agent PCM16 at ``sample_rate``; a frame whose slot has come goes out at once."""
+        outbound = self._outbound
+        sender = self.sender
+        if outbound is None or sender is None or self.state is not SessionState.CONNECTED:
+            return
+        was_empty = not outbound
+        dropped = outbound.frames_dropped
+        outbound.add(pcm)
+        if outbound.frames_dropped != dropped:
+            self.drops["audio_queue_full"] += outbound.frames_dropped - dropped
+        if was_empty and outbound:
+            sender.queued(now)
+        self._send_rtp(sender, now)
+
+    def tick(self, now: float) -> bool:
+        """The shared tick: send the frames whose slots have come; ``True`` while :meth:`wants_tick`."""
+        sender = self.sender
+        if sender is None:
+            return False
+        self._send_rtp(sender, now)
+        return sender.wants_tick()
+
+    def _send_rtp(self, sender: RtpSender, now: float) -> None:
+        packets = sender.poll(now)
+        if sender.events:
+            self._events.extend(sender.take_events())
+        if not packets:
+            return
+        srtp = self._srtp
+        destination = self.ice.media_destination()
+        if srtp is None or destination is None:
+            self.drops["rtp_no_destination"] += len(packets)
+            return
+        out = self._datagrams
+        for packet in packets:
+            out.append((srtp.protect_rtp(packet), destination))
+        if self._awaiting_first_out:
+            self._awaiting_first_out = False
+            self._milestone("first_rtp_out", now)
+
+    def stop_audio(self, now: float) -> int:
+        """Cut the agent's audio now (barge-in, a cancel); the milliseconds of queued audio dropped."""
+        sender = self.sender
+        if sender is None:
+            return 0
+        dropped = sender.stop(now)
+        self._events.extend(sender.take_events())
+        return dropped
+
+    def queued_audio_ms(self) -> int:
+        """Agent audio waiting to be sent, in milliseconds."""
+        return self._outbound.queued_ms() if self._outbound is not None else 0
+
+    def agent_playing(self, now: float) -> bool:
+        """Whether the caller is hearing the agent: audio queued, or sent within the last 100 ms."""
+        sender = self.sender
+        if sender is None:
+            return False
+        if sender.talking:
+            return True
+        sent = sender.last_sent_at
+        return sent is not None and now - sent < PLAYING_GRACE
+
+    # -- events channel -------------------------------------------------------
 
     def _events_open(self) -> None:
-        assert self.events is not None
-        self.events.send_event(
-            {
-                "type": "session.created",
-                "event_id": "event_" + secrets.token_hex(8),
-                "session": {
-                    "id": self.session_id,
-                    "object": "realtime.session",
-                    "audio": {"sample_rate": self.sample_rate},
-                },
-            }
-        )
+        self._milestone("datachannel_open", self._now)
+        self._events.append(EventsChannelOpened(self._now))
 
     def _event_received(self, event: dict[str, Any]) -> None:
-        if self._agent is not None:
-            self._agent.event_received(event)
+        self._events.append(ClientEvent(event))
 
     def _bad_event(self, why: str) -> None:
-        self._owner.drops["event_malformed"] += 1
-        self.send_event(
-            {"type": "error", "error": {"type": "invalid_request_error", "message": why}}
-        )
+        self.drops["event_malformed"] += 1
+        self._events.append(ClientEventRejected(why))
+
+    def send_event(self, event: dict[str, Any], now: float) -> None:
+        """Send a JSON event on ``oai-events`` (held until the client opens it)."""
+        events = self.events_channel
+        if events is None:
+            self.drops["event_no_channel"] += 1
+            return
+        unencodable = events.events_unencodable
+        events.send_event(event)
+        if events.events_unencodable != unencodable:
+            self.drops["event_unencodable"] += 1
+            return
+        self._flush_sctp()
+
+    def _sctp_deadline(self) -> float | None:
+        events = self.events_channel
+        return events.deadline() if events is not None and self._srtp is not None else None
 
     def _flush_sctp(self) -> None:
-        events = self.events
-        destination = self._destination()
+        events = self.events_channel
+        destination = self.ice.media_destination()
         if events is None or destination is None or self.state is not SessionState.CONNECTED:
             return
         for packet in events.take_outgoing():
             for datagram in self.dtls.send_application_data(packet):
-                self._owner.transmit(datagram, destination)
-        self._arm_timer()
+                self._datagrams.append((datagram, destination))
 
-    # -- the agent's side (IAgentSession) ----------------------------------------
+    # -- time -------------------------------------------------------------------
 
-    def send_audio(self, pcm: bytes) -> None:
-        """Queue agent PCM; the shared tick sends it in 20 ms Opus frames."""
-        outbound = self._outbound
-        if outbound is None or self.state is not SessionState.CONNECTED:
-            return
-        had_frames = bool(outbound)
-        dropped = outbound.frames_dropped
-        outbound.add(pcm)
-        if outbound.frames_dropped != dropped:
-            self._owner.drops["audio_queue_full"] += outbound.frames_dropped - dropped
-        if outbound and not had_frames:
-            self._owner.session_wants_tick(self)
-
-    def clear_audio(self) -> int:
-        """Drop all queued agent audio; the milliseconds dropped."""
-        return self._outbound.clear() if self._outbound is not None else 0
-
-    def queued_audio_ms(self) -> int:
-        """Agent audio waiting for the tick, in milliseconds."""
-        return self._outbound.queued_ms() if self._outbound is not None else 0
-
-    def send_event(self, event: dict[str, Any]) -> None:
-        """Send a JSON event to the caller on ``oai-events``."""
-        if self.events is None:
-            self._owner.drops["event_no_channel"] += 1
-            return
-        unencodable = self.events.events_unencodable
-        self.events.send_event(event)
-        if self.events.events_unencodable != unencodable:
-            self._owner.drops["event_unencodable"] += 1
-            return
-        self._flush_sctp()
-
-    def end(self, reason: str) -> None:
-        """The agent hangs up."""
-        self.log.info("session {id}: agent ended the call: {why}", id=self.session_id, why=reason)
-        self.close(EndReason.AGENT)
-
-    # -- the shared tick ------------------------------------------------------
-
-    def tick(self, tick_index: int, slots: int = 1) -> bool:
-        """Send queued frames for the ``slots`` 20 ms slots ending at ``tick_index``.
-
-        ``slots`` is more than one when the reactor was late; the frames due in
-        the missed slots go out now (at most :data:`MAX_CATCH_UP`), so a stall
-        does not leave a permanent delay behind it. The RTP timestamp follows
-        the shared tick, not the number of frames sent, so a pause in the
-        agent's audio is a pause in the timeline too. The tick also releases
-        frames the jitter buffer held for a missing packet. Returns ``True``
-        while there is more to do on later ticks.
-        """
-        now = self.clock.seconds()
-        inbound = self._inbound
-        waiting = False
-        if inbound is not None:
-            deadline = inbound.deadline()
-            if deadline is not None and deadline <= now:
-                inbound.drain(now)
-            waiting = inbound.deadline() is not None
-        srtp = self._srtp
-        outbound = self._outbound
-        destination = self._destination()
-        if srtp is None or outbound is None or destination is None:
-            self._talking = False
-            return waiting
-        slots = min(slots, MAX_CATCH_UP)
-        for slot in range(tick_index - slots + 1, tick_index + 1):
-            payload = outbound.pop()
-            if payload is None:
-                break
-            self._send_frame(srtp, destination, slot, payload, now)
-        if outbound:
-            return True
-        self._talking = False
-        return waiting
-
-    def _send_frame(
-        self, srtp: SrtpSession, destination: Address, slot: int, payload: bytes, now: float
-    ) -> None:
-        if self._tick_base is None:
-            self._tick_base = slot
-        timestamp = (self._timestamp_base + SAMPLES_PER_TICK * (slot - self._tick_base)) & 0xFFFFFFFF
-        header = build_rtp_header(
-            self.payload_type, self._sequence, timestamp, self._ssrc, marker=not self._talking
-        )
-        self._talking = True
-        self._sequence = (self._sequence + 1) & 0xFFFF
-        self._last_sent_timestamp = timestamp
-        self._last_sent_slot_at = now
-        self._last_agent_sent_at = now
-        self.send_stats.on_packet_sent(len(payload))
-        self._owner.transmit(srtp.protect_rtp(header + payload), destination)
-
-    # -- housekeeping -----------------------------------------------------------
-
-    def check_timeouts(self, now: float) -> None:
-        """Called by the transceiver's housekeeping sweep: setup, consent and RTCP."""
+    def handle_timeout(self, now: float) -> None:
+        """Run every timer due at ``now``: DTLS and SCTP retransmission, the jitter buffer,
+        consent checks and expiry, the setup timeout, RTCP."""
         if self.state is SessionState.CLOSED:
             return
+        self._now = now
+        deadline = self.dtls.deadline()
+        if deadline is not None and deadline <= now:
+            destination = self._dtls_peer
+            for datagram in self.dtls.handle_timeout(now):
+                if destination is not None:
+                    self._datagrams.append((datagram, destination))
+            self._after_dtls(now)
+            if self.state is SessionState.CLOSED:
+                return
+        events = self.events_channel
+        sctp_deadline = self._sctp_deadline()
+        if events is not None and sctp_deadline is not None and sctp_deadline <= now:
+            events.handle_timeout(now)
+            self._flush_sctp()
+        if self.receiver is not None:
+            self.receiver.handle_timeout(now)
+        self._datagrams.extend(self.ice.handle_timeout(now))
         if self.state is not SessionState.CONNECTED and now >= self.setup_deadline:
-            self.close(EndReason.SETUP_TIMEOUT)
+            self.close(EndReason.SETUP_TIMEOUT, now)
             return
         expires = self.ice.consent_expires_at()
         if expires is not None and now >= expires:
-            self.close(EndReason.CONSENT_EXPIRED)
+            self.close(
+                EndReason.CONSENT_REVOKED if self.ice.consent_revoked else EndReason.CONSENT_EXPIRED, now
+            )
             return
-        if self.state is SessionState.CONNECTED and now >= self._next_rtcp:
+        if self._next_rtcp is not None and now >= self._next_rtcp:
             self._send_rtcp(now)
-            self._next_rtcp = now + RTCP_INTERVAL * random.uniform(0.5, 1.5)
+            self._next_rtcp = now + RTCP_INTERVAL * self._rng.uniform(0.5, 1.5)
 
     def _send_rtcp(self, now: float) -> None:
         srtp = self._srtp
-        destination = self._destination()
+        destination = self.ice.media_destination()
         if srtp is None or destination is None:
             return
         blocks = []
-        if self._remote_ssrc is not None:
-            blocks.append(self.receive_stats.report_block(self._remote_ssrc, now))
+        receiver = self.receiver
+        if receiver is not None and receiver.remote_ssrc is not None:
+            blocks.append(receiver.stats.report_block(receiver.remote_ssrc, now))
+        ssrc = self.audio.ssrc
         report: rtcp.RtcpPacket
-        if self.send_stats.packet_count and self._tick_base is not None:
+        rtp_now = self.sender.rtp_time(now) if self.sender is not None else None
+        if self.send_stats.packet_count and rtp_now is not None:
             # RFC 3550 §6.4.1: the RTP time of this same instant, not of the
             # last packet (the agent may have been quiet since).
-            elapsed = round((now - self._last_sent_slot_at) * OPUS_CLOCK_RATE)
-            rtp_now = (self._last_sent_timestamp + elapsed) & 0xFFFFFFFF
-            report = self.send_stats.sender_report(self._ssrc, now, rtp_now, blocks)
+            report = self.send_stats.sender_report(ssrc, now, rtp_now, blocks)
         else:
-            report = rtcp.ReceiverReport(self._ssrc, blocks)
-        sdes = rtcp.SourceDescription([(self._ssrc, [(rtcp.SDES_CNAME, self._cname)])])
-        self._owner.transmit(srtp.protect_rtcp(rtcp.build_rtcp([report, sdes])), destination)
+            report = rtcp.ReceiverReport(ssrc, blocks)
+        sdes = rtcp.SourceDescription([(ssrc, [(rtcp.SDES_CNAME, self.audio.cname.encode("ascii"))])])
+        self._datagrams.append((srtp.protect_rtcp(rtcp.build_rtcp([report, sdes])), destination))
+
+    # -- ICE restart ------------------------------------------------------------
+
+    def restart_ice(self, local_ufrag: str, local_pwd: str, remote_ufrag: str, remote_pwd: str) -> None:
+        """New ICE credentials on both sides; DTLS, SRTP and the media carry on.
+
+        The driver routes checks under ``local_ufrag`` here from now on; an
+        :class:`UfragRetired` event says when an old ufrag may be forgotten.
+        """
+        if self.state is SessionState.CLOSED:
+            return
+        for ufrag in self.ice.restart(local_ufrag, local_pwd, remote_ufrag, remote_pwd):
+            self._events.append(UfragRetired(ufrag))
 
     # -- end ----------------------------------------------------------------------
 
-    def close(self, reason: EndReason) -> None:
-        """End the session, free everything and tell the owner why."""
+    def close(self, reason: EndReason, now: float) -> None:
+        """End the session and free its media state; a :class:`Closed` event says so."""
         if self.state is SessionState.CLOSED:
             return
         was_connected = self.state is SessionState.CONNECTED
-        destination = self._destination() or self._dtls_peer
+        destination = self.ice.media_destination() or self._dtls_peer
         self.state = SessionState.CLOSED
         self.end_reason = reason
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if was_connected and reason is not EndReason.DTLS_CLOSED and destination is not None:
+        # Without consent we send nothing more, not even a close_notify.
+        polite = reason not in (EndReason.DTLS_CLOSED, EndReason.CONSENT_EXPIRED, EndReason.CONSENT_REVOKED)
+        if was_connected and polite and destination is not None:
             for datagram in self.dtls.close():
-                self._owner.transmit(datagram, destination)
-        agent, self._agent = self._agent, None
+                self._datagrams.append((datagram, destination))
         self._srtp = None
+        self.receiver = None
+        self.sender = None
         self._inbound = None
         self._outbound = None
-        self.events = None
-        try:
-            if agent is not None:
-                agent.session_ended(reason.value)
-        except Exception:
-            # The agent's bug must not keep the session's routes alive.
-            self.log.failure("session {id}: the agent failed to end", id=self.session_id)
+        self.events_channel = None
         self.log.info(
             "session {id} ended: {why} after {secs:.1f} s",
             id=self.session_id,
             why=reason.value,
-            secs=self.clock.seconds() - self.created_at,
+            secs=now - self.created_at,
         )
-        self._owner.session_closed(self, reason)
+        self._events.append(Closed(reason))
 
-    def stats(self) -> dict[str, Any]:
+    # -- views --------------------------------------------------------------------
+
+    def waterfall_ms(self) -> dict[str, float]:
+        """The setup milestones reached, in ms after the offer arrived."""
+        return {name: round(seconds * 1000, 1) for name, seconds in self.timings.items()}
+
+    def stats(self, now: float) -> dict[str, Any]:
         """Live numbers for operators, tests and the demo page."""
+        receiver = self.receiver
+        heard = None
+        destination = self.ice.media_destination()
+        if destination is not None:
+            last = self.ice.last_heard(destination)
+            heard = None if last is None else round((now - last) * 1000, 1)
+        consent = self.ice.consent_expires_at()
         return {
             "state": self.state.value,
-            "timings_ms": {k: round(v * 1000, 1) for k, v in self.timings.items()},
-            "packets_received": self.receive_stats.packets_received,
-            "packets_lost": self.receive_stats.cumulative_lost,
-            "jitter_ms": round(self.receive_stats.jitter_seconds * 1000, 2),
+            "timings_ms": self.waterfall_ms(),
+            "packets_received": receiver.stats.packets_received if receiver else 0,
+            "packets_lost": receiver.stats.cumulative_lost if receiver else 0,
+            "jitter_ms": round(receiver.stats.jitter_seconds * 1000, 2) if receiver else 0.0,
             "packets_sent": self.send_stats.packet_count,
             "rtt_ms": None if self.round_trip_time is None else round(self.round_trip_time * 1000, 2),
             "queued_audio_ms": self.queued_audio_ms(),
-            "barge_in_ms": list(self.barge_in_ms),
             "frames_concealed": self._inbound.frames_concealed if self._inbound else 0,
-            "events_channel_open": bool(self.events and self.events.is_open),
+            "events_channel_open": bool(self.events_channel and self.events_channel.is_open),
+            "consent": {
+                "checks_sent": self.ice.consent_checks_sent,
+                "checks_answered": self.ice.consent_checks_answered,
+                "expires_in_ms": None if consent is None else round((consent - now) * 1000, 1),
+                "last_heard_ms": heard,
+            },
+            "path_changes": self.path_changes,
         }
+

@@ -1,0 +1,180 @@
+"""The RTP sender: pacing without added delay, timestamps by slot, marker, MID, stop."""
+
+from __future__ import annotations
+
+import collections
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from voiceedge.transceiver.audio import OutboundAudio
+from voiceedge.transceiver.rtp_sender import (
+    MAX_CATCH_UP,
+    PlayoutStarted,
+    PlayoutStopped,
+    RtpSender,
+    mid_extension,
+)
+from voiceedge.wire.rtp import parse_rtp
+
+ORIGIN = 1000.0
+
+
+class FrameQueue:
+    """An AudioSource of ready-made payloads (what a passthrough agent would queue)."""
+
+    def __init__(self) -> None:
+        self.frames: collections.deque[bytes] = collections.deque()
+        self.popped = 0
+
+    def add(self, *frames: bytes) -> None:
+        self.frames.extend(frames)
+
+    def pop(self) -> bytes | None:
+        if not self.frames:
+            return None
+        self.popped += 1
+        return self.frames.popleft()
+
+    def __bool__(self) -> bool:
+        return bool(self.frames)
+
+    def clear(self) -> int:
+        dropped = len(self.frames) * 20
+        self.frames.clear()
+        return dropped
+
+    def queued_ms(self) -> int:
+        return len(self.frames) * 20
+
+
+def sender(source: FrameQueue | OutboundAudio | None = None, **kwargs: object) -> RtpSender:
+    return RtpSender(
+        111, 0x1234, FrameQueue() if source is None else source, ORIGIN, sequence_number=100, timestamp_base=5000, **kwargs  # type: ignore[arg-type]
+    )
+
+
+def produce(s: RtpSender, now: float, *frames: bytes) -> list[bytes]:
+    """What the session does when the agent queues audio: add, mark, poll."""
+    source = s.source
+    assert isinstance(source, FrameQueue)
+    was_empty = not source
+    source.add(*frames)
+    if was_empty:
+        s.queued(now)
+    return s.poll(now)
+
+
+class PacingTests(SynchronousTestCase):
+    """A frame whose slot has come goes out when produced; a backlog waits for the tick."""
+
+    def test_a_frame_goes_out_the_moment_it_is_produced(self) -> None:
+        s = sender()
+        (packet,) = produce(s, ORIGIN + 0.013, b"a")
+        rtp = parse_rtp(packet)
+        self.assertEqual((rtp.sequence_number, rtp.timestamp, rtp.marker, rtp.payload), (100, 5000, True, b"a"))
+        self.assertEqual(s.last_sent_at, ORIGIN + 0.013)
+
+    def test_a_second_frame_in_the_same_slot_waits_for_the_next(self) -> None:
+        s = sender()
+        self.assertEqual(len(produce(s, ORIGIN + 0.001, b"a", b"b")), 1)
+        self.assertTrue(s.wants_tick())
+        self.assertEqual(s.poll(ORIGIN + 0.019), [])
+        (packet,) = s.poll(ORIGIN + 0.020)  # the shared tick at the next slot
+        rtp = parse_rtp(packet)
+        self.assertEqual((rtp.timestamp, rtp.marker), (5000 + 960, False))
+
+    def test_a_steady_producer_gets_no_added_delay(self) -> None:
+        """An echo producing one frame every 20 ms, off the tick's phase, sends each at once."""
+        s = sender()
+        for n in range(50):
+            now = ORIGIN + 0.007 + n * 0.020
+            (packet,) = produce(s, now, bytes([n]))
+            self.assertEqual(parse_rtp(packet).timestamp, 5000 + 960 * n)
+        self.assertEqual(s.stats.packet_count, 50)
+
+    def test_a_late_tick_catches_up_a_few_frames(self) -> None:
+        s = sender()
+        produce(s, ORIGIN, *[bytes([n]) for n in range(20)])
+        packets = s.poll(ORIGIN + 0.200)  # the reactor stalled for 200 ms
+        self.assertEqual(len(packets), MAX_CATCH_UP)
+        stamps = [parse_rtp(p).timestamp for p in packets]
+        self.assertEqual(stamps, [5000 + 960 * slot for slot in range(6, 11)])
+        self.assertEqual(len(s.poll(ORIGIN + 0.220)), 1)
+
+    def test_audio_after_a_pause_is_not_stamped_in_the_past(self) -> None:
+        s = sender()
+        produce(s, ORIGIN, b"a")
+        s.poll(ORIGIN + 0.020)
+        s.poll(ORIGIN + 0.040)
+        (packet,) = produce(s, ORIGIN + 0.105, b"b")
+        rtp = parse_rtp(packet)
+        self.assertEqual((rtp.timestamp, rtp.marker), (5000 + 960 * 5, True))
+
+    def test_rtp_time_maps_now_onto_the_stream(self) -> None:
+        s = sender()
+        self.assertIsNone(s.rtp_time(ORIGIN))
+        produce(s, ORIGIN + 0.041, b"a")  # slot 2 is the stream's first
+        self.assertEqual(s.rtp_time(ORIGIN + 0.040), 5000)
+        self.assertEqual(s.rtp_time(ORIGIN + 1.040), 5000 + 48000)
+
+
+class TalkspurtTests(SynchronousTestCase):
+    """Marker bit and playout events: what the caller actually hears."""
+
+    def test_playout_starts_and_drains(self) -> None:
+        s = sender()
+        produce(s, ORIGIN, b"a", b"b")
+        self.assertEqual(s.take_events(), [PlayoutStarted(ORIGIN)])
+        s.poll(ORIGIN + 0.020)
+        s.poll(ORIGIN + 0.040)  # the slot after the last frame: not over yet
+        self.assertEqual(s.take_events(), [])
+        self.assertTrue(s.wants_tick())
+        s.poll(ORIGIN + 0.060)
+        self.assertEqual(s.take_events(), [PlayoutStopped(ORIGIN + 0.060, ORIGIN + 0.020, "drained")])
+        self.assertFalse(s.wants_tick())
+
+    def test_stop_drops_the_queue_and_marks_the_resume(self) -> None:
+        audio = OutboundAudio(48000)
+        s = sender(audio)
+        audio.add(bytes(960 * 2 * 10))  # 200 ms
+        s.queued(ORIGIN)
+        s.poll(ORIGIN)
+        self.assertEqual(audio.frames_encoded, 1)
+        self.assertEqual(s.stop(ORIGIN + 0.005), 180)
+        # Dropped before it was encoded: the encoder is where the caller is.
+        self.assertEqual(audio.frames_encoded, 1)
+        self.assertEqual(
+            s.take_events(),
+            [PlayoutStarted(ORIGIN), PlayoutStopped(ORIGIN + 0.005, ORIGIN, "stopped", 180)],
+        )
+        audio.add(bytes(960 * 2))
+        s.queued(ORIGIN + 0.021)
+        (packet,) = s.poll(ORIGIN + 0.021)
+        self.assertTrue(parse_rtp(packet).marker)
+
+
+class MidExtensionTests(SynchronousTestCase):
+    """RFC 8843 §15: every packet carries the MID when the client offered the extension."""
+
+    def test_one_byte_form(self) -> None:
+        block = mid_extension(4, "0")
+        self.assertEqual(block, bytes.fromhex("bede0001") + bytes([0x40]) + b"0" + bytes(2))
+
+    def test_two_byte_form_for_large_ids(self) -> None:
+        block = mid_extension(15, "audio")
+        self.assertEqual(block[:2], b"\x10\x00")
+        self.assertEqual(block[4:11], bytes([15, 5]) + b"audio")
+
+    def test_every_packet_carries_it(self) -> None:
+        s = sender(header_extension=mid_extension(3, "0"))
+        packets = produce(s, ORIGIN, b"a", b"b") + s.poll(ORIGIN + 0.02)
+        for packet in packets:
+            rtp = parse_rtp(packet)
+            self.assertEqual(rtp.extension_profile, 0xBEDE)
+            self.assertEqual(rtp.extension, bytes([0x30]) + b"0" + bytes(2))
+        self.assertEqual([parse_rtp(p).payload for p in packets], [b"a", b"b"])
+
+    def test_bad_values_are_refused(self) -> None:
+        for ext_id, mid in ((0, "0"), (256, "0"), (1, ""), (1, "x" * 256)):
+            with self.assertRaises(ValueError):
+                mid_extension(ext_id, mid)

@@ -1,0 +1,246 @@
+# -*- test-case-name: tests.test_rtp_sender -*-
+"""The agent's audio on the wire: a paced queue of 20 ms frames turned into RTP packets.
+
+Pacing without added delay. Time is cut into 20 ms *slots* on a grid whose
+origin the transceiver gives every sender (its shared tick fires at the start
+of each slot). At most one frame goes out per slot: a frame whose slot has
+come is sent the moment it is produced; a frame produced while its slot is
+taken waits, and the transceiver's shared tick sends it when its slot comes.
+A reactor that was late sends the frames of the missed slots at once, at most
+:data:`MAX_CATCH_UP` of them, so a stall leaves no permanent delay behind it.
+
+The RTP timestamp of a frame is the start of its slot on the 48 kHz clock, so
+a pause in the agent's audio is a pause in the timeline too. The marker bit
+is set on the first packet of a talkspurt: after a slot with nothing sent, or
+after :meth:`RtpSender.stop`. When the client offered the MID header
+extension (RFC 8843 §15), every packet carries it.
+
+Sans-I/O: every call takes ``now``; nothing here reads a clock or sends.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from voiceedge.transceiver.rtp_stats import SendStatistics
+from voiceedge.wire.rtp import build_rtp_header
+
+__all__ = [
+    "FRAME_SECONDS",
+    "MAX_CATCH_UP",
+    "AudioSource",
+    "PlayoutStarted",
+    "PlayoutStopped",
+    "RtpSender",
+    "mid_extension",
+]
+
+#: One Opus frame, and one slot of the pacing grid.
+FRAME_SECONDS = 0.020
+#: RTP timestamp units (48 kHz) per frame.
+SAMPLES_PER_FRAME = 960
+#: Frames one sender may send at once after a late tick: enough to recover
+#: from a 100 ms stall, few enough not to burst a whole queue at the client.
+MAX_CATCH_UP = 5
+# A tick that fires exactly at a slot's start must count as that slot, not the
+# one before it, whatever the float rounding.
+_EPSILON = 1e-6
+_EXT_HEADER = struct.Struct("!HH")
+
+
+class AudioSource(Protocol):
+    """Where the sender takes frames from: a queue of encoded 20 ms frames.
+
+    :class:`voiceedge.transceiver.audio.OutboundAudio` is one (PCM in, Opus
+    encoded on :meth:`pop`); a passthrough queue of Opus payloads is another.
+    """
+
+    def pop(self) -> bytes | None:
+        """The next encoded frame to send, or ``None``."""
+
+    def __bool__(self) -> bool:
+        """Whether a frame is waiting."""
+
+    def clear(self) -> int:
+        """Drop everything queued; the milliseconds dropped."""
+
+    def queued_ms(self) -> int:
+        """Milliseconds waiting."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlayoutStarted:
+    """The first packet of a talkspurt went out at ``at``."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PlayoutStopped:
+    """A talkspurt ended: its last packet went out at ``last_sent_at``.
+
+    ``reason`` is ``"drained"`` when the agent had nothing more (decided at
+    ``at``, a slot after the last frame) or ``"stopped"`` when
+    :meth:`RtpSender.stop` cut it (barge-in, a cancel); ``dropped_ms`` is
+    the queued audio that was never sent.
+    """
+
+    at: float
+    last_sent_at: float
+    reason: Literal["drained", "stopped"]
+    dropped_ms: int = 0
+
+
+def mid_extension(extension_id: int, mid: str) -> bytes:
+    """The RTP header extension block carrying ``mid`` (RFC 8285 one- or two-byte form)."""
+    value = mid.encode("ascii")
+    if not value or len(value) > 255 or not 1 <= extension_id <= 255:
+        raise ValueError(f"cannot carry mid {mid!r} as extension {extension_id}")
+    if extension_id <= 14 and len(value) <= 16:
+        body = bytes([extension_id << 4 | (len(value) - 1)]) + value
+        profile = 0xBEDE
+    else:
+        body = bytes([extension_id, len(value)]) + value
+        profile = 0x1000
+    body += bytes(-len(body) % 4)
+    return _EXT_HEADER.pack(profile, len(body) // 4) + body
+
+
+class RtpSender:
+    """One outgoing RTP stream: pacing, sequence numbers, timestamps, marker, stop.
+
+    ``source`` holds the frames; :meth:`poll` returns the RTP packets
+    (unprotected) due at ``now``. Events for the conversation side (what the
+    caller actually hears) collect in :attr:`events` for the owner to take.
+    """
+
+    def __init__(
+        self,
+        payload_type: int,
+        ssrc: int,
+        source: AudioSource,
+        grid_origin: float,
+        *,
+        header_extension: bytes = b"",
+        sequence_number: int | None = None,
+        timestamp_base: int | None = None,
+    ) -> None:
+        self.payload_type = payload_type
+        self.ssrc = ssrc
+        self.source = source
+        self.grid_origin = grid_origin
+        self._extension = header_extension
+        self._sequence = (
+            int.from_bytes(os.urandom(2), "big") if sequence_number is None else sequence_number
+        )
+        self._timestamp_base = (
+            int.from_bytes(os.urandom(4), "big") if timestamp_base is None else timestamp_base
+        )
+        self._first_slot: int | None = None
+        self._last_slot: int | None = None
+        # The earliest slot the frame at the head of the queue may use: a
+        # frame queued while idle is not stamped in the past.
+        self._ready_slot = 0
+        self._talking = False
+        self._resume_marked = False
+        self.last_sent_at: float | None = None
+        self.first_sent_at: float | None = None
+        self.stats = SendStatistics()
+        self.events: list[PlayoutStarted | PlayoutStopped] = []
+
+    # -- the grid -------------------------------------------------------------
+
+    def slot_at(self, now: float) -> int:
+        """The pacing slot ``now`` falls in."""
+        return int((now - self.grid_origin) / FRAME_SECONDS + _EPSILON)
+
+    def rtp_time(self, now: float) -> int | None:
+        """The RTP timestamp of the instant ``now`` (for sender reports); ``None`` before the first packet."""
+        if self._first_slot is None:
+            return None
+        elapsed = (now - self.grid_origin) / FRAME_SECONDS - self._first_slot
+        return (self._timestamp_base + round(elapsed * SAMPLES_PER_FRAME)) & 0xFFFFFFFF
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def talking(self) -> bool:
+        """Whether a talkspurt is under way: frames queued, or one sent in the last slot."""
+        return self._talking or bool(self.source)
+
+    def wants_tick(self) -> bool:
+        """Whether the shared tick must poll this sender: a backlog, or a talkspurt to close."""
+        return self._talking or bool(self.source)
+
+    def queued(self, now: float) -> None:
+        """The source went from empty to holding frames at ``now``.
+
+        New audio is never stamped in a slot already past: only frames that
+        waited in a backlog through a late tick catch up.
+        """
+        self._ready_slot = self.slot_at(now)
+
+    # -- sending --------------------------------------------------------------
+
+    def poll(self, now: float) -> list[bytes]:
+        """The RTP packets whose slots have come by ``now``, oldest first."""
+        slot = self.slot_at(now)
+        source = self.source
+        packets: list[bytes] = []
+        if source:
+            last = self._last_slot
+            start = self._ready_slot if last is None else max(last + 1, self._ready_slot)
+            start = max(start, slot - MAX_CATCH_UP + 1)
+            while start <= slot:
+                payload = source.pop()
+                if payload is None:
+                    break
+                packets.append(self._packet(start, payload, now))
+                start += 1
+        if not source and self._talking and self._last_slot is not None and slot > self._last_slot + 1:
+            # A whole slot went by with nothing to send: the talkspurt is over.
+            self._talking = False
+            assert self.last_sent_at is not None
+            self.events.append(PlayoutStopped(now, self.last_sent_at, "drained"))
+        return packets
+
+    def _packet(self, slot: int, payload: bytes, now: float) -> bytes:
+        if self._first_slot is None:
+            self._first_slot = slot
+            self.first_sent_at = now
+        marker = self._resume_marked or self._last_slot is None or slot != self._last_slot + 1
+        self._resume_marked = False
+        if not self._talking:
+            self._talking = True
+            self.events.append(PlayoutStarted(now))
+        timestamp = (self._timestamp_base + SAMPLES_PER_FRAME * (slot - self._first_slot)) & 0xFFFFFFFF
+        sequence = self._sequence
+        self._sequence = (sequence + 1) & 0xFFFF
+        self._last_slot = slot
+        self.last_sent_at = now
+        self.stats.on_packet_sent(len(payload))
+        extension = self._extension
+        if extension:
+            header = build_rtp_header(self.payload_type, sequence, timestamp, self.ssrc, marker)
+            return bytes([header[0] | 0x10]) + header[1:] + extension + payload
+        return build_rtp_header(self.payload_type, sequence, timestamp, self.ssrc, marker) + payload
+
+    def stop(self, now: float) -> int:
+        """Cut the agent's audio now (barge-in, a cancel); the milliseconds of queued audio dropped.
+
+        The next frame starts a new talkspurt, with the marker bit set.
+        """
+        dropped = self.source.clear()
+        if self._talking and self.last_sent_at is not None:
+            self.events.append(PlayoutStopped(now, self.last_sent_at, "stopped", dropped))
+        self._talking = False
+        self._resume_marked = True
+        return dropped
+
+    def take_events(self) -> list[PlayoutStarted | PlayoutStopped]:
+        """The playout events since the last call."""
+        events, self.events = self.events, []
+        return events
