@@ -28,6 +28,18 @@ FINGERPRINT = Fingerprint(
 )
 PARAMS = AnswerParameters(UFRAG, PWD, FINGERPRINT, ("203.0.113.7", 3478), 4242)
 PARAMS_DC = AnswerParameters(UFRAG, PWD, FINGERPRINT, ("203.0.113.7", 3478), 4242, accept_datachannel=True)
+# What the transceiver passes: our stream's SSRC, CNAME and msid too.
+PARAMS_SERVED = AnswerParameters(
+    UFRAG,
+    PWD,
+    FINGERPRINT,
+    ("203.0.113.7", 3478),
+    4242,
+    accept_datachannel=True,
+    audio_ssrc=439041101,
+    cname="6e1f0c2a9b7d4e5f8a3c2b1d",
+    track_id="agent-audio",
+)
 
 # (opus pt, echoed fmtp or None, rtcp-rsize offered) per fixture
 OPUS = {
@@ -37,6 +49,8 @@ OPUS = {
     "pion": (111, "minptime=10;useinbandfec=1", True),
     "aiortc": (96, None, False),
 }
+# The id each fixture gives the sdes:mid header extension (Pion's offer has none).
+MID_EXTENSION = {"chrome": 4, "firefox": 3, "safari": 4, "pion": None, "aiortc": 1}
 
 
 def load(client: str) -> str:
@@ -67,7 +81,12 @@ def transport_lines() -> list[str]:
 
 
 def expected_answer(
-    pt: int, fmtp: str | None, rsize: bool, datachannel: bool, direction: str = "sendrecv"
+    pt: int,
+    fmtp: str | None,
+    rsize: bool,
+    datachannel: bool,
+    direction: str = "sendrecv",
+    mid_extension: int | None = None,
 ) -> list[str]:
     """The exact answer lines for a two m-line (audio mid 0, data channel mid 1) offer."""
     candidate = ["a=candidate:1 1 udp 2130706431 203.0.113.7 3478 typ host", "a=end-of-candidates"]
@@ -86,6 +105,7 @@ def expected_answer(
         *transport_lines(),
         "a=rtcp-mux",
         *(["a=rtcp-rsize"] if rsize else []),
+        *([f"a=extmap:{mid_extension} urn:ietf:params:rtp-hdrext:sdes:mid"] if mid_extension else []),
         f"a=rtpmap:{pt} opus/48000/2",
         *([f"a=fmtp:{pt} {fmtp}"] if fmtp else []),
         *candidate,
@@ -114,7 +134,8 @@ def test_fixture_answer_exact(client: str, datachannel: bool) -> None:
     """Each client's offer gets exactly the expected answer, which parses."""
     answer = answer_for(load(client), PARAMS_DC if datachannel else PARAMS)
     pt, fmtp, rsize = OPUS[client]
-    assert answer.split("\r\n") == [*expected_answer(pt, fmtp, rsize, datachannel), ""]
+    expected = expected_answer(pt, fmtp, rsize, datachannel, mid_extension=MID_EXTENSION[client])
+    assert answer.split("\r\n") == [*expected, ""]
     desc = parse_sdp(answer)
     assert desc.ice_lite and desc.media[0].codecs == [
         Codec(pt, "opus", 48000, 2, dict(p.split("=") for p in fmtp.split(";")) if fmtp else {})
@@ -122,9 +143,42 @@ def test_fixture_answer_exact(client: str, datachannel: bool) -> None:
 
 
 def test_chrome_answer_golden_file() -> None:
-    """The Chrome answer with the data channel matches the reviewed golden file."""
+    """The Chrome answer as served (data channel, our stream described) matches the reviewed golden file."""
     golden = (FIXTURES / "chrome-answer.sdp").read_bytes().decode("utf-8")
-    assert answer_for(load("chrome"), PARAMS_DC) == golden
+    assert answer_for(load("chrome"), PARAMS_SERVED) == golden
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_every_client_can_map_our_ssrc_to_the_audio_m_line(client: str) -> None:
+    """a=ssrc with cname and msid, a=msid, a=msid-semantic, and the MID header extension when
+    the client offered it: each client finds the stream it demuxes by (Pion: ssrc or msid)."""
+    answer = parse_sdp(answer_for(load(client), PARAMS_SERVED))
+    audio = answer.media[0]
+    assert audio.ssrcs == [439041101]
+    assert "a=ssrc:439041101 cname:6e1f0c2a9b7d4e5f8a3c2b1d" in audio.other
+    assert "a=ssrc:439041101 msid:voiceedge agent-audio" in audio.other
+    assert "a=msid:voiceedge agent-audio" in audio.other
+    assert answer.msid_semantic == "WMS voiceedge"
+    mid_extension = MID_EXTENSION[client]
+    expected = [(mid_extension, "urn:ietf:params:rtp-hdrext:sdes:mid")] if mid_extension else []
+    assert audio.extmaps == expected
+    # The data channel m-line names no stream.
+    assert answer.media[1].ssrcs == [] and not answer.media[1].other
+
+
+def test_no_stream_is_described_when_we_only_receive() -> None:
+    """An offer that only sends (a=sendonly) gets a recvonly answer with no ssrc or msid."""
+    answer = parse_sdp(answer_for(load("chrome").replace("a=sendrecv", "a=sendonly"), PARAMS_SERVED))
+    assert answer.media[0].direction == "recvonly"
+    assert answer.media[0].ssrcs == [] and answer.msid_semantic is None
+
+
+def test_session_version_in_origin() -> None:
+    """A second answer of the same session (an ICE restart) has a higher o= version."""
+    params = AnswerParameters(UFRAG, PWD, FINGERPRINT, ("203.0.113.7", 3478), 4242, session_version=2)
+    assert parse_sdp(answer_for(load("chrome"), params)).origin == "- 4242 2 IN IP4 127.0.0.1"
+    with pytest.raises(ValueError):
+        answer_for(load("chrome"), AnswerParameters(UFRAG, PWD, FINGERPRINT, ("203.0.113.7", 3478), 1, session_version=0))
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -347,7 +401,9 @@ async def _aiortc_round(direction: str, datachannel: bool, accept: bool) -> tupl
             pc.createDataChannel("events")
         await pc.setLocalDescription(await pc.createOffer())
         offer = parse_sdp(pc.localDescription.sdp)
-        params = AnswerParameters(UFRAG, PWD, FINGERPRINT, ("127.0.0.1", 9), 7, accept_datachannel=accept)
+        params = AnswerParameters(
+            UFRAG, PWD, FINGERPRINT, ("127.0.0.1", 9), 7, accept_datachannel=accept, audio_ssrc=1234, cname="abcd"
+        )
         answer = build_answer(offer, summarize_offer(offer), params)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         transceiver = pc.getTransceivers()[0]
@@ -417,7 +473,8 @@ def test_chromium_accepts_answer(video: bool, accept: bool) -> None:
                 page = await browser.new_page()
                 offer = parse_sdp(await page.evaluate(JS_OFFER, video))
                 params = AnswerParameters(
-                    UFRAG, PWD, FINGERPRINT, ("127.0.0.1", 9), 7, accept_datachannel=accept
+                    UFRAG, PWD, FINGERPRINT, ("127.0.0.1", 9), 7, accept_datachannel=accept,
+                    audio_ssrc=1234, cname="abcd",
                 )
                 answer = build_answer(offer, summarize_offer(offer), params)
                 return await page.evaluate(JS_ANSWER, answer), answer

@@ -19,7 +19,7 @@ from voiceedge.media.opus import OpusDecoder, OpusEncoder
 from voiceedge.signaling.interfaces import ISessionHost, SessionRefused
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsState, DtlsTransport
 from voiceedge.transceiver.credentials import random_ufrag
-from voiceedge.transceiver.host import Transceiver
+from voiceedge.transceiver.host import EARLY_DTLS_POOL_BYTES, Transceiver
 from voiceedge.transceiver.session import EndReason, SessionState
 from voiceedge.transceiver.settings import SpeechSettings, TransceiverSettings
 from voiceedge.transceiver.srtp import SrtpSession
@@ -626,11 +626,19 @@ def test_an_agent_that_fails_to_end_does_not_leak_the_session(clock: Clock) -> N
     assert transceiver.session_count() == 0 and not transceiver._by_address
 
 
-def test_oversized_early_dtls_is_not_held(clock: Clock) -> None:
-    """The early-DTLS pool holds first flights, not 64 KiB datagrams."""
+def test_early_dtls_of_any_size_is_held_within_a_byte_budget(clock: Clock) -> None:
+    """The early-DTLS pool holds any datagram a client may send (a post-quantum first flight
+    is past 1,400 bytes), and stays within its byte budget by evicting the oldest sources."""
     transceiver, _ = make_transceiver(clock)
-    transceiver.datagram_received(b"\x16" + bytes(60000), ("127.0.0.1", 1))
-    assert transceiver.drops["early_dtls_too_big"] == 1 and not transceiver._early_dtls
+    transceiver.datagram_received(b"\x16" + bytes(1407), ("127.0.0.1", 1))
+    assert transceiver._early_dtls_bytes == 1408
+    for port in range(2, 40):
+        transceiver.datagram_received(b"\x16" + bytes(60000), ("127.0.0.1", port))
+    assert transceiver._early_dtls_bytes <= EARLY_DTLS_POOL_BYTES
+    assert ("127.0.0.1", 1) not in transceiver._early_dtls
+    assert transceiver.drops["early_dtls_evicted"] >= 1
+    clock.advance(6)
+    assert not transceiver._early_dtls and transceiver._early_dtls_bytes == 0
 
 
 def test_setup_waterfall_on_stats_and_metrics(clock: Clock) -> None:

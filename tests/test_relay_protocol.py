@@ -179,14 +179,31 @@ def test_consent_checks_on_confirmed_flow(h: Harness) -> None:
     assert [a for _, a in h.to_transceiver] == [HOP, HOP]
 
 
-def test_oversized_and_empty_datagrams_are_dropped(h: Harness) -> None:
+def test_oversized_and_empty_datagrams_are_dropped() -> None:
     """Nothing larger than max_payload is forwarded, even on a confirmed flow."""
+    h = Harness(max_payload=1400)
     h.confirm()
     h.to_transceiver.clear()
     h.from_client(srtp(1401))
     h.from_client(b"")
     assert h.to_transceiver == []
     assert h.relay.drops["too_big"] == 1 and h.relay.drops["empty"] == 1
+
+
+def test_every_datagram_a_client_can_send_is_forwarded(h: Harness) -> None:
+    """By default the relay takes any client datagram one internal datagram can carry: a
+    1,408-byte DTLS flight with a post-quantum key share (Firefox ESR), and far larger, fits."""
+    assert h.relay.max_payload == encap.MAX_CLIENT_PAYLOAD == 65469
+    flight = b"\x16\xfe\xfd" + os.urandom(1405)
+    h.from_client(binding_request(token()))
+    h.from_transceiver(b"\x01\x01\x00\x00answer")
+    h.to_transceiver.clear()
+    for payload in (flight, srtp(9000), srtp(encap.MAX_CLIENT_PAYLOAD)):
+        h.from_client(payload)
+    assert [encap.decode(d)[1] for d, _ in h.to_transceiver][0] == flight
+    assert [len(d) for d, _ in h.to_transceiver] == [1408 + 14, 9000 + 14, 65469 + 14]
+    h.from_client(srtp(encap.MAX_CLIENT_PAYLOAD + 1))
+    assert h.relay.drops["too_big"] == 1
 
 
 def test_ice_restart_to_another_transceiver(h: Harness) -> None:

@@ -32,6 +32,9 @@ def test_allinone_runs_on_embedded_defaults() -> None:
     kinds = [type(s) for s in top]
     assert internet.UDPServer in kinds
     assert RelayService in kinds
+    # The transceiver's socket reads whole datagrams (Twisted's default would cut at 8 KiB).
+    (media,) = [s for s in top if isinstance(s, internet.UDPServer)]
+    assert media.kwargs["maxPacketSize"] >= 65536
     # The answer's only candidate is the relay.
     transceiver = next(s for s in top if isinstance(s, transceiver_tap.TransceiverService)).transceiver
     assert transceiver.advertised == ("127.0.0.1", 3478)

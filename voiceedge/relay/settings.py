@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from voiceedge import config as c
+from voiceedge.wire.encap import MAX_CLIENT_PAYLOAD
 from voiceedge.config import Address, SettingError, section, setting
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -48,7 +49,11 @@ class RelaySettings:
     max_flows: int = setting(c.integer(1, 10_000_000), "100000", "bound of the flow table")
     flow_idle_timeout: float = setting(c.seconds(10, 3600), "40", "a confirmed flow idle this long ends")
     pending_timeout: float = setting(c.seconds(1, 300), "10", "an unconfirmed flow lives this long")
-    max_payload: int = setting(c.integer(576, 65000), "1400", "larger client datagrams are dropped")
+    max_payload: int = setting(
+        c.integer(576, MAX_CLIENT_PAYLOAD),
+        str(MAX_CLIENT_PAYLOAD),
+        "larger client datagrams are dropped (default: any a client can send that one internal datagram holds)",
+    )
 
     def __post_init__(self) -> None:
         if self.ingress_address is not None and (":" in self.ingress_address[0]) != (

@@ -37,6 +37,8 @@ _MIRROR = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly
 _ECHOED_OPUS_PARAMS = ("minptime", "useinbandfec")
 # Host candidate priority for the one local candidate (RFC 8445 5.1.2.1, type pref 126).
 _HOST_PRIORITY = 2130706431
+#: The RTP header extension that carries the m-line's MID (RFC 8843 §15).
+MID_EXTENSION_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 
 
 class OfferNotAcceptable(Exception):
@@ -66,11 +68,22 @@ class OfferSummary:
     opus: Codec
     datachannel_mid: str | None = None
     max_message_size: int | None = None
+    mid_extension_id: int | None = None  # the id the audio m-line gives the sdes:mid extension
+    remote_ssrcs: tuple[int, ...] = ()  # the audio m-line's a=ssrc ids
 
 
 @dataclass(frozen=True)
 class AnswerParameters:
-    """Our side of the answer: ICE credentials, certificate fingerprint, advertised address."""
+    """Our side of the answer: ICE credentials, certificate fingerprint, advertised address.
+
+    ``audio_ssrc`` and ``cname`` describe the stream we send; with them the
+    answer says which m-line our RTP belongs to in every way a client may
+    look for it (``a=ssrc`` with ``cname`` and ``msid``, ``a=msid``,
+    ``a=msid-semantic``, and the MID header extension when offered), so a
+    client that BUNDLEs audio with a data channel can map our SSRC (Pion
+    needs one of them). ``session_version`` goes up with each new answer of
+    the same session (RFC 3264 §8).
+    """
 
     ice_ufrag: str
     ice_pwd: str
@@ -80,6 +93,11 @@ class AnswerParameters:
     accept_datachannel: bool = False
     sctp_port: int = 5000
     max_message_size: int = 262144
+    audio_ssrc: int | None = None
+    cname: str = ""
+    stream_id: str = "voiceedge"
+    track_id: str = "agent-audio"
+    session_version: int = 1
 
 
 def _usable(media: MediaDescription) -> bool:
@@ -179,6 +197,7 @@ def summarize_offer(offer: SessionDescription) -> OfferSummary:
     if not audio.rtcp_mux:
         raise OfferNotAcceptable("the audio m-line does not offer a=rtcp-mux")
     datachannel = _pick_datachannel(offer, audio.mid)
+    mid_extension = next((i for i, uri in audio.extmaps if uri == MID_EXTENSION_URI), None)
     return OfferSummary(
         remote_ufrag=ufrag,
         remote_pwd=pwd,
@@ -187,6 +206,8 @@ def summarize_offer(offer: SessionDescription) -> OfferSummary:
         opus=opus,
         datachannel_mid=datachannel.mid if datachannel is not None else None,
         max_message_size=datachannel.max_message_size if datachannel is not None else None,
+        mid_extension_id=mid_extension if audio.mid is not None else None,
+        remote_ssrcs=tuple(audio.ssrcs),
     )
 
 
@@ -218,6 +239,20 @@ def _transport(params: AnswerParameters, candidate: Candidate, connection: str) 
     }
 
 
+def _describe_stream(
+    answer: SessionDescription, audio: MediaDescription, ssrc: int, params: AnswerParameters
+) -> None:
+    """Name the stream we send on the audio m-line: msid (RFC 8830), ssrc with cname and msid."""
+    msid = f"{params.stream_id} {params.track_id}"
+    answer.msid_semantic = f"WMS {params.stream_id}"
+    audio.other += [
+        f"a=msid:{msid}",
+        f"a=ssrc:{ssrc} cname:{params.cname}",
+        f"a=ssrc:{ssrc} msid:{msid}",
+    ]
+    audio.ssrcs.append(ssrc)
+
+
 def build_answer(offer: SessionDescription, summary: OfferSummary, params: AnswerParameters) -> str:
     """Write the SDP answer for ``offer`` as a CRLF-terminated string.
 
@@ -241,9 +276,11 @@ def build_answer(offer: SessionDescription, summary: OfferSummary, params: Answe
                 accepted.add(i)
                 break
 
+    if params.session_version < 1:
+        raise ValueError("session_version starts at 1")
     candidate = Candidate("1", 1, "udp", _HOST_PRIORITY, str(ipaddress.ip_address(host)), port, "host")
     answer = SessionDescription(
-        origin=f"- {params.session_id} 1 IN IP4 127.0.0.1",
+        origin=f"- {params.session_id} {params.session_version} IN IP4 127.0.0.1",
         session_name="-",
         ice_lite=True,
         ice_ufrag=params.ice_ufrag,
@@ -260,20 +297,24 @@ def build_answer(offer: SessionDescription, summary: OfferSummary, params: Answe
                 for k, v in opus.parameters.items()
                 if k.lower() == wanted
             }
-            answer.media.append(
-                MediaDescription(
-                    kind="audio",
-                    port=port,
-                    proto="UDP/TLS/RTP/SAVPF",
-                    formats=[str(opus.payload_type)],
-                    mid=offered.mid,
-                    codecs=[Codec(opus.payload_type, "opus", 48000, 2, echoed)],
-                    rtcp_mux=True,
-                    rtcp_rsize=offered.rtcp_rsize,
-                    direction=_MIRROR[offered.direction or "sendrecv"],
-                    **_transport(params, candidate, connection),
-                )
+            direction = _MIRROR[offered.direction or "sendrecv"]
+            audio = MediaDescription(
+                kind="audio",
+                port=port,
+                proto="UDP/TLS/RTP/SAVPF",
+                formats=[str(opus.payload_type)],
+                mid=offered.mid,
+                codecs=[Codec(opus.payload_type, "opus", 48000, 2, echoed)],
+                rtcp_mux=True,
+                rtcp_rsize=offered.rtcp_rsize,
+                direction=direction,
+                **_transport(params, candidate, connection),
             )
+            if summary.mid_extension_id is not None:
+                audio.extmaps.append((summary.mid_extension_id, MID_EXTENSION_URI))
+            if params.audio_ssrc is not None and direction in ("sendrecv", "sendonly"):
+                _describe_stream(answer, audio, params.audio_ssrc, params)
+            answer.media.append(audio)
         elif i in accepted:
             answer.media.append(
                 MediaDescription(

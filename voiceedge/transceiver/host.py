@@ -18,6 +18,7 @@ from voiceedge.metrics import Histogram, Sample
 from voiceedge.signaling.answer import (
     AnswerParameters,
     OfferNotAcceptable,
+    OfferSummary,
     build_answer,
     summarize_offer,
 )
@@ -45,11 +46,13 @@ Address = tuple[str, int]
 TICK = 0.020  # one Opus frame: the pacing grid every session's sender shares
 SWEEP = 0.5  # early DTLS and relay routes
 # DTLS records that arrive from a source before its first valid ICE check
-# (reordering can do that) are held briefly, in a small bounded pool.
+# (reordering can do that) are held briefly, in a small pool bounded in
+# sources, datagrams and bytes (any datagram size a client may send is held;
+# the oldest sources go first when the bytes run out).
 EARLY_DTLS_SOURCES = 256
 EARLY_DTLS_PER_SOURCE = 4
 EARLY_DTLS_TTL = 5.0
-EARLY_DTLS_MAX_BYTES = 1500
+EARLY_DTLS_POOL_BYTES = 1 << 20
 # A session's timer fires at most this much before its deadline is re-read:
 # deadlines that move later (a speech turn going on) do not re-arm it.
 _TIMER_SLACK = 1e-4
@@ -69,10 +72,12 @@ SETUP_MILESTONES = (
 class Call:
     """What the transceiver keeps per session: the session, its conversation, its timer, its ufrags."""
 
-    __slots__ = ("session", "conversation", "timer", "busy", "ufrags")
+    __slots__ = ("session", "conversation", "timer", "busy", "ufrags", "answered")
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        # The offer's summary and our answer's parameters, for re-offers.
+        self.answered: tuple[OfferSummary, AnswerParameters] | None = None
         self.conversation: Conversation | None = None
         self.timer: IDelayedCall | None = None
         self.busy = False  # its outputs are being handled: a re-entrant flush waits for that loop
@@ -132,6 +137,7 @@ class Transceiver:
         self._early_dtls: collections.OrderedDict[Address, tuple[float, list[bytes]]] = (
             collections.OrderedDict()
         )
+        self._early_dtls_bytes = 0
         self.grid_origin = clock.seconds()
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
@@ -190,19 +196,20 @@ class Transceiver:
         session_id = secrets.token_urlsafe(12)
         while session_id in self._by_id:  # pragma: no cover - 96 random bits
             session_id = secrets.token_urlsafe(12)
-        audio = AudioStream.new(summary.opus.payload_type, summary.audio_mid)
-        answer = build_answer(
-            offer,
-            summary,
-            AnswerParameters(
-                ice_ufrag=credentials.ufrag,
-                ice_pwd=credentials.pwd,
-                fingerprint=sdp.Fingerprint("sha-256", self.certificate.fingerprint),
-                candidate=self.advertised,
-                session_id=secrets.randbits(62),
-                accept_datachannel=summary.datachannel_mid is not None,
-            ),
+        audio = AudioStream.new(
+            summary.opus.payload_type, summary.audio_mid, summary.mid_extension_id, summary.remote_ssrcs
         )
+        params = AnswerParameters(
+            ice_ufrag=credentials.ufrag,
+            ice_pwd=credentials.pwd,
+            fingerprint=sdp.Fingerprint("sha-256", self.certificate.fingerprint),
+            candidate=self.advertised,
+            session_id=secrets.randbits(62),
+            accept_datachannel=summary.datachannel_mid is not None,
+            audio_ssrc=audio.ssrc,
+            cname=audio.cname,
+        )
+        answer = build_answer(offer, summary, params)
         ice = IceLiteAgent(
             credentials.ufrag,
             credentials.pwd,
@@ -231,6 +238,7 @@ class Transceiver:
             probes=self.probes,
         )
         call = Call(session)
+        call.answered = (summary, params)
         call.conversation = Conversation(
             session,
             self.agent_factory,
@@ -367,22 +375,32 @@ class Transceiver:
         return None
 
     def _hold_early_dtls(self, data: bytes, source: Address) -> None:
-        if len(data) > EARLY_DTLS_MAX_BYTES:
-            # A real first flight fits the path MTU; the pool's bound in
-            # bytes must hold against 64 KiB datagrams.
-            self.drops["early_dtls_too_big"] += 1
-            return
         entry = self._early_dtls.get(source)
-        if entry is None:
-            if len(self._early_dtls) >= EARLY_DTLS_SOURCES:
-                self._early_dtls.popitem(last=False)
-                self.drops["early_dtls_evicted"] += 1
-            entry = (self.clock.seconds(), [])
-            self._early_dtls[source] = entry
-        if len(entry[1]) >= EARLY_DTLS_PER_SOURCE:
+        if entry is not None and len(entry[1]) >= EARLY_DTLS_PER_SOURCE:
             self.drops["early_dtls_overflow"] += 1
             return
+        while self._early_dtls and (
+            self._early_dtls_bytes + len(data) > EARLY_DTLS_POOL_BYTES
+            or (entry is None and len(self._early_dtls) >= EARLY_DTLS_SOURCES)
+        ):
+            oldest, _ = next(iter(self._early_dtls.items()))
+            self._release_early_dtls(oldest)
+            self.drops["early_dtls_evicted"] += 1
+            if oldest == source:
+                entry = None
+        if entry is None:
+            entry = (self.clock.seconds(), [])
+            self._early_dtls[source] = entry
         entry[1].append(data)
+        self._early_dtls_bytes += len(data)
+
+    def _release_early_dtls(self, source: Address) -> list[bytes]:
+        """Take ``source``'s held datagrams out of the pool."""
+        entry = self._early_dtls.pop(source, None)
+        if entry is None:
+            return []
+        self._early_dtls_bytes -= sum(len(d) for d in entry[1])
+        return entry[1]
 
     def transmit(self, data: bytes, destination: Address) -> None:
         """Send a session's datagram, through the client's relay if it has one."""
@@ -456,10 +474,8 @@ class Transceiver:
         if previous is not None and previous is not call:
             self.drops["address_taken_over"] += 1
         self._by_address[source] = call
-        early = self._early_dtls.pop(source, None)
-        if early is not None:
-            for data in early[1]:
-                call.session.receive(data, source, self.clock.seconds())
+        for data in self._release_early_dtls(source):
+            call.session.receive(data, source, self.clock.seconds())
 
     def _unroute(self, call: Call, source: Address) -> None:
         """Stop routing ``source`` to ``call``."""
@@ -542,7 +558,7 @@ class Transceiver:
             source, (held_at, _) = next(iter(self._early_dtls.items()))
             if now - held_at < EARLY_DTLS_TTL:
                 break
-            del self._early_dtls[source]
+            self._release_early_dtls(source)
             self.drops["early_dtls_expired"] += 1
 
     # -- metrics ------------------------------------------------------------

@@ -64,7 +64,9 @@ class AudioStream:
 
     ``mid_extension_id`` is the id the client gave the
     ``urn:ietf:params:rtp-hdrext:sdes:mid`` header extension, when it offered
-    it: every packet we send then carries ``mid``.
+    it: every packet we send then carries ``mid``. ``remote_ssrcs`` are the
+    SSRCs the offer announced for the client's audio (SRTP takes those, and
+    only a few others).
     """
 
     payload_type: int
@@ -72,9 +74,16 @@ class AudioStream:
     cname: str
     mid: str | None = None
     mid_extension_id: int | None = None
+    remote_ssrcs: tuple[int, ...] = ()
 
     @classmethod
-    def new(cls, payload_type: int, mid: str | None = None, mid_extension_id: int | None = None) -> AudioStream:
+    def new(
+        cls,
+        payload_type: int,
+        mid: str | None = None,
+        mid_extension_id: int | None = None,
+        remote_ssrcs: tuple[int, ...] = (),
+    ) -> AudioStream:
         """A stream with a random SSRC and CNAME."""
         return cls(
             payload_type,
@@ -82,6 +91,7 @@ class AudioStream:
             os.urandom(12).hex(),
             mid,
             mid_extension_id,
+            remote_ssrcs,
         )
 
 
@@ -319,7 +329,7 @@ class Session:
             before = self.ice.media_destination()
             self.ice.verify(self._dtls_peer, now)
             self._check_destination(before)
-        srtp = self._srtp = SrtpSession(keys)
+        srtp = self._srtp = SrtpSession(keys, offered_ssrcs=self.audio.remote_ssrcs)
         self.state = SessionState.CONNECTED
         self._milestone("dtls", now)
         self.log.info(

@@ -21,7 +21,7 @@ from voiceedge.signaling.settings import SignalingSettings
 from voiceedge.transceiver.credentials import random_ufrag
 from voiceedge.transceiver.dtls import DtlsCertificate
 from voiceedge.transceiver.host import Address, Transceiver
-from voiceedge.transceiver.protocol import SharedSocketProtocol
+from voiceedge.transceiver.protocol import MAX_DATAGRAM, SharedSocketProtocol
 from voiceedge.transceiver.settings import (
     RouteSettings,
     SpeechSettings,
@@ -152,7 +152,10 @@ def build_transceiver(
     )
     protocols.append(SharedSocketProtocol(transceiver))
     media_host, media_port = settings.media_listen
-    udp = internet.UDPServer(media_port, protocols[0], interface=media_host)
+    # Twisted reads 8 KiB by default and would truncate a larger datagram.
+    udp = internet.UDPServer(
+        media_port, protocols[0], interface=media_host, maxPacketSize=MAX_DATAGRAM
+    )
     udp.setServiceParent(parent)
     TransceiverService(transceiver).setServiceParent(parent)
     return transceiver

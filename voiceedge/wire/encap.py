@@ -36,6 +36,7 @@ __all__ = [
     "FLAG_CLIENT_V6",
     "FLAG_INGRESS_V6",
     "MAX_HEADER_SIZE",
+    "MAX_CLIENT_PAYLOAD",
     "is_encapsulated",
     "header_length",
     "encode",
@@ -62,6 +63,11 @@ _LAYOUTS: tuple[struct.Struct, ...] = (
 )
 _SIZES = tuple(s.size for s in _LAYOUTS)
 MAX_HEADER_SIZE = _SIZES[-1]
+#: The largest client datagram one encapsulated datagram can carry over IPv4:
+#: 65,507 bytes of UDP payload less the largest header. It is also about the
+#: largest a client can send over IPv4 at all (65,507): whatever reaches the
+#: relay fits, with a few bytes' margin lost only to IPv6 jumbo-sized sends.
+MAX_CLIENT_PAYLOAD = 65507 - MAX_HEADER_SIZE
 _CLIENT_IP_LEN = (4, 16, 4, 16)
 # flags byte from (len(client ip), len(ingress ip))
 _FLAGS_BY_LENS = {(4, 4): 0, (16, 4): 1, (4, 16): 2, (16, 16): 3}
