@@ -166,12 +166,16 @@ def test_ini_options_make_a_factory() -> None:
     assert isinstance(factory, ParrotAgentFactory)
     assert factory.sample_rate == 16000
     assert factory.turn_detection == TurnDetection(
-        threshold_db=9.5, min_speech_ms=250, silence_ms=800, max_wait_ms=None, prefix_padding_ms=100
+        threshold_db=9.5, min_speech_ms=250, silence_ms=800, max_wait_ms=None, prefix_padding_ms=100,
+        detector="silero",
     )
     defaults = agent_type.make_factory(c.load_config(schema)["agent.parrot"], Clock())
     assert isinstance(defaults, ParrotAgentFactory)
-    assert defaults.turn_detection == TurnDetection()
-    for bad in ("silence_ms = -1", "threshold_db = loud", "max_wait_ms = 99999", "sample_rate = 8000"):
+    # The shipped default is the neural detector (chosen by bench/vad.py); the code's is energy.
+    assert defaults.turn_detection == TurnDetection(detector="silero")
+    energy = c.load_config(schema, text="[agent.parrot]\ndetector = energy\n")["agent.parrot"]
+    assert agent_type.make_factory(energy, Clock()).turn_detection == TurnDetection()
+    for bad in ("detector = webrtc", "silence_ms = -1", "threshold_db = loud", "max_wait_ms = 99999", "sample_rate = 8000"):
         with pytest.raises(c.ConfigError):
             c.load_config(schema, text=f"[agent.parrot]\n{bad}\n")
 

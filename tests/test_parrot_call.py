@@ -89,6 +89,8 @@ def parrot_service(tmp_path: Path) -> Iterator[str]:
         agent={"name": "parrot"},
         **{
             "agent.parrot": {
+                # These calls check the silence-timer rule itself; tests/test_turn_taking.py checks silero's.
+                "detector": "energy",
                 "silence_ms": SILENCE_MS,
                 "min_speech_ms": 150,
                 "prefix_padding_ms": 100,

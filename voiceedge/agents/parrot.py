@@ -43,7 +43,15 @@ from voiceedge.agents.interfaces import (
     IAgentSession,
     IAgentType,
 )
+from voiceedge.media.detection import (
+    DetectionSettings,
+    DetectorName,
+    DetectorUnavailable,
+    make_speech_detector,
+    parse_detector,
+)
 from voiceedge.media.speech import SpeechDetector, SpeechEvent, SpeechStarted, SpeechStopped
+from voiceedge.media.turns import ProbabilityTurnDetector
 
 __all__ = ["ParrotAgent", "ParrotAgentFactory", "TurnDetection", "agent_type"]
 
@@ -95,13 +103,19 @@ _FIELDS: dict[str, tuple[str, Callable[[object], float], bool]] = {
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TurnDetection:
-    """When a turn starts and ends: the speech detector's knobs, plus the pre-roll kept."""
+    """When a turn starts and ends: which speech detector, its knobs, plus the pre-roll kept.
+
+    With ``detector = "silero"``, ``silence_ms`` is the silence after an end that
+    sounds neither final nor hesitant (see :mod:`voiceedge.media.turns`);
+    ``threshold_db`` is the energy detector's only.
+    """
 
     threshold_db: float = 12.0
     min_speech_ms: float = 150.0
     silence_ms: float = 600.0
     max_wait_ms: float | None = 15_000.0
     prefix_padding_ms: float = 100.0
+    detector: DetectorName = "energy"
 
     def updated(self, fields: dict[str, Any]) -> TurnDetection:
         """A copy changed by an OpenAI-style ``turn_detection`` object; unknown fields are ignored.
@@ -128,6 +142,7 @@ class TurnDetection:
         """The ``turn_detection`` object of a ``session.updated`` event."""
         return {
             "type": "server_vad",
+            "detector": self.detector,
             "threshold_db": self.threshold_db,
             "prefix_padding_ms": self.prefix_padding_ms,
             "silence_duration_ms": self.silence_ms,
@@ -135,8 +150,25 @@ class TurnDetection:
             "max_wait_ms": self.max_wait_ms,
         }
 
+    def make_detector(self, sample_rate: int) -> SpeechDetector | ProbabilityTurnDetector:
+        """A new detector of the chosen kind with these knobs."""
+        settings = DetectionSettings(self.detector)
+        detector = make_speech_detector(settings, sample_rate)
+        assert isinstance(detector, (SpeechDetector, ProbabilityTurnDetector))
+        detector.update(**self.detector_parameters())
+        return detector
+
     def detector_parameters(self) -> dict[str, float | None]:
-        """Keywords for :meth:`SpeechDetector.update`."""
+        """Keywords for the detector's ``update``."""
+        if self.detector == "silero":
+            defaults = DetectionSettings("silero")
+            return {
+                "min_speech_ms": self.min_speech_ms,
+                "final_silence_ms": min(defaults.final_silence_ms, self.silence_ms),
+                "neutral_silence_ms": self.silence_ms,
+                "hesitation_silence_ms": max(defaults.hesitation_silence_ms, self.silence_ms),
+                "max_wait_ms": self.max_wait_ms,
+            }
         return {
             "threshold_db": self.threshold_db,
             "hysteresis_db": min(HYSTERESIS_DB, self.threshold_db),
@@ -165,8 +197,7 @@ class ParrotAgent:
         self._clock = session.clock
         self._rate: int = session.sample_rate
         self.turn_detection = turn_detection
-        self._detector = SpeechDetector(self._rate)
-        self._detector.update(**turn_detection.detector_parameters())
+        self._detector = turn_detection.make_detector(self._rate)
         self._bytes_per_ms = self._rate * 2 // 1000
         self._max_turn_bytes = max_turn_ms * self._bytes_per_ms
         self._closed = False
@@ -451,6 +482,11 @@ class agent_type:  # noqa: N801 - the module attribute AgentPlugin loads
     description = "waits for the end of your turn, then repeats it"
     options = {
         "sample_rate": c.Key(c.choice(16000, 24000, 48000), "24000", "PCM rate of the parrot"),
+        "detector": c.Key(
+            parse_detector,
+            "silero",
+            "speech detector that ends turns: silero (neural VAD, adaptive end of turn) or energy",
+        ),
         "threshold_db": c.Key(_decibels(1, 60), "12", "how far above the noise floor speech is"),
         "min_speech_ms": c.Key(c.integer(0, 5000), "150", "shorter sounds are not a turn"),
         "silence_ms": c.Key(c.integer(0, 10_000), "600", "the silence that ends a turn"),
@@ -476,5 +512,11 @@ class agent_type:  # noqa: N801 - the module attribute AgentPlugin loads
             silence_ms=options["silence_ms"],
             max_wait_ms=options["max_wait_ms"],
             prefix_padding_ms=options["prefix_padding_ms"],
+            detector=options["detector"],
         )
+        try:
+            # Load the model now: a missing package stops start-up, not the first call.
+            detection.make_detector(options["sample_rate"])
+        except DetectorUnavailable as e:
+            raise c.ConfigError(f"[agent.parrot] detector = {detection.detector}: {e}") from None
         return ParrotAgentFactory(options["sample_rate"], detection, options["max_turn_ms"])

@@ -46,6 +46,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal, Union
 
+from zope.interface import implementer
+
+from voiceedge.media.detection import ISpeechDetector
+
 __all__ = ["SpeechDetector", "SpeechEvent", "SpeechStarted", "SpeechStopped", "frame_level_db"]
 
 _FRAME_MS = 20
@@ -101,6 +105,7 @@ def frame_level_db(samples: array.array[int]) -> float:
     return max(_SILENT_DB, 10.0 * _log10(energy / len(samples) / _FULL_SCALE_SQUARED))
 
 
+@implementer(ISpeechDetector)
 class SpeechDetector:
     """Turns a stream of PCM16 mono little-endian audio into speech start/stop events.
 
@@ -131,6 +136,7 @@ class SpeechDetector:
         "_run_start",
         "_turn_start",
         "_voiced_end",
+        "voice_probability",
     )
 
     def __init__(
@@ -181,6 +187,8 @@ class SpeechDetector:
         self._run_start: float | None = None
         self._turn_start = 0.0
         self._voiced_end = 0.0
+        # 1.0 when the last frame counted as voice, else 0.0 (an energy detector has no probability).
+        self.voice_probability = 0.0
 
     @property
     def speaking(self) -> bool:
@@ -277,10 +285,13 @@ class SpeechDetector:
         self._audio_end = end
         floor = self._track_floor(level)
         if self._speaking:
-            if level >= floor + self.threshold_db - self.hysteresis_db:
+            voiced = level >= floor + self.threshold_db - self.hysteresis_db
+            self.voice_probability = 1.0 if voiced else 0.0
+            if voiced:
                 self._voiced_end = end
             self._check_stop(end, events)
             return
+        self.voice_probability = 1.0 if level >= floor + self.threshold_db else 0.0
         if level < floor + self.threshold_db:
             self._run_start = None
             self._armed = True

@@ -1,0 +1,329 @@
+# -*- test-case-name: tests.test_turns -*-
+"""A turn detector on voice probabilities, whose end-of-turn silence adapts to how the speech ended.
+
+A source of voice probabilities (Silero VAD, see :mod:`voiceedge.media.silero`)
+says, per 20 ms frame, how likely it is voice.  :class:`ProbabilityTurnDetector`
+turns that into :class:`~voiceedge.media.speech.SpeechStarted` and
+:class:`~voiceedge.media.speech.SpeechStopped` events, like the energy detector:
+
+- A frame is **voiced** when its probability is at least ``threshold``; once a
+  turn is open, ``threshold - 0.15`` is enough (hysteresis).
+- ``min_speech_ms`` of contiguous voiced frames opens a turn; its ``time`` is the
+  start of the first voiced frame.
+- When the voice stops, the silence that ends the turn depends on how the
+  speech before it ended, with no words involved:
+
+  * a **hesitation**: the stretch of voice before the pause was short (under
+    ``short_phrase_ms``: "um,", "well,", "uh,"), so the caller is likely to go
+    on: wait ``hesitation_silence_ms``;
+  * a **final fall**: the pitch of the last voiced frames fell well below the
+    stretch's own median (final lowering, the usual end of a statement): wait
+    only ``final_silence_ms``;
+  * anything else: wait ``neutral_silence_ms``.
+
+  :class:`SpeechStopped`'s ``time`` is the end of the last voiced frame, its
+  ``at`` when the silence ran out; :attr:`ProbabilityTurnDetector.last_end`
+  says which rule ended it.
+- ``max_wait_ms`` caps a turn as in the energy detector.
+
+Times are the caller's clock in seconds (``now`` given to :meth:`feed` is the
+time of the frame's first sample); no audio at all counts as silence
+(:meth:`poll` at :meth:`deadline`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Protocol
+
+import numpy as np
+from zope.interface import implementer
+
+from voiceedge.media.detection import ISpeechDetector
+from voiceedge.media.speech import SpeechEvent, SpeechStarted, SpeechStopped
+
+__all__ = ["EndKind", "ProbabilityTurnDetector", "VoiceProbability", "frame_pitch"]
+
+_FRAME = 0.02
+_HYSTERESIS = 0.15
+# Voice separated by less than this is one stretch (a phrase) for the end rules.
+_PHRASE_GAP_MS = 160.0
+# The final fall: the median pitch of the last _TAIL_FRAMES pitched frames under
+# _FALL_RATIO of the phrase's median pitch.
+_TAIL_FRAMES = 4
+_FALL_RATIO = 0.9
+_MIN_PITCHED = 6
+_PITCH_RANGE_HZ = (70.0, 400.0)
+_CLARITY = 0.45
+
+EndKind = Literal["hesitation", "final", "neutral", "max_wait"]
+
+
+_PARAMETERS = frozenset(
+    {
+        "threshold",
+        "min_speech_ms",
+        "neutral_silence_ms",
+        "final_silence_ms",
+        "hesitation_silence_ms",
+        "short_phrase_ms",
+        "max_wait_ms",
+    }
+)
+
+
+def _check(
+    *,
+    threshold: float,
+    min_speech_ms: float,
+    neutral_silence_ms: float,
+    final_silence_ms: float,
+    hesitation_silence_ms: float,
+    short_phrase_ms: float,
+    max_wait_ms: float | None,
+) -> None:
+    """Raise ValueError for knobs that do not make sense together."""
+    if not isinstance(threshold, (int, float)) or not 0.2 <= threshold < 1:
+        raise ValueError(f"threshold must be within 0.2..1, not {threshold!r}")
+    for name, value in (
+        ("min_speech_ms", min_speech_ms),
+        ("short_phrase_ms", short_phrase_ms),
+        ("final_silence_ms", final_silence_ms),
+        ("neutral_silence_ms", neutral_silence_ms),
+        ("hesitation_silence_ms", hesitation_silence_ms),
+    ):
+        if not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+    if not final_silence_ms <= neutral_silence_ms <= hesitation_silence_ms:
+        raise ValueError("silences must be final_silence_ms <= neutral_silence_ms <= hesitation_silence_ms")
+    if max_wait_ms is not None and (not isinstance(max_wait_ms, (int, float)) or not max_wait_ms > 0):
+        raise ValueError(f"max_wait_ms must be positive or None, not {max_wait_ms!r}")
+
+
+class VoiceProbability(Protocol):
+    """Anything that gives a voice probability for each 20 ms frame it is fed."""
+
+    sample_rate: int
+
+    def feed_frame(self, pcm: bytes) -> float:
+        """The voice probability (0..1) after this frame."""
+
+
+def frame_pitch(samples: np.ndarray, rate: int) -> float:
+    """The fundamental frequency of ``samples`` in Hz by normalised autocorrelation, 0 if unpitched."""
+    x = samples - samples.mean()
+    energy = float(np.dot(x, x))
+    if energy <= 0:
+        return 0.0
+    n = len(x)
+    size = 1 << (2 * n - 1).bit_length()
+    spectrum = np.fft.rfft(x, size)
+    ac = np.fft.irfft(spectrum * np.conj(spectrum), size)[:n]
+    low = max(1, int(rate / _PITCH_RANGE_HZ[1]))
+    high = min(n - 1, int(rate / _PITCH_RANGE_HZ[0]))
+    if high <= low:
+        return 0.0
+    # Normalise by the overlap so long lags are not penalised.
+    window = ac[low:high] / (ac[0] * (n - np.arange(low, high)) / n)
+    peak = float(window.max())
+    if peak < _CLARITY:
+        return 0.0
+    # The shortest lag that is a local peak nearly as good as the best: multiples
+    # of the period score as well as the period itself (octave-low errors).
+    good = np.nonzero(window[1:-1] >= 0.85 * peak)[0] + 1
+    best = int(np.argmax(window))
+    for i in good:
+        if window[i] >= window[i - 1] and window[i] >= window[i + 1]:
+            best = int(i)
+            break
+    return rate / (best + low)
+
+
+@implementer(ISpeechDetector)
+class ProbabilityTurnDetector:
+    """Speech start/stop events from per-frame voice probabilities and pitch (see the module doc)."""
+
+    def __init__(
+        self,
+        source: VoiceProbability,
+        *,
+        threshold: float = 0.5,
+        min_speech_ms: float = 60.0,
+        neutral_silence_ms: float = 800.0,
+        final_silence_ms: float = 200.0,
+        hesitation_silence_ms: float = 1200.0,
+        short_phrase_ms: float = 600.0,
+        max_wait_ms: float | None = None,
+    ) -> None:
+        _check(
+            threshold=threshold,
+            min_speech_ms=min_speech_ms,
+            neutral_silence_ms=neutral_silence_ms,
+            final_silence_ms=final_silence_ms,
+            hesitation_silence_ms=hesitation_silence_ms,
+            short_phrase_ms=short_phrase_ms,
+            max_wait_ms=max_wait_ms,
+        )
+        self.sample_rate = source.sample_rate
+        self.threshold = threshold
+        self.min_speech_ms = min_speech_ms
+        self.neutral_silence_ms = neutral_silence_ms
+        self.final_silence_ms = final_silence_ms
+        self.hesitation_silence_ms = hesitation_silence_ms
+        self.short_phrase_ms = short_phrase_ms
+        self.max_wait_ms = max_wait_ms
+        self._source = source
+        self._frame_bytes = self.sample_rate // 50 * 2
+        self._pending = bytearray()
+        self._previous = np.zeros(self.sample_rate // 50, dtype=np.float32)
+        self._audio_end: float | None = None
+        self._speaking = False
+        self._armed = True
+        self._run_start: float | None = None
+        self._turn_start = 0.0
+        self._voiced_end = 0.0
+        self._phrase_start = 0.0
+        self._pitches: list[float] = []
+        self._wait = neutral_silence_ms / 1000
+        self._in_voice = False
+        self.voice_probability = 0.0
+        self.last_end: EndKind | None = None
+        self._pending_kind: EndKind = "neutral"
+
+    @property
+    def speaking(self) -> bool:
+        """Whether a turn is open."""
+        return self._speaking
+
+    def update(self, **params: float | None) -> None:
+        """Change knobs (the constructor's keywords but ``source``) at run time.
+
+        All are checked before any is applied: an unknown name raises
+        ``TypeError``, a bad value ``ValueError``; the open turn goes on.
+        """
+        unknown = set(params) - _PARAMETERS
+        if unknown:
+            raise TypeError(f"unknown turn detector parameters: {', '.join(sorted(unknown))}")
+        merged = {name: getattr(self, name) for name in _PARAMETERS}
+        merged.update(params)
+        _check(**merged)
+        for name, value in params.items():
+            setattr(self, name, value)
+
+    def feed(self, pcm: bytes, now: float) -> list[SpeechEvent]:
+        """Take PCM16 mono little-endian audio whose first sample is at ``now``; return events."""
+        if len(pcm) % 2:
+            raise ValueError("PCM16 audio must have an even number of bytes")
+        pending = self._pending
+        start = now - len(pending) / 2 / self.sample_rate
+        pending += pcm
+        events: list[SpeechEvent] = []
+        size = self._frame_bytes
+        usable = len(pending) - len(pending) % size
+        for offset in range(0, usable, size):
+            self._frame(bytes(pending[offset : offset + size]), start, events)
+            start += _FRAME
+        del pending[:usable]
+        return events
+
+    def poll(self, now: float) -> list[SpeechEvent]:
+        """Apply the passage of time with no audio up to ``now``."""
+        events: list[SpeechEvent] = []
+        if self._speaking and (self._audio_end is None or now >= self._audio_end):
+            if self._in_voice:
+                self._pause_began()
+            self._check_stop(now, events)
+        return events
+
+    def deadline(self) -> float | None:
+        """When :meth:`poll` would end the open turn if no more voice came."""
+        if not self._speaking:
+            return None
+        when = self._voiced_end + (self._end_rule()[1] if self._in_voice else self._wait)
+        if self.max_wait_ms is not None:
+            when = min(when, self._turn_start + self.max_wait_ms / 1000)
+        return when
+
+    # -- frames ---------------------------------------------------------------
+
+    def _frame(self, pcm: bytes, start: float, events: list[SpeechEvent]) -> None:
+        end = start + _FRAME
+        if self._audio_end is not None and start > self._audio_end + _FRAME:
+            self._run_start = None
+            if self._speaking:
+                self._pause_began()
+                self._check_stop(start, events)
+        self._audio_end = end
+        p = self._source.feed_frame(pcm)
+        self.voice_probability = p
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+        if self._speaking:
+            if p >= self.threshold - _HYSTERESIS:
+                if not self._in_voice and (start - self._voiced_end) * 1000 > _PHRASE_GAP_MS:
+                    self._phrase_start = start
+                    self._pitches.clear()
+                self._in_voice = True
+                self._voiced_end = end
+                self._track_pitch(samples)
+            elif self._in_voice:
+                self._pause_began()
+            self._previous = samples
+            self._check_stop(end, events)
+            return
+        self._previous = samples
+        if p < self.threshold:
+            self._run_start = None
+            self._armed = True
+            return
+        if not self._armed:
+            return
+        if self._run_start is None:
+            self._run_start = start
+            self._pitches.clear()
+        self._track_pitch(samples)
+        if (end - self._run_start) * 1000 >= self.min_speech_ms - 1e-6:
+            self._speaking = True
+            self._in_voice = True
+            self._turn_start = self._phrase_start = self._run_start
+            self._voiced_end = end
+            self._run_start = None
+            events.append(SpeechStarted(self._turn_start, end))
+
+    def _track_pitch(self, samples: np.ndarray) -> None:
+        pitch = frame_pitch(np.concatenate((self._previous, samples)), self.sample_rate)
+        if pitch > 0:
+            self._pitches.append(pitch)
+
+    def _pause_began(self) -> None:
+        """The voice just stopped: choose the silence that will end the turn."""
+        self._in_voice = False
+        self._pending_kind, self._wait = self._end_rule()
+
+    def _end_rule(self) -> tuple[EndKind, float]:
+        """How the voice so far ended, and the silence (s) that would end the turn."""
+        phrase_ms = (self._voiced_end - self._phrase_start) * 1000
+        if phrase_ms < self.short_phrase_ms:
+            return "hesitation", self.hesitation_silence_ms / 1000
+        if self._final_fall():
+            return "final", self.final_silence_ms / 1000
+        return "neutral", self.neutral_silence_ms / 1000
+
+    def _final_fall(self) -> bool:
+        pitches = self._pitches
+        if len(pitches) < _MIN_PITCHED:
+            return False
+        tail = float(np.median(pitches[-_TAIL_FRAMES:]))
+        return tail < _FALL_RATIO * float(np.median(pitches))
+
+    def _check_stop(self, now: float, events: list[SpeechEvent]) -> None:
+        if not self._in_voice and (now - self._voiced_end) >= self._wait - 1e-6:
+            self._speaking = False
+            self.last_end = self._pending_kind
+            events.append(SpeechStopped(self._voiced_end, now))
+        elif self.max_wait_ms is not None and (now - self._turn_start) * 1000 >= self.max_wait_ms - 1e-6:
+            self._speaking = False
+            self._armed = False
+            self._in_voice = False
+            self.last_end = "max_wait"
+            events.append(SpeechStopped(now, now, "max_wait"))
+
