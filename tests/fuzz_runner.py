@@ -23,6 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_CORPUS = REPO / "tests" / "fuzz" / "corpus"
@@ -114,6 +115,33 @@ def _import_voiceedge() -> None:
     import voiceedge.signaling.answer  # noqa: F401
 
 
+class InputHung(Exception):
+    """One input ran longer than the per-input limit: a hang, reported as a crash with its input."""
+
+
+def _watchdog(run: Any, seconds: float) -> Any:
+    """``run`` under a per-input timer that raises :class:`InputHung` in Python code.
+
+    libFuzzer's own -timeout cannot interrupt a Python target that holds the
+    GIL; a SIGALRM handler raising between bytecodes can.
+    """
+    import signal
+
+    def alarm(signum: int, frame: object) -> None:
+        raise InputHung(f"one input ran over {seconds} s")
+
+    signal.signal(signal.SIGALRM, alarm)
+
+    def guarded(data: bytes) -> None:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            run(data)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    return guarded
+
+
 def _corpus(directories: list[str]) -> list[bytes]:
     inputs = []
     for directory in directories:
@@ -158,7 +186,7 @@ def _random_engine(name: str, args: list[str]) -> int:
     seed = int(options.get("seed", "0")) or int(time.time())
     rng = random.Random(seed)
     corpus = _corpus(directories) or [b""]
-    run = TARGETS[name]
+    run = _watchdog(TARGETS[name], float(options.get("timeout", "10")))
     executed = 0
     deadline = time.monotonic() + seconds
     for data in corpus:  # every corpus input first: the regression check
@@ -202,7 +230,8 @@ def main() -> int:
         _import_voiceedge()
     from tests.fuzz_targets import TARGETS
 
-    run = TARGETS[name]
+    options = dict(a[1:].split("=", 1) for a in args if a.startswith("-") and "=" in a)
+    run = _watchdog(TARGETS[name], float(options.get("timeout", "10")) / 2)
     atheris.Setup([sys.argv[0], *args], run)
     atheris.Fuzz()
     return 0

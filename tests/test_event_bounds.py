@@ -143,3 +143,22 @@ class BridgeEncodingTests(SynchronousTestCase):
         for event in ({"type": "x", "v": float("inf")}, {"type": "x", "v": object()}):
             with self.assertRaises(bp.BridgeProtocolError):
                 bp.client_event(event)
+
+
+class DepthPrecheckTests(SynchronousTestCase):
+    """The depth check before parsing: right answers, and linear in the size of the text."""
+
+    def test_strings_do_not_count(self) -> None:
+        """Brackets inside strings, escaped quotes included, are not nesting."""
+        from voiceedge.transceiver.events_channel import text_depth_exceeds
+
+        self.assertFalse(text_depth_exceeds('{"a":"[[[[[[[["}', 1))
+        self.assertFalse(text_depth_exceeds('{"a":"x\\"[[[["}', 1))
+        self.assertTrue(text_depth_exceeds('{"a":[[[1]]]}', 3))
+        self.assertFalse(text_depth_exceeds('{"a":[[1]]}', 3))
+
+    def test_unterminated_escaped_quotes_at_the_size_limit(self) -> None:
+        """'"\\"\\"\\"...' of 256 KiB: was quadratic (hours; found by the oai_events fuzz target)."""
+        channel, recorder, bad = echoing_channel()
+        channel._message('"' + '\\"' * (MAX_EVENT_SIZE // 2 - 1))
+        self.assertEqual(bad, ["not JSON"])

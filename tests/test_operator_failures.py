@@ -1,0 +1,158 @@
+"""What an operator meets: Redis down for a minute under live calls; and nothing left behind after."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from twisted.trial.unittest import TestCase
+
+from tests.support import health_sessions, scrape_metrics
+
+pytestmark = pytest.mark.integration
+
+REDIS_DOWN_SECONDS = 60.0
+
+
+def open_fds(pid: int) -> int:
+    """File descriptors a process holds (/proc/PID/fd)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class Redis:
+    """A redis-server on a fixed free port that the test stops and starts again."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not _ping(self.port):
+            assert time.monotonic() < deadline, "redis-server did not answer PING"
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 50 ms until true, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+class RedisDownTests(TestCase):
+    """Redis stopped for 60 s in the middle of two calls through a relay with its flow cache."""
+
+    timeout = 240
+
+    def test_redis_down_for_a_minute_mid_call(self) -> None:
+        """Audio keeps flowing while Redis is gone; the relay reports it down, then up again;
+        afterwards no session, flow growth or file descriptor is left behind."""
+        if shutil.which("redis-server") is None:
+            raise unittest_skip("redis-server is not installed")
+        from tests.aiortc_peer import monitored_call
+        from tests.test_relay_restart import deployment
+        from tests.support import free_tcp_port
+
+        redis = Redis(free_tcp_port())
+        redis.start()
+        self.addCleanup(redis.kill)
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir(parents=True)
+        with deployment(tmp, redis) as (split, relay, transceiver):  # type: ignore[arg-type]
+            relay_url = split.relay_health.rsplit("/", 1)[0]
+            assert relay.popen is not None and transceiver.popen is not None
+            fds_before = (open_fds(relay.popen.pid), open_fds(transceiver.popen.pid))
+            marks: dict[str, float] = {}
+            seen: dict[str, float] = {}
+
+            async def outage() -> None:
+                await asyncio.sleep(3.0)
+                marks["down"] = time.monotonic()
+                redis.kill()
+                # The relay notices within its probe interval.
+                for _ in range(200):
+                    await asyncio.sleep(0.1)
+                    up = scrape_metrics(relay_url).get("voiceedge_relay_redis_up", {}).get("", 1.0)
+                    if up == 0.0:
+                        seen["down_after"] = time.monotonic() - marks["down"]
+                        break
+                await asyncio.sleep(max(0.0, marks["down"] + REDIS_DOWN_SECONDS - time.monotonic()))
+                await asyncio.to_thread(redis.start)
+                marks["up"] = time.monotonic()
+                for _ in range(200):
+                    await asyncio.sleep(0.1)
+                    up = scrape_metrics(relay_url).get("voiceedge_relay_redis_up", {}).get("", 0.0)
+                    if up == 1.0:
+                        seen["up_after"] = time.monotonic() - marks["up"]
+                        break
+
+            async def calls() -> list[list[float]]:
+                seconds = REDIS_DOWN_SECONDS + 10.0
+                return await asyncio.gather(
+                    monitored_call(split.base_url, seconds, outage()),
+                    monitored_call(split.base_url, seconds),
+                )
+
+            results = asyncio.run(calls())
+            down, up = marks["down"], marks["up"]
+            for arrivals in results:
+                during = [t for t in arrivals if down < t < up]
+                after = [t for t in arrivals if t > up]
+                gaps = max((b - a for a, b in zip(arrivals, arrivals[1:]) if b > down), default=0.0)
+                print(f"\nRedis down {up - down:.0f} s: {len(during)} frames echoed meanwhile, "
+                      f"{len(after)} after; longest gap {gaps * 1000:.0f} ms; relay saw it down after "
+                      f"{seen.get('down_after', -1):.1f} s, up again after {seen.get('up_after', -1):.1f} s")
+                # 50 frames a second through the whole outage, give or take start-up.
+                self.assertGreater(len(during), 0.9 * 50 * (up - down))
+                self.assertTrue(after)
+                self.assertLess(gaps, 0.5)
+            self.assertIn("down_after", seen)
+            self.assertIn("up_after", seen)
+            # Nothing left behind: sessions end, flows stay two (one per client, ending when idle),
+            # Redis operations are not piling up, file descriptors are back where they were.
+            wait_for(lambda: health_sessions(split.base_url + "/healthz") == 0, 10, "sessions to end")
+            metrics = scrape_metrics(relay_url)
+            flows = sum(metrics["voiceedge_relay_flows"].values())
+            self.assertLessEqual(flows, 2)
+            self.assertEqual(metrics.get("voiceedge_relay_redis_in_flight", {}).get("", 0.0), 0.0)
+            wait_for(
+                lambda: all(now <= then for now, then in zip((open_fds(relay.popen.pid), open_fds(transceiver.popen.pid)), fds_before)),  # type: ignore[union-attr]
+                10,
+                f"file descriptors back to {fds_before}",
+            )
+
+
+def unittest_skip(reason: str) -> Exception:
+    """trial's SkipTest."""
+    from twisted.trial.unittest import SkipTest
+
+    return SkipTest(reason)
