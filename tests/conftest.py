@@ -67,3 +67,42 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let trial TestCases that return Deferreds run beside pytest-twisted tests."""
+    _trial_waits_with_pytest_twisted()
+
+
+def _trial_waits_with_pytest_twisted() -> None:
+    """trial's TestCase blocks on a Deferred by running the reactor itself (``reactor.run``).
+
+    Under pytest-twisted the reactor runs in a greenlet of its own as soon as
+    one pytest-twisted test has used it, and a second ``run`` fails: every
+    asynchronous trial test after such a test would break, and the outcome
+    would depend on test order. So once pytest-twisted has its greenlet,
+    trial waits the way pytest-twisted does (``blockon``). Under ``trial``
+    itself nothing changes.
+    """
+    try:
+        import pytest_twisted
+    except ImportError:  # pragma: no cover - the test extras install it
+        return
+    from twisted.trial import _asynctest
+
+    original = _asynctest.TestCase._wait
+
+    def _wait(self: _asynctest.TestCase, d: object, running: list[None] = _asynctest._wait_is_running) -> None:
+        twisted_greenlet = pytest_twisted._instances.gr_twisted
+        if twisted_greenlet is None or twisted_greenlet.dead:
+            return original(self, d, running)  # type: ignore[no-any-return]
+        if running:
+            raise RuntimeError("_wait is not reentrant")
+        running.append(None)
+        try:
+            pytest_twisted.blockon(d)
+        finally:
+            running.pop()
+        return None
+
+    _asynctest.TestCase._wait = _wait  # type: ignore[method-assign]

@@ -35,10 +35,16 @@ from voiceedge.relay.flow_store import (
     format_value,
     parse_value,
 )
+from voiceedge.redis_connection import RedisClient, RedisConnectionSettings
 from voiceedge.relay.flows import Flow
 from voiceedge.relay.settings import RedisSettings, RelaySettings
 from voiceedge.wire import encap
 from voiceedge.wire.encap import Envelope
+
+
+def redis_store(host: str, port: int, timeout: float = 1.0) -> RedisFlowStore:
+    """A RedisFlowStore on one server."""
+    return RedisFlowStore(RedisClient(RedisConnectionSettings(address=(host, port), timeout=timeout)))
 
 
 def make_cache(store: Any, clock: Any, probe_interval: float = 2.0, **settings: Any) -> FlowCache:
@@ -60,7 +66,7 @@ class RelayUnderTest:
     """A Relay on the real reactor with a Redis cache and recording send functions."""
 
     def __init__(self, server: RedisServer, **cache_args: Any) -> None:
-        store = RedisFlowStore(server.host, server.port, timeout=0.5)
+        store = redis_store(server.host, server.port, timeout=0.5)
         args: dict[str, Any] = dict(ttl=60, lookup_rate=100, timeout=0.5, probe_interval=0.1)
         args.update(cache_args)
         self.cache = make_cache(store, reactor, **args)
@@ -119,9 +125,9 @@ def test_value_format_round_trip() -> None:
 
 def test_redis_store_provides_interface() -> None:
     """RedisFlowStore is an IFlowStore (and opens nothing until used)."""
-    store = RedisFlowStore("127.0.0.1", 1)
+    store = redis_store("127.0.0.1", 1)
     assert verifyObject(IFlowStore, store)
-    assert store._connection is None
+    assert store.client._connection is None
 
 
 @pytest_twisted.inlineCallbacks
@@ -397,7 +403,7 @@ def test_probes_of_a_dead_redis_do_not_pile_up() -> Iterator[Any]:
     probe used to stay in the pool's ``peekers`` until a reconnect (about
     43,000 a day at one probe every 2 s).
     """
-    store = RedisFlowStore("127.0.0.1", free_tcp_port(), timeout=0.05)
+    store = redis_store("127.0.0.1", free_tcp_port(), timeout=0.05)
     cache = make_cache(store, reactor, ttl=60, lookup_rate=10, timeout=0.05,
                       probe_interval=0.0)
     try:
@@ -405,7 +411,7 @@ def test_probes_of_a_dead_redis_do_not_pile_up() -> Iterator[Any]:
             cache.poll(reactor.seconds())
             yield deferLater(reactor, 0.08, lambda: None)
         assert cache.up is False
-        assert len(store._connection._factory.connectionQueue.peekers) <= 1
+        assert len(store.client._connection._factory.connectionQueue.peekers) <= 1
         assert cache.in_flight == 0
     finally:
         yield cache.close()

@@ -6,11 +6,12 @@ from __future__ import annotations
 import configparser
 import dataclasses
 from pathlib import Path
+from typing import Mapping
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from voiceedge import config as c
-from voiceedge.config import ConfigError, SettingError, section, setting
+from voiceedge.config import ConfigError, SettingError, family, section, setting
 from voiceedge.relay.settings import RelayServiceSettings, RelaySettings
 from voiceedge.tap import AllInOneSettings
 from voiceedge.transceiver.settings import TransceiverServiceSettings
@@ -50,6 +51,14 @@ class House:
     def __post_init__(self) -> None:
         if self.front.listen == self.back.listen:
             raise SettingError("listen", "the back door cannot be the front door", section="back-door")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Street:
+    """A service with any number of [house.<name>] sections."""
+
+    front: Door = section(Door)
+    houses: Mapping[str, Door] = family(Door, "house")
 
 
 class SettingsTests(SynchronousTestCase):
@@ -107,6 +116,26 @@ class SettingsTests(SynchronousTestCase):
             setting(c.integer(1, 2), "3", "out of range")
         with self.assertRaises(TypeError):
             section(Door, depth="1")
+
+    def test_families_of_sections(self) -> None:
+        """[house.<name>] sections become a mapping by name; a bad one is named like any other."""
+        street, _ = c.load_settings(Street, self.write("[house.a]\nwidth = 3\n[house.b-2]\n"))
+        self.assertEqual(dict(street.houses), {"a": Door(width=3), "b-2": Door()})
+        self.assertEqual(dict(c.load_settings(Street)[0].houses), {})
+        path = self.write("[house.a]\nwidth = 30\n")
+        with self.assertRaisesRegex(ConfigError, r"\[house\.a\] width = '30'"):
+            c.load_settings(Street, path)
+        with self.assertRaisesRegex(ConfigError, r"unknown section \[house\] .*house\.<name>"):
+            c.load_settings(Street, self.write("[house]\n"))
+
+    def test_environment_variables(self) -> None:
+        """${NAME} takes an environment variable (a pod's IP, a Secret); an unset one is named."""
+        path = self.write("[front]\nlisten = ${POD_IP}:8081\npassword = ${DOOR_PASSWORD}\n")
+        house, _ = c.load_settings(House, path, environ={"POD_IP": "10.0.0.5", "DOOR_PASSWORD": "pw"})
+        self.assertEqual(house.front.listen, ("10.0.0.5", 8081))
+        self.assertEqual(house.front.password, "pw")
+        with self.assertRaisesRegex(ConfigError, r"\[front\] listen: environment variable POD_IP is not set"):
+            c.load_settings(House, path, environ={})
 
     def test_direct_construction_checks_the_same_rules(self) -> None:
         """Code (and tests) that build settings directly meet the same cross-key rules."""

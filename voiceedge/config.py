@@ -19,6 +19,8 @@ import binascii
 import configparser
 import dataclasses
 import ipaddress
+import os
+import re
 import types
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
@@ -28,6 +30,7 @@ T = TypeVar("T")
 
 _KEY = "voiceedge.key"
 _SECTION = "voiceedge.section"
+_FAMILY = "voiceedge.family"
 
 
 class ConfigError(Exception):
@@ -55,6 +58,7 @@ class Key:
     parse: Callable[[str], Any]
     default: str
     help: str = ""
+    secret: bool = False
 
 
 Schema = Mapping[str, Mapping[str, Key]]
@@ -75,14 +79,38 @@ class Config:
         return list(self._values)
 
 
-def load_config(schema: Schema, path: str | None = None, text: str | None = None) -> Config:
+_ENVIRONMENT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(raw: str, environ: Mapping[str, str]) -> str:
+    """``${NAME}`` replaced by the environment variable NAME; KeyError naming it when unset."""
+
+    def value(match: re.Match[str]) -> str:
+        return environ[match.group(1)]
+
+    return _ENVIRONMENT.sub(value, raw)
+
+
+def load_config(
+    schema: Schema,
+    path: str | None = None,
+    text: str | None = None,
+    families: Schema = {},
+    environ: Mapping[str, str] | None = None,
+) -> Config:
     """Read ``path`` (or ``text``) against ``schema``; defaults fill what is absent.
 
     Unknown sections or keys and values that do not parse raise
     :class:`ConfigError` naming the file, section and key. With neither
-    ``path`` nor ``text`` every key takes its default.
+    ``path`` nor ``text`` every key takes its default. ``families`` maps a
+    prefix ending in ``.`` to the keys of every section named
+    ``<prefix><name>`` (``[region.eu]``); those sections are optional and
+    appear in the result only when written. A written value may name
+    environment variables as ``${NAME}`` (a Kubernetes pod's IP, a secret
+    from a Secret): an unset one is an error naming the key.
     """
     source = path if path is not None else "<embedded defaults>"
+    environ = os.environ if environ is None else environ
     parser = configparser.ConfigParser(interpolation=None, strict=True)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     try:
@@ -96,28 +124,41 @@ def load_config(schema: Schema, path: str | None = None, text: str | None = None
     except (configparser.Error, UnicodeDecodeError) as e:
         raise ConfigError(f"{source}: {e}") from e
 
+    sections: dict[str, Mapping[str, Key]] = dict(schema)
     for section in parser.sections():
-        if section not in schema:
-            allowed = ", ".join(sorted(schema))
+        if section in schema:
+            continue
+        prefix = next((p for p in families if section.startswith(p) and len(section) > len(p)), None)
+        if prefix is None:
+            allowed = ", ".join(sorted(list(schema) + [p + "<name>" for p in families]))
             raise ConfigError(f"{source}: unknown section [{section}] (allowed: {allowed})")
+        sections[section] = families[prefix]
+    for section in parser.sections():
         for written in parser[section]:
-            if written not in schema[section]:
-                allowed = ", ".join(sorted(schema[section]))
+            if written not in sections[section]:
+                allowed = ", ".join(sorted(sections[section]))
                 raise ConfigError(
                     f"{source}: [{section}] unknown key {written!r} (allowed: {allowed})"
                 )
 
     values: dict[str, dict[str, Any]] = {}
-    for section, keys in schema.items():
+    for section, keys in sections.items():
         values[section] = {}
         for name, key in keys.items():
             raw = key.default
             if parser.has_option(section, name):
                 raw = parser.get(section, name)
+                try:
+                    raw = _expand(raw, environ)
+                except KeyError as e:
+                    raise ConfigError(
+                        f"{source}: [{section}] {name}: environment variable {e.args[0]} is not set"
+                    ) from None
             try:
                 values[section][name] = key.parse(raw.strip())
             except ValueError as e:
-                raise ConfigError(f"{source}: [{section}] {name} = {raw!r}: {e}") from e
+                shown = "(secret)" if key.secret else repr(raw)
+                raise ConfigError(f"{source}: [{section}] {name} = {shown}: {e}") from e
     return Config(source, values)
 
 
@@ -289,7 +330,7 @@ def setting(parse: Callable[[str], T], default: str, help: str, *, secret: bool 
     """
     value = parse(default)
     return dataclasses.field(
-        default_factory=lambda: value, repr=not secret, metadata={_KEY: Key(parse, default, help)}
+        default_factory=lambda: value, repr=not secret, metadata={_KEY: Key(parse, default, help, secret)}
     )
 
 
@@ -318,25 +359,47 @@ def keys_of(cls: type, overrides: Mapping[str, str] = {}) -> dict[str, Key]:
         if key is None:
             raise TypeError(f"{cls.__name__}.{f.name} is not a setting()")
         if f.name in overrides:
-            key = Key(key.parse, overrides[f.name], key.help)
+            key = Key(key.parse, overrides[f.name], key.help, key.secret)
         keys[f.name] = key
     return keys
+
+
+def family(cls: type[T], prefix: str) -> Mapping[str, T]:
+    """Any number of sections ``[<prefix>.<name>]``, each parsed into ``cls``: ``{name: settings}``."""
+    keys_of(cls)  # a class that is not all setting()s fails here, at import
+    return dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({}),
+        metadata={_FAMILY: (cls, prefix + ".")},
+    )
 
 
 def sections_of(service: type) -> dict[str, tuple[str, type, dict[str, Key]]]:
     """A service settings class's sections: ``{field: (INI section name, class, keys)}``."""
     result = {}
     for f in dataclasses.fields(service):
+        if _FAMILY in f.metadata:
+            continue
         spec = f.metadata.get(_SECTION)
         if spec is None:
-            raise TypeError(f"{service.__name__}.{f.name} is not a section()")
+            raise TypeError(f"{service.__name__}.{f.name} is not a section() or family()")
         cls, name, overrides = spec
         result[f.name] = (name or f.name, cls, keys_of(cls, overrides))
     return result
 
 
+def families_of(service: type) -> dict[str, tuple[str, type, dict[str, Key]]]:
+    """A service settings class's section families: ``{field: (prefix with its dot, class, keys)}``."""
+    result = {}
+    for f in dataclasses.fields(service):
+        spec = f.metadata.get(_FAMILY)
+        if spec is not None:
+            cls, prefix = spec
+            result[f.name] = (prefix, cls, keys_of(cls))
+    return result
+
+
 def schema_of(service: type) -> dict[str, dict[str, Key]]:
-    """The INI schema of a service settings class: section name to keys."""
+    """The INI schema of a service settings class: section name to keys (families not included)."""
     return {name: keys for name, _, keys in sections_of(service).values()}
 
 
@@ -345,6 +408,7 @@ def load_settings(
     path: str | None = None,
     text: str | None = None,
     extra: Schema = {},
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[T, Config]:
     """Read ``path`` (or ``text``, or nothing: all defaults) into a ``service`` settings object.
 
@@ -354,15 +418,27 @@ def load_settings(
     :class:`ConfigError` naming file, section and key.
     """
     parts = sections_of(service)
+    groups = families_of(service)
     schema: dict[str, Mapping[str, Key]] = {name: keys for name, _, keys in parts.values()}
     schema.update(extra)
-    conf = load_config(schema, path, text)
+    conf = load_config(
+        schema, path, text, families={p: keys for p, _, keys in groups.values()}, environ=environ
+    )
     built: dict[str, Any] = {}
-    for field_name, (name, cls, _) in parts.items():
+
+    def build(cls: type, name: str) -> Any:
         try:
-            built[field_name] = cls(**conf[name])
+            return cls(**conf[name])
         except SettingError as e:
             raise ConfigError(f"{conf.source}: [{e.section or name}] {e.key}: {e.message}") from None
+
+    for field_name, (name, cls, _) in parts.items():
+        built[field_name] = build(cls, name)
+    for field_name, (prefix, cls, _) in groups.items():
+        members = {
+            name[len(prefix):]: build(cls, name) for name in conf.sections() if name.startswith(prefix)
+        }
+        built[field_name] = types.MappingProxyType(members)
     try:
         return service(**built), conf
     except SettingError as e:

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from voiceedge.redis_connection import RedisClient
 from voiceedge.relay.flows import Address, Flow
 from voiceedge.relay.settings import RedisSettings
 
@@ -96,61 +97,26 @@ class IFlowStore(Interface):
 
 @implementer(IFlowStore)
 class RedisFlowStore:
-    """:class:`IFlowStore` on a txredisapi lazy connection that reconnects by itself."""
+    """:class:`IFlowStore` on a :class:`~voiceedge.redis_connection.RedisClient` (one server or Sentinel)."""
 
-    def __init__(self, host: str, port: int, timeout: float = 1.0) -> None:
-        self.host = host
-        self.port = port
-        self.timeout = timeout
-        self._connection: Any = None
-
-    @property
-    def _redis(self) -> Any:
-        """The connection, opened on first use (so building a service opens nothing)."""
-        if self._connection is None:
-            import txredisapi  # only relays with Redis enabled need it
-
-            self._connection = txredisapi.lazyConnection(
-                self.host,
-                self.port,
-                reconnect=True,
-                connectTimeout=self.timeout,
-                replyTimeout=self.timeout,
-            )
-        return self._connection
+    def __init__(self, client: RedisClient) -> None:
+        self.client = client
 
     def get(self, key: str) -> "defer.Deferred[Any]":
         """GET key."""
-        return defer.maybeDeferred(self._redis.get, key)
+        return defer.maybeDeferred(lambda: self.client.connection.get(key))
 
     def set(self, key: str, value: str, ttl: int) -> "defer.Deferred[Any]":
         """SET key value EX ttl."""
-        return defer.maybeDeferred(self._redis.set, key, value, expire=ttl)
+        return defer.maybeDeferred(lambda: self.client.connection.set(key, value, expire=ttl))
 
     def ping(self) -> "defer.Deferred[Any]":
-        """PING; fails at once while the first connection is open and none is live.
-
-        A txredisapi command issued with no live connection waits on the
-        pool's ``PeekableQueue.peek``, a Deferred without a canceller: the
-        cache's timeout cancels it but leaves it in the queue's ``peekers``
-        until a reconnect, so probing a dead Redis every 2 s would pile them
-        up. txredisapi reconnects by itself; the probe only has to notice.
-        """
-        if self._connection is not None:
-            factory: Any = getattr(self._connection, "_factory", None)
-            queue: Any = getattr(factory, "connectionQueue", None)
-            peekers = getattr(queue, "peekers", None)
-            if peekers:  # drop the ones already cancelled by a timeout
-                queue.peekers = [d for d in peekers if not d.called]
-            if factory is not None and not getattr(factory, "size", 1):
-                return defer.fail(ConnectionError("not connected"))
-        return defer.maybeDeferred(self._redis.ping)
+        """PING; fails at once while no connection is live."""
+        return self.client.ping()
 
     def close(self) -> "defer.Deferred[Any]":
         """Disconnect for good."""
-        if self._connection is None:
-            return defer.succeed(None)
-        return defer.maybeDeferred(self._connection.disconnect)
+        return self.client.close()
 
 
 RestoreCallback = Callable[[Address, int, Address], None]

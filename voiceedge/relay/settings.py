@@ -10,6 +10,7 @@ from typing import Mapping
 from voiceedge import config as c
 from voiceedge.wire.encap import MAX_CLIENT_PAYLOAD
 from voiceedge.config import Address, SettingError, section, setting
+from voiceedge.redis_connection import RedisConnectionSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -84,15 +85,13 @@ class TokenSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class RedisSettings:
-    """``[redis]`` of a relay: where Redis is, and the flow cache in it."""
+class RedisSettings(RedisConnectionSettings):
+    """``[redis]`` of a relay: where Redis is (see RedisConnectionSettings), and the flow cache in it."""
 
     enabled: bool = setting(c.boolean, "yes", "cache confirmed flows in Redis")
-    address: Address = setting(c.address, "127.0.0.1:6379", "Redis host:port")
     ttl: int = setting(c.integer(10, 86400), "120", "seconds a stored flow lives without refresh")
     lookup_rate: int = setting(c.integer(1, 100_000), "200", "lookups per second at most")
     negative_ttl: float = setting(c.seconds(0, 300), "5", "seconds a miss is remembered")
-    timeout: float = setting(c.seconds(0.05, 30), "1", "seconds before an operation counts as failed")
 
 
 @dataclass(frozen=True, slots=True)

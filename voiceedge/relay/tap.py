@@ -14,6 +14,7 @@ from twisted.web import http, resource, server
 
 from voiceedge import config as c
 from voiceedge.reactors import service_reactors
+from voiceedge.redis_connection import RedisClient, describe_redis
 from voiceedge.metrics import MetricsResource, make_registry
 from voiceedge.relay.core import Relay
 from voiceedge.relay.flow_store import FlowCache, IFlowStore, RedisFlowStore
@@ -141,11 +142,10 @@ def build_relay(
     codec = RouteTokenCodec(keys, min(keys) if token.issuing_key is None else token.issuing_key)
     cache = None
     if redis.enabled:
-        host, port = redis.address
         if store is None:
-            store = RedisFlowStore(host, port, timeout=redis.timeout)
+            store = RedisFlowStore(RedisClient(redis))
         cache = FlowCache(
-            store, clock, settings.ingress, redis, cluster=settings.cluster, label=f"redis {host}:{port}"
+            store, clock, settings.ingress, redis, cluster=settings.cluster, label=describe_redis(redis)
         )
     return Relay(clock, codec, settings, cache=cache)
 

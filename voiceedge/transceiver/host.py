@@ -22,7 +22,8 @@ from voiceedge.signaling.answer import (
     build_answer,
     summarize_offer,
 )
-from voiceedge.signaling.interfaces import ISessionHost, OpenedSession, SessionRefused
+from voiceedge.fleet.interfaces import IFleetTransceiver
+from voiceedge.signaling.interfaces import OpenedSession, SessionRefused
 from voiceedge.transceiver.conversation import Conversation
 from voiceedge.transceiver.credentials import new_credentials, random_ufrag
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsTransport
@@ -84,7 +85,7 @@ class Call:
         self.ufrags: set[bytes] = set()
 
 
-@implementer(ISessionHost)
+@implementer(IFleetTransceiver)
 class Transceiver:
     """Sessions by id, ufrag and address; the shared tick; each session's timer.
 
@@ -123,6 +124,8 @@ class Transceiver:
         self.consent_timeout = settings.consent_timeout
         self.make_ufrag = make_ufrag
         self.speech = speech
+        # False while draining: new offers get 503, live sessions go on.
+        self.accepting = True
         self.write: Callable[[bytes, Address], None] = _not_listening
         self.relay_networks = settings.relay_networks
         self._trusted_relays: dict[str, bool] = {}
@@ -176,8 +179,21 @@ class Transceiver:
 
     # -- ISessionHost -------------------------------------------------------
 
-    def open_session(self, offer_sdp: str) -> OpenedSession:
-        """Parse the offer, allocate a session, and answer it."""
+    def open_session(
+        self, offer_sdp: str, *, candidate: Address | None = None, session_id: str | None = None
+    ) -> OpenedSession:
+        """Parse the offer, allocate a session, and answer it.
+
+        A front door (through the internal API) may name the ``candidate``
+        (its region's relay, instead of ``advertised``) and the
+        ``session_id`` (so it can end a session whose answer it never got).
+        """
+        if not self.accepting:
+            self.refused[503] += 1
+            raise SessionRefused(503, "this transceiver is draining")
+        if session_id is not None and session_id in self._by_id:
+            self.refused[409] += 1
+            raise SessionRefused(409, "a session with this id is open")
         received_at = self.clock.seconds()
         if len(self._by_id) >= self.max_sessions:
             self.refused[503] += 1
@@ -193,8 +209,7 @@ class Transceiver:
             raise SessionRefused(e.status, e.reason) from e
 
         credentials = new_credentials(self.make_ufrag)
-        session_id = secrets.token_urlsafe(12)
-        while session_id in self._by_id:  # pragma: no cover - 96 random bits
+        while session_id is None or session_id in self._by_id:
             session_id = secrets.token_urlsafe(12)
         audio = AudioStream.new(
             summary.opus.payload_type, summary.audio_mid, summary.mid_extension_id, summary.remote_ssrcs
@@ -203,7 +218,7 @@ class Transceiver:
             ice_ufrag=credentials.ufrag,
             ice_pwd=credentials.pwd,
             fingerprint=sdp.Fingerprint("sha-256", self.certificate.fingerprint),
-            candidate=self.advertised,
+            candidate=candidate or self.advertised,
             session_id=secrets.randbits(62),
             accept_datachannel=summary.datachannel_mid is not None,
             audio_ssrc=audio.ssrc,

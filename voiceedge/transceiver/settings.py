@@ -9,6 +9,8 @@ from typing import Mapping
 
 from voiceedge import config as c
 from voiceedge.config import Address, SettingError, section, setting
+from voiceedge.fleet.settings import DrainSettings, InternalApiSettings, RegistrySettings
+from voiceedge.redis_connection import RedisConnectionSettings
 from voiceedge.signaling.settings import SignalingSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -94,3 +96,15 @@ class TransceiverServiceSettings:
     route: RouteSettings = section(RouteSettings)
     speech: SpeechSettings = section(SpeechSettings)
     agent: AgentSettings = section(AgentSettings)
+    internal: InternalApiSettings = section(InternalApiSettings)
+    registry: RegistrySettings = section(RegistrySettings)
+    redis: RedisConnectionSettings = section(RedisConnectionSettings)
+    drain: DrainSettings = section(DrainSettings)
+
+    def __post_init__(self) -> None:
+        if self.registry.enabled and self.internal.reachable_at is None:
+            raise SettingError(
+                "enabled",
+                "the registry needs [internal] listen on a concrete address, or [internal] address",
+                section="registry",
+            )

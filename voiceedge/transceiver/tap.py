@@ -14,6 +14,7 @@ from twisted.python import usage
 from voiceedge import config as c
 from voiceedge.agents.interfaces import IAgentType
 from voiceedge.agents.plugin import agent_type
+from voiceedge.fleet.membership import build_membership
 from voiceedge.metrics import MetricsResource, Sample, make_registry
 from voiceedge.reactors import service_reactors
 from voiceedge.signaling.resource import build_site
@@ -115,19 +116,20 @@ class TransceiverService(service.Service):
         return super().stopService()
 
 
-def route_ufrags(route: RouteSettings, local_address: Callable[[], Address]) -> Callable[[], str]:
-    """Server ufrags that are route tokens naming this transceiver (random ones without keys).
+def route_address(route: RouteSettings, protocol: SharedSocketProtocol) -> Address:
+    """Where relays reach this transceiver: ``route.address``, or the media socket's own once bound."""
+    return route.address or protocol.local_address()
 
-    The route names the address relays reach us on: ``route.address``, or
-    ``local_address()`` once the socket is bound (port 0 picks a free one).
-    """
+
+def route_ufrags(route: RouteSettings, local_address: Callable[[], Address]) -> Callable[[], str]:
+    """Server ufrags that are route tokens naming ``local_address()`` (random ones without keys)."""
     if not route.keys:
         return random_ufrag
     codec = RouteTokenCodec(route.keys, route.issuing)
-    cluster, configured = route.cluster, route.address
+    cluster = route.cluster
 
     def make_ufrag() -> str:
-        return codec.issue(Route(cluster, configured or local_address()))
+        return codec.issue(Route(cluster, local_address()))
 
     return make_ufrag
 
@@ -148,7 +150,7 @@ def build_transceiver(
         agent.make_factory(clock),
         settings,
         speech=speech,
-        make_ufrag=route_ufrags(route, lambda: protocols[0].local_address()),
+        make_ufrag=route_ufrags(route, lambda: route_address(route, protocols[0])),
     )
     protocols.append(SharedSocketProtocol(transceiver))
     media_host, media_port = settings.media_listen
@@ -182,4 +184,16 @@ def makeService(config: Options, clock: IReactorTime | None = None) -> service.M
         settings.transceiver, settings.route, settings.speech, config.agent, clock, top
     )
     build_signaling(settings.signaling, transceiver, top)
+    protocol = next(s for s in top if isinstance(s, internet.UDPServer)).args[1]
+    build_membership(
+        transceiver,
+        lambda: route_address(settings.route, protocol),
+        settings.route.cluster,
+        settings.internal,
+        settings.registry,
+        settings.redis,
+        settings.drain,
+        clock,
+        top,
+    )
     return top

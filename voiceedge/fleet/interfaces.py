@@ -1,0 +1,27 @@
+# -*- test-case-name: tests.test_internal_api -*-
+"""What the fleet needs of a transceiver, beyond what client signaling needs."""
+
+from __future__ import annotations
+
+from zope.interface import Attribute
+
+from voiceedge.config import Address
+from voiceedge.signaling.interfaces import ISessionHost, OpenedSession
+
+__all__ = ["IFleetTransceiver"]
+
+
+class IFleetTransceiver(ISessionHost):
+    """A session host a front door drives through the internal API."""
+
+    accepting = Attribute("False while draining: new offers are refused with 503.")
+
+    def open_session(
+        offer_sdp: str, *, candidate: Address | None = None, session_id: str | None = None
+    ) -> OpenedSession:
+        """As :meth:`ISessionHost.open_session`, with the front door's choices.
+
+        ``candidate`` is the relay address to put in the answer (the client's
+        region's relay); ``session_id`` is the id to give the session (409
+        if one by that id is open).
+        """
