@@ -666,3 +666,105 @@ def test_setup_waterfall_on_stats_and_metrics(clock: Clock) -> None:
         "answer", "first_check", "nomination", "dtls", "first_rtp_in", "first_rtp_out", "datachannel_open"
     }
     assert histograms["dtls"].count == 1 and histograms["datachannel_open"].count == 0  # type: ignore[union-attr]
+
+
+def restart_fragment(ufrag: str = "cli2", pwd: str = CLIENT_PWD) -> str:
+    """A WHIP client's ICE restart PATCH body (RFC 8840 fragment)."""
+    return (
+        f"a=ice-options:trickle\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n"
+        f"a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n"
+        "a=candidate:1 1 udp 2122260223 127.0.0.1 40001 typ host\r\na=end-of-candidates\r\n"
+    )
+
+
+def test_ice_restart_by_fragment_keeps_the_call(clock: Clock) -> None:
+    """PATCH with new credentials: new ufrag (routed) and pwd for us, DTLS and SRTP carry on,
+    audio continues, the old ufrag is retired at the first check under the new one."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    call.check()
+    call.handshake()
+    old_ufrag = call.username.split(":")[0]
+    etag = transceiver._by_id[call.session_id].etag
+    patched = transceiver.patch_session(call.session_id, "application/trickle-ice-sdpfrag", restart_fragment(), "*")
+    assert patched.status == 200 and patched.media_type == "application/trickle-ice-sdpfrag"
+    assert patched.etag != etag
+    fragment = sdp.parse_sdpfrag(patched.body)
+    ufrag, pwd = fragment.ice_credentials(fragment.media[0])  # type: ignore[misc]
+    assert ufrag != old_ufrag and fragment.media[0].mid == "0"
+    assert fragment.media[0].candidates[0].port == SERVER[1]
+    assert transceiver.ice_restarts == 1
+
+    # The client moves to a new port with the new credentials (a browser gathers anew).
+    call.inbox.clear()
+    call.source = ("127.0.0.1", 40001)
+    call.inbox = outbox.setdefault(call.source, [])
+    call.username, call.password = f"{ufrag}:cli2", pwd
+    call.check()
+    assert old_ufrag.encode() not in transceiver._by_ufrag
+    assert ufrag.encode() in transceiver._by_ufrag
+    call.inbox.clear()
+    for n in range(5):
+        call.send_rtp(100 + n, TONE[n])
+        clock.advance(0.02)
+    assert len(call.received_rtp()) == 5  # same SRTP keys, new path
+    session = transceiver.session(call.session_id)
+    assert session is not None and session.ice.media_destination() == ("127.0.0.1", 40001)
+
+
+def test_ice_restart_by_full_reoffer(clock: Clock) -> None:
+    """A browser's restartIce() re-offer gets a whole answer: new credentials, same certificate,
+    a higher o= version; the same credentials again change nothing."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    call.check()
+    call.handshake()
+    reoffer = offer_sdp(CLIENT_CERT.fingerprint, ufrag="cli9")
+    patched = transceiver.patch_session(call.session_id, "application/sdp", reoffer, None)
+    assert patched.status == 200 and patched.media_type == "application/sdp"
+    answer = sdp.parse_sdp(patched.body)
+    assert answer.origin.split()[2] == "2"
+    assert answer.ice_ufrag != call.username.split(":")[0]
+    assert answer.fingerprints[0].value == SERVER_CERT.fingerprint
+    assert answer.media[0].ssrcs and answer.media[1].port == SERVER[1]
+    again = transceiver.patch_session(call.session_id, "application/sdp", reoffer, patched.etag)
+    assert sdp.parse_sdp(again.body).ice_ufrag == answer.ice_ufrag and again.etag == patched.etag
+    assert transceiver.ice_restarts == 1
+
+
+@pytest.mark.parametrize(
+    "media_type, body, if_match, status",
+    [
+        ("application/trickle-ice-sdpfrag", restart_fragment(), '"stale"', 412),
+        ("application/trickle-ice-sdpfrag", "a=candidate:1 1 udp 1 127.0.0.1 1 typ host\r\n", None, 400),
+        ("application/trickle-ice-sdpfrag", "v=0\r\n", None, 400),
+        ("application/sdp", "not sdp", None, 400),
+        ("application/sdp", offer_sdp(OTHER_CERT.fingerprint, ufrag="cli9"), None, 422),
+        ("application/sdp", offer_sdp(CLIENT_CERT.fingerprint).replace("a=mid:1", "a=mid:x").replace("BUNDLE 0 1", "BUNDLE 0"), None, 422),
+        ("text/plain", "x", None, 415),
+    ],
+)
+def test_bad_patches_are_refused_and_change_nothing(
+    clock: Clock, media_type: str, body: str, if_match: str | None, status: int
+) -> None:
+    """Stale If-Match 412, unparsable or credential-less bodies 400, a re-offer changing more than
+    ICE 422; the session's credentials stay."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    with pytest.raises(SessionRefused) as refused:
+        transceiver.patch_session(call.session_id, media_type, body, if_match)
+    assert refused.value.status == status
+    assert transceiver.ice_restarts == 0 and len(transceiver._by_ufrag) == 1
+    with pytest.raises(SessionRefused) as unknown:
+        transceiver.patch_session("nope", media_type, body, None)
+    assert unknown.value.status == 404
+
+
+def test_trickled_candidates_are_accepted_and_ignored(clock: Clock) -> None:
+    """The same credentials with candidates: 204, no restart (an ICE-lite server checks nobody)."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    patched = transceiver.patch_session(
+        call.session_id, "application/trickle-ice-sdpfrag", restart_fragment("cli1"), None
+    )
+    assert patched.status == 204 and transceiver.ice_restarts == 0

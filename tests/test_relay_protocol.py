@@ -541,3 +541,23 @@ def test_real_loopback_sockets() -> Iterator[Any]:
         yield internal.stopListening()
         sink.close()
         client.close()
+
+
+def test_ice_restart_on_the_same_transceiver_is_never_busy(h: Harness) -> None:
+    """A live call's ICE restart (PATCH) gives it a new token for the same transceiver: from the
+    same source the check goes through at once, media and all, and the flow takes the new ufrag;
+    from a new source (a browser gathers new ports) it is a new flow like any other."""
+    h.confirm()
+    h.from_client(srtp())  # the call is live: a move elsewhere would be flow_busy
+    h.to_transceiver.clear()
+    new = token(HOP)
+    h.from_client(binding_request(new))
+    h.from_client(srtp())
+    assert [a for _, a in h.to_transceiver] == [HOP, HOP]
+    assert h.relay.drops["flow_busy"] == 0
+    assert h.relay.flows.confirmed[CLIENT].ufrag == new.encode()
+    moved = ("198.51.100.9", 40999)
+    h.from_client(binding_request(new), moved)
+    assert h.to_transceiver[-1][1] == HOP and moved in h.relay.flows.pending
+    h.from_transceiver(b"\x01\x01\x00\x00answer", moved)
+    assert moved in h.relay.flows.confirmed

@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from voiceedge.signaling.interfaces import ISessionHost, OpenedSession, SessionRefused
+from voiceedge.signaling.interfaces import ISessionHost, OpenedSession, PatchedSession, SessionRefused
 from voiceedge.signaling.resource import STATIC_DIR, build_site
 from voiceedge.signaling.settings import SignalingSettings
 
@@ -43,13 +43,14 @@ class FakeHost:
         self.crash: Exception | None = None
         self.asynchronous = False
         self.waiting: list[defer.Deferred[None]] = []
+        self.patches: list[tuple[str, str, str, str | None]] = []
         self._next = 0
 
     def _allocate(self, offer_sdp: str) -> OpenedSession:
         self._next += 1
         session_id = f"s{self._next}"
         self.sessions[session_id] = offer_sdp
-        return OpenedSession(session_id, ANSWER)
+        return OpenedSession(session_id, ANSWER, '"e1"')
 
     def open_session(self, offer_sdp: str) -> OpenedSession:
         """Record the offer, then allocate, refuse, crash or (asynchronously) wait."""
@@ -76,6 +77,17 @@ class FakeHost:
     def session_count(self) -> int:
         """Open sessions."""
         return len(self.sessions)
+
+    def patch_session(self, session_id: str, media_type: str, body: str, if_match: str | None) -> PatchedSession:
+        """Record the PATCH; a restart when the body says ``restart``, trickle otherwise."""
+        self.patches.append((session_id, media_type, body, if_match))
+        if session_id not in self.sessions:
+            raise SessionRefused(404, "no such session")
+        if if_match not in (None, "*", '"e1"'):
+            raise SessionRefused(412, "other credentials")
+        if "restart" in body:
+            return PatchedSession(200, "a=ice-ufrag:new1\r\n", media_type, '"e2"')
+        return PatchedSession(204, "", media_type, '"e1"')
 
 
 @dataclass
@@ -475,6 +487,59 @@ def test_path_below_session_404(site: server.Site, host: FakeHost) -> None:
     assert list(host.sessions) == ["s1"]
 
 
+# -- PATCH: trickle and ICE restart (RFC 9725 §4.3) ---------------------------
+
+
+def test_post_names_the_ice_credentials_with_an_etag(site: server.Site) -> None:
+    """201 carries the ETag a PATCH may name in If-Match."""
+    assert post_offer(site).header("etag") == '"e1"'
+
+
+def test_patch_restart_200_with_the_answer_and_a_new_etag(site: server.Site, host: FakeHost) -> None:
+    """An ICE restart fragment is answered 200 with ours, as a fragment, and a new ETag."""
+    post_offer(site)
+    frag = b"a=ice-ufrag:abcd\r\na=ice-pwd:restart-restart-restart\r\n"
+    resp = call(
+        site, "PATCH", "/v1/realtime/calls/s1", frag,
+        Content_Type="application/trickle-ice-sdpfrag", If_Match="*",
+    )
+    assert resp.status == 200
+    assert resp.header("content-type") == "application/trickle-ice-sdpfrag"
+    assert resp.header("etag") == '"e2"' and resp.body == b"a=ice-ufrag:new1\r\n"
+    assert host.patches == [("s1", "application/trickle-ice-sdpfrag", frag.decode(), "*")]
+
+
+def test_patch_trickle_204(site: server.Site, host: FakeHost) -> None:
+    """Candidates under the current credentials: 204, nothing else to say."""
+    post_offer(site, "/v1/whip")
+    resp = call(site, "PATCH", "/v1/whip/s1", b"a=candidate:x\r\n", Content_Type="application/trickle-ice-sdpfrag")
+    assert resp.status == 204 and resp.body == b"" and resp.header("etag") == '"e1"'
+
+
+def test_patch_full_reoffer_passes_through(site: server.Site, host: FakeHost) -> None:
+    """A whole re-offer (a browser's restartIce()) is application/sdp both ways."""
+    post_offer(site)
+    resp = call(site, "PATCH", "/v1/realtime/calls/s1", b"v=0 restart", Content_Type="application/sdp")
+    assert resp.status == 200 and resp.header("content-type") == "application/sdp"
+
+
+@pytest.mark.parametrize(
+    "path, content_type, if_match, status",
+    [
+        ("/v1/realtime/calls/s1", "text/plain", None, 415),
+        ("/v1/realtime/calls/nope", "application/trickle-ice-sdpfrag", None, 404),
+        ("/v1/realtime/calls/s1", "application/trickle-ice-sdpfrag", '"stale"', 412),
+    ],
+)
+def test_patch_refusals(site: server.Site, path: str, content_type: str, if_match: str | None, status: int) -> None:
+    """Wrong media type, unknown session, stale If-Match: a clear status each."""
+    post_offer(site)
+    headers = {"Content_Type": content_type}
+    if if_match is not None:
+        headers["If_Match"] = if_match
+    assert call(site, "PATCH", path, b"a=ice-ufrag:x\r\n", **headers).status == status
+
+
 # -- other methods, health, unknown paths ------------------------------------
 
 
@@ -571,7 +636,7 @@ def test_cors_preflight_allowed(host: FakeHost) -> None:
     assert resp.status == 204
     assert resp.header("access-control-allow-origin") == "https://app.example"
     methods = {m.strip() for m in (resp.header("access-control-allow-methods") or "").split(",")}
-    assert methods == {"POST", "DELETE", "OPTIONS"}
+    assert methods == {"POST", "PATCH", "DELETE", "OPTIONS"}
     allowed_headers = {h.strip().lower() for h in (resp.header("access-control-allow-headers") or "").split(",")}
     assert {"content-type", "authorization"} <= allowed_headers
     assert_nothing_allocated(host)
@@ -602,7 +667,7 @@ def test_cors_post_exposes_location(host: FakeHost) -> None:
     resp = post_offer(site, Origin="https://app.example")
     assert resp.status == 201
     assert resp.header("access-control-allow-origin") == "https://app.example"
-    assert resp.header("access-control-expose-headers") == "Location"
+    assert resp.header("access-control-expose-headers") == "Location, ETag"
     assert resp.header("vary") == "Origin"
 
 

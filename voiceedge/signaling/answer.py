@@ -23,6 +23,7 @@ __all__ = [
     "AnswerParameters",
     "summarize_offer",
     "build_answer",
+    "build_restart_fragment",
 ]
 
 # DTLS-SRTP RTP profiles we answer; the answer always says UDP/TLS/RTP/SAVPF.
@@ -344,3 +345,24 @@ def build_answer(offer: SessionDescription, summary: OfferSummary, params: Answe
         mids = [m.mid for i, m in enumerate(offer.media) if i in accepted and m.mid is not None]
         answer.groups.append(("BUNDLE", [mid for mid in group if mid in mids]))
     return serialize_sdp(answer)
+
+
+def build_restart_fragment(summary: OfferSummary, params: AnswerParameters) -> str:
+    """Our new ICE credentials and candidate after an ICE restart, as an SDP fragment (RFC 8840).
+
+    What RFC 9725 §4.3.2 answers a restart PATCH with: ``a=ice-ufrag``,
+    ``a=ice-pwd``, and the BUNDLE-tagged (audio) m-line with its ``a=mid`` and
+    our one candidate.
+    """
+    host, port = params.candidate
+    candidate = Candidate("1", 1, "udp", _HOST_PRIORITY, str(ipaddress.ip_address(host)), port, "host")
+    lines = [
+        "a=ice-lite",
+        f"a=ice-ufrag:{params.ice_ufrag}",
+        f"a=ice-pwd:{params.ice_pwd}",
+        f"m=audio {port} UDP/TLS/RTP/SAVPF {summary.opus.payload_type}",
+    ]
+    if summary.audio_mid is not None:
+        lines.append(f"a=mid:{summary.audio_mid}")
+    lines += [f"a=candidate:{candidate.to_sdp()}", "a=end-of-candidates"]
+    return "\r\n".join(lines) + "\r\n"

@@ -23,10 +23,30 @@ class SessionRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class OpenedSession:
-    """A session the host has allocated: its id and the SDP answer for it."""
+    """A session the host has allocated: its id and the SDP answer for it.
+
+    ``etag`` names the session's current ICE credentials (an HTTP entity tag,
+    quotes included): RFC 9725 clients send it back in ``If-Match``.
+    """
 
     session_id: str
     answer_sdp: str
+    etag: str = ""
+
+
+#: PATCH media types (RFC 9725 §4.3): an ICE fragment (RFC 8840), or a whole re-offer.
+SDPFRAG_TYPE = "application/trickle-ice-sdpfrag"
+SDP_TYPE = "application/sdp"
+
+
+@dataclass(frozen=True, slots=True)
+class PatchedSession:
+    """What a PATCH did: ``body`` of ``media_type`` (empty for 204) and the session's ``etag``."""
+
+    status: int  # 200 with a body (an ICE restart), 204 without (trickled candidates)
+    body: str
+    media_type: str
+    etag: str
 
 
 class ISessionHost(Interface):
@@ -48,3 +68,15 @@ class ISessionHost(Interface):
 
     def session_count() -> int:
         """How many sessions are open now."""
+
+    def patch_session(session_id: str, media_type: str, body: str, if_match: str | None) -> PatchedSession:
+        """Apply a PATCH: trickled candidates, or an ICE restart (RFC 9725 §4.3).
+
+        ``media_type`` is :data:`SDPFRAG_TYPE` or :data:`SDP_TYPE`. New ICE
+        credentials in ``body`` restart ICE: the session answers with new
+        ones of its own (a fragment, or a whole SDP answer for a re-offer),
+        while DTLS, SRTP and the media carry on. Raises :class:`SessionRefused`:
+        404 no such session, 400 a body that does not parse, 412 an
+        ``If-Match`` that names other credentials, 422 a re-offer that
+        changes more than ICE.
+        """

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
 
-from voiceedge.signaling.interfaces import ISessionHost, OpenedSession, SessionRefused
+from voiceedge.signaling.interfaces import SDPFRAG_TYPE, ISessionHost, OpenedSession, SessionRefused
 from voiceedge.signaling.settings import SignalingSettings
 
 __all__ = ["build_site", "SignalingSite", "SignalingRequest", "STATIC_DIR"]
@@ -27,7 +27,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 _SDP_TYPE = b"application/sdp"
 _TEXT_TYPE = b"text/plain; charset=utf-8"
-_CORS_METHODS = b"POST, DELETE, OPTIONS"
+_CORS_METHODS = b"POST, PATCH, DELETE, OPTIONS"
 _CORS_HEADERS = b"Content-Type, Authorization"
 _CORS_MAX_AGE = b"600"
 
@@ -134,7 +134,7 @@ class _Cors:
         if origin is None:
             return False
         request.setHeader(b"Access-Control-Allow-Origin", origin)
-        request.setHeader(b"Access-Control-Expose-Headers", b"Location")
+        request.setHeader(b"Access-Control-Expose-Headers", b"Location, ETag")
         return True
 
 
@@ -232,7 +232,7 @@ class CallsResource(_Endpoint):
             session_id = path.decode("utf-8")
         except UnicodeDecodeError:
             return _NotFound(self.cors)
-        return SessionResource(self.host, self.cors, session_id)
+        return SessionResource(self.host, self.cors, session_id, self.max_body_bytes)
 
     def render_POST(self, request: server.Request) -> bytes | int:
         """Validate the offer, ask the host for an answer, answer 201 with it."""
@@ -285,6 +285,8 @@ class CallsResource(_Endpoint):
         request.setHeader(b"Cache-Control", b"no-store")
         location = f"{self.location_prefix}/{quote(opened.session_id, safe='')}"
         request.setHeader(b"Location", location.encode("ascii"))
+        if opened.etag:
+            request.setHeader(b"ETag", opened.etag.encode("ascii"))
         request.write(body)
         request.finish()
 
@@ -306,15 +308,63 @@ class CallsResource(_Endpoint):
 
 
 class SessionResource(_Endpoint):
-    """One session: ``GET`` its live numbers, ``DELETE`` it to hang up."""
+    """One session: ``GET`` its live numbers, ``PATCH`` an ICE restart, ``DELETE`` it to hang up."""
 
-    methods = (b"GET", b"DELETE")
+    methods = (b"GET", b"PATCH", b"DELETE")
     isLeaf = True
 
-    def __init__(self, host: ISessionHost, cors: _Cors, session_id: str) -> None:
+    def __init__(self, host: ISessionHost, cors: _Cors, session_id: str, max_body_bytes: int = 65536) -> None:
         super().__init__(cors)
         self.host = host
         self.session_id = session_id
+        self.max_body_bytes = max_body_bytes
+
+    def render_PATCH(self, request: server.Request) -> bytes:
+        """RFC 9725 §4.3: trickled candidates (204) or an ICE restart (200 with our new credentials).
+
+        ``application/trickle-ice-sdpfrag`` (an RFC 8840 fragment) or
+        ``application/sdp`` (a whole re-offer, as a browser's ``restartIce()``
+        makes it, answered with a whole SDP answer). ``ETag`` names the ICE
+        credentials in force; ``If-Match`` may be ``*`` or that tag.
+        """
+        media_type = _media_type(request)
+        if media_type not in (SDPFRAG_TYPE.encode("ascii"), _SDP_TYPE):
+            return _text(
+                request,
+                http.UNSUPPORTED_MEDIA_TYPE,
+                f"PATCH takes Content-Type: {SDPFRAG_TYPE} or application/sdp",
+            )
+        body = request.content.read() if request.content is not None else b""
+        if getattr(request, "body_too_large", False) or len(body) > self.max_body_bytes:
+            request.setHeader(b"Connection", b"close")
+            return _text(request, http.REQUEST_ENTITY_TOO_LARGE, "the body is too large")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return _text(request, http.BAD_REQUEST, "the body is not UTF-8")
+        if_match = request.getHeader(b"if-match")
+        try:
+            patched = self.host.patch_session(
+                self.session_id,
+                media_type.decode("ascii"),
+                text,
+                None if if_match is None else if_match.decode("latin-1"),
+            )
+        except SessionRefused as refusal:
+            status = refusal.status if 400 <= refusal.status <= 599 else http.INTERNAL_SERVER_ERROR
+            return _text(request, status, refusal.reason)
+        except Exception:
+            log.failure("PATCH of session {session_id!r} failed", session_id=self.session_id)
+            return _text(request, http.INTERNAL_SERVER_ERROR, "internal error")
+        request.setHeader(b"ETag", patched.etag.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setResponseCode(patched.status)
+        if patched.status == http.NO_CONTENT:
+            return b""
+        answer = patched.body.encode("utf-8")
+        request.setHeader(b"Content-Type", patched.media_type.encode("ascii"))
+        request.setHeader(b"Content-Length", str(len(answer)).encode("ascii"))
+        return answer
 
     def render_GET(self, request: server.Request) -> bytes:
         """200 with the session's stats as JSON, 404 when it is not open."""

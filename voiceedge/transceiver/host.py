@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import ipaddress
 import secrets
 from typing import Callable, Iterator
@@ -20,10 +21,17 @@ from voiceedge.signaling.answer import (
     OfferNotAcceptable,
     OfferSummary,
     build_answer,
+    build_restart_fragment,
     summarize_offer,
 )
 from voiceedge.fleet.interfaces import IFleetTransceiver
-from voiceedge.signaling.interfaces import OpenedSession, SessionRefused
+from voiceedge.signaling.interfaces import (
+    SDP_TYPE,
+    SDPFRAG_TYPE,
+    OpenedSession,
+    PatchedSession,
+    SessionRefused,
+)
 from voiceedge.transceiver.conversation import Conversation
 from voiceedge.transceiver.credentials import new_credentials, random_ufrag
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsTransport
@@ -73,12 +81,14 @@ SETUP_MILESTONES = (
 class Call:
     """What the transceiver keeps per session: the session, its conversation, its timer, its ufrags."""
 
-    __slots__ = ("session", "conversation", "timer", "busy", "ufrags", "answered")
+    __slots__ = ("session", "conversation", "timer", "busy", "ufrags", "answered", "etag")
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, summary: OfferSummary, params: AnswerParameters) -> None:
         self.session = session
-        # The offer's summary and our answer's parameters, for re-offers.
-        self.answered: tuple[OfferSummary, AnswerParameters] | None = None
+        # The offer's summary and our last answer's parameters: the ICE
+        # credentials both sides use now, for PATCH.
+        self.answered = (summary, params)
+        self.etag = _new_etag()
         self.conversation: Conversation | None = None
         self.timer: IDelayedCall | None = None
         self.busy = False  # its outputs are being handled: a re-entrant flush waits for that loop
@@ -252,8 +262,7 @@ class Transceiver:
             drops=self.drops,
             probes=self.probes,
         )
-        call = Call(session)
-        call.answered = (summary, params)
+        call = Call(session, summary, params)
         call.conversation = Conversation(
             session,
             self.agent_factory,
@@ -267,7 +276,7 @@ class Transceiver:
         session.mark_answered(self.clock.seconds())
         self._service(call)
         self.log.info("session {id} opened", id=session_id)
-        return OpenedSession(session_id, answer)
+        return OpenedSession(session_id, answer, call.etag)
 
     def close_session(self, session_id: str, reason: str) -> bool:
         """End a session on request (a signaling DELETE)."""
@@ -538,19 +547,60 @@ class Transceiver:
         call.session.handle_timeout(self.clock.seconds())
         self._service(call)
 
-    # -- ICE restart ---------------------------------------------------------
+    # -- ICE restart (PATCH) ------------------------------------------------------
 
-    def restart_ice(self, session_id: str, remote_ufrag: str, remote_pwd: str) -> tuple[str, str] | None:
-        """New ICE credentials for a live session; ``(ufrag, pwd)`` of ours, or ``None`` if none."""
+    def patch_session(self, session_id: str, media_type: str, body: str, if_match: str | None) -> PatchedSession:
+        """Trickled candidates (ignored: we are ICE-lite) or an ICE restart, as RFC 9725 §4.3 says.
+
+        A fragment or a re-offer with new ICE credentials restarts ICE: new
+        local ufrag (a new route token) and password, answered as a fragment
+        or a whole SDP answer; DTLS, SRTP and the media carry on. ``If-Match``
+        may be ``*`` or the current entity tag; another tag is 412.
+        """
         call = self._by_id.get(session_id)
         if call is None:
-            return None
-        credentials = new_credentials(self.make_ufrag)
-        self._add_ufrag(call, credentials.ufrag)
-        call.session.restart_ice(credentials.ufrag, credentials.pwd, remote_ufrag, remote_pwd)
-        self.ice_restarts += 1
-        self._service(call)
-        return credentials.ufrag, credentials.pwd
+            raise SessionRefused(404, "no such session")
+        if if_match is not None and if_match.strip() not in ("*", call.etag):
+            raise SessionRefused(412, "If-Match names other ICE credentials than the session's")
+        summary, params = call.answered
+        try:
+            offer: sdp.SessionDescription | None = None
+            reoffer: OfferSummary | None = None
+            if media_type == SDPFRAG_TYPE:
+                fragment = sdp.parse_sdpfrag(body)
+                credentials = _fragment_credentials(fragment)
+            elif media_type == SDP_TYPE:
+                offer = sdp.parse_sdp(body)
+                reoffer = summarize_offer(offer)
+                _check_reoffer(summary, reoffer)
+                credentials = (reoffer.remote_ufrag, reoffer.remote_pwd)
+            else:
+                raise SessionRefused(415, f"PATCH takes {SDPFRAG_TYPE} or {SDP_TYPE}")
+        except WireError as e:
+            raise SessionRefused(400, f"the body does not parse: {e}") from e
+        except OfferNotAcceptable as e:
+            raise SessionRefused(e.status, e.reason) from e
+        restart = credentials != (summary.remote_ufrag, summary.remote_pwd)
+        if restart:
+            local = new_credentials(self.make_ufrag)
+            self._add_ufrag(call, local.ufrag)
+            call.session.restart_ice(local.ufrag, local.pwd, *credentials)
+            summary = dataclasses.replace(summary, remote_ufrag=credentials[0], remote_pwd=credentials[1])
+            params = dataclasses.replace(
+                params, ice_ufrag=local.ufrag, ice_pwd=local.pwd, session_version=params.session_version + 1
+            )
+            call.answered = (summary, params)
+            call.etag = _new_etag()
+            self.ice_restarts += 1
+            self.log.info("session {id}: ICE restart", id=session_id)
+            self._service(call)
+        if offer is not None and reoffer is not None:
+            return PatchedSession(200, build_answer(offer, reoffer, params), SDP_TYPE, call.etag)
+        if restart:
+            return PatchedSession(200, build_restart_fragment(summary, params), SDPFRAG_TYPE, call.etag)
+        # Candidates under the current credentials: an ICE-lite agent checks
+        # nobody, so there is nothing to do with them.
+        return PatchedSession(204, "", SDPFRAG_TYPE, call.etag)
 
     # -- time ---------------------------------------------------------------
 
@@ -629,6 +679,39 @@ class Transceiver:
                     {"agent": agent, "event": event},
                     n,
                 )
+
+
+def _new_etag() -> str:
+    return '"' + secrets.token_urlsafe(12) + '"'
+
+
+def _fragment_credentials(fragment: sdp.SessionDescription) -> tuple[str, str]:
+    """The ICE credentials an SDP fragment carries (session level or its first m-line)."""
+    credentials = None
+    if fragment.media:
+        credentials = fragment.ice_credentials(fragment.media[0])
+    elif fragment.ice_ufrag is not None and fragment.ice_pwd is not None:
+        credentials = (fragment.ice_ufrag, fragment.ice_pwd)
+    if credentials is None:
+        raise SessionRefused(400, "the fragment has no a=ice-ufrag and a=ice-pwd (RFC 8840)")
+    ufrag, pwd = credentials
+    if not 4 <= len(ufrag) <= 256 or not 22 <= len(pwd) <= 256:
+        raise SessionRefused(400, "the fragment's ICE ufrag or pwd has a length RFC 8839 forbids")
+    return credentials
+
+
+def _check_reoffer(first: OfferSummary, again: OfferSummary) -> None:
+    """A re-offer may change ICE only: the certificate, the audio and the data channel stay."""
+    if {(f.algorithm, f.value) for f in again.remote_fingerprints} != {
+        (f.algorithm, f.value) for f in first.remote_fingerprints
+    }:
+        raise SessionRefused(422, "a re-offer cannot change the DTLS certificate: DTLS carries on")
+    if again.audio_mid != first.audio_mid or again.opus.payload_type != first.opus.payload_type:
+        raise SessionRefused(422, "a re-offer cannot change the audio m-line or its Opus payload type")
+    if again.datachannel_mid != first.datachannel_mid:
+        raise SessionRefused(422, "a re-offer cannot add or remove the data channel")
+    if again.mid_extension_id != first.mid_extension_id:
+        raise SessionRefused(422, "a re-offer cannot renumber the MID header extension")
 
 
 def _not_listening(data: bytes, destination: Address) -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "MediaDescription",
     "SessionDescription",
     "parse_sdp",
+    "parse_sdpfrag",
     "serialize_sdp",
     "MAX_LINE_LENGTH",
     "MAX_LINES",
@@ -535,6 +536,29 @@ def parse_sdp(text: str) -> SessionDescription:
             mids.add(media.mid)
         desc.media.append(media)
     return desc
+
+
+# What parse_sdpfrag puts in front of a fragment so the SDP parser reads it.
+_FRAGMENT_HEAD = "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+
+
+def parse_sdpfrag(text: str) -> SessionDescription:
+    """Parse an SDP fragment (``application/trickle-ice-sdpfrag``, RFC 8840 §9).
+
+    A fragment is session-level attributes (``a=ice-ufrag``, ``a=ice-pwd``,
+    ``a=ice-options``, ``a=group``...) followed by ``m=`` sections with
+    ``a=mid`` and ``a=candidate`` lines, without ``v=``, ``o=``, ``s=`` or
+    ``t=``. It is parsed by the SDP parser, with the same limits; raises
+    :class:`SdpError`.
+    """
+    if not isinstance(text, str):
+        raise SdpError(0, "SDP must be text")
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line[:2] in ("v=", "o=", "s=", "t="):
+            raise SdpError(lineno, f"{line[:2]} does not belong in an SDP fragment")
+    if not text.strip():
+        raise SdpError(0, "the fragment is empty")
+    return parse_sdp(_FRAGMENT_HEAD + text)
 
 
 def _parse_session_attribute(desc: SessionDescription, line: str, lineno: int) -> None:

@@ -5,7 +5,9 @@
 //    timings: {answer, ice, connected, firstAudio},      // ms from the click on "Call"
 //    inbound: {packetsReceived, packetsLost, jitter, packetsPerSecond},
 //    rtt, events: [...received JSON messages...]}
-// and window.voiceedge = {call(), hangUp(), sample()}; sample() reads getStats() now.
+// and window.voiceedge = {call(), hangUp(), sample(), restartIce()}; sample() reads getStats() now;
+// restartIce() restarts ICE on the live call (a re-offer PATCHed to the session, RFC 9725 §4.3)
+// and resolves to the PATCH status.
 "use strict";
 
 (() => {
@@ -239,7 +241,9 @@
 
   async function startCall() {
     if (current) return;
-    const call = { t0: performance.now(), pc: null, mic: null, channel: null, sessionUrl: null, timers: [], last: null };
+    const call = {
+      t0: performance.now(), pc: null, mic: null, channel: null, sessionUrl: null, etag: null, timers: [], last: null,
+    };
     current = call;
     resetStats();
     setState("starting");
@@ -301,6 +305,7 @@
         throw new Error(`the server refused the call: ${resp.status} ${text.trim()}`);
       }
       call.sessionUrl = sessionUrl;
+      call.etag = resp.headers.get("ETag");
       stats.sessionUrl = sessionUrl;
       mark(call, "answer");
       setState("connecting");
@@ -311,6 +316,27 @@
     } catch (err) {
       fail(call, err);
     }
+  }
+
+  // ICE restart on the live call, as after a network change: new ICE credentials
+  // both ways, the same DTLS and SRTP, audio carrying on.
+  async function restartIce() {
+    const call = current;
+    if (!call || !call.pc || !call.sessionUrl) throw new Error("no call to restart");
+    call.pc.restartIce();
+    const offer = await call.pc.createOffer();
+    await call.pc.setLocalDescription(offer);
+    const resp = await fetch(call.sessionUrl, {
+      method: "PATCH",
+      headers: { "Content-Type": "application/sdp", "If-Match": "*" },
+      body: call.pc.localDescription.sdp,
+    });
+    const text = await resp.text();
+    if (current !== call) return resp.status;
+    if (resp.status !== 200) throw new Error(`ICE restart refused: ${resp.status} ${text.trim()}`);
+    call.etag = resp.headers.get("ETag");
+    await call.pc.setRemoteDescription({ type: "answer", sdp: text });
+    return resp.status;
   }
 
   button.addEventListener("click", () => (current ? hangUp() : startCall()));
@@ -342,6 +368,11 @@
     if (current && current.sessionUrl) deleteSession(current.sessionUrl);
   });
 
-  window.voiceedge = { call: startCall, hangUp: () => hangUp(), sample: () => sample(current) };
+  window.voiceedge = {
+    call: startCall,
+    hangUp: () => hangUp(),
+    sample: () => sample(current),
+    restartIce: () => restartIce(),
+  };
   render();
 })();
