@@ -13,11 +13,13 @@ from voiceedge.wire.encap import (
     FIRST_BYTE,
     FIRST_BYTE_MIN,
     MAX_HEADER_SIZE,
+    MAX_HOPS,
     EncapError,
     Envelope,
     decode,
     encode,
     header_length,
+    hops,
     is_encapsulated,
     pack_header_into,
     peek_addresses,
@@ -129,7 +131,7 @@ def test_wrong_version_and_flags() -> None:
         with pytest.raises(EncapError, match="version"):
             decode(bytes(data))
     data[0] = FIRST_BYTE
-    for flags in range(4, 256):
+    for flags in range(8, 256):
         data[1] = flags
         with pytest.raises(EncapError, match="flags"):
             decode(bytes(data))
@@ -187,8 +189,33 @@ def test_encap_error_is_wire_error() -> None:
 
 
 def test_max_header_size() -> None:
-    """MAX_HEADER_SIZE is what a relay must reserve in front of a payload."""
-    assert MAX_HEADER_SIZE == 38
+    """MAX_HEADER_SIZE is what a relay must reserve in front of a payload (with a hop count)."""
+    assert MAX_HEADER_SIZE == 39
+
+
+def test_hop_count() -> None:
+    """Relay to relay the header carries a hop count after the addresses; decoding ignores it."""
+    buffer = bytearray(64)
+    for client, ingress in ((V4_CLIENT, V4_INGRESS), (V6_CLIENT, V4_INGRESS), (V6_CLIENT, V6_INGRESS)):
+        family_c = socket.AF_INET6 if ":" in client[0] else socket.AF_INET
+        family_i = socket.AF_INET6 if ":" in ingress[0] else socket.AF_INET
+        packed_c, packed_i = socket.inet_pton(family_c, client[0]), socket.inet_pton(family_i, ingress[0])
+        plain = pack_header_into(buffer, packed_c, client[1], packed_i, ingress[1])
+        n = pack_header_into(buffer, packed_c, client[1], packed_i, ingress[1], hop_count=3)
+        assert n == plain + 1
+        data = bytes(buffer[:n]) + RTP
+        assert header_length(data) == n
+        assert hops(data) == 3
+        assert hops(encode(Envelope(client, ingress), RTP)) is None
+        assert decode(data) == (Envelope(client, ingress), RTP)
+        assert peek_client(data) == (packed_c, client[1], n)
+        assert peek_addresses(data)[:4] == (packed_c, client[1], packed_i, ingress[1])
+    over = bytearray(data)
+    over[n - 1] = MAX_HOPS + 1
+    with pytest.raises(EncapError, match="hop count"):
+        header_length(bytes(over))
+    with pytest.raises(EncapError, match="hop count"):
+        pack_header_into(buffer, packed_c, 1, packed_i, 1, hop_count=MAX_HOPS + 1)
 
 
 addresses = st.tuples(
@@ -217,7 +244,10 @@ def test_hypothesis_random_bytes_raise_only_encap_error(data: bytes) -> None:
     except EncapError:
         pass
     else:
-        assert encode(envelope, payload) == data
+        if hops(data) is None:
+            assert encode(envelope, payload) == data
+        else:
+            assert payload == data[header_length(data):]
     for parse in (header_length, peek_client, peek_addresses):
         try:
             parse(data)

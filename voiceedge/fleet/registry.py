@@ -19,7 +19,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Protocol, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -170,40 +170,46 @@ class IRegistryStore(Interface):
 
 @implementer(IRegistryStore)
 class RedisRegistryStore:
-    """:class:`IRegistryStore` on a :class:`RedisClient` (one server or Sentinel)."""
+    """:class:`IRegistryStore` on a :class:`RedisClient` (one server or Sentinel).
 
-    def __init__(self, client: RedisClient) -> None:
+    ``key_prefix`` and ``index_key`` name where the records live: the
+    transceivers' by default, the relays' directory with its own.
+    """
+
+    def __init__(self, client: RedisClient, key_prefix: str = KEY_PREFIX, index_key: str = INDEX_KEY) -> None:
         self.client = client
+        self.key_prefix = key_prefix
+        self.index_key = index_key
 
     def put(self, record_id: str, value: str, ttl: float) -> "defer.Deferred[Any]":
         """SET key value PX ttl, then SADD the index."""
         redis = self.client.connection
-        d = defer.maybeDeferred(redis.set, KEY_PREFIX + record_id, value, pexpire=max(1, int(ttl * 1000)))
-        d.addCallback(lambda _: redis.sadd(INDEX_KEY, record_id))
+        d = defer.maybeDeferred(redis.set, self.key_prefix + record_id, value, pexpire=max(1, int(ttl * 1000)))
+        d.addCallback(lambda _: redis.sadd(self.index_key, record_id))
         return d
 
     def remove(self, record_id: str) -> "defer.Deferred[Any]":
         """DEL the key, SREM the index entry."""
         redis = self.client.connection
-        d = defer.maybeDeferred(redis.delete, KEY_PREFIX + record_id)
-        d.addCallback(lambda _: redis.srem(INDEX_KEY, record_id))
+        d = defer.maybeDeferred(redis.delete, self.key_prefix + record_id)
+        d.addCallback(lambda _: redis.srem(self.index_key, record_id))
         return d
 
     @defer.inlineCallbacks
     def fetch(self) -> Any:
         """SMEMBERS the index, MGET the records, SREM the ids whose record expired."""
         redis = self.client.connection
-        members = yield redis.smembers(INDEX_KEY)
+        members = yield redis.smembers(self.index_key)
         ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members or ())
         if not ids:
             return {}
-        values = yield redis.mget([KEY_PREFIX + i for i in ids])
+        values = yield redis.mget([self.key_prefix + i for i in ids])
         found = {i: v for i, v in zip(ids, values) if v is not None}
         gone = [i for i in ids if i not in found]
         if gone:
             # A record re-put between the MGET and this SREM loses its index
             # entry until its next heartbeat re-adds it: a few seconds, harmless.
-            yield redis.srem(INDEX_KEY, gone)
+            yield redis.srem(self.index_key, gone)
         return found
 
     def publish_ended(self, record_id: str, session_id: str) -> "defer.Deferred[Any]":
@@ -217,8 +223,22 @@ class RedisRegistryStore:
         return self.client.close()
 
 
+class Record(Protocol):
+    """What the registry stores: an id and a JSON value."""
+
+    @property
+    def id(self) -> str:
+        """The record's id (part of its key)."""
+
+    def to_json(self) -> str:
+        """The stored value."""
+
+
+R = TypeVar("R", bound=Record)
+
+
 class RegistryPublisher:
-    """A transceiver's heartbeat: its record, written every ``heartbeat`` seconds with a TTL.
+    """A heartbeat: a record (a transceiver's, a relay's), written every ``heartbeat`` seconds with a TTL.
 
     ``describe()`` returns the record as it is now. A failed write is
     logged once (and counted); the next heartbeat tries again, so a
@@ -229,7 +249,7 @@ class RegistryPublisher:
         self,
         store: IRegistryStore,
         clock: IReactorTime,
-        describe: Callable[[], TransceiverRecord],
+        describe: Callable[[], Record],
         heartbeat: float,
         ttl: float,
     ) -> None:
@@ -268,7 +288,7 @@ class RegistryPublisher:
         def ok(_: object) -> None:
             self.writes_ok += 1
             if self.up is not True:
-                log.info("registry: {id} registered ({state})", id=record.id, state=record.state)
+                log.info("registry: {id} registered", id=record.id)
             self.up = True
 
         def failed(failure: Failure) -> None:
@@ -316,8 +336,11 @@ class RegistryPublisher:
         yield ("counter", p + "writes", "Registry writes", {"result": "error"}, self.write_errors)
 
 
-class RegistryView:
-    """The front door's copy of the registry, refreshed every ``refresh_interval`` seconds.
+class RegistryView(Generic[R]):
+    """A reader's copy of the registry, refreshed every ``refresh_interval`` seconds.
+
+    ``parse`` turns a stored value into a record (:meth:`TransceiverRecord.from_json`
+    for the front door's view of transceivers).
 
     While Redis cannot be read, the last copy is kept for ``max_stale``
     seconds (requests to a dead transceiver fail and are retried
@@ -333,12 +356,14 @@ class RegistryView:
         clock: IReactorTime,
         refresh_interval: float = 1.0,
         max_stale: float = 30.0,
+        parse: Callable[[Any], R] = TransceiverRecord.from_json,  # type: ignore[assignment]
     ) -> None:
         self.store = store
         self.clock = clock
         self.refresh_interval = refresh_interval
         self.max_stale = max_stale
-        self.records: Mapping[str, TransceiverRecord] = {}
+        self.parse = parse
+        self.records: Mapping[str, R] = {}
         self.up: bool | None = None
         self.refreshed_at = float("-inf")
         self.reads_ok = 0
@@ -382,7 +407,7 @@ class RegistryView:
             records = {}
             for record_id, value in values.items():
                 try:
-                    record = TransceiverRecord.from_json(value)
+                    record = self.parse(value)
                 except ValueError as e:
                     self.malformed += 1
                     log.warn("registry: ignoring malformed record {id}: {why}", id=record_id, why=e)
@@ -420,12 +445,12 @@ class RegistryView:
         d.addCallbacks(read, failed).addBoth(done)
         return d
 
-    def current(self, record: TransceiverRecord) -> TransceiverRecord:
+    def current(self, record: R) -> R:
         """``record`` with the sessions this front door sent it since the last refresh added."""
         extra = self._extra.get(record.id, 0)
-        return replace(record, sessions=record.sessions + extra) if extra else record
+        return replace(record, sessions=record.sessions + extra) if extra else record  # type: ignore[type-var,attr-defined]
 
-    def candidates(self) -> Iterable[TransceiverRecord]:
+    def candidates(self) -> Iterable[R]:
         """Every record, with local assignments counted."""
         return [self.current(r) for r in self.records.values()]
 
@@ -433,7 +458,7 @@ class RegistryView:
         """This front door just opened a session on ``record_id``."""
         self._extra[record_id] = self._extra.get(record_id, 0) + 1
 
-    def get(self, record_id: str) -> TransceiverRecord | None:
+    def get(self, record_id: str) -> R | None:
         """The record of ``record_id``, if it is live."""
         return self.records.get(record_id)
 
@@ -445,7 +470,8 @@ class RegistryView:
                {}, max(0.0, self.clock.seconds() - self.refreshed_at) if self.reads_ok else 0.0)
         by: dict[tuple[str, str], int] = {}
         for r in self.records.values():
-            by[(r.region, r.state)] = by.get((r.region, r.state), 0) + 1
+            key = (getattr(r, "region", ""), getattr(r, "state", ""))
+            by[key] = by.get(key, 0) + 1
         for (region, state), n in sorted(by.items()):
             yield ("gauge", p + "transceivers", "Transceivers in the registry",
                    {"region": region, "state": state}, n)

@@ -36,8 +36,17 @@ from twisted.logger import Logger
 from voiceedge.metrics import Sample
 from voiceedge.relay.flow_store import FlowCache
 from voiceedge.relay.flows import Address, Flow, FlowTable
+from voiceedge.relay.router import IRouter, NextHop, Router
 from voiceedge.relay.settings import RelaySettings
-from voiceedge.wire.encap import MAX_HEADER_SIZE, EncapError, pack_header_into, peek_client
+from voiceedge.wire.encap import (
+    MAX_HEADER_SIZE,
+    MAX_HOPS,
+    EncapError,
+    hops,
+    pack_header_into,
+    peek_addresses,
+    peek_client,
+)
 from voiceedge.wire.route_token import RouteTokenCodec, TokenError
 from voiceedge.wire.stun import StunError, is_stun, peek_username
 
@@ -46,7 +55,7 @@ __all__ = ["DROP_REASONS", "MOVE_IDLE", "OFFSET", "Relay", "not_started"]
 log = Logger()
 
 # Client payloads are received at this offset of the receive buffer, so the
-# encapsulation header (at most 38 bytes) is written in front of them in place.
+# encapsulation header (at most 39 bytes) is written in front of them in place.
 OFFSET = MAX_HEADER_SIZE
 _BUFFER_SIZE = OFFSET + 65536  # larger than any UDP payload: never truncates
 _SOURCE_CACHE_MAX = 4096
@@ -69,7 +78,7 @@ DROP_REASONS = (
     "bad_stun",  # STUN-shaped but malformed
     "no_username",  # Binding request without USERNAME
     "bad_token",  # USERNAME's server ufrag is not a valid token
-    "wrong_cluster",  # valid token for another cluster (global relay: future work)
+    "wrong_cluster",  # valid token for a cluster no relay is known for
     "route_outside_networks",  # token points outside transceiver_networks
     "table_full",  # flow table full of confirmed flows
     "too_many_sources",  # MAX_FLOWS_PER_UFRAG flows already carry this ufrag
@@ -79,6 +88,9 @@ DROP_REASONS = (
     "bad_header",  # not a valid encapsulation header
     "no_flow",  # for a client with no flow
     "wrong_transceiver",  # for a client whose flow belongs to another transceiver
+    # another relay (global-hop socket)
+    "outside_peer_networks",  # sender is not a relay of the fleet
+    "hop_limit",  # forwarding it on would pass max_hops relay-to-relay hops
     # either
     "send_failed",  # sendto raised (buffer full, unreachable)
     "restore_rejected",  # a cache entry for another cluster or outside the networks
@@ -104,6 +116,8 @@ class Relay:
         codec: RouteTokenCodec,
         settings: RelaySettings = RelaySettings(),
         *,
+        router: IRouter | None = None,
+        max_hops: int = 2,
         cache: FlowCache | None = None,
         sweep_interval: float = 1.0,
     ) -> None:
@@ -116,6 +130,12 @@ class Relay:
         self.networks = settings.transceiver_networks
         self.max_payload = settings.max_payload
         self.internal_family = _family(settings.internal_listen[0])
+        self.router: IRouter = router or Router(
+            settings.cluster, settings.transceiver_networks, self.internal_family
+        )
+        if not 1 <= max_hops <= MAX_HOPS:
+            raise ValueError(f"max_hops must be 1..{MAX_HOPS}")
+        self.max_hops = max_hops
         self.flows = FlowTable(settings.max_flows, settings.flow_idle_timeout, settings.pending_timeout)
         self._confirmed_get = self.flows.confirmed.get
         self._by_packed_get = self.flows.by_packed.get
@@ -137,14 +157,17 @@ class Relay:
 
         self.send_to_transceiver: SendTo = not_started
         self.send_to_client: SendTo = not_started
+        # The global-hop socket: replies to flows that came from another relay leave from it.
+        self.send_to_peer: SendTo = not_started
 
         self.to_transceiver_packets = 0
         self.to_transceiver_bytes = 0
         self.to_client_packets = 0
         self.to_client_bytes = 0
+        self.from_peer_packets = 0
+        self.to_peer_packets = 0
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._sources: dict[str, bool] = {}
-        self._hops: dict[Address, bool] = {}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -170,7 +193,8 @@ class Relay:
             cache.poll(now)
             if cache.up:
                 for flow in due:
-                    cache.store_flow(flow, now)
+                    if flow.return_via is None:
+                        cache.store_flow(flow, now)
 
     # -- client -> transceiver ------------------------------------------------
 
@@ -263,8 +287,10 @@ class Relay:
             if not self.flows.set_ufrag(pending, ufrag):
                 self._drop("too_many_sources")
                 return
-            pending.next_hop = hop
-            self._send_received(pending, n, hop)
+            pending.next_hop = hop.address
+            pending.cluster = hop.cluster
+            pending.header = self._header(pending.client_packed, pending.client_port, hop.via_relay)
+            self._send_received(pending, n, hop.address)
             return
         if not self.flows.ufrag_has_room(ufrag):
             self._drop("too_many_sources")
@@ -273,7 +299,7 @@ class Relay:
         if not self.flows.add_pending(new):
             self._drop("table_full")
             return
-        self._send_received(new, n, hop)
+        self._send_received(new, n, hop.address)
 
     def _confirmed_stun(self, flow: Flow, data: bytes, n: int, now: float) -> None:
         """A STUN-range packet on a confirmed flow: usually a consent check.
@@ -306,7 +332,8 @@ class Relay:
                     ):
                         hop = pending_hop  # the accepted move's check, again
                     else:
-                        new_hop = self._route(username, count=False)
+                        routed = self._route(username, count=False)
+                        new_hop = routed.address if routed is not None else None
                         if new_hop == hop:
                             # A restart on the same transceiver. If the ufrag
                             # is full the check still goes to the owner, which
@@ -322,36 +349,40 @@ class Relay:
                             flow.pending_hop = hop = new_hop
                             flow.pending_ufrag = ufrag
                             flow.pending_since = now
+                            flow.pending_route = routed
         flow.last_seen = now
         self._send_received(flow, n, hop)
 
-    def _route(self, username: bytes, count: bool = True) -> Address | None:
-        """The next hop a USERNAME's token names, or None (dropped and counted)."""
+    def _route(self, username: bytes, count: bool = True) -> NextHop | None:
+        """The next hop a USERNAME's token names (the router decides), or None (dropped and counted)."""
         try:
             route = self.codec.decode_username(username)
         except TokenError:
             if count:
                 self._drop("bad_token")
             return None
-        if route.cluster != self.cluster:
+        hop = self.router.route(route)
+        if isinstance(hop, str):
             if count:
-                self._drop("wrong_cluster")
-            return None
-        hop = route.transceiver
-        if not self._hop_allowed(hop):
-            if count:
-                self._drop("route_outside_networks")
+                self._drop(hop)
             return None
         return hop
 
-    def _new_flow(self, client: Address, hop: Address, now: float, ufrag: bytes) -> Flow:
+    def _new_flow(self, client: Address, hop: NextHop, now: float, ufrag: bytes) -> Flow:
         """A Flow with the client's packed address and its header built once."""
         packed = socket.inet_pton(_family(client[0]), client[0])
+        header = self._header(packed, client[1], hop.via_relay)
+        flow = Flow(client, packed, hop.address, now, ufrag, header)
+        flow.cluster = hop.cluster
+        return flow
+
+    def _header(self, client_packed: bytes, client_port: int, via_relay: bool) -> bytes:
+        """The encapsulation header for a client's packets: with a first hop count toward a relay."""
         size = pack_header_into(
-            self._header_buffer, packed, client[1], self._ingress_packed, self.ingress[1]
+            self._header_buffer, client_packed, client_port, self._ingress_packed, self.ingress[1],
+            1 if via_relay else None,
         )
-        header = bytes(self._header_buffer[:size])
-        return Flow(client, packed, hop, now, ufrag, header)
+        return bytes(self._header_buffer[:size])
 
     # -- transceiver -> client ------------------------------------------------
 
@@ -376,8 +407,14 @@ class Relay:
         if flow is None or not flow.confirmed or flow.next_hop != addr:
             self._transceiver_slow(data, addr, flow, ip, port, size)
             return
+        via = flow.return_via
         try:
-            self.send_to_client(memoryview(data)[size:], flow.client)
+            if via is None:
+                self.send_to_client(memoryview(data)[size:], flow.client)
+            else:
+                # The client talks to another relay: the answer goes back the way it came, as it is.
+                self.send_to_peer(data, via)
+                self.to_peer_packets += 1
         except OSError:
             self._drop("send_failed")
             return
@@ -402,7 +439,7 @@ class Relay:
         if flow.next_hop == addr:
             if not flow.confirmed:
                 self.flows.confirm(flow, now)
-                if self.cache is not None:
+                if self.cache is not None and flow.return_via is None:
                     self.cache.store_flow(flow, now)
         elif flow.pending_hop == addr:
             # The move completes only within pending_timeout of the check
@@ -419,27 +456,151 @@ class Relay:
                 self._drop("too_many_sources")
                 return
             flow.next_hop = addr
+            route = flow.pending_route
+            flow.pending_route = None
+            if route is not None:
+                flow.cluster = route.cluster
+                if flow.return_via is None:
+                    flow.header = self._header(flow.client_packed, flow.client_port, route.via_relay)
             if not flow.confirmed:
                 flows.confirm(flow, now)
-            if self.cache is not None:
+            if self.cache is not None and flow.return_via is None:
                 self.cache.store_flow(flow, now)
         else:
             self._drop("wrong_transceiver")
             return
+        via = flow.return_via
         try:
-            self.send_to_client(memoryview(data)[size:], flow.client)
+            if via is None:
+                self.send_to_client(memoryview(data)[size:], flow.client)
+            else:
+                self.send_to_peer(data, via)
+                self.to_peer_packets += 1
         except OSError:
             self._drop("send_failed")
             return
         self.to_client_packets += 1
         self.to_client_bytes += len(data) - size
 
+    # -- another relay -> transceiver (the global hop) ---------------------------
+
+    def peer_datagram(self, data: bytes, addr: Address) -> None:
+        """An encapsulated client datagram from another cluster's relay, on the global-hop socket.
+
+        The sending relay took the client's packet at its own public address
+        (the header's ingress) and forwards it here because the token names
+        this cluster. The hot path: a confirmed flow whose client came
+        through that relay; the datagram goes on to the transceiver exactly
+        as it came (the header already says who the client is and which
+        address it talks to).
+        """
+        if not self.router.is_peer(addr[0]):
+            self._drop("outside_peer_networks")
+            return
+        try:
+            ip, port, size = peek_client(data)
+        except EncapError:
+            self._drop("bad_header")
+            return
+        flow = self._by_packed_get((ip, port))
+        if (
+            flow is not None
+            and flow.confirmed
+            and flow.return_via == addr
+            and len(data) > size
+            and data[size] > 3
+        ):
+            try:
+                self.send_to_transceiver(data, flow.next_hop)
+            except OSError:
+                self._drop("send_failed")
+                return
+            flow.last_seen = self.now
+            self.from_peer_packets += 1
+            self.to_transceiver_packets += 1
+            self.to_transceiver_bytes += len(data) - size
+            return
+        self._peer_slow(data, addr, flow, ip, size)
+
+    def _peer_slow(self, data: bytes, addr: Address, flow: Flow | None, ip: bytes, size: int) -> None:
+        """A check from another relay: route it by its token, make or update the flow."""
+        now = self.now = self.clock.seconds()
+        self.from_peer_packets += 1
+        payload = data[size:]
+        if not payload:
+            self._drop("empty")
+            return
+        if not is_stun(payload) or payload[0] != 0 or payload[1] != 1:
+            # Media or an answer with no flow here: the client's next check makes one.
+            self._drop("pending_media" if flow is not None and flow.return_via == addr else "no_flow")
+            return
+        try:
+            username = peek_username(payload)
+        except StunError:
+            self._drop("bad_stun")
+            return
+        if username is None:
+            self._drop("no_username")
+            return
+        ufrag = username.partition(b":")[0]
+        hop = self._route(username)
+        if hop is None:
+            return
+        hop_count = hops(data) or 0
+        if hop.via_relay:
+            # Another relay's cluster again: onward, with the count one higher and bounded.
+            if hop_count + 1 > self.max_hops:
+                self._drop("hop_limit")
+                return
+            data = self._onward_header(data, hop_count + 1) + payload
+        flows = self.flows
+        if flow is not None and (flow.next_hop != hop.address or flow.return_via != addr):
+            # The same rule as a local move: only a client quiet for MOVE_IDLE, so a
+            # check spoofed from a live client's address cannot take its flow away.
+            if now - flow.last_seen < MOVE_IDLE:
+                self._drop("flow_busy")
+                return
+            flows.remove(flow)
+            flow = None
+        if flow is None:
+            if not flows.ufrag_has_room(ufrag):
+                self._drop("too_many_sources")
+                return
+            family = socket.AF_INET6 if len(ip) == 16 else socket.AF_INET
+            client = (socket.inet_ntop(family, ip), (data[2] << 8) | data[3])
+            flow = Flow(client, ip, hop.address, now, ufrag, b"")
+            flow.cluster = hop.cluster
+            flow.return_via = addr
+            if not flows.add_pending(flow):
+                self._drop("table_full")
+                return
+        else:
+            if flow.ufrag != ufrag and not flows.set_ufrag(flow, ufrag):
+                self._drop("too_many_sources")
+                return
+            flow.last_seen = now
+        try:
+            self.send_to_transceiver(data, hop.address)
+        except OSError:
+            self._drop("send_failed")
+            return
+        self.to_transceiver_packets += 1
+        self.to_transceiver_bytes += len(payload)
+
+    @staticmethod
+    def _onward_header(data: bytes, hop_count: int) -> bytes:
+        """The header of ``data`` with its hop count set to ``hop_count`` (added if it had none)."""
+        client_ip, client_port, ingress_ip, ingress_port, _ = peek_addresses(data)
+        buffer = bytearray(MAX_HEADER_SIZE)
+        n = pack_header_into(buffer, client_ip, client_port, ingress_ip, ingress_port, hop_count)
+        return bytes(buffer[:n])
+
     # -- cache ---------------------------------------------------------------
 
     def restore(self, client: Address, cluster: int, hop: Address) -> None:
         """Install a confirmed flow found in the cache (a lookup hit)."""
         now = self.now = self.clock.seconds()
-        if cluster != self.cluster or not self._hop_allowed(hop):
+        if not self.router.may_restore(cluster, hop):
             self._drop("restore_rejected")
             return
         existing = self.flows.get(client)
@@ -448,7 +609,7 @@ class Relay:
                 self.flows.confirm(existing, now)
                 existing.stored_at = now
             return
-        flow = self._new_flow(client, hop, now, b"")
+        flow = self._new_flow(client, NextHop(hop, cluster != self.cluster, cluster), now, b"")
         flow.stored_at = now  # it is in the cache already
         if not self.flows.add_confirmed(flow):
             self._drop("table_full")
@@ -463,21 +624,11 @@ class Relay:
         return any(ip in net for net in self.networks)
 
     def _source_allowed(self, host: str) -> bool:
-        """Whether ``host`` may send on the internal socket; cached (few transceivers)."""
-        allowed = self._in_networks(host)
+        """Whether ``host`` may send on the internal socket (a transceiver, or a peer relay); cached."""
+        allowed = self._in_networks(host) or self.router.is_peer(host)
         if len(self._sources) >= _SOURCE_CACHE_MAX:
             self._sources.clear()
         self._sources[host] = allowed
-        return allowed
-
-    def _hop_allowed(self, hop: Address) -> bool:
-        """Whether the relay may forward to ``hop``: right family, inside the networks."""
-        allowed = self._hops.get(hop)
-        if allowed is None:
-            allowed = _family(hop[0]) == self.internal_family and self._in_networks(hop[0])
-            if len(self._hops) >= _SOURCE_CACHE_MAX:
-                self._hops.clear()
-            self._hops[hop] = allowed
         return allowed
 
     def _drop(self, reason: str) -> None:
@@ -497,6 +648,10 @@ class Relay:
                {"direction": "to_transceiver"}, self.to_transceiver_bytes)
         yield ("counter", p + "bytes", "Payload bytes forwarded (without the header)",
                {"direction": "to_client"}, self.to_client_bytes)
+        yield ("counter", p + "global_hop_packets", "Datagrams over the global hop to or from other relays",
+               {"direction": "from_relay"}, self.from_peer_packets)
+        yield ("counter", p + "global_hop_packets", "Datagrams over the global hop to or from other relays",
+               {"direction": "to_relay"}, self.to_peer_packets)
         yield ("gauge", p + "flows", "Flows in the table", {"state": "pending"}, len(flows.pending))
         yield ("gauge", p + "flows", "Flows in the table",
                {"state": "confirmed"}, len(flows.confirmed))

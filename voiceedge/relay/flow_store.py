@@ -251,7 +251,7 @@ class FlowCache:
         # Marked now so the sweep does not queue it again while the write runs.
         flow.stored_at = now
         key = flow_key(self.ingress, flow.client)
-        value = format_value(self.cluster, flow.next_hop)
+        value = format_value(self.cluster if flow.cluster is None else flow.cluster, flow.next_hop)
         d = self._call(lambda: self.store.set(key, value, self.ttl))
 
         def ok(_: object) -> None:

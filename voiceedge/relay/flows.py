@@ -32,7 +32,7 @@ alive: a client that went away must let its flow go).
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 __all__ = ["MAX_FLOWS_PER_UFRAG", "Address", "Flow", "FlowTable"]
 
@@ -57,6 +57,9 @@ class Flow:
     accepted; it takes over only if it answers within the table's
     ``pending_timeout``. ``stored_at`` is when the flow was last written to
     the cache (``-inf``: never, or a write was skipped and is owed).
+    ``return_via`` is set for a client that talks to another cluster's relay:
+    the flow came from that relay over the global hop, and answers go back
+    to it.
     """
 
     __slots__ = (
@@ -72,7 +75,10 @@ class Flow:
         "pending_hop",
         "pending_ufrag",
         "pending_since",
+        "pending_route",
+        "cluster",
         "stored_at",
+        "return_via",
     )
 
     def __init__(
@@ -97,7 +103,14 @@ class Flow:
         self.pending_hop: Address | None = None
         self.pending_ufrag = b""
         self.pending_since = float("-inf")
+        # The pending move's route (relay or transceiver, and its cluster).
+        self.pending_route: Any = None
+        # The cluster its token named (None: unknown, e.g. an old cache entry).
+        self.cluster: int | None = None
         self.stored_at = float("-inf")  # never stored
+        # The relay this flow's client talks to, when it reached us through the
+        # global hop: answers go back to it, encapsulated, not to the client.
+        self.return_via: Address | None = None
 
     def __repr__(self) -> str:
         state = "confirmed" if self.confirmed else "pending"

@@ -26,9 +26,12 @@ from voiceedge.relay.flows import Address
 __all__ = [
     "ClientPort",
     "ClientProtocol",
+    "PeerPort",
+    "PeerProtocol",
     "TransceiverPort",
     "TransceiverProtocol",
     "listen_client",
+    "listen_peer",
     "listen_transceiver",
 ]
 
@@ -89,6 +92,27 @@ class TransceiverProtocol(DatagramProtocol):
         self.relay.transceiver_datagram(datagram, addr[:2])
 
 
+class PeerProtocol(DatagramProtocol):
+    """The global-hop socket: client datagrams from other clusters' relays in, their answers out."""
+
+    noisy = False
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def startProtocol(self) -> None:
+        """Bind the relay's send-to-peer to this socket (answers leave from the address peers send to)."""
+        self.relay.send_to_peer = _sendto(self.transport)
+
+    def stopProtocol(self) -> None:
+        """Sending to peers fails (counted) once the socket is gone."""
+        self.relay.send_to_peer = not_started
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        """A datagram from another relay (or anyone who reached the port)."""
+        self.relay.peer_datagram(datagram, addr[:2])
+
+
 class _BatchPort(udp.Port):
     """A udp.Port that reads up to ``batch`` datagrams per wake-up with its own loop."""
 
@@ -134,12 +158,16 @@ class ClientPort(_BatchPort):
 class TransceiverPort(_BatchPort):
     """The internal port: a plain ``recvfrom`` loop without udp.Port's per-datagram extras."""
 
+    def received(self, relay: Relay) -> Any:
+        """Where each datagram goes."""
+        return relay.transceiver_datagram
+
     def doRead(self) -> None:
         """Receive a batch and hand each datagram to the relay."""
         relay: Relay = self.protocol.relay
         recv = self.socket.recvfrom
         size = self.maxPacketSize
-        received = relay.transceiver_datagram
+        received = self.received(relay)
         v6 = self.addressFamily == socket.AF_INET6
         for _ in range(self.batch):
             try:
@@ -153,7 +181,15 @@ class TransceiverPort(_BatchPort):
             try:
                 received(data, addr)
             except Exception:
-                log.failure("relay: transceiver datagram from {addr} failed", addr=addr)
+                log.failure("relay: internal datagram from {addr} failed", addr=addr)
+
+
+class PeerPort(TransceiverPort):
+    """The global-hop port: the same batch loop, into :meth:`Relay.peer_datagram`."""
+
+    def received(self, relay: Relay) -> Any:
+        """Where each datagram goes."""
+        return relay.peer_datagram
 
 
 def _listen(
@@ -176,3 +212,8 @@ def listen_client(relay: Relay, address: Address, reactor: IReactorUDP) -> udp.P
 def listen_transceiver(relay: Relay, address: Address, reactor: IReactorUDP) -> udp.Port:
     """Open the internal UDP port on ``address`` (port 0: any free one) for ``relay``."""
     return _listen(TransceiverPort, TransceiverProtocol(relay), address, reactor)
+
+
+def listen_peer(relay: Relay, address: Address, reactor: IReactorUDP) -> udp.Port:
+    """Open the global-hop UDP port on ``address``, where other clusters' relays send."""
+    return _listen(PeerPort, PeerProtocol(relay), address, reactor)

@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import ipaddress
+import types
 from dataclasses import dataclass
 from typing import Mapping
 
 from voiceedge import config as c
-from voiceedge.wire.encap import MAX_CLIENT_PAYLOAD
+from voiceedge.wire.encap import MAX_CLIENT_PAYLOAD, MAX_HOPS
 from voiceedge.config import Address, SettingError, section, setting
 from voiceedge.redis_connection import RedisConnectionSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 __all__ = [
+    "GlobalHopSettings",
     "HttpSettings",
     "RelayServiceSettings",
     "RelaySettings",
@@ -101,6 +103,55 @@ class HttpSettings:
     listen: str = setting(c.nonempty, "tcp:9090:interface=127.0.0.1", "Twisted endpoint for /metrics")
 
 
+def cluster_relays(value: str) -> Mapping[int, Address]:
+    """``<cluster>=<host:port>, ...``: the global-hop address of a relay of each other cluster."""
+    relays: dict[int, Address] = {}
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        cluster_text, sep, address_text = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected <cluster>=<host:port>, got {item!r}")
+        cluster = c.integer(0, 65535)(cluster_text.strip())
+        if cluster in relays:
+            raise ValueError(f"cluster {cluster} appears twice")
+        relays[cluster] = c.address(address_text.strip())
+    return types.MappingProxyType(relays)
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalHopSettings:
+    """``[global]``: the global relay hop between clusters (docs/relay.md)."""
+
+    listen: Address | None = setting(
+        c.optional_address, "", "UDP address other clusters' relays send to (empty: no global hop)"
+    )
+    address: Address | None = setting(
+        c.optional_address, "", "that socket's address as other relays reach it (default: listen)"
+    )
+    networks: tuple[Network, ...] = setting(c.networks, "", "where other relays are (CIDR list)")
+    relays: Mapping[int, Address] = setting(
+        cluster_relays, "", "a relay for each other cluster: <cluster>=<host:port>, ..."
+    )
+    directory: bool = setting(c.boolean, "no", "publish this relay's global-hop address in Redis, and read others'")
+    relay_id: str = setting(c.text, "", "this relay's id in the directory (default: <hostname>-<pid>)")
+    max_hops: int = setting(c.integer(1, MAX_HOPS), "2", "relay-to-relay hops a new flow may take")
+
+    def __post_init__(self) -> None:
+        for cluster, relay in self.relays.items():
+            if not any(ipaddress.ip_address(relay[0]) in net for net in self.networks
+                       if ipaddress.ip_address(relay[0]).version == net.version):
+                raise SettingError("relays", f"cluster {cluster}'s relay {relay[0]} is outside networks")
+        if self.directory and self.listen is None:
+            raise SettingError("directory", "needs listen (the address to publish)")
+
+    @property
+    def advertised(self) -> Address | None:
+        """Where other relays send: ``address``, else ``listen``."""
+        return self.address or self.listen
+
+
 @dataclass(frozen=True, slots=True)
 class RelayServiceSettings:
     """Everything ``twistd voiceedge-relay`` reads from its INI file."""
@@ -109,7 +160,12 @@ class RelayServiceSettings:
     token: TokenSettings = section(TokenSettings)
     redis: RedisSettings = section(RedisSettings)
     http: HttpSettings = section(HttpSettings)
+    global_hop: GlobalHopSettings = section(GlobalHopSettings, name="global")
 
     def __post_init__(self) -> None:
         if not self.token.keys:
             raise SettingError("keys", "at least one key is required", section="token")
+        if self.relay.cluster in self.global_hop.relays:
+            raise SettingError("relays", "names this relay's own cluster", section="global")
+        if self.global_hop.directory and not self.redis.enabled:
+            raise SettingError("directory", "needs [redis] enabled", section="global")

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import socket
+from typing import Any, Callable
 
 from twisted.application import service, strports
 from twisted.internet import udp
@@ -19,14 +20,26 @@ from voiceedge.metrics import MetricsResource, make_registry
 from voiceedge.relay.core import Relay
 from voiceedge.relay.flow_store import FlowCache, IFlowStore, RedisFlowStore
 from voiceedge.relay.flows import Address
-from voiceedge.relay.protocol import listen_client, listen_transceiver
-from voiceedge.relay.settings import RedisSettings, RelayServiceSettings, RelaySettings, TokenSettings
+from voiceedge.fleet.registry import RedisRegistryStore, RegistryPublisher, RegistryView
+from voiceedge.fleet.settings import RegistrySettings
+from voiceedge.relay.directory import RELAY_INDEX_KEY, RELAY_KEY_PREFIX, RelayDirectory, RelayRecord
+from voiceedge.relay.protocol import listen_client, listen_peer, listen_transceiver
+from voiceedge.relay.router import Router, static_relays
+from voiceedge.relay.settings import (
+    GlobalHopSettings,
+    RedisSettings,
+    RelayServiceSettings,
+    RelaySettings,
+    TokenSettings,
+)
 from voiceedge.wire.route_token import RouteTokenCodec
 
 __all__ = [
     "HealthResource",
     "Options",
     "RelayService",
+    "DirectoryService",
+    "build_directory",
     "build_relay",
     "build_site",
     "makeService",
@@ -96,38 +109,66 @@ class RelayService(service.Service):
         public_listen: Address,
         internal_listen: Address,
         reactor: IReactorUDP,
+        peer_listen: Address | None = None,
     ) -> None:
         self.relay = relay
         self.public_listen = public_listen
         self.internal_listen = internal_listen
+        self.peer_listen = peer_listen
         self.reactor = reactor
         self.public_port: udp.Port | None = None
         self.internal_port: udp.Port | None = None
+        self.peer_port: udp.Port | None = None
 
     def startService(self) -> None:
-        """Bind both sockets, then start the sweep (which connects the cache)."""
+        """Bind the sockets, then start the sweep (which connects the cache)."""
         super().startService()
         self.public_port = listen_client(self.relay, self.public_listen, self.reactor)
         self.internal_port = listen_transceiver(self.relay, self.internal_listen, self.reactor)
+        if self.peer_listen is not None:
+            self.peer_port = listen_peer(self.relay, self.peer_listen, self.reactor)
         self.relay.start()
         log.info(
-            "voiceedge relay: public udp {public}, internal udp {internal}, ingress {ingress}",
+            "voiceedge relay: public udp {public}, internal udp {internal}, global hop {peer},"
+            " ingress {ingress}",
             public=self.public_port.getHost(),
             internal=self.internal_port.getHost(),
+            peer=self.peer_port.getHost() if self.peer_port is not None else "off",
             ingress=self.relay.ingress,
         )
 
     def stopService(self) -> Any:
-        """Stop the sweep, close both sockets and the cache connection."""
+        """Stop the sweep, close the sockets and the cache connection."""
         super().stopService()
         self.relay.stop()
-        for port in (self.public_port, self.internal_port):
+        for port in (self.public_port, self.internal_port, self.peer_port):
             if port is not None:
                 port.stopListening()
-        self.public_port = self.internal_port = None
+        self.public_port = self.internal_port = self.peer_port = None
         if self.relay.cache is not None:
             return self.relay.cache.close()
         return None
+
+
+class DirectoryService(service.Service):
+    """Publishes this relay's global-hop address and reads the other relays', while the application runs."""
+
+    def __init__(self, publisher: RegistryPublisher | None, view: RegistryView[RelayRecord]) -> None:
+        self.publisher = publisher
+        self.view = view
+
+    def startService(self) -> None:
+        """Start the heartbeat and the reads."""
+        super().startService()
+        if self.publisher is not None:
+            self.publisher.start()
+        self.view.start()
+
+    def stopService(self) -> Any:
+        """Stop reading; remove this relay's record."""
+        super().stopService()
+        self.view.stop()
+        return self.publisher.stop() if self.publisher is not None else None
 
 
 def build_relay(
@@ -136,8 +177,14 @@ def build_relay(
     redis: RedisSettings,
     clock: IReactorTime,
     store: IFlowStore | None = None,
+    global_hop: GlobalHopSettings = GlobalHopSettings(),
+    relay_for: Callable[[int], Address | None] | None = None,
 ) -> Relay:
-    """A :class:`Relay` as the settings say; ``store`` overrides the Redis connection."""
+    """A :class:`Relay` as the settings say; ``store`` overrides the Redis connection.
+
+    ``relay_for`` says which relay takes the global hop to each other
+    cluster (default: ``[global] relays`` only).
+    """
     keys = token.keys
     codec = RouteTokenCodec(keys, min(keys) if token.issuing_key is None else token.issuing_key)
     cache = None
@@ -147,17 +194,49 @@ def build_relay(
         cache = FlowCache(
             store, clock, settings.ingress, redis, cluster=settings.cluster, label=describe_redis(redis)
         )
-    return Relay(clock, codec, settings, cache=cache)
+    family = socket.AF_INET6 if ":" in settings.internal_listen[0] else socket.AF_INET
+    router = Router(
+        settings.cluster,
+        settings.transceiver_networks,
+        family,
+        relay_for or static_relays(global_hop.relays),
+        global_hop.networks,
+    )
+    return Relay(clock, codec, settings, router=router, max_hops=global_hop.max_hops, cache=cache)
+
+
+def build_directory(
+    settings: RelayServiceSettings, clock: IReactorTime, parent: service.MultiService
+) -> RelayDirectory:
+    """The relay directory: configured relays, and with ``[global] directory`` the ones in Redis."""
+    hop = settings.global_hop
+    if not hop.directory:
+        return RelayDirectory(hop.relays)
+    own_id = hop.relay_id or RegistrySettings(id="").resolved_id
+    store = RedisRegistryStore(RedisClient(settings.redis), RELAY_KEY_PREFIX, RELAY_INDEX_KEY)
+    view: RegistryView[RelayRecord] = RegistryView(store, clock, parse=RelayRecord.from_json)
+    publisher = None
+    advertised = hop.advertised
+    if advertised is not None:
+        record = RelayRecord(own_id, settings.relay.cluster, advertised)
+        publisher = RegistryPublisher(store, clock, lambda: record, heartbeat=2.0, ttl=6.0)
+    DirectoryService(publisher, view).setServiceParent(parent)
+    return RelayDirectory(hop.relays, view, own_id)
 
 
 def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
-    """The relay: its public and internal UDP ports, its sweep, and its HTTP listener."""
+    """The relay: its public, internal and global-hop UDP ports, its sweep, and its HTTP listener."""
     clock, udp_reactor = service_reactors(clock)
     settings: RelayServiceSettings = config.settings
-    relay = build_relay(settings.relay, settings.token, settings.redis, clock)
     top = service.MultiService()
+    directory = build_directory(settings, clock, top)
+    relay = build_relay(
+        settings.relay, settings.token, settings.redis, clock,
+        global_hop=settings.global_hop, relay_for=directory.relay_for,
+    )
     RelayService(
-        relay, settings.relay.public_listen, settings.relay.internal_listen, udp_reactor
+        relay, settings.relay.public_listen, settings.relay.internal_listen, udp_reactor,
+        settings.global_hop.listen,
     ).setServiceParent(top)
     strports.service(settings.http.listen, build_site(relay)).setServiceParent(top)
     return top

@@ -8,7 +8,7 @@ from twisted.internet.protocol import DatagramProtocol
 from voiceedge.transceiver.host import Address, Transceiver
 
 #: Larger than any UDP payload, so the socket never truncates a datagram: an
-#: encapsulated client datagram is up to 65,469 + 38 bytes on the internal hop.
+#: encapsulated client datagram is up to 65,468 + 39 bytes on the internal hop.
 MAX_DATAGRAM = 65536
 
 

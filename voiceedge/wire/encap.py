@@ -11,8 +11,10 @@ Layout (version 1); integers big-endian, addresses in network byte order::
 ``0xF0 | version`` as the first byte sits in 240..255, a range RFC 7983 leaves
 unassigned, so a transceiver socket tells an encapsulated datagram from a
 direct STUN/DTLS/RTP one by its first byte. ``flags`` bit 0 says the client
-address is IPv6, bit 1 that the ingress address is; the other bits are zero.
-The header is 14, 26 or 38 bytes; the client's packet follows untouched.
+address is IPv6, bit 1 that the ingress address is, bit 2 that a one-byte
+hop count follows the addresses (relay to relay); the other bits are zero.
+The header is 14, 26 or 38 bytes (one more with the hop count); the
+client's packet follows untouched.
 Both directions use it: towards the transceiver ``client`` is where the
 packet came from, towards the relay it is where to send it, and ``ingress``
 is the relay address the client talks to. See docs/encapsulation.md.
@@ -35,8 +37,11 @@ __all__ = [
     "FIRST_BYTE_MAX",
     "FLAG_CLIENT_V6",
     "FLAG_INGRESS_V6",
+    "FLAG_HOPS",
     "MAX_HEADER_SIZE",
+    "MAX_HOPS",
     "MAX_CLIENT_PAYLOAD",
+    "hops",
     "is_encapsulated",
     "header_length",
     "encode",
@@ -52,7 +57,13 @@ FIRST_BYTE_MAX = 0xFF
 FIRST_BYTE = FIRST_BYTE_MIN | VERSION
 FLAG_CLIENT_V6 = 0x01
 FLAG_INGRESS_V6 = 0x02
-_KNOWN_FLAGS = FLAG_CLIENT_V6 | FLAG_INGRESS_V6
+#: A hop count follows the addresses: the datagram crosses from relay to relay
+#: (the global hop, docs/relay.md), and each relay that forwards it on adds one.
+FLAG_HOPS = 0x04
+_KNOWN_FLAGS = FLAG_CLIENT_V6 | FLAG_INGRESS_V6 | FLAG_HOPS
+#: The most relay-to-relay hops a datagram may have taken; a relay drops one
+#: that would go further (a loop in the fleet's configuration, not a client's doing).
+MAX_HOPS = 8
 
 # One precompiled layout per flags value, so parsing is a single unpack.
 _LAYOUTS: tuple[struct.Struct, ...] = (
@@ -60,15 +71,19 @@ _LAYOUTS: tuple[struct.Struct, ...] = (
     struct.Struct("!BBHH16s4s"),  # client v6, ingress v4: 26 bytes
     struct.Struct("!BBHH4s16s"),  # client v4, ingress v6: 26 bytes
     struct.Struct("!BBHH16s16s"),  # client v6, ingress v6: 38 bytes
+    struct.Struct("!BBHH4s4sB"),  # the same four with a hop count: 15, 27, 27, 39 bytes
+    struct.Struct("!BBHH16s4sB"),
+    struct.Struct("!BBHH4s16sB"),
+    struct.Struct("!BBHH16s16sB"),
 )
 _SIZES = tuple(s.size for s in _LAYOUTS)
-MAX_HEADER_SIZE = _SIZES[-1]
+MAX_HEADER_SIZE = max(_SIZES)
 #: The largest client datagram one encapsulated datagram can carry over IPv4:
 #: 65,507 bytes of UDP payload less the largest header. It is also about the
 #: largest a client can send over IPv4 at all (65,507): whatever reaches the
 #: relay fits, with a few bytes' margin lost only to IPv6 jumbo-sized sends.
 MAX_CLIENT_PAYLOAD = 65507 - MAX_HEADER_SIZE
-_CLIENT_IP_LEN = (4, 16, 4, 16)
+_CLIENT_IP_LEN = (4, 16, 4, 16) * 2
 # flags byte from (len(client ip), len(ingress ip))
 _FLAGS_BY_LENS = {(4, 4): 0, (16, 4): 1, (4, 16): 2, (16, 16): 3}
 _FAMILY_BY_LEN = {4: socket.AF_INET, 16: socket.AF_INET6}
@@ -123,23 +138,35 @@ def pack_header_into(
     client_port: int,
     ingress_ip_packed: bytes,
     ingress_port: int,
+    hop_count: int | None = None,
 ) -> int:
     """Write a header at the start of ``buffer`` and return its length.
 
     The relay's hot path: addresses arrive already packed (4 or 16 bytes),
     nothing is allocated, and the caller copies the payload in at the
     returned offset (``buffer[n:n + len(p)] = p``) and sends a memoryview of
-    ``buffer[:n + len(p)]``.
+    ``buffer[:n + len(p)]``. ``hop_count`` (relay to relay only) adds the
+    hop byte.
     """
     flags = _FLAGS_BY_LENS.get((len(client_ip_packed), len(ingress_ip_packed)))
     if flags is None:
         raise EncapError("packed addresses must be 4 or 16 bytes")
-    layout = _LAYOUTS[flags]
     try:
-        layout.pack_into(
-            buffer, 0, FIRST_BYTE, flags, client_port, ingress_port,
-            client_ip_packed, ingress_ip_packed,
-        )
+        if hop_count is None:
+            layout = _LAYOUTS[flags]
+            layout.pack_into(
+                buffer, 0, FIRST_BYTE, flags, client_port, ingress_port,
+                client_ip_packed, ingress_ip_packed,
+            )
+        else:
+            if not 0 <= hop_count <= MAX_HOPS:
+                raise EncapError(f"hop count must be 0..{MAX_HOPS}, not {hop_count}")
+            flags |= FLAG_HOPS
+            layout = _LAYOUTS[flags]
+            layout.pack_into(
+                buffer, 0, FIRST_BYTE, flags, client_port, ingress_port,
+                client_ip_packed, ingress_ip_packed, hop_count,
+            )
     except struct.error as e:
         raise EncapError(f"cannot pack header: {e}") from None
     return layout.size
@@ -174,7 +201,15 @@ def header_length(data: bytes) -> int:
     size = _SIZES[flags]
     if len(data) < size:
         raise EncapError("truncated encapsulation header")
+    if flags & FLAG_HOPS and data[size - 1] > MAX_HOPS:
+        raise EncapError(f"hop count {data[size - 1]} is over {MAX_HOPS}")
     return size
+
+
+def hops(data: bytes) -> int | None:
+    """The hop count of a checked header (``None``: it came from no other relay)."""
+    flags = data[1]
+    return data[_SIZES[flags] - 1] if flags & FLAG_HOPS else None
 
 
 def peek_client(data: bytes) -> tuple[bytes, int, int]:
@@ -197,7 +232,7 @@ def peek_addresses(data: bytes) -> tuple[bytes, int, bytes, int, int]:
     one to answer from as well as where to.
     """
     size = header_length(data)
-    _, _, client_port, ingress_port, client_ip, ingress_ip = _LAYOUTS[data[1]].unpack_from(data)
+    _, _, client_port, ingress_port, client_ip, ingress_ip = _LAYOUTS[data[1] & 3].unpack_from(data)
     return client_ip, client_port, ingress_ip, ingress_port, size
 
 
@@ -218,7 +253,7 @@ def decode(data: bytes) -> tuple[Envelope, bytes]:
 
 def _intern(header: bytes) -> Envelope:
     """Build the Envelope for a checked header and remember it."""
-    _, _, client_port, ingress_port, client_ip, ingress_ip = _LAYOUTS[header[1]].unpack(header)
+    _, _, client_port, ingress_port, client_ip, ingress_ip = _LAYOUTS[header[1] & 3].unpack_from(header)
     envelope = Envelope(
         (socket.inet_ntop(_FAMILY_BY_LEN[len(client_ip)], client_ip), client_port),
         (socket.inet_ntop(_FAMILY_BY_LEN[len(ingress_ip)], ingress_ip), ingress_port),
