@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from tests.test_host import CLIENT_CERT, SERVER, SERVER_CERT, offer_sdp
+from tests.test_host import CLIENT_CERT, SERVER, SERVER_CERT, offer_sdp, restart_fragment
 from voiceedge.agents.echo import EchoAgentFactory
 from voiceedge.fleet.drain import Drain
 from voiceedge.fleet.interfaces import IFleetTransceiver
@@ -24,6 +24,7 @@ from voiceedge.wire import sdp
 
 SECRET = "s" * 40
 JSON = b"application/json"
+SDPFRAG = b"application/trickle-ice-sdpfrag"
 
 
 class OpenRequestTests(SynchronousTestCase):
@@ -105,6 +106,26 @@ class InternalApiTests(TestCase):
         again = yield self.client.request(self.api, b"DELETE", path)
         self.assertEqual(again.status, 404)
         self.assertEqual(self.transceiver.session_count(), 0)
+
+    @defer.inlineCallbacks
+    def test_patch_restarts_ice(self) -> Any:
+        """A client's PATCH, passed on by the front door, restarts ICE; ETag and If-Match carry through."""
+        opened = yield self.open(session_id="patched-session-id-1")
+        self.assertTrue(opened.etag)
+        path = f"{SESSIONS_PATH}/patched-session-id-1"
+        stale = yield self.client.request(
+            self.api, b"PATCH", path, restart_fragment().encode(), SDPFRAG, {b"if-match": b'"stale"'}
+        )
+        self.assertEqual(stale.status, 412)
+        patched = yield self.client.request(
+            self.api, b"PATCH", path, restart_fragment().encode(), SDPFRAG, {b"if-match": opened.etag}
+        )
+        self.assertEqual(patched.status, 200)
+        self.assertEqual(patched.content_type, SDPFRAG)
+        self.assertIn(b"a=ice-ufrag:", patched.body)
+        self.assertNotEqual(patched.etag, opened.etag)
+        missing = yield self.client.request(self.api, b"PATCH", f"{SESSIONS_PATH}/nobody-here-at-all", b"", SDPFRAG)
+        self.assertEqual(missing.status, 404)
 
     @defer.inlineCallbacks
     def test_refusals(self) -> Any:

@@ -12,6 +12,7 @@ client's region's relay)::
                                           -> 201, SDP answer, Location | 4xx/503 text reason
     GET    /internal/v1/sessions/<id>     -> 200 JSON stats | 404
     DELETE /internal/v1/sessions/<id>     -> 204 | 404
+    PATCH  /internal/v1/sessions/<id>     the client's PATCH (ICE restart), passed on as it came
     POST   /internal/v1/drain             -> 202: start draining (as SIGTERM does)
     GET    /internal/v1/drain             -> 200 JSON: state, sessions, seconds of grace left
     GET    /healthz                       -> 200 while the process answers (liveness)
@@ -174,6 +175,8 @@ class SessionsResource(_Authenticated):
         body = opened.answer_sdp.encode("utf-8")
         request.setResponseCode(http.CREATED)
         request.setHeader(b"content-type", _SDP)
+        if opened.etag:
+            request.setHeader(b"etag", opened.etag.encode("ascii"))
         request.setHeader(b"location", f"{SESSIONS_PATH}/{opened.session_id}".encode("ascii"))
         request.write(body)
         request.finish()
@@ -215,6 +218,31 @@ class SessionResource(_Authenticated):
             return _text(request, http.NOT_FOUND, "no such session")
         request.setResponseCode(http.NO_CONTENT)
         return b""
+
+    def render_PATCH(self, request: server.Request) -> bytes:
+        """The client's PATCH as the front door passed it on (RFC 9725 §4.3); the session's answer back."""
+        media_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        body = request.content.read(MAX_REQUEST_BYTES + 1) if request.content is not None else b""
+        if len(body) > MAX_REQUEST_BYTES:
+            return _text(request, http.REQUEST_ENTITY_TOO_LARGE, "the body is too large")
+        if_match = request.getHeader(b"if-match")
+        try:
+            patched = self.host.patch_session(
+                self.session_id,
+                media_type.decode("latin-1"),
+                body.decode("utf-8"),
+                None if if_match is None else if_match.decode("latin-1"),
+            )
+        except UnicodeDecodeError:
+            return _text(request, http.BAD_REQUEST, "the body is not UTF-8")
+        except SessionRefused as refusal:
+            return _text(request, refusal.status, refusal.reason)
+        request.setResponseCode(patched.status)
+        request.setHeader(b"etag", patched.etag.encode("ascii"))
+        if patched.status == http.NO_CONTENT:
+            return b""
+        request.setHeader(b"content-type", patched.media_type.encode("ascii"))
+        return patched.body.encode("utf-8")
 
 
 class DrainResource(_Authenticated):

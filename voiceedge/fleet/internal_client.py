@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer
@@ -26,13 +26,19 @@ class InternalResponse:
     body: bytes
     content_type: bytes = b""
     location: bytes | None = None
+    etag: bytes | None = None
 
 
 class IInternalApi(Interface):
     """Requests to a transceiver's internal API."""
 
     def request(
-        api: Address, method: bytes, path: str, body: bytes | None, content_type: bytes | None
+        api: Address,
+        method: bytes,
+        path: str,
+        body: bytes | None,
+        content_type: bytes | None,
+        headers: Mapping[bytes, bytes],
     ) -> "defer.Deferred[InternalResponse]":
         """Send one request with the fleet secret; fails on a connection error or the deadline."""
 
@@ -81,17 +87,19 @@ class InternalApiClient:
         path: str,
         body: bytes | None = None,
         content_type: bytes | None = None,
+        headers: Mapping[bytes, bytes] = {},
     ) -> "defer.Deferred[InternalResponse]":
         """One request; the whole exchange (connect, send, read the body) within ``timeout``."""
         host, port = api
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        headers: dict[bytes, list[bytes]] = {b"authorization": [self._authorization]}
+        sent: dict[bytes, list[bytes]] = {name: [value] for name, value in headers.items()}
+        sent[b"authorization"] = [self._authorization]
         if content_type is not None:
-            headers[b"content-type"] = [content_type]
+            sent[b"content-type"] = [content_type]
         d = self.agent.request(
             method,
             f"http://{authority}{path}".encode("ascii"),
-            Headers(headers),
+            Headers(sent),
             _Bytes(body) if body is not None else None,
         )
 
@@ -102,6 +110,7 @@ class InternalApiClient:
                     data,
                     _first(response.headers, b"content-type") or b"",
                     _first(response.headers, b"location"),
+                    _first(response.headers, b"etag"),
                 )
 
             return readBody(response).addCallback(done)
