@@ -325,7 +325,7 @@ class RunningCall:
 
 
 def _spawn(argv: list[str], timeout: float, log_dir: Path | None) -> RunningCall:
-    directory = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="pionpeer-"))
+    directory = (Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="pionpeer-"))).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     stderr_path = directory / f"pionpeer-{os.getpid()}-{time.monotonic_ns()}.log"
     stderr = stderr_path.open("w")
@@ -427,7 +427,7 @@ def running_pionecho(
     voiceedge does. Its log (stderr) is printed when the block raises.
     """
     echo = build().echo
-    directory = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="pionecho-"))
+    directory = (Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="pionecho-"))).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     log_path = directory / "pionecho.log"
     argv = [str(echo), "--http", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--dtls-role", dtls_role]
