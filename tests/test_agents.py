@@ -51,6 +51,12 @@ class FakeSession:
     def end(self, reason: str) -> None:
         self.ended.append(reason)
 
+    def start_turn(self) -> None:
+        self.events.append({"type": "<start_turn>"})
+
+    def end_turn(self, interrupted: bool = False) -> None:
+        self.events.append({"type": "<end_turn>", "interrupted": interrupted})
+
 
 def frame(n: int) -> AudioFrame:
     """A 20 ms frame whose bytes say which one it is."""

@@ -255,6 +255,12 @@ class FakeSession:
         if agent is not None:
             agent.session_ended("agent")
 
+    def start_turn(self) -> None:
+        self.calls.append("start_turn")
+
+    def end_turn(self, interrupted: bool = False) -> None:
+        self.calls.append("end_turn interrupted" if interrupted else "end_turn")
+
 
 class FakeWebSocket:
     """An in-memory WebSocketTransport: records what the agent sends."""
@@ -754,3 +760,62 @@ def test_backend_failure_ends_the_session_even_if_the_error_event_cannot_be_sent
     with pytest.raises(ValueError):
         clock.advance(2.0)
     assert len(session.ended) == 1 and session.ended[0].startswith("backend_unavailable")
+
+
+def test_turn_events_parse_and_encode() -> None:
+    """turn.start and turn.end from the backend; session.config, turn.request, turn.cancelled to it."""
+    assert bp.parse_backend_event('{"type":"turn.start"}') == bp.StartTurn()
+    assert bp.parse_backend_event('{"type":"turn.end"}') == bp.EndTurn(False)
+    assert bp.parse_backend_event('{"type":"turn.end","interrupted":true}') == bp.EndTurn(True)
+    with pytest.raises(bp.BridgeProtocolError):
+        bp.parse_backend_event('{"type":"turn.end","interrupted":"yes"}')
+    assert json.loads(bp.turn_request("turn_1", {"instructions": "hi"})) == {
+        "type": "turn.request",
+        "response_id": "turn_1",
+        "response": {"instructions": "hi"},
+    }
+    assert json.loads(bp.turn_cancelled("turn_1")) == {"type": "turn.cancelled", "response_id": "turn_1"}
+    assert json.loads(bp.session_config({"type": "realtime"})) == {"type": "session.config", "session": {"type": "realtime"}}
+
+
+def test_turns_between_the_layer_and_the_backend() -> None:
+    """A requested turn goes to the backend; its turn.start/turn.end reach the session; cancel is passed on."""
+    agent, session, connector, clock = make_agent(turn_timeout=1.0)
+    ws = connector.open()
+    agent.configure({"type": "realtime"})
+    assert agent.create_response({"instructions": "hi"})
+    agent.text_received('{"type":"turn.start"}')
+    agent.bytes_received(out_audio(b"\x01\x00" * 480))
+    agent.text_received('{"type":"turn.end"}')
+    assert session.calls == ["start_turn", "end_turn"]
+    assert session.audio == [b"\x01\x00" * 480]
+    assert agent.create_response({})
+    agent.cancel_response()
+    agent.cancel_response()  # once is enough
+    sent = [message for kind, message in ws.sent[1:] if kind == "text"]
+    assert [m["type"] for m in sent] == ["session.config", "turn.request", "turn.request", "turn.cancelled"]
+    assert sent[3]["response_id"] == sent[2]["response_id"] == "turn_2"
+    clock.advance(5)
+    assert session.calls == ["start_turn", "end_turn"]  # the cancelled turn has no timer left
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_backend_that_ignores_turn_requests_times_out_empty() -> None:
+    """An older backend never answers turn.request: after turn_timeout the turn ends, counted."""
+    agent, session, connector, clock = make_agent(turn_timeout=1.0)
+    connector.open()
+    assert agent.create_response({})
+    clock.advance(0.9)
+    assert session.calls == []
+    clock.advance(0.1)
+    assert session.calls == ["end_turn"]
+    assert agent.counters["turns_timed_out"] == 1
+    agent.session_ended("hangup")
+    assert not agent.create_response({})
+
+
+def test_a_backend_that_speaks_realtime_takes_over() -> None:
+    """realtime = backend: the factory says so, and the session's layer steps aside."""
+    settings = BridgeSettings(websocket_url("ws://127.0.0.1:9/agent"), realtime="backend")
+    assert BridgeAgentFactory(settings, FakeConnector()).speaks_realtime
+    assert not BridgeAgentFactory(BridgeSettings(websocket_url("ws://127.0.0.1:9/agent")), FakeConnector()).speaks_realtime

@@ -9,9 +9,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from voiceedge.agents.interfaces import AudioFrame, IAgent, IAgentFactory, IAgentSession
+from voiceedge.agents.interfaces import AudioFrame, IAgent, IAgentFactory, IAgentSession, ITurnTakingAgent
 from voiceedge.media.speech import SpeechStarted, SpeechStopped
 from voiceedge.transceiver.conversation import Conversation
+from voiceedge.transceiver.rtp_sender import PlayoutStarted, PlayoutStopped
+from voiceedge.transceiver.settings import SpeechSettings
 from voiceedge.transceiver.session_events import (
     ClientEvent,
     ClientEventRejected,
@@ -30,6 +32,7 @@ class StubSession:
     """The part of a Session a Conversation uses, recording every call."""
 
     session_id = "abc"
+    speech = SpeechSettings()
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
@@ -54,6 +57,9 @@ class StubSession:
 
     def queued_audio_ms(self) -> int:
         return 60
+
+    def update_speech(self, threshold_db: float, silence_ms: float) -> None:
+        self.calls.append(("update_speech", threshold_db, silence_ms))
 
 
 @implementer(IAgent)
@@ -88,6 +94,36 @@ class Factory:
     def agent_for(self, session: IAgentSession) -> IAgent:
         self.sessions.append(session)
         self.agents.append(RecordingAgent())
+        return self.agents[-1]
+
+
+@implementer(ITurnTakingAgent)
+class TurnTakingAgent(RecordingAgent):
+    def __init__(self, answer: bool) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def configure(self, config: dict[str, Any]) -> None:
+        self.seen.append(("configure", config))
+
+    def create_response(self, request: dict[str, Any]) -> bool:
+        self.seen.append(("create_response", request))
+        return self.answer
+
+    def cancel_response(self) -> None:
+        self.seen.append(("cancel_response",))
+
+
+@implementer(IAgentFactory)
+class TurnTakingFactory:
+    sample_rate = 24000
+
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.agents: list[TurnTakingAgent] = []
+
+    def agent_for(self, session: IAgentSession) -> IAgent:
+        self.agents.append(TurnTakingAgent(self.answer))
         return self.agents[-1]
 
 
@@ -126,15 +162,24 @@ class ConversationTests(SynchronousTestCase):
         )
 
     def test_barge_in_stops_the_agent_audio(self) -> None:
+        """Speech while agent audio plays: speech_started, then the one seam stops the audio."""
         self.conversation.handle(Connected(10.0))
+        self.conversation.handle(EventsChannelOpened(10.0))
+        del self.session.calls[:]
         self.session.playing = True
         self.conversation.handle(SpeechStarted(9.9, 9.94))
-        self.assertEqual(self.session.calls, [("stop_audio", 9.94)])
-        self.assertEqual(self.conversation.stats(), {"barge_in_ms": [50.0]})
+        self.assertEqual(
+            self.session.calls,
+            [("send_event", "input_audio_buffer.speech_started", 10.0), ("stop_audio", 10.0)],
+        )
+        self.assertEqual(self.conversation.stats()["barge_in_ms"], [50.0])
 
     def test_the_agents_calls_are_stamped_and_flushed(self) -> None:
+        """An agent that says nothing of turns: its first audio opens a response, before the audio is queued."""
         self.conversation.handle(Connected(10.0))
+        self.conversation.handle(EventsChannelOpened(10.0))
         self.clock.advance(0.5)
+        del self.session.calls[:]
         self.conversation.send_audio(b"\x00" * 480)
         self.conversation.send_event({"type": "x"})
         self.assertEqual(self.conversation.clear_audio(), 40)
@@ -142,9 +187,69 @@ class ConversationTests(SynchronousTestCase):
         self.conversation.end("bye")
         self.assertEqual(
             self.session.calls,
-            [("send_audio", 480, 10.5), ("send_event", "x", 10.5), ("stop_audio", 10.5), ("close", EndReason.AGENT, 10.5)],
+            [
+                ("send_event", "response.created", 10.5),
+                ("send_event", "response.output_item.added", 10.5),
+                ("send_event", "conversation.item.added", 10.5),
+                ("send_event", "response.content_part.added", 10.5),
+                ("send_audio", 480, 10.5),
+                ("send_event", "x", 10.5),
+                ("stop_audio", 10.5),
+                ("close", EndReason.AGENT, 10.5),
+            ],
         )
-        self.assertEqual(self.flushes, 4)
+        self.assertEqual(self.flushes, 9)
+
+    def test_an_inferred_turn_ends_when_its_audio_has_drained(self) -> None:
+        """The layer's deadline runs on the clock: the turn ends INFERRED_TURN_GAP after the last packet."""
+        self.conversation.handle(Connected(10.0))
+        self.conversation.handle(EventsChannelOpened(10.0))
+        self.conversation.send_audio(b"\x00" * 960)
+        self.conversation.handle(PlayoutStarted(10.0))
+        self.conversation.handle(PlayoutStopped(10.06, 10.04, "drained"))
+        del self.session.calls[:]
+        self.clock.advance(0.28)
+        self.assertEqual(self.session.calls, [])
+        self.clock.advance(0.01)
+        sent = [call[1] for call in self.session.calls]
+        self.assertEqual(sent[-2:], ["response.done", "output_audio_buffer.stopped"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_response_create_asks_a_turn_taking_agent(self) -> None:
+        """RequestTurn reaches create_response; a refusal completes the response at once, empty."""
+        factory = TurnTakingFactory(answer=False)
+        conversation = Conversation(self.session, factory, self.clock, self._flush)  # type: ignore[arg-type]
+        conversation.handle(Connected(10.0))
+        conversation.handle(EventsChannelOpened(10.0))
+        del self.session.calls[:]
+        agent = factory.agents[0]
+        self.assertEqual(agent.seen[0][0], "configure")
+        conversation.handle(ClientEvent({"type": "response.create", "event_id": "c1", "response": {"instructions": "hi"}}))
+        self.assertEqual(agent.seen[-1], ("create_response", {"instructions": "hi"}))
+        sent = [call[1] for call in self.session.calls if call[0] == "send_event"]
+        self.assertEqual(sent, ["response.created", "response.done"])
+
+    def test_session_update_tunes_the_detector_and_the_agent(self) -> None:
+        """A new turn_detection reaches the session's detector and the agent's configure()."""
+        factory = TurnTakingFactory(answer=True)
+        conversation = Conversation(self.session, factory, self.clock, self._flush)  # type: ignore[arg-type]
+        conversation.handle(Connected(10.0))
+        update = {"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 800}}}}
+        conversation.handle(ClientEvent({"type": "session.update", "session": update}))
+        self.assertIn(("update_speech", 12.0, 800.0), self.session.calls)
+        configured = [s for s in factory.agents[0].seen if s[0] == "configure"]
+        self.assertEqual(configured[-1][1]["audio"]["input"]["turn_detection"]["silence_duration_ms"], 800)
+
+    def test_a_backend_that_speaks_realtime_takes_over(self) -> None:
+        """speaks_realtime: no layer; events pass both ways unchanged, and no session.created."""
+        self.factory.speaks_realtime = True  # type: ignore[attr-defined]
+        conversation = Conversation(self.session, self.factory, self.clock, self._flush)  # type: ignore[arg-type]
+        conversation.handle(Connected(10.0))
+        conversation.handle(EventsChannelOpened(10.0))
+        conversation.handle(ClientEvent({"type": "response.create"}))
+        conversation.send_event({"type": "response.created"})
+        self.assertEqual(self.factory.agents[-1].seen, [("event", "response.create")])
+        self.assertEqual(self.session.calls, [("send_event", "response.created", 10.0)])
 
     def test_the_events_channel_opens_with_session_created_and_errors_are_answered(self) -> None:
         self.conversation.handle(EventsChannelOpened(10.0))

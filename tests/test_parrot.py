@@ -61,6 +61,14 @@ class FakeSession:
         """Note the hang-up."""
         self.ended = reason
 
+    def start_turn(self) -> None:
+        """Note the turn, among the events."""
+        self.events.append({"type": "<start_turn>"})
+
+    def end_turn(self, interrupted: bool = False) -> None:
+        """Note the turn's end, among the events."""
+        self.events.append({"type": "<end_turn>", "interrupted": interrupted})
+
     def types(self) -> list[str]:
         """The types of the events sent so far."""
         return [e["type"] for e in self.events]
@@ -194,7 +202,14 @@ def test_turn_is_said_back_once_after_the_silence() -> None:
     assert first_audio_at(session) == pytest.approx(tone_end + 0.5, abs=0.021)
     # The turn: 100 ms of prefix padding and the tone; not the silence after it.
     assert session.audio() == b"".join(background[-5:] + speech)
-    assert session.types() == ["parrot.turn_started", "parrot.turn_ended", "parrot.speaking", "parrot.done"]
+    assert session.types() == [
+        "parrot.turn_started",
+        "parrot.turn_ended",
+        "<start_turn>",
+        "parrot.speaking",
+        "<end_turn>",
+        "parrot.done",
+    ]
     ended = session.of_type("parrot.turn_ended")[0]
     assert ended["duration_ms"] == pytest.approx(1000, abs=20)
     assert ended["reason"] == "silence"
@@ -268,24 +283,43 @@ def test_recording_is_bounded() -> None:
     assert len(session.audio()) == 1000 * BYTES_PER_MS
 
 
-def test_session_update_changes_silence_and_answers() -> None:
-    """session.update sets silence_duration_ms (unknown fields ignored) and gets session.updated."""
+def realtime_config(turn_detection: dict[str, Any] | None) -> dict[str, Any]:
+    """A session configuration as the Realtime layer gives it, with this ``turn_detection``."""
+    return {"type": "realtime", "audio": {"input": {"turn_detection": turn_detection}, "output": {"voice": "alloy"}}}
+
+
+DEFAULT_VAD = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+    "create_response": True,
+    "interrupt_response": True,
+    "idle_timeout_ms": None,
+}
+
+
+def configure(agent: ParrotAgent, **fields: Any) -> None:
+    """The layer's first configuration (its defaults), then a client's turn_detection with ``fields``."""
+    agent.configure(realtime_config(DEFAULT_VAD))
+    agent.configure(realtime_config({**DEFAULT_VAD, **fields}))
+
+
+def test_the_first_configuration_keeps_the_ini_settings() -> None:
+    """The layer's defaults are not the client's choice: the INI's turn detection holds until a client sets one."""
+    agent, session, caller, clock = make(silence_ms=700, prefix_padding_ms=100)
+    agent.configure(realtime_config(DEFAULT_VAD))
+    agent.configure(realtime_config(DEFAULT_VAD))
+    assert agent.turn_detection == TurnDetection(silence_ms=700, min_speech_ms=100, max_wait_ms=None, prefix_padding_ms=100)
+    assert session.events == []
+
+
+def test_client_turn_detection_changes_silence() -> None:
+    """A client's silence_duration_ms is the silence the parrot waits for."""
     agent, session, caller, clock = make(silence_ms=500)
-    agent.event_received(
-        {
-            "type": "session.update",
-            "event_id": "e1",
-            "session": {
-                "modalities": ["audio"],
-                "turn_detection": {"type": "server_vad", "silence_duration_ms": 1000, "threshold": 0.5},
-            },
-        }
-    )
-    assert session.types() == ["session.updated"]
-    detection = session.events[0]["session"]["turn_detection"]
-    assert detection["silence_duration_ms"] == 1000
-    assert detection["threshold_db"] == 12
+    configure(agent, silence_duration_ms=1000, prefix_padding_ms=100)
     assert agent.turn_detection.silence_ms == 1000
+    assert agent.turn_detection.threshold_db == 12
 
     caller.say(quiet(300) + tone(800))
     tone_end = clock.seconds()
@@ -295,78 +329,76 @@ def test_session_update_changes_silence_and_answers() -> None:
     assert first_audio_at(session) == pytest.approx(tone_end + 1.0, abs=0.021)
 
 
-def test_session_update_shorter_silence_ends_open_turn_sooner() -> None:
+def test_client_turn_detection_shorter_silence_ends_open_turn_sooner() -> None:
     """Shortening the silence during a silent stretch ends the turn at once, by the timer."""
     agent, session, caller, clock = make(silence_ms=2000)
+    agent.configure(realtime_config(DEFAULT_VAD))
     caller.say(quiet(200) + tone(500))
     caller.wait(0.5)
     assert session.sent == []
-    agent.event_received({"type": "session.update", "session": {"turn_detection": {"silence_duration_ms": 300}}})
+    agent.configure(realtime_config({**DEFAULT_VAD, "silence_duration_ms": 300}))
     clock.advance(0)
     assert session.sent
     assert agent.turns_played == 1
 
 
-def test_session_update_other_fields() -> None:
-    """threshold_db, min_speech_ms, max_wait_ms and prefix_padding_ms can be set; null max_wait disables it."""
-    agent, session, caller, clock = make(max_wait_ms=1000)
-    agent.event_received(
-        {
-            "type": "session.update",
-            "session": {
-                "turn_detection": {
-                    "threshold_db": 20,
-                    "min_speech_ms": 300,
-                    "max_wait_ms": None,
-                    "prefix_padding_ms": 0,
-                }
-            },
-        }
-    )
-    assert agent.turn_detection == TurnDetection(
-        threshold_db=20, min_speech_ms=300, silence_ms=500, max_wait_ms=None, prefix_padding_ms=0
-    )
-    caller.say(quiet(300) + tone(200) + quiet(800))
-    assert session.sent == []  # shorter than min_speech_ms now
-    caller.say(tone(2000) + quiet(800))
-    assert [e["reason"] for e in session.of_type("parrot.turn_ended")] == ["silence"]
-
-
 @pytest.mark.parametrize(
-    "fields",
-    [
-        {"silence_duration_ms": -5},
-        {"silence_duration_ms": "long"},
-        {"silence_duration_ms": True},
-        {"threshold_db": float("nan")},
-        {"min_speech_ms": None},
-        {"max_wait_ms": 10},
-    ],
+    ("threshold", "threshold_db"), [(0.5, 12.0), (0.0, 3.0), (1.0, 21.0), (0.25, 7.5)]
 )
-def test_session_update_bad_value_is_an_error(fields: dict[str, Any]) -> None:
-    """A bad value answers an OpenAI-style error naming it and changes nothing."""
+def test_threshold_maps_onto_decibels(threshold: float, threshold_db: float) -> None:
+    """OpenAI's threshold (0..1) maps linearly onto dB above the noise floor; 0.5 is the INI's value."""
+    agent, *_ = make()
+    configure(agent, threshold=threshold)
+    assert agent.turn_detection.threshold_db == pytest.approx(threshold_db)
+
+
+def test_create_response_false_waits_for_response_create() -> None:
+    """Without create_response the turn is recorded, not said; response.create says it."""
     agent, session, caller, clock = make()
-    before = agent.turn_detection
-    agent.event_received(
-        {"type": "session.update", "event_id": "e7", "session": {"turn_detection": {"silence_duration_ms": 900, **fields}}}
-    )
-    assert agent.turn_detection == before
-    [error] = session.events
-    assert error["type"] == "error"
-    assert error["error"]["param"] == "session.turn_detection." + next(iter(fields))
-    assert error["error"]["event_id"] == "e7"
+    configure(agent, create_response=False, prefix_padding_ms=100)
+    assert not agent.create_response({})  # nothing recorded yet
+    caller.say(quiet(300) + tone(600) + quiet(1000))
+    assert session.sent == []
+    assert agent.create_response({})
+    assert session.sent
+    assert session.types()[-2:] == ["<start_turn>", "parrot.speaking"]
+    assert not agent.create_response({})  # playing already
 
 
-def test_other_events_and_malformed_updates() -> None:
-    """Other event types are ignored; a session.update without turn_detection still gets session.updated."""
+def test_turn_detection_null_neither_answers_nor_is_interrupted() -> None:
+    """turn_detection null: no automatic answer, and the caller does not cut a playback short."""
+    agent, session, caller, clock = make()
+    agent.configure(realtime_config(DEFAULT_VAD))
+    caller.say(quiet(300) + tone(600) + quiet(1000))
+    assert agent.turns_played == 1
+    caller.say(quiet(2000))
+    agent.configure(realtime_config(None))
+    assert agent.create_response({})
+    agent.speech_started(clock.seconds())
+    assert agent.playing
+
+
+def test_each_playback_is_a_turn() -> None:
+    """The turn starts with the playback and ends once all of it is queued; a cancel stops it."""
+    agent, session, caller, clock = make()
+    caller.say(quiet(300) + tone(1000) + quiet(600))
+    assert session.types()[2:4] == ["<start_turn>", "parrot.speaking"]
+    caller.say(quiet(2000))
+    assert session.of_type("<end_turn>") == [{"type": "<end_turn>", "interrupted": False}]
+    assert agent.create_response({})
+    agent.cancel_response()
+    assert not agent.playing
+    # The layer ended the cancelled turn itself: the parrot does not end it again.
+    assert len(session.of_type("<end_turn>")) == 1
+    assert session.types()[-1] == "parrot.interrupted"
+
+
+def test_other_events_are_ignored() -> None:
+    """The Realtime layer answers the protocol: the parrot has nothing to say to events."""
     agent, session, caller, clock = make()
     agent.event_received({"type": "response.create"})
-    agent.event_received({"no": "type"})
-    assert session.events == []
-    agent.event_received({"type": "session.update", "session": "nonsense"})
     agent.event_received({"type": "session.update", "session": {"turn_detection": None}})
-    assert session.types() == ["session.updated", "session.updated"]
-    assert agent.turn_detection == TurnDetection(silence_ms=500, min_speech_ms=100, max_wait_ms=None)
+    assert session.events == []
 
 
 def test_barge_in_stops_playback_and_records_the_new_turn() -> None:
@@ -400,13 +432,17 @@ def test_barge_in_stops_playback_and_records_the_new_turn() -> None:
     assert first_audio_at(session, barge_in) == pytest.approx(second_end + 0.5, abs=0.021)
     assert session.audio(barge_in) == b"".join(background[-5:] + second)
     assert agent.turns_played == 2
-    assert session.types()[-5:] == [
+    assert session.types()[-8:] == [
+        "<end_turn>",
         "parrot.interrupted",
         "parrot.turn_started",
         "parrot.turn_ended",
+        "<start_turn>",
         "parrot.speaking",
+        "<end_turn>",
         "parrot.done",
     ]
+    assert session.of_type("<end_turn>")[0]["interrupted"] is True
 
 
 def test_own_detector_barges_in_when_the_session_does_not() -> None:
@@ -478,13 +514,3 @@ def test_rtp_timestamp_jump_is_resynchronised(jump: int) -> None:
     assert agent.turns_played == 2
     assert first_audio_at(session, turn_at) == pytest.approx(tone_end + 0.4, abs=0.021)
     assert len(session.audio(turn_at)) == 700 * BYTES_PER_MS
-
-
-def test_session_update_with_a_huge_number_is_an_error_event() -> None:
-    """A 400-digit integer cannot overflow into the reactor: it is a bad value like any other."""
-    agent, session, _, _ = make(silence_ms=500)
-    agent.event_received(
-        {"type": "session.update", "session": {"turn_detection": {"silence_duration_ms": 10**400}}}
-    )
-    assert session.types() == ["error"]
-    assert agent.turn_detection.silence_ms == 500

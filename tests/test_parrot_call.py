@@ -188,14 +188,16 @@ def test_session_update_over_the_data_channel(parrot_service: str, utterances: d
 
     second = utterances["second"]
     duration = seconds_of(second)
-    update = {"type": "session.update", "session": {"turn_detection": {"silence_duration_ms": 1500}}}
+    detection = {"type": "server_vad", "silence_duration_ms": 1500}
+    update = {"type": "session.update", "session": {"audio": {"input": {"turn_detection": detection}}}}
     result = asyncio.run(
         scripted_call(parrot_service, [(1.5, second)], seconds=1.5 + 2 * duration + 3.0, events=[update])
     )
     if not result.channel_opened:
         pytest.fail(f"the oai-events channel never opened: {result.events}")
     updated = [e for e in result.events if e.get("type") == "session.updated"]
-    assert updated and updated[0]["session"]["turn_detection"]["silence_duration_ms"] == 1500, result.events
+    assert updated, result.events
+    assert updated[0]["session"]["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 1500
     said_at = result.segment_started_at[0]
     assert said_at is not None
     loud = result.loud(VOICED_DB)

@@ -321,6 +321,18 @@ def choice(*allowed: int) -> Callable[[str], int]:
 # -- typed settings --------------------------------------------------------------
 
 
+def word(*allowed: str) -> Callable[[str], str]:
+    """A parser for one of a few words."""
+
+    def parse(text: str) -> str:
+        value = text.strip()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
 def setting(parse: Callable[[str], T], default: str, help: str, *, secret: bool = False) -> T:
     """One key of a settings section: how its INI text parses, its default text, what it means.
 

@@ -39,6 +39,7 @@ from voiceedge.agents.interfaces import (
     IAgentFactory,
     IAgentSession,
     IAgentType,
+    ITurnTakingAgent,
 )
 
 log = Logger()
@@ -110,6 +111,8 @@ class BridgeSettings:
     connect_timeout: float = 5.0
     token: str = ""
     buffer_ms: int = 1000
+    realtime: str = "edge"
+    turn_timeout: float = 3.0
 
 
 # -- the WebSocket link ------------------------------------------------------------
@@ -381,9 +384,15 @@ class LinkState(enum.Enum):
     CLOSED = "closed"
 
 
-@implementer(IAgent)
+@implementer(ITurnTakingAgent)
 class BridgeAgent:
     """Relays one session to a backend over a WebSocket (docs/agent-protocol.md).
+
+    Turns: the session's Realtime layer asks for one with ``turn.request``
+    and cancels it with ``turn.cancelled``; the backend says ``turn.start``
+    and ``turn.end``. A requested turn the backend neither starts nor ends
+    within ``turn_timeout`` (an older backend that ignores ``turn.request``)
+    completes empty, so no client waits for it.
 
     Caller audio and events are encoded and sent as they come; while the
     socket is still connecting they wait in a bounded buffer (oldest audio
@@ -414,6 +423,9 @@ class BridgeAgent:
             settings.connect_timeout, self._connect_timed_out
         )
         self._connecting: Deferred[BridgeLink] | None = None
+        self._turn_timer: IDelayedCall | None = None
+        self._turn_open = False
+        self._responses = 0
         # A connect that fails at once must not end the session from inside
         # agent_for(): the session has not got its agent yet.
         self._constructing = True
@@ -468,6 +480,52 @@ class BridgeAgent:
             self.count("events_unencodable")
             return
         self._send_text(text)
+
+    # -- turns (ITurnTakingAgent) ------------------------------------------
+
+    def configure(self, config: dict[str, Any]) -> None:
+        """Give the backend the session's whole configuration."""
+        try:
+            self._send_text(bp.session_config(config))
+        except bp.BridgeProtocolError:
+            self.count("events_unencodable")
+
+    def create_response(self, request: dict[str, Any]) -> bool:
+        """Ask the backend for a turn; it has ``turn_timeout`` to start or end it."""
+        if self.state is not LinkState.OPEN and self.state is not LinkState.CONNECTING:
+            return False
+        try:
+            text = bp.turn_request(self._next_response_id(), request)
+        except bp.BridgeProtocolError:
+            self.count("events_unencodable")
+            return False
+        self._send_text(text)
+        self._turn_open = True
+        self._cancel_turn_timer()
+        self._turn_timer = self._clock.callLater(self._settings.turn_timeout, self._turn_timed_out)
+        return True
+
+    def _next_response_id(self) -> str:
+        self._responses += 1
+        return f"turn_{self._responses}"
+
+    def cancel_response(self) -> None:
+        """Tell the backend its turn is cancelled; its audio was dropped already."""
+        self._cancel_turn_timer()
+        if self._turn_open:
+            self._turn_open = False
+            self._send_text(bp.turn_cancelled(f"turn_{self._responses}"))
+
+    def _turn_timed_out(self) -> None:
+        self._turn_timer = None
+        self.count("turns_timed_out")
+        self._turn_open = False
+        self._session.end_turn()
+
+    def _cancel_turn_timer(self) -> None:
+        timer, self._turn_timer = self._turn_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def session_ended(self, reason: str) -> None:
         """The call is over: say so to the backend, close, cancel every timer."""
@@ -561,6 +619,7 @@ class BridgeAgent:
         """Closed for good: no timer, no socket, no buffer. Safe to call twice."""
         self.state = LinkState.CLOSED
         self._cancel_timer()
+        self._cancel_turn_timer()
         self._pending.clear()
         self._pending_audio_bytes = self._pending_events = 0
         connecting, self._connecting = self._connecting, None
@@ -596,6 +655,7 @@ class BridgeAgent:
             self.count("malformed_frames")
             return
         if message.pcm:
+            self._cancel_turn_timer()
             self._session.send_audio(message.pcm)
 
     def text_received(self, text: str) -> None:
@@ -613,6 +673,14 @@ class BridgeAgent:
             self._session.send_event(event.event)
         elif isinstance(event, bp.EndSession):
             self._backend_ended(event)
+        elif isinstance(event, bp.StartTurn):
+            self._cancel_turn_timer()
+            self._turn_open = True
+            self._session.start_turn()
+        elif isinstance(event, bp.EndTurn):
+            self._cancel_turn_timer()
+            self._turn_open = False
+            self._session.end_turn(event.interrupted)
         else:
             self.count("unknown_events")
 
@@ -641,12 +709,18 @@ class BridgeAgent:
 
 @implementer(IAgentFactory, IAgentCounters)
 class BridgeAgentFactory:
-    """Builds a :class:`BridgeAgent` for every session, all to one backend URL."""
+    """Builds a :class:`BridgeAgent` for every session, all to one backend URL.
+
+    With ``realtime = backend`` the backend speaks OpenAI's Realtime events
+    itself: the session's event layer steps aside (``speaks_realtime``) and
+    events pass between client and backend unchanged.
+    """
 
     name = "bridge"
 
     def __init__(self, settings: BridgeSettings, connect: Connector) -> None:
         self.settings = settings
+        self.speaks_realtime = settings.realtime == "backend"
         self.sample_rate = settings.sample_rate
         self.connect = connect
         self.counters: collections.Counter[str] = collections.Counter()
@@ -670,6 +744,14 @@ class agent_type:  # noqa: N801 - the module attribute AgentPlugin loads
         "buffer_ms": c.Key(
             c.integer(0, 10_000), "1000", "caller audio held while connecting; older is dropped"
         ),
+        "realtime": c.Key(
+            c.word("edge", "backend"),
+            "edge",
+            "edge: voiceedge speaks the Realtime events; backend: the backend does, events pass unchanged",
+        ),
+        "turn_timeout": c.Key(
+            c.seconds(0.1, 60), "3", "seconds the backend has to start or end a requested turn"
+        ),
     }
 
     @staticmethod
@@ -681,5 +763,7 @@ class agent_type:  # noqa: N801 - the module attribute AgentPlugin loads
             connect_timeout=options["connect_timeout"],
             token=options["token"],
             buffer_ms=options["buffer_ms"],
+            realtime=options["realtime"],
+            turn_timeout=options["turn_timeout"],
         )
         return BridgeAgentFactory(settings, websocket_connector(reactor, settings))

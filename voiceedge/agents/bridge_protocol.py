@@ -130,6 +130,21 @@ def client_event(event: dict[str, Any]) -> str:
     return _dump({"type": "client.event", "event": event})
 
 
+def session_config(config: dict[str, Any]) -> str:
+    """The session's whole Realtime configuration, after it was made and after each change."""
+    return _dump({"type": "session.config", "session": config})
+
+
+def turn_request(response_id: str, response: dict[str, Any]) -> str:
+    """The client asked for a turn (``response.create``); ``response`` is its request object."""
+    return _dump({"type": "turn.request", "response_id": response_id, "response": response})
+
+
+def turn_cancelled(response_id: str) -> str:
+    """The turn under way is cancelled (barge-in, ``response.cancel``, ``output_audio_buffer.clear``)."""
+    return _dump({"type": "turn.cancelled", "response_id": response_id})
+
+
 # -- backend -> voiceedge events ----------------------------------------------
 
 
@@ -154,13 +169,25 @@ class EndSession:
 
 
 @dataclass(frozen=True, slots=True)
+class StartTurn:
+    """``turn.start``: the audio that follows is one turn (a Realtime response)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndTurn:
+    """``turn.end``: the backend has sent all of its turn's audio (``interrupted``: it cut the turn short)."""
+
+    interrupted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownEvent:
     """A well-formed event of a type this version does not know: ignored, counted."""
 
     type: str
 
 
-BackendEvent = Union[ClearOutputAudio, ForwardClientEvent, EndSession, UnknownEvent]
+BackendEvent = Union[ClearOutputAudio, ForwardClientEvent, EndSession, StartTurn, EndTurn, UnknownEvent]
 
 DEFAULT_END_REASON = "backend ended the session"
 MAX_REASON_CHARS = 200
@@ -192,4 +219,11 @@ def parse_backend_event(text: str) -> BackendEvent:
         if not isinstance(reason, str) or not isinstance(drain, bool):
             raise BridgeProtocolError("session.end needs a string 'reason' and a boolean 'drain'")
         return EndSession(reason[:MAX_REASON_CHARS] or DEFAULT_END_REASON, drain)
+    if kind == "turn.start":
+        return StartTurn()
+    if kind == "turn.end":
+        interrupted = event.get("interrupted", False)
+        if not isinstance(interrupted, bool):
+            raise BridgeProtocolError("turn.end needs a boolean 'interrupted'")
+        return EndTurn(interrupted)
     return UnknownEvent(kind[:64])

@@ -25,7 +25,11 @@ class EchoAgent:
     The audio goes through the real path both ways (Opus decode to PCM,
     PCM encode to Opus), so an echo call exercises the codec and pacing.
     Concealed frames are echoed too: they are what the caller's loss sounds like.
+    Its audio is not made of turns (``turns = "none"``): ``response.create``
+    completes at once, empty, and no response wraps the echo.
     """
+
+    turns = "none"
 
     def __init__(self, session: IAgentSession, delay: float) -> None:
         self._session = session

@@ -49,9 +49,31 @@ class IAgentSession(Interface):
     def end(reason: str) -> None:
         """Hang up the call."""
 
+    def start_turn() -> None:
+        """The agent starts a turn (a Realtime *response*): the audio it sends next belongs to it.
+
+        Answering :meth:`ITurnTakingAgent.create_response` with ``True`` starts
+        one too. An agent that never calls this still gets responses: one
+        per burst of its audio (docs/realtime-events.md).
+        """
+
+    def end_turn(interrupted: bool = False) -> None:
+        """The agent has queued all of its turn's audio; ``interrupted``: it cut the turn short instead.
+
+        The turn's ``response.done`` goes out now; the caller may still be
+        hearing its audio (``output_audio_buffer.stopped`` says when that ends).
+        """
+
 
 class IAgent(Interface):
-    """What sits behind one session: audio and events in, audio and events out."""
+    """What sits behind one session: audio and events in, audio and events out.
+
+    The session's Realtime event layer (:mod:`voiceedge.transceiver.realtime`)
+    speaks the protocol; an agent gives it audio and behaviour. An agent
+    whose audio is not made of turns at all (the echo) says so with a class
+    attribute ``turns = "none"``; otherwise each burst of its audio is a
+    response, unless it provides :class:`ITurnTakingAgent` and says itself.
+    """
 
     def audio_received(frame: AudioFrame) -> None:
         """A 20 ms frame of the caller's audio, in order, losses concealed."""
@@ -71,6 +93,34 @@ class IAgent(Interface):
 
     def session_ended(reason: str) -> None:
         """The call is over; free everything."""
+
+
+class ITurnTakingAgent(IAgent):
+    """An agent that takes turns: it answers ``response.create``, says when its turns
+    start and end (:meth:`IAgentSession.start_turn`, :meth:`IAgentSession.end_turn`),
+    and follows the session's configuration."""
+
+    def configure(config: dict[str, Any]) -> None:
+        """The session's whole configuration (OpenAI's GA ``session`` object), validated.
+
+        Called once when the agent is made and after every accepted
+        ``session.update``. An agent applies what it can (turn detection,
+        instructions, voice) and ignores the rest.
+        """
+
+    def create_response(request: dict[str, Any]) -> bool:
+        """The client asked for a turn now (``response.create``; ``request`` is its ``response`` object).
+
+        ``True``: the agent makes the turn (its audio follows, then
+        :meth:`IAgentSession.end_turn`). ``False``: it has nothing to say, and
+        the response completes at once, empty.
+        """
+
+    def cancel_response() -> None:
+        """The turn under way is cancelled (barge-in, ``response.cancel``, ``output_audio_buffer.clear``).
+
+        Its queued audio is already dropped; the agent must send no more of it.
+        """
 
 
 class IAgentFactory(Interface):

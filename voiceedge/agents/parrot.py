@@ -10,19 +10,24 @@ frame, so soft onsets are kept, to the end of its last voiced frame; at most
 much was played.  When the caller speaks while it plays (barge-in: the session's
 ``speech_started``, or its own detector), it stops, and records the new turn.
 
-Events to the caller (``oai-events``): ``parrot.turn_started``,
-``parrot.turn_ended`` (``duration_ms``, ``reason``), ``parrot.speaking``
-(``duration_ms``), ``parrot.done``, ``parrot.interrupted`` (``played_ms``),
-``session.updated`` and ``error``.  The caller tunes turn detection per session
-with OpenAI Realtime's ``session.update``::
+Each playback is a turn: the parrot says when it starts and ends
+(:meth:`IAgentSession.start_turn`, :meth:`IAgentSession.end_turn`), so the
+session's Realtime layer wraps it in ``response.created`` ... ``response.done``.
+``response.create`` says the last turn back again (an empty response when
+there is none yet). Its own events to the caller (``oai-events``):
+``parrot.turn_started``, ``parrot.turn_ended`` (``duration_ms``, ``reason``),
+``parrot.speaking`` (``duration_ms``), ``parrot.done``, ``parrot.interrupted``
+(``played_ms``).
 
-    {"type": "session.update", "session": {"turn_detection": {
-        "silence_duration_ms": 500, "prefix_padding_ms": 100,
-        "threshold_db": 12, "min_speech_ms": 150, "max_wait_ms": 15000}}}
-
-``silence_duration_ms`` and ``prefix_padding_ms`` are OpenAI's names; the
-others are ours (OpenAI's ``threshold`` is a probability, not a level); unknown
-fields are ignored.
+The caller tunes it with OpenAI Realtime's ``session.update``
+(``session.audio.input.turn_detection``), which the layer validates:
+``silence_duration_ms`` and ``prefix_padding_ms`` apply as they are,
+``threshold`` (0..1) maps onto ``threshold_db`` (0.5 is the INI's value),
+``semantic_vad``'s ``eagerness`` picks a silence (``low`` 1000 ms, ``high``
+250 ms), ``create_response: false`` keeps it from answering on its own (only
+``response.create`` makes it speak), ``interrupt_response: false`` lets it
+finish over the caller, and ``turn_detection: null`` does both. Until a client
+sets ``turn_detection``, the INI's ``[agent.parrot]`` values hold.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from voiceedge.agents.interfaces import (
     IAgentFactory,
     IAgentSession,
     IAgentType,
+    ITurnTakingAgent,
 )
 from voiceedge.media.detection import (
     DetectionSettings,
@@ -55,6 +61,8 @@ from voiceedge.media.turns import ProbabilityTurnDetector
 
 __all__ = ["ParrotAgent", "ParrotAgentFactory", "TurnDetection", "agent_type"]
 
+_UNSEEN = object()
+
 RTP_CLOCK_RATE = 48000  # Opus RTP timestamps, whatever the PCM rate
 # Playback goes out in chunks of CHUNK_MS, topped up while less than LEAD_MS is
 # queued: enough ahead that a late timer never starves the shared tick, little
@@ -67,38 +75,6 @@ RESYNC_SECONDS = 1.0
 # Hysteresis of the detector: less than the threshold, since the detector requires it.
 HYSTERESIS_DB = 3.0
 MAX_TURN_LIMIT_MS = 30_000
-
-
-class TurnDetectionError(ValueError):
-    """A ``session.update`` asked for a value out of range; ``param`` names it."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
-
-
-def _number(minimum: float, maximum: float) -> Callable[[object], float]:
-    def check(value: object) -> float:
-        # bool is an int: reject it explicitly, True is not a duration.
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError("must be a number")
-        # Compare before isfinite(): a huge int (10**400) overflows a float.
-        if not (minimum <= value <= maximum and math.isfinite(value)):
-            raise ValueError(f"must be between {minimum:g} and {maximum:g}")
-        return float(value)
-
-    return check
-
-
-# The fields a session.update may set: wire name -> (attribute, checker, may be null).
-_FIELDS: dict[str, tuple[str, Callable[[object], float], bool]] = {
-    "silence_duration_ms": ("silence_ms", _number(0, 10_000), False),
-    "silence_ms": ("silence_ms", _number(0, 10_000), False),
-    "prefix_padding_ms": ("prefix_padding_ms", _number(0, 1_000), False),
-    "threshold_db": ("threshold_db", _number(1, 60), False),
-    "min_speech_ms": ("min_speech_ms", _number(0, 5_000), False),
-    "max_wait_ms": ("max_wait_ms", _number(100, MAX_TURN_LIMIT_MS), True),
-}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,38 +93,22 @@ class TurnDetection:
     prefix_padding_ms: float = 100.0
     detector: DetectorName = "energy"
 
-    def updated(self, fields: dict[str, Any]) -> TurnDetection:
-        """A copy changed by an OpenAI-style ``turn_detection`` object; unknown fields are ignored.
+    def from_realtime(self, turn_detection: dict[str, Any]) -> TurnDetection:
+        """A copy following a validated Realtime ``turn_detection`` object (server or semantic VAD).
 
-        Raises :class:`TurnDetectionError` naming the first bad field; nothing
-        is changed then.
+        ``threshold`` 0.5 keeps this ``threshold_db``; 0 is 3 dB, 1 is twice it less 3 dB.
         """
-        changes: dict[str, float | None] = {}
-        for name, value in fields.items():
-            spec = _FIELDS.get(name)
-            if spec is None:
-                continue
-            attribute, check, nullable = spec
-            if value is None and nullable:
-                changes[attribute] = None
-                continue
-            try:
-                changes[attribute] = check(value)
-            except ValueError as e:
-                raise TurnDetectionError(f"session.turn_detection.{name}", str(e)) from None
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-    def as_event(self) -> dict[str, Any]:
-        """The ``turn_detection`` object of a ``session.updated`` event."""
-        return {
-            "type": "server_vad",
-            "detector": self.detector,
-            "threshold_db": self.threshold_db,
-            "prefix_padding_ms": self.prefix_padding_ms,
-            "silence_duration_ms": self.silence_ms,
-            "min_speech_ms": self.min_speech_ms,
-            "max_wait_ms": self.max_wait_ms,
-        }
+        if turn_detection.get("type") == "semantic_vad":
+            eagerness = turn_detection.get("eagerness", "auto")
+            silence = {"low": 1000.0, "high": 250.0}.get(eagerness, self.silence_ms)
+            return dataclasses.replace(self, silence_ms=silence)
+        threshold = float(turn_detection.get("threshold", 0.5))
+        return dataclasses.replace(
+            self,
+            threshold_db=max(1.0, 3.0 + threshold * 2 * (self.threshold_db - 3.0)),
+            silence_ms=float(turn_detection.get("silence_duration_ms", self.silence_ms)),
+            prefix_padding_ms=float(turn_detection.get("prefix_padding_ms", self.prefix_padding_ms)),
+        )
 
     def make_detector(self, sample_rate: int) -> SpeechDetector | ProbabilityTurnDetector:
         """A new detector of the chosen kind with these knobs."""
@@ -178,7 +138,7 @@ class TurnDetection:
         }
 
 
-@implementer(IAgent)
+@implementer(ITurnTakingAgent)
 class ParrotAgent:
     """Listens for a turn, then says it back; stops when the caller barges in.
 
@@ -201,6 +161,11 @@ class ParrotAgent:
         self._bytes_per_ms = self._rate * 2 // 1000
         self._max_turn_bytes = max_turn_ms * self._bytes_per_ms
         self._closed = False
+        # What the client's turn_detection allows (docs above).
+        self.answers = True
+        self.interruptible = True
+        self._initial: TurnDetection = turn_detection
+        self._seen_turn_detection: Any = _UNSEEN
 
         # Timing: frame time = RTP time since the first frame + the smallest
         # (arrival - RTP time) seen.
@@ -220,6 +185,8 @@ class ParrotAgent:
         self._played_upto = 0  # bytes handed to send_audio
         self._playback_started = 0.0
         self._playback_timer: IDelayedCall | None = None
+        self._turn_open = False  # a turn started with start_turn and not ended yet
+        self._last_turn = b""
         self.turns_played = 0
 
     # -- IAgent ---------------------------------------------------------------
@@ -242,42 +209,49 @@ class ParrotAgent:
 
     def speech_started(self, at: float) -> None:
         """The session heard the caller start: if the parrot is playing, that is a barge-in."""
-        if not self._closed and self.playing:
+        if not self._closed and self.playing and self.interruptible:
             self._interrupt()
 
     def speech_stopped(self, at: float) -> None:
         """Nothing to do: the parrot's own detector, with the caller's settings, ends turns."""
 
     def event_received(self, event: dict[str, Any]) -> None:
-        """Handle ``session.update``; ignore everything else."""
-        if self._closed or event.get("type") != "session.update":
+        """Nothing to do: the Realtime layer handles the protocol, and the parrot has no events of its own."""
+
+    # -- ITurnTakingAgent ---------------------------------------------------------
+
+    def configure(self, config: dict[str, Any]) -> None:
+        """Follow the client's ``turn_detection`` once it sets one (the first configuration is the defaults)."""
+        turn_detection = config.get("audio", {}).get("input", {}).get("turn_detection")
+        first = self._seen_turn_detection is _UNSEEN
+        if turn_detection == self._seen_turn_detection or self._closed:
             return
-        session = event.get("session")
-        fields = session.get("turn_detection") if isinstance(session, dict) else None
-        if isinstance(fields, dict):
-            try:
-                self.turn_detection = self.turn_detection.updated(fields)
-            except TurnDetectionError as e:
-                self._session.send_event(
-                    {
-                        "type": "error",
-                        "error": {
-                            "type": "invalid_request_error",
-                            "code": "invalid_value",
-                            "message": str(e),
-                            "param": e.param,
-                            "event_id": event.get("event_id"),
-                        },
-                    }
-                )
-                return
-            self._detector.update(**self.turn_detection.detector_parameters())
-            # A shorter silence may end the open turn sooner than the timer set.
-            self._cancel_detector_timer()
-            self._arm_detector_timer()
-        self._session.send_event(
-            {"type": "session.updated", "session": {"turn_detection": self.turn_detection.as_event()}}
-        )
+        self._seen_turn_detection = turn_detection
+        if first:
+            return
+        if turn_detection is None:
+            self.answers = self.interruptible = False
+            return
+        self.answers = bool(turn_detection.get("create_response", True))
+        self.interruptible = bool(turn_detection.get("interrupt_response", True))
+        self.turn_detection = self._initial.from_realtime(turn_detection)
+        self._detector.update(**self.turn_detection.detector_parameters())
+        # A shorter silence may end the open turn sooner than the timer set.
+        self._cancel_detector_timer()
+        self._arm_detector_timer()
+
+    def create_response(self, request: dict[str, Any]) -> bool:
+        """Say the last turn back again, if there is one and nothing plays."""
+        if self._closed or self.playing or not self._last_turn:
+            return False
+        self._start_playback(self._last_turn)
+        return True
+
+    def cancel_response(self) -> None:
+        """The turn was cancelled (its audio is dropped already): stop saying it."""
+        if self.playing:
+            self._turn_open = False  # the layer ended it already
+            self._interrupt()
 
     def session_ended(self, reason: str) -> None:
         """Cancel the timers and drop all audio."""
@@ -334,7 +308,7 @@ class ParrotAgent:
         self._arm_detector_timer()
 
     def _turn_started(self, event: SpeechStarted) -> None:
-        if self.playing:
+        if self.playing and self.interruptible:
             self._interrupt()
         since = event.time - self.turn_detection.prefix_padding_ms / 1000 - 1e-6
         self._turn = []
@@ -359,7 +333,9 @@ class ParrotAgent:
             {"type": "parrot.turn_ended", "duration_ms": duration_ms, "reason": event.reason}
         )
         if pcm:
-            self._start_playback(pcm)
+            self._last_turn = pcm
+            if self.answers and not self.playing:
+                self._start_playback(pcm)
 
     def _arm_detector_timer(self) -> None:
         """Make sure poll() runs at the detector's deadline, for when audio stops coming."""
@@ -388,6 +364,8 @@ class ParrotAgent:
         self._played_upto = 0
         self._playback_started = self._clock.seconds()
         self.turns_played += 1
+        self._turn_open = True
+        self._session.start_turn()
         self._session.send_event(
             {"type": "parrot.speaking", "duration_ms": len(pcm) // self._bytes_per_ms}
         )
@@ -404,6 +382,10 @@ class ParrotAgent:
             session.send_audio(piece)
             self._played_upto += len(piece)
             queued += len(piece) // self._bytes_per_ms
+        if self._turn_open and self._played_upto >= len(self._playback):
+            # All of it is queued: the turn is over for the protocol, though it still plays.
+            self._turn_open = False
+            session.end_turn()
         if self._played_upto < len(self._playback):
             delay = max(CHUNK_MS, queued - LEAD_MS + CHUNK_MS) / 1000
         elif queued > 0:
@@ -431,6 +413,9 @@ class ParrotAgent:
         )
         self._playback = b""
         self._played_upto = 0
+        if self._turn_open:
+            self._turn_open = False
+            self._session.end_turn(interrupted=True)
         self._session.send_event({"type": "parrot.interrupted", "played_ms": played_ms})
 
     def _cancel_playback_timer(self) -> None:

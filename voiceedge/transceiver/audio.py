@@ -72,6 +72,12 @@ class InboundAudio:
         for event in self._detector.poll(now):
             self._on_speech(event)
 
+    def update_speech(self, threshold_db: float, silence_ms: float) -> None:
+        """Retune the speech detector (a client's ``turn_detection``)."""
+        self._detector.update(
+            threshold_db=threshold_db, hysteresis_db=min(3.0, threshold_db), silence_ms=silence_ms
+        )
+
     def _conceal(self, next_payload: bytes | None) -> bytes:
         self.frames_concealed += 1
         if next_payload is not None and self._decoder.supports_fec:

@@ -1,26 +1,52 @@
 # -*- test-case-name: tests.test_conversation -*-
-"""The conversation side of a call: the agent, its audio and events, barge-in, ``oai-events``.
+"""The conversation side of a call: the agent, its audio and events, the Realtime layer, ``oai-events``.
 
 A :class:`Conversation` is what an agent sees as its
 :class:`~voiceedge.agents.interfaces.IAgentSession`. It takes the session's
 conversation events (the caller's decoded audio, speech, the events
-channel, playout) and turns them into agent calls; it turns the agent's
-calls into session inputs, stamped with the clock, and asks its driver to
-flush the session's outputs. Transport knows nothing of agents; this knows
-nothing of sockets.
+channel, playout), feeds them to the session's
+:class:`~voiceedge.transceiver.realtime.RealtimeEventLayer` and to the
+agent, and carries out what the layer outputs: server events to send, and
+actions (stop the agent's audio, ask the agent for a turn, ...). It turns the
+agent's calls into session inputs, stamped with the clock, and asks its
+driver to flush the session's outputs. Transport knows nothing of agents;
+this knows nothing of sockets.
+
+An agent factory whose backend speaks the Realtime protocol itself
+(``speaks_realtime = True``) takes over the whole exchange: then there is no
+layer, and events pass between client and agent unchanged.
 """
 
 from __future__ import annotations
 
+import collections
 import secrets
 from typing import Any, Callable
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from voiceedge.agents.interfaces import AudioFrame, IAgent, IAgentFactory, IAgentSession
+from voiceedge.agents.interfaces import (
+    AudioFrame,
+    IAgent,
+    IAgentFactory,
+    IAgentSession,
+    ITurnTakingAgent,
+)
 from voiceedge.media.speech import SpeechStarted, SpeechStopped
+from voiceedge.transceiver.realtime import (
+    CancelTurn,
+    ConfigureAgent,
+    ConfigureDetector,
+    ForwardToAgent,
+    RealtimeEventLayer,
+    RequestTurn,
+    StopAudio,
+    TurnMode,
+)
+from voiceedge.transceiver.realtime_config import TurnDetectionDefaults
+from voiceedge.transceiver.rtp_sender import PlayoutStarted, PlayoutStopped
 from voiceedge.transceiver.session import Session
 from voiceedge.transceiver.session_events import (
     ClientEvent,
@@ -35,14 +61,21 @@ from voiceedge.transceiver.session_events import (
 __all__ = ["Conversation"]
 
 
+def _turn_mode(agent: IAgent) -> TurnMode:
+    if ITurnTakingAgent.providedBy(agent):
+        return "explicit"
+    return "none" if getattr(agent, "turns", None) == "none" else "inferred"
+
+
 @implementer(IAgentSession)
 class Conversation:
-    """The agent of one session, and the session as the agent sees it.
+    """The agent of one session, the session as the agent sees it, and the Realtime layer between.
 
     ``flush`` is called after every input the agent gives the session (its
     driver sends the datagrams and handles the events that came of it).
-    ``barge_in``: when the caller starts speaking while the agent's audio
-    plays, the queued audio is dropped at once.
+    ``barge_in`` is the default of the client's ``interrupt_response``: when
+    the caller starts speaking while the agent's audio plays, the response is
+    cancelled and its queued audio dropped at once.
     """
 
     log = Logger()
@@ -54,6 +87,7 @@ class Conversation:
         clock: IReactorTime,
         flush: Callable[[], None],
         barge_in: bool = True,
+        realtime_counters: collections.Counter[str] | None = None,
     ) -> None:
         self.session = session
         self.session_id = session.session_id
@@ -65,64 +99,98 @@ class Conversation:
         self.agent: IAgent | None = None
         self.barge_in_ms: list[float] = []
         self.ended = False
+        speech = session.speech
+        self.realtime: RealtimeEventLayer | None = None
+        if not getattr(agent_factory, "speaks_realtime", False):
+            self.realtime = RealtimeEventLayer(
+                session.session_id,
+                model="voiceedge-" + str(getattr(agent_factory, "name", "agent")),
+                base_threshold_db=speech.threshold_db,
+                turn_detection=TurnDetectionDefaults(speech.silence_ms, barge_in),
+                counters=realtime_counters,
+            )
+        self._running = False
+        self._timer: IDelayedCall | None = None
+        self._speech_from = 0.0
 
     # -- session events in --------------------------------------------------------
 
     def handle(self, event: SessionEvent) -> None:
         """One conversation event from the session (transport events are ignored)."""
         agent = self.agent
+        layer = self.realtime
         # The caller's audio first: fifty of these a second.
         if isinstance(event, AudioFrame):
+            if layer is not None:
+                layer.audio_received(event.arrival, len(event.pcm) / 2 / event.sample_rate)
             if agent is not None:
                 agent.audio_received(event)
-        elif isinstance(event, SpeechStarted):
-            if self.barge_in and self.session.agent_playing(event.at):
-                self._barge_in(event)
-            if agent is not None:
-                agent.speech_started(event.time)
+            return
+        now = self.clock.seconds()
+        if isinstance(event, SpeechStarted):
+            self._speech_from = event.time
+            if layer is not None:
+                layer.speech_started(event, self.session.agent_playing(event.at))
+                self._run()
+            elif self.barge_in and self.session.agent_playing(event.at):
+                self.stop_agent_audio(event.at, "barge_in")
+            if self.agent is not None:
+                self.agent.speech_started(event.time)
         elif isinstance(event, SpeechStopped):
-            if agent is not None:
-                agent.speech_stopped(event.time)
+            if layer is not None:
+                layer.speech_stopped(event)
+                self._run()
+            if self.agent is not None:
+                self.agent.speech_stopped(event.time)
         elif isinstance(event, ClientEvent):
-            if agent is not None:
+            if layer is not None:
+                layer.client_event(event.event, now)
+                self._run()
+            elif agent is not None:
                 agent.event_received(event.event)
+        elif isinstance(event, (PlayoutStarted, PlayoutStopped)):
+            if layer is not None:
+                if isinstance(event, PlayoutStarted):
+                    layer.playout_started(event)
+                else:
+                    layer.playout_stopped(event)
+                self._run()
         elif isinstance(event, Connected):
             self.agent = self._agent_factory.agent_for(self)
+            if layer is not None:
+                layer.agent_ready(_turn_mode(self.agent))
+                self._run()
         elif isinstance(event, EventsChannelOpened):
-            self._session_created()
+            if layer is not None:
+                layer.channel_opened(now)
+                self._run()
         elif isinstance(event, ClientEventRejected):
-            self.send_event({"type": "error", "error": {"type": "invalid_request_error", "message": event.why}})
+            if layer is not None:
+                layer.client_event_rejected(event.why, now)
+                self._run()
+            else:
+                error = {"type": "invalid_request_error", "message": event.why}
+                self.send_event({"type": "error", "event_id": "event_" + secrets.token_hex(8), "error": error})
         elif isinstance(event, Closed):
             self._ended(event.reason)
-        # PlayoutStarted and PlayoutStopped say what the caller hears: the
-        # Realtime event layer's to report. Transport events are not ours.
 
-    def _barge_in(self, event: SpeechStarted) -> None:
-        """The caller talks over the agent: stop the agent's audio now."""
+    def stop_agent_audio(self, now: float, reason: str) -> int:
+        """The one seam that cuts the agent's audio: barge-in, ``response.cancel``, ``output_audio_buffer.clear``,
+        and the agent's own :meth:`clear_audio`. The milliseconds of queued audio dropped."""
         sender = self.session.sender
         last = sender.last_sent_at if sender is not None else None
-        self.session.stop_audio(event.at)
-        # From the first voiced packet's arrival to the last agent packet sent.
-        latency = 0.0 if last is None else max(0.0, last - event.time)
-        self.barge_in_ms.append(round(latency * 1000, 1))
-
-    def _session_created(self) -> None:
-        self.send_event(
-            {
-                "type": "session.created",
-                "event_id": "event_" + secrets.token_hex(8),
-                "session": {
-                    "id": self.session_id,
-                    "object": "realtime.session",
-                    "audio": {"sample_rate": self.sample_rate},
-                },
-            }
-        )
+        dropped = self.session.stop_audio(now)
+        if reason == "barge_in":
+            # From the first voiced packet's arrival to the last agent packet sent.
+            latency = 0.0 if last is None else max(0.0, last - self._speech_from)
+            self.barge_in_ms.append(round(latency * 1000, 1))
+        return dropped
 
     def _ended(self, reason: EndReason) -> None:
         if self.ended:
             return
         self.ended = True
+        self._cancel_timer()
         agent, self.agent = self.agent, None
         try:
             if agent is not None:
@@ -131,20 +199,94 @@ class Conversation:
             # The agent's bug must not keep the session's routes alive.
             self.log.failure("session {id}: the agent failed to end", id=self.session_id)
 
+    # -- the layer's outputs ---------------------------------------------------------
+
+    def _run(self) -> None:
+        """Carry out what the layer has output, in order, until it has nothing more.
+
+        An action may call the agent, which may feed the layer again: a call
+        made while this loop runs returns at once and the loop picks it up.
+        """
+        layer = self.realtime
+        if layer is None or self._running:
+            return
+        self._running = True
+        try:
+            while not self.ended and (outputs := layer.take_outputs()):
+                for output in outputs:
+                    if self.ended:
+                        break
+                    self._carry_out(layer, output)
+        finally:
+            self._running = False
+        self._arm_timer()
+
+    def _carry_out(self, layer: RealtimeEventLayer, output: Any) -> None:
+        now = self.clock.seconds()
+        agent = self.agent
+        if isinstance(output, dict):
+            self.session.send_event(output, now)
+            self._flush()
+        elif isinstance(output, StopAudio):
+            self.stop_agent_audio(now, output.reason)
+            self._flush()
+        elif isinstance(output, ForwardToAgent):
+            if agent is not None:
+                agent.event_received(output.event)
+        elif isinstance(output, RequestTurn):
+            took = ITurnTakingAgent.providedBy(agent) and agent.create_response(output.request)
+            if not took:
+                layer.turn_declined(output.response_id, now)
+        elif isinstance(output, CancelTurn):
+            if ITurnTakingAgent.providedBy(agent):
+                agent.cancel_response()
+        elif isinstance(output, ConfigureAgent):
+            if ITurnTakingAgent.providedBy(agent):
+                agent.configure(output.config)
+        elif isinstance(output, ConfigureDetector):
+            self.session.update_speech(output.threshold_db, output.silence_ms)
+
+    def _arm_timer(self) -> None:
+        layer = self.realtime
+        deadline = None if layer is None or self.ended else layer.deadline()
+        timer = self._timer
+        if timer is not None and timer.active():
+            if deadline is not None and abs(timer.getTime() - deadline) < 1e-6:
+                return
+            timer.cancel()
+        self._timer = None
+        if deadline is not None:
+            self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._timeout)
+
+    def _timeout(self) -> None:
+        self._timer = None
+        if self.realtime is not None and not self.ended:
+            self.realtime.handle_timeout(self.clock.seconds())
+            self._run()
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
     # -- the agent's side (IAgentSession) ----------------------------------------
 
     def send_audio(self, pcm: bytes) -> None:
         """Queue agent PCM; it goes out in paced 20 ms Opus frames."""
         if self.ended:
             return
-        self.session.send_audio(pcm, self.clock.seconds())
+        now = self.clock.seconds()
+        if self.realtime is not None and pcm:
+            self.realtime.agent_audio(now)
+            self._run()
+        self.session.send_audio(pcm, now)
         self._flush()
 
     def clear_audio(self) -> int:
         """Drop all queued agent audio; the milliseconds dropped."""
         if self.ended:
             return 0
-        dropped = self.session.stop_audio(self.clock.seconds())
+        dropped = self.stop_agent_audio(self.clock.seconds(), "agent")
         self._flush()
         return dropped
 
@@ -153,11 +295,27 @@ class Conversation:
         return self.session.queued_audio_ms()
 
     def send_event(self, event: dict[str, Any]) -> None:
-        """Send a JSON event to the caller on ``oai-events``."""
+        """Send a JSON event to the caller on ``oai-events`` (with an ``event_id`` when it has none)."""
         if self.ended:
+            return
+        if self.realtime is not None:
+            self.realtime.agent_event(event)
+            self._run()
             return
         self.session.send_event(event, self.clock.seconds())
         self._flush()
+
+    def start_turn(self) -> None:
+        """The agent starts a turn."""
+        if not self.ended and self.realtime is not None:
+            self.realtime.turn_started(self.clock.seconds())
+            self._run()
+
+    def end_turn(self, interrupted: bool = False) -> None:
+        """The agent has queued all of its turn's audio (or cut it short)."""
+        if not self.ended and self.realtime is not None:
+            self.realtime.turn_ended(self.clock.seconds(), interrupted)
+            self._run()
 
     def end(self, reason: str) -> None:
         """The agent hangs up."""

@@ -164,6 +164,8 @@ class Transceiver:
         self.sessions_opened = 0
         self.ice_restarts = 0
         self.refused: collections.Counter[int] = collections.Counter()
+        # The Realtime event layer's events over all sessions (server.<type>, client.<type>, error.<code>).
+        self.realtime_events: collections.Counter[str] = collections.Counter()
         self.packets_in = 0
         self.bytes_in = 0
         self.packets_out = 0
@@ -269,6 +271,7 @@ class Transceiver:
             self.clock,
             lambda: self._service(call),
             barge_in=self.speech.barge_in,
+            realtime_counters=self.realtime_events,
         )
         self._by_id[session_id] = call
         self._add_ufrag(call, credentials.ufrag)
@@ -668,6 +671,14 @@ class Transceiver:
                 "Call setup: seconds from the offer to each milestone.",
                 {"milestone": milestone},
                 histogram,
+            )
+        for event, n in self.realtime_events.items():
+            yield (
+                "counter",
+                "voiceedge_realtime_events",
+                "Realtime events on oai-events, by event (server.<type>, client.<type>, error.<code>).",
+                {"event": event},
+                n,
             )
         if IAgentCounters.providedBy(self.agent_factory):
             agent = self.agent_factory.name

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import os
 import random
@@ -454,6 +455,12 @@ class Session:
         dropped = sender.stop(now)
         self._events.extend(sender.take_events())
         return dropped
+
+    def update_speech(self, threshold_db: float, silence_ms: float) -> None:
+        """Retune the caller's speech detector, now and for when media starts."""
+        self.speech = dataclasses.replace(self.speech, threshold_db=threshold_db, silence_ms=round(silence_ms))
+        if self._inbound is not None:
+            self._inbound.update_speech(threshold_db, silence_ms)
 
     def queued_audio_ms(self) -> int:
         """Agent audio waiting to be sent, in milliseconds."""
