@@ -35,7 +35,10 @@ import unittest
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 from tests.support import REPO_ROOT, ServiceFailed, http_get
 
@@ -48,8 +51,10 @@ __all__ = [
     "build",
     "call",
     "call_command",
+    "call_deferred",
     "load",
     "load_command",
+    "load_deferred",
     "running_pionecho",
     "spawn_call",
 ]
@@ -284,11 +289,13 @@ def load_command(
     return argv + list(extra_args)
 
 
-def _parse(stdout: str, stderr_path: Path, returncode: int | None) -> dict[str, Any]:
+def _parse(stdout: str, stderr: Path | str, returncode: int | None) -> dict[str, Any]:
+    """The JSON result in ``stdout``; ``stderr`` (its text, or the file holding it) explains a crash."""
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if not lines:
-        tail = stderr_path.read_text("utf-8", "replace")[-3000:] if stderr_path.exists() else ""
-        raise PionPeerFailed(f"pionpeer printed no result (exit {returncode}); stderr:\n{tail}")
+        if isinstance(stderr, Path):
+            stderr = stderr.read_text("utf-8", "replace") if stderr.exists() else ""
+        raise PionPeerFailed(f"pionpeer printed no result (exit {returncode}); stderr:\n{stderr[-3000:]}")
     result: dict[str, Any] = json.loads(lines[-1])
     if returncode == 2:
         raise PionPeerFailed(f"pionpeer refused its arguments: {result.get('error')}")
@@ -357,6 +364,29 @@ def load(url: str, *, log_dir: Path | None = None, **options: Any) -> dict[str, 
     bound = n / ramp + float(options.get("setup_timeout", 10.0)) + float(options.get("settle", 2.0))
     bound += float(options.get("seconds", 10.0)) + 60
     return _spawn(argv, timeout=bound, log_dir=log_dir).wait()
+
+
+def _deferred(reactor: Any, argv: list[str]) -> "Deferred[dict[str, Any]]":
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    d = getProcessOutputAndValue(argv[0], argv[1:], env=dict(os.environ), reactor=reactor)
+
+    def parsed(outcome: tuple[bytes, bytes, int]) -> dict[str, Any]:
+        out, err, code = outcome
+        return _parse(out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), code)
+
+    return d.addCallback(parsed)
+
+
+def call_deferred(reactor: Any, url: str, **options: Any) -> "Deferred[dict[str, Any]]":
+    """:func:`call` without blocking: a Deferred firing with the result, for tests that run
+    a service in the test's own reactor. Build first (``build()``, which blocks) outside it."""
+    return _deferred(reactor, call_command(url, **options))
+
+
+def load_deferred(reactor: Any, url: str, **options: Any) -> "Deferred[dict[str, Any]]":
+    """:func:`load` without blocking: a Deferred firing with the summary."""
+    return _deferred(reactor, load_command(url, **options))
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from tests import pion_peer
@@ -54,15 +56,13 @@ class CommandTests(unittest.SynchronousTestCase):
 
 @pytest.mark.integration
 class GoUnitTests(unittest.TestCase):
-    """pionpeer's own Go tests (sdpfrag handling, histograms) pass."""
+    """The Go programs' own tests (sdpfrag handling both ways, histograms) pass."""
 
-    def test_go_test(self) -> None:
-        """``go test`` in tests/pion, offline, in the same workspace as the build."""
+    def _go_test(self, source: Path) -> None:
         pion_peer.build()
-        go = pion_peer._go()
         proc = subprocess.run(
-            [go, "test", "."],
-            cwd=str(pion_peer.PEER_SOURCE),
+            [pion_peer._go(), "test", "."],
+            cwd=str(source),
             env=pion_peer._build_env(),
             capture_output=True,
             text=True,
@@ -70,6 +70,14 @@ class GoUnitTests(unittest.TestCase):
             check=False,
         )
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+
+    def test_pionpeer(self) -> None:
+        """``go test`` in tests/pion, offline, in the same workspace as the build."""
+        self._go_test(pion_peer.PEER_SOURCE)
+
+    def test_pionecho(self) -> None:
+        """``go test`` in bench/pionecho."""
+        self._go_test(pion_peer.ECHO_SOURCE)
 
 
 @pytest.mark.integration
@@ -105,6 +113,16 @@ class PionEchoCallTests(unittest.TestCase):
         self.assertEqual(wait_for_sessions(self.echo, 0), 0)
         counters = self.echo.counters()
         self.assertGreaterEqual(counters["rtp_out"], result["in_packets"])
+
+    def test_call_deferred(self) -> Deferred[None]:
+        """The same call as a Deferred, the reactor free meanwhile (for a service in the test's reactor)."""
+        from twisted.internet import reactor
+
+        def check(result: dict[str, Any]) -> None:
+            self.assertTrue(result["ok"], result["error"])
+            self.assertGreater(result["in_packets"], 0)
+
+        return pion_peer.call_deferred(reactor, self.echo.offer_url, seconds=1.5, datachannel="").addCallback(check)
 
     def test_audio_only(self) -> None:
         """With no data channel the offer is audio alone, and the echo still flows."""

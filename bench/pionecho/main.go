@@ -59,6 +59,7 @@ type session struct {
 	pc    *webrtc.PeerConnection
 	mu    sync.Mutex // one renegotiation at a time
 	offer string
+	etag  string // changes with each ICE restart
 }
 
 type server struct {
@@ -165,6 +166,7 @@ func (s *server) handleOffer(w http.ResponseWriter, r *http.Request, collection 
 		return
 	}
 	sess := &session{id: newID(), pc: pc, offer: offer}
+	sess.etag = `"` + sess.id + `-0"`
 	fail := func(code int, err error) {
 		_ = pc.Close()
 		http.Error(w, err.Error(), code)
@@ -236,7 +238,7 @@ func (s *server) handleOffer(w http.ResponseWriter, r *http.Request, collection 
 	s.answerMs.Add(time.Since(t0).Microseconds())
 	w.Header().Set("Content-Type", typeSDP)
 	w.Header().Set("Location", collection+"/"+sess.id)
-	w.Header().Set("ETag", `"`+sess.id+`-0"`)
+	w.Header().Set("ETag", sess.etag)
 	w.WriteHeader(http.StatusCreated)
 	_, _ = io.WriteString(w, answer)
 }
@@ -276,7 +278,7 @@ func (s *server) handleSession(w http.ResponseWriter, r *http.Request, id string
 			_, _ = io.WriteString(w, answer)
 			return
 		}
-		s.patchFrag(w, sess, body)
+		s.patchFrag(w, sess, body, r.Header.Get("If-Match"))
 	default:
 		http.Error(w, "PATCH or DELETE", http.StatusMethodNotAllowed)
 	}
@@ -284,7 +286,7 @@ func (s *server) handleSession(w http.ResponseWriter, r *http.Request, id string
 
 // patchFrag handles a WHIP sdpfrag: new credentials are an ICE restart
 // (answered with ours, RFC 9725 §4.3.2); otherwise trickled candidates.
-func (s *server) patchFrag(w http.ResponseWriter, sess *session, body string) {
+func (s *server) patchFrag(w http.ResponseWriter, sess *session, body, ifMatch string) {
 	frag := parseFrag(body)
 	if frag.ufrag == "" {
 		for _, c := range frag.candidates {
@@ -299,6 +301,16 @@ func (s *server) patchFrag(w http.ResponseWriter, sess *session, body string) {
 	}
 	if frag.pwd == "" {
 		http.Error(w, "an ICE restart needs a=ice-ufrag and a=ice-pwd", http.StatusBadRequest)
+		return
+	}
+	// RFC 9725 §4.3.2: a restart carries If-Match: * (the wildcard, unquoted).
+	switch ifMatch {
+	case "":
+		http.Error(w, "an ICE restart needs If-Match: *", http.StatusPreconditionRequired)
+		return
+	case "*", sess.etag:
+	default:
+		http.Error(w, "If-Match "+ifMatch+" does not match "+sess.etag, http.StatusPreconditionFailed)
 		return
 	}
 	offer := withICE(sess.offer, frag)
@@ -320,8 +332,9 @@ func (s *server) patchFrag(w http.ResponseWriter, sess *session, body string) {
 		b.WriteString(c + "\r\n")
 	}
 	b.WriteString("a=end-of-candidates\r\n")
+	sess.etag = `"` + sess.id + `-` + fmt.Sprint(s.restarts.Load()) + `"`
 	w.Header().Set("Content-Type", typeSDPFrag)
-	w.Header().Set("ETag", `"`+sess.id+`-`+fmt.Sprint(s.restarts.Load())+`"`)
+	w.Header().Set("ETag", sess.etag)
 	w.WriteHeader(http.StatusOK)
 	_, _ = io.WriteString(w, b.String())
 }

@@ -755,6 +755,11 @@ func cmdCall(ctx context.Context, args []string) int {
 	if *restartAt >= *seconds || *rebindAt >= *seconds {
 		return usageError(errors.New("--restart-at and --rebind-at must fall within --seconds"))
 	}
+	stopProfile, err := o.startProfile()
+	if err != nil {
+		return usageError(err)
+	}
+	defer stopProfile()
 	plan := callPlan{seconds: *seconds, restartAt: *restartAt, restartMode: *restartMode, rebindAt: *rebindAt}
 	logs := newLogSink()
 	var mux interface{ Close() error }

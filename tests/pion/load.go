@@ -55,6 +55,8 @@ type serverStats struct {
 }
 
 type clientStats struct {
+	LoadAvgStart  float64 `json:"loadavg_1m_start"` // the machine's, from /proc/loadavg: figures from a busy machine mislead
+	LoadAvgEnd    float64 `json:"loadavg_1m_end"`
 	CPUPct        float64 `json:"cpu_pct"` // this process, of one core, during the window
 	Goroutines    int     `json:"goroutines"`
 	GOMAXPROCS    int     `json:"gomaxprocs"`
@@ -117,6 +119,11 @@ func cmdLoad(ctx context.Context, args []string) int {
 	if *n < 1 || *ramp <= 0 || *seconds <= 0 || *settle < 0 {
 		return usageError(errors.New("need --n >= 1, --ramp > 0, --seconds > 0, --settle >= 0"))
 	}
+	stopProfile, err := o.startProfile()
+	if err != nil {
+		return usageError(err)
+	}
+	defer stopProfile()
 	logs := newLogSink()
 	api, err := newAPI(&o, logs, nil)
 	if err != nil {
@@ -125,6 +132,7 @@ func cmdLoad(ctx context.Context, args []string) int {
 	sig := &signaler{o: &o, hc: newHTTPClient(o.httpTimeout)}
 	sum := loadSummary{Mode: "load", URL: o.url, N: *n, Ramp: *ramp, Setup: map[string]dist{},
 		Errors: map[string]int{}, EndReasons: map[string]int{}, DeleteStatus: map[string]int{}}
+	loadStart := loadAvg()
 	var idle serverSnapshot
 	if len(pids) > 0 {
 		idle = snapshotServer(pids, *children)
@@ -228,7 +236,8 @@ func cmdLoad(ctx context.Context, args []string) int {
 	}
 	win := tB.Sub(tA).Seconds()
 	sum.WindowS = round3(win)
-	sum.Client = clientStats{CPUPct: round3((selfB - selfA) / win / 10), Goroutines: runtime.NumGoroutine(), GOMAXPROCS: runtime.GOMAXPROCS(0)}
+	sum.Client = clientStats{LoadAvgStart: loadStart, LoadAvgEnd: loadAvg(), CPUPct: round3((selfB - selfA) / win / 10),
+		Goroutines: runtime.NumGoroutine(), GOMAXPROCS: runtime.GOMAXPROCS(0)}
 
 	var pps []float64
 	var gaps histogram

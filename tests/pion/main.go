@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -49,6 +50,7 @@ type options struct {
 	iceKeepalive  time.Duration
 	keepMessages  int
 	withSDP       bool
+	cpuProfile    string
 }
 
 // stringList is a flag that may be given several times.
@@ -74,6 +76,23 @@ func addCommonFlags(fs *flag.FlagSet, o *options) {
 	fs.DurationVar(&o.iceKeepalive, "ice-keepalive", 2*time.Second, "Pion's ICE keepalive: a binding request when nothing was sent or received this long")
 	fs.IntVar(&o.keepMessages, "keep-messages", 20, "data-channel messages kept verbatim in the result")
 	fs.BoolVar(&o.withSDP, "sdp", false, "include the offer and answer SDP in the result")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write this process's CPU profile here (go tool pprof)")
+}
+
+// startProfile starts the CPU profile asked for; the returned function stops it.
+func (o *options) startProfile() (func(), error) {
+	if o.cpuProfile == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(o.cpuProfile)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func (o *options) check() error {

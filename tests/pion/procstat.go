@@ -134,3 +134,17 @@ func (s serverSnapshot) cpuSince(before serverSnapshot) float64 {
 	}
 	return ms
 }
+
+// loadAvg is the machine's one-minute load average (0 when unknown).
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}

@@ -109,11 +109,11 @@ func (s *signaler) postOffer(ctx context.Context, offer string) (*httpExchange, 
 
 // patch sends an ICE restart to the session's Location: a full re-offer
 // (application/sdp, as a browser's restartIce() makes) or a WHIP sdpfrag
-// (RFC 9725 §4.3.2: If-Match "*").
+// (RFC 9725 §4.3.2: If-Match: *, the wildcard).
 func (s *signaler) patch(ctx context.Context, location, contentType, body string) (*httpExchange, error) {
 	extra := map[string]string{}
 	if contentType == typeSDPFrag {
-		extra["If-Match"] = `"*"`
+		extra["If-Match"] = "*"
 	}
 	ex, err := s.do(ctx, http.MethodPatch, location, contentType, body, extra)
 	if err != nil {
