@@ -1,7 +1,8 @@
-"""Shared pytest fixtures: a throwaway redis-server on a free loopback port."""
+"""Shared pytest fixtures: a working directory outside the checkout, a throwaway redis-server."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -10,6 +11,22 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _work_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run in a scratch directory, as trial runs in ``_trial_temp``.
+
+    ``twisted.trial`` test cases make their ``mktemp()`` paths relative to the
+    working directory: under pytest, started from the checkout, they would
+    land in it.
+    """
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 @dataclass
