@@ -113,6 +113,10 @@ class MemoryClient:
             self._capture("stun", data)
             self._stun(data)
         elif 20 <= first <= 63:
+            if self.dtls.state is DtlsState.NEW:
+                # Spoofed DTLS "from" this client made the server answer it
+                # before our ClientHello; a real client has nothing to feed.
+                return
             self._capture("dtls", data)
             output = self.dtls.receive(data, now)
             for reply in output.datagrams:
