@@ -240,6 +240,13 @@ class ConversationTests(SynchronousTestCase):
         configured = [s for s in factory.agents[0].seen if s[0] == "configure"]
         self.assertEqual(configured[-1][1]["audio"]["input"]["turn_detection"]["silence_duration_ms"], 800)
 
+    def test_a_client_secrets_settings_start_the_configuration(self) -> None:
+        """Session.settings (from the ek_ that opened the call) are what session.created shows."""
+        self.session.settings = {"type": "realtime", "instructions": "Be brief."}  # type: ignore[attr-defined]
+        conversation = Conversation(self.session, self.factory, self.clock, self._flush)  # type: ignore[arg-type]
+        assert conversation.realtime is not None
+        self.assertEqual(conversation.realtime.config["instructions"], "Be brief.")
+
     def test_a_backend_that_speaks_realtime_takes_over(self) -> None:
         """speaks_realtime: no layer; events pass both ways unchanged, and no session.created."""
         self.factory.speaks_realtime = True  # type: ignore[attr-defined]

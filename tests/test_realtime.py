@@ -121,6 +121,15 @@ class SessionTests(LayerTestCase):
         layer.channel_opened(1.5)
         self.assertEqual(names(layer.take_outputs()), ["session.created", "output_audio_buffer.started"])
 
+    def test_a_client_secrets_settings_are_the_first_configuration(self) -> None:
+        layer = RealtimeEventLayer("s4", ids=IdSource("w"))
+        layer.configure_from({"type": "realtime", "agent": "parrot", "instructions": "Be brief."})
+        self.assertEqual(layer.config["instructions"], "Be brief.")
+        self.assertNotIn("agent", layer.config)
+        layer.configure_from({"instructions": 7})
+        self.assertEqual(layer.config["instructions"], "Be brief.")
+        self.assertEqual(layer.counters["error.initial_settings"], 1)
+
     def test_the_first_configuration_goes_to_the_agent(self) -> None:
         layer = RealtimeEventLayer("s2", ids=IdSource("u"))
         layer.agent_ready("explicit")

@@ -109,6 +109,10 @@ class Conversation:
                 turn_detection=TurnDetectionDefaults(speech.silence_ms, barge_in),
                 counters=realtime_counters,
             )
+            # A client secret's session settings are the call's first configuration.
+            settings = getattr(session, "settings", None)
+            if settings:
+                self.realtime.configure_from(settings)
         self._running = False
         self._timer: IDelayedCall | None = None
         self._speech_from = 0.0

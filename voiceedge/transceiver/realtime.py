@@ -51,10 +51,13 @@ import copy
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal, Mapping, Union
+
+from twisted.logger import Logger
 
 from voiceedge.media.speech import SpeechStarted, SpeechStopped
 from voiceedge.transceiver.realtime_config import (
+    SESSION_FIELDS,
     SessionConfigError,
     TurnDetectionDefaults,
     default_config,
@@ -75,6 +78,8 @@ __all__ = [
     "StopAudio",
     "TurnMode",
 ]
+
+log = Logger()
 
 #: An inferred turn (an agent that does not say when its turns end) ends when
 #: its audio has not played for this long: longer than the gaps of a backend
@@ -297,6 +302,20 @@ class RealtimeEventLayer:
                 "event_id": client_event_id if isinstance(client_event_id, str) else None,
             },
         )
+
+    def configure_from(self, settings: Mapping[str, Any]) -> None:
+        """Start from ``settings`` (a client secret's ``session``) merged over the defaults.
+
+        Fields that are not the Realtime session's (``agent``: which agent
+        serves the call) are left out. Settings that do not validate are
+        refused whole, logged and counted; the defaults stay.
+        """
+        update = {k: v for k, v in settings.items() if k in SESSION_FIELDS}
+        try:
+            self.config = merged(self.config, update, self._turn_defaults)
+        except SessionConfigError as e:
+            self.counters["error.initial_settings"] += 1
+            log.warn("session {id}: its client secret's settings are refused: {why}", id=self.session_id[:6], why=str(e))
 
     # -- the agent and the channel ------------------------------------------------
 

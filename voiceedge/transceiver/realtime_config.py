@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 __all__ = [
+    "SESSION_FIELDS",
     "SessionConfigError",
     "TurnDetectionDefaults",
     "default_config",
@@ -303,6 +304,10 @@ def _audio_fields(defaults: TurnDetectionDefaults) -> dict[str, dict[str, Check]
             "speed": _number(0.25, 1.5),
         },
     }
+
+
+#: The fields a ``session.update``'s ``session`` may carry.
+SESSION_FIELDS = frozenset(_fields(TurnDetectionDefaults())) | {"audio"}
 
 
 # -- the whole configuration -----------------------------------------------------------
