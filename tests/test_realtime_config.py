@@ -44,7 +44,28 @@ def merge(config: dict[str, Any], update: Any) -> dict[str, Any]:
     return merged(config, update, DEFAULTS)
 
 
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=3),
+    max_leaves=12,
+)
+keys = st.sampled_from(["type", "instructions", "audio", "input", "output", "turn_detection", "voice", "threshold", "format", "tools", "x"])
+updates = st.dictionaries(
+    keys, json_values | st.dictionaries(keys, json_values | st.dictionaries(keys, json_values, max_size=4), max_size=4), max_size=4
+)
+
+
 class MergeTests(SynchronousTestCase):
+    @given(updates)
+    def test_any_update_is_merged_or_refused_with_our_error(self, update: dict[str, Any]) -> None:
+        """Hostile updates: either a configuration or a SessionConfigError, never anything else."""
+        try:
+            config = merge(base(), update)
+        except SessionConfigError as e:
+            self.assertTrue(e.param.startswith("session"))
+        else:
+            self.assertEqual(config["type"], "realtime")
+
     def test_the_sdks_own_updates_are_accepted(self) -> None:
         config = merge(base(), SDK_FIRST_UPDATE)
         self.assertEqual(config["model"], "gpt-realtime-2.1")
@@ -101,20 +122,3 @@ class MergeTests(SynchronousTestCase):
             self.assertEqual((caught.exception.param, caught.exception.code), (param, code), update)
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=3),
-    max_leaves=12,
-)
-keys = st.sampled_from(["type", "instructions", "audio", "input", "output", "turn_detection", "voice", "threshold", "format", "tools", "x"])
-
-
-@given(st.dictionaries(keys, json_values | st.dictionaries(keys, json_values | st.dictionaries(keys, json_values, max_size=4), max_size=4), max_size=4))
-def test_any_update_is_merged_or_refused_with_our_error(update: dict[str, Any]) -> None:
-    """Hostile updates: either a configuration or a SessionConfigError, never anything else."""
-    try:
-        config = merge(base(), update)
-    except SessionConfigError as e:
-        assert e.param.startswith("session")
-    else:
-        assert config["type"] == "realtime"
