@@ -768,3 +768,43 @@ def test_trickled_candidates_are_accepted_and_ignored(clock: Clock) -> None:
         call.session_id, "application/trickle-ice-sdpfrag", restart_fragment("cli1"), None
     )
     assert patched.status == 204 and transceiver.ice_restarts == 0
+
+
+def test_checks_after_a_hang_up_are_refused_for_a_while(clock: Clock) -> None:
+    """Once we hang up, a check with the session's credentials gets a signed 403 (RFC 7675 §5.2),
+    so the client's ICE fails at once; a check that cannot prove them gets nothing; after 30 s, nothing."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    call.check()
+    call.handshake()
+    assert transceiver.close_session(call.session_id, "test")
+    outbox.clear()
+    request = binding_request(call.username, call.password)
+    call.send(request)
+    (refusal,) = outbox.pop(CLIENT)
+    message = stun.parse_message(refusal)
+    assert message.message_class is stun.StunClass.ERROR
+    assert message.error_code() == (403, "Forbidden")
+    assert message.transaction_id == stun.parse_message(request).transaction_id
+    assert stun.verify_integrity(refusal, call.password.encode())
+    assert len(refusal) <= len(request)
+    call.send(binding_request(call.username, "not-the-password-at-all"))
+    assert CLIENT not in outbox
+    assert transceiver.drops["check_after_end"] == 1
+    clock.advance(30.5)
+    call.send(request)
+    assert CLIENT not in outbox
+    assert not transceiver._ended_ufrags
+
+
+def test_checks_after_a_hang_up_are_refused_through_the_relay(clock: Clock) -> None:
+    """The refusal goes back through the relay that delivered the check, wrapped."""
+    transceiver, outbox = make_transceiver(clock, relay_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+    call, _ = open_relayed_call(transceiver, clock, outbox)
+    call.send(binding_request(call.username, call.password, use_candidate=True))
+    outbox.clear()
+    assert transceiver.close_session(call.session_id, "done")
+    call.send(binding_request(call.username, call.password))
+    (refusal,) = unwrap(outbox.pop(RELAY_A))
+    assert stun.parse_message(refusal).error_code() == (403, "Forbidden")
+    assert not transceiver._relay_of

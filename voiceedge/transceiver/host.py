@@ -65,6 +65,12 @@ EARLY_DTLS_POOL_BYTES = 1 << 20
 # A session's timer fires at most this much before its deadline is re-read:
 # deadlines that move later (a speech turn going on) do not re-arm it.
 _TIMER_SLACK = 1e-4
+# After a session ends on our side (hang-up, the agent, shutdown), checks with its
+# credentials are refused (RFC 7675 §5.2: 403 revokes consent) for as long as a
+# client keeps checking before it gives up by itself, so it learns at once.
+ENDED_CHECK_TTL = 30.0
+ENDED_UFRAGS = 4096
+_REFUSE_AFTER = (EndReason.HANGUP, EndReason.AGENT, EndReason.SHUTDOWN)
 # Setup milestones, seconds after the offer arrived: histogram buckets.
 SETUP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SETUP_MILESTONES = (
@@ -146,6 +152,10 @@ class Transceiver:
         self._by_id: dict[str, Call] = {}
         self._by_ufrag: dict[bytes, Call] = {}
         self._by_address: dict[Address, Call] = {}
+        # ufrag of an ended session -> (its ICE agent, until when its checks are refused)
+        self._ended_ufrags: collections.OrderedDict[bytes, tuple[IceLiteAgent, float]] = (
+            collections.OrderedDict()
+        )
         self._sending: set[Call] = set()
         self._early_dtls: collections.OrderedDict[Address, tuple[float, list[bytes]]] = (
             collections.OrderedDict()
@@ -351,7 +361,7 @@ class Transceiver:
             self.drops["encap_malformed"] += 1
             return
         client = envelope.client
-        call = self._call_for(payload, client)
+        call = self._call_for(payload, client, (relay, envelope))
         if call is None:
             return
         known = self._relay_of.get(client)
@@ -373,8 +383,13 @@ class Transceiver:
         self._trusted_relays[host] = trusted
         return trusted
 
-    def _call_for(self, data: bytes, source: Address) -> Call | None:
-        """The call a datagram belongs to; ``None`` (counted, or held) if none."""
+    def _call_for(
+        self, data: bytes, source: Address, relayed: tuple[Address, encap.Envelope] | None = None
+    ) -> Call | None:
+        """The call a datagram belongs to; ``None`` (counted, held, or refused) if none.
+
+        ``relayed``: the relay that delivered it and its envelope, for a reply.
+        """
         call = self._by_address.get(source)
         if call is not None:
             return call
@@ -391,8 +406,9 @@ class Transceiver:
             if username is None:
                 self.drops["stun_no_username"] += 1
                 return None
-            call = self._by_ufrag.get(username.partition(b":")[0])
-            if call is None:
+            ufrag = username.partition(b":")[0]
+            call = self._by_ufrag.get(ufrag)
+            if call is None and not self._refuse_ended(ufrag, data, source, relayed):
                 self.drops["unknown_ufrag"] += 1
             return call
         if 20 <= first <= 63:
@@ -400,6 +416,27 @@ class Transceiver:
         else:
             self.drops["unknown_source"] += 1
         return None
+
+    def _refuse_ended(
+        self, ufrag: bytes, data: bytes, source: Address, relayed: tuple[Address, encap.Envelope] | None
+    ) -> bool:
+        """Answer a check for a session we ended with a signed 403; whether it was one."""
+        entry = self._ended_ufrags.get(ufrag)
+        if entry is None:
+            return False
+        refusal = entry[0].refusal_after_end(data)
+        if refusal is None:
+            return False
+        self.drops["check_after_end"] += 1
+        if relayed is None:
+            self.transmit(refusal, source)
+            return True
+        relay, envelope = relayed
+        try:
+            self.write(encap.encode(envelope, b"") + refusal, relay)
+        except OSError:
+            self.drops["send_failed"] += 1
+        return True
 
     def _hold_early_dtls(self, data: bytes, source: Address) -> None:
         entry = self._early_dtls.get(source)
@@ -519,6 +556,13 @@ class Transceiver:
         """Forget every route to a session that has ended."""
         session = call.session
         self._by_id.pop(session.session_id, None)
+        if reason in _REFUSE_AFTER:
+            until = self.clock.seconds() + ENDED_CHECK_TTL
+            for key in call.ufrags:
+                self._ended_ufrags[key] = (session.ice, until)
+                self._ended_ufrags.move_to_end(key)
+            while len(self._ended_ufrags) > ENDED_UFRAGS:
+                self._ended_ufrags.popitem(last=False)
         for key in call.ufrags:
             if self._by_ufrag.get(key) is call:
                 del self._by_ufrag[key]
@@ -619,6 +663,9 @@ class Transceiver:
 
     def _sweep(self) -> None:
         now = self.clock.seconds()
+        ended = self._ended_ufrags
+        while ended and next(iter(ended.values()))[1] <= now:
+            ended.popitem(last=False)
         # Relay routes learnt from checks that never passed: forget them.
         for client in [c for c in self._relay_of if c not in self._by_address]:
             del self._relay_of[client]

@@ -326,6 +326,34 @@ class IceLiteAgent:
             outcome.probe = self._probe(source, now)
         return outcome
 
+    def refusal_after_end(self, data: bytes) -> bytes | None:
+        """The session has ended: a check with its credentials gets a signed 403, anything else nothing.
+
+        It is RFC 7675 §5.2's revocation of consent. Browsers drop the
+        candidate pair at once on it, so a
+        caller whose call we hung up sees ICE fail in about a second instead of
+        waiting out its consent checks (Chromium: 5 s to "disconnected"; the
+        OpenAI SDK waits 5 s more). Only a check that proves the credentials is
+        answered, with a response no larger than it.
+        """
+        try:
+            message = stun.parse_message(data)
+        except WireError:
+            return None
+        if message.method != stun.METHOD_BINDING or message.message_class != stun.StunClass.REQUEST:
+            return None
+        username = message.username()
+        previous = self._previous
+        if username == self._username:
+            key = self._key
+        elif previous is not None and username == previous[0]:
+            key = previous[1]
+        else:
+            return None
+        if not stun.verify_integrity(data, key):
+            return None
+        return stun.binding_error(message, FORBIDDEN, "Forbidden", key)
+
     def _mark_checked(self, source: Address, now: float) -> list[Address]:
         self._last_check[source] = now
         self._last_check.move_to_end(source)
