@@ -101,7 +101,7 @@ def start_sentinel(
 ) -> RedisProcess:
     """A Sentinel watching ``master`` as ``name``, on a free port, with a config file of its own."""
     port = _free_port()
-    directory = Path(testcase.mktemp())
+    directory = Path(testcase.mktemp()).resolve()
     directory.mkdir(parents=True)
     conf = directory / "sentinel.conf"
     conf.write_text(

@@ -36,7 +36,7 @@ class CallerViewTests(TestCase):
             raise SkipTest("playwright is not installed") from None
         if not speech_corpus.available():
             raise SkipTest("espeak-ng and sox are needed")
-        tmp = Path(self.mktemp())
+        tmp = Path(self.mktemp()).resolve()
         tmp.mkdir(parents=True)
         wav = tmp / "caller.wav"
         script = scripted_caller_wav(wav, barge_after=SILENCE_MS / 1000 + 1.5)

@@ -34,7 +34,7 @@ class FirefoxCallsPionEchoTests(unittest.TestCase):
 
     def setUp(self) -> None:
         firefox_peer.require_firefox()
-        logs = Path(self.mktemp())
+        logs = Path(self.mktemp()).resolve()
         echo = pion_peer.running_pionecho(log_dir=logs)
         self.echo = echo.__enter__()
         self.addCleanup(echo.__exit__, None, None, None)

@@ -22,7 +22,7 @@ class MembershipTests(SynchronousTestCase):
     """[internal], [registry] and [drain] of voiceedge-transceiver."""
 
     def options(self, text: str) -> transceiver_tap.Options:
-        path = Path(self.mktemp())
+        path = Path(self.mktemp()).resolve()
         path.write_text(text)
         options = transceiver_tap.Options()
         options.parseOptions(["--config", str(path)])

@@ -36,7 +36,7 @@ class FuzzTargetTests(TestCase):
     """Each target under atheris (or the mutation loop) for a few seconds: no crash, hang or blow-up."""
 
     def _fuzz(self, name: str) -> None:
-        run = run_target(name, FUZZ_SECONDS, Path(self.mktemp()))
+        run = run_target(name, FUZZ_SECONDS, Path(self.mktemp()).resolve())
         self.assertTrue(run.ok, f"{name}: exit {run.returncode}, crashes {run.crashes}\n{run.output}")
 
 

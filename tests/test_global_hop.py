@@ -23,7 +23,7 @@ class GlobalHopCallTests(TestCase):
     def test_call_through_another_clusters_relay(self) -> None:
         from tests.aiortc_peer import echo_call
 
-        tmp = Path(self.mktemp())
+        tmp = Path(self.mktemp()).resolve()
         tmp.mkdir(parents=True)
         key = "1:" + base64.b64encode(os.urandom(32)).decode()
         public_a, public_b, global_b = free_udp_port(), free_udp_port(), free_udp_port()

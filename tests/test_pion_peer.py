@@ -40,7 +40,7 @@ class CommandTests(unittest.SynchronousTestCase):
 
     def test_no_result_is_an_error(self) -> None:
         """A run that printed no JSON raises, with the end of its stderr."""
-        log = Path(self.mktemp())
+        log = Path(self.mktemp()).resolve()
         log.write_text("panic: something\n")
         with self.assertRaises(pion_peer.PionPeerFailed) as caught:
             pion_peer._parse("", log, 2)
@@ -48,7 +48,7 @@ class CommandTests(unittest.SynchronousTestCase):
 
     def test_last_json_line_is_the_result(self) -> None:
         """Only the JSON line counts; a usage error (exit 2) raises."""
-        log = Path(self.mktemp())
+        log = Path(self.mktemp()).resolve()
         self.assertEqual(pion_peer._parse('noise\n{"ok": true}\n', log, 0), {"ok": True})
         with self.assertRaises(pion_peer.PionPeerFailed):
             pion_peer._parse('{"ok": false, "error": "--url is required"}\n', log, 2)
@@ -86,7 +86,7 @@ class PionEchoCallTests(unittest.TestCase):
 
     def setUp(self) -> None:
         pion_peer.build()
-        self.logs = Path(self.mktemp())
+        self.logs = Path(self.mktemp()).resolve()
         echo = pion_peer.running_pionecho(log_dir=self.logs)
         self.echo = echo.__enter__()
         self.addCleanup(echo.__exit__, None, None, None)
@@ -198,7 +198,7 @@ class TokenTests(unittest.TestCase):
 
     def test_token(self) -> None:
         """Without the token the POST gets 401 and the result says so; with it the call works."""
-        logs = Path(self.mktemp())
+        logs = Path(self.mktemp()).resolve()
         with pion_peer.running_pionecho(token="s3cret", log_dir=logs) as echo:
             refused = pion_peer.call(echo.offer_url, seconds=1, log_dir=logs)
             accepted = pion_peer.call(echo.offer_url, seconds=2, token="s3cret", log_dir=logs)

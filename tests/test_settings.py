@@ -65,7 +65,7 @@ class SettingsTests(SynchronousTestCase):
     """load_settings turns an INI file into one frozen, typed object, or says exactly what is wrong."""
 
     def write(self, text: str) -> str:
-        path = Path(self.mktemp())
+        path = Path(self.mktemp()).resolve()
         path.write_text(text)
         return str(path)
 
