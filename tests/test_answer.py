@@ -343,6 +343,8 @@ REFUSALS = [
     ("short pwd", lambda t: t.replace("X3bLp0mN9tV7qRk2zW8sJd4H", "short"), 400, "RFC 8839"),
     ("no fingerprint", lambda t: _without(t, "a=fingerprint:"), 400, "fingerprint"),
     ("md5 only", lambda t: t.replace("a=fingerprint:sha-256", "a=fingerprint:md5"), 400, "fingerprint"),
+    ("sha-1 only", lambda t: t.replace("a=fingerprint:sha-256", "a=fingerprint:sha-1"), 400, "sha-1"),
+    ("sha-224 only", lambda t: t.replace("a=fingerprint:sha-256", "a=fingerprint:sha-224"), 400, "sha-224"),
     ("passive", lambda t: t.replace("a=setup:actpass", "a=setup:passive"), 400, "setup:passive"),
     ("holdconn", lambda t: t.replace("a=setup:actpass", "a=setup:holdconn"), 400, "setup:holdconn"),
     ("no rtcp-mux", lambda t: _without(t, "a=rtcp-mux"), 400, "rtcp-mux"),
@@ -484,3 +486,11 @@ def test_chromium_accepts_answer(video: bool, accept: bool) -> None:
     result, answer = asyncio.run(run())
     # chromium drops the transceiver of a rejected video m-line, so one audio transceiver remains
     assert result == "stable sendrecv", answer
+
+
+def test_answer_accepts_exactly_the_hashes_dtls_verifies() -> None:
+    """Every fingerprint hash the answer takes, the DTLS layer can check, and no other (issue 9, finding 4)."""
+    from voiceedge.signaling.answer import VERIFIABLE_FINGERPRINT_HASHES
+    from voiceedge.transceiver.dtls import _FINGERPRINT_ALGORITHMS
+
+    assert VERIFIABLE_FINGERPRINT_HASHES == frozenset(_FINGERPRINT_ALGORITHMS)

@@ -472,6 +472,9 @@ def test_replayed_and_forged_srtp_are_dropped_and_counted(clock: Clock) -> None:
         ("this is not sdp", 400),
         (offer_sdp(CLIENT_CERT.fingerprint).replace("opus/48000/2", "G722/8000"), 406),
         (offer_sdp(CLIENT_CERT.fingerprint).replace("a=fingerprint", "a=x-fingerprint"), 400),
+        # Issue 9 finding 4: hashes the answer used to accept and DTLS then refused (a 500).
+        (offer_sdp(CLIENT_CERT.fingerprint).replace("a=fingerprint:sha-256", "a=fingerprint:sha-1"), 400),
+        (offer_sdp(CLIENT_CERT.fingerprint).replace("a=fingerprint:sha-256", "a=fingerprint:sha-224"), 400),
     ],
 )
 def test_bad_offers_are_refused_with_nothing_allocated(clock: Clock, offer: str, status: int) -> None:
@@ -808,3 +811,23 @@ def test_checks_after_a_hang_up_are_refused_through_the_relay(clock: Clock) -> N
     (refusal,) = unwrap(outbox.pop(RELAY_A))
     assert stun.parse_message(refusal).error_code() == (403, "Forbidden")
     assert not transceiver._relay_of
+
+
+def test_session_ids_are_unguessable_and_never_logged_whole(clock: Clock) -> None:
+    """Ids carry 128 random bits; logs show a 6-character prefix only (issue 9, finding 2)."""
+    import base64
+
+    from twisted.logger import capturedLogs, formatEvent
+
+    transceiver, outbox = make_transceiver(clock)
+    with capturedLogs() as events:
+        ids = [transceiver.open_session(offer_sdp(CLIENT_CERT.fingerprint)).session_id for _ in range(3)]
+        for session_id in ids:
+            transceiver.close_session(session_id, "test")
+    for session_id in ids:
+        assert len(base64.urlsafe_b64decode(session_id + "==")) * 8 >= 128
+    text = "\n".join(formatEvent(e) for e in events)
+    assert "opened" in text
+    for session_id in ids:
+        assert session_id not in text
+        assert session_id[:6] in text

@@ -41,6 +41,7 @@ from voiceedge.agents.interfaces import (
     IAgentType,
     ITurnTakingAgent,
 )
+from voiceedge.transceiver.credentials import loggable_id
 
 log = Logger()
 
@@ -606,7 +607,7 @@ class BridgeAgent:
     def _fail(self, detail: str) -> None:
         if self.state is LinkState.CLOSED:
             return
-        log.warn("session {id}: {detail}", id=self._session.session_id, detail=detail)
+        log.warn("session {id}: {detail}", id=loggable_id(self._session.session_id), detail=detail)
         self.count("backend_unavailable")
         self._shut()
         try:
@@ -631,7 +632,7 @@ class BridgeAgent:
         if self.counters:
             log.info(
                 "session {id} bridge counters: {counters}",
-                id=self._session.session_id,
+                id=loggable_id(self._session.session_id),
                 counters=dict(self.counters),
             )
 

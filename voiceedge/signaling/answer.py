@@ -19,6 +19,7 @@ from voiceedge.wire.sdp import (
 __all__ = [
     "OfferNotAcceptable",
     "NoOpusOffered",
+    "VERIFIABLE_FINGERPRINT_HASHES",
     "OfferSummary",
     "AnswerParameters",
     "summarize_offer",
@@ -30,8 +31,11 @@ __all__ = [
 _SRTP_PROTOS = frozenset({"UDP/TLS/RTP/SAVPF", "UDP/TLS/RTP/SAVP", "RTP/SAVPF"})
 _DATACHANNEL_PROTO = "UDP/DTLS/SCTP"
 _DATACHANNEL_FORMAT = "webrtc-datachannel"
-# Hash functions we can check a client certificate against (RFC 8122 section 5).
-_FINGERPRINT_HASHES = frozenset({"sha-1", "sha-224", "sha-256", "sha-384", "sha-512"})
+#: Hash functions the DTLS layer checks a client certificate with (RFC 8122
+#: section 5); tests hold this equal to voiceedge.transceiver.dtls's table. An
+#: offer with only other hashes (sha-1, sha-224, md5) is refused here, with a
+#: 400, before anything is allocated.
+VERIFIABLE_FINGERPRINT_HASHES = frozenset({"sha-256", "sha-384", "sha-512"})
 # The answerer's direction for each offered direction (RFC 3264 section 6.1).
 _MIRROR = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
 # Opus fmtp parameters echoed back when the client offered them.
@@ -188,9 +192,14 @@ def summarize_offer(offer: SessionDescription) -> OfferSummary:
     if not 4 <= len(ufrag) <= 256 or not 22 <= len(pwd) <= 256:
         raise OfferNotAcceptable("the offer's ICE ufrag or pwd has a length RFC 8839 forbids")
     offered = next(filter(None, (offer.dtls_fingerprints(m) for m in sources)), [])
-    fingerprints = [f for f in offered if f.algorithm in _FINGERPRINT_HASHES]
+    fingerprints = [f for f in offered if f.algorithm in VERIFIABLE_FINGERPRINT_HASHES]
     if not fingerprints:
-        raise OfferNotAcceptable("the offer has no a=fingerprint with a SHA hash for the audio m-line")
+        if offered:
+            hashes = ", ".join(sorted({f.algorithm for f in offered}))[:80]
+            raise OfferNotAcceptable(
+                f"the offer's a=fingerprint uses {hashes}; use sha-256, sha-384 or sha-512"
+            )
+        raise OfferNotAcceptable("the offer has no a=fingerprint for the audio m-line")
     setup = next(filter(None, (offer.dtls_setup(m) for m in sources)), None)
     if setup in ("passive", "holdconn"):
         # We are ICE-lite and take the DTLS server role; the client must be able to connect.

@@ -47,6 +47,7 @@ from voiceedge.transceiver.realtime import (
 )
 from voiceedge.transceiver.realtime_config import TurnDetectionDefaults
 from voiceedge.transceiver.rtp_sender import PlayoutStarted, PlayoutStopped
+from voiceedge.transceiver.credentials import loggable_id
 from voiceedge.transceiver.session import Session
 from voiceedge.transceiver.session_events import (
     ClientEvent,
@@ -201,7 +202,7 @@ class Conversation:
                 agent.session_ended(reason.value)
         except Exception:
             # The agent's bug must not keep the session's routes alive.
-            self.log.failure("session {id}: the agent failed to end", id=self.session_id)
+            self.log.failure("session {id}: the agent failed to end", id=loggable_id(self.session_id))
 
     # -- the layer's outputs ---------------------------------------------------------
 
@@ -325,7 +326,7 @@ class Conversation:
         """The agent hangs up."""
         if self.ended:
             return
-        self.log.info("session {id}: agent ended the call: {why}", id=self.session_id, why=reason)
+        self.log.info("session {id}: agent ended the call: {why}", id=loggable_id(self.session_id), why=reason)
         self.session.close(EndReason.AGENT, self.clock.seconds())
         self._flush()
 

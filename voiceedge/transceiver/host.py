@@ -33,7 +33,7 @@ from voiceedge.signaling.interfaces import (
     SessionRefused,
 )
 from voiceedge.transceiver.conversation import Conversation
-from voiceedge.transceiver.credentials import new_credentials, random_ufrag
+from voiceedge.transceiver.credentials import loggable_id, new_credentials, new_session_id, random_ufrag
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsTransport
 from voiceedge.transceiver.ice import IceLiteAgent
 from voiceedge.transceiver.session import AudioStream, Session
@@ -232,7 +232,7 @@ class Transceiver:
 
         credentials = new_credentials(self.make_ufrag)
         while session_id is None or session_id in self._by_id:
-            session_id = secrets.token_urlsafe(12)
+            session_id = new_session_id()  # 128 random bits
         audio = AudioStream.new(
             summary.opus.payload_type, summary.audio_mid, summary.mid_extension_id, summary.remote_ssrcs
         )
@@ -288,7 +288,7 @@ class Transceiver:
         self.sessions_opened += 1
         session.mark_answered(self.clock.seconds())
         self._service(call)
-        self.log.info("session {id} opened", id=session_id)
+        self.log.info("session {id} opened", id=loggable_id(session_id))
         return OpenedSession(session_id, answer, call.etag)
 
     def close_session(self, session_id: str, reason: str) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from voiceedge.transceiver.audio import InboundAudio, OutboundAudio
+from voiceedge.transceiver.credentials import loggable_id
 from voiceedge.transceiver.dtls import DtlsState, DtlsTransport
 from voiceedge.transceiver.events_channel import EventsChannel
 from voiceedge.transceiver.ice import CheckResult, IceLiteAgent
@@ -137,6 +138,7 @@ class Session:
         rng: random.Random | None = None,
     ) -> None:
         self.session_id = session_id
+        self.log_id = loggable_id(session_id)
         self.ice = ice
         self.dtls = dtls
         self.audio = audio
@@ -316,7 +318,7 @@ class Session:
             self._connected(now)
         elif state is DtlsState.FAILED:
             self.log.warn(
-                "session {id}: DTLS failed: {why}", id=self.session_id, why=self.dtls.failure_reason
+                "session {id}: DTLS failed: {why}", id=self.log_id, why=self.dtls.failure_reason
             )
             self.close(EndReason.DTLS_FAILED, now)
         elif state is DtlsState.CLOSED:
@@ -335,7 +337,7 @@ class Session:
         self._milestone("dtls", now)
         self.log.info(
             "session {id} connected: first check {ice:.0f} ms, dtls {dtls:.0f} ms",
-            id=self.session_id,
+            id=self.log_id,
             ice=self.timings.get("first_check", 0.0) * 1000,
             dtls=self.timings["dtls"] * 1000,
         )
@@ -610,7 +612,7 @@ class Session:
         self.events_channel = None
         self.log.info(
             "session {id} ended: {why} after {secs:.1f} s",
-            id=self.session_id,
+            id=self.log_id,
             why=reason.value,
             secs=now - self.created_at,
         )
