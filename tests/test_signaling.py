@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 import pytest
-from twisted.internet import address, defer
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
-from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 from zope.interface import implementer
@@ -23,165 +19,15 @@ from voiceedge.signaling.interfaces import ISessionHost, OpenedSession, PatchedS
 from voiceedge.signaling.resource import STATIC_DIR, build_site
 from voiceedge.signaling.settings import SignalingSettings
 
-OFFER = (
-    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n"
-    "a=rtpmap:111 opus/48000/2\r\n"
+from tests.http_support import (
+    ANSWER,
+    OFFER,
+    Connection,
+    FakeHost,
+    Response,
+    chunked,
+    request_bytes,
 )
-ANSWER = "v=0\r\no=- 3 4 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=ice-lite\r\n"
-
-
-@implementer(ISessionHost)
-class FakeHost:
-    """Records every call; allocates ``s1``, ``s2``... unless told to refuse, crash or wait."""
-
-    def __init__(self) -> None:
-        self.offers: list[str] = []
-        self.sessions: dict[str, str] = {}
-        self.closed: list[tuple[str, str]] = []
-        self.refusal: SessionRefused | None = None
-        self.crash: Exception | None = None
-        self.asynchronous = False
-        self.waiting: list[defer.Deferred[None]] = []
-        self.patches: list[tuple[str, str, str, str | None]] = []
-        self._next = 0
-
-    def _allocate(self, offer_sdp: str) -> OpenedSession:
-        self._next += 1
-        session_id = f"s{self._next}"
-        self.sessions[session_id] = offer_sdp
-        return OpenedSession(session_id, ANSWER, '"e1"')
-
-    def open_session(self, offer_sdp: str) -> OpenedSession:
-        """Record the offer, then allocate, refuse, crash or (asynchronously) wait."""
-        self.offers.append(offer_sdp)
-        if self.refusal is not None:
-            raise self.refusal
-        if self.crash is not None:
-            raise self.crash
-        if self.asynchronous:
-            gate: defer.Deferred[None] = defer.Deferred()
-            self.waiting.append(gate)
-            return gate.addCallback(lambda _: self._allocate(offer_sdp))  # type: ignore[return-value]
-        return self._allocate(offer_sdp)
-
-    def close_session(self, session_id: str, reason: str) -> bool:
-        """Record the close; ``False`` for an unknown id."""
-        self.closed.append((session_id, reason))
-        return self.sessions.pop(session_id, None) is not None
-
-    def session_stats(self, session_id: str) -> dict[str, object] | None:
-        """A stand-in for live numbers; ``None`` for an unknown id."""
-        return {"state": "connected"} if session_id in self.sessions else None
-
-    def session_count(self) -> int:
-        """Open sessions."""
-        return len(self.sessions)
-
-    def patch_session(self, session_id: str, media_type: str, body: str, if_match: str | None) -> PatchedSession:
-        """Record the PATCH; a restart when the body says ``restart``, trickle otherwise."""
-        self.patches.append((session_id, media_type, body, if_match))
-        if session_id not in self.sessions:
-            raise SessionRefused(404, "no such session")
-        if if_match not in (None, "*", '"e1"'):
-            raise SessionRefused(412, "other credentials")
-        if "restart" in body:
-            return PatchedSession(200, "a=ice-ufrag:new1\r\n", media_type, '"e2"')
-        return PatchedSession(204, "", media_type, '"e1"')
-
-
-@dataclass
-class Response:
-    """A parsed HTTP/1.1 response."""
-
-    status: int
-    headers: dict[str, list[str]]
-    body: bytes
-    raw: bytes = field(repr=False)
-
-    def header(self, name: str) -> str | None:
-        """The first value of header ``name`` (case-insensitive), or None."""
-        values = self.headers.get(name.lower())
-        return values[0] if values else None
-
-
-def parse_response(raw: bytes) -> Response:
-    """Parse one complete HTTP response (Content-Length, chunked, or no body)."""
-    head, sep, rest = raw.partition(b"\r\n\r\n")
-    assert sep, f"incomplete response: {raw!r}"
-    lines = head.decode("latin-1").split("\r\n")
-    version, status, _ = lines[0].split(" ", 2)
-    assert version == "HTTP/1.1"
-    headers: dict[str, list[str]] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers.setdefault(name.strip().lower(), []).append(value.strip())
-    if "content-length" in headers:
-        body = rest[: int(headers["content-length"][0])]
-    elif headers.get("transfer-encoding") == ["chunked"]:
-        body = b""
-        while True:
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line.split(b";")[0], 16)
-            if size == 0:
-                break
-            body += rest[:size]
-            rest = rest[size + 2 :]
-    else:
-        body = rest
-    return Response(int(status), headers, body, raw)
-
-
-class Connection:
-    """One HTTP connection to the site over a StringTransport."""
-
-    def __init__(self, site: server.Site) -> None:
-        self.transport = StringTransport(
-            peerAddress=address.IPv4Address("TCP", "127.0.0.1", 40000),
-            hostAddress=address.IPv4Address("TCP", "127.0.0.1", 8080),
-        )
-        self.protocol = site.buildProtocol(self.transport.getPeer())
-        assert self.protocol is not None
-        self.protocol.makeConnection(self.transport)
-
-    def send(self, data: bytes) -> None:
-        """Feed raw bytes from the client."""
-        self.protocol.dataReceived(data)
-
-    def response(self) -> Response:
-        """Parse what the server has written so far."""
-        return parse_response(self.transport.value())
-
-    def drop(self) -> None:
-        """The client goes away."""
-        self.protocol.connectionLost(Failure(ConnectionError("client went away")))
-
-
-def request_bytes(
-    method: str,
-    path: str,
-    body: bytes = b"",
-    headers: dict[str, str] | None = None,
-    *,
-    content_length: bool = True,
-) -> bytes:
-    """Build a raw HTTP/1.1 request."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1:8080"]
-    for name, value in (headers or {}).items():
-        lines.append(f"{name}: {value}")
-    if content_length and (body or method in ("POST", "PUT")):
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def chunked(body: bytes, size: int) -> bytes:
-    """``body`` in chunked transfer coding, ``size`` bytes a chunk."""
-    out = b""
-    for i in range(0, len(body), size):
-        piece = body[i : i + size]
-        out += b"%x\r\n%s\r\n" % (len(piece), piece)
-    return out + b"0\r\n\r\n"
-
 
 @pytest.fixture
 def host() -> FakeHost:
@@ -289,7 +135,7 @@ def test_session_id_is_quoted_in_location() -> None:
     class OddIds(FakeHost):
         """Hands out one awkward id."""
 
-        def open_session(self, offer_sdp: str) -> OpenedSession:
+        def open_session(self, offer_sdp: str, settings: object = None) -> OpenedSession:
             return OpenedSession("a/b c", ANSWER)
 
     odd = OddIds()
@@ -354,17 +200,13 @@ def test_wrong_content_type_415(site: server.Site, host: FakeHost, content_type:
 
 
 def test_too_large_by_content_length_413(host: FakeHost) -> None:
-    """A declared length over the cap is 413, and none of the body is buffered."""
+    """A declared length over the cap is 413 at once, before any of the body is sent or read."""
     site = make_site(host, max_body_bytes=100)
     conn = Connection(site)
     conn.send(
         b"POST /v1/realtime/calls HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n"
         b"Content-Length: 5000\r\n\r\n"
     )
-    request = conn.protocol._channel.requests[-1]
-    conn.send(b"x" * 4000)
-    assert request.content.tell() == 0
-    conn.send(b"x" * 1000)
     resp = conn.response()
     assert resp.status == 413
     assert resp.header("connection") == "close"
@@ -467,10 +309,10 @@ def test_delete_whip_204(site: server.Site, host: FakeHost) -> None:
 
 
 def test_delete_unknown_404(site: server.Site, host: FakeHost) -> None:
-    """DELETE of an unknown id is 404."""
+    """DELETE of an unknown id is 404, and the host is not even asked."""
     resp = call(site, "DELETE", "/v1/realtime/calls/nope")
     assert resp.status == 404
-    assert host.closed == [("nope", "client hung up")]
+    assert host.closed == []
 
 
 def test_delete_twice_404(site: server.Site, host: FakeHost) -> None:
@@ -636,7 +478,7 @@ def test_cors_preflight_allowed(host: FakeHost) -> None:
     assert resp.status == 204
     assert resp.header("access-control-allow-origin") == "https://app.example"
     methods = {m.strip() for m in (resp.header("access-control-allow-methods") or "").split(",")}
-    assert methods == {"POST", "PATCH", "DELETE", "OPTIONS"}
+    assert methods == {"GET", "POST", "PATCH", "DELETE", "OPTIONS"}
     allowed_headers = {h.strip().lower() for h in (resp.header("access-control-allow-headers") or "").split(",")}
     assert {"content-type", "authorization"} <= allowed_headers
     assert_nothing_allocated(host)
@@ -647,7 +489,7 @@ def test_cors_preflight_on_session(host: FakeHost) -> None:
     site = make_site(host, cors_origins=["*"])
     resp = call(site, "OPTIONS", "/v1/whip/s1", Origin="https://any.example", Access_Control_Request_Method="DELETE")
     assert resp.status == 204
-    assert resp.header("access-control-allow-origin") == "https://any.example"
+    assert resp.header("access-control-allow-origin") == "*"
     assert host.closed == []
 
 
@@ -667,7 +509,7 @@ def test_cors_post_exposes_location(host: FakeHost) -> None:
     resp = post_offer(site, Origin="https://app.example")
     assert resp.status == 201
     assert resp.header("access-control-allow-origin") == "https://app.example"
-    assert resp.header("access-control-expose-headers") == "Location, ETag"
+    assert {"Location", "ETag"} <= set((resp.header("access-control-expose-headers") or "").split(", "))
     assert resp.header("vary") == "Origin"
 
 
@@ -677,7 +519,7 @@ def test_cors_on_errors_too(host: FakeHost) -> None:
     site = make_site(host, cors_origins=["*"])
     resp = post_offer(site, Origin="http://localhost:3000")
     assert resp.status == 503
-    assert resp.header("access-control-allow-origin") == "http://localhost:3000"
+    assert resp.header("access-control-allow-origin") == "*"
 
 
 def test_no_cors_by_default(site: server.Site) -> None:

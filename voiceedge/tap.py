@@ -101,6 +101,6 @@ def makeService(config: Options, clock: IReactorTime | None = None) -> service.M
     transceiver = transceiver_tap.build_transceiver(
         transceiver_settings, route, settings.speech, config.agent, clock, top
     )
-    transceiver_tap.build_signaling(settings.signaling, transceiver, top, [relay.metrics])
+    transceiver_tap.build_signaling(settings.signaling, transceiver, top, [relay.metrics], clock)
     return top
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from zope.interface import Attribute
 
 from voiceedge.config import Address
@@ -17,7 +19,11 @@ class IFleetTransceiver(ISessionHost):
     accepting = Attribute("False while draining: new offers are refused with 503.")
 
     def open_session(
-        offer_sdp: str, *, candidate: Address | None = None, session_id: str | None = None
+        offer_sdp: str,
+        settings: Mapping[str, Any] | None = None,
+        *,
+        candidate: Address | None = None,
+        session_id: str | None = None,
     ) -> OpenedSession:
         """As :meth:`ISessionHost.open_session`, with the front door's choices.
 

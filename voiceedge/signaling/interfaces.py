@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 from zope.interface import Interface
 
@@ -52,9 +53,12 @@ class PatchedSession:
 class ISessionHost(Interface):
     """Opens and ends sessions for SDP offers (a transceiver, or a proxy to one)."""
 
-    def open_session(offer_sdp: str) -> OpenedSession:
+    def open_session(offer_sdp: str, settings: Mapping[str, Any] | None = None) -> OpenedSession:
         """Parse ``offer_sdp``, allocate a session and return its answer.
 
+        ``settings`` is the session configuration the caller's client secret
+        carried (OpenAI's ``session`` object of ``POST
+        /v1/realtime/client_secrets``), for the session to start with.
         Raises :class:`SessionRefused` (400 for an offer that does not parse
         or lacks what WebRTC needs, 406 when no Opus is offered, 503 at the
         session cap). Nothing stays allocated when it raises.
@@ -79,4 +83,11 @@ class ISessionHost(Interface):
         404 no such session, 400 a body that does not parse, 412 an
         ``If-Match`` that names other credentials, 422 a re-offer that
         changes more than ICE.
+        """
+
+    def add_end_listener(listener: Callable[[str], None]) -> None:
+        """Call ``listener(session_id)`` whenever a session ends, however it ends.
+
+        Signaling keeps who opened each session, and the calls each API key
+        holds, until it hears of the end here.
         """

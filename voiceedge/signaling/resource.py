@@ -1,12 +1,19 @@
 # -*- test-case-name: tests.test_signaling -*-
-"""HTTP signaling: SDP offer/answer over POST (OpenAI Realtime and WHIP spellings), DELETE, health, demo page."""
+"""HTTP signaling: SDP offer/answer over POST (OpenAI Realtime and WHIP spellings), client secrets, DELETE, health, demo page.
+
+Every API request passes a :class:`Gate` first: CORS, the client address's
+rate, the caller's credential (``401``), the key's rate and concurrent calls
+(``429``); a session is read, restarted or ended only by the credential that
+opened it (``404`` for anyone else).
+"""
 
 from __future__ import annotations
 
-import io
+import collections
 import json
+import math
 from pathlib import Path
-from typing import IO, Callable, cast, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence, cast
 from urllib.parse import quote
 
 from twisted.internet import defer
@@ -16,10 +23,23 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
 
+from voiceedge.signaling.auth import (
+    Caller,
+    ClientSecrets,
+    Credentials,
+    ICredentialChecker,
+    Purpose,
+    TooManySecrets,
+    Unauthorized,
+)
+from voiceedge.signaling.cors import CorsPolicy
 from voiceedge.signaling.interfaces import SDPFRAG_TYPE, ISessionHost, OpenedSession, SessionRefused
+from voiceedge.signaling.limits import CallLimits, TokenBuckets, address_key
+from voiceedge.signaling.ownership import SessionLedger
 from voiceedge.signaling.settings import SignalingSettings
+from voiceedge.signaling.site import SignalingRequest, SignalingSite
 
-__all__ = ["build_site", "SignalingSite", "SignalingRequest", "STATIC_DIR"]
+__all__ = ["build_site", "Gate", "HttpRefusal", "SignalingSite", "SignalingRequest", "STATIC_DIR"]
 
 log = Logger()
 
@@ -27,9 +47,11 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 _SDP_TYPE = b"application/sdp"
 _TEXT_TYPE = b"text/plain; charset=utf-8"
-_CORS_METHODS = b"POST, PATCH, DELETE, OPTIONS"
-_CORS_HEADERS = b"Content-Type, Authorization"
-_CORS_MAX_AGE = b"600"
+_JSON_TYPE = b"application/json"
+# A client secret's session settings, as JSON: bounded, since each unspent
+# secret keeps its settings in memory.
+MAX_SETTINGS_BYTES = 8192
+MIN_SECRET_TTL = 10
 
 # Content types for the demo page's assets; anything else is not served.
 _ASSET_TYPES: Mapping[str, bytes] = {
@@ -47,102 +69,22 @@ _DEMO_CSP = (
 )
 
 
-class SignalingRequest(server.Request):
-    """A request that never buffers more than the site's body cap.
-
-    Twisted reads the whole body before a resource sees it; this keeps at most
-    ``max_body_bytes`` of it (discarding the rest) and remembers that the cap
-    was crossed, so an oversized offer costs bandwidth but not memory. A
-    declared ``Content-Length`` over the cap is refused without buffering a
-    single byte; a chunked body is cut off as soon as it crosses the cap.
-    """
-
-    body_too_large: bool = False
-
-    def _body_cap(self) -> int | None:
-        site = getattr(self.channel, "site", None)
-        cap = getattr(site, "max_body_bytes", None)
-        return cap if isinstance(cap, int) else None
-
-    def gotLength(self, length: int | None) -> None:
-        """Refuse a declared length over the cap before any byte arrives."""
-        cap = self._body_cap()
-        if cap is not None and length is not None and length > cap:
-            self.body_too_large = True
-            self.content = io.BytesIO()  # type: ignore[assignment]
-            return
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        """Keep body bytes up to the cap; past it keep nothing."""
-        if self.body_too_large:
-            return
-        cap = self._body_cap()
-        content = cast(IO[bytes], self.content)
-        if cap is not None and content.tell() + len(data) > cap:
-            self.body_too_large = True
-            # Drop what was buffered too: none of it will be used.
-            content.close()
-            self.content = io.BytesIO()  # type: ignore[assignment]
-            return
-        content.write(data)
-
-
-class SignalingSite(server.Site):
-    """A :class:`~twisted.web.server.Site` that caps request bodies."""
-
-    requestFactory = SignalingRequest
-    displayTracebacks = False
-
-    def __init__(
-        self,
-        resource: IResource,
-        *,
-        max_body_bytes: int,
-        reactor: IReactorTime | None = None,
-    ) -> None:
-        super().__init__(resource, requestFactory=SignalingRequest, reactor=reactor)
-        self.max_body_bytes = max_body_bytes
-
-
-class _Cors:
-    """Which origins may call the API from a browser, and the headers that say so."""
-
-    def __init__(self, origins: Sequence[str]) -> None:
-        self.any = "*" in origins
-        self.origins = frozenset(o.encode("ascii", "replace") for o in origins if o != "*")
-        self.enabled = self.any or bool(self.origins)
-
-    def allowed_origin(self, request: server.Request) -> bytes | None:
-        """The request's Origin if it may read our answers, else ``None``."""
-        if not self.enabled:
-            return None
-        origin = request.getHeader(b"origin")
-        if origin is None:
-            return None
-        if self.any or origin in self.origins:
-            return origin
-        return None
-
-    def decorate(self, request: server.Request) -> bool:
-        """Add the CORS response headers when allowed; ``True`` if they were added."""
-        if not self.enabled:
-            return False
-        # Caches must not hand one origin's answer to another.
-        request.setHeader(b"Vary", b"Origin")
-        origin = self.allowed_origin(request)
-        if origin is None:
-            return False
-        request.setHeader(b"Access-Control-Allow-Origin", origin)
-        request.setHeader(b"Access-Control-Expose-Headers", b"Location, ETag")
-        return True
-
-
 def _text(request: server.Request, status: int, message: str) -> bytes:
     """Answer ``status`` with a one-line text/plain body."""
     body = (message.rstrip("\n") + "\n").encode("utf-8")
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", _TEXT_TYPE)
+    request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+    request.setHeader(b"Cache-Control", b"no-store")
+    return body
+
+
+def _json_error(request: server.Request, status: int, message: str) -> bytes:
+    """Answer ``status`` with an error body shaped as OpenAI's API shapes them."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = json.dumps({"error": {"message": message, "type": kind}}).encode("utf-8")
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", _JSON_TYPE)
     request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
     request.setHeader(b"Cache-Control", b"no-store")
     return body
@@ -156,24 +98,121 @@ def _media_type(request: server.Request) -> bytes | None:
     return value.split(b";", 1)[0].strip().lower()
 
 
+class HttpRefusal(Exception):
+    """Stop handling a request and answer ``status`` with ``reason`` and ``headers``."""
+
+    def __init__(self, status: int, reason: str, headers: Mapping[bytes, bytes] = {}) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.headers = dict(headers)
+
+
+class Gate:
+    """What every API request passes before it acts: credentials, rates, caps, ownership.
+
+    One gate serves one site; a fleet front door builds its own around its
+    own :class:`ICredentialChecker` and :class:`SessionLedger`.
+    """
+
+    def __init__(
+        self,
+        checker: ICredentialChecker,
+        cors: CorsPolicy,
+        ledger: SessionLedger,
+        limits: CallLimits,
+        clock: IReactorTime,
+        refusals: collections.Counter[str] | None = None,
+    ) -> None:
+        self.checker = checker
+        self.cors = cors
+        self.ledger = ledger
+        self.limits = limits
+        self.address_rate = TokenBuckets(clock, limits.per_address)
+        self.key_rate = TokenBuckets(clock, limits.per_key)
+        self.refusals: collections.Counter[str] = collections.Counter() if refusals is None else refusals
+
+    def caller(self, request: server.Request, purpose: Purpose) -> Caller:
+        """The authenticated caller, or a ``401`` refusal with ``WWW-Authenticate``."""
+        try:
+            return self.checker.caller_for(request.getHeader(b"authorization"), purpose)
+        except Unauthorized as e:
+            self.refusals["unauthorized"] += 1
+            raise HttpRefusal(http.UNAUTHORIZED, e.reason, {b"WWW-Authenticate": e.challenge()}) from None
+
+    def limit_address(self, request: server.Request) -> None:
+        """Take a token from the client address's bucket, or refuse with ``429``."""
+        peer = request.getClientAddress()
+        wait = self.address_rate.take(address_key(str(getattr(peer, "host", peer))))
+        if wait:
+            self.refusals["rate_per_address"] += 1
+            raise _too_many("too many calls from this address", wait)
+
+    def admit_call(self, request: server.Request) -> Caller:
+        """Check everything a new call needs before its offer is read; hold its key's place.
+
+        The caller returned holds a place under its key's cap (and may have
+        spent a client secret): :meth:`call_opened` or :meth:`call_failed`
+        must follow.
+        """
+        self.limit_address(request)
+        caller = self.caller(request, Purpose.NEW_CALL)
+        if caller.key_name is not None:
+            wait = self.key_rate.take(caller.key_name)
+            if wait:
+                self.refusals["rate_per_key"] += 1
+                self.checker.refund(caller)
+                raise _too_many("too many calls for this key", wait)
+        if not self.ledger.reserve(caller):
+            self.refusals["calls_per_key"] += 1
+            self.checker.refund(caller)
+            raise _too_many("this key has as many calls open as it may", self.limits.retry_after_at_cap)
+        return caller
+
+    def call_opened(self, session_id: str, caller: Caller) -> None:
+        """The admitted caller's call is open as ``session_id``."""
+        self.ledger.opened(session_id, caller)
+
+    def call_failed(self, caller: Caller) -> None:
+        """The admitted caller's call did not open: free its place, give back its secret."""
+        self.ledger.cancel(caller)
+        self.checker.refund(caller)
+
+    def session_caller(self, request: server.Request, session_id: str) -> Caller:
+        """The caller, if it may manage ``session_id``; ``401`` without a credential, else ``404``."""
+        caller = self.caller(request, Purpose.SESSION)
+        if not self.ledger.may_manage(session_id, caller):
+            self.refusals["not_owner"] += 1
+            raise HttpRefusal(http.NOT_FOUND, "no such session")
+        return caller
+
+
+def _too_many(reason: str, wait: float) -> HttpRefusal:
+    seconds = max(1, math.ceil(wait))
+    return HttpRefusal(429, reason, {b"Retry-After": str(seconds).encode("ascii")})
+
+
 class _Endpoint(Resource):
     """A resource that answers a fixed set of methods, CORS included, in plain text."""
 
     methods: ClassVar[tuple[bytes, ...]] = ()
 
-    def __init__(self, cors: _Cors) -> None:
+    def __init__(self, cors: CorsPolicy) -> None:
         super().__init__()
         self.cors = cors
 
     def _allow(self) -> bytes:
         return b", ".join(self.methods + (b"OPTIONS",))
 
+    def _error(self, request: server.Request, status: int, reason: str) -> bytes:
+        return _text(request, status, reason)
+
     def render(self, request: server.Request) -> bytes | int:
-        """Dispatch on the method; OPTIONS and unknown methods are answered here."""
+        """Dispatch on the method; OPTIONS, unknown methods and refusals are answered here."""
         self.cors.decorate(request)
         if self.isLeaf and request.postpath:
             # A path below a leaf (``/healthz/x``, ``/calls/<id>/x``) names nothing.
-            return _text(request, http.NOT_FOUND, "not found")
+            return self._error(request, http.NOT_FOUND, "not found")
         method = request.method
         if method == b"HEAD" and b"GET" in self.methods:
             method = b"GET"
@@ -181,20 +220,26 @@ class _Endpoint(Resource):
             return self._options(request)
         if method not in self.methods:
             request.setHeader(b"Allow", self._allow())
-            return _text(request, http.NOT_ALLOWED, "method not allowed")
+            return self._error(request, http.NOT_ALLOWED, "method not allowed")
         handler: Callable[[server.Request], bytes | int] = getattr(
             self, "render_" + method.decode("ascii")
         )
-        return handler(request)
+        try:
+            self.check(request)
+            return handler(request)
+        except HttpRefusal as refusal:
+            for name, value in refusal.headers.items():
+                request.setHeader(name, value)
+            return self._error(request, refusal.status, refusal.reason)
+
+    def check(self, request: server.Request) -> None:
+        """Raise :class:`HttpRefusal` before any method runs (a subclass's access rule)."""
 
     def _options(self, request: server.Request) -> bytes:
-        """Answer a CORS preflight (or a plain OPTIONS) with what is allowed."""
+        """Answer a CORS preflight (or a plain OPTIONS) with what is allowed; no credential needed."""
         request.setResponseCode(http.NO_CONTENT)
         request.setHeader(b"Allow", self._allow())
-        if self.cors.allowed_origin(request) is not None:
-            request.setHeader(b"Access-Control-Allow-Methods", _CORS_METHODS)
-            request.setHeader(b"Access-Control-Allow-Headers", _CORS_HEADERS)
-            request.setHeader(b"Access-Control-Max-Age", _CORS_MAX_AGE)
+        self.cors.preflight(request)
         return b""
 
 
@@ -212,15 +257,16 @@ class _NotFound(_Endpoint):
 
 
 class CallsResource(_Endpoint):
-    """``POST`` an SDP offer here to open a session; ``/<id>`` children end them."""
+    """``POST`` an SDP offer here to open a session; ``/<id>`` children are the sessions."""
 
     methods = (b"POST",)
 
     def __init__(
-        self, host: ISessionHost, cors: _Cors, location_prefix: str, max_body_bytes: int
+        self, host: ISessionHost, gate: Gate, location_prefix: str, max_body_bytes: int
     ) -> None:
-        super().__init__(cors)
+        super().__init__(gate.cors)
         self.host = host
+        self.gate = gate
         self.max_body_bytes = max_body_bytes
         self.location_prefix = location_prefix.rstrip("/")
 
@@ -232,48 +278,62 @@ class CallsResource(_Endpoint):
             session_id = path.decode("utf-8")
         except UnicodeDecodeError:
             return _NotFound(self.cors)
-        return SessionResource(self.host, self.cors, session_id, self.max_body_bytes)
+        return SessionResource(self.host, self.gate, session_id, self.max_body_bytes)
 
     def render_POST(self, request: server.Request) -> bytes | int:
-        """Validate the offer, ask the host for an answer, answer 201 with it."""
-        if _media_type(request) != _SDP_TYPE:
-            return _text(
-                request, http.UNSUPPORTED_MEDIA_TYPE, "the offer must be Content-Type: application/sdp"
-            )
-        if getattr(request, "body_too_large", False):
-            return self._too_large(request)
-        body = request.content.read() if request.content is not None else b""
-        if len(body) > self.max_body_bytes:
-            return self._too_large(request)
+        """Admit the caller, validate the offer, ask the host for an answer, answer 201 with it."""
+        caller = self.gate.admit_call(request)
         try:
-            offer = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return _text(request, http.BAD_REQUEST, "the offer is not UTF-8")
-        if not offer.strip():
-            return _text(request, http.BAD_REQUEST, "the offer is empty")
+            offer = self._offer(request)
+        except HttpRefusal:
+            self.gate.call_failed(caller)
+            raise
 
         finished = request.notifyFinish()
         gone: list[Failure] = []
         finished.addErrback(gone.append)
-        d = defer.maybeDeferred(self.host.open_session, offer)
+        d: defer.Deferred[OpenedSession] = defer.maybeDeferred(
+            cast(Callable[..., OpenedSession], self.host.open_session), offer, caller.settings
+        )
         d.addCallbacks(
             self._answered,
             self._refused,
-            callbackArgs=(request, gone),
-            errbackArgs=(request, gone),
+            callbackArgs=(request, gone, caller),
+            errbackArgs=(request, gone, caller),
         )
-        d.addErrback(self._crashed, request, gone)
+        d.addErrback(self._crashed, request, gone, caller)
         return server.NOT_DONE_YET
 
-    def _too_large(self, request: server.Request) -> bytes:
+    def _offer(self, request: server.Request) -> str:
+        if _media_type(request) != _SDP_TYPE:
+            raise HttpRefusal(http.UNSUPPORTED_MEDIA_TYPE, "the offer must be Content-Type: application/sdp")
+        if getattr(request, "body_too_large", False):
+            self._close_after(request)
+            raise HttpRefusal(http.REQUEST_ENTITY_TOO_LARGE, "the offer is too large")
+        body = request.content.read() if request.content is not None else b""
+        if len(body) > self.max_body_bytes:
+            self._close_after(request)
+            raise HttpRefusal(http.REQUEST_ENTITY_TOO_LARGE, "the offer is too large")
+        try:
+            offer = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpRefusal(http.BAD_REQUEST, "the offer is not UTF-8") from None
+        if not offer.strip():
+            raise HttpRefusal(http.BAD_REQUEST, "the offer is empty")
+        return offer
+
+    @staticmethod
+    def _close_after(request: server.Request) -> None:
         # The rest of the body was never read into memory; do not keep the
         # connection for another request behind it.
         request.setHeader(b"Connection", b"close")
         if request.channel is not None:
             request.channel.persistent = False
-        return _text(request, http.REQUEST_ENTITY_TOO_LARGE, "the offer is too large")
 
-    def _answered(self, opened: OpenedSession, request: server.Request, gone: list[Failure]) -> None:
+    def _answered(
+        self, opened: OpenedSession, request: server.Request, gone: list[Failure], caller: Caller
+    ) -> None:
+        self.gate.call_opened(opened.session_id, caller)
         if gone:
             # The client left before it could learn the session; nobody will DELETE it.
             self.host.close_session(opened.session_id, "client went away before the answer")
@@ -290,8 +350,11 @@ class CallsResource(_Endpoint):
         request.write(body)
         request.finish()
 
-    def _refused(self, failure: Failure, request: server.Request, gone: list[Failure]) -> None:
+    def _refused(
+        self, failure: Failure, request: server.Request, gone: list[Failure], caller: Caller
+    ) -> None:
         failure.trap(SessionRefused)
+        self.gate.call_failed(caller)
         refusal = cast(SessionRefused, failure.value)
         if gone:
             return
@@ -299,8 +362,12 @@ class CallsResource(_Endpoint):
         request.write(_text(request, status, refusal.reason))
         request.finish()
 
-    def _crashed(self, failure: Failure, request: server.Request, gone: list[Failure]) -> None:
+    def _crashed(
+        self, failure: Failure, request: server.Request, gone: list[Failure], caller: Caller
+    ) -> None:
         log.failure("opening a session failed", failure)
+        if not failure.check(SessionRefused):
+            self.gate.call_failed(caller)
         if gone or request.finished:
             return
         request.write(_text(request, http.INTERNAL_SERVER_ERROR, "internal error"))
@@ -308,16 +375,21 @@ class CallsResource(_Endpoint):
 
 
 class SessionResource(_Endpoint):
-    """One session: ``GET`` its live numbers, ``PATCH`` an ICE restart, ``DELETE`` it to hang up."""
+    """One session: ``GET`` its live numbers, ``PATCH`` an ICE restart, ``DELETE`` it to hang up; only for whoever opened it."""
 
     methods = (b"GET", b"PATCH", b"DELETE")
     isLeaf = True
 
-    def __init__(self, host: ISessionHost, cors: _Cors, session_id: str, max_body_bytes: int = 65536) -> None:
-        super().__init__(cors)
+    def __init__(self, host: ISessionHost, gate: Gate, session_id: str, max_body_bytes: int = 65536) -> None:
+        super().__init__(gate.cors)
         self.host = host
+        self.gate = gate
         self.session_id = session_id
         self.max_body_bytes = max_body_bytes
+
+    def check(self, request: server.Request) -> None:
+        """Every method needs the credential that opened the session: ``401`` without one, ``404`` for another."""
+        self.gate.session_caller(request, self.session_id)
 
     def render_PATCH(self, request: server.Request) -> bytes:
         """RFC 9725 §4.3: trickled candidates (204) or an ICE restart (200 with our new credentials).
@@ -354,7 +426,7 @@ class SessionResource(_Endpoint):
             status = refusal.status if 400 <= refusal.status <= 599 else http.INTERNAL_SERVER_ERROR
             return _text(request, status, refusal.reason)
         except Exception:
-            log.failure("PATCH of session {session_id!r} failed", session_id=self.session_id)
+            log.failure("PATCH of a session failed")
             return _text(request, http.INTERNAL_SERVER_ERROR, "internal error")
         request.setHeader(b"ETag", patched.etag.encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")
@@ -371,7 +443,7 @@ class SessionResource(_Endpoint):
         stats = self.host.session_stats(self.session_id)
         if stats is None:
             return _text(request, http.NOT_FOUND, "no such session")
-        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Type", _JSON_TYPE)
         request.setHeader(b"Cache-Control", b"no-store")
         return json.dumps(stats).encode("utf-8")
 
@@ -380,12 +452,120 @@ class SessionResource(_Endpoint):
         try:
             closed = self.host.close_session(self.session_id, "client hung up")
         except Exception:
-            log.failure("closing session {session_id!r} failed", session_id=self.session_id)
+            log.failure("closing a session failed")
             return _text(request, http.INTERNAL_SERVER_ERROR, "internal error")
         if not closed:
             return _text(request, http.NOT_FOUND, "no such session")
         request.setResponseCode(http.NO_CONTENT)
         return b""
+
+
+class ClientSecretsResource(_Endpoint):
+    """``POST /v1/realtime/client_secrets``: an API key gets a short-lived ``ek_`` secret for a browser.
+
+    The body is OpenAI's: ``{"expires_after": {"anchor": "created_at",
+    "seconds": N}, "session": {...}}``, both optional. The answer is
+    ``{"value": "ek_...", "expires_at": <unix seconds>, "session": {...}}``.
+    The secret opens one call, which gets the ``session`` settings.
+    """
+
+    methods = (b"POST",)
+
+    def __init__(self, gate: Gate, max_ttl: float) -> None:
+        super().__init__(gate.cors)
+        self.gate = gate
+        self.max_ttl = max_ttl
+
+    def _error(self, request: server.Request, status: int, reason: str) -> bytes:
+        return _json_error(request, status, reason)
+
+    def render_POST(self, request: server.Request) -> bytes:
+        """Check the API key and the body; answer 200 with the new secret."""
+        self.gate.limit_address(request)
+        issuer = self.gate.caller(request, Purpose.MINT_SECRET)
+        ttl, settings = self._parse(request)
+        try:
+            issued = self.gate.checker.issue_secret(issuer, ttl, settings)
+        except TooManySecrets:
+            self.gate.refusals["client_secrets_full"] += 1
+            raise _too_many("too many unused client secrets; try again shortly", 10) from None
+        body = json.dumps(
+            {
+                "value": issued.value,
+                "expires_at": int(issued.expires_at),
+                "session": dict(issued.settings) if issued.settings is not None else {"type": "realtime"},
+            }
+        ).encode("utf-8")
+        request.setHeader(b"Content-Type", _JSON_TYPE)
+        request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return body
+
+    def _parse(self, request: server.Request) -> tuple[float | None, Mapping[str, Any] | None]:
+        if getattr(request, "body_too_large", False):
+            raise HttpRefusal(http.REQUEST_ENTITY_TOO_LARGE, "the request is too large")
+        body = request.content.read() if request.content is not None else b""
+        if not body.strip():
+            return None, None
+        if _media_type(request) != _JSON_TYPE:
+            raise HttpRefusal(http.UNSUPPORTED_MEDIA_TYPE, "the body must be Content-Type: application/json")
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            raise HttpRefusal(http.BAD_REQUEST, "the body is not JSON") from None
+        if not isinstance(document, dict):
+            raise HttpRefusal(http.BAD_REQUEST, "the body must be a JSON object")
+        return self._ttl(document.get("expires_after")), self._settings(document.get("session"))
+
+    def _ttl(self, expires_after: Any) -> float | None:
+        if expires_after is None:
+            return None
+        if not isinstance(expires_after, dict):
+            raise HttpRefusal(http.BAD_REQUEST, "expires_after must be an object")
+        anchor = expires_after.get("anchor", "created_at")
+        if anchor != "created_at":
+            raise HttpRefusal(http.BAD_REQUEST, "expires_after.anchor must be 'created_at'")
+        seconds = expires_after.get("seconds")
+        if seconds is None:
+            return None
+        if not isinstance(seconds, int) or isinstance(seconds, bool) or not MIN_SECRET_TTL <= seconds <= self.max_ttl:
+            raise HttpRefusal(
+                http.BAD_REQUEST,
+                f"expires_after.seconds must be a whole number from {MIN_SECRET_TTL} to {int(self.max_ttl)}",
+            )
+        return float(seconds)
+
+    @staticmethod
+    def _settings(session: Any) -> Mapping[str, Any] | None:
+        if session is None:
+            return None
+        if not isinstance(session, dict):
+            raise HttpRefusal(http.BAD_REQUEST, "session must be an object")
+        if session.get("type", "realtime") != "realtime":
+            raise HttpRefusal(http.BAD_REQUEST, "session.type must be 'realtime'")
+        if len(json.dumps(session)) > MAX_SETTINGS_BYTES:
+            raise HttpRefusal(http.REQUEST_ENTITY_TOO_LARGE, f"session is over {MAX_SETTINGS_BYTES} bytes as JSON")
+        return session
+
+
+class AdminResource(_Endpoint):
+    """An operator endpoint (``/metrics``): an API key, unless the service is open."""
+
+    methods = (b"GET",)
+    isLeaf = True
+
+    def __init__(self, gate: Gate, inner: IResource) -> None:
+        super().__init__(gate.cors)
+        self.gate = gate
+        self.inner = inner
+
+    def check(self, request: server.Request) -> None:
+        """Only an API key may read it."""
+        self.gate.caller(request, Purpose.ADMIN)
+
+    def render_GET(self, request: server.Request) -> bytes:
+        """What the wrapped resource renders."""
+        return cast(bytes, self.inner.render(request))
 
 
 class HealthResource(_Endpoint):
@@ -394,7 +574,7 @@ class HealthResource(_Endpoint):
     methods = (b"GET",)
     isLeaf = True
 
-    def __init__(self, host: ISessionHost, cors: _Cors) -> None:
+    def __init__(self, host: ISessionHost, cors: CorsPolicy) -> None:
         super().__init__(cors)
         self.host = host
 
@@ -414,7 +594,7 @@ class StaticAsset(_Endpoint):
     methods = (b"GET",)
     isLeaf = True
 
-    def __init__(self, cors: _Cors, body: bytes, content_type: bytes) -> None:
+    def __init__(self, cors: CorsPolicy, body: bytes, content_type: bytes) -> None:
         super().__init__(cors)
         self.body = body
         self.content_type = content_type
@@ -433,7 +613,7 @@ class StaticAsset(_Endpoint):
 class _Root(Resource):
     """The site root: named children, plain-text 404 for the rest."""
 
-    def __init__(self, cors: _Cors) -> None:
+    def __init__(self, cors: CorsPolicy) -> None:
         super().__init__()
         self.cors = cors
 
@@ -446,7 +626,7 @@ class _Root(Resource):
         return _NotFound(self.cors).render(request)
 
 
-def _demo_assets(cors: _Cors, directory: Path = STATIC_DIR) -> dict[bytes, Resource]:
+def _demo_assets(cors: CorsPolicy, directory: Path = STATIC_DIR) -> dict[bytes, Resource]:
     """The demo page's files, by URL name; ``index.html`` is also the root."""
     assets: dict[bytes, Resource] = {}
     for path in sorted(directory.iterdir()):
@@ -466,32 +646,51 @@ def build_site(
     host: ISessionHost,
     settings: SignalingSettings = SignalingSettings(),
     *,
+    checker: ICredentialChecker | None = None,
     extra: Mapping[bytes, IResource] = {},
+    admin: Mapping[bytes, IResource] = {},
     reactor: IReactorTime | None = None,
-) -> server.Site:
+) -> SignalingSite:
     """Build the signaling site for ``host`` as ``settings`` say.
 
     Routes: ``POST /v1/realtime/calls`` and ``POST /v1/whip`` (an SDP offer in,
-    ``201`` with the answer and ``Location`` out), ``DELETE`` on that
-    ``Location``, ``GET /healthz``, and with ``demo_page`` the demo at ``/``.
-    ``extra`` children (``b"metrics"``, ...) are mounted at the root.
-    ``reactor`` is for connection timeouts (tests pass a clock).
+    ``201`` with the answer and ``Location`` out), ``GET``/``DELETE`` on that
+    ``Location``, ``POST /v1/realtime/client_secrets``, ``GET /healthz``, and
+    with ``demo_page`` the demo at ``/``. ``extra`` children are mounted at
+    the root as they are; ``admin`` children (``b"metrics"``) need an API
+    key unless the service is open. ``checker`` defaults to the one
+    ``settings`` describe (its keys file loaded now). ``reactor`` is the clock
+    of deadlines and rate limits (tests pass a Clock).
     """
-    max_body_bytes = settings.max_body_bytes
-    if max_body_bytes < 1:
-        raise ValueError(f"max_body_bytes must be positive, not {max_body_bytes}")
-    cors = _Cors(settings.cors_origins)
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = cast(IReactorTime, global_reactor)
+    if checker is None:
+        checker = settings.checker(reactor)
+    http_limits = settings.http_limits
+    call_limits = settings.call_limits
+    cors = CorsPolicy(settings.cors_origins)
     root = _Root(cors)
+    site = SignalingSite(root, limits=http_limits, reactor=reactor)
+    ledger = SessionLedger(call_limits.max_calls_per_key)
+    host.add_end_listener(ledger.ended)
+    gate = Gate(checker, cors, ledger, call_limits, reactor, site.refusals)
+    site.gate = gate
+    cap = http_limits.max_body_bytes
     v1 = _Root(cors)
     realtime = _Root(cors)
     root.putChild(b"v1", v1)
     v1.putChild(b"realtime", realtime)
-    realtime.putChild(b"calls", CallsResource(host, cors, "/v1/realtime/calls", max_body_bytes))
-    v1.putChild(b"whip", CallsResource(host, cors, "/v1/whip", max_body_bytes))
+    realtime.putChild(b"calls", CallsResource(host, gate, "/v1/realtime/calls", cap))
+    realtime.putChild(b"client_secrets", ClientSecretsResource(gate, settings.client_secret_max_ttl))
+    v1.putChild(b"whip", CallsResource(host, gate, "/v1/whip", cap))
     root.putChild(b"healthz", HealthResource(host, cors))
     if settings.demo_page:
         for name, asset in _demo_assets(cors).items():
             root.putChild(name, asset)
     for name, child in extra.items():
         root.putChild(name, child)
-    return SignalingSite(root, max_body_bytes=max_body_bytes, reactor=reactor)
+    for name, child in admin.items():
+        root.putChild(name, AdminResource(gate, child))
+    return site

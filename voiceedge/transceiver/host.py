@@ -7,7 +7,7 @@ import collections
 import dataclasses
 import ipaddress
 import secrets
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -157,6 +157,7 @@ class Transceiver:
             collections.OrderedDict()
         )
         self._sending: set[Call] = set()
+        self._end_listeners: list[Callable[[str], None]] = []
         self._early_dtls: collections.OrderedDict[Address, tuple[float, list[bytes]]] = (
             collections.OrderedDict()
         )
@@ -202,10 +203,17 @@ class Transceiver:
     # -- ISessionHost -------------------------------------------------------
 
     def open_session(
-        self, offer_sdp: str, *, candidate: Address | None = None, session_id: str | None = None
+        self,
+        offer_sdp: str,
+        settings: Mapping[str, Any] | None = None,
+        *,
+        candidate: Address | None = None,
+        session_id: str | None = None,
     ) -> OpenedSession:
         """Parse the offer, allocate a session, and answer it.
 
+        ``settings`` (a client secret's session configuration) is kept on the
+        session as ``Session.settings`` for the layers above media to apply.
         A front door (through the internal API) may name the ``candidate``
         (its region's relay, instead of ``advertised``) and the
         ``session_id`` (so it can end a session whose answer it never got).
@@ -274,6 +282,7 @@ class Transceiver:
             drops=self.drops,
             probes=self.probes,
         )
+        session.settings = dict(settings) if settings else {}
         call = Call(session, summary, params)
         call.conversation = Conversation(
             session,
@@ -313,6 +322,10 @@ class Transceiver:
         if call.conversation is not None:
             stats.update(call.conversation.stats())
         return stats
+
+    def add_end_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(session_id)`` when any session ends."""
+        self._end_listeners.append(listener)
 
     def session(self, session_id: str) -> Session | None:
         """The session with this id, if it is open."""
@@ -574,6 +587,11 @@ class Transceiver:
             call.timer.cancel()
         call.timer = None
         self.ended[reason.value] += 1
+        for listener in list(self._end_listeners):
+            try:
+                listener(session.session_id)
+            except Exception:
+                self.log.failure("a session end listener failed")
 
     def _arm(self, call: Call) -> None:
         """One timer per session, at its deadline; one that would fire early is left alone."""

@@ -139,6 +139,8 @@ class Session:
     ) -> None:
         self.session_id = session_id
         self.log_id = loggable_id(session_id)
+        # The session configuration a client secret carried (see ISessionHost.open_session).
+        self.settings: dict[str, Any] = {}
         self.ice = ice
         self.dtls = dtls
         self.audio = audio

@@ -10,12 +10,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 from twisted.application import internet, service, strports
 from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
+from twisted.web import server
+from twisted.web.resource import Resource
 
 from voiceedge import config as c
 from voiceedge.agents.interfaces import IAgentType
 from voiceedge.agents.plugin import agent_type
 from voiceedge.fleet.membership import build_membership
-from voiceedge.metrics import MetricsResource, Sample, make_registry
+from voiceedge.metrics import MetricsResource, Sample, SnapshotCollector, make_registry
 from voiceedge.reactors import service_reactors
 from voiceedge.signaling.resource import build_site
 from voiceedge.signaling.settings import SignalingSettings
@@ -168,11 +170,29 @@ def build_signaling(
     transceiver: Transceiver,
     parent: service.MultiService,
     more_metrics: Sequence[Callable[[], Iterable[Sample]]] = (),
+    clock: IReactorTime | None = None,
 ) -> None:
-    """HTTP signaling for ``transceiver``, with its metrics, added to ``parent``."""
+    """HTTP signaling for ``transceiver``, with its metrics, added to ``parent``.
+
+    ``/metrics`` is served on ``metrics_listen`` when set (and only there),
+    else on the signaling listener, where it needs an API key unless the
+    service is open.
+    """
+    clock, _ = service_reactors(clock)
     registry = make_registry(transceiver.metrics, *more_metrics)
-    site = build_site(transceiver, settings, extra={b"metrics": MetricsResource(registry)})
+    metrics = MetricsResource(registry)
+    site = build_site(
+        transceiver,
+        settings,
+        admin={} if settings.metrics_listen else {b"metrics": metrics},
+        reactor=clock,
+    )
+    registry.register(SnapshotCollector(site.metrics))
     strports.service(settings.listen, site).setServiceParent(parent)
+    if settings.metrics_listen:
+        root = Resource()
+        root.putChild(b"metrics", metrics)
+        strports.service(settings.metrics_listen, server.Site(root)).setServiceParent(parent)
 
 
 def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
@@ -183,7 +203,7 @@ def makeService(config: Options, clock: IReactorTime | None = None) -> service.M
     transceiver = build_transceiver(
         settings.transceiver, settings.route, settings.speech, config.agent, clock, top
     )
-    build_signaling(settings.signaling, transceiver, top)
+    build_signaling(settings.signaling, transceiver, top, clock=clock)
     protocol = next(s for s in top if isinstance(s, internet.UDPServer)).args[1]
     build_membership(
         transceiver,
