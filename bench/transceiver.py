@@ -352,7 +352,10 @@ def _wait_healthy(proc: "subprocess.Popen[bytes]", url: str, timeout: float = 20
 def voiceedge_server(log_dir: Path) -> Iterator[tuple[str, int]]:
     """``twistd -n voiceedge`` on free loopback ports with the echo agent: (base URL, pid)."""
     http_port, media_port = free_tcp_port(), free_udp_port()
-    ini = write_allinone_config(log_dir, http_port, media_port, agent={"name": "echo"})
+    # Every call comes from this one address: no per-address call limit here.
+    ini = write_allinone_config(
+        log_dir, http_port, media_port, agent={"name": "echo"}, signaling={"calls_per_minute_per_address": 0}
+    )
     base = f"http://{LOOPBACK}:{http_port}"
     with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=log_dir) as proc:
         yield base, proc.pid

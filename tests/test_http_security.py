@@ -434,8 +434,8 @@ class HeadersTests(SynchronousTestCase):
     def test_access_log_shortens_session_ids(self) -> None:
         """The path of a session is logged with a prefix of its id only."""
         session_id = "AbCdEfGhIjKlMnOpQrStUv"
-        self.assertEqual(redact_uri(b"/v1/realtime/calls/" + session_id.encode()), "/v1/realtime/calls/AbCdEf…".encode())
-        self.assertEqual(redact_uri(b"/v1/whip/" + session_id.encode() + b"?x=1"), "/v1/whip/AbCdEf…?x=1".encode())
+        self.assertEqual(redact_uri(b"/v1/realtime/calls/" + session_id.encode()), b"/v1/realtime/calls/AbCdEf...")
+        self.assertEqual(redact_uri(b"/v1/whip/" + session_id.encode() + b"?x=1"), b"/v1/whip/AbCdEf...?x=1")
         self.assertEqual(redact_uri(b"/healthz"), b"/healthz")
 
 
@@ -566,6 +566,20 @@ class StartUpTests(SynchronousTestCase):
         self.assertRaises(c.ConfigError, self.settings, api_keys_file=empty)
         self.assertRaises(c.ConfigError, self.settings, api_keys_file="/nonexistent")
         self.assertRaises(c.ConfigError, self.settings, cors_origins="null")
+
+    def test_the_internet_example_loads(self) -> None:
+        """etc/voiceedge-internet.ini is a valid all-in-one configuration once its keys file exists, and not without."""
+        from pathlib import Path
+
+        from voiceedge.tap import AllInOneSettings
+
+        text = (Path(__file__).resolve().parent.parent / "etc" / "voiceedge-internet.ini").read_text("utf-8")
+        self.assertRaises(c.ConfigError, c.load_settings, AllInOneSettings, text=text)
+        settings, _ = c.load_settings(AllInOneSettings, text=text.replace("/etc/voiceedge/api-keys", self.keys_file()))
+        self.assertFalse(settings.signaling.open)
+        self.assertTrue(settings.signaling.listen.startswith("ssl:443:"))
+        self.assertEqual(settings.signaling.cors_origins, ("https://app.example.com",))
+        self.assertEqual(settings.relay.ingress, ("203.0.113.10", 3478))
 
     def test_listens_on_loopback(self) -> None:
         """Endpoint strings, escapes included."""

@@ -52,7 +52,11 @@ def rss_kib(pid: int) -> int:
 def allinone(tmp_path: Path) -> Iterator[tuple[str, tuple[str, int], int]]:
     """The all-in-one with a small flow table: (base URL, relay address, pid)."""
     http_port, media_port = free_tcp_port(), free_udp_port()
-    ini = write_allinone_config(tmp_path, http_port, media_port, relay={"max_flows": MAX_FLOWS})
+    # The test opens 60 sessions from one address at once: past the per-address call limit.
+    ini = write_allinone_config(
+        tmp_path, http_port, media_port, relay={"max_flows": MAX_FLOWS},
+        signaling={"calls_per_minute_per_address": 0},
+    )
     base = f"http://127.0.0.1:{http_port}"
     with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp_path) as proc:
         yield base, ("127.0.0.1", media_port), proc.pid

@@ -57,4 +57,4 @@ def loggable_id(session_id: str) -> str:
     The full id names a session in signaling URLs; logs are read by more
     people than should be able to act on a session, so they never carry it.
     """
-    return session_id[:LOGGED_ID_CHARS] + "…"
+    return session_id[:LOGGED_ID_CHARS] + "..."
