@@ -178,6 +178,18 @@ class WhoMayCallTests(SynchronousTestCase):
         resp = call(self.site, "GET", "/metrics", **auth(OTHER))
         self.assertEqual((resp.status, resp.body), (200, b"metrics here\n"))
 
+    def test_refusals_and_secrets_are_counted(self) -> None:
+        """Operators see 401s and client secrets on /metrics."""
+        post_offer(self.site, None)
+        value = json.loads(mint(self.site, KEY).body)["value"]
+        mint(self.site, KEY)
+        post_offer(self.site, value)
+        samples = {(name, tuple(sorted(labels.items()))): v for _, name, _, labels, v in self.site.metrics()}
+        self.assertEqual(samples[("voiceedge_signaling_refusals", (("reason", "unauthorized"),))], 1)
+        self.assertEqual(samples[("voiceedge_client_secrets_issued", ())], 2)
+        self.assertEqual(samples[("voiceedge_client_secrets_spent", ())], 1)
+        self.assertEqual(samples[("voiceedge_client_secrets_unspent", ())], 1)
+
     def test_open_service_needs_nothing(self) -> None:
         """Without keys (loopback default) calls, secrets and metrics are open."""
         site = make_site(self.host, self.clock, open_service=True)

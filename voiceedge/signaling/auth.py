@@ -20,11 +20,12 @@ import hashlib
 import heapq
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import Attribute, Interface, implementer
 
+from voiceedge.metrics import Sample
 from voiceedge.signaling.keys import ApiKeys
 
 __all__ = [
@@ -314,6 +315,13 @@ class Credentials:
             record.settings,
             record,
         )
+
+    def metrics(self) -> Iterator[Sample]:
+        """Samples for :mod:`voiceedge.metrics`: client secrets issued, spent, unspent."""
+        secrets_ = self.client_secrets
+        yield ("counter", "voiceedge_client_secrets_issued", "Client secrets issued.", {}, secrets_.issued)
+        yield ("counter", "voiceedge_client_secrets_spent", "Client secrets that opened a call.", {}, secrets_.spent)
+        yield ("gauge", "voiceedge_client_secrets_unspent", "Client secrets issued, not yet used or expired.", {}, len(secrets_))
 
     def refund(self, caller: Caller) -> None:
         """See :meth:`ICredentialChecker.refund`."""

@@ -280,3 +280,6 @@ class SignalingSite(server.Site):
             {},
             self.connections.total(),
         )
+        checker_metrics = getattr(getattr(self.gate, "checker", None), "metrics", None)
+        if checker_metrics is not None:
+            yield from checker_metrics()
