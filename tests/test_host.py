@@ -831,3 +831,17 @@ def test_session_ids_are_unguessable_and_never_logged_whole(clock: Clock) -> Non
     for session_id in ids:
         assert session_id not in text
         assert session_id[:6] in text
+
+
+def test_settings_reach_the_session_and_every_end_is_heard(clock: Clock) -> None:
+    """A client secret's settings are on Session.settings; end listeners hear hang-ups and timeouts alike."""
+    transceiver, _ = make_transceiver(clock)
+    ended: list[str] = []
+    transceiver.add_end_listener(ended.append)
+    first = transceiver.open_session(offer_sdp(CLIENT_CERT.fingerprint), {"instructions": "Be brief."})
+    session = transceiver.session(first.session_id)
+    assert session is not None and session.settings == {"instructions": "Be brief."}
+    second = transceiver.open_session(offer_sdp(CLIENT_CERT.fingerprint))
+    assert transceiver.close_session(first.session_id, "test")
+    clock.advance(20)  # past the setup timeout: the second never connected
+    assert ended == [first.session_id, second.session_id]

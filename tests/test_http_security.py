@@ -218,6 +218,20 @@ class WhoMayHangUpTests(SynchronousTestCase):
         self.assertEqual(call(self.site, "GET", location, **auth(KEY)).status, 200)
         self.assertEqual(call(self.site, "DELETE", location, **auth(KEY)).status, 204)
 
+    def test_every_session_method_needs_the_owner(self) -> None:
+        """Whatever methods a session answers (PATCH for ICE restart too), another key gets 404 and none 401."""
+        from voiceedge.signaling.resource import SessionResource
+
+        location = post_offer(self.site, KEY).header("location")
+        assert location is not None
+        for method in SessionResource.methods:
+            name = method.decode("ascii")
+            body = OFFER.encode() if name == "PATCH" else b""
+            headers = {"Content_Type": "application/trickle-ice-sdpfrag"} if name == "PATCH" else {}
+            self.assertEqual(call(self.site, name, location, body, **headers).status, 401, name)
+            self.assertEqual(call(self.site, name, location, body, **headers, **auth(OTHER)).status, 404, name)
+        self.assertEqual(self.host.closed, [])
+
     def test_no_credential_is_401(self) -> None:
         """Without a credential the answer is 401, whether the session exists or not."""
         location = post_offer(self.site, KEY).header("location")
@@ -551,6 +565,23 @@ class StartUpTests(SynchronousTestCase):
             self.assertIn("[signaling] listen", str(error))
             self.assertIn("api_keys_file", str(error))
             self.assertIn("auth = none", str(error))
+
+    def test_twistd_refuses_to_start(self) -> None:
+        """``twistd voiceedge`` and ``voiceedge-transceiver`` stop at option parsing, naming the fix."""
+        from twisted.python.usage import UsageError
+
+        from voiceedge import tap
+        from voiceedge.transceiver import tap as transceiver_tap
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[signaling]\nlisten = tcp:8443:interface=0.0.0.0\n")
+        for options in (tap.Options(), transceiver_tap.Options()):
+            error = self.assertRaises(UsageError, options.parseOptions, ["--config", path])
+            self.assertIn("api_keys_file", str(error))
+        with open(path, "a") as f:
+            f.write("auth = none\n")
+        tap.Options().parseOptions(["--config", path])
 
     def test_loopback_may_run_open(self) -> None:
         """The all-in-one default stays open."""

@@ -205,3 +205,53 @@ class RealSocketTests(SynchronousTestCase):
                 conn.close()
         self.assertEqual((status, server_header, body), (200, "voiceedge", b"ok sessions=0\n"))
         self.assertEqual(moved.status, 404)
+
+    def test_keys_client_secrets_and_owners_through_the_real_service(self) -> None:
+        """Issue 9 end to end: keys from the INI's keys file, 401, an ek_ secret opening a call, 404 for another key."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        from voiceedge.signaling import keys
+
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir()
+        web, other = keys.new_api_key(), keys.new_api_key()
+        keys_file = directory / "api-keys"
+        keys_file.write_text(keys.hash_line("web", web) + "\n" + keys.hash_line("other", other) + "\n")
+        port, running = self.service(api_keys_file=str(keys_file), demo_page=False)
+        base = f"http://127.0.0.1:{port}"
+        offer = (REPO / "tests" / "fixtures" / "sdp" / "chrome-offer.sdp").read_bytes()
+
+        def ask(method: str, path: str, key: str | None = None, body: bytes | None = None, kind: str = "application/sdp") -> tuple[int, Any, bytes]:
+            request = urllib.request.Request(base + path, data=body, method=method)
+            if body is not None:
+                request.add_header("Content-Type", kind)
+            if key is not None:
+                request.add_header("Authorization", f"Bearer {key}")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status, response.headers, response.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.headers, e.read()
+
+        with running:
+            status, headers, _ = ask("POST", "/v1/realtime/calls", body=offer)
+            self.assertEqual((status, headers["WWW-Authenticate"]), (401, 'Bearer realm="voiceedge"'))
+            self.assertEqual(ask("GET", "/metrics")[0], 401)
+            status, _, body = ask(
+                "POST", "/v1/realtime/client_secrets", web, json.dumps({"session": {"instructions": "hi"}}).encode(), "application/json"
+            )
+            self.assertEqual(status, 200)
+            secret = json.loads(body)["value"]
+            status, headers, answer = ask("POST", "/v1/realtime/calls", secret, offer)
+            self.assertEqual(status, 201, answer)
+            location = headers["Location"]
+            self.assertEqual(ask("GET", location, other)[0], 404)
+            self.assertEqual(ask("DELETE", location, other)[0], 404)
+            self.assertEqual(ask("GET", location, secret)[0], 200)
+            self.assertEqual(ask("POST", "/v1/realtime/calls", secret, offer)[0], 401)
+            self.assertEqual(ask("DELETE", location, secret)[0], 204)
+            status, _, text = ask("GET", "/metrics", other)
+            self.assertEqual(status, 200)
+            self.assertIn(b"voiceedge_client_secrets_spent_total 1.0", text)
