@@ -426,6 +426,17 @@ class RequestDeadlineTests(SynchronousTestCase):
         self.assertEqual(self.host.offers, [])
 
 
+    def test_no_100_continue_for_a_body_that_will_be_refused(self) -> None:
+        """A client that asks first (Expect: 100-continue) is told 413, never invited to send."""
+        conn = Connection(self.site)
+        conn.send(
+            b"POST /v1/realtime/calls HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 1000000000\r\n\r\n"
+        )
+        self.assertTrue(conn.transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertNotIn(b"100 Continue", conn.transport.value())
+
+
 class ConnectionsPerAddressTests(SynchronousTestCase):
     """Finding 5: a cap on open connections per address (IPv6: per /64)."""
 

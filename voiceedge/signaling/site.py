@@ -130,13 +130,14 @@ class SignalingChannel(http.HTTPChannel):
         super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
-        """Refuse a declared body over the cap now, before reading any of it."""
-        super().allHeadersReceived()
+        """Refuse a declared body over the cap now, before reading any of it (and before any 100 Continue)."""
         length = self.length
-        transport: Any = self.transport
-        if length is not None and length > self.site.max_body_bytes and not transport.disconnecting:
+        if length is not None and length > self.site.max_body_bytes:
+            self.requests[-1].gotLength(length)  # keeps nothing of the body
             self.site.refusals["body_too_large"] += 1
             self._refuse(413, b"Content Too Large", "the request body is too large")
+            return
+        super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
         """The request is in: stop its clock."""
