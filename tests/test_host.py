@@ -845,3 +845,21 @@ def test_settings_reach_the_session_and_every_end_is_heard(clock: Clock) -> None
     assert transceiver.close_session(first.session_id, "test")
     clock.advance(20)  # past the setup timeout: the second never connected
     assert ended == [first.session_id, second.session_id]
+
+
+def test_a_client_secret_may_choose_an_offered_agent(clock: Clock) -> None:
+    """session.agent picks one of the offered agents; an agent not offered is 400 with nothing allocated."""
+    outbox: dict = {}
+    transceiver = Transceiver(
+        clock, SERVER_CERT, EchoAgentFactory(), TransceiverSettings(advertised_address=SERVER),
+        offered_agents={"narrow": EchoAgentFactory(sample_rate=16000)},
+    )
+    transceiver.write = lambda data, dest: outbox.setdefault(dest, []).append(data)
+    chosen = transceiver.open_session(offer_sdp(CLIENT_CERT.fingerprint), {"agent": "narrow"})
+    default = transceiver.open_session(offer_sdp(CLIENT_CERT.fingerprint), {"instructions": "x"})
+    assert transceiver.session(chosen.session_id).sample_rate == 16000  # type: ignore[union-attr]
+    assert transceiver.session(default.session_id).sample_rate == 48000  # type: ignore[union-attr]
+    with pytest.raises(SessionRefused) as refused:
+        transceiver.open_session(offer_sdp(CLIENT_CERT.fingerprint), {"agent": "bridge"})
+    assert refused.value.status == 400 and "narrow" in refused.value.reason
+    assert transceiver.session_count() == 2

@@ -125,3 +125,18 @@ def test_issuing_key_zero_is_used(tmp_path: Path) -> None:
     token = transceiver.make_ufrag()
     assert base64.b64decode(token)[1] == 0  # the key id byte
     assert RouteTokenCodec({0: bytes(32)}, 0).decode(token).transceiver == ("127.0.0.1", 4000)
+
+
+def test_offered_agents_are_loaded_with_their_sections(tmp_path: Path) -> None:
+    """[agent] offered names more agents, each validated in its own section; an unknown one stops start-up."""
+    from voiceedge.transceiver import tap as transceiver_tap
+
+    ini = tmp_path / "t.ini"
+    ini.write_text("[agent]\nname = echo\noffered = parrot, echo\n[agent.echo]\ndelay_ms = 0\n")
+    options = transceiver_tap.Options()
+    options.parseOptions(["--config", str(ini)])
+    assert list(options.agent.offered) == ["parrot"]
+    assert options.agent.offered["parrot"].kind.name == "parrot"
+    ini.write_text("[agent]\nname = echo\noffered = nobody\n")
+    with pytest.raises(usage.UsageError, match=r"\[agent\] offered: no agent named 'nobody'"):
+        transceiver_tap.Options().parseOptions(["--config", str(ini)])

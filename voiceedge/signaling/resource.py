@@ -543,6 +543,8 @@ class ClientSecretsResource(_Endpoint):
             raise HttpRefusal(http.BAD_REQUEST, "session must be an object")
         if session.get("type", "realtime") != "realtime":
             raise HttpRefusal(http.BAD_REQUEST, "session.type must be 'realtime'")
+        if not isinstance(session.get("agent", ""), str):
+            raise HttpRefusal(http.BAD_REQUEST, "session.agent must be an agent's name")
         if len(json.dumps(session)) > MAX_SETTINGS_BYTES:
             raise HttpRefusal(http.REQUEST_ENTITY_TOO_LARGE, f"session is over {MAX_SETTINGS_BYTES} bytes as JSON")
         return session

@@ -129,12 +129,15 @@ class Transceiver:
         *,
         speech: SpeechSettings = SpeechSettings(),
         make_ufrag: Callable[[], str] = random_ufrag,
+        offered_agents: Mapping[str, IAgentFactory] = {},
     ) -> None:
         self.clock = clock
         self.certificate = certificate
         self.settings = settings
         self.advertised = settings.advertised
         self.agent_factory = agent_factory
+        # Agents a client secret may choose for its call, by name (session.agent).
+        self.offered_agents = dict(offered_agents)
         self.max_sessions = settings.max_sessions
         self.setup_timeout = settings.setup_timeout
         self.consent_timeout = settings.consent_timeout
@@ -238,6 +241,7 @@ class Transceiver:
             self.refused[e.status] += 1
             raise SessionRefused(e.status, e.reason) from e
 
+        agent_factory = self._agent_for(settings)
         credentials = new_credentials(self.make_ufrag)
         while session_id is None or session_id in self._by_id:
             session_id = new_session_id()  # 128 random bits
@@ -274,7 +278,7 @@ class Transceiver:
             dtls,
             audio,
             received_at,
-            sample_rate=self.agent_factory.sample_rate,
+            sample_rate=agent_factory.sample_rate,
             grid_origin=self.grid_origin,
             setup_timeout=self.setup_timeout,
             speech=self.speech,
@@ -286,7 +290,7 @@ class Transceiver:
         call = Call(session, summary, params)
         call.conversation = Conversation(
             session,
-            self.agent_factory,
+            agent_factory,
             self.clock,
             lambda: self._service(call),
             barge_in=self.speech.barge_in,
@@ -299,6 +303,18 @@ class Transceiver:
         self._service(call)
         self.log.info("session {id} opened", id=loggable_id(session_id))
         return OpenedSession(session_id, answer, call.etag)
+
+    def _agent_for(self, settings: Mapping[str, Any] | None) -> IAgentFactory:
+        """The agent factory a call's settings choose (``agent``), else the default one."""
+        wanted = settings.get("agent") if settings else None
+        if wanted is None:
+            return self.agent_factory
+        factory = self.offered_agents.get(wanted) if isinstance(wanted, str) else None
+        if factory is None:
+            self.refused[400] += 1
+            offered = ", ".join(sorted(self.offered_agents)) or "none"
+            raise SessionRefused(400, f"session.agent {str(wanted)[:40]!r} is not offered here (offered: {offered})")
+        return factory
 
     def close_session(self, session_id: str, reason: str) -> bool:
         """End a session on request (a signaling DELETE)."""
@@ -745,9 +761,12 @@ class Transceiver:
                 {"event": event},
                 n,
             )
-        if IAgentCounters.providedBy(self.agent_factory):
-            agent = self.agent_factory.name
-            for event, n in self.agent_factory.counters.items():
+        factories = [self.agent_factory, *(f for f in self.offered_agents.values() if f is not self.agent_factory)]
+        for factory in factories:
+            if not IAgentCounters.providedBy(factory):
+                continue
+            agent = factory.name
+            for event, n in factory.counters.items():
                 yield (
                     "counter",
                     "voiceedge_agent_events",

@@ -85,6 +85,11 @@ class AgentSettings:
     """``[agent]``: which agent plugin sits behind every session (its options: ``[agent.<name>]``)."""
 
     name: str = setting(c.nonempty, "echo", "the agent behind every session (an installed agent plugin)")
+    offered: tuple[str, ...] = setting(
+        c.words,
+        "",
+        "more agents a client secret may choose per call (its session.agent), each set up in [agent.<name>]",
+    )
 
 
 @dataclass(frozen=True, slots=True)

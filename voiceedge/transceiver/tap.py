@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import configparser
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
@@ -49,38 +50,51 @@ S = TypeVar("S")
 
 @dataclass(frozen=True, slots=True)
 class Agent:
-    """The agent an INI file chose: its type, and its parsed ``[agent.<name>]`` options."""
+    """The agent an INI file chose: its type, its parsed ``[agent.<name>]`` options, and the others it offers.
+
+    ``offered`` are the agents (``[agent] offered``) a client secret may
+    choose for its call by name, each with its own section's options.
+    """
 
     kind: IAgentType
     options: Mapping[str, Any]
+    offered: Mapping[str, "Agent"] = dataclasses.field(default_factory=dict)
 
     def make_factory(self, clock: IReactorTime) -> Any:
         """The agent factory for every session of a transceiver."""
         return self.kind.make_factory(dict(self.options), clock)
 
+    def make_factories(self, clock: IReactorTime) -> dict[str, Any]:
+        """A factory for each offered agent, by name."""
+        return {name: agent.make_factory(clock) for name, agent in self.offered.items()}
 
-def _agent_name(path: str | None) -> str:
-    """The [agent] name a file chooses, read before the full schema is known."""
+
+def _agent_names(path: str | None) -> tuple[str, list[str]]:
+    """The [agent] name and offered names a file chooses, read before the full schema is known."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
         if path is not None:
             parser.read(path, encoding="utf-8")
     except (configparser.Error, UnicodeDecodeError):
         pass  # load_settings reports it properly
-    return parser.get("agent", "name", fallback="echo").strip()
+    offered = c.words(parser.get("agent", "offered", fallback=""))
+    return parser.get("agent", "name", fallback="echo").strip(), list(dict.fromkeys(offered))
 
 
 def load_with_agent(service_settings: type[S], path: str | None) -> tuple[S, Agent]:
-    """Validate ``path`` (or take every default) into ``service_settings`` plus the chosen agent's section."""
+    """Validate ``path`` (or take every default) into ``service_settings`` plus the agents' sections."""
     source = path or "<embedded defaults>"
-    name = _agent_name(path)
-    try:
-        kind = agent_type(name)
-    except ValueError as e:
-        raise c.ConfigError(f"{source}: [agent] name: {e}") from None
-    section = f"agent.{name}"
-    settings, conf = c.load_settings(service_settings, path, extra={section: kind.options})
-    return settings, Agent(kind, conf[section])
+    name, offered = _agent_names(path)
+    kinds: dict[str, IAgentType] = {}
+    for key, wanted in [("name", name)] + [("offered", n) for n in offered]:
+        try:
+            kinds[wanted] = agent_type(wanted)
+        except ValueError as e:
+            raise c.ConfigError(f"{source}: [agent] {key}: {e}") from None
+    extra = {f"agent.{n}": kind.options for n, kind in kinds.items()}
+    settings, conf = c.load_settings(service_settings, path, extra=extra)
+    others = {n: Agent(kinds[n], conf[f"agent.{n}"]) for n in offered if n != name}
+    return settings, Agent(kinds[name], conf[f"agent.{name}"], others)
 
 
 class Options(usage.Options):
@@ -152,6 +166,7 @@ def build_transceiver(
         agent.make_factory(clock),
         settings,
         speech=speech,
+        offered_agents=agent.make_factories(clock),
         make_ufrag=route_ufrags(route, lambda: route_address(route, protocols[0])),
     )
     protocols.append(SharedSocketProtocol(transceiver))
