@@ -735,6 +735,15 @@ def test_ice_restart_by_full_reoffer(clock: Clock) -> None:
     assert transceiver.ice_restarts == 1
 
 
+@pytest.mark.parametrize("if_match", ['*', '"*"', '"x", "y", *', None])
+def test_if_match_star_in_any_spelling(clock: Clock, if_match: str | None) -> None:
+    """RFC 9110's ``*``, the quoted ``"*"`` some WHIP clients send, a list with ``*``, or none."""
+    transceiver, outbox = make_transceiver(clock)
+    call = open_call(transceiver, clock, outbox)
+    patched = transceiver.patch_session(call.session_id, "application/trickle-ice-sdpfrag", restart_fragment(), if_match)
+    assert patched.status == 200
+
+
 @pytest.mark.parametrize(
     "media_type, body, if_match, status",
     [

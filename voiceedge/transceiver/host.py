@@ -641,7 +641,7 @@ class Transceiver:
         call = self._by_id.get(session_id)
         if call is None:
             raise SessionRefused(404, "no such session")
-        if if_match is not None and if_match.strip() not in ("*", call.etag):
+        if if_match is not None and not _if_match(if_match, call.etag):
             raise SessionRefused(412, "If-Match names other ICE credentials than the session's")
         summary, params = call.answered
         try:
@@ -778,6 +778,15 @@ class Transceiver:
 
 def _new_etag() -> str:
     return '"' + secrets.token_urlsafe(12) + '"'
+
+
+def _if_match(header: str, etag: str) -> bool:
+    """Whether an If-Match value (RFC 9110 §13.1.1: ``*`` or a list of tags) matches ``etag``.
+
+    A quoted ``"*"``, which some WHIP clients send for RFC 9725's ``*``, counts as ``*``.
+    """
+    tags = [tag.strip() for tag in header.split(",")]
+    return any(tag in ("*", '"*"', etag) for tag in tags)
 
 
 def _fragment_credentials(fragment: sdp.SessionDescription) -> tuple[str, str]:
