@@ -6,6 +6,7 @@ import asyncio
 import fractions
 import json
 import math
+import re
 import struct
 import time
 import urllib.request
@@ -144,14 +145,23 @@ def channel_json(message: str | bytes) -> dict[str, Any]:
     return event if isinstance(event, dict) else {"type": "<not an object>", "raw": repr(message)}
 
 
-async def negotiate(pc: RTCPeerConnection, base_url: str, connected: asyncio.Event) -> str:
-    """Offer, POST it, apply the answer and wait until connected; the session's Location."""
+async def negotiate(
+    pc: RTCPeerConnection, base_url: str, connected: asyncio.Event, via: tuple[str, int] | None = None
+) -> str:
+    """Offer, POST it, apply the answer and wait until connected; the session's Location.
+
+    ``via`` replaces the answer's candidate: the client then sends there (a
+    proxy in front of the server) instead.
+    """
     await pc.setLocalDescription(await pc.createOffer())
     status, headers, body = await asyncio.to_thread(
         _http, "POST", base_url + "/v1/realtime/calls", pc.localDescription.sdp.encode(), "application/sdp"
     )
     assert status == 201, (status, body)
-    await pc.setRemoteDescription(RTCSessionDescription(body.decode(), "answer"))
+    answer = body.decode()
+    if via is not None:
+        answer = re.sub(r" \S+ \d+ typ host", f" {via[0]} {via[1]} typ host", answer)
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
     await asyncio.wait_for(connected.wait(), 10)
     return str(headers["Location"])
 
@@ -227,11 +237,14 @@ async def echo_call(
             task.cancel()
 
 
-async def monitored_call(base_url: str, seconds: float, during: Any = None) -> list[float]:
+async def monitored_call(
+    base_url: str, seconds: float, during: Any = None, via: tuple[str, int] | None = None
+) -> list[float]:
     """Call, send a tone for ``seconds`` while ``during`` (a coroutine) runs; hang up.
 
     Returns the ``time.monotonic()`` arrival of every echoed frame, so a
-    test can see gaps (a relay restart) and when audio came back.
+    test can see gaps (a relay restart) and when audio came back. ``via``: as
+    in :func:`negotiate`.
     """
     pc, connected = new_peer()
     arrivals: list[float] = []
@@ -252,7 +265,7 @@ async def monitored_call(base_url: str, seconds: float, during: Any = None) -> l
 
     pc.addTrack(SineTrack())
     try:
-        location = await negotiate(pc, base_url, connected)
+        location = await negotiate(pc, base_url, connected, via)
         task = asyncio.ensure_future(during) if during is not None else None
         await asyncio.sleep(seconds)
         if task is not None:
