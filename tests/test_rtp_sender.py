@@ -54,13 +54,10 @@ def sender(source: FrameQueue | OutboundAudio | None = None, **kwargs: object) -
 
 
 def produce(s: RtpSender, now: float, *frames: bytes) -> list[bytes]:
-    """What the session does when the agent queues audio: add, mark, poll."""
+    """What the session does when the agent queues audio: add, then poll."""
     source = s.source
     assert isinstance(source, FrameQueue)
-    was_empty = not source
     source.add(*frames)
-    if was_empty:
-        s.queued(now)
     return s.poll(now)
 
 
@@ -101,14 +98,29 @@ class PacingTests(SynchronousTestCase):
         self.assertEqual(stamps, [5000 + 960 * slot for slot in range(6, 11)])
         self.assertEqual(len(s.poll(ORIGIN + 0.220)), 1)
 
-    def test_audio_after_a_pause_is_not_stamped_in_the_past(self) -> None:
+    def test_an_echo_that_fell_behind_catches_up_at_once(self) -> None:
+        """The caller's audio arrived in a burst after a 60 ms stall: the echoed frames that are
+        overdue go out together, stamped with their own slots, and no delay stays behind."""
+        s = sender()
+        produce(s, ORIGIN + 0.001, b"0")
+        for slot in (1, 2, 3):
+            s.poll(ORIGIN + slot * 0.020)  # ticks: nothing to send
+        packets = produce(s, ORIGIN + 0.081, b"1", b"2", b"3", b"4")  # slot 4
+        self.assertEqual([parse_rtp(p).timestamp for p in packets], [5000 + 960 * n for n in (1, 2, 3, 4)])
+        self.assertFalse(any(parse_rtp(p).marker for p in packets))
+        (packet,) = produce(s, ORIGIN + 0.101, b"5")  # and the next one goes straight out
+        self.assertEqual(parse_rtp(packet).timestamp, 5000 + 960 * 5)
+
+    def test_a_pause_is_a_pause_in_the_timeline(self) -> None:
+        """Past MAX_CATCH_UP slots with nothing to send, the next frame starts a new talkspurt
+        in its own slot, with the marker bit."""
         s = sender()
         produce(s, ORIGIN, b"a")
-        s.poll(ORIGIN + 0.020)
-        s.poll(ORIGIN + 0.040)
-        (packet,) = produce(s, ORIGIN + 0.105, b"b")
+        for slot in range(1, MAX_CATCH_UP + 2):
+            s.poll(ORIGIN + slot * 0.020)
+        (packet,) = produce(s, ORIGIN + 0.145, b"b")  # slot 7
         rtp = parse_rtp(packet)
-        self.assertEqual((rtp.timestamp, rtp.marker), (5000 + 960 * 5, True))
+        self.assertEqual((rtp.timestamp, rtp.marker), (5000 + 960 * 7, True))
 
     def test_rtp_time_maps_now_onto_the_stream(self) -> None:
         s = sender()
@@ -126,18 +138,19 @@ class TalkspurtTests(SynchronousTestCase):
         produce(s, ORIGIN, b"a", b"b")
         self.assertEqual(s.take_events(), [PlayoutStarted(ORIGIN)])
         s.poll(ORIGIN + 0.020)
-        s.poll(ORIGIN + 0.040)  # the slot after the last frame: not over yet
+        for slot in range(2, 2 + MAX_CATCH_UP):  # a gap this short may still be jitter
+            s.poll(ORIGIN + slot * 0.020)
         self.assertEqual(s.take_events(), [])
         self.assertTrue(s.wants_tick())
-        s.poll(ORIGIN + 0.060)
-        self.assertEqual(s.take_events(), [PlayoutStopped(ORIGIN + 0.060, ORIGIN + 0.020, "drained")])
+        end = ORIGIN + (2 + MAX_CATCH_UP) * 0.020
+        s.poll(end)
+        self.assertEqual(s.take_events(), [PlayoutStopped(end, ORIGIN + 0.020, "drained")])
         self.assertFalse(s.wants_tick())
 
     def test_stop_drops_the_queue_and_marks_the_resume(self) -> None:
         audio = OutboundAudio(48000)
         s = sender(audio)
         audio.add(bytes(960 * 2 * 10))  # 200 ms
-        s.queued(ORIGIN)
         s.poll(ORIGIN)
         self.assertEqual(audio.frames_encoded, 1)
         self.assertEqual(s.stop(ORIGIN + 0.005), 180)
@@ -148,7 +161,6 @@ class TalkspurtTests(SynchronousTestCase):
             [PlayoutStarted(ORIGIN), PlayoutStopped(ORIGIN + 0.005, ORIGIN, "stopped", 180)],
         )
         audio.add(bytes(960 * 2))
-        s.queued(ORIGIN + 0.021)
         (packet,) = s.poll(ORIGIN + 0.021)
         self.assertTrue(parse_rtp(packet).marker)
 

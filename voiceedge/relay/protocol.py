@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from voiceedge.relay.core import Relay, not_started
 from voiceedge.relay.flows import Address
+from voiceedge.sockets import enlarge_buffers
 
 __all__ = [
     "ClientPort",
@@ -201,6 +202,7 @@ def _listen(
     host, port_number = address
     port = port_class(port_number, protocol, interface=host, maxPacketSize=65536, reactor=reactor)
     port.startListening()
+    enlarge_buffers(port.socket)
     return port
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from twisted.internet.protocol import DatagramProtocol
 
+from voiceedge.sockets import enlarge_buffers
 from voiceedge.transceiver.host import Address, Transceiver
 
 #: Larger than any UDP payload, so the socket never truncates a datagram: an
@@ -22,6 +23,9 @@ class SharedSocketProtocol(DatagramProtocol):
         """Give the transceiver the socket's write, bound once."""
         assert self.transport is not None
         self.transceiver.write = self.transport.write
+        sock = getattr(self.transport, "socket", None)
+        if sock is not None:
+            enlarge_buffers(sock)
 
     def local_address(self) -> Address:
         """The address the socket is bound to."""

@@ -3,17 +3,26 @@
 
 Pacing without added delay. Time is cut into 20 ms *slots* on a grid whose
 origin the transceiver gives every sender (its shared tick fires at the start
-of each slot). At most one frame goes out per slot: a frame whose slot has
-come is sent the moment it is produced; a frame produced while its slot is
-taken waits, and the transceiver's shared tick sends it when its slot comes.
-A reactor that was late sends the frames of the missed slots at once, at most
-:data:`MAX_CATCH_UP` of them, so a stall leaves no permanent delay behind it.
+of each slot). A talkspurt's frames take consecutive slots, one each, and a
+frame goes out the moment it is produced unless its slot is still to come:
 
-The RTP timestamp of a frame is the start of its slot on the 48 kHz clock, so
-a pause in the agent's audio is a pause in the timeline too. The marker bit
-is set on the first packet of a talkspurt: after a slot with nothing sent, or
-after :meth:`RtpSender.stop`. When the client offered the MID header
-extension (RFC 8843 §15), every packet carries it.
+* A frame produced while its slot is taken (the agent is ahead of real time,
+  as a text-to-speech backend is) waits; the transceiver's shared tick sends
+  it when its slot comes.
+* A frame produced after its slot has passed (the agent is behind: the
+  caller's audio arrived in a burst after a network or reactor stall, and an
+  echo follows it) goes out at once, stamped with its own slot, with the
+  others that are overdue, at most :data:`MAX_CATCH_UP` at a time. So a
+  stall costs one burst of late packets, never a delay that stays for the
+  rest of the call.
+* A gap longer than :data:`MAX_CATCH_UP` slots ends the talkspurt: the next
+  frame starts a new one in the current slot, with the marker bit set, so a
+  pause in the agent's audio is a pause in the timeline too.
+
+The RTP timestamp of a frame is the start of its slot on the 48 kHz clock.
+:meth:`RtpSender.stop` (barge-in) drops the queue and marks the next frame as
+a new talkspurt. When the client offered the MID header extension (RFC 8843
+§15), every packet carries it.
 
 Sans-I/O: every call takes ``now``; nothing here reads a clock or sends.
 """
@@ -42,8 +51,9 @@ __all__ = [
 FRAME_SECONDS = 0.020
 #: RTP timestamp units (48 kHz) per frame.
 SAMPLES_PER_FRAME = 960
-#: Frames one sender may send at once after a late tick: enough to recover
-#: from a 100 ms stall, few enough not to burst a whole queue at the client.
+#: Overdue frames one sender may send at once, and the longest gap (in slots)
+#: that is still one talkspurt: enough to recover from a 100 ms stall, few
+#: enough not to burst a whole queue at the client.
 MAX_CATCH_UP = 5
 # A tick that fires exactly at a slot's start must count as that slot, not the
 # one before it, whatever the float rounding.
@@ -83,7 +93,7 @@ class PlayoutStopped:
     """A talkspurt ended: its last packet went out at ``last_sent_at``.
 
     ``reason`` is ``"drained"`` when the agent had nothing more (decided at
-    ``at``, a slot after the last frame) or ``"stopped"`` when
+    ``at``, :data:`MAX_CATCH_UP` slots after the last frame) or ``"stopped"`` when
     :meth:`RtpSender.stop` cut it (barge-in, a cancel); ``dropped_ms`` is
     the queued audio that was never sent.
     """
@@ -141,9 +151,6 @@ class RtpSender:
         )
         self._first_slot: int | None = None
         self._last_slot: int | None = None
-        # The earliest slot the frame at the head of the queue may use: a
-        # frame queued while idle is not stamped in the past.
-        self._ready_slot = 0
         self._talking = False
         self._resume_marked = False
         self.last_sent_at: float | None = None
@@ -168,50 +175,47 @@ class RtpSender:
 
     @property
     def talking(self) -> bool:
-        """Whether a talkspurt is under way: frames queued, or one sent in the last slot."""
+        """Whether a talkspurt is under way: frames queued, or one sent within :data:`MAX_CATCH_UP` slots."""
         return self._talking or bool(self.source)
 
     def wants_tick(self) -> bool:
         """Whether the shared tick must poll this sender: a backlog, or a talkspurt to close."""
         return self._talking or bool(self.source)
 
-    def queued(self, now: float) -> None:
-        """The source went from empty to holding frames at ``now``.
-
-        New audio is never stamped in a slot already past: only frames that
-        waited in a backlog through a late tick catch up.
-        """
-        self._ready_slot = self.slot_at(now)
-
     # -- sending --------------------------------------------------------------
 
     def poll(self, now: float) -> list[bytes]:
-        """The RTP packets whose slots have come by ``now``, oldest first."""
+        """The RTP packets due by ``now``, oldest first (see the module docstring)."""
         slot = self.slot_at(now)
+        last = self._last_slot
         source = self.source
-        packets: list[bytes] = []
-        if source:
-            last = self._last_slot
-            start = self._ready_slot if last is None else max(last + 1, self._ready_slot)
-            start = max(start, slot - MAX_CATCH_UP + 1)
-            while start <= slot:
-                payload = source.pop()
-                if payload is None:
-                    break
-                packets.append(self._packet(start, payload, now))
-                start += 1
-        if not source and self._talking and self._last_slot is not None and slot > self._last_slot + 1:
-            # A whole slot went by with nothing to send: the talkspurt is over.
+        if self._talking and last is not None and slot - last > MAX_CATCH_UP and not source:
+            # Nothing to send for longer than jitter explains: the talkspurt is over.
             self._talking = False
             assert self.last_sent_at is not None
             self.events.append(PlayoutStopped(now, self.last_sent_at, "drained"))
+        if not source:
+            return []
+        if self._talking and last is not None:
+            # Continuing: the next slot, even one that has passed (catch-up),
+            # but never more than MAX_CATCH_UP behind.
+            start = max(last + 1, slot - MAX_CATCH_UP + 1)
+        else:
+            start = slot
+        packets: list[bytes] = []
+        while start <= slot:
+            payload = source.pop()
+            if payload is None:
+                break
+            packets.append(self._packet(start, payload, now))
+            start += 1
         return packets
 
     def _packet(self, slot: int, payload: bytes, now: float) -> bytes:
         if self._first_slot is None:
             self._first_slot = slot
             self.first_sent_at = now
-        marker = self._resume_marked or self._last_slot is None or slot != self._last_slot + 1
+        marker = self._resume_marked or not self._talking
         self._resume_marked = False
         if not self._talking:
             self._talking = True

@@ -416,13 +416,10 @@ class Session:
         sender = self.sender
         if outbound is None or sender is None or self.state is not SessionState.CONNECTED:
             return
-        was_empty = not outbound
         dropped = outbound.frames_dropped
         outbound.add(pcm)
         if outbound.frames_dropped != dropped:
             self.drops["audio_queue_full"] += outbound.frames_dropped - dropped
-        if was_empty and outbound:
-            sender.queued(now)
         self._send_rtp(sender, now)
 
     def tick(self, now: float) -> bool:

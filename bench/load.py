@@ -1,0 +1,105 @@
+# -*- test-case-name: tests.test_long_calls -*-
+"""A Pion load on the all-in-one: 100 calls held 90 s; does any end early, and how many keep 48 packets/s?
+
+``python bench/load.py [--calls 100] [--seconds 90] [--ramp 10] [--datachannel ""]``
+
+Runs ``twistd -n voiceedge`` (relay, transceiver and the echo agent, which
+decodes and re-encodes every frame: a transcoding call) on loopback and loads it
+with ``pionpeer load`` (Pion, built by ``tests/pion_peer.py``): ``--calls``
+calls started ``--ramp`` a second, each sending a real Opus frame every 20 ms,
+measured together for ``--seconds`` once all are up. It prints what a user of
+the service would ask first:
+
+* calls that ended early (the consent bug ended every call of an 80-call load at
+  30 s), and why;
+* calls that held at least 48 packets/s of echoed audio over the window, with
+  the mean and worst per-call rate and arrival-gap percentiles;
+* the server's CPU per call-second and in % of one core, and its RSS per call.
+
+The process is single-threaded: when it cannot carry every call at 48
+packets/s, the figures say how many it did carry. Bounded: ``pionpeer`` ends
+every call itself and the server is stopped in ``finally``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests import pion_peer  # noqa: E402
+from tests.support import (  # noqa: E402
+    free_tcp_port,
+    free_udp_port,
+    running_service,
+    scrape_metrics,
+    write_allinone_config,
+)
+
+
+def main() -> int:
+    """Run the load once and print its figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=90.0, help="the measured window")
+    parser.add_argument("--ramp", type=float, default=10.0, help="calls started per second")
+    parser.add_argument("--datachannel", default="", help='label for every call, or "" for audio only')
+    parser.add_argument("--json", action="store_true", help="also print pionpeer's whole summary")
+    args = parser.parse_args()
+
+    pion_peer.build()
+    logs = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    http_port, media_port = free_tcp_port(), free_udp_port()
+    ini = write_allinone_config(logs, http_port, media_port, transceiver={"max_sessions": args.calls + 10})
+    base = f"http://127.0.0.1:{http_port}"
+    with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=logs) as server:
+        summary = pion_peer.load(
+            base + "/v1/realtime/calls",
+            n=args.calls,
+            ramp=args.ramp,
+            seconds=args.seconds,
+            server_pids=[server.pid],
+            datachannel=args.datachannel,
+            setup_timeout=20.0,
+            log_dir=logs,
+        )
+        metrics = scrape_metrics(base)
+    drops = {
+        name.replace("voiceedge_", "").replace("_drops_total", ""): {k: v for k, v in samples.items() if v}
+        for name, samples in metrics.items()
+        if name.endswith("_drops_total")
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    ended = metrics.get("voiceedge_transceiver_sessions_ended_total", {})
+    pps = summary.get("in_pps_per_call", {})
+    gaps = summary.get("gap_ms", {})
+    print(f"{args.calls} Pion calls to the all-in-one (echo agent: Opus decode and re-encode), "
+          f"started {args.ramp:g}/s, measured together for {args.seconds:g} s")
+    print(f"  up when the window opened: {summary.get('up_at_window')}; ok at the end: {summary.get('ok_calls')}")
+    print(f"  ended early: {summary.get('ended_early')} {summary.get('end_reasons') or ''}; "
+          f"errors: {summary.get('errors') or 'none'}")
+    print(f"  server-side ends by reason: {ended}")
+    print(f"  drops: {drops}")
+    print(f"  calls at >= 48 packets/s over the window: {summary.get('calls_ge_48pps')} of {args.calls}; "
+          f"per-call packets/s mean {pps.get('mean')} min {pps.get('min')}")
+    print(f"  arrival gaps ms: p50 {gaps.get('p50')} p99 {gaps.get('p99')} max {gaps.get('max')}; "
+          f"worst call's p99 {summary.get('gap_p99_ms_worst_call')}")
+    cpu = summary.get("server", {})
+    print(f"  server CPU: {cpu.get('cpu_ms_per_call_s')} ms per call-second, {cpu.get('cpu_pct')} % of a core; "
+          f"RSS {cpu.get('rss_kb_per_call')} kB per call")
+    print(f"  lost (by sequence number): {summary.get('in_lost_total')}; "
+          f"packets/s received in total {summary.get('in_pps_total')} of {summary.get('sent_pps_total')} sent")
+    print(f"  setup ms (p50/p95): {json.dumps(summary.get('setup_ms'))}")
+    print(f"  client (to see it kept up): {json.dumps(summary.get('client'))}")
+    return 0 if not summary.get("ended_early") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
