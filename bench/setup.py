@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_long_calls -*-
 """Call setup: first echoed RTP with Pion calls, voiceedge beside a Pion echo server, in one run.
 
-``python bench/setup.py [--calls 20] [--datachannel oai-events]``
+``python bench/setup.py [--calls 20] [--datachannel oai-events] [--firefox 5]``
 
 Both servers run on loopback at once: the voiceedge all-in-one (``twistd -n
 voiceedge``: relay, transceiver, echo agent) and ``bench/pionecho`` (ICE-lite
@@ -15,6 +15,12 @@ and every setup milestone, the ratio of voiceedge to Pion, and voiceedge's own
 setup waterfall from ``/metrics`` (p50 by histogram bucket). The goal: voiceedge's
 p50 at most 1.5x Pion's.
 
+With ``--firefox N`` (Debian's ``firefox-esr``, headless, through
+``tests/firefox_peer.py``), N more calls to each server from a fresh Firefox
+each time: answer to DTLS connected, p50 and ratio. Firefox's first DTLS
+flight carries a post-quantum key share in a 1,408-byte datagram; a relay that
+drops it makes Firefox connect a retransmission later.
+
 Bounded: each call ends by itself after a second (pionpeer's own deadline);
 both servers are stopped in ``finally``.
 """
@@ -22,6 +28,7 @@ both servers are stopped in ``finally``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -88,24 +95,41 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20, help="calls to each server")
     parser.add_argument("--datachannel", default="oai-events", help='label, or "" for audio only')
+    parser.add_argument("--firefox", type=int, default=0, help="Firefox calls to each server (0: none)")
     args = parser.parse_args()
 
     pion_peer.build()
     logs = Path(tempfile.mkdtemp(prefix="bench-setup-"))
     http_port, media_port = free_tcp_port(), free_udp_port()
-    ini = write_allinone_config(logs, http_port, media_port)
     base = f"http://127.0.0.1:{http_port}"
     results: dict[str, list[dict[str, Any]]] = {"voiceedge": [], "pionecho": []}
-    with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=logs):
-        with pion_peer.running_pionecho(log_dir=logs) as echo:
-            urls = {"voiceedge": base + "/v1/realtime/calls", "pionecho": echo.offer_url}
-            # One warm-up call each: the first call pays for imports and caches.
-            for url in urls.values():
-                one_call(url, args.datachannel, logs)
-            for _ in range(args.calls):
-                for name, url in urls.items():
-                    results[name].append(one_call(url, args.datachannel, logs))
-            waterfall = waterfall_p50(base)
+    firefox: dict[str, list[float]] = {"voiceedge": [], "pionecho": []}
+    with contextlib.ExitStack() as stack:
+        harness = None
+        if args.firefox:
+            from tests.firefox_peer import FirefoxHarness
+
+            harness = stack.enter_context(FirefoxHarness(log_dir=logs))
+        ini = write_allinone_config(
+            logs, http_port, media_port, signaling={"cors_origins": harness.origin if harness else ""}
+        )
+        stack.enter_context(running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=logs))
+        echo = stack.enter_context(pion_peer.running_pionecho(log_dir=logs))
+        urls = {"voiceedge": base + "/v1/realtime/calls", "pionecho": echo.offer_url}
+        # One warm-up call each: the first call pays for imports and caches.
+        for url in urls.values():
+            one_call(url, args.datachannel, logs)
+        for _ in range(args.calls):
+            for name, url in urls.items():
+                results[name].append(one_call(url, args.datachannel, logs))
+        waterfall = waterfall_p50(base)
+        for _ in range(args.firefox):
+            for name, url in urls.items():
+                assert harness is not None
+                result = harness.call(url, seconds=1.0, datachannel=args.datachannel)
+                if not result.get("ok") or result.get("dtls_connected_ms") is None:
+                    raise RuntimeError(f"a Firefox call to {url} failed: {result.get('error')}")
+                firefox[name].append(result["dtls_connected_ms"] - result["http_answer_ms"])
 
     print(f"{args.calls} Pion calls to each server, one at a time, alternating; ms from the call's start")
     print(f"{'milestone':24} {'voiceedge p50':>14} {'p95':>8} {'pionecho p50':>14} {'p95':>8} {'ratio p50':>10}")
@@ -128,6 +152,12 @@ def main() -> int:
         f"pionecho p50 {percentile(first_pion, 0.5):.1f} ms p95 {percentile(first_pion, 0.95):.1f} ms; "
         f"ratio p50 {ratio:.2f} (goal <= 1.5)"
     )
+    if args.firefox:
+        ours, theirs = statistics.median(firefox["voiceedge"]), statistics.median(firefox["pionecho"])
+        print(
+            f"Firefox ESR, {args.firefox} calls each, answer to DTLS connected: voiceedge p50 {ours:.1f} ms, "
+            f"pionecho p50 {theirs:.1f} ms, ratio {ours / theirs:.2f}"
+        )
     return 0
 
 
