@@ -76,7 +76,7 @@ class EveryClientHoldsTheCallTests(unittest.TestCase):
 
     def test_every_client_holds_a_minute(self) -> None:
         """No call ends early; audio comes at ~50 packets/s; restarts and moves resume audio."""
-        tmp = Path(self.mktemp())
+        tmp = Path(self.mktemp()).resolve()  # absolute: twistd runs from the repository
         tmp.mkdir(parents=True)
         pion_peer.build()
         try:
@@ -184,7 +184,7 @@ class FirefoxTests(unittest.TestCase):
         from tests import firefox_peer
 
         firefox_peer.require_firefox()
-        tmp = Path(self.mktemp())
+        tmp = Path(self.mktemp()).resolve()  # absolute: twistd runs from the repository
         tmp.mkdir(parents=True)
         with firefox_peer.FirefoxHarness(log_dir=tmp) as firefox, pion_peer.running_pionecho(log_dir=tmp) as echo:
             http_port, media_port = free_tcp_port(), free_udp_port()
