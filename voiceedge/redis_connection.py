@@ -12,7 +12,10 @@ from voiceedge.config import Address, SettingError, setting
 if TYPE_CHECKING:
     from twisted.internet import defer
 
-__all__ = ["RedisClient", "RedisConnectionSettings", "addresses", "describe_redis"]
+__all__ = ["MAX_RECONNECT_DELAY", "RedisClient", "RedisConnectionSettings", "addresses", "describe_redis"]
+
+#: The longest wait between two attempts to reconnect to Redis, in seconds.
+MAX_RECONNECT_DELAY = 1.0
 
 
 def addresses(value: str) -> tuple[Address, ...]:
@@ -82,6 +85,12 @@ class RedisClient:
                     host, port, reconnect=True,
                     connectTimeout=settings.timeout, replyTimeout=settings.timeout,
                 )
+            # txredisapi backs off up to 10 s between reconnections: after a
+            # failover that is up to 10 s more without Redis. Soft state is
+            # worth a retry a second.
+            factory = getattr(self._connection, "_factory", None)
+            if factory is not None:
+                factory.maxDelay = MAX_RECONNECT_DELAY
         return self._connection
 
     def ping(self) -> "defer.Deferred[Any]":
