@@ -43,7 +43,7 @@ class FakeHost:
         self.sessions[session_id] = offer_sdp
         return OpenedSession(session_id, ANSWER, '"e1"')
 
-    def open_session(self, offer_sdp: str, settings: object = None) -> OpenedSession:
+    def open_session(self, offer_sdp: str, settings: object = None, client: str | None = None) -> OpenedSession:
         """Record the offer, then allocate, refuse, crash or (asynchronously) wait."""
         self.offers.append(offer_sdp)
         self.settings.append(settings)

@@ -182,6 +182,7 @@ def running_service(
     log_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
     stop_grace: float = 10.0,
+    may_exit: bool = False,
 ) -> Iterator["subprocess.Popen[bytes]"]:
     """Run ``twistd -n --pidfile= <args>`` until the block ends.
 
@@ -189,7 +190,8 @@ def running_service(
     temporary directory otherwise). Yields the Popen once ``health_url``
     answers 200 (raising :class:`ServiceFailed` if it does not within
     ``timeout`` seconds or the process exits first). On exit: SIGTERM, wait
-    ``stop_grace`` seconds, SIGKILL. The log is printed when start-up fails,
+    ``stop_grace`` seconds, SIGKILL. With ``may_exit`` the test itself stops
+    or kills the process, so its exit during the block is no failure. The log is printed when start-up fails,
     when the block raises, or when the process died during the block.
     """
     directory = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="voiceedge-"))
@@ -220,7 +222,7 @@ def running_service(
         raise
     died = proc.poll()
     _stop(proc, stop_grace)
-    if died is not None:
+    if died is not None and not may_exit:
         _print_log(log_path, f"service exited with {died} during the test")
         raise ServiceFailed(f"service {list(args)} exited with {died} during the test; log {log_path}")
 

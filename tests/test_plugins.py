@@ -15,7 +15,7 @@ from twisted.plugin import IPlugin, getPlugins
 from zope.interface.verify import verifyObject
 
 REPO = Path(__file__).resolve().parent.parent
-EXPECTED = {"voiceedge", "voiceedge-transceiver", "voiceedge-relay"}
+EXPECTED = {"voiceedge", "voiceedge-transceiver", "voiceedge-relay", "voiceedge-signaling"}
 
 
 def test_every_plugin_is_found_and_provides_its_interfaces() -> None:

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from voiceedge import config as c
 from voiceedge.config import ConfigError, SettingError, family, section, setting
 from voiceedge.relay.settings import RelayServiceSettings, RelaySettings
+from voiceedge.signaling.tap import FrontDoorSettings
 from voiceedge.tap import AllInOneSettings
 from voiceedge.transceiver.settings import TransceiverServiceSettings
 from voiceedge.transceiver.tap import load_with_agent
@@ -25,6 +26,7 @@ REFERENCE_FILES: list[tuple[str, type, set[tuple[str, str]]]] = [
     ("etc/relay.ini", RelayServiceSettings, {("token", "keys")}),
     ("etc/transceiver.ini", TransceiverServiceSettings, set()),
     ("etc/voiceedge.ini", AllInOneSettings, set()),
+    ("etc/signaling.ini", FrontDoorSettings, {("fleet", "secret")}),
 ]
 
 
@@ -152,6 +154,11 @@ class ReferenceFileTests(SynchronousTestCase):
             parser.optionxform = str  # type: ignore[assignment,method-assign]
             parser.read(REPO / name, encoding="utf-8")
             schema = dict(c.schema_of(service))
+            for prefix, _, keys in c.families_of(service).values():
+                # A family's sections are examples: each must list every key.
+                for written in parser.sections():
+                    if written.startswith(prefix):
+                        schema[written] = keys
             if "agent" in schema:
                 _, agent = load_with_agent(service, str(REPO / name))
                 schema[f"agent.{agent.kind.name}"] = agent.kind.options

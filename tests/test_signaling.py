@@ -135,7 +135,7 @@ def test_session_id_is_quoted_in_location() -> None:
     class OddIds(FakeHost):
         """Hands out one awkward id."""
 
-        def open_session(self, offer_sdp: str, settings: object = None) -> OpenedSession:
+        def open_session(self, offer_sdp: str, settings: object = None, client: str | None = None) -> OpenedSession:
             return OpenedSession("a/b c", ANSWER)
 
     odd = OddIds()

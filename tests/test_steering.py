@@ -13,7 +13,8 @@ from tests.test_registry import record
 from voiceedge.config import SettingError
 from voiceedge.fleet.registry import DRAINING
 from voiceedge.fleet.settings import RegionSettings
-from voiceedge.fleet.steering import RegionMap, choose_transceiver, client_address
+from voiceedge.fleet.steering import RegionMap, choose_transceiver
+from voiceedge.signaling.client_address import client_address
 
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 

@@ -12,3 +12,9 @@ voiceedge_transceiver = ServiceMaker(
     "voiceedge-transceiver",
 )
 voiceedge_relay = ServiceMaker("voiceedge-relay", "voiceedge.relay.tap", "voiceedge relay: one public UDP port, routes by the token in the ICE ufrag", "voiceedge-relay")
+voiceedge_signaling = ServiceMaker(
+    "voiceedge-signaling",
+    "voiceedge.signaling.tap",
+    "voiceedge front door: places each call on a transceiver of the fleet, by region and load",
+    "voiceedge-signaling",
+)

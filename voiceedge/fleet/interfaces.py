@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from zope.interface import Attribute
 
 from voiceedge.config import Address
-from voiceedge.signaling.interfaces import ISessionHost, OpenedSession
+from voiceedge.signaling.interfaces import ISessionHost, OpenedSession, PatchedSession
 
 __all__ = ["IFleetTransceiver"]
 
@@ -21,6 +21,7 @@ class IFleetTransceiver(ISessionHost):
     def open_session(
         offer_sdp: str,
         settings: Mapping[str, Any] | None = None,
+        client: str | None = None,
         *,
         candidate: Address | None = None,
         session_id: str | None = None,
@@ -31,3 +32,12 @@ class IFleetTransceiver(ISessionHost):
         region's relay); ``session_id`` is the id to give the session (409
         if one by that id is open).
         """
+
+    def close_session(session_id: str, reason: str) -> bool:
+        """End a session; ``False`` if no such session exists (at once: it is in this process)."""
+
+    def session_stats(session_id: str) -> dict[str, object] | None:
+        """Live numbers of one session, or ``None`` (at once)."""
+
+    def patch_session(session_id: str, media_type: str, body: str, if_match: str | None) -> PatchedSession:
+        """As :meth:`ISessionHost.patch_session`, at once."""

@@ -160,7 +160,7 @@ class SessionsResource(_Authenticated):
             return _text(request, http.BAD_REQUEST, f"bad request: {e}")
         d = defer.maybeDeferred(
             lambda: self.host.open_session(
-                opening.offer, candidate=opening.candidate, session_id=opening.session_id
+                opening.offer, opening.settings, candidate=opening.candidate, session_id=opening.session_id
             )
         )
         d.addCallbacks(self._opened, self._refused, callbackArgs=(request,), errbackArgs=(request,))

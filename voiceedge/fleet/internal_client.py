@@ -37,8 +37,8 @@ class IInternalApi(Interface):
         method: bytes,
         path: str,
         body: bytes | None,
-        content_type: bytes | None,
-        headers: Mapping[bytes, bytes],
+        content_type: bytes | None = None,
+        headers: Mapping[bytes, bytes] = {},
     ) -> "defer.Deferred[InternalResponse]":
         """Send one request with the fleet secret; fails on a connection error or the deadline."""
 

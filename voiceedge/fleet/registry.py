@@ -458,6 +458,12 @@ class RegistryView(Generic[R]):
         """This front door just opened a session on ``record_id``."""
         self._extra[record_id] = self._extra.get(record_id, 0) + 1
 
+    def unassigned(self, record_id: str) -> None:
+        """A session counted by :meth:`assigned` did not open after all."""
+        extra = self._extra.get(record_id, 0)
+        if extra > 0:
+            self._extra[record_id] = extra - 1
+
     def get(self, record_id: str) -> R | None:
         """The record of ``record_id``, if it is live."""
         return self.records.get(record_id)

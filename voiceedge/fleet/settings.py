@@ -124,9 +124,6 @@ class FleetSettings:
     avoid_failed: float = setting(c.seconds(0, 3600), "10", "seconds a transceiver that failed a request is not chosen")
     refresh_interval: float = setting(c.seconds(0.1, 60), "1", "seconds between reads of the registry")
     max_stale: float = setting(c.seconds(1, 3600), "30", "how long the last registry copy is used while Redis is away")
-    trusted_proxies: tuple[Network, ...] = setting(
-        c.networks, "", "proxies (CIDR list) whose X-Forwarded-For is believed"
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +132,6 @@ class RegionSettings:
 
     relay: Address = setting(c.address, "127.0.0.1:3478", "the relay VIP put in answers for this region's clients")
     networks: tuple[Network, ...] = setting(c.networks, "", "client networks (CIDR list) that belong to this region")
+    fallback: tuple[str, ...] = setting(
+        c.words, "", "regions to try in order when this one has no room (then any, with [fleet] spill)"
+    )

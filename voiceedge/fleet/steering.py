@@ -15,47 +15,11 @@ from typing import Collection, Iterable, Mapping, Sequence
 from voiceedge.config import Address, SettingError
 from voiceedge.fleet.registry import TransceiverRecord
 from voiceedge.fleet.settings import RegionSettings
+from voiceedge.signaling.client_address import IPAddress
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-__all__ = ["RegionMap", "choose_transceiver", "client_address"]
-
-
-def client_address(peer: str, forwarded_for: Sequence[bytes], trusted: Collection[Network]) -> IPAddress | None:
-    """The client's IP address: ``peer``, or further left in ``X-Forwarded-For`` while each hop is trusted.
-
-    ``forwarded_for`` holds every ``X-Forwarded-For`` header value in order.
-    Walking from the right, an address is believed only when the hop that
-    wrote it (the one to its right) is a trusted proxy, so a client cannot
-    choose its own region by writing the header itself. An entry that does
-    not parse stops the walk at the hop that wrote it. ``None`` when
-    ``peer`` itself is not an IP address (a UNIX socket).
-    """
-    try:
-        current: IPAddress = ipaddress.ip_address(peer)
-    except ValueError:
-        return None
-    chain: list[str] = []
-    for value in forwarded_for:
-        chain.extend(part.strip() for part in value.decode("latin-1").split(","))
-    while chain and _trusted(current, trusted):
-        entry = chain.pop()
-        try:
-            current = _unmapped(ipaddress.ip_address(entry))
-        except ValueError:
-            break
-    return current
-
-
-def _trusted(address: IPAddress, trusted: Collection[Network]) -> bool:
-    return any(address.version == net.version and address in net for net in trusted)
-
-
-def _unmapped(address: IPAddress) -> IPAddress:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+__all__ = ["RegionMap", "choose_transceiver"]
 
 
 class RegionMap:
@@ -85,6 +49,10 @@ class RegionMap:
         """The relay address a region's clients are given."""
         return self.regions[region].relay
 
+    def fallback_for(self, region: str) -> tuple[str, ...]:
+        """The regions to try, in order, when ``region`` has no room."""
+        return self.regions[region].fallback
+
 
 def choose_transceiver(
     records: Iterable[TransceiverRecord],
@@ -94,11 +62,12 @@ def choose_transceiver(
     max_cpu: float = 0.9,
     exclude: Collection[str] = (),
     rng: random.Random | None = None,
+    fallback: Sequence[str] = (),
 ) -> TransceiverRecord | None:
     """The least-loaded transceiver that is serving, has room and is not overloaded, in ``region``.
 
-    With ``spill``, a region with none falls back to the least-loaded such
-    transceiver anywhere (the client's first packet then crosses to its
+    A region with none tries the ``fallback`` regions in order; then, with
+    ``spill``, the least-loaded such transceiver anywhere (the client's first packet then crosses to its
     region through the global relay hop). Load is sessions over capacity,
     then CPU; ties are broken at random so front doors do not all pick the
     same one.
@@ -107,8 +76,13 @@ def choose_transceiver(
         r for r in records
         if r.serving and r.sessions < r.capacity and r.cpu <= max_cpu and r.id not in exclude
     ]
-    local = [r for r in usable if r.region == region]
-    pool = local or (usable if spill else [])
+    pool = [r for r in usable if r.region == region]
+    for other in fallback:
+        if pool:
+            break
+        pool = [r for r in usable if r.region == other]
+    if not pool and spill:
+        pool = usable
     if not pool:
         return None
     best = min((r.load, round(r.cpu, 1)) for r in pool)

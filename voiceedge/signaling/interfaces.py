@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 
@@ -16,10 +17,12 @@ class SessionRefused(Exception):
     ``reason`` is a short sentence for the client.
     """
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
         super().__init__(status, reason)
         self.status = status
         self.reason = reason
+        #: Seconds for ``Retry-After`` (a 503 when nobody can take a call now).
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,29 +54,43 @@ class PatchedSession:
 
 
 class ISessionHost(Interface):
-    """Opens and ends sessions for SDP offers (a transceiver, or a proxy to one)."""
+    """Opens and ends sessions for SDP offers (a transceiver, or a proxy to one).
 
-    def open_session(offer_sdp: str, settings: Mapping[str, Any] | None = None) -> OpenedSession:
+    A host that is a proxy to another process (the fleet's front door,
+    :class:`voiceedge.fleet.frontdoor.FleetSessionHost`) returns a Deferred
+    of the same result from any method but :meth:`session_count` and
+    :meth:`add_end_listener`, and fails it with :class:`SessionRefused`
+    where the others raise it.
+    """
+
+    def open_session(
+        offer_sdp: str, settings: Mapping[str, Any] | None = None, client: str | None = None
+    ) -> OpenedSession | Deferred[OpenedSession]:
         """Parse ``offer_sdp``, allocate a session and return its answer.
 
         ``settings`` is the session configuration the caller's client secret
         carried (OpenAI's ``session`` object of ``POST
         /v1/realtime/client_secrets``), for the session to start with.
+        ``client`` is the caller's IP address (after trusted proxies), for a
+        host that places calls by where the caller is.
+
         Raises :class:`SessionRefused` (400 for an offer that does not parse
         or lacks what WebRTC needs, 406 when no Opus is offered, 503 at the
         session cap). Nothing stays allocated when it raises.
         """
 
-    def close_session(session_id: str, reason: str) -> bool:
+    def close_session(session_id: str, reason: str) -> bool | Deferred[bool]:
         """End a session; ``False`` if no such session exists."""
 
-    def session_stats(session_id: str) -> dict[str, object] | None:
+    def session_stats(session_id: str) -> dict[str, object] | None | Deferred[dict[str, object] | None]:
         """Live numbers of one session (JSON-serialisable), or ``None`` if it is not open."""
 
     def session_count() -> int:
         """How many sessions are open now."""
 
-    def patch_session(session_id: str, media_type: str, body: str, if_match: str | None) -> PatchedSession:
+    def patch_session(
+        session_id: str, media_type: str, body: str, if_match: str | None
+    ) -> PatchedSession | Deferred[PatchedSession]:
         """Apply a PATCH: trickled candidates, or an ICE restart (RFC 9725 §4.3).
 
         ``media_type`` is :data:`SDPFRAG_TYPE` or :data:`SDP_TYPE`. New ICE

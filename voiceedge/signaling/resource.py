@@ -33,7 +33,14 @@ from voiceedge.signaling.auth import (
     Unauthorized,
 )
 from voiceedge.signaling.cors import CorsPolicy
-from voiceedge.signaling.interfaces import SDPFRAG_TYPE, ISessionHost, OpenedSession, SessionRefused
+from voiceedge.signaling.client_address import client_address
+from voiceedge.signaling.interfaces import (
+    SDPFRAG_TYPE,
+    ISessionHost,
+    OpenedSession,
+    PatchedSession,
+    SessionRefused,
+)
 from voiceedge.signaling.limits import CallLimits, TokenBuckets, address_key
 from voiceedge.signaling.ownership import SessionLedger
 from voiceedge.signaling.settings import SignalingSettings
@@ -262,13 +269,19 @@ class CallsResource(_Endpoint):
     methods = (b"POST",)
 
     def __init__(
-        self, host: ISessionHost, gate: Gate, location_prefix: str, max_body_bytes: int
+        self,
+        host: ISessionHost,
+        gate: Gate,
+        location_prefix: str,
+        max_body_bytes: int,
+        trusted_proxies: Sequence[Any] = (),
     ) -> None:
         super().__init__(gate.cors)
         self.host = host
         self.gate = gate
         self.max_body_bytes = max_body_bytes
         self.location_prefix = location_prefix.rstrip("/")
+        self.trusted_proxies = tuple(trusted_proxies)
 
     def getChild(self, path: bytes, request: server.Request) -> Resource:
         """``<prefix>/`` is this collection; ``<prefix>/<id>`` is one session."""
@@ -292,8 +305,16 @@ class CallsResource(_Endpoint):
         finished = request.notifyFinish()
         gone: list[Failure] = []
         finished.addErrback(gone.append)
+        client = client_address(
+            str(getattr(request.getClientAddress(), "host", "")),
+            request.requestHeaders.getRawHeaders(b"x-forwarded-for") or [],
+            self.trusted_proxies,
+        )
         d: defer.Deferred[OpenedSession] = defer.maybeDeferred(
-            cast(Callable[..., OpenedSession], self.host.open_session), offer, caller.settings
+            cast(Callable[..., OpenedSession], self.host.open_session),
+            offer,
+            caller.settings,
+            client=None if client is None else str(client),
         )
         d.addCallbacks(
             self._answered,
@@ -359,6 +380,8 @@ class CallsResource(_Endpoint):
         if gone:
             return
         status = refusal.status if 400 <= refusal.status <= 599 else http.INTERNAL_SERVER_ERROR
+        if refusal.retry_after is not None:
+            request.setHeader(b"Retry-After", str(refusal.retry_after).encode("ascii"))
         request.write(_text(request, status, refusal.reason))
         request.finish()
 
@@ -372,6 +395,45 @@ class CallsResource(_Endpoint):
             return
         request.write(_text(request, http.INTERNAL_SERVER_ERROR, "internal error"))
         request.finish()
+
+
+def _answer(
+    request: server.Request,
+    call: Callable[[], Any],
+    respond: Callable[[server.Request, Any], bytes],
+    what: str,
+) -> bytes | int:
+    """``respond(request, call())``, now or, when the host answers with a Deferred, once it fires.
+
+    A host that is a proxy to another process (the fleet's front door)
+    answers later; a :class:`SessionRefused` becomes its status either way,
+    anything else a logged 500.
+    """
+
+    def refused(failure: Failure) -> bytes:
+        if failure.check(SessionRefused):
+            refusal = cast(SessionRefused, failure.value)
+            status = refusal.status if 400 <= refusal.status <= 599 else http.INTERNAL_SERVER_ERROR
+            return _text(request, status, refusal.reason)
+        log.failure("{what} of a session failed", failure, what=what)
+        return _text(request, http.INTERNAL_SERVER_ERROR, "internal error")
+
+    try:
+        result = call()
+    except Exception:
+        return refused(Failure())
+    if not isinstance(result, defer.Deferred):
+        return respond(request, result)
+
+    def write(body: bytes) -> None:
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        request.write(body)
+        request.finish()
+
+    result.addCallbacks(lambda value: respond(request, value), refused).addCallback(write)
+    result.addErrback(lambda f: log.failure("answering a {what} failed", f, what=what))
+    return server.NOT_DONE_YET
 
 
 class SessionResource(_Endpoint):
@@ -391,7 +453,7 @@ class SessionResource(_Endpoint):
         """Every method needs the credential that opened the session: ``401`` without one, ``404`` for another."""
         self.gate.session_caller(request, self.session_id)
 
-    def render_PATCH(self, request: server.Request) -> bytes:
+    def render_PATCH(self, request: server.Request) -> bytes | int:
         """RFC 9725 §4.3: trickled candidates (204) or an ICE restart (200 with our new credentials).
 
         ``application/trickle-ice-sdpfrag`` (an RFC 8840 fragment) or
@@ -415,19 +477,19 @@ class SessionResource(_Endpoint):
         except UnicodeDecodeError:
             return _text(request, http.BAD_REQUEST, "the body is not UTF-8")
         if_match = request.getHeader(b"if-match")
-        try:
-            patched = self.host.patch_session(
+        return _answer(
+            request,
+            lambda: self.host.patch_session(
                 self.session_id,
                 media_type.decode("ascii"),
                 text,
                 None if if_match is None else if_match.decode("latin-1"),
-            )
-        except SessionRefused as refusal:
-            status = refusal.status if 400 <= refusal.status <= 599 else http.INTERNAL_SERVER_ERROR
-            return _text(request, status, refusal.reason)
-        except Exception:
-            log.failure("PATCH of a session failed")
-            return _text(request, http.INTERNAL_SERVER_ERROR, "internal error")
+            ),
+            self._patched,
+            "PATCH",
+        )
+
+    def _patched(self, request: server.Request, patched: PatchedSession) -> bytes:
         request.setHeader(b"ETag", patched.etag.encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")
         request.setResponseCode(patched.status)
@@ -438,22 +500,26 @@ class SessionResource(_Endpoint):
         request.setHeader(b"Content-Length", str(len(answer)).encode("ascii"))
         return answer
 
-    def render_GET(self, request: server.Request) -> bytes:
+    def render_GET(self, request: server.Request) -> bytes | int:
         """200 with the session's stats as JSON, 404 when it is not open."""
-        stats = self.host.session_stats(self.session_id)
+        return _answer(request, lambda: self.host.session_stats(self.session_id), self._stats, "GET")
+
+    @staticmethod
+    def _stats(request: server.Request, stats: dict[str, object] | None) -> bytes:
         if stats is None:
             return _text(request, http.NOT_FOUND, "no such session")
         request.setHeader(b"Content-Type", _JSON_TYPE)
         request.setHeader(b"Cache-Control", b"no-store")
         return json.dumps(stats).encode("utf-8")
 
-    def render_DELETE(self, request: server.Request) -> bytes:
+    def render_DELETE(self, request: server.Request) -> bytes | int:
         """204 when the session existed and is now closed, 404 when it did not."""
-        try:
-            closed = self.host.close_session(self.session_id, "client hung up")
-        except Exception:
-            log.failure("closing a session failed")
-            return _text(request, http.INTERNAL_SERVER_ERROR, "internal error")
+        return _answer(
+            request, lambda: self.host.close_session(self.session_id, "client hung up"), self._closed, "DELETE"
+        )
+
+    @staticmethod
+    def _closed(request: server.Request, closed: bool) -> bytes:
         if not closed:
             return _text(request, http.NOT_FOUND, "no such session")
         request.setResponseCode(http.NO_CONTENT)
@@ -684,9 +750,10 @@ def build_site(
     realtime = _Root(cors)
     root.putChild(b"v1", v1)
     v1.putChild(b"realtime", realtime)
-    realtime.putChild(b"calls", CallsResource(host, gate, "/v1/realtime/calls", cap))
+    proxies = settings.trusted_proxies
+    realtime.putChild(b"calls", CallsResource(host, gate, "/v1/realtime/calls", cap, proxies))
     realtime.putChild(b"client_secrets", ClientSecretsResource(gate, settings.client_secret_max_ttl))
-    v1.putChild(b"whip", CallsResource(host, gate, "/v1/whip", cap))
+    v1.putChild(b"whip", CallsResource(host, gate, "/v1/whip", cap, proxies))
     root.putChild(b"healthz", HealthResource(host, cors))
     if settings.demo_page:
         for name, asset in _demo_assets(cors).items():

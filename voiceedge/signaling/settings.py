@@ -38,6 +38,8 @@ def _one_of(*allowed: str) -> Callable[[str], str]:
 def _origins(text: str) -> tuple[str, ...]:
     return tuple(parse_origin(o) for o in c.words(text))
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 
 @dataclass(frozen=True, slots=True)
 class SignalingSettings:
@@ -48,6 +50,9 @@ class SignalingSettings:
     max_body_bytes: int = setting(c.integer(1024, 1 << 20), "65536", "largest SDP offer accepted")
     cors_origins: tuple[str, ...] = setting(
         _origins, "", "origins allowed to call the API from a browser (or *)"
+    )
+    trusted_proxies: tuple[Network, ...] = setting(
+        c.networks, "", "proxies (CIDR list) whose X-Forwarded-For is believed for the caller's address"
     )
     auth: str = setting(
         _one_of("auto", "keys", "none"),

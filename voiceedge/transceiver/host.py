@@ -209,6 +209,7 @@ class Transceiver:
         self,
         offer_sdp: str,
         settings: Mapping[str, Any] | None = None,
+        client: str | None = None,
         *,
         candidate: Address | None = None,
         session_id: str | None = None,

@@ -1,0 +1,142 @@
+# -*- test-case-name: tests.test_frontdoor -*-
+"""``twistd voiceedge-signaling``: the front door of a fleet.
+
+It takes clients' offers (``POST /v1/realtime/calls`` and WHIP), places each
+on a transceiver chosen from the registry in Redis (the client's region, the
+least-loaded transceiver serving there) through that transceiver's internal
+API, and routes ``GET``, ``PATCH`` and ``DELETE`` of the session to its owner.
+It holds no session itself: see :mod:`voiceedge.fleet.frontdoor`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from twisted.application import service, strports
+from twisted.internet.interfaces import IReactorTime
+from twisted.python import usage
+from twisted.web import http, resource, server
+
+from voiceedge import config as c
+from voiceedge.config import SettingError, family, section
+from voiceedge.fleet.frontdoor import FleetSessionHost
+from voiceedge.fleet.internal_client import InternalApiClient
+from voiceedge.fleet.registry import RedisRegistryStore, RegistryView, TransceiverRecord
+from voiceedge.fleet.settings import FleetSettings, RegionSettings
+from voiceedge.fleet.steering import RegionMap
+from voiceedge.metrics import MetricsResource, make_registry
+from voiceedge.reactors import service_reactors
+from voiceedge.redis_connection import RedisClient, RedisConnectionSettings
+from voiceedge.signaling.resource import build_site
+from voiceedge.signaling.settings import SignalingSettings
+
+__all__ = ["FrontDoorService", "FrontDoorSettings", "Options", "makeService"]
+
+
+@dataclass(frozen=True, slots=True)
+class FrontDoorSettings:
+    """Everything ``twistd voiceedge-signaling`` reads from its INI file."""
+
+    signaling: SignalingSettings = section(SignalingSettings)
+    fleet: FleetSettings = section(FleetSettings)
+    redis: RedisConnectionSettings = section(RedisConnectionSettings)
+    regions: Mapping[str, RegionSettings] = family(RegionSettings, "region")
+
+    def __post_init__(self) -> None:
+        if not self.fleet.secret:
+            raise SettingError("secret", "the fleet secret is required", section="fleet")
+        if self.fleet.default_region not in self.regions:
+            raise SettingError(
+                "default_region",
+                f"no [region.{self.fleet.default_region}] section (every region needs its relay)",
+                section="fleet",
+            )
+        for name, region in self.regions.items():
+            for other in region.fallback:
+                if other not in self.regions:
+                    raise SettingError("fallback", f"no [region.{other}] section", section=f"region.{name}")
+
+
+class Options(usage.Options):
+    """Options of ``twistd voiceedge-signaling``."""
+
+    optParameters = [
+        ["config", "c", None, "INI file (see etc/signaling.ini)"],
+    ]
+
+    def postOptions(self) -> None:
+        """Load and validate the INI file now, so a bad one stops start-up."""
+        path = self["config"]
+        if path is None:
+            raise usage.UsageError("--config is required")
+        try:
+            self.settings, _ = c.load_settings(FrontDoorSettings, path)
+        except c.ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class ReadyResource(resource.Resource):
+    """``GET /readyz``: 200 once the registry has been read (and while a copy is in use), else 503."""
+
+    isLeaf = True
+
+    def __init__(self, view: RegistryView[TransceiverRecord]) -> None:
+        super().__init__()
+        self.view = view
+
+    def render_GET(self, request: server.Request) -> bytes:
+        """Ready when the front door knows transceivers to choose from."""
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        serving = sum(1 for r in self.view.records.values() if r.serving)
+        if not self.view.up and not self.view.records:
+            request.setResponseCode(http.SERVICE_UNAVAILABLE)
+            return b"registry not read yet\n"
+        return f"ok transceivers={len(self.view.records)} serving={serving}\n".encode()
+
+
+class FrontDoorService(service.Service):
+    """Reads the registry while the application runs; closes connections at the end."""
+
+    def __init__(self, view: RegistryView[TransceiverRecord], api: InternalApiClient, redis: RedisClient) -> None:
+        self.view = view
+        self.api = api
+        self.redis = redis
+
+    def startService(self) -> None:
+        """Start reading the registry."""
+        super().startService()
+        self.view.start()
+
+    def stopService(self) -> Any:
+        """Stop reading; close the kept connections and Redis."""
+        super().stopService()
+        self.view.stop()
+        d = self.api.close()
+        d.addBoth(lambda _: self.redis.close())
+        return d
+
+
+def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
+    """The front door: its HTTP listener, its copy of the registry, its client for internal APIs."""
+    clock, _ = service_reactors(clock)
+    settings: FrontDoorSettings = config.settings
+    fleet = settings.fleet
+    redis = RedisClient(settings.redis)
+    view: RegistryView[TransceiverRecord] = RegistryView(
+        RedisRegistryStore(redis), clock, fleet.refresh_interval, fleet.max_stale
+    )
+    api = InternalApiClient(clock, fleet.secret, fleet.request_timeout)
+    host = FleetSessionHost(view, api, RegionMap(settings.regions, fleet.default_region), clock, fleet)
+    top = service.MultiService()
+    FrontDoorService(view, api, redis).setServiceParent(top)
+    site = build_site(
+        host,
+        settings.signaling,
+        extra={
+            b"metrics": MetricsResource(make_registry(host.metrics, view.metrics)),
+            b"readyz": ReadyResource(view),
+        },
+    )
+    strports.service(settings.signaling.listen, site).setServiceParent(top)
+    return top
