@@ -194,6 +194,11 @@ class GlobalHopTests(SynchronousTestCase):
         # Consent checks keep flowing through both.
         fleet.client_sends(check)
         self.assertEqual(encap.decode(fleet.to_transceiver[-1][0])[1], check)
+        # And the client's answers to the transceiver's own consent checks (STUN responses).
+        answer = b"\x01\x01\x00\x00" + bytes.fromhex("2112a442") + bytes(12)
+        fleet.client_sends(answer)
+        self.assertEqual(encap.decode(fleet.to_transceiver[-1][0])[1], answer)
+        self.assertEqual(sum(fleet.b.drops.values()), 0)
 
     def test_media_before_confirmation_and_unknown_peers(self) -> None:
         fleet = Fleet()

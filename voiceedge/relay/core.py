@@ -530,9 +530,16 @@ class Relay:
         if not payload:
             self._drop("empty")
             return
-        if not is_stun(payload) or payload[0] != 0 or payload[1] != 1:
-            # Media or an answer with no flow here: the client's next check makes one.
-            self._drop("pending_media" if flow is not None and flow.return_via == addr else "no_flow")
+        request = is_stun(payload) and payload[0] == 0 and payload[1] == 1
+        ours = flow if flow is not None and flow.return_via == addr else None
+        if not request:
+            if ours is not None and is_stun(payload):
+                # A STUN answer or indication on this peer's flow (the client's answer
+                # to the transceiver's consent check): on to the owner, like local ones.
+                self._forward_from_peer(data, ours, now, len(payload))
+                return
+            # Media before the owner answered, or with no flow here: the client's next check makes one.
+            self._drop("pending_media" if ours is not None else "no_flow")
             return
         try:
             username = peek_username(payload)
@@ -543,6 +550,9 @@ class Relay:
             self._drop("no_username")
             return
         ufrag = username.partition(b":")[0]
+        if ours is not None and ufrag == ours.ufrag:
+            self._forward_from_peer(data, ours, now, len(payload))
+            return
         hop = self._route(username)
         if hop is None:
             return
@@ -586,6 +596,17 @@ class Relay:
             return
         self.to_transceiver_packets += 1
         self.to_transceiver_bytes += len(payload)
+
+    def _forward_from_peer(self, data: bytes, flow: Flow, now: float, size: int) -> None:
+        """Send a datagram from the flow's peer relay on to the flow's next hop, as it came."""
+        flow.last_seen = now
+        try:
+            self.send_to_transceiver(data, flow.next_hop)
+        except OSError:
+            self._drop("send_failed")
+            return
+        self.to_transceiver_packets += 1
+        self.to_transceiver_bytes += size
 
     @staticmethod
     def _onward_header(data: bytes, hop_count: int) -> bytes:
