@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -159,6 +159,26 @@ class InternalApiTests(TestCase):
         for path in ("/healthz", "/readyz", "/metrics"):
             response = yield stranger.request(self.api, b"GET", path)
             self.assertEqual(response.status, 200, path)
+
+    @defer.inlineCallbacks
+    def test_the_prestop_drain_client(self) -> Any:
+        """python -m voiceedge.fleet.drain_request: starts the drain, waits until no call is left."""
+        from twisted.internet.threads import deferToThread
+
+        from voiceedge.fleet.drain_request import drain
+
+        url = f"http://127.0.0.1:{self.api[1]}"
+        opened = yield self.open(session_id="prestop-session-id-1")
+        self.assertEqual(opened.status, 201)
+        waiting = deferToThread(drain, url, SECRET, True, 0.05)
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertTrue(self.drain.draining)
+        self.assertFalse(waiting.called)  # a call is still up
+        self.transceiver.close_session("prestop-session-id-1", "done")
+        status = yield waiting
+        self.assertEqual(status, 0)
+        wrong = yield deferToThread(drain, url, "w" * 40, False)
+        self.assertEqual(wrong, 1)
 
     @defer.inlineCallbacks
     def test_drain_fails_readiness_and_refuses_new_calls(self) -> Any:

@@ -244,6 +244,26 @@ def address(value: str) -> Address:
     return host, port
 
 
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def host_address(value: str) -> Address:
+    """``host:port`` where host is an IP address or a DNS name (a Kubernetes Service, say)."""
+    try:
+        return address(value)
+    except ValueError:
+        pass
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not _HOSTNAME.match(host):
+        raise ValueError("expected host:port with an IP address or a DNS name")
+    return host, integer(1, 65535)(port_text)
+
+
+def host_addresses(value: str) -> tuple[Address, ...]:
+    """A comma-separated list of :func:`host_address` (empty: none)."""
+    return tuple(host_address(item.strip()) for item in value.split(",") if item.strip())
+
+
 def optional_address(value: str) -> Address | None:
     """An :func:`address`, or nothing when empty."""
     return address(value) if value else None

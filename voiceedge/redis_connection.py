@@ -12,24 +12,19 @@ from voiceedge.config import Address, SettingError, setting
 if TYPE_CHECKING:
     from twisted.internet import defer
 
-__all__ = ["MAX_RECONNECT_DELAY", "RedisClient", "RedisConnectionSettings", "addresses", "describe_redis"]
+__all__ = ["MAX_RECONNECT_DELAY", "RedisClient", "RedisConnectionSettings", "describe_redis"]
 
 #: The longest wait between two attempts to reconnect to Redis, in seconds.
 MAX_RECONNECT_DELAY = 1.0
-
-
-def addresses(value: str) -> tuple[Address, ...]:
-    """A comma-separated list of ``host:port`` addresses (empty: none)."""
-    return tuple(c.address(item.strip()) for item in value.split(",") if item.strip())
 
 
 @dataclass(frozen=True, slots=True)
 class RedisConnectionSettings:
     """How to reach Redis: ``address``, or the master ``sentinel_master`` that ``sentinels`` name."""
 
-    address: Address = setting(c.address, "127.0.0.1:6379", "Redis host:port (unused with sentinels)")
+    address: Address = setting(c.host_address, "127.0.0.1:6379", "Redis host:port (unused with sentinels)")
     sentinels: tuple[Address, ...] = setting(
-        addresses, "", "Redis Sentinels host:port, ...; when set, the master comes from them"
+        c.host_addresses, "", "Redis Sentinels host:port, ...; when set, the master comes from them"
     )
     sentinel_master: str = setting(c.nonempty, "voiceedge", "the master's name in Sentinel")
     timeout: float = setting(c.seconds(0.05, 30), "1", "seconds before an operation counts as failed")
