@@ -95,7 +95,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="one aiortc call through a voiceedge front door")
     parser.add_argument("--url", required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--host-address", default="127.0.0.1", help="the one address aiortc gathers as a candidate")
     args = parser.parse_args()
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [args.host_address]
     sys.exit(asyncio.run(call(args.url, args.seconds)))
 
 

@@ -204,7 +204,10 @@ class ImpairmentShim(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:  # noqa: N802 - Twisted's name
         if addr not in self._clients:
             reactor: IReactorUDP = self.reactor
-            self._clients[addr] = reactor.listenUDP(0, _Upstream(self, addr), interface=self.upstream[0])
+            # Any local address of the upstream's family: the shim may run on another host
+            # (a network namespace) than the upstream, where its address is not local.
+            interface = "::" if ":" in self.upstream[0] else "0.0.0.0"
+            self._clients[addr] = reactor.listenUDP(0, _Upstream(self, addr), interface=interface)
         self.up.submit(datagram, addr)
 
     def _to_upstream(self, datagram: bytes, client: Address) -> None:
