@@ -150,7 +150,9 @@ def restart_gap(split: Split, relay: Process, call_seconds: float) -> tuple[floa
     """Kill -9 the relay mid-call and start it again.
 
     Returns how long after the new relay was healthy the first echoed frame
-    arrived, and how many frames came back after that.
+    arrived, and how many frames came back after that. The call goes on for
+    ``call_seconds`` after the new relay is healthy, however long the restart
+    took (a loaded machine starts twistd slowly).
     """
     from tests.aiortc_peer import monitored_call
 
@@ -160,8 +162,9 @@ def restart_gap(split: Split, relay: Process, call_seconds: float) -> tuple[floa
         await asyncio.sleep(2.0)
         relay.kill9()
         restarted.append(await asyncio.to_thread(relay.start))
+        await asyncio.sleep(call_seconds)
 
-    arrivals = asyncio.run(monitored_call(split.base_url, call_seconds, restart()))
+    arrivals = asyncio.run(monitored_call(split.base_url, 2.0, restart()))
     assert restarted, "the relay was not restarted"
     after = [t for t in arrivals if t > restarted[0]]
     assert after, "no audio came back after the restart"
@@ -171,7 +174,7 @@ def restart_gap(split: Split, relay: Process, call_seconds: float) -> tuple[floa
 def test_relay_restart_with_redis_resumes_within_one_second(tmp_path: Path, redis_server: RedisServer) -> None:
     """With Redis the new relay finds the flow on the first media packet: audio back within 1 s."""
     with deployment(tmp_path, redis_server) as (split, relay, _):
-        gap, frames = restart_gap(split, relay, call_seconds=6.0)
+        gap, frames = restart_gap(split, relay, call_seconds=4.0)
         print(f"audio resumed {gap * 1000:.0f} ms after the relay was back")
         assert gap < 1.0
         assert frames > 100  # and it kept flowing
@@ -181,7 +184,7 @@ def test_relay_restart_with_redis_resumes_within_one_second(tmp_path: Path, redi
 def test_relay_restart_without_redis_resumes_within_a_consent_interval(tmp_path: Path) -> None:
     """Without Redis the client's next consent check rebuilds the route from the ufrag."""
     with deployment(tmp_path, None) as (split, relay, _):
-        gap, frames = restart_gap(split, relay, call_seconds=10.0)
+        gap, frames = restart_gap(split, relay, call_seconds=8.0)
         print(f"audio resumed {gap * 1000:.0f} ms after the relay was back")
         # aioice checks consent every 4-6 s (RFC 7675).
         assert gap < 6.0
