@@ -39,7 +39,7 @@ class TwoRegionFleetTests(TestCase):
 
     def setUp(self) -> None:
         require_namespaces()
-        self.tmp = Path(self.mktemp())
+        self.tmp = Path(self.mktemp()).resolve()
         self.tmp.mkdir(parents=True)
         self.net = Network(self)
 
@@ -61,8 +61,9 @@ class TwoRegionFleetTests(TestCase):
         self.sentinel = self.net.host("sentinel", 0, 4)
         conf.write_text(conf.read_text().replace(f"bind {core.ip}", f"bind {self.sentinel.ip}"))
         self.sentinel.start(["redis-server", str(conf), "--sentinel"], self.tmp / "sentinel.log")
+        # A Sentinel learns of replicas from the master's INFO, which it reads every 10 s.
         wait_until(lambda: b"slaves=1" in redis_command(26379, "INFO", "sentinel", host=self.sentinel.ip),
-                   15, "the Sentinel sees the replica")
+                   40, "the Sentinel sees the replica")
         return core, replica_host
 
     def test_two_regions(self) -> None:

@@ -36,7 +36,7 @@ class LocalFleetTests(TestCase):
     timeout = 180
 
     def test_spread_drain_and_kill(self) -> None:
-        tmp = Path(self.mktemp())
+        tmp = Path(self.mktemp()).resolve()
         tmp.mkdir(parents=True)
         redis = start_redis(self)
         ports = {p: free_udp_port() for p in UDP_PORTS} | {p: free_tcp_port() for p in TCP_PORTS}

@@ -26,7 +26,7 @@ def sentinel_pair(testcase: Any) -> tuple[RedisProcess, RedisProcess, RedisProce
         assert time.monotonic() < deadline, "the replica did not sync"
         time.sleep(0.05)
     sentinel = start_sentinel(testcase, master, down_after_ms=500, failover_timeout_ms=2000)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 40  # a Sentinel reads the master's INFO every 10 s
     while b"slaves=1" not in sentinel.command("INFO", "sentinel"):
         assert time.monotonic() < deadline, "the Sentinel did not find the replica"
         time.sleep(0.05)
