@@ -95,7 +95,7 @@ class SchemaTests(SynchronousTestCase):
         configmap = next(d for d in objects if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("voiceedge-config"))
         self.assertEqual(set(configmap["data"]), {"relay.ini", "transceiver.ini", "signaling.ini"})
         mounted = {v["configMap"]["name"] for d in objects if d["kind"] in ("Deployment", "DaemonSet")
-                   for v in d["spec"]["template"]["spec"]["volumes"]}
+                   for v in d["spec"]["template"]["spec"]["volumes"] if "configMap" in v}
         self.assertEqual(mounted, {configmap["metadata"]["name"]})
 
 
@@ -103,7 +103,10 @@ class ConfigurationTests(SynchronousTestCase):
     """The INI files in deploy/kubernetes/config load, with the environment the pods give them."""
 
     def test_ini_files_load(self) -> None:
-        relay, _ = c.load_settings(RelayServiceSettings, str(DEPLOY / "config/relay.ini"), environ=ENVIRONMENT)
+        keys = Path(self.mktemp())
+        keys.write_text("k8s sha256:" + "ab" * 32 + "\n")
+        environment = {**ENVIRONMENT, "VOICEEDGE_API_KEYS_FILE": str(keys)}
+        relay, _ = c.load_settings(RelayServiceSettings, str(DEPLOY / "config/relay.ini"), environ=environment)
         self.assertEqual(relay.relay.ingress, ("203.0.113.10", 3478))
         self.assertTrue(relay.global_hop.directory)
         transceiver, _ = c.load_settings(
@@ -113,7 +116,8 @@ class ConfigurationTests(SynchronousTestCase):
         self.assertEqual(transceiver.internal.reachable_at, ("10.244.1.7", 8081))
         self.assertEqual(transceiver.route.address, ("10.244.1.7", 3479))
         self.assertEqual(transceiver.registry.id, "transceiver-7d9f8c5b6-x2k4q")
-        front, _ = c.load_settings(FrontDoorSettings, str(DEPLOY / "config/signaling.ini"), environ=ENVIRONMENT)
+        front, _ = c.load_settings(FrontDoorSettings, str(DEPLOY / "config/signaling.ini"), environ=environment)
+        self.assertFalse(front.signaling.open)
         self.assertEqual(front.fleet.secret, transceiver.internal.secret)
         self.assertEqual(front.redis.sentinels, transceiver.redis.sentinels)
         self.assertEqual(front.redis.sentinels, relay.redis.sentinels)
@@ -126,6 +130,9 @@ class ConfigurationTests(SynchronousTestCase):
             used = set(re.findall(r"\$\{([A-Z_]+)\}", (DEPLOY / "config" / ini).read_text()))
             spec = container(kind, workload)
             given = {e["name"] for e in spec.get("env", [])}
+            if "VOICEEDGE_API_KEYS_FILE" in given:
+                volumes = by_kind(kind, workload)["spec"]["template"]["spec"]["volumes"]
+                self.assertIn({"name": "api-keys", "secret": {"secretName": "voiceedge-api-keys"}}, volumes)
             for source in spec.get("envFrom", []):
                 if "secretRef" in source:
                     given |= set(by_kind("Secret", source["secretRef"]["name"])["stringData"])
