@@ -98,7 +98,7 @@ class TwoRegionFleetTests(TestCase):
                 host = net.host(f"tx-{name}", third, 10 + n)
                 transceivers[name] = host
                 ini = self.write(f"tx-{name}.ini", (
-                    f"[signaling]\nlisten = tcp:8080:interface={host.ip}\n"
+                    "[signaling]\nlisten = tcp:8080:interface=127.0.0.1\n"
                     f"[transceiver]\nmedia_listen = {host.ip}:3479\nadvertised_address = {relays[region].ip}:3478\n"
                     f"relay_networks = {net.cidr}\n[route]\nkeys = {key}\ncluster = {clusters[region]}\n"
                     f"[internal]\nlisten = tcp:8081:interface={host.ip}\nsecret = {SECRET}\n"
@@ -108,7 +108,8 @@ class TwoRegionFleetTests(TestCase):
         door = net.host("door", 0, 10)
         clients = {"a": net.host("client-a", 4, 1), "b": net.host("client-b", 5, 1), "edge": net.host("client-edge", 6, 1)}
         ini = self.write("signaling.ini", (
-            f"[signaling]\nlisten = tcp:8080:interface={door.ip}\n"
+            # Open on purpose: this test is about the fleet, tests/test_http_security.py about keys.
+            f"[signaling]\nlisten = tcp:8080:interface={door.ip}\nauth = none\n"
             f"[fleet]\nsecret = {SECRET}\ndefault_region = a\nrefresh_interval = 0.5\n"
             f"[redis]\nsentinels = {sentinels}\ntimeout = 0.5\n"
             f"[region.a]\nrelay = {relays['a'].ip}:3478\nnetworks = {net.address(4, 0)}/24\n"

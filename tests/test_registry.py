@@ -144,13 +144,18 @@ class PublisherAndViewTests(SynchronousTestCase):
         self.clock.pump([0.5] * 4)
         self.assertGreater(self.store.calls, calls)
 
-    def test_local_assignments_count_until_the_next_refresh(self) -> None:
+    def test_local_assignments_count_for_a_heartbeat(self) -> None:
+        """Sessions placed here count on top of the registry's numbers until heartbeats carry them."""
         self.publisher.start()
         self.view.refresh()
         self.view.assigned("tx-a")
         self.view.assigned("tx-a")
         self.assertEqual([r.sessions for r in self.view.candidates()], [5])
-        self.view.refresh()
+        self.view.refresh()  # a read before the transceiver's next heartbeat changes nothing
+        self.assertEqual([r.sessions for r in self.view.candidates()], [5])
+        self.view.unassigned("tx-a")
+        self.assertEqual([r.sessions for r in self.view.candidates()], [4])
+        self.clock.advance(2.1)
         self.assertEqual([r.sessions for r in self.view.candidates()], [3])
 
     def test_malformed_records_are_skipped_and_counted(self) -> None:

@@ -15,6 +15,7 @@ to notice that it died. Key layout (docs/fleet.md)::
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import re
@@ -345,9 +346,10 @@ class RegistryView(Generic[R]):
     While Redis cannot be read, the last copy is kept for ``max_stale``
     seconds (requests to a dead transceiver fail and are retried
     elsewhere), then dropped: with no registry there is nobody to choose.
-    Between refreshes, :meth:`assigned` counts the sessions this front door
-    has sent to each transceiver, so a burst does not all go to the one
-    that looked least loaded; the next refresh brings the true counts.
+    :meth:`assigned` counts the sessions this front door has just sent to
+    each transceiver, for ``assignment_memory`` seconds (about a heartbeat:
+    until the transceiver's own record carries them), so a burst does not
+    all go to the one that looked least loaded.
     """
 
     def __init__(
@@ -357,6 +359,7 @@ class RegistryView(Generic[R]):
         refresh_interval: float = 1.0,
         max_stale: float = 30.0,
         parse: Callable[[Any], R] = TransceiverRecord.from_json,  # type: ignore[assignment]
+        assignment_memory: float = 2.0,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -369,7 +372,10 @@ class RegistryView(Generic[R]):
         self.reads_ok = 0
         self.read_errors = 0
         self.malformed = 0
-        self._extra: dict[str, int] = {}
+        # (when, record id) of the sessions this reader placed lately: counted on top of the
+        # registry's numbers for ``assignment_memory`` seconds, until heartbeats carry them.
+        self._recent: collections.deque[tuple[float, str]] = collections.deque()
+        self.assignment_memory = assignment_memory
         self._loop: LoopingCall | None = None
         self._reading: defer.Deferred[Any] | None = None
         self._first: list[defer.Deferred[None]] = []
@@ -417,7 +423,6 @@ class RegistryView(Generic[R]):
                     continue
                 records[record_id] = record
             self.records = records
-            self._extra.clear()
             self.reads_ok += 1
             self.refreshed_at = self.clock.seconds()
             if self.up is not True:
@@ -436,8 +441,7 @@ class RegistryView(Generic[R]):
             if self.clock.seconds() - self.refreshed_at > self.max_stale and self.records:
                 log.warn("registry: last copy is older than {s:g} s; dropped", s=self.max_stale)
                 self.records = {}
-                self._extra.clear()
-
+    
         def done(result: object) -> object:
             self._reading = None
             return None
@@ -447,8 +451,18 @@ class RegistryView(Generic[R]):
 
     def current(self, record: R) -> R:
         """``record`` with the sessions this front door sent it since the last refresh added."""
-        extra = self._extra.get(record.id, 0)
+        extra = self._recent_count().get(record.id, 0)
         return replace(record, sessions=record.sessions + extra) if extra else record  # type: ignore[type-var,attr-defined]
+
+    def _recent_count(self) -> dict[str, int]:
+        horizon = self.clock.seconds() - self.assignment_memory
+        recent = self._recent
+        while recent and recent[0][0] < horizon:
+            recent.popleft()
+        counts: dict[str, int] = {}
+        for _, record_id in recent:
+            counts[record_id] = counts.get(record_id, 0) + 1
+        return counts
 
     def candidates(self) -> Iterable[R]:
         """Every record, with local assignments counted."""
@@ -456,13 +470,14 @@ class RegistryView(Generic[R]):
 
     def assigned(self, record_id: str) -> None:
         """This front door just opened a session on ``record_id``."""
-        self._extra[record_id] = self._extra.get(record_id, 0) + 1
+        self._recent.append((self.clock.seconds(), record_id))
 
     def unassigned(self, record_id: str) -> None:
         """A session counted by :meth:`assigned` did not open after all."""
-        extra = self._extra.get(record_id, 0)
-        if extra > 0:
-            self._extra[record_id] = extra - 1
+        for index in range(len(self._recent) - 1, -1, -1):
+            if self._recent[index][1] == record_id:
+                del self._recent[index]
+                return
 
     def get(self, record_id: str) -> R | None:
         """The record of ``record_id``, if it is live."""
