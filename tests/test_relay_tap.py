@@ -158,6 +158,7 @@ def test_service_runs_and_serves_metrics(tmp_path: Path) -> Iterator[Any]:
         assert 'voiceedge_relay_packets_total{direction="to_transceiver"} 1.0' in body
         response = yield agent.request(b"GET", f"http://127.0.0.1:{http_port}/healthz".encode())
         assert (yield readBody(response)) == b"ok flows=1 redis=disabled\n"
+        assert response.headers.getRawHeaders(b"server") == [b"voiceedge"]  # no Twisted version
     finally:
         sink.close()
         client.close()

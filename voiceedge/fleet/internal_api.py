@@ -40,6 +40,7 @@ from voiceedge.fleet.settings import session_id
 from voiceedge.metrics import MetricsResource, Sample, make_registry
 from voiceedge.fleet.interfaces import IFleetTransceiver
 from voiceedge.signaling.interfaces import OpenedSession, SessionRefused
+from voiceedge.signaling.site import SignalingRequest
 
 __all__ = [
     "SESSIONS_PATH",
@@ -291,9 +292,10 @@ class ProbeResource(resource.Resource):
 
 
 class _QuietSite(server.Site):
-    """No access log line per probe and scrape."""
+    """No access log line per probe and scrape, and no software version in ``Server``."""
 
     noisy = False
+    requestFactory = SignalingRequest
     displayTracebacks = False
 
     def log(self, request: http.Request) -> None:

@@ -20,6 +20,7 @@ from voiceedge.metrics import MetricsResource, make_registry
 from voiceedge.relay.core import Relay
 from voiceedge.relay.flow_store import FlowCache, IFlowStore, RedisFlowStore
 from voiceedge.relay.flows import Address
+from voiceedge.signaling.site import SignalingRequest
 from voiceedge.fleet.registry import RedisRegistryStore, RegistryPublisher, RegistryView
 from voiceedge.fleet.settings import RegistrySettings
 from voiceedge.relay.directory import RELAY_INDEX_KEY, RELAY_KEY_PREFIX, RelayDirectory, RelayRecord
@@ -84,9 +85,10 @@ class HealthResource(resource.Resource):
 
 
 class _QuietSite(server.Site):
-    """A Site without an access log line per scrape."""
+    """A Site without an access log line per scrape, and no software version in ``Server``."""
 
     noisy = False
+    requestFactory = SignalingRequest
 
     def log(self, request: http.Request) -> None:
         """Scrapes and health checks are not worth a log line each."""
