@@ -137,6 +137,13 @@ def test_offered_agents_are_loaded_with_their_sections(tmp_path: Path) -> None:
     options.parseOptions(["--config", str(ini)])
     assert list(options.agent.offered) == ["parrot"]
     assert options.agent.offered["parrot"].kind.name == "parrot"
+    top = service.MultiService()
+    settings = options.settings
+    transceiver = transceiver_tap.build_transceiver(
+        settings.transceiver, settings.route, settings.speech, options.agent, MemoryReactorClock(), top
+    )
+    assert sorted(transceiver.offered_agents) == ["echo", "parrot"]
+    assert transceiver.offered_agents["echo"] is transceiver.agent_factory
     ini.write_text("[agent]\nname = echo\noffered = nobody\n")
     with pytest.raises(usage.UsageError, match=r"\[agent\] offered: no agent named 'nobody'"):
         transceiver_tap.Options().parseOptions(["--config", str(ini)])

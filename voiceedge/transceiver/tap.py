@@ -160,13 +160,15 @@ def build_transceiver(
 ) -> Transceiver:
     """A transceiver as the settings say, its UDP socket and timers added to ``parent``."""
     protocols: list[SharedSocketProtocol] = []
+    default = agent.make_factory(clock)
     transceiver = Transceiver(
         clock,
         DtlsCertificate.generate(),
-        agent.make_factory(clock),
+        default,
         settings,
         speech=speech,
-        offered_agents=agent.make_factories(clock),
+        # A client secret may name the default agent too.
+        offered_agents={agent.kind.name: default, **agent.make_factories(clock)},
         make_ufrag=route_ufrags(route, lambda: route_address(route, protocols[0])),
     )
     protocols.append(SharedSocketProtocol(transceiver))
