@@ -83,9 +83,13 @@ def _wait_ping(server: RedisProcess, what: str) -> None:
 def start_redis(testcase: Any, *args: str, port: int | None = None) -> RedisProcess:
     """A redis-server on 127.0.0.1:<free port>, no persistence, killed at the test's cleanup."""
     port = port or _free_port()
+    # A replica's full sync makes its master write an RDB file even with
+    # --save "": in the test's own directory, never the working directory.
+    directory = Path(testcase.mktemp()).resolve()
+    directory.mkdir(parents=True)
     process = subprocess.Popen(
         [_binary("redis-server"), "--port", str(port), "--bind", LOOPBACK, "--save", "",
-         "--appendonly", "no", *args],
+         "--appendonly", "no", "--dir", str(directory), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
