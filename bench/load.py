@@ -56,7 +56,14 @@ def main() -> int:
     pion_peer.build()
     logs = Path(tempfile.mkdtemp(prefix="bench-load-"))
     http_port, media_port = free_tcp_port(), free_udp_port()
-    ini = write_allinone_config(logs, http_port, media_port, transceiver={"max_sessions": args.calls + 10})
+    ini = write_allinone_config(
+        logs,
+        http_port,
+        media_port,
+        transceiver={"max_sessions": args.calls + 10},
+        # Every call comes from this one address: no per-address limits here.
+        signaling={"calls_per_minute_per_address": 0, "max_connections_per_address": 0},
+    )
     base = f"http://127.0.0.1:{http_port}"
     with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=logs) as server:
         summary = pion_peer.load(
