@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_sockets -*-
 """Socket options the media sockets share: kernel buffers that ride out a busy moment."""
 
 from __future__ import annotations
