@@ -111,6 +111,14 @@ class PublisherAndViewTests(SynchronousTestCase):
         self.view.refresh()
         self.assertFalse(self.view.get("tx-a").serving)  # type: ignore[union-attr]
 
+    def test_session_ends_are_published(self) -> None:
+        """Each session's end goes out on the ended channel, with the transceiver's id."""
+        self.publisher.session_ended("tx-a", "s1")  # not started: nothing
+        self.publisher.start()
+        self.publisher.session_ended("tx-a", "s2")
+        self.assertEqual(self.store.ended, [("tx-a", "s2")])
+        self.assertEqual(self.publisher.ends_published, 1)
+
     def test_a_clean_stop_removes_the_record(self) -> None:
         self.publisher.start()
         self.publisher.stop()

@@ -172,6 +172,14 @@ def build_membership(
 
         client = RedisClient(redis)
         publisher = RegistryPublisher(RedisRegistryStore(client), clock, describe, registry.heartbeat, registry.ttl)
+        ends = publisher
+
+        def ended(session_id: str) -> None:
+            # Front doors that keep who opened each call hear of its end here
+            # (docs/fleet.md: the subscriber is not written yet).
+            ends.session_ended(record_id, session_id)
+
+        transceiver.add_end_listener(ended)
         log.info("registry: this transceiver is {id} in region {region}", id=record_id, region=registry.region)
     membership = Membership(transceiver, drain, publisher, clock, client)
     membership.setServiceParent(parent)

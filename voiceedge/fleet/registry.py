@@ -309,7 +309,9 @@ class RegistryPublisher:
         d.addCallbacks(ok, failed).addBoth(done)
 
     def session_ended(self, record_id: str, session_id: str) -> None:
-        """Publish that a session ended (front doors free its owner's place); best effort."""
+        """Publish that a session ended (front doors free its owner's place); best effort, once started."""
+        if self._loop is None:
+            return
         d = self.store.publish_ended(record_id, session_id)
         d.addTimeout(self.heartbeat, self.clock)
         d.addCallbacks(lambda _: self._count_end(), lambda _: None)
