@@ -30,7 +30,7 @@ import json
 import threading
 import wave
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -122,6 +122,8 @@ class CallerTimeline:
     server: dict[str, Any]
     delete_status: int | None
     console: list[str]
+    #: The browser's ``inbound-rtp`` statistics (getStats) just before hanging up.
+    inbound: dict[str, Any] = field(default_factory=dict)
 
 
 def run_caller(
@@ -152,6 +154,7 @@ def run_caller(
             page.wait_for_function("window.callerView.state === 'connected'", timeout=15_000)
             page.wait_for_timeout(seconds * 1000)
             view = page.evaluate("window.callerView")
+            inbound = page.evaluate(_INBOUND_JS)
             status, body = http_get(view["sessionUrl"])
             server = json.loads(body) if status == 200 else {"status": status}
             delete_status = page.evaluate("window.hangUp()")
@@ -159,7 +162,16 @@ def run_caller(
             context.close()
     sent = np.array(view["sent"], dtype=float).reshape(-1, 2)
     heard = np.array(view["heard"], dtype=float).reshape(-1, 2)
-    return CallerTimeline(sent, heard, server, delete_status, console)
+    return CallerTimeline(sent, heard, server, delete_status, console, inbound or {})
+
+
+_INBOUND_JS = """async () => {
+  let found = null;
+  (await window.callerPc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "audio") found = s;
+  });
+  return found && JSON.parse(JSON.stringify(found));
+}"""
 
 
 def _segments(rows: np.ndarray, threshold: float, bridge: float) -> list[tuple[float, float]]:

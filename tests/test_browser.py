@@ -33,8 +33,10 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--autoplay-policy=no-user-gesture-required",
 ]
-# Opus in 20 ms frames: the echo sends back about 50 packets a second.
-EXPECTED_PPS = (40.0, 60.0)
+# Opus in 20 ms frames: at most 50 packets a second. Chromium's fake microphone
+# beeps (sound about half the time) and the echo sends back only what can be
+# heard (silence is not sent: tests/test_silence_playout.py), about 25-30.
+EXPECTED_PPS = (15.0, 52.0)
 SAMPLE_SECONDS = 3.0
 
 # Reads getStats() now; returns the page's clock with the counters.
@@ -121,7 +123,7 @@ def drive_demo_call(sync_api: Any, base_url: str, tmp_path: Path) -> dict[str, A
 
 
 def test_call_from_chromium(tmp_path: Path) -> None:
-    """Chromium with a fake microphone calls the all-in-one echo and receives ~50 packets/s back."""
+    """Chromium with a fake microphone calls the all-in-one echo and receives its beeps back (15-52 packets/s)."""
     sync_api = require_browser()
     http_port, media_port = free_tcp_port(), free_udp_port()
     ini = write_allinone_config(tmp_path, http_port, media_port)

@@ -15,11 +15,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests import memory_call as mc
+from tests.audio_samples import opus_tone_frame
 from tests.impair import ImpairedPath, Impairment
 from tests.support import REPO_ROOT, free_tcp_port, free_udp_port, running_service, write_allinone_config
 from voiceedge.transceiver.dtls import DtlsState
 
-OPUS_SILENCE = b"\xf8\xff\xfe"
 
 
 class ImpairedPathTests(SynchronousTestCase):
@@ -150,7 +150,7 @@ class ImpairedSessionTests(SynchronousTestCase):
         def talk() -> None:
             if link.clock.seconds() >= next_send[0]:
                 next_send[0] += 0.02
-                link.client.send_rtp(OPUS_SILENCE)
+                link.client.send_rtp(opus_tone_frame())  # audible: silence is not echoed
             if round(link.clock.seconds() * 1000) % 2500 == 0:
                 link.client.check(use_candidate=False)  # consent checks, as browsers send
 

@@ -6,7 +6,9 @@ import collections
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from voiceedge.transceiver.audio import OutboundAudio
+from tests.audio_samples import tone_pcm
+
+from voiceedge.transceiver.audio import SILENT, OutboundAudio, is_inaudible
 from voiceedge.transceiver.rtp_sender import (
     MAX_CATCH_UP,
     PlayoutStarted,
@@ -150,7 +152,7 @@ class TalkspurtTests(SynchronousTestCase):
     def test_stop_drops_the_queue_and_marks_the_resume(self) -> None:
         audio = OutboundAudio(48000)
         s = sender(audio)
-        audio.add(bytes(960 * 2 * 10))  # 200 ms
+        audio.add(tone_pcm(200))
         s.poll(ORIGIN)
         self.assertEqual(audio.frames_encoded, 1)
         self.assertEqual(s.stop(ORIGIN + 0.005), 180)
@@ -163,6 +165,56 @@ class TalkspurtTests(SynchronousTestCase):
         audio.add(bytes(960 * 2))
         (packet,) = s.poll(ORIGIN + 0.021)
         self.assertTrue(parse_rtp(packet).marker)
+
+
+class SilenceTests(SynchronousTestCase):
+    """Nothing is encoded or sent that nobody would hear; the caller's timeline still shows the gap."""
+
+    def test_a_silent_slot_sends_nothing_and_the_resume_is_marked(self) -> None:
+        s = sender()
+        produce(s, ORIGIN, b"a", b"", b"", b"b")
+        packets = [s.poll(ORIGIN + 0.020 * n) for n in range(1, 4)]
+        self.assertEqual([len(p) for p in packets], [0, 0, 1])
+        first = parse_rtp(produce(s, ORIGIN + 0.081, b"c")[0])
+        resumed = parse_rtp(packets[2][0])
+        # Sequence numbers stay contiguous (no loss); the timestamp jumps the gap.
+        self.assertEqual((resumed.sequence_number, resumed.timestamp, resumed.marker), (101, 5000 + 960 * 3, True))
+        self.assertEqual((first.sequence_number, first.timestamp, first.marker), (102, 5000 + 960 * 4, False))
+
+    def test_silence_keeps_the_talkspurt_open_without_a_burst_after_it(self) -> None:
+        s = sender()
+        produce(s, ORIGIN, b"a", *[b""] * 10)
+        for n in range(1, 11):
+            self.assertEqual(s.poll(ORIGIN + 0.020 * n), [])
+            self.assertTrue(s.talking)
+        (packet,) = produce(s, ORIGIN + 0.221, b"b")
+        self.assertEqual(parse_rtp(packet).timestamp, 5000 + 960 * 11)
+        self.assertEqual(s.take_events(), [PlayoutStarted(ORIGIN)])
+
+    def test_outbound_audio_encodes_one_inaudible_frame_then_skips(self) -> None:
+        audio = OutboundAudio(48000)
+        audio.add(tone_pcm(20) + bytes(1920 * 3) + tone_pcm(20))
+        taken = [audio.pop() for _ in range(5)]
+        self.assertEqual([bool(p) for p in taken[:4]], [True, True, False, False])
+        self.assertEqual(taken[2:4], [SILENT, SILENT])
+        self.assertTrue(taken[4])
+        self.assertIsNone(audio.pop())
+        self.assertEqual((audio.frames_encoded, audio.frames_silent), (3, 2))
+
+    def test_quiet_noise_is_inaudible_and_speech_is_not(self) -> None:
+        self.assertTrue(is_inaudible(bytes(1920)))
+        self.assertTrue(is_inaudible(tone_pcm(20, amplitude=8)))  # about -72 dBFS RMS
+        self.assertFalse(is_inaudible(tone_pcm(20, amplitude=20)))  # about -64 dBFS
+        self.assertFalse(is_inaudible(tone_pcm(20, rate=16000)))
+
+    def test_after_a_stop_the_first_inaudible_frame_is_sent_again(self) -> None:
+        audio = OutboundAudio(48000)
+        audio.add(tone_pcm(20) + bytes(1920))
+        self.assertTrue(audio.pop())
+        self.assertTrue(audio.pop())
+        audio.clear()
+        audio.add(bytes(1920))
+        self.assertTrue(audio.pop())
 
 
 class MidExtensionTests(SynchronousTestCase):

@@ -9,6 +9,7 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.audio_samples import tone_pcm
 from tests.ice_client import binding_request
 from voiceedge.agents.interfaces import AudioFrame
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsState, DtlsTransport
@@ -172,7 +173,7 @@ class SetupTests(SynchronousTestCase):
         session = new_session(mid_extension_id=4)
         client = Client(session)
         client.connect(T0)
-        session.send_audio(bytes(1920 * 2), T0 + 0.001)
+        session.send_audio(tone_pcm(40), T0 + 0.001)
         session.tick(T0 + 0.020)
         client.collect()
         packets = client.rtp()

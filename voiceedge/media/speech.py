@@ -40,12 +40,11 @@ from __future__ import annotations
 
 import array
 import math
-import operator
-import sys
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal, Union
 
+import numpy as np
 from zope.interface import implementer
 
 from voiceedge.media.detection import ISpeechDetector
@@ -56,8 +55,7 @@ _FRAME_MS = 20
 _BLOCK_FRAMES = 5  # the noise floor keeps one minimum per 100 ms
 _SILENT_DB = -100.0
 _FULL_SCALE_SQUARED = 32768.0 * 32768.0
-_BIG_ENDIAN = sys.byteorder == "big"
-_mul = operator.mul
+_PCM16 = np.dtype("<i2")
 _log10 = math.log10
 
 
@@ -97,12 +95,25 @@ _PARAMETERS = frozenset(
 )
 
 
-def frame_level_db(samples: array.array[int]) -> float:
-    """Return the RMS level of PCM16 ``samples`` in dBFS (-100 for digital silence)."""
-    energy = sum(map(_mul, samples, samples))
+def frame_level_db(samples: bytes | bytearray | memoryview | array.array[int] | np.ndarray) -> float:
+    """Return the RMS level of PCM16 ``samples`` in dBFS (-100 for digital silence).
+
+    ``samples`` is PCM16 little-endian bytes, or an ``array("h")`` / int16 array
+    of native samples. One vectorised sum of squares: no Python loop per sample.
+    """
+    if isinstance(samples, np.ndarray):
+        x = samples
+    elif isinstance(samples, array.array):
+        x = np.frombuffer(samples, dtype=np.int16)
+    else:
+        x = np.frombuffer(samples, dtype=_PCM16)
+    if not x.size:
+        return _SILENT_DB
+    x = x.astype(np.float64)
+    energy = float(np.dot(x, x))
     if not energy:
         return _SILENT_DB
-    return max(_SILENT_DB, 10.0 * _log10(energy / len(samples) / _FULL_SCALE_SQUARED))
+    return max(_SILENT_DB, 10.0 * _log10(energy / x.size / _FULL_SCALE_SQUARED))
 
 
 @implementer(ISpeechDetector)
@@ -244,17 +255,18 @@ class SpeechDetector:
         if len(pcm) % 2:
             raise ValueError("PCM16 audio must have an even number of bytes")
         pending = self._pending
-        start = now - len(pending) / 2 / self.sample_rate
-        pending += pcm
         events: list[SpeechEvent] = []
         size = self._frame_bytes
-        usable = len(pending) - len(pending) % size
         step = self._frame_seconds
+        if not pending and len(pcm) == size:
+            # The usual case: one whole frame, nothing waiting. No copy.
+            self._frame(frame_level_db(pcm), now, now + step, events)
+            return events
+        start = now - len(pending) / 2 / self.sample_rate
+        pending += pcm
+        usable = len(pending) - len(pending) % size
         for offset in range(0, usable, size):
-            samples = array.array("h", pending[offset : offset + size])
-            if _BIG_ENDIAN:
-                samples.byteswap()
-            self._frame(frame_level_db(samples), start, start + step, events)
+            self._frame(frame_level_db(bytes(pending[offset : offset + size])), start, start + step, events)
             start += step
         del pending[:usable]
         return events

@@ -6,6 +6,8 @@ from __future__ import annotations
 import collections
 from typing import Callable
 
+import numpy as np
+
 from voiceedge.agents.interfaces import AudioFrame
 from voiceedge.media.jitter import JitterBuffer
 from voiceedge.media.opus import CodecError, OpusDecoder, OpusEncoder
@@ -15,6 +17,20 @@ from voiceedge.transceiver.settings import SpeechSettings
 # Enough for an agent to queue a long answer ahead of playout, small enough
 # that a runaway agent cannot eat the process: 60 s.
 MAX_QUEUED_FRAMES = 3000
+#: libopus complexity of agent audio unless configured. Measured with
+#: ``python bench/codec.py --complexity --instructions`` against 10: 4 and 5
+#: cost 0.72 and score the same PESQ-WB (0.94); 6 costs 0.76 (0.98); 8-10
+#: score 1.0 for 1.0; 0-3 are cheaper (0.39 at 0) but lose 0.7-0.9 PESQ.
+DEFAULT_COMPLEXITY = 5
+#: A frame of agent audio whose RMS is below this (dBFS) is inaudible: after
+#: the first one it is neither encoded nor sent (the caller's jitter buffer
+#: plays silence through the gap, as for Opus DTX).
+SILENCE_DB = -70.0
+# The same as a sum of squares over one 20 ms frame at 48 kHz (scaled per rate).
+_SILENCE_MEAN_SQUARE = 32768.0**2 * 10 ** (SILENCE_DB / 10)
+_PCM16 = np.dtype("<i2")
+#: What :meth:`OutboundAudio.pop` returns for a slot of silence: send nothing.
+SILENT = b""
 
 
 class InboundAudio:
@@ -99,6 +115,12 @@ class InboundAudio:
         return self._jitter.stats
 
 
+def is_inaudible(pcm: bytes) -> bool:
+    """Whether a frame of PCM16 little-endian audio is below :data:`SILENCE_DB` RMS."""
+    x = np.frombuffer(pcm, dtype=_PCM16).astype(np.float32)
+    return float(np.dot(x, x)) <= _SILENCE_MEAN_SQUARE * x.size
+
+
 class OutboundAudio:
     """The agent's PCM in, any length; 20 ms Opus frames out, encoded when taken.
 
@@ -106,16 +128,23 @@ class OutboundAudio:
     sender is about to put it on the wire: audio cleared before it is sent
     (barge-in) costs no encode, and the encoder's state never runs ahead of
     what the caller has received.
+
+    Nothing is encoded that nobody would hear: after one inaudible frame (it
+    is encoded and sent, so the caller's decoder and our encoder both end the
+    sound the same way), further inaudible frames are :data:`SILENT`: their
+    slots pass with nothing sent, as with Opus DTX, until sound comes back.
     """
 
-    def __init__(self, sample_rate: int, complexity: int = 5) -> None:
+    def __init__(self, sample_rate: int, complexity: int = DEFAULT_COMPLEXITY) -> None:
         self.sample_rate = sample_rate
         self._frame_bytes = sample_rate // 50 * 2
         self._encoder = OpusEncoder(sample_rate, complexity=complexity)
         self._pcm = bytearray()
         self._frames: collections.deque[bytes] = collections.deque()
+        self._quiet = False  # the last frame taken was inaudible and was sent
         self.frames_dropped = 0
         self.frames_encoded = 0
+        self.frames_silent = 0
 
     def add(self, pcm: bytes) -> None:
         """Queue PCM16 mono; odd trailing bytes wait for the rest of their frame."""
@@ -130,11 +159,19 @@ class OutboundAudio:
             self._frames.append(chunk)
 
     def pop(self) -> bytes | None:
-        """Encode and return the next Opus frame to send, if any."""
+        """Encode and return the next Opus frame to send; :data:`SILENT` for a slot to skip; ``None`` when empty."""
         if not self._frames:
             return None
+        pcm = self._frames.popleft()
+        if is_inaudible(pcm):
+            if self._quiet:
+                self.frames_silent += 1
+                return SILENT
+            self._quiet = True
+        else:
+            self._quiet = False
         self.frames_encoded += 1
-        return self._encoder.encode(self._frames.popleft())
+        return self._encoder.encode(pcm)
 
     def __bool__(self) -> bool:
         return bool(self._frames)
@@ -148,4 +185,5 @@ class OutboundAudio:
         dropped = self.queued_ms()
         self._frames.clear()
         self._pcm.clear()
+        self._quiet = False
         return dropped

@@ -283,6 +283,7 @@ class Transceiver:
             grid_origin=self.grid_origin,
             setup_timeout=self.setup_timeout,
             speech=self.speech,
+            opus_complexity=self.settings.opus_complexity,
             data_channel=summary.datachannel_mid is not None,
             drops=self.drops,
             probes=self.probes,

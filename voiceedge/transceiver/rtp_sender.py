@@ -20,6 +20,9 @@ frame goes out the moment it is produced unless its slot is still to come:
   pause in the agent's audio is a pause in the timeline too.
 
 The RTP timestamp of a frame is the start of its slot on the 48 kHz clock.
+A source may fill a slot with silence (``b""``): nothing is sent for it, as
+with Opus DTX, the sequence numbers stay contiguous, and the next packet
+carries the marker bit and the timestamp of its own slot.
 :meth:`RtpSender.stop` (barge-in) drops the queue and marks the next frame as
 a new talkspurt. When the client offered the MID header extension (RFC 8843
 §15), every packet carries it.
@@ -69,7 +72,7 @@ class AudioSource(Protocol):
     """
 
     def pop(self) -> bytes | None:
-        """The next encoded frame to send, or ``None``."""
+        """The next encoded frame to send; ``b""`` for a slot of silence (nothing sent); ``None`` when empty."""
 
     def __bool__(self) -> bool:
         """Whether a frame is waiting."""
@@ -150,7 +153,9 @@ class RtpSender:
             int.from_bytes(os.urandom(4), "big") if timestamp_base is None else timestamp_base
         )
         self._first_slot: int | None = None
+        # The last slot used (a frame sent, or silence), and the last one sent.
         self._last_slot: int | None = None
+        self._last_sent_slot: int | None = None
         self._talking = False
         self._resume_marked = False
         self.last_sent_at: float | None = None
@@ -207,7 +212,13 @@ class RtpSender:
             payload = source.pop()
             if payload is None:
                 break
-            packets.append(self._packet(start, payload, now))
+            if payload:
+                packets.append(self._packet(start, payload, now))
+            else:
+                # Silence: the slot passes with nothing sent.
+                if self._first_slot is None:
+                    self._first_slot = start
+                self._last_slot = start
             start += 1
         return packets
 
@@ -215,7 +226,9 @@ class RtpSender:
         if self._first_slot is None:
             self._first_slot = slot
             self.first_sent_at = now
-        marker = self._resume_marked or not self._talking
+        sent = self._last_sent_slot
+        # A new talkspurt, or the first sound after slots of silence.
+        marker = self._resume_marked or not self._talking or (sent is not None and slot != sent + 1)
         self._resume_marked = False
         if not self._talking:
             self._talking = True
@@ -223,7 +236,7 @@ class RtpSender:
         timestamp = (self._timestamp_base + SAMPLES_PER_FRAME * (slot - self._first_slot)) & 0xFFFFFFFF
         sequence = self._sequence
         self._sequence = (sequence + 1) & 0xFFFF
-        self._last_slot = slot
+        self._last_slot = self._last_sent_slot = slot
         self.last_sent_at = now
         self.stats.on_packet_sent(len(payload))
         extension = self._extension

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from voiceedge.transceiver.audio import InboundAudio, OutboundAudio
+from voiceedge.transceiver.audio import DEFAULT_COMPLEXITY, InboundAudio, OutboundAudio
 from voiceedge.transceiver.credentials import loggable_id
 from voiceedge.transceiver.dtls import DtlsState, DtlsTransport
 from voiceedge.transceiver.events_channel import EventsChannel
@@ -132,6 +132,7 @@ class Session:
         grid_origin: float = 0.0,
         setup_timeout: float = 15.0,
         speech: SpeechSettings = SpeechSettings(),
+        opus_complexity: int = DEFAULT_COMPLEXITY,
         data_channel: bool = False,
         drops: collections.Counter[str] | None = None,
         probes: collections.Counter[str] | None = None,
@@ -147,6 +148,7 @@ class Session:
         self.sample_rate = sample_rate
         self.grid_origin = grid_origin
         self.speech = speech
+        self.opus_complexity = opus_complexity
         self.state = SessionState.WAITING
         self.end_reason: EndReason | None = None
         self.drops: collections.Counter[str] = collections.Counter() if drops is None else drops
@@ -345,7 +347,7 @@ class Session:
         )
         self._inbound = InboundAudio(self.sample_rate, self.speech, self._emit, self._emit)
         self.receiver = RtpReceiver(srtp, self.audio.payload_type, self._inbound, now, self.drops)
-        self._outbound = OutboundAudio(self.sample_rate)
+        self._outbound = OutboundAudio(self.sample_rate, self.opus_complexity)
         audio = self.audio
         extension = b""
         if audio.mid is not None and audio.mid_extension_id is not None:

@@ -38,6 +38,9 @@ class TransceiverSettings:
     relay_networks: tuple[Network, ...] = setting(
         c.networks, "", "networks whose relays may send encapsulated client packets"
     )
+    opus_complexity: int = setting(
+        c.integer(0, 10), "5", "libopus complexity of agent audio (0-10: CPU against quality)"
+    )
 
     @property
     def advertised(self) -> Address:

@@ -1,0 +1,209 @@
+# -*- test-case-name: tests.test_bench_scripts -*-
+"""CPU per echoed frame on the transceiver's media path, in memory: where the time goes, without a network.
+
+``python bench/media_path.py [--sessions 10] [--seconds 20] [--agent echo] [--profile]``
+``python bench/media_path.py --callgrind``  (instructions per echoed frame, under valgrind)
+
+A :class:`~voiceedge.transceiver.host.Transceiver` on a ``task.Clock`` with
+``--sessions`` in-memory clients (ICE, DTLS and SRTP done for real). Every
+client's packets for the whole run (real Opus speech, ``tests/pion/audio``)
+are protected before the clock starts, so what is measured is the server's
+side only: every 20 ms each client's next packet goes into
+``datagram_received``, then the clock moves 20 ms (the shared tick, every
+session's timer). The transceiver's datagrams are counted, not decrypted.
+
+It prints CPU µs per echoed frame (``time.process_time``), and with
+``--profile`` the cProfile functions that take the most time per frame. CPU
+time on a loaded machine is noisy; ``--callgrind`` runs the same thing under
+``valgrind --tool=callgrind`` twice (a short and a long run) and prints the
+difference in instructions per echoed frame, which load does not change.
+What it leaves out: the event loop and the sockets (``bench/transceiver.py``
+measures a real process) and the relay hop of the all-in-one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from twisted.internet.task import Clock  # noqa: E402
+
+from tests import memory_call as mc  # noqa: E402
+from voiceedge.agents.interfaces import IAgentFactory  # noqa: E402
+
+AUDIO = ROOT / "tests" / "pion" / "audio" / "speech.opus20"
+FRAME = 0.020
+
+
+def speech_frames() -> list[bytes]:
+    """The Opus packets pionpeer sends (2-byte big-endian length, then the packet)."""
+    data = AUDIO.read_bytes()
+    frames = []
+    while data:
+        (size,) = struct.unpack_from("!H", data)
+        frames.append(data[2 : 2 + size])
+        data = data[2 + size :]
+    return frames
+
+
+def make_agent_factory(agent: str, complexity: int | None) -> IAgentFactory:
+    """The agent under test: ``echo`` (decode and re-encode)."""
+    if agent == "echo":
+        from voiceedge.agents.echo import EchoAgentFactory
+
+        return EchoAgentFactory()
+    raise SystemExit(f"unknown agent {agent!r}")
+
+
+class MemoryBench:
+    """Sessions connected in memory, their packets ready; :meth:`run` echoes them for real."""
+
+    def __init__(self, sessions: int, frames: int, agent: str, complexity: int | None) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        kwargs: dict[str, Any] = {"max_sessions": sessions + 1}
+        if complexity is not None:
+            kwargs["opus_complexity"] = complexity
+        self.transceiver, self.written = mc.make_transceiver(
+            self.clock, make_agent_factory(agent, complexity), **kwargs
+        )
+        self.addresses = [("127.0.0.1", 40000 + i) for i in range(sessions)]
+        self.clients: list[mc.MemoryClient] = []
+        for address in self.addresses:
+            self.clients.append(self._connect(address))
+        self.written.clear()
+        audio = speech_frames()
+        # Every packet of the run, protected in order before anything is timed.
+        self.packets: list[list[bytes]] = []
+        for client in self.clients:
+            assert client.srtp is not None
+            sent: list[bytes] = []
+            client.send = sent.append
+            for i in range(frames):
+                client.send_rtp(audio[i % len(audio)])
+            self.packets.append(sent)
+        self.frames = frames
+
+    def _connect(self, address: tuple[str, int]) -> mc.MemoryClient:
+        transceiver, clock = self.transceiver, self.clock
+        client = mc.open_client(transceiver, lambda d: transceiver.datagram_received(d, address))
+        client.check()
+        client.start_dtls(clock.seconds())
+        for _ in range(50):
+            batch = [d for d, dest in self.written if dest == address]
+            self.written.clear()
+            for datagram in batch:
+                client.deliver(datagram, clock.seconds())
+            if client.srtp is not None and not batch:
+                break
+            clock.advance(0.001)
+        if client.srtp is None:
+            raise SystemExit("an in-memory client did not connect")
+        return client
+
+    def run(self) -> int:
+        """Feed every packet on the 20 ms grid; the RTP datagrams the transceiver sent back."""
+        receive = self.transceiver.datagram_received
+        written = self.written
+        echoed = 0
+        pairs = list(zip(self.packets, self.addresses))
+        for i in range(self.frames):
+            for packets, address in pairs:
+                receive(packets[i], address)
+            self.clock.advance(FRAME)
+            for data, _ in written:
+                if 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
+                    echoed += 1
+            written.clear()
+        return echoed
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Set up, run once, print µs per echoed frame (and the profile, if asked)."""
+    frames = int(args.seconds / FRAME)
+    bench = MemoryBench(args.sessions, frames, args.agent, args.complexity)
+    profiler = cProfile.Profile() if args.profile else None
+    cpu0 = time.process_time()
+    if profiler is not None:
+        profiler.enable()
+    echoed = bench.run()
+    if profiler is not None:
+        profiler.disable()
+    cpu = time.process_time() - cpu0
+    print(
+        f"{args.agent}: {args.sessions} sessions x {frames} frames: {echoed} echoed, "
+        f"{cpu / max(echoed, 1) * 1e6:.1f} µs CPU per echoed frame{' (profiled)' if profiler else ''}"
+    )
+    if profiler is not None:
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats(args.sort).print_stats(args.top)
+        print(out.getvalue())
+
+
+def callgrind(args: argparse.Namespace) -> None:
+    """Instructions per echoed frame: two runs under callgrind, the long one minus the short one."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    short, long = 1.0, 1.0 + args.seconds
+    totals = []
+    with tempfile.TemporaryDirectory(prefix="media-path-") as tmp:
+        for seconds in (short, long):
+            out = Path(tmp) / f"callgrind.{seconds}"
+            argv = [
+                valgrind, "--tool=callgrind", f"--callgrind-out-file={out}",
+                sys.executable, __file__, "--sessions", str(args.sessions), "--seconds", str(seconds),
+                "--agent", args.agent,
+            ]
+            if args.complexity is not None:
+                argv += ["--complexity", str(args.complexity)]
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=dict(os.environ, PYTHONHASHSEED="0"))
+            match = re.search(r"Collected : (\d+)", proc.stderr)
+            if proc.returncode != 0 or match is None:
+                raise SystemExit(f"callgrind run failed:\n{proc.stdout}\n{proc.stderr[-2000:]}")
+            totals.append(int(match.group(1)))
+            if args.keep:
+                shutil.copy(out, ROOT / "build" / out.name)
+    echoed = args.sessions * round(args.seconds / FRAME)
+    per_frame = (totals[1] - totals[0]) / echoed
+    print(f"{args.agent}: {per_frame / 1000:.1f} k instructions per echoed frame ({args.sessions} sessions, {echoed} frames)")
+
+
+def main() -> None:
+    """Parse arguments and measure."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=20.0, help="seconds of audio per session")
+    parser.add_argument("--agent", default="echo", choices=("echo",))
+    parser.add_argument("--complexity", type=int, default=None, help="[transceiver] opus_complexity")
+    parser.add_argument("--profile", action="store_true", help="cProfile the run")
+    parser.add_argument("--sort", default="tottime", help="cProfile sort key")
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--callgrind", action="store_true", help="instructions per frame under valgrind")
+    parser.add_argument("--keep", action="store_true", help="keep the callgrind files in build/")
+    args = parser.parse_args()
+    if args.callgrind:
+        callgrind(args)
+    else:
+        measure(args)
+
+
+if __name__ == "__main__":
+    main()
