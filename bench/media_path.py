@@ -63,11 +63,15 @@ def speech_frames() -> list[bytes]:
 
 
 def make_agent_factory(agent: str, complexity: int | None) -> IAgentFactory:
-    """The agent under test: ``echo`` (decode and re-encode)."""
+    """The agent under test: ``echo`` (decode and re-encode) or ``passthrough`` (Opus both ways)."""
     if agent == "echo":
         from voiceedge.agents.echo import EchoAgentFactory
 
         return EchoAgentFactory()
+    if agent == "passthrough":
+        from voiceedge.agents.echo import PassthroughEchoAgentFactory
+
+        return PassthroughEchoAgentFactory()
     raise SystemExit(f"unknown agent {agent!r}")
 
 
@@ -191,7 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds of audio per session")
-    parser.add_argument("--agent", default="echo", choices=("echo",))
+    parser.add_argument("--agent", default="echo", choices=("echo", "passthrough"))
     parser.add_argument("--complexity", type=int, default=None, help="[transceiver] opus_complexity")
     parser.add_argument("--profile", action="store_true", help="cProfile the run")
     parser.add_argument("--sort", default="tottime", help="cProfile sort key")

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from tests.ice_client import binding_request
-from voiceedge.agents.echo import EchoAgentFactory
+from voiceedge.agents.echo import EchoAgentFactory, PassthroughEchoAgentFactory
 from voiceedge.media.opus import OpusDecoder, OpusEncoder
 from voiceedge.signaling.interfaces import ISessionHost, SessionRefused
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsState, DtlsTransport
@@ -181,9 +181,10 @@ def make_transceiver(clock: Clock, **kwargs: Any) -> tuple[Transceiver, dict[tup
     outbox: dict[tuple[str, int], list[bytes]] = {}
     make_ufrag = kwargs.pop("make_ufrag", random_ufrag)
     speech = kwargs.pop("speech", SpeechSettings())
+    agent_factory = kwargs.pop("agent_factory", None) or EchoAgentFactory()
     settings = TransceiverSettings(advertised_address=SERVER, **kwargs)
     transceiver = Transceiver(
-        clock, SERVER_CERT, EchoAgentFactory(), settings, speech=speech, make_ufrag=make_ufrag
+        clock, SERVER_CERT, agent_factory, settings, speech=speech, make_ufrag=make_ufrag
     )
     transceiver.write = lambda data, dest: outbox.setdefault(dest, []).append(data)
     transceiver.start()
@@ -261,6 +262,34 @@ def test_a_whole_call_echoes_audio(clock: Clock) -> None:
     before = sum(transceiver.drops.values())
     call.send_rtp(2000, TONE[0])
     assert sum(transceiver.drops.values()) == before + 1
+
+
+def test_passthrough_echo_sends_the_payloads_back_unchanged_and_paced(clock: Clock) -> None:
+    """A passthrough agent: the caller's Opus comes back byte for byte, one per 20 ms slot, nothing decoded."""
+    transceiver, outbox = make_transceiver(clock, agent_factory=PassthroughEchoAgentFactory())
+    call = open_call(transceiver, clock, outbox)
+    call.check()
+    call.handshake()
+    session = transceiver.session(call.session_id)
+    assert session is not None and session.passthrough
+    call.inbox.clear()
+    for i, payload in enumerate(TONE[:20]):
+        call.send_rtp(1000 + i, payload)
+        clock.advance(0.02)
+    clock.advance(0.1)
+    echoed = call.received_rtp()
+    assert [p.payload for p in echoed] == TONE[:20]
+    stamps = [p.timestamp for p in echoed]
+    assert [(b - a) % (1 << 32) for a, b in zip(stamps, stamps[1:])] == [960] * 19
+    stats = transceiver.session_stats(call.session_id)
+    assert stats is not None and stats["frames_concealed"] == 0
+    # What a passthrough session does not take: PCM, and payloads that are not 20 ms of Opus.
+    before = dict(transceiver.drops)
+    session.send_audio(b"\x00\x01" * 960, clock.seconds())
+    session.send_opus(b"", clock.seconds())
+    session.send_opus(bytes([3 << 3]) + b"\x00" * 10, clock.seconds())  # 60 ms SILK
+    assert transceiver.drops["audio_not_opus"] == before.get("audio_not_opus", 0) + 1
+    assert transceiver.drops["opus_malformed"] == before.get("opus_malformed", 0) + 2
 
 
 def test_five_sessions_share_the_transceiver(clock: Clock) -> None:

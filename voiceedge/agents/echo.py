@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_agents -*-
-"""The echo agent: the caller hears their own audio back, decoded and re-encoded."""
+"""The echo agent: the caller hears their own audio back, decoded and re-encoded (or, passthrough, as it came)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ from voiceedge.agents.interfaces import (
     IAgentFactory,
     IAgentSession,
     IAgentType,
+    IPassthroughAgent,
+    IPassthroughAgentFactory,
+    IPassthroughSession,
+    OpusFrame,
 )
 
 
@@ -81,6 +85,50 @@ class EchoAgentFactory:
         return EchoAgent(session, self.delay)
 
 
+@implementer(IPassthroughAgent)
+class PassthroughEchoAgent:
+    """Sends every Opus payload of the caller straight back: no decode, no encode.
+
+    The shape of an agent whose backend speaks Opus. A lost frame is not
+    sent (its slot passes silent; the caller's decoder conceals it).
+    """
+
+    def __init__(self, session: IPassthroughSession) -> None:
+        self._session = session
+
+    def opus_received(self, frame: OpusFrame) -> None:
+        """Queue the payload for the caller as it came."""
+        if not frame.lost:
+            self._session.send_opus(frame.payload)
+
+    def audio_received(self, frame: AudioFrame) -> None:
+        """Not called: the session decodes nothing for a passthrough agent."""
+
+    def speech_started(self, at: float) -> None:
+        """Not called: a passthrough session detects no speech."""
+
+    def speech_stopped(self, at: float) -> None:
+        """Not called."""
+
+    def event_received(self, event: dict[str, Any]) -> None:
+        """Echo events back too."""
+        self._session.send_event({"type": "echo", "event": event})
+
+    def session_ended(self, reason: str) -> None:
+        """Nothing held."""
+
+
+@implementer(IPassthroughAgentFactory)
+class PassthroughEchoAgentFactory:
+    """Builds a :class:`PassthroughEchoAgent` for every session: Opus both ways."""
+
+    sample_rate = 48000
+
+    def agent_for(self, session: IAgentSession) -> IPassthroughAgent:
+        """A passthrough echo agent for ``session`` (which provides IPassthroughSession)."""
+        return PassthroughEchoAgent(IPassthroughSession(session))
+
+
 @provider(IAgentType)
 class agent_type:  # noqa: N801 - the module attribute AgentPlugin loads
     """The echo agent's INI section ``[agent.echo]``."""
@@ -90,9 +138,14 @@ class agent_type:  # noqa: N801 - the module attribute AgentPlugin loads
     options = {
         "delay_ms": c.Key(c.integer(0, 10_000), "0", "how long after it is heard audio is played back"),
         "sample_rate": c.Key(c.choice(16000, 24000, 48000), "48000", "PCM rate of the echo path"),
+        "passthrough": c.Key(
+            c.boolean, "no", "echo the Opus payloads as they came: no decode, no encode, no delay_ms"
+        ),
     }
 
     @staticmethod
     def make_factory(options: dict[str, Any], reactor: Any) -> IAgentFactory:
         """An echo factory from the parsed options."""
+        if options["passthrough"]:
+            return PassthroughEchoAgentFactory()
         return EchoAgentFactory(options["sample_rate"], options["delay_ms"] / 1000)

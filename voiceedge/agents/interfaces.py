@@ -27,6 +27,22 @@ class AudioFrame:
     lost: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class OpusFrame:
+    """20 ms of the caller's audio as it came, an Opus payload, for a passthrough agent.
+
+    Nothing is decoded: ``payload`` is the RTP payload, in order after the
+    jitter buffer. ``lost`` marks a frame the network lost (``payload`` is then
+    empty); the backend's decoder conceals it. ``rtp_timestamp`` and
+    ``arrival`` are as in :class:`AudioFrame`.
+    """
+
+    payload: bytes
+    rtp_timestamp: int
+    arrival: float
+    lost: bool = False
+
+
 class IAgentSession(Interface):
     """What a session offers the agent behind it."""
 
@@ -130,6 +146,37 @@ class IAgentFactory(Interface):
 
     def agent_for(session: IAgentSession) -> IAgent:
         """Build the agent for a session whose media is now flowing."""
+
+
+class IPassthroughSession(IAgentSession):
+    """The session as a passthrough agent sees it: it also takes Opus as it goes on the wire."""
+
+    def send_opus(payload: bytes) -> None:
+        """Queue one 20 ms Opus packet, sent paced and unchanged.
+
+        A payload that is not one 20 ms Opus packet is dropped and counted
+        (``opus_malformed``); so is any call on a session that is not passthrough.
+        """
+
+
+class IPassthroughAgent(IAgent):
+    """An agent whose backend speaks Opus: it gets the caller's payloads as they came."""
+
+    def opus_received(frame: OpusFrame) -> None:
+        """A 20 ms Opus frame of the caller, in order, losses marked (``audio_received`` is not called)."""
+
+
+class IPassthroughAgentFactory(IAgentFactory):
+    """Makes :class:`IPassthroughAgent` agents: the session neither decodes nor encodes.
+
+    ``agent_for`` is given a session that also provides :class:`IPassthroughSession`.
+    Its agents get :class:`OpusFrame` in ``opus_received`` and send with
+    :meth:`IAgentSession.send_opus`; the jitter buffer and the 20 ms pacing
+    still apply. There is no speech detection (nothing is decoded), so no
+    ``speech_started``/``speech_stopped`` and no automatic barge-in: the
+    backend detects speech and calls ``clear_audio`` itself.
+    ``sample_rate`` is 48000, Opus's RTP clock.
+    """
 
 
 class IAgentCounters(Interface):

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_audio -*-
-"""A session's audio both ways: Opus in to PCM frames and speech events, PCM out to Opus frames."""
+"""A session's audio both ways: Opus in to PCM frames and speech events, PCM out to Opus frames; or Opus both ways (passthrough)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from typing import Callable
 
 import numpy as np
 
-from voiceedge.agents.interfaces import AudioFrame
+from voiceedge.agents.interfaces import AudioFrame, OpusFrame
 from voiceedge.media.jitter import JitterBuffer
 from voiceedge.media.opus import CodecError, OpusDecoder, OpusEncoder
 from voiceedge.media.speech import SpeechDetector, SpeechEvent
 from voiceedge.transceiver.settings import SpeechSettings
+from voiceedge.wire.errors import WireError
+from voiceedge.wire.opus import packet_duration
 
 # Enough for an agent to queue a long answer ahead of playout, small enough
 # that a runaway agent cannot eat the process: 60 s.
@@ -186,4 +188,83 @@ class OutboundAudio:
         self._frames.clear()
         self._pcm.clear()
         self._quiet = False
+        return dropped
+
+
+class InboundOpus:
+    """Caller's Opus packets in; the same payloads out, in order, for a passthrough agent.
+
+    The :class:`~voiceedge.transceiver.rtp_receiver.RtpReceiver`'s sink when
+    the agent speaks Opus: the jitter buffer as for :class:`InboundAudio`, no
+    decode and no speech detection. A frame that does not come is reported
+    lost (an empty payload) for the backend's decoder to conceal.
+    """
+
+    def __init__(self, on_frame: Callable[[OpusFrame], None]) -> None:
+        self._jitter = JitterBuffer()
+        self._on_frame = on_frame
+        self.frames_passed = 0
+        self.frames_concealed = 0  # lost, left to the backend's decoder
+
+    def packet_received(self, sequence_number: int, timestamp: int, payload: bytes, now: float) -> None:
+        """One Opus packet arrived."""
+        self._jitter.push(sequence_number, timestamp, payload, now)
+        self.drain(now)
+
+    def drain(self, now: float) -> None:
+        """Pass on every frame the jitter buffer releases at ``now``."""
+        while (frame := self._jitter.pop(now)) is not None:
+            if frame.lost:
+                self.frames_concealed += 1
+                self._on_frame(OpusFrame(b"", frame.timestamp, now, True))
+            else:
+                self.frames_passed += 1
+                self._on_frame(OpusFrame(frame.payload, frame.timestamp, now))
+
+    def deadline(self) -> float | None:
+        """When :meth:`drain` is due: the jitter buffer gives up on a missing packet."""
+        return self._jitter.deadline()
+
+
+class OutboundOpus:
+    """The agent's Opus packets in, one 20 ms frame each; the same out, paced by the sender.
+
+    The passthrough :class:`~voiceedge.transceiver.rtp_sender.AudioSource`:
+    nothing is encoded. A payload that is not one well-formed 20 ms Opus
+    packet is refused (:meth:`add` returns ``False``): the sender's timeline
+    has one 20 ms slot per frame.
+    """
+
+    def __init__(self) -> None:
+        self._frames: collections.deque[bytes] = collections.deque()
+        self.frames_dropped = 0
+
+    def add(self, payload: bytes) -> bool:
+        """Queue one Opus packet; ``False`` (not queued) unless it is 20 ms of well-formed Opus."""
+        try:
+            if abs(packet_duration(payload) - 0.02) > 1e-9:
+                return False
+        except WireError:
+            return False
+        if len(self._frames) >= MAX_QUEUED_FRAMES:
+            self.frames_dropped += 1
+            return True
+        self._frames.append(bytes(payload))
+        return True
+
+    def pop(self) -> bytes | None:
+        """The next packet to send, if any."""
+        return self._frames.popleft() if self._frames else None
+
+    def __bool__(self) -> bool:
+        return bool(self._frames)
+
+    def queued_ms(self) -> int:
+        """Milliseconds of audio waiting."""
+        return len(self._frames) * 20
+
+    def clear(self) -> int:
+        """Drop everything queued; return how many milliseconds that was."""
+        dropped = self.queued_ms()
+        self._frames.clear()
         return dropped

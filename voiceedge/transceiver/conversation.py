@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import collections
 import secrets
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -32,7 +32,10 @@ from voiceedge.agents.interfaces import (
     IAgent,
     IAgentFactory,
     IAgentSession,
+    IPassthroughAgent,
+    IPassthroughSession,
     ITurnTakingAgent,
+    OpusFrame,
 )
 from voiceedge.media.speech import SpeechStarted, SpeechStopped
 from voiceedge.transceiver.realtime import (
@@ -68,7 +71,7 @@ def _turn_mode(agent: IAgent) -> TurnMode:
     return "none" if getattr(agent, "turns", None) == "none" else "inferred"
 
 
-@implementer(IAgentSession)
+@implementer(IAgentSession, IPassthroughSession)
 class Conversation:
     """The agent of one session, the session as the agent sees it, and the Realtime layer between.
 
@@ -130,6 +133,13 @@ class Conversation:
                 layer.audio_received(event.arrival, len(event.pcm) / 2 / event.sample_rate)
             if agent is not None:
                 agent.audio_received(event)
+            return
+        if isinstance(event, OpusFrame):
+            # A passthrough agent's audio: the payload as it came, nothing decoded.
+            if layer is not None:
+                layer.audio_received(event.arrival, 0.02)
+            if agent is not None:
+                cast(IPassthroughAgent, agent).opus_received(event)
             return
         now = self.clock.seconds()
         if isinstance(event, SpeechStarted):
@@ -285,6 +295,17 @@ class Conversation:
             self.realtime.agent_audio(now)
             self._run()
         self.session.send_audio(pcm, now)
+        self._flush()
+
+    def send_opus(self, payload: bytes) -> None:
+        """Queue one 20 ms Opus packet (passthrough agents); it goes out paced, unchanged."""
+        if self.ended:
+            return
+        now = self.clock.seconds()
+        if self.realtime is not None and payload:
+            self.realtime.agent_audio(now)
+            self._run()
+        self.session.send_opus(payload, now)
         self._flush()
 
     def clear_audio(self) -> int:

@@ -14,7 +14,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from voiceedge.agents.interfaces import IAgentCounters, IAgentFactory
+from voiceedge.agents.interfaces import IAgentCounters, IAgentFactory, IPassthroughAgentFactory
 from voiceedge.metrics import Histogram, Sample
 from voiceedge.signaling.answer import (
     AnswerParameters,
@@ -284,6 +284,7 @@ class Transceiver:
             setup_timeout=self.setup_timeout,
             speech=self.speech,
             opus_complexity=self.settings.opus_complexity,
+            passthrough=IPassthroughAgentFactory.providedBy(self.agent_factory),
             data_channel=summary.datachannel_mid is not None,
             drops=self.drops,
             probes=self.probes,

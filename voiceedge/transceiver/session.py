@@ -13,7 +13,13 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from voiceedge.transceiver.audio import DEFAULT_COMPLEXITY, InboundAudio, OutboundAudio
+from voiceedge.transceiver.audio import (
+    DEFAULT_COMPLEXITY,
+    InboundAudio,
+    InboundOpus,
+    OutboundAudio,
+    OutboundOpus,
+)
 from voiceedge.transceiver.credentials import loggable_id
 from voiceedge.transceiver.dtls import DtlsState, DtlsTransport
 from voiceedge.transceiver.events_channel import EventsChannel
@@ -133,6 +139,7 @@ class Session:
         setup_timeout: float = 15.0,
         speech: SpeechSettings = SpeechSettings(),
         opus_complexity: int = DEFAULT_COMPLEXITY,
+        passthrough: bool = False,
         data_channel: bool = False,
         drops: collections.Counter[str] | None = None,
         probes: collections.Counter[str] | None = None,
@@ -149,6 +156,7 @@ class Session:
         self.grid_origin = grid_origin
         self.speech = speech
         self.opus_complexity = opus_complexity
+        self.passthrough = passthrough
         self.state = SessionState.WAITING
         self.end_reason: EndReason | None = None
         self.drops: collections.Counter[str] = collections.Counter() if drops is None else drops
@@ -158,8 +166,8 @@ class Session:
         self._events: list[SessionEvent] = []
         self._srtp: SrtpSession | None = None
         self._dtls_peer: Address | None = None
-        self._inbound: InboundAudio | None = None
-        self._outbound: OutboundAudio | None = None
+        self._inbound: InboundAudio | InboundOpus | None = None
+        self._outbound: OutboundAudio | OutboundOpus | None = None
         self.receiver: RtpReceiver | None = None
         self.sender: RtpSender | None = None
         self.events_channel: EventsChannel | None = None
@@ -345,9 +353,14 @@ class Session:
             ice=self.timings.get("first_check", 0.0) * 1000,
             dtls=self.timings["dtls"] * 1000,
         )
-        self._inbound = InboundAudio(self.sample_rate, self.speech, self._emit, self._emit)
+        if self.passthrough:
+            # The agent speaks Opus: payloads both ways, no codec, no speech detection.
+            self._inbound = InboundOpus(self._emit)
+            self._outbound = OutboundOpus()
+        else:
+            self._inbound = InboundAudio(self.sample_rate, self.speech, self._emit, self._emit)
+            self._outbound = OutboundAudio(self.sample_rate, self.opus_complexity)
         self.receiver = RtpReceiver(srtp, self.audio.payload_type, self._inbound, now, self.drops)
-        self._outbound = OutboundAudio(self.sample_rate, self.opus_complexity)
         audio = self.audio
         extension = b""
         if audio.mid is not None and audio.mid_extension_id is not None:
@@ -418,10 +431,30 @@ class Session:
         sender = self.sender
         if outbound is None or sender is None or self.state is not SessionState.CONNECTED:
             return
+        if not isinstance(outbound, OutboundAudio):
+            self.drops["audio_not_opus"] += 1
+            return
         dropped = outbound.frames_dropped
         outbound.add(pcm)
         if outbound.frames_dropped != dropped:
             self.drops["audio_queue_full"] += outbound.frames_dropped - dropped
+        self._send_rtp(sender, now)
+
+    def send_opus(self, payload: bytes, now: float) -> None:
+        """Queue one 20 ms Opus packet from a passthrough agent; it goes out, paced, unchanged."""
+        outbound = self._outbound
+        sender = self.sender
+        if outbound is None or sender is None or self.state is not SessionState.CONNECTED:
+            return
+        if not isinstance(outbound, OutboundOpus):
+            self.drops["opus_not_passthrough"] += 1
+            return
+        dropped = outbound.frames_dropped
+        if not outbound.add(payload):
+            self.drops["opus_malformed"] += 1
+            return
+        if outbound.frames_dropped != dropped:
+            self.drops["audio_queue_full"] += 1
         self._send_rtp(sender, now)
 
     def tick(self, now: float) -> bool:

@@ -5,7 +5,8 @@ A session's outputs are datagrams (to send), events (these) and a deadline.
 The transceiver takes the *transport* events itself (routing, retired ufrags,
 setup milestones, the end) and hands the rest to the session's conversation
 side (:mod:`voiceedge.transceiver.conversation`): the caller's decoded audio
-(:class:`~voiceedge.agents.interfaces.AudioFrame`), speech events
+(:class:`~voiceedge.agents.interfaces.AudioFrame`, or ``OpusFrame`` for a
+passthrough agent), speech events
 (:class:`~voiceedge.media.speech.SpeechStarted`, ``SpeechStopped``), what the
 caller actually hears (:class:`~voiceedge.transceiver.rtp_sender.PlayoutStarted`,
 ``PlayoutStopped``), and the ``oai-events`` channel.
@@ -17,7 +18,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Union
 
-from voiceedge.agents.interfaces import AudioFrame
+from voiceedge.agents.interfaces import AudioFrame, OpusFrame
 from voiceedge.media.speech import SpeechStarted, SpeechStopped
 from voiceedge.transceiver.rtp_sender import PlayoutStarted, PlayoutStopped
 
@@ -145,6 +146,7 @@ SessionEvent = Union[
     ClientEvent,
     ClientEventRejected,
     AudioFrame,
+    OpusFrame,
     SpeechStarted,
     SpeechStopped,
     PlayoutStarted,
