@@ -1,56 +1,57 @@
-# -*- test-case-name: tests.test_aiortc_call -*-
-"""CPU per echo session: the voiceedge all-in-one (echo agent) beside a plain aiortc echo server.
+# -*- test-case-name: tests.test_bench_scripts -*-
+"""CPU per call and calls held: voiceedge (transcoding and passthrough echo) beside Pion's and aiortc's echo, one run.
 
-``python bench/transceiver.py [--calls 5] [--seconds 20] [--warmup 3]``
+``python bench/transceiver.py [--calls 100] [--aiortc-calls 10] [--seconds 20] [--ramp 20]``
 
-Two sides, one after the other, in the same run, on loopback:
+One load client for every side: ``pionpeer load`` (Go, ``tests/pion``), light
+enough for 100+ calls on the same machine. Each call sends real Opus every
+20 ms (``--audio tone`` by default: continuous sound, so every frame is
+transcoded and the 48 packets/s criterion holds for a server that keeps up;
+``--audio speech`` has pauses that voiceedge does not send back) and the
+client measures what comes back. The sides, one after the other, each on
+free loopback ports:
 
-* ``A voiceedge``: ``twistd -n voiceedge`` (relay + transceiver in one process,
-  the echo agent, which decodes the caller's Opus to PCM and encodes it again).
-* ``B aiortc``: ``bench/aiortc_echo_server.py``, an aiortc peer connection per
-  call that sends the received track back through ``MediaRelay`` (aiortc
-  decodes and re-encodes too).
+* ``transcoding``: ``twistd voiceedge`` (the all-in-one: relay + transceiver),
+  the echo agent (Opus decoded to PCM and encoded again);
+* ``passthrough``: the same with ``[agent.echo] passthrough = yes`` (the
+  payloads go back as they came, through the jitter buffer and the pacing);
+* ``passthrough-direct``: ``twistd voiceedge-transceiver`` alone, clients
+  sending to it directly (no relay hop), passthrough echo: the same shape as
+  Pion's echo server;
+* ``pionecho``: ``bench/pionecho`` (Pion, no transcoding);
+* ``aiortc``: ``bench/aiortc_echo_server.py`` (decodes and re-encodes), at
+  ``--aiortc-calls`` only: it holds few.
 
-For each side the same caller process (separate from the server, so its CPU
-is not counted) places ``--calls`` aiortc calls at once, each sending a 440 Hz
-tone in 20 ms Opus frames, for ``--seconds`` from the first dial. The server's
-CPU time (user + system, all threads, from ``/proc/<pid>/stat``) is read at the
-start and end of a steady-state window, which opens ``--warmup`` seconds after
-dialing (and at least a second after the last call connected) and closes when
-the callers stop sending. At the same two moments the callers report how many
-RTP packets they had received back, so the table gives CPU % of one core per
-session and CPU µs per 20 ms frame echoed. A side is valid only if every call
-connected and got back at least 90% of the packets it sent; an invalid side is
-reported as such and no ratio is printed.
-
-Bounded: every child exits by itself after a deadline, every child is killed
-in ``finally``, and the default run takes about a minute.
+Per side: calls up when the window opened, calls *held* (at least 48 packets/s
+back over the window), the arrival gap p99 over every call (and the worst
+call's), the server's CPU in ms per call-second and as % of one core, and
+RSS per call (``pionpeer load --server-pid``, with the worker processes of
+``--workers``). Then the ratios of CPU per call-second, side by side. Absolute
+figures depend on the machine's load; ratios within one run much less. Every
+child is bounded and killed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import configparser
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests import pion_peer  # noqa: E402
 from tests.support import (  # noqa: E402
     free_tcp_port,
     free_udp_port,
@@ -60,313 +61,90 @@ from tests.support import (  # noqa: E402
 )
 
 LOOPBACK = "127.0.0.1"
-CHILD_DEADLINE = 120  # seconds; no child outlives this even if the driver dies
-CONNECT_TIMEOUT = 20.0
-ECHO_THRESHOLD = 0.90  # a call counts as echoed when it got back this share of what it sent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), from ``/proc/<pid>/stat``."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    # The command name (field 2) may hold spaces or parentheses; fields after it are plain.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / CLOCK_TICKS
-
-
-# -- the callers (a child process) -------------------------------------------
+CHILD_DEADLINE = 600  # seconds: no server outlives this
 
 
 @dataclass
-class CallerStats:
-    """What one call measured, as the caller reports it to the driver."""
+class Side:
+    """One server under load, and what the load measured."""
 
-    location: str = ""
-    connected: bool = False
-    error: str = ""
-    packets_sent: int = 0
-    packets_received: int = 0
-    delete_status: int = 0
-
-
-async def run_callers(base_url: str, calls: int) -> None:
-    """Place ``calls`` echo calls at once, then obey the driver's ``mark``/``stop`` lines on stdin.
-
-    Prints one JSON line when every call has connected (or failed), one per
-    ``mark`` (packet totals so far), and the per-call results after ``stop``.
-    """
-    import tests.aiortc_peer  # noqa: F401  (first: it patches aioice to loopback)
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-
-    from tests.aiortc_peer import SineTrack
-
-    def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
-        request = urllib.request.Request(url, data=body, method=method)
-        if body is not None:
-            request.add_header("Content-Type", "application/sdp")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), e.read()
-
-    class Caller:
-        """One call: a peer connection that sends the tone and drains what comes back."""
-
-        def __init__(self) -> None:
-            self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-            self.sender: RTCRtpSender = self.pc.addTrack(SineTrack())
-            self.stats = CallerStats()
-            self._drains: list[asyncio.Task[None]] = []
-            self.pc.on("track", self._track)
-
-        def _track(self, track: MediaStreamTrack) -> None:
-            self._drains.append(asyncio.ensure_future(self._drain(track)))
-
-        @staticmethod
-        async def _drain(track: MediaStreamTrack) -> None:
-            try:
-                while True:
-                    await track.recv()
-            except MediaStreamError:
-                pass
-
-        async def connect(self) -> None:
-            """Offer, POST, answer, wait for ``connected``; errors are kept, not raised."""
-            connected = asyncio.Event()
-
-            @self.pc.on("connectionstatechange")
-            def _state() -> None:
-                if self.pc.connectionState == "connected":
-                    connected.set()
-
-            try:
-                await self.pc.setLocalDescription(await self.pc.createOffer())
-                offer = self.pc.localDescription.sdp.encode()
-                status, headers, body = await asyncio.to_thread(
-                    http, "POST", base_url + "/v1/realtime/calls", offer
-                )
-                if status != 201:
-                    raise RuntimeError(f"POST answered {status}: {body[:200]!r}")
-                self.stats.location = headers["Location"]
-                await self.pc.setRemoteDescription(RTCSessionDescription(body.decode(), "answer"))
-                await asyncio.wait_for(connected.wait(), CONNECT_TIMEOUT)
-                self.stats.connected = True
-            except Exception as e:  # reported to the driver, which marks the side invalid
-                self.stats.error = f"{type(e).__name__}: {e}"
-
-        async def read_counts(self) -> None:
-            """Refresh packets sent and received from aiortc's RTP statistics."""
-            for stat in (await self.pc.getStats()).values():
-                if stat.type == "outbound-rtp":
-                    self.stats.packets_sent = stat.packetsSent
-                elif stat.type == "inbound-rtp":
-                    self.stats.packets_received = stat.packetsReceived
-
-        async def hang_up(self) -> None:
-            """DELETE the session (if there is one) and close the peer connection."""
-            try:
-                if self.stats.location:
-                    status, _, _ = await asyncio.to_thread(http, "DELETE", base_url + self.stats.location)
-                    self.stats.delete_status = status
-            finally:
-                await self.pc.close()
-                for task in self._drains:
-                    task.cancel()
-
-    def emit(message: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(message) + "\n")
-        sys.stdout.flush()
-
-    async def totals() -> dict[str, int]:
-        await asyncio.gather(*(c.read_counts() for c in callers if c.stats.connected))
-        return {
-            "sent": sum(c.stats.packets_sent for c in callers),
-            "received": sum(c.stats.packets_received for c in callers),
-        }
-
-    callers = [Caller() for _ in range(calls)]
-    try:
-        dialed_at = time.monotonic()
-        await asyncio.gather(*(c.connect() for c in callers))
-        emit(
-            {
-                "dialed_at": dialed_at,
-                "connected_at": time.monotonic(),
-                "connected": sum(c.stats.connected for c in callers),
-                "errors": [c.stats.error for c in callers if c.stats.error],
-            }
-        )
-        while True:
-            command = (await asyncio.to_thread(sys.stdin.readline)).strip()
-            if command == "mark":
-                emit(await totals())
-            elif command == "stop" or not command:  # EOF: the driver is gone
-                break
-        for caller in callers:
-            caller.sender.replaceTrack(None)
-        # Let the echo of the last frames come back: stop when the counts settle (bounded).
-        previous = -1
-        for _ in range(20):
-            await asyncio.sleep(0.1)
-            received = (await totals())["received"]
-            if received == previous:
-                break
-            previous = received
-        emit({"results": [vars(c.stats) for c in callers]})
-    finally:
-        await asyncio.gather(*(c.hang_up() for c in callers), return_exceptions=True)
-
-
-# -- the driver --------------------------------------------------------------
-
-
-class Child:
-    """A child process whose stdout lines are read by a thread, so reads can time out."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(ROOT)
-        )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def send(self, line: str) -> None:
-        """Write one command line to the child's stdin."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def read_json(self, timeout: float) -> dict[str, Any]:
-        """The child's next stdout line, parsed; RuntimeError if it ends or is silent too long."""
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise RuntimeError(f"no answer from {self.proc.args!r} within {timeout} s") from None
-        if line is None:
-            raise RuntimeError(f"{self.proc.args!r} ended with {self.proc.wait()}")
-        result: dict[str, Any] = json.loads(line)
-        return result
-
-    def kill(self) -> None:
-        """End the child now (it may already have ended)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
-@dataclass
-class SideResult:
-    """One side's measurement."""
-
-    side: str
+    name: str
     calls: int
-    window_s: float = 0.0
-    server_cpu_s: float = 0.0
-    callers_cpu_s: float = 0.0
-    frames_echoed: int = 0
-    min_echo_share: float = 0.0
-    problems: list[str] = field(default_factory=list)
+    summary: dict[str, Any]
+
+    def get(self, *keys: str, default: Any = None) -> Any:
+        """A nested value of the load summary."""
+        value: Any = self.summary
+        for key in keys:
+            if not isinstance(value, dict) or key not in value:
+                return default
+            value = value[key]
+        return value
 
     @property
-    def valid(self) -> bool:
-        """Every call connected and echoed; the window was real."""
-        return not self.problems
-
-    @property
-    def cpu_percent_per_session(self) -> float:
-        """Server CPU as % of one core, per session, over the window."""
-        return 100.0 * self.server_cpu_s / self.window_s / self.calls
-
-    @property
-    def frames_per_second_per_call(self) -> float:
-        """Echoed frames per second per call in the window (50 when the server keeps up)."""
-        return self.frames_echoed / self.window_s / self.calls
-
-    @property
-    def us_per_frame(self) -> float:
-        """Server CPU µs per 20 ms frame echoed in the window."""
-        return 1e6 * self.server_cpu_s / max(self.frames_echoed, 1)
+    def cpu_per_call_s(self) -> float | None:
+        """Server CPU ms per second of one call."""
+        value = self.get("server", "cpu_ms_per_call_s")
+        return float(value) if value else None
 
 
-def measure_side(side: str, base_url: str, server_pid: int, calls: int, seconds: float, warmup: float) -> SideResult:
-    """Run the callers against a server already up at ``base_url``; read its CPU over the window."""
-    result = SideResult(side, calls)
-    callers = Child([sys.executable, str(Path(__file__).resolve()), "--role", "callers", "--url", base_url, "--calls", str(calls)])
-    try:
-        hello = callers.read_json(CONNECT_TIMEOUT + 15)
-        if hello["connected"] != calls:
-            result.problems.append(f"{calls - hello['connected']} of {calls} calls did not connect: {hello['errors'][:3]}")
-        opens = max(hello["dialed_at"] + warmup, hello["connected_at"] + 1.0)
-        closes = hello["dialed_at"] + seconds
-        if closes - opens < 1.0:
-            raise SystemExit(f"{side}: no steady-state window (calls took {hello['connected_at'] - hello['dialed_at']:.1f} s to connect)")
-        time.sleep(max(0.0, opens - time.monotonic()))
-        callers.send("mark")
-        first = callers.read_json(10)
-        cpu0, callers_cpu0, t0 = process_cpu_seconds(server_pid), process_cpu_seconds(callers.proc.pid), time.monotonic()
-        time.sleep(max(0.0, closes - time.monotonic()))
-        callers.send("mark")
-        last = callers.read_json(10)
-        cpu1, callers_cpu1, t1 = process_cpu_seconds(server_pid), process_cpu_seconds(callers.proc.pid), time.monotonic()
-        callers.send("stop")
-        calls_seen = callers.read_json(15)["results"]
-    finally:
-        callers.kill()
-    result.window_s = t1 - t0
-    result.server_cpu_s = cpu1 - cpu0
-    result.callers_cpu_s = callers_cpu1 - callers_cpu0
-    result.frames_echoed = last["received"] - first["received"]
-    shares = [c["packets_received"] / c["packets_sent"] if c["packets_sent"] else 0.0 for c in calls_seen]
-    result.min_echo_share = min(shares, default=0.0)
-    short = sum(share < ECHO_THRESHOLD for share in shares)
-    if short:
-        result.problems.append(f"{short} of {calls} calls got back < {ECHO_THRESHOLD:.0%} of what they sent")
-    return result
-
-
-def _wait_healthy(proc: "subprocess.Popen[bytes]", url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args!r} exited with {proc.returncode} before {url} answered")
-        try:
-            if http_get(url, timeout=1.0)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} not healthy after {timeout} s")
+def _echo_options(passthrough: bool) -> dict[str, object]:
+    return {"agent.echo": {"passthrough": passthrough}}
 
 
 @contextmanager
-def voiceedge_server(log_dir: Path) -> Iterator[tuple[str, int]]:
-    """``twistd -n voiceedge`` on free loopback ports with the echo agent: (base URL, pid)."""
+def allinone(log_dir: Path, passthrough: bool, workers: str | None) -> Iterator[tuple[str, int]]:
+    """``twistd voiceedge`` with the echo agent: (offer URL, pid)."""
     http_port, media_port = free_tcp_port(), free_udp_port()
     # Every call comes from this one address: no per-address call limit here.
-    ini = write_allinone_config(
-        log_dir, http_port, media_port, agent={"name": "echo"}, signaling={"calls_per_minute_per_address": 0}
-    )
+    extra: dict[str, dict[str, object]] = {
+        "transceiver": {"max_sessions": 10000},
+        "signaling": {"calls_per_minute_per_address": 0},
+    }
+    if workers is not None:
+        extra["transceiver"]["workers"] = workers
+    ini = write_allinone_config(log_dir, http_port, media_port, **extra, **_echo_options(passthrough))  # type: ignore[arg-type]
     base = f"http://{LOOPBACK}:{http_port}"
-    with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=log_dir) as proc:
-        yield base, proc.pid
+    with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=log_dir, timeout=60) as proc:
+        yield base + "/v1/realtime/calls", proc.pid
 
 
 @contextmanager
-def aiortc_server(log_dir: Path) -> Iterator[tuple[str, int]]:
-    """``bench/aiortc_echo_server.py`` on a free loopback port: (base URL, pid)."""
+def transceiver_direct(log_dir: Path, passthrough: bool, workers: str | None) -> Iterator[tuple[str, int]]:
+    """``twistd voiceedge-transceiver`` alone, clients sending to its media socket: (offer URL, pid)."""
+    http_port, media_port = free_tcp_port(), free_udp_port()
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_dict(
+        {
+            "signaling": {"listen": f"tcp:{http_port}:interface={LOOPBACK}", "calls_per_minute_per_address": "0"},
+            "transceiver": {"media_listen": f"{LOOPBACK}:{media_port}", "max_sessions": "10000"},
+            "agent": {"name": "echo"},
+            "agent.echo": {"passthrough": "yes" if passthrough else "no"},
+        }
+    )
+    if workers is not None:
+        parser["transceiver"]["workers"] = workers
+    ini = log_dir / "transceiver.ini"
+    with ini.open("w") as f:
+        parser.write(f)
+    base = f"http://{LOOPBACK}:{http_port}"
+    with running_service(["voiceedge-transceiver", "--config", str(ini)], base + "/healthz", log_dir=log_dir, timeout=60) as proc:
+        yield base + "/v1/realtime/calls", proc.pid
+
+
+@contextmanager
+def pionecho(log_dir: Path, workers: str | None) -> Iterator[tuple[str, int]]:
+    """Pion's echo server: (offer URL, pid)."""
+    with pion_peer.running_pionecho(log_dir=log_dir) as echo:
+        yield echo.offer_url, echo.pid
+
+
+@contextmanager
+def aiortc(log_dir: Path, workers: str | None) -> Iterator[tuple[str, int]]:
+    """``bench/aiortc_echo_server.py``: (offer URL, pid)."""
     port = free_tcp_port()
     base = f"http://{LOOPBACK}:{port}"
-    script = Path(__file__).resolve().parent / "aiortc_echo_server.py"
+    script = ROOT / "bench" / "aiortc_echo_server.py"
     with (log_dir / "aiortc_echo_server.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, str(script), "--port", str(port), "--deadline", str(CHILD_DEADLINE)],
@@ -375,8 +153,19 @@ def aiortc_server(log_dir: Path) -> Iterator[tuple[str, int]]:
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_healthy(proc, base + "/healthz")
-        yield base, proc.pid
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"aiortc echo server exited with {proc.returncode}")
+            try:
+                if http_get(base + "/healthz", timeout=1.0)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("aiortc echo server not healthy after 30 s")
+            time.sleep(0.2)
+        yield base + "/v1/realtime/calls", proc.pid
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -387,62 +176,106 @@ def aiortc_server(log_dir: Path) -> Iterator[tuple[str, int]]:
         proc.wait()
 
 
-def print_table(results: list[SideResult]) -> None:
-    """The side-by-side table and the ratio B/A (only when both sides are valid)."""
+SERVERS: dict[str, Callable[[Path, str | None], Any]] = {
+    "transcoding": lambda d, w: allinone(d, False, w),
+    "passthrough": lambda d, w: allinone(d, True, w),
+    "passthrough-direct": lambda d, w: transceiver_direct(d, True, w),
+    "transcoding-direct": lambda d, w: transceiver_direct(d, False, w),
+    "pionecho": pionecho,
+    "aiortc": aiortc,
+}
+
+
+def measure(name: str, calls: int, args: argparse.Namespace, tmp: Path) -> Side:
+    """Start ``name``'s server, load it with ``calls`` Pion calls, stop it."""
+    log_dir = tmp / f"{name}-{calls}"
+    log_dir.mkdir()
+    workers = None if name in ("pionecho", "aiortc") else args.workers
+    with SERVERS[name](log_dir, workers) as (url, pid):
+        summary = pion_peer.load(
+            url,
+            n=calls,
+            ramp=args.ramp,
+            seconds=args.seconds,
+            settle=args.settle,
+            server_pids=[pid],
+            server_children=True,
+            audio=args.audio,
+            setup_timeout=max(15.0, calls / args.ramp),
+            log_dir=log_dir,
+        )
+    summary.pop("pion_problems", None)
+    (log_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return Side(name, calls, summary)
+
+
+def print_sides(sides: list[Side]) -> None:
+    """The table, then CPU per call-second as ratios between the sides."""
     print(
-        f"  {'side':22s} {'N':>3s} {'CPU %/session':>14s} {'µs/frame':>9s} {'frames/s/call':>14s}"
-        f" {'echoed (worst call)':>20s} {'callers CPU %':>14s}"
+        f"  {'side':20s} {'N':>4s} {'up':>4s} {'held':>5s} {'pps mean':>8s} {'gap p99':>8s} {'worst':>7s}"
+        f" {'CPU ms/call-s':>13s} {'CPU %':>6s} {'RSS kB/call':>11s} {'client %':>8s}"
     )
-    for r in results:
-        if r.valid:
-            cpu, us = f"{r.cpu_percent_per_session:14.2f}", f"{r.us_per_frame:9.0f}"
-        else:
-            cpu, us = f"{'invalid':>14s}", f"{'-':>9s}"
-        callers_load = 100.0 * r.callers_cpu_s / r.window_s if r.window_s else 0.0
-        fps = r.frames_per_second_per_call if r.window_s else 0.0
-        print(f"  {r.side:22s} {r.calls:3d} {cpu} {us} {fps:14.1f} {r.min_echo_share:20.1%} {callers_load:14.0f}")
-        for problem in r.problems:
-            print(f"      invalid: {problem}")
-    if len(results) == 2 and all(r.valid for r in results):
-        a, b = results
-        print(f"  B/A = {b.cpu_percent_per_session / a.cpu_percent_per_session:.2f}x CPU per session (aiortc / voiceedge)")
-    else:
-        print("  B/A: no ratio, a side is invalid")
+    for s in sides:
+        cpu = s.cpu_per_call_s
+        print(
+            f"  {s.name:20s} {s.calls:4d} {s.get('up_at_window', default=0):4d}"
+            f" {s.get('calls_ge_48pps', default=0):5d} {s.get('in_pps_per_call', 'mean', default=0):8.1f}"
+            f" {s.get('gap_ms', 'p99', default=0):8.1f} {s.get('gap_p99_ms_worst_call', default=0):7.1f}"
+            f" {cpu if cpu is not None else float('nan'):13.2f} {s.get('server', 'cpu_pct', default=0):6.1f}"
+            f" {s.get('server', 'rss_kb_per_call', default=0):11.1f} {s.get('client', 'cpu_pct', default=0):8.1f}"
+        )
+        errors = s.get("errors") or {}
+        if errors:
+            print(f"      errors: {dict(list(errors.items())[:3])}")
+    print("  CPU per call-second, row / column (same run):")
+    named = [s for s in sides if s.cpu_per_call_s]
+    header = "".join(f" {f'{s.name}@{s.calls}':>22s}" for s in named)
+    print(f"  {'':24s}{header}")
+    for row in named:
+        cells = "".join(f" {row.cpu_per_call_s / col.cpu_per_call_s:22.2f}" for col in named)  # type: ignore[operator]
+        print(f"  {f'{row.name}@{row.calls}':24s}{cells}")
 
 
 def main() -> None:
-    """Parse arguments; run the callers role or the whole comparison."""
+    """Parse arguments, run every side, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=5, help="concurrent calls per side (N)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each side's calls, from dialing")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds after dialing before the window opens")
-    parser.add_argument("--sides", default="voiceedge,aiortc", help=argparse.SUPPRESS)
-    parser.add_argument("--role", default="driver", help=argparse.SUPPRESS)
-    parser.add_argument("--url", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--calls", default="100", help="calls per voiceedge and Pion side (comma list: one run each)")
+    parser.add_argument("--aiortc-calls", type=int, default=10, help="calls for aiortc's echo (it holds few)")
+    parser.add_argument("--sides", default="transcoding,passthrough,passthrough-direct,pionecho,aiortc")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measurement window per side")
+    parser.add_argument("--ramp", type=float, default=20.0, help="calls started per second")
+    parser.add_argument("--settle", type=float, default=3.0)
+    parser.add_argument("--audio", default="tone", choices=("tone", "speech"))
+    parser.add_argument("--workers", default=None, help="[transceiver] workers for the voiceedge sides")
     args = parser.parse_args()
-
-    if args.role == "callers":
-        signal.alarm(CHILD_DEADLINE)
-        asyncio.run(run_callers(args.url, args.calls))
-        return
-
-    started = time.monotonic()
+    counts = [int(n) for n in args.calls.split(",")]
+    try:
+        load1 = os.getloadavg()[0]
+    except OSError:
+        load1 = float("nan")
     print(
-        f"{args.calls} concurrent echo calls per side, {args.seconds:.0f} s each (window from "
-        f"{args.warmup:.0f} s), Opus 48 kHz, loopback, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
+        f"pionpeer load, {args.audio}, window {args.seconds:.0f} s, ramp {args.ramp:.0f}/s; {os.cpu_count()} CPUs,"
+        f" load average {load1:.1f} at start; Python {sys.version.split()[0]}",
         flush=True,
     )
-    servers = {"voiceedge": ("A voiceedge (echo)", voiceedge_server), "aiortc": ("B aiortc MediaRelay", aiortc_server)}
-    results: list[SideResult] = []
+    started = time.monotonic()
+    sides: list[Side] = []
     with tempfile.TemporaryDirectory(prefix="voiceedge-bench-") as tmp:
-        for key in args.sides.split(","):
-            label, server = servers[key]
-            log_dir = Path(tmp) / key
-            log_dir.mkdir()
-            with server(log_dir) as (base, pid):
-                results.append(measure_side(label, base, pid, args.calls, args.seconds, args.warmup))
-    print_table(results)
-    print(f"  total {time.monotonic() - started:.1f} s")
+        for name in args.sides.split(","):
+            for calls in [args.aiortc_calls] if name == "aiortc" else counts:
+                side = measure(name, calls, args, Path(tmp))
+                sides.append(side)
+                print(
+                    f"  done {name}@{calls}: held {side.get('calls_ge_48pps')}/{calls},"
+                    f" {side.cpu_per_call_s} CPU ms/call-s",
+                    flush=True,
+                )
+    print_sides(sides)
+    try:
+        load2 = os.getloadavg()[0]
+    except OSError:
+        load2 = float("nan")
+    print(f"  total {time.monotonic() - started:.0f} s; load average {load2:.1f} at the end")
 
 
 if __name__ == "__main__":

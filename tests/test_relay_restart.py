@@ -63,6 +63,8 @@ class Split:
             f"[relay]\npublic_listen = 127.0.0.1:{self.relay_udp}\ninternal_listen = 127.0.0.1:0\n"
             f"transceiver_networks = 127.0.0.0/8\n[token]\nkeys = {key}\n[redis]\n{redis}"
             f"[http]\nlisten = tcp:{self.relay_http}:interface=127.0.0.1\n"
+            # One relay process: this kills and restarts it whole (tests/test_workers.py kills a worker).
+            "[process]\nworkers = 1\n"
         )
         transceiver = self.tmp / "transceiver.ini"
         transceiver.write_text(

@@ -21,6 +21,7 @@ from tests.support import free_tcp_port, free_udp_port
 from tests.test_relay_protocol import binding_request
 from voiceedge.config import token_keys
 from voiceedge.relay.tap import Options, RelayService, makeService
+from voiceedge.workers import ParentWatch, WorkerSupervisor
 from voiceedge.wire import encap
 from voiceedge.wire.route_token import Route, RouteTokenCodec
 
@@ -38,6 +39,8 @@ def parse(path: Path | str) -> Options:
 def write_ini(tmp_path: Path, body: str) -> Path:
     """Write an INI with a valid [token] section plus ``body``."""
     path = tmp_path / "relay.ini"
+    if "[process]" not in body:
+        body += "[process]\nworkers = 1\n"  # one process unless the test is about workers
     path.write_text(f"[token]\nkeys = 1:{SECRET_B64}\n{body}")
     return path
 
@@ -108,15 +111,37 @@ def test_config_is_required() -> None:
         Options().parseOptions([])
 
 
-def test_make_service_returns_multiservice() -> None:
+def test_make_service_returns_multiservice(tmp_path: Path) -> None:
     """makeService builds (without opening anything) the relay and its HTTP listener."""
-    top = makeService(parse(REPO / "etc/relay.ini"))
+    path = tmp_path / "relay.ini"
+    path.write_text((REPO / "etc/relay.ini").read_text().replace("workers = auto", "workers = 1"))
+    top = makeService(parse(path))
     assert isinstance(top, service.MultiService)
     children = list(top)
     assert any(isinstance(s, RelayService) for s in children)
     assert len(children) == 2
     relay = next(s for s in children if isinstance(s, RelayService)).relay
     assert relay.cache is not None and relay.ingress == ("127.0.0.1", 3478)
+
+
+def test_workers_make_a_supervisor_and_workers_take_their_own_ports(tmp_path: Path) -> None:
+    """With workers = 2 the service only supervises; worker 1 shares the public port and offsets the others."""
+    path = write_ini(
+        tmp_path,
+        "[relay]\npublic_listen = 127.0.0.1:3478\ninternal_listen = 127.0.0.1:4000\n"
+        "[http]\nlisten = tcp:9090:interface=127.0.0.1\n[process]\nworkers = 2\n",
+    )
+    supervisor = list(makeService(parse(path)))
+    assert [type(s) for s in supervisor] == [WorkerSupervisor]
+    assert supervisor[0].count == 2
+    assert supervisor[0].argv_for(1)[-4:] == ["--config", str(path), "--worker", "1"]
+    options = Options()
+    options.parseOptions(["--config", str(path), "--worker", "1"])
+    worker = list(makeService(options))
+    relay_service = next(s for s in worker if isinstance(s, RelayService))
+    assert relay_service.public_listen == ("127.0.0.1", 3478) and relay_service.reuse_port
+    assert relay_service.internal_listen == ("127.0.0.1", 4001)
+    assert any(isinstance(s, ParentWatch) for s in worker)
 
 
 def test_plugin_is_listed() -> None:

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from voiceedge.relay.core import Relay, not_started
 from voiceedge.relay.flows import Address
 from voiceedge.sockets import enlarge_buffers
+from voiceedge.workers import enable_reuse_port
 
 __all__ = [
     "ClientPort",
@@ -130,7 +131,21 @@ class _BatchPort(udp.Port):
 
 
 class ClientPort(_BatchPort):
-    """The public port: ``recvfrom_into`` the relay's buffer, no bytes object per packet."""
+    """The public port: ``recvfrom_into`` the relay's buffer, no bytes object per packet.
+
+    With ``reuse_port`` it binds with ``SO_REUSEPORT``: worker processes
+    share the one public address, the kernel choosing a worker per client
+    address.
+    """
+
+    reuse_port = False
+
+    def createInternetSocket(self) -> socket.socket:  # noqa: N802 - Twisted's name
+        """The socket, shareable with other workers when ``reuse_port``."""
+        sock: socket.socket = super().createInternetSocket()
+        if self.reuse_port:
+            enable_reuse_port(sock)
+        return sock
 
     def doRead(self) -> None:
         """Receive a batch straight into the relay's receive buffer."""
@@ -198,17 +213,20 @@ def _listen(
     protocol: DatagramProtocol,
     address: Address,
     reactor: IReactorUDP,
+    reuse_port: bool = False,
 ) -> udp.Port:
     host, port_number = address
     port = port_class(port_number, protocol, interface=host, maxPacketSize=65536, reactor=reactor)
+    if reuse_port:
+        port.reuse_port = True  # type: ignore[attr-defined]
     port.startListening()
     enlarge_buffers(port.socket)
     return port
 
 
-def listen_client(relay: Relay, address: Address, reactor: IReactorUDP) -> udp.Port:
-    """Open the public UDP port on ``address`` for ``relay``."""
-    return _listen(ClientPort, ClientProtocol(relay), address, reactor)
+def listen_client(relay: Relay, address: Address, reactor: IReactorUDP, reuse_port: bool = False) -> udp.Port:
+    """Open the public UDP port on ``address`` for ``relay`` (shared by workers with ``reuse_port``)."""
+    return _listen(ClientPort, ClientProtocol(relay), address, reactor, reuse_port)
 
 
 def listen_transceiver(relay: Relay, address: Address, reactor: IReactorUDP) -> udp.Port:

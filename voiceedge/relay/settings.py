@@ -12,6 +12,7 @@ from voiceedge import config as c
 from voiceedge.wire.encap import MAX_CLIENT_PAYLOAD, MAX_HOPS
 from voiceedge.config import Address, SettingError, section, setting
 from voiceedge.redis_connection import RedisConnectionSettings
+from voiceedge.workers import AUTO, ProcessSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -161,6 +162,7 @@ class RelayServiceSettings:
     redis: RedisSettings = section(RedisSettings)
     http: HttpSettings = section(HttpSettings)
     global_hop: GlobalHopSettings = section(GlobalHopSettings, name="global")
+    process: ProcessSettings = section(ProcessSettings)
 
     def __post_init__(self) -> None:
         if not self.token.keys:
@@ -169,3 +171,12 @@ class RelayServiceSettings:
             raise SettingError("relays", "names this relay's own cluster", section="global")
         if self.global_hop.directory and not self.redis.enabled:
             raise SettingError("directory", "needs [redis] enabled", section="global")
+        if self.global_hop.listen is not None and self.process.workers not in (AUTO, 1):
+            raise SettingError("workers", "the global hop runs in one process: 1 or auto", section="process")
+
+    @property
+    def process_count(self) -> int:
+        """How many relay processes run: ``[process] workers`` (auto: one per core; one with the global hop)."""
+        if self.global_hop.listen is not None:
+            return 1
+        return self.process.count

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, Callable
 
@@ -34,6 +35,7 @@ from voiceedge.relay.settings import (
     TokenSettings,
 )
 from voiceedge.wire.route_token import RouteTokenCodec
+from voiceedge.workers import ParentWatch, WorkerSupervisor, offset_port, offset_strport, twistd_argv
 
 __all__ = [
     "HealthResource",
@@ -54,6 +56,7 @@ class Options(usage.Options):
 
     optParameters = [
         ["config", "c", None, "INI file (see etc/relay.ini)"],
+        ["worker", None, None, "(set by the supervisor) run as worker N of [process] workers"],
     ]
 
     def postOptions(self) -> None:
@@ -72,16 +75,18 @@ class HealthResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, worker: int | None = None) -> None:
         super().__init__()
         self.relay = relay
+        self.worker = worker
 
     def render_GET(self, request: server.Request) -> bytes:
-        """Liveness: the relay is answering; Redis state is informational."""
+        """Liveness: the relay is answering; Redis state is informational (and which worker, if one)."""
         cache = self.relay.cache
         redis = "disabled" if cache is None else ("up" if cache.up else "down")
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return f"ok flows={len(self.relay.flows)} redis={redis}\n".encode()
+        worker = "" if self.worker is None else f" worker={self.worker} pid={os.getpid()}"
+        return f"ok flows={len(self.relay.flows)} redis={redis}{worker}\n".encode()
 
 
 class _QuietSite(server.Site):
@@ -94,11 +99,11 @@ class _QuietSite(server.Site):
         """Scrapes and health checks are not worth a log line each."""
 
 
-def build_site(relay: Relay) -> server.Site:
+def build_site(relay: Relay, worker: int | None = None) -> server.Site:
     """The relay's small HTTP listener: ``/metrics`` and ``/healthz``."""
     root = resource.Resource()
     root.putChild(b"metrics", MetricsResource(make_registry(relay.metrics)))
-    root.putChild(b"healthz", HealthResource(relay))
+    root.putChild(b"healthz", HealthResource(relay, worker))
     return _QuietSite(root)
 
 
@@ -112,8 +117,10 @@ class RelayService(service.Service):
         internal_listen: Address,
         reactor: IReactorUDP,
         peer_listen: Address | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.relay = relay
+        self.reuse_port = reuse_port
         self.public_listen = public_listen
         self.internal_listen = internal_listen
         self.peer_listen = peer_listen
@@ -125,7 +132,7 @@ class RelayService(service.Service):
     def startService(self) -> None:
         """Bind the sockets, then start the sweep (which connects the cache)."""
         super().startService()
-        self.public_port = listen_client(self.relay, self.public_listen, self.reactor)
+        self.public_port = listen_client(self.relay, self.public_listen, self.reactor, self.reuse_port)
         self.internal_port = listen_transceiver(self.relay, self.internal_listen, self.reactor)
         if self.peer_listen is not None:
             self.peer_port = listen_peer(self.relay, self.peer_listen, self.reactor)
@@ -227,18 +234,42 @@ def build_directory(
 
 
 def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
-    """The relay: its public, internal and global-hop UDP ports, its sweep, and its HTTP listener."""
+    """The relay: its public, internal and global-hop UDP ports, its sweep, and its HTTP listener.
+
+    With more than one ``[process] workers`` this process only supervises
+    that many workers (``--worker i``), which share the public port; worker
+    ``i`` takes the internal and HTTP ports plus ``i``.
+    """
     clock, udp_reactor = service_reactors(clock)
     settings: RelayServiceSettings = config.settings
+    count = settings.process_count
+    worker = config["worker"]
     top = service.MultiService()
+    if count > 1 and worker is None:
+        options = ["--config", str(config["config"])]
+        WorkerSupervisor(
+            udp_reactor, count, lambda i: twistd_argv("voiceedge-relay", options, i)
+        ).setServiceParent(top)
+        log.info("voiceedge relay: {count} workers on {public}", count=count, public=settings.relay.public_listen)
+        return top
+    index = int(worker) if worker is not None else 0
     directory = build_directory(settings, clock, top)
     relay = build_relay(
         settings.relay, settings.token, settings.redis, clock,
         global_hop=settings.global_hop, relay_for=directory.relay_for,
     )
     RelayService(
-        relay, settings.relay.public_listen, settings.relay.internal_listen, udp_reactor,
-        settings.global_hop.listen,
+        relay, settings.relay.public_listen, offset_port(settings.relay.internal_listen, index), udp_reactor,
+        settings.global_hop.listen, reuse_port=count > 1,
     ).setServiceParent(top)
-    strports.service(settings.http.listen, build_site(relay)).setServiceParent(top)
+    site = build_site(relay, index if worker is not None else None)
+    strports.service(offset_strport(settings.http.listen, index), site).setServiceParent(top)
+    if worker is not None:
+        ParentWatch(clock, _stop_reactor).setServiceParent(top)
     return top
+
+
+def _stop_reactor() -> None:
+    from twisted.internet import reactor
+
+    reactor.stop()

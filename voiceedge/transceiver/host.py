@@ -694,9 +694,14 @@ class Transceiver:
         now = self.clock.seconds()
         # A copy: ticking runs agent code, which may add to the set.
         for call in list(self._sending):
-            if not call.session.tick(now):
+            session = call.session
+            if not session.tick(now):
                 self._sending.discard(call)
-            self._service(call)
+            # Most ticks of a talking session send nothing (its frames went
+            # out as they were produced): then there is nothing to service,
+            # and its deadline has not moved.
+            if session.has_output():
+                self._service(call)
 
     def _sweep(self) -> None:
         now = self.clock.seconds()

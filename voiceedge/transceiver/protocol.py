@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet.protocol import DatagramProtocol
 
 from voiceedge.sockets import enlarge_buffers
@@ -20,12 +22,21 @@ class SharedSocketProtocol(DatagramProtocol):
         self.transceiver = transceiver
 
     def startProtocol(self) -> None:
-        """Give the transceiver the socket's write, bound once."""
+        """Give the transceiver the socket's ``sendto``, bound once.
+
+        Not ``udp.Port.write``: it checks the address is an IP literal two or
+        three times per datagram, and ours always are (they came from
+        ``recvfrom`` or a relay's header). Its errors are ``OSError`` too,
+        which the transceiver counts.
+        """
         assert self.transport is not None
-        self.transceiver.write = self.transport.write
         sock = getattr(self.transport, "socket", None)
-        if sock is not None:
+        if isinstance(sock, socket.socket):
             enlarge_buffers(sock)
+            # mypy cannot pick this one of sendto's overloads.
+            self.transceiver.write = sock.sendto  # type: ignore[assignment]
+        else:
+            self.transceiver.write = self.transport.write
 
     def local_address(self) -> Address:
         """The address the socket is bound to."""

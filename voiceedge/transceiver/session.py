@@ -209,6 +209,10 @@ class Session:
             self._events = []
         return events
 
+    def has_output(self) -> bool:
+        """Whether datagrams or events wait to be taken."""
+        return bool(self._datagrams or self._events)
+
     def _emit(self, event: SessionEvent) -> None:
         # Not a bound list.append: take_events() swaps the list.
         self._events.append(event)

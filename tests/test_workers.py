@@ -1,0 +1,237 @@
+# -*- test-case-name: tests.test_workers -*-
+"""Worker processes: they start, share the public port, and a worker's death costs its flows only their next packet.
+
+Unit tests of :mod:`voiceedge.workers` (the ``workers`` value, port offsets),
+then the relay service for real with ``[process] workers = 2`` and Redis:
+sixteen clients from sixteen source ports make flows through it to a stand-in
+transceiver that echoes their packets; both workers carry some of them; one
+worker is killed with SIGKILL; every client then sends one packet at a time
+until one comes back. The dead worker's clients lose exactly one (the packet
+that made a surviving worker look their flow up in Redis), the others none,
+and the supervisor starts the worker again. No assertion about speed.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests.redis_support import start_redis
+from tests.support import free_udp_port, http_get, running_service
+from tests.test_relay_protocol import binding_request
+from voiceedge.wire import encap
+from voiceedge.wire.route_token import Route, RouteTokenCodec
+from voiceedge.workers import AUTO, offset_port, offset_strport, parse_workers, process_count
+
+LOOPBACK = "127.0.0.1"
+CLIENTS = 16
+WAIT = 1.0  # seconds one packet may take to come back before it counts as lost
+
+
+class WorkersValueTests(SynchronousTestCase):
+    """``workers``: auto or a count; what each worker takes of the configured ports."""
+
+    def test_auto_is_one_per_core(self) -> None:
+        self.assertEqual(parse_workers(" Auto "), AUTO)
+        self.assertEqual(process_count(AUTO), os.cpu_count() or 1)
+        self.assertEqual(process_count(parse_workers("3")), 3)
+
+    def test_bad_counts_are_refused(self) -> None:
+        for text in ("0", "-1", "257", "many", ""):
+            self.assertRaises(ValueError, parse_workers, text)
+
+    def test_ports_are_offset_by_the_worker_index(self) -> None:
+        self.assertEqual(offset_port(("10.0.0.1", 4000), 2), ("10.0.0.1", 4002))
+        self.assertEqual(offset_port(("10.0.0.1", 0), 2), ("10.0.0.1", 0))
+        self.assertEqual(offset_strport("tcp:9090:interface=127.0.0.1", 1), "tcp:9091:interface=127.0.0.1")
+        self.assertEqual(offset_strport("tcp:0:interface=127.0.0.1", 1), "tcp:0:interface=127.0.0.1")
+        self.assertEqual(offset_strport("unix:/tmp/x", 1), "unix:/tmp/x")
+
+
+def _free_tcp_pair() -> int:
+    """A TCP port p with p + 1 free too (worker 0 and worker 1 listen on them)."""
+    for _ in range(100):
+        with socket.socket() as a:
+            a.bind((LOOPBACK, 0))
+            port = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind((LOOPBACK, port + 1))
+                except OSError:
+                    continue
+                return int(port)
+    raise AssertionError("no two consecutive free TCP ports")
+
+
+def _health(port: int) -> dict[str, str]:
+    status, body = http_get(f"http://{LOOPBACK}:{port}/healthz", timeout=1.0)
+    assert status == 200, body
+    words = body.decode().split()[1:]
+    return dict(w.partition("=")[::2] for w in words)
+
+
+def _until(what: str, check: object, timeout: float = 20.0) -> object:
+    """Poll ``check()`` until it returns something true (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()  # type: ignore[operator]
+        except (OSError, AssertionError):
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
+class EchoSink:
+    """A stand-in transceiver: answers checks and echoes media back through the relay worker that sent it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.setblocking(False)
+        self.via: dict[tuple[str, int], tuple[str, int]] = {}  # client -> relay worker's internal socket
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.sock.getsockname()  # type: ignore[no-any-return]
+
+    def pump(self) -> None:
+        """Answer everything waiting."""
+        while True:
+            try:
+                data, relay = self.sock.recvfrom(65536)
+            except BlockingIOError:
+                return
+            envelope, payload = encap.decode(data)
+            self.via[envelope.client] = relay
+            reply = b"\x01\x01" + payload[2:] if payload[:2] == b"\x00\x01" else payload
+            self.sock.sendto(encap.encode(envelope, reply), relay)
+
+
+@pytest.mark.integration
+class RelayWorkersTests(TestCase):
+    """The relay service with two workers on one public port."""
+
+    def test_workers_share_the_port_and_a_dead_workers_flows_continue(self) -> None:
+        redis = start_redis(self)
+        udp_port, http_port = free_udp_port(), _free_tcp_pair()
+        secret = os.urandom(32)
+        tmp = Path(self.mktemp())
+        tmp.mkdir(parents=True)
+        ini = tmp / "relay.ini"
+        ini.write_text(
+            f"[relay]\npublic_listen = {LOOPBACK}:{udp_port}\ninternal_listen = {LOOPBACK}:0\n"
+            f"[token]\nkeys = 1:{base64.b64encode(secret).decode()}\n"
+            f"[redis]\nenabled = yes\naddress = {LOOPBACK}:{redis.port}\nlookup_rate = 1000\n"
+            f"[http]\nlisten = tcp:{http_port}:interface={LOOPBACK}\n"
+            "[process]\nworkers = 2\n"
+        )
+        sink = EchoSink()
+        self.addCleanup(sink.sock.close)
+        clients = []
+        for _ in range(CLIENTS):
+            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            client.bind((LOOPBACK, 0))
+            client.setblocking(False)
+            self.addCleanup(client.close)
+            clients.append(client)
+        relay = (LOOPBACK, udp_port)
+        codec = RouteTokenCodec({1: secret}, 1)
+
+        def round_trip(client: socket.socket, packet: bytes) -> bool:
+            """Send one packet; whether it came back (through relay and sink) within WAIT."""
+            client.sendto(packet, relay)
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline:
+                sink.pump()
+                try:
+                    if client.recv(65536)[2:] == packet[2:]:
+                        return True
+                except BlockingIOError:
+                    time.sleep(0.005)
+            return False
+
+        health = f"http://{LOOPBACK}:{http_port}/healthz"
+        with running_service(["voiceedge-relay", "--config", str(ini)], health, log_dir=tmp) as supervisor:
+            pids = {i: int(_until(f"worker {i} up", lambda i=i: _health(http_port + i).get("pid"))) for i in (0, 1)}  # type: ignore[arg-type]
+            self.assertEqual(len(set(pids.values()) | {supervisor.pid}), 3)
+            # Every client makes a flow (a check answered through the relay) and sends media on it.
+            for n, client in enumerate(clients):
+                # A token each: one session's credentials make at most 8 flows.
+                token = codec.issue(Route(0, sink.address))
+                self.assertTrue(round_trip(client, binding_request(token)), f"client {n}: check not answered")
+                self.assertTrue(round_trip(client, b"\x80\x6f" + os.urandom(40)), f"client {n}: media not echoed")
+            names = {c.getsockname(): c for c in clients}
+            before = {client: sink.via[name] for name, client in names.items()}
+            workers_used = set(before.values())
+            # The kernel spread the clients over both workers' shared port.
+            self.assertEqual(len(workers_used), 2, workers_used)
+            # The flows are in Redis before a worker dies (written on confirmation).
+            _until("flows in Redis", lambda: int(redis.command("DBSIZE")[1:].split(b"\r")[0]) >= CLIENTS)
+
+            os.kill(pids[1], signal.SIGKILL)
+            _until("worker 1 gone", lambda: not _alive(pids[1]))
+            # Every client sends one packet at a time (all at once) until one comes back.
+            lost = {client: 0 for client in clients}
+            waiting = list(clients)
+            for _ in range(5):
+                waiting = _round(sink, waiting, relay)
+                for client in waiting:
+                    lost[client] += 1
+                if not waiting:
+                    break
+            self.assertEqual(waiting, [], "media never came back after the worker died")
+            moved = [c for c in clients if sink.via[c.getsockname()] != before[c]]
+            stayed = [c for c in clients if c not in moved]
+            print(f"\n{len(moved)} clients moved off the dead worker, lost {[lost[c] for c in moved]};"
+                  f" {len(stayed)} stayed, lost {[lost[c] for c in stayed]}")
+            self.assertTrue(moved and stayed)
+            self.assertEqual([lost[c] for c in moved], [1] * len(moved))
+            self.assertEqual([lost[c] for c in stayed], [0] * len(stayed))
+            # The supervisor started worker 1 again.
+            new = int(_until("worker 1 back", lambda: _health(http_port + 1).get("pid")))  # type: ignore[arg-type]
+            self.assertNotEqual(new, pids[1])
+            survivors = [pids[0], new]
+        # Stopping the supervisor stops its workers.
+        for pid in survivors:
+            _until(f"worker {pid} stopped", lambda pid=pid: not _alive(pid))
+
+
+def _round(sink: EchoSink, clients: list[socket.socket], relay: tuple[str, int]) -> list[socket.socket]:
+    """Each client sends one packet; the clients whose packet did not come back within WAIT."""
+    sent = {}
+    for client in clients:
+        packet = b"\x80\x6f" + os.urandom(40)
+        client.sendto(packet, relay)
+        sent[client] = packet
+    deadline = time.monotonic() + WAIT
+    while sent and time.monotonic() < deadline:
+        sink.pump()
+        for client in list(sent):
+            try:
+                while True:
+                    if client.recv(65536) == sent[client]:
+                        del sent[client]
+                        break
+            except BlockingIOError:
+                pass
+        time.sleep(0.005)
+    return list(sent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
