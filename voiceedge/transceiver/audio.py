@@ -225,6 +225,9 @@ class InboundOpus:
         """When :meth:`drain` is due: the jitter buffer gives up on a missing packet."""
         return self._jitter.deadline()
 
+    def update_speech(self, threshold_db: float, silence_ms: float) -> None:
+        """Nothing to retune: a passthrough session detects no speech (its backend does)."""
+
 
 class OutboundOpus:
     """The agent's Opus packets in, one 20 ms frame each; the same out, paced by the sender.
