@@ -102,7 +102,7 @@ def allinone(log_dir: Path, passthrough: bool, workers: str | None) -> Iterator[
         "signaling": {"calls_per_minute_per_address": 0},
     }
     if workers is not None:
-        extra["transceiver"]["workers"] = workers
+        extra["process"] = {"workers": workers}
     ini = write_allinone_config(log_dir, http_port, media_port, **extra, **_echo_options(passthrough))  # type: ignore[arg-type]
     base = f"http://{LOOPBACK}:{http_port}"
     with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=log_dir, timeout=60) as proc:
@@ -123,7 +123,7 @@ def transceiver_direct(log_dir: Path, passthrough: bool, workers: str | None) ->
         }
     )
     if workers is not None:
-        parser["transceiver"]["workers"] = workers
+        parser["process"] = {"workers": workers}
     ini = log_dir / "transceiver.ini"
     with ini.open("w") as f:
         parser.write(f)
@@ -246,7 +246,7 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=20.0, help="calls started per second")
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--audio", default="tone", choices=("tone", "speech"))
-    parser.add_argument("--workers", default=None, help="[transceiver] workers for the voiceedge sides")
+    parser.add_argument("--workers", default=None, help="[process] workers for the voiceedge sides (default: theirs)")
     args = parser.parse_args()
     counts = [int(n) for n in args.calls.split(",")]
     try:
