@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_relay_protocol -*-
-"""CPU cost per forwarded packet: the voiceedge relay beside a plain recvfrom/sendto forwarder.
+"""CPU cost per forwarded packet: the voiceedge relay beside a plain recvfrom/sendto forwarder; packets per second with 1 and 2 workers.
 
-``python bench/relay.py [--packets 200000] [--rate 60000] [--size 200]``
+``python bench/relay.py [--packets 200000] [--rate 60000] [--size 200] [--workers 1,2]``
 
 Every variant runs in the same way, in separate processes on loopback: a
 load generator (the client), the forwarder under test, and a sink standing
@@ -19,7 +19,15 @@ number of packets the sink received. Variants:
 * ``relay-stock-port``: the same relay behind Twisted's stock ``udp.Port``
   (``recvfrom`` + ``datagramReceived``), to show what the custom doRead buys.
 
-Bounded: every child has a deadline and the whole run stays under a minute.
+Then throughput with workers: ``--workers 1,2`` starts that many relay
+processes sharing one public port with ``SO_REUSEPORT`` (as ``[process]
+workers`` does), 32 clients from 32 source ports make flows through them, and
+the generator sends as fast as it can for ``--packets``; the sink counts what
+arrives. It prints packets per second delivered and the relays' CPU µs per
+packet. On a 2-core machine the generator and the sink compete for the same
+cores, so the figure is a lower bound of what the relays could do.
+
+Bounded: every child has a deadline and the whole run stays under two minutes.
 """
 
 from __future__ import annotations
@@ -106,8 +114,8 @@ def run_plain(sink_port: int) -> None:
         sendto(data, dest)
 
 
-def run_relay(secret_hex: str, stock_port: bool) -> None:
-    """The voiceedge relay, no Redis, on the default reactor."""
+def run_relay(secret_hex: str, stock_port: bool, public_port: int = 0) -> None:
+    """The voiceedge relay, no Redis, on the default reactor (a worker sharing ``public_port`` if given)."""
     _report_cpu_on_usr1()
     from twisted.internet import reactor
 
@@ -127,7 +135,7 @@ def run_relay(secret_hex: str, stock_port: bool) -> None:
         public: Any = reactor.listenUDP(0, ClientProtocol(relay), LOOPBACK, 65536)  # type: ignore[attr-defined]
         internal: Any = reactor.listenUDP(0, TransceiverProtocol(relay), LOOPBACK, 65536)  # type: ignore[attr-defined]
     else:
-        public = listen_client(relay, (LOOPBACK, 0), reactor)  # type: ignore[arg-type]
+        public = listen_client(relay, (LOOPBACK, public_port), reactor, reuse_port=bool(public_port))  # type: ignore[arg-type]
         internal = listen_transceiver(relay, (LOOPBACK, 0), reactor)  # type: ignore[arg-type]
     for port in (public, internal):
         port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
@@ -175,6 +183,112 @@ def run_generator(
 
 
 # -- the driver --------------------------------------------------------------
+
+
+def run_multi_sink(expected: int) -> None:
+    """Stand-in transceiver for the workers run: answer every encapsulated STUN, count the rest."""
+    from voiceedge.wire import encap
+
+    signal.alarm(int(CHILD_DEADLINE))
+    sock = _udp()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+    print(sock.getsockname()[1], flush=True)
+    count, first, last = 0, 0.0, 0.0
+    sock.settimeout(CHILD_DEADLINE)
+    while count < expected:
+        try:
+            data, addr = sock.recvfrom(65536)
+        except socket.timeout:
+            break
+        envelope, payload = encap.decode(data)
+        if payload[:2] == b"\x00\x01":
+            sock.sendto(encap.encode(envelope, b"\x01\x01\x00\x00answer"), addr)
+            continue
+        if not count:
+            first = time.perf_counter()
+            sock.settimeout(1.0)  # once the flood started, 1 s of silence ends it
+        count += 1
+        last = time.perf_counter()
+    print(json.dumps({"received": count, "seconds": last - first}), flush=True)
+
+
+def run_flood(target_port: int, sink_port: int, packets: int, size: int, secret_hex: str, sources: int) -> None:
+    """Many clients: a flow each through the relay, then a flood from all of them, round robin."""
+    from voiceedge.wire.route_token import Route, RouteTokenCodec
+    from voiceedge.wire.stun import Attr, StunClass, build_message
+
+    signal.alarm(int(CHILD_DEADLINE))
+    codec = RouteTokenCodec({1: bytes.fromhex(secret_hex)}, 1)
+    target = (LOOPBACK, target_port)
+    socks = []
+    for _ in range(sources):
+        sock = _udp()
+        sock.settimeout(5)
+        ufrag = codec.issue(Route(0, (LOOPBACK, sink_port))).encode()
+        request = build_message(0x001, StunClass.REQUEST, os.urandom(12), [(Attr.USERNAME, ufrag + b":bnch")])
+        sock.sendto(request, target)
+        answer, _ = sock.recvfrom(65536)
+        assert answer.startswith(b"\x01\x01"), answer
+        socks.append(sock)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    payload = b"\x80\x6f" + os.urandom(size - 2)
+    sends = [s.sendto for s in socks]
+    start = time.perf_counter()
+    sent = 0
+    while sent < packets:
+        for sendto in sends:
+            try:
+                sendto(payload, target)
+            except OSError:
+                pass
+        sent += len(sends)
+    print(json.dumps({"sent": sent, "seconds": time.perf_counter() - start}), flush=True)
+
+
+def measure_workers(workers: int, packets: int, size: int, sources: int = 32) -> dict[str, float]:
+    """``workers`` relay processes on one public port: packets per second delivered, CPU µs per packet."""
+    secret = os.urandom(32).hex()
+    sink = _spawn("--role", "multi-sink", "--packets", str(packets))
+    relays: list[subprocess.Popen[str]] = []
+    flood: subprocess.Popen[str] | None = None
+    try:
+        sink_port = int(_line(sink))
+        public_port = _free_udp_port()
+        for _ in range(workers):
+            relays.append(_spawn("--role", "relay", "--secret", secret, "--public", str(public_port)))
+            assert int(_line(relays[-1])) == public_port
+        flood = _spawn(
+            "--role", "flood", "--target", str(public_port), "--sink", str(sink_port),
+            "--packets", str(packets), "--size", str(size), "--secret", secret, "--sources", str(sources),
+        )
+        assert _line(flood) == "ready"
+        before = sum(_cpu_of(r) for r in relays)
+        assert flood.stdin is not None
+        flood.stdin.write("go\n")
+        flood.stdin.flush()
+        sent = json.loads(_line(flood))
+        received = json.loads(_line(sink))
+        after = sum(_cpu_of(r) for r in relays)
+    finally:
+        for proc in (flood, *relays, sink):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            if proc is not None:
+                proc.wait()
+    seconds = max(received["seconds"], 1e-6)
+    return {
+        "pps": received["received"] / seconds,
+        "received": received["received"],
+        "sent": sent["sent"],
+        "us_per_packet": (after - before) / max(received["received"], 1) * 1e6,
+    }
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:
@@ -249,6 +363,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=60_000, help="packets per second sent")
     parser.add_argument("--size", type=int, default=200, help="payload bytes")
     parser.add_argument("--variants", default="plain,relay,relay-stock-port")
+    parser.add_argument("--workers", default="1,2", help="relay processes for the throughput run (empty: skip)")
+    parser.add_argument("--flood", type=int, default=400_000, help="packets for the throughput run")
+    parser.add_argument("--public", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--sources", type=int, default=32, help=argparse.SUPPRESS)
     parser.add_argument("--role", default="driver", help=argparse.SUPPRESS)
     parser.add_argument("--sink", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--target", type=int, default=0, help=argparse.SUPPRESS)
@@ -260,7 +378,11 @@ def main() -> None:
     if args.role == "plain":
         return run_plain(args.sink)
     if args.role in ("relay", "relay-stock"):
-        return run_relay(args.secret, stock_port=args.role == "relay-stock")
+        return run_relay(args.secret, stock_port=args.role == "relay-stock", public_port=args.public)
+    if args.role == "multi-sink":
+        return run_multi_sink(args.packets)
+    if args.role == "flood":
+        return run_flood(args.target, args.sink, args.packets, args.size, args.secret, args.sources)
     if args.role == "generator":
         return run_generator(
             args.target, args.sink, args.packets, args.rate, args.size, args.secret
@@ -284,6 +406,18 @@ def main() -> None:
         for variant, r in results.items():
             if variant != "plain":
                 print(f"  {variant} / plain = {r['us_per_packet'] / base:.2f}x")
+    throughput: dict[int, dict[str, float]] = {}
+    for count in [int(w) for w in args.workers.split(",") if w.strip()]:
+        throughput[count] = r = measure_workers(count, args.flood, args.size)
+        print(
+            f"  {count} worker(s): {r['pps']:9.0f} packets/s delivered ({r['received']}/{r['sent']}),"
+            f" {r['us_per_packet']:.2f} µs relay CPU/packet",
+            flush=True,
+        )
+    if 1 in throughput and len(throughput) > 1:
+        for count, r in throughput.items():
+            if count != 1:
+                print(f"  {count} workers / 1 worker = {r['pps'] / throughput[1]['pps']:.2f}x packets/s")
     print(f"  total {time.monotonic() - started:.1f} s")
 
 
