@@ -70,7 +70,7 @@ class SilencePlayoutTests(TestCase):
             raise SkipTest("playwright is not installed") from None
         if not speech_corpus.available():
             raise SkipTest("espeak-ng and sox are needed")
-        tmp = Path(self.mktemp())
+        tmp = Path(self.mktemp()).resolve()
         tmp.mkdir(parents=True)
         wav = tmp / "caller.wav"
         pauses_wav(wav)

@@ -126,7 +126,7 @@ class RelayWorkersTests(TestCase):
         redis = start_redis(self)
         udp_port, http_port = free_udp_port(), _free_tcp_pair()
         secret = os.urandom(32)
-        tmp = Path(self.mktemp())
+        tmp = Path(self.mktemp()).resolve()
         tmp.mkdir(parents=True)
         ini = tmp / "relay.ini"
         ini.write_text(
