@@ -39,7 +39,9 @@ from tests.support import (
 
 SECONDS = 60.0
 CHANGE_AT = 20.0  # when each client restarts ICE or moves
-MIN_PPS = 48.0
+# The "events" call sends pionpeer's speech: about a quarter of its frames are
+# silence, which the echo does not send back (tests/test_silence_playout.py).
+SPEECH_MIN_PPS = 30.0
 EVENTS = ['{"type": "session.update", "event_id": "ev1", "session": {"instructions": "be brief"}}']
 
 
@@ -90,13 +92,14 @@ class EveryClientHoldsTheCallTests(unittest.TestCase):
         with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp):
             pion = {
                 "events": pion_peer.spawn_call(url, seconds=SECONDS, events=EVENTS, log_dir=tmp),
+                # A tone: every frame audible, so every frame comes back (silence would not).
                 "restart_sdpfrag": pion_peer.spawn_call(
-                    url, seconds=SECONDS, restart_at=CHANGE_AT, restart_mode="sdpfrag", log_dir=tmp
+                    url, seconds=SECONDS, restart_at=CHANGE_AT, restart_mode="sdpfrag", audio="tone", log_dir=tmp
                 ),
                 "restart_sdp": pion_peer.spawn_call(
-                    url, seconds=SECONDS, restart_at=CHANGE_AT, restart_mode="sdp", log_dir=tmp
+                    url, seconds=SECONDS, restart_at=CHANGE_AT, restart_mode="sdp", audio="tone", log_dir=tmp
                 ),
-                "rebind": pion_peer.spawn_call(url, seconds=SECONDS, rebind_at=CHANGE_AT, log_dir=tmp),
+                "rebind": pion_peer.spawn_call(url, seconds=SECONDS, rebind_at=CHANGE_AT, audio="tone", log_dir=tmp),
             }
             aiortc: dict[str, Any] = {}
             thread = threading.Thread(target=aiortc_behind_rebinding_proxy, args=(base, media_port, aiortc))
@@ -124,7 +127,7 @@ class EveryClientHoldsTheCallTests(unittest.TestCase):
         for name, result in results.items():
             self.assertTrue(result["ok"], (name, result.get("error"), result.get("ended")))
             self.assertEqual(result["ended"]["reason"], "duration", (name, result["ended"]))
-            self.assertGreaterEqual(result["in_pps"], MIN_PPS if name == "events" else 40.0, (name, result))
+            self.assertGreaterEqual(result["in_pps"], SPEECH_MIN_PPS if name == "events" else 40.0, (name, result))
             self.assertEqual(result["delete_status"], 204, name)
         events = results["events"]
         # oai-events both ways: the session's events, the answer to ours, speech in Pion's audio.
