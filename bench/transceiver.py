@@ -2,6 +2,7 @@
 """CPU per call and calls held: voiceedge (transcoding and passthrough echo) beside Pion's and aiortc's echo, one run.
 
 ``python bench/transceiver.py [--calls 100] [--aiortc-calls 10] [--seconds 20] [--ramp 20]``
+``python bench/transceiver.py --capacity 1,2 [--step 20] [--max 200]``
 
 One load client for every side: ``pionpeer load`` (Go, ``tests/pion``), light
 enough for 100+ calls on the same machine. Each call sends real Opus every
@@ -29,6 +30,12 @@ RSS per call (``pionpeer load --server-pid``, with the worker processes of
 ``--workers``). Then the ratios of CPU per call-second, side by side. Absolute
 figures depend on the machine's load; ratios within one run much less. Every
 child is bounded and killed at the end.
+
+``--capacity 1,2`` measures how many transcoding echo calls the all-in-one
+holds with 1 and with 2 ``[process] workers``: for each, calls are offered in
+steps of ``--step`` until a step fails the quality bar (at least 95 % of the
+calls at 48 packets/s or more, arrival gap p99 at most 40 ms); the calls held
+are the last step that passed. It prints both and their ratio.
 """
 
 from __future__ import annotations
@@ -188,7 +195,7 @@ SERVERS: dict[str, Callable[[Path, str | None], Any]] = {
 
 def measure(name: str, calls: int, args: argparse.Namespace, tmp: Path) -> Side:
     """Start ``name``'s server, load it with ``calls`` Pion calls, stop it."""
-    log_dir = tmp / f"{name}-{calls}"
+    log_dir = tmp / f"{name}-{calls}-w{args.workers or 0}"
     log_dir.mkdir()
     workers = None if name in ("pionecho", "aiortc") else args.workers
     with SERVERS[name](log_dir, workers) as (url, pid):
@@ -236,6 +243,43 @@ def print_sides(sides: list[Side]) -> None:
         print(f"  {f'{row.name}@{row.calls}':24s}{cells}")
 
 
+GOOD_SHARE = 0.95
+MAX_GAP_P99_MS = 40.0
+
+
+def holds(side: Side) -> bool:
+    """The quality bar: nearly every call at 48 packets/s, and a gap p99 of 40 ms at most."""
+    held = side.get("calls_ge_48pps", default=0)
+    gap = side.get("gap_ms", "p99", default=float("inf"))
+    return held >= GOOD_SHARE * side.calls and gap <= MAX_GAP_P99_MS
+
+
+def capacity(args: argparse.Namespace, tmp: Path) -> None:
+    """Calls held by the transcoding all-in-one with each worker count, and the ratio."""
+    held: dict[str, int] = {}
+    for workers in args.capacity.split(","):
+        args.workers = workers
+        best = 0
+        for calls in range(args.step, args.max + 1, args.step):
+            side = measure("transcoding", calls, args, tmp)
+            ok = holds(side)
+            print(
+                f"  workers={workers} calls={calls}: {side.get('calls_ge_48pps')} at >= 48 pps,"
+                f" gap p99 {side.get('gap_ms', 'p99')} ms, {side.cpu_per_call_s} CPU ms/call-s,"
+                f" CPU {side.get('server', 'cpu_pct')} % -> {'holds' if ok else 'does not hold'}",
+                flush=True,
+            )
+            if not ok:
+                break
+            best = calls
+        held[workers] = best
+    for workers, calls in held.items():
+        print(f"  {workers} worker(s): {calls} calls held")
+    counts = list(held.values())
+    if len(counts) == 2 and counts[0]:
+        print(f"  {list(held)[1]} workers / {list(held)[0]} worker(s) = {counts[1] / counts[0]:.2f}x calls held")
+
+
 def main() -> None:
     """Parse arguments, run every side, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -247,7 +291,14 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--audio", default="tone", choices=("tone", "speech"))
     parser.add_argument("--workers", default=None, help="[process] workers for the voiceedge sides (default: theirs)")
+    parser.add_argument("--capacity", default="", help="worker counts to find the calls held for, e.g. 1,2")
+    parser.add_argument("--step", type=int, default=20, help="calls added per capacity step")
+    parser.add_argument("--max", type=int, default=200, help="most calls a capacity search offers")
     args = parser.parse_args()
+    if args.capacity:
+        with tempfile.TemporaryDirectory(prefix="voiceedge-bench-") as tmp:
+            capacity(args, Path(tmp))
+        return
     counts = [int(n) for n in args.calls.split(",")]
     try:
         load1 = os.getloadavg()[0]

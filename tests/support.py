@@ -87,6 +87,8 @@ def write_allinone_config(
         "relay": {"public_listen": f"{LOOPBACK}:{media_port}"},
         "transceiver": {"max_sessions": "100"},
         "agent": {"name": "echo"},
+        # One process unless a test is about workers (tests/test_workers.py).
+        "process": {"workers": "1"},
     }
     for section, values in overrides.items():
         target = sections.setdefault(section, {})

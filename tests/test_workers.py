@@ -24,7 +24,7 @@ import pytest
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.redis_support import start_redis
-from tests.support import free_udp_port, http_get, running_service
+from tests.support import free_tcp_port, free_udp_port, http_get, running_service, write_allinone_config
 from tests.test_relay_protocol import binding_request
 from voiceedge.wire import encap
 from voiceedge.wire.route_token import Route, RouteTokenCodec
@@ -247,9 +247,67 @@ def _round(sink: EchoSink, clients: list[socket.socket], relay: tuple[str, int])
     return list(sent)
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux: /proc/<pid>/task/*/children)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.integration
+class AllInOneWorkersTests(TestCase):
+    """``twistd voiceedge`` with two workers behind its signaling."""
+
+    def test_calls_spread_over_workers_and_a_dead_worker_is_replaced(self) -> None:
+        from tests import pion_peer
+
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir(parents=True)
+        http_port, media_port = free_tcp_port(), free_udp_port()
+        ini = write_allinone_config(
+            tmp, http_port, media_port, process={"workers": 2}, signaling={"calls_per_minute_per_address": 0}
+        )
+        base = f"http://{LOOPBACK}:{http_port}"
+
+        def calls(n: int) -> list[dict[str, object]]:
+            running = [
+                pion_peer.spawn_call(base + "/v1/realtime/calls", seconds=3, datachannel="", audio="tone", log_dir=tmp)
+                for _ in range(n)
+            ]
+            return [call.wait() for call in running]
+
+        with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp, timeout=60) as proc:
+            workers = _until("two workers", lambda: (lambda c: c if len(c) == 2 else None)(_children(proc.pid)))
+            # Calls are placed once the front door has read both workers.
+            results = _until("calls on both workers", lambda: (lambda r: r if _owners(r) == {"w0", "w1"} else None)(calls(4)), timeout=60)
+            for result in results:  # type: ignore[union-attr]
+                self.assertTrue(result["ok"], result["error"])
+            os.kill(workers[1], signal.SIGKILL)  # type: ignore[index]
+            _until("worker replaced", lambda: (lambda c: len(c) == 2 and workers[1] not in c)(_children(proc.pid)))  # type: ignore[index]
+            # New calls go on, on both workers once the new one answers.
+            results = _until("calls on both workers again", lambda: (lambda r: r if _owners(r) == {"w0", "w1"} else None)(calls(4)), timeout=60)
+            for result in results:  # type: ignore[union-attr]
+                self.assertTrue(result["ok"], result["error"])
+            last = _children(proc.pid)
+        # Stopping the supervisor stops its workers.
+        for pid in last:
+            _until(f"worker {pid} stopped", lambda pid=pid: not _alive(pid))
+
+
+def _owners(results: list[dict[str, object]]) -> set[str]:
+    """The workers (first part of the public session id) the calls were placed on; only if every call went well."""
+    if not all(r.get("ok") for r in results):
+        return set()
+    return {str(r["location"]).rsplit("/", 1)[-1].split(".")[0] for r in results}

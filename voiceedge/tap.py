@@ -1,11 +1,23 @@
 # -*- test-case-name: tests.test_tap -*-
-"""``twistd voiceedge``: relay, transceiver, signaling and agent in one process."""
+"""``twistd voiceedge``: relay, transceiver, signaling and agent in one process, or in one worker per core.
+
+With ``[process] workers`` above one, the process ``twistd`` starts serves
+signaling only, as the front door of its workers
+(:mod:`voiceedge.fleet.local`); each worker (``--worker <i>``) is a relay
+sharing the public port (``SO_REUSEPORT``) and a transceiver with its own
+media socket, its own id in the route tokens it issues, and an internal API on
+loopback. The fleet key and the internal API's secret are made in memory by
+the supervisor and given to its workers in their environment.
+"""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import os
+import secrets
+import socket
 from dataclasses import dataclass
 
 from twisted.application import service
@@ -25,6 +37,11 @@ from voiceedge.transceiver.settings import (
     SpeechSettings,
     TransceiverSettings,
 )
+from voiceedge.workers import ParentWatch, ProcessSettings, WorkerSupervisor, offset_port, twistd_argv
+
+#: Where a worker finds the fleet key and the internal API's secret its supervisor made.
+FLEET_KEY_ENV = "VOICEEDGE_WORKER_FLEET_KEY"
+INTERNAL_SECRET_ENV = "VOICEEDGE_WORKER_INTERNAL_SECRET"
 
 __all__ = ["AllInOneSettings", "Options", "makeService"]
 
@@ -45,6 +62,7 @@ class AllInOneSettings:
     )
     speech: SpeechSettings = section(SpeechSettings)
     agent: AgentSettings = section(AgentSettings)
+    process: ProcessSettings = section(ProcessSettings)
 
     def __post_init__(self) -> None:
         # The relay and the transceiver talk over the internal network: each
@@ -66,6 +84,8 @@ class Options(usage.Options):
 
     optParameters = [
         ["config", "c", None, "INI file (default: the embedded all-in-one settings)"],
+        ["worker", None, None, "(set by the supervisor) run as worker N of [process] workers"],
+        ["internal", None, None, "(set by the supervisor) host:port of the worker's internal API"],
     ]
 
     def postOptions(self) -> None:
@@ -77,12 +97,23 @@ class Options(usage.Options):
 
 
 def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
-    """A relay on the public port and a transceiver behind it, as a fleet of one."""
+    """A relay on the public port and a transceiver behind it, as a fleet of one (or of one worker per core)."""
     clock, udp_reactor = service_reactors(clock)
     settings: AllInOneSettings = config.settings
+    worker = config["worker"]
+    count = settings.process.count
+    if count > 1 and worker is None:
+        return _supervisor(config, settings, count, clock, udp_reactor)
+    index = int(worker) if worker is not None else 0
     relay_settings = settings.relay
-    # A fleet key that lives only in this process: relay and transceiver share it.
-    keys = {1: os.urandom(32)}
+    if worker is None:
+        # A fleet key that lives only in this process: relay and transceiver share it.
+        keys = {1: os.urandom(32)}
+    else:
+        keys = {1: base64.b64decode(os.environ[FLEET_KEY_ENV])}
+        relay_settings = dataclasses.replace(
+            relay_settings, internal_listen=offset_port(relay_settings.internal_listen, index)
+        )
     relay = relay_tap.build_relay(
         relay_settings, TokenSettings(keys=keys, issuing_key=1), RedisSettings(enabled=False), clock
     )
@@ -93,14 +124,112 @@ def makeService(config: Options, clock: IReactorTime | None = None) -> service.M
         transceiver_settings = dataclasses.replace(
             transceiver_settings, advertised_address=relay_settings.ingress
         )
+    if worker is not None:
+        transceiver_settings = dataclasses.replace(
+            transceiver_settings, media_listen=offset_port(transceiver_settings.media_listen, index)
+        )
 
     top = service.MultiService()
     relay_tap.RelayService(
-        relay, relay_settings.public_listen, relay_settings.internal_listen, udp_reactor
+        relay, relay_settings.public_listen, relay_settings.internal_listen, udp_reactor,
+        reuse_port=worker is not None,
     ).setServiceParent(top)
     transceiver = transceiver_tap.build_transceiver(
         transceiver_settings, route, settings.speech, config.agent, clock, top
     )
-    transceiver_tap.build_signaling(settings.signaling, transceiver, top, [relay.metrics], clock)
+    if worker is None:
+        transceiver_tap.build_signaling(settings.signaling, transceiver, top, [relay.metrics], clock)
+        return top
+    # A worker: its supervisor places calls on it through the internal API.
+    from voiceedge.fleet.membership import build_membership
+    from voiceedge.fleet.settings import DrainSettings, InternalApiSettings, RegistrySettings
+    from voiceedge.redis_connection import RedisConnectionSettings
+
+    host, port = c.address(config["internal"])
+    internal = InternalApiSettings(listen=f"tcp:{port}:interface={host}", secret=os.environ[INTERNAL_SECRET_ENV])
+    build_membership(
+        transceiver,
+        lambda: relay_settings.ingress,
+        relay_settings.cluster,
+        internal,
+        RegistrySettings(enabled=False),
+        RedisConnectionSettings(),
+        DrainSettings(grace_period=0),  # the supervisor stopping ends this worker's calls
+        clock,
+        top,
+        more_metrics=[relay.metrics],
+    )
+    ParentWatch(clock, _stop_reactor).setServiceParent(top)
     return top
 
+
+def _free_tcp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _supervisor(
+    config: Options, settings: AllInOneSettings, count: int, clock: IReactorTime, reactor: object
+) -> service.MultiService:
+    """Signaling as the front door of ``count`` workers, and the workers themselves."""
+    from voiceedge.fleet.frontdoor import FleetSessionHost
+    from voiceedge.fleet.internal_client import InternalApiClient
+    from voiceedge.fleet.local import REGION, WorkerStore
+    from voiceedge.fleet.registry import RegistryView, TransceiverRecord
+    from voiceedge.fleet.settings import FleetSettings, RegionSettings
+    from voiceedge.fleet.steering import RegionMap
+    from voiceedge.metrics import MetricsResource, make_registry
+    from voiceedge.signaling.resource import build_site
+    from twisted.application import strports
+
+    secret = secrets.token_urlsafe(32)
+    env = dict(os.environ)
+    env[FLEET_KEY_ENV] = base64.b64encode(os.urandom(32)).decode("ascii")
+    env[INTERNAL_SECRET_ENV] = secret
+    apis = {i: ("127.0.0.1", _free_tcp_port("127.0.0.1")) for i in range(count)}
+    options = [] if config["config"] is None else ["--config", str(config["config"])]
+
+    def argv(i: int) -> list[str]:
+        return twistd_argv("voiceedge", [*options, "--internal", f"{apis[i][0]}:{apis[i][1]}"], i)
+
+    top = service.MultiService()
+    WorkerSupervisor(reactor, count, argv, env, restart_delay=settings.process.restart_delay).setServiceParent(top)
+    relay = settings.relay.ingress
+    fleet = FleetSettings(secret=secret, max_cpu=1000.0, avoid_failed=1.0)
+    api = InternalApiClient(clock, secret, fleet.request_timeout)
+    view: RegistryView[TransceiverRecord] = RegistryView(
+        WorkerStore(api, apis, relay, settings.relay.cluster, settings.transceiver.max_sessions),
+        clock, fleet.refresh_interval, fleet.max_stale,
+    )
+    host = FleetSessionHost(view, api, RegionMap({REGION: RegionSettings(relay=relay)}, REGION), clock, fleet)
+    _ViewService(view, api).setServiceParent(top)
+    site = build_site(
+        host, settings.signaling,
+        admin={b"metrics": MetricsResource(make_registry(host.metrics, view.metrics))}, reactor=clock,
+    )
+    strports.service(settings.signaling.listen, site).setServiceParent(top)
+    return top
+
+
+class _ViewService(service.Service):
+    """Reads the workers' load while the application runs."""
+
+    def __init__(self, view: object, api: object) -> None:
+        self.view = view
+        self.api = api
+
+    def startService(self) -> None:
+        super().startService()
+        self.view.start()  # type: ignore[attr-defined]
+
+    def stopService(self) -> object:
+        super().stopService()
+        self.view.stop()  # type: ignore[attr-defined]
+        return self.api.close()  # type: ignore[attr-defined]
+
+
+def _stop_reactor() -> None:
+    from twisted.internet import reactor
+
+    reactor.stop()
