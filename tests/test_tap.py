@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from twisted.python import usage
 from voiceedge import tap as allinone_tap
 from voiceedge.relay.tap import RelayService
 from voiceedge.transceiver import tap as transceiver_tap
+from voiceedge.workers import AUTO, ProcessSettings, WorkerSupervisor
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,6 +29,12 @@ def test_allinone_runs_on_embedded_defaults() -> None:
     assert settings.relay.public_listen == ("127.0.0.1", 3478)
     assert settings.transceiver.media_listen == ("127.0.0.1", 0)
     assert settings.agent.name == "echo"
+    assert settings.process.workers == AUTO
+    if settings.process.count > 1:
+        # One worker per core: this process supervises them and serves signaling.
+        kinds = [type(s) for s in allinone_tap.makeService(options, MemoryReactorClock())]
+        assert WorkerSupervisor in kinds and internet.UDPServer not in kinds
+    options.settings = dataclasses.replace(settings, process=ProcessSettings(workers=1))
     top = allinone_tap.makeService(options, MemoryReactorClock())
     assert isinstance(top, service.MultiService)
     kinds = [type(s) for s in top]

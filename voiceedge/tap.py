@@ -179,9 +179,12 @@ def _supervisor(
     from voiceedge.fleet.registry import RegistryView, TransceiverRecord
     from voiceedge.fleet.settings import FleetSettings, RegionSettings
     from voiceedge.fleet.steering import RegionMap
-    from voiceedge.metrics import MetricsResource, make_registry
-    from voiceedge.signaling.resource import build_site
     from twisted.application import strports
+    from twisted.web import server
+    from twisted.web.resource import Resource
+
+    from voiceedge.metrics import MetricsResource, SnapshotCollector, make_registry
+    from voiceedge.signaling.resource import build_site
 
     secret = secrets.token_urlsafe(32)
     env = dict(os.environ)
@@ -204,11 +207,17 @@ def _supervisor(
     )
     host = FleetSessionHost(view, api, RegionMap({REGION: RegionSettings(relay=relay)}, REGION), clock, fleet)
     _ViewService(view, api).setServiceParent(top)
-    site = build_site(
-        host, settings.signaling,
-        admin={b"metrics": MetricsResource(make_registry(host.metrics, view.metrics))}, reactor=clock,
-    )
-    strports.service(settings.signaling.listen, site).setServiceParent(top)
+    # As one process does it: /metrics on metrics_listen when set, else behind the keys.
+    signaling = settings.signaling
+    registry = make_registry(host.metrics, view.metrics)
+    metrics = MetricsResource(registry)
+    site = build_site(host, signaling, admin={} if signaling.metrics_listen else {b"metrics": metrics}, reactor=clock)
+    registry.register(SnapshotCollector(site.metrics))
+    strports.service(signaling.listen, site).setServiceParent(top)
+    if signaling.metrics_listen:
+        root = Resource()
+        root.putChild(b"metrics", metrics)
+        strports.service(signaling.metrics_listen, server.Site(root)).setServiceParent(top)
     return top
 
 
