@@ -2,7 +2,7 @@
 """``twistd voiceedge``: relay, transceiver, signaling and agent in one process, or in one worker per core.
 
 With ``[process] workers`` above one, the process ``twistd`` starts serves
-signaling only, as the front door of its workers
+signaling only (``/readyz`` says how many workers serve), as the front door of its workers
 (:mod:`voiceedge.fleet.local`); each worker (``--worker <i>``) is a relay
 sharing the public port (``SO_REUSEPORT``) and a transceiver with its own
 media socket, its own id in the route tokens it issues, and an internal API on
@@ -185,6 +185,7 @@ def _supervisor(
 
     from voiceedge.metrics import MetricsResource, SnapshotCollector, make_registry
     from voiceedge.signaling.resource import build_site
+    from voiceedge.signaling.tap import ReadyResource
 
     secret = secrets.token_urlsafe(32)
     env = dict(os.environ)
@@ -211,7 +212,10 @@ def _supervisor(
     signaling = settings.signaling
     registry = make_registry(host.metrics, view.metrics)
     metrics = MetricsResource(registry)
-    site = build_site(host, signaling, admin={} if signaling.metrics_listen else {b"metrics": metrics}, reactor=clock)
+    site = build_site(
+        host, signaling, admin={} if signaling.metrics_listen else {b"metrics": metrics},
+        extra={b"readyz": ReadyResource(view)}, reactor=clock,
+    )
     registry.register(SnapshotCollector(site.metrics))
     strports.service(signaling.listen, site).setServiceParent(top)
     if signaling.metrics_listen:
