@@ -42,8 +42,8 @@ class StubSession:
     def agent_playing(self, now: float) -> bool:
         return self.playing
 
-    def stop_audio(self, now: float) -> int:
-        self.calls.append(("stop_audio", now))
+    def stop_audio(self, now: float, reason: str = "stopped") -> int:
+        self.calls.append(("stop_audio", now) if reason == "stopped" else ("stop_audio", now, reason))
         return 40
 
     def send_audio(self, pcm: bytes, now: float) -> None:
@@ -170,7 +170,7 @@ class ConversationTests(SynchronousTestCase):
         self.conversation.handle(SpeechStarted(9.9, 9.94))
         self.assertEqual(
             self.session.calls,
-            [("send_event", "input_audio_buffer.speech_started", 10.0), ("stop_audio", 10.0)],
+            [("send_event", "input_audio_buffer.speech_started", 10.0), ("stop_audio", 10.0, "barge_in")],
         )
         self.assertEqual(self.conversation.stats()["barge_in_ms"], [50.0])
 

@@ -27,6 +27,8 @@ class FrameQueue:
     def __init__(self) -> None:
         self.frames: collections.deque[bytes] = collections.deque()
         self.popped = 0
+        self.cuts: list[bool] = []
+        self.restarts = 0
 
     def add(self, *frames: bytes) -> None:
         self.frames.extend(frames)
@@ -40,10 +42,14 @@ class FrameQueue:
     def __bool__(self) -> bool:
         return bool(self.frames)
 
-    def clear(self) -> int:
+    def cut(self, ending: bool) -> tuple[int, list[bytes]]:
         dropped = len(self.frames) * 20
         self.frames.clear()
-        return dropped
+        self.cuts.append(ending)
+        return dropped, [b"fade", b"quiet", b"quiet"] if ending else []
+
+    def restart(self) -> None:
+        self.restarts += 1
 
     def queued_ms(self) -> int:
         return len(self.frames) * 20
@@ -149,22 +155,98 @@ class TalkspurtTests(SynchronousTestCase):
         self.assertEqual(s.take_events(), [PlayoutStopped(end, ORIGIN + 0.020, "drained")])
         self.assertFalse(s.wants_tick())
 
-    def test_stop_drops_the_queue_and_marks_the_resume(self) -> None:
+    def test_a_drained_talkspurt_restarts_the_source(self) -> None:
+        s = sender()
+        produce(s, ORIGIN, b"a")
+        source = s.source
+        assert isinstance(source, FrameQueue)
+        for n in range(1, MAX_CATCH_UP + 1):
+            s.poll(ORIGIN + 0.020 * n)
+        self.assertEqual(source.restarts, 0)
+        s.poll(ORIGIN + 0.020 * (MAX_CATCH_UP + 1))
+        self.assertEqual(source.restarts, 1)
+
+
+class CleanStopTests(SynchronousTestCase):
+    """A cut talkspurt ends with the source's fade at once, then its silence on the grid."""
+
+    def test_the_fade_goes_out_at_once_on_the_next_slot(self) -> None:
+        s = sender()
+        produce(s, ORIGIN + 0.001, b"a", b"b", b"c")
+        s.take_events()
+        self.assertEqual(s.stop(ORIGIN + 0.005, "barge_in"), 40)
+        # The current slot is taken by "a": the fade is stamped on the next one, but sent now.
+        (fade,) = s.poll(ORIGIN + 0.005)
+        rtp = parse_rtp(fade)
+        self.assertEqual((rtp.payload, rtp.timestamp, rtp.marker), (b"fade", 5000 + 960, False))
+        self.assertEqual(s.last_sent_at, ORIGIN + 0.005)
+        self.assertEqual(s.take_events(), [PlayoutStopped(ORIGIN + 0.005, ORIGIN + 0.005, "barge_in", 40)])
+        self.assertFalse(s.talking)
+        self.assertTrue(s.wants_tick())
+        self.assertEqual(s.poll(ORIGIN + 0.020), [])  # slot 1 is the fade's
+        quiet = s.poll(ORIGIN + 0.040) + s.poll(ORIGIN + 0.060)
+        self.assertEqual([parse_rtp(p).payload for p in quiet], [b"quiet", b"quiet"])
+        self.assertEqual([parse_rtp(p).timestamp for p in quiet], [5000 + 960 * 2, 5000 + 960 * 3])
+        # The silence is not agent audio: no playout events, last_sent_at stays at the fade.
+        self.assertEqual(s.last_sent_at, ORIGIN + 0.005)
+        self.assertEqual(s.take_events(), [])
+        self.assertFalse(s.wants_tick())
+        self.assertEqual(s.stats.packet_count, 4)
+
+    def test_new_audio_cuts_the_silence_short_and_is_marked(self) -> None:
+        s = sender()
+        produce(s, ORIGIN + 0.001, b"a", b"b")
+        s.stop(ORIGIN + 0.025)
+        (fade,) = s.poll(ORIGIN + 0.025)
+        # "b" was never sent: the fade takes its slot, now.
+        self.assertEqual(parse_rtp(fade).timestamp, 5000 + 960)
+        (packet,) = produce(s, ORIGIN + 0.041, b"new")
+        rtp = parse_rtp(packet)
+        self.assertEqual((rtp.payload, rtp.marker, rtp.timestamp), (b"new", True, 5000 + 960 * 2))
+        self.assertEqual([type(e) for e in s.take_events()], [PlayoutStarted, PlayoutStopped, PlayoutStarted])
+
+    def test_new_audio_never_takes_a_slot_before_the_fade(self) -> None:
+        s = sender()
+        produce(s, ORIGIN + 0.001, b"a")
+        s.stop(ORIGIN + 0.002)  # the fade is stamped on slot 1, ahead of now
+        (fade,) = s.poll(ORIGIN + 0.002)
+        self.assertEqual(produce(s, ORIGIN + 0.003, b"new"), [])
+        self.assertEqual(s.poll(ORIGIN + 0.020), [])  # slot 1 is the fade's
+        (packet,) = s.poll(ORIGIN + 0.040)
+        self.assertEqual(parse_rtp(packet).timestamp, 5000 + 960 * 2)
+
+    def test_no_ending_when_nothing_plays(self) -> None:
+        s = sender()
+        produce(s, ORIGIN, b"a")
+        for n in range(1, MAX_CATCH_UP + 2):
+            s.poll(ORIGIN + 0.020 * n)
+        s.take_events()
+        self.assertEqual(s.stop(ORIGIN + 0.2), 0)
+        self.assertEqual(s.poll(ORIGIN + 0.2), [])
+        self.assertEqual(s.take_events(), [])
+        source = s.source
+        assert isinstance(source, FrameQueue)
+        self.assertEqual(source.cuts, [False])
+
+    def test_stop_drops_the_queue_unencoded_and_marks_the_resume(self) -> None:
         audio = OutboundAudio(48000)
         s = sender(audio)
-        audio.add(tone_pcm(200))
+        audio.add(b"\x00\x10" * 960 * 10)  # 200 ms
         s.poll(ORIGIN)
         self.assertEqual(audio.frames_encoded, 1)
         self.assertEqual(s.stop(ORIGIN + 0.005), 180)
-        # Dropped before it was encoded: the encoder is where the caller is.
-        self.assertEqual(audio.frames_encoded, 1)
+        # The fade and a silent frame are encoded (then a DTX frame, a TOC byte); the other eight never are.
+        self.assertEqual(audio.frames_encoded, 3)
         self.assertEqual(
             s.take_events(),
-            [PlayoutStarted(ORIGIN), PlayoutStopped(ORIGIN + 0.005, ORIGIN, "stopped", 180)],
+            [PlayoutStarted(ORIGIN), PlayoutStopped(ORIGIN + 0.005, ORIGIN + 0.005, "stopped", 180)],
         )
-        audio.add(bytes(960 * 2))
-        (packet,) = s.poll(ORIGIN + 0.021)
-        self.assertTrue(parse_rtp(packet).marker)
+        audio.add(b"\x00\x10" * 960)
+        # The fade took slot 1; the new audio waits for slot 2 (the silence behind the fade is skipped).
+        fade, new = s.poll(ORIGIN + 0.021) + s.poll(ORIGIN + 0.040)
+        self.assertEqual([parse_rtp(p).marker for p in (fade, new)], [False, True])
+        # The new talkspurt has an encoder of its own.
+        self.assertEqual(audio.encoders_opened, 2)
 
 
 class SilenceTests(SynchronousTestCase):

@@ -133,7 +133,7 @@ class SetupTests(SynchronousTestCase):
         client.send_rtp(1, T0 + 0.030)
         frames = [e for e in client.events if isinstance(e, AudioFrame)]
         self.assertEqual(len(frames), 1)
-        session.send_audio(bytes(1920), T0 + 0.031)
+        session.send_audio(tone_pcm(20), T0 + 0.031)
         client.collect()
         (packet,) = client.rtp()
         self.assertEqual((packet.ssrc, packet.payload_type, packet.marker), (0xABCD, 111, True))
@@ -200,7 +200,7 @@ class PathAndRestartTests(SynchronousTestCase):
         self.assertEqual(session.ice.media_destination(), CLIENT)
         moved.answer_requests(T0 + 2.11)
         self.assertIn(MediaPathChanged(moved.source), moved.events)
-        session.send_audio(bytes(1920), T0 + 2.2)
+        session.send_audio(tone_pcm(20), T0 + 2.2)
         moved.collect()
         self.assertEqual(len(moved.rtp()), 1)
 
@@ -215,7 +215,7 @@ class PathAndRestartTests(SynchronousTestCase):
         client.send(binding_request(client.username, client.password, use_candidate=True), T0 + 1)
         self.assertIn(UfragRetired("srv1"), client.events)
         self.assertEqual(session.state, SessionState.CONNECTED)
-        session.send_audio(bytes(1920), T0 + 1.01)
+        session.send_audio(tone_pcm(20), T0 + 1.01)
         client.collect()
         self.assertEqual(len(client.rtp()), 1)
 

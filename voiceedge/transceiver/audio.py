@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import array
 import collections
-from typing import Callable
+import math
+import sys
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -33,6 +36,34 @@ _SILENCE_MEAN_SQUARE = 32768.0**2 * 10 ** (SILENCE_DB / 10)
 _PCM16 = np.dtype("<i2")
 #: What :meth:`OutboundAudio.pop` returns for a slot of silence: send nothing.
 SILENT = b""
+#: How a cut talkspurt ends for the caller's decoder: a fade, a silent frame
+#: and an Opus DTX frame (the default: the receiver knows the stream stopped and
+#: conceals nothing, measured in Chromium and Firefox: bench/caller_view.py); a
+#: fade then encoded silence (the receiver conceals after it, quietly); or, for
+#: comparison only, nothing: the decoder conceals the cut word.
+StopTail = Literal["silence", "dtx", "abrupt"]
+STOP_TAILS: tuple[StopTail, ...] = ("silence", "dtx", "abrupt")
+
+
+def parse_stop_tail(text: str) -> StopTail:
+    """An INI value naming a :data:`StopTail`; ``ValueError`` names the choices."""
+    for name in STOP_TAILS:
+        if text.strip().lower() == name:
+            return name
+    raise ValueError(f"must be one of {', '.join(STOP_TAILS)}")
+
+
+#: The fade that ends a cut talkspurt: short enough to stop at once, long
+#: enough not to click.
+FADE_MS = 5
+#: Encoded silent frames after the fade (``stop_tail = "silence"``): the
+#: encoder's look-ahead and the decoder's overlap run out in silence.
+SILENCE_FRAMES = 2
+#: Inaudible frames at the start of a talkspurt are not sent, up to this many
+#: (200 ms): a reply's lead-in is seldom longer, and an agent that streams
+#: silence still gets its stream going.
+MAX_TRIM_FRAMES = 10
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 class InboundAudio:
@@ -135,26 +166,58 @@ class OutboundAudio:
     is encoded and sent, so the caller's decoder and our encoder both end the
     sound the same way), further inaudible frames are :data:`SILENT`: their
     slots pass with nothing sent, as with Opus DTX, until sound comes back.
+
+    A talkspurt cut short (:meth:`cut`) ends the way speech ends, not the way a
+    lost packet does: the audio the caller would have heard next is faded out
+    over :data:`FADE_MS`, then comes one silent frame and an Opus DTX frame
+    (``stop_tail = "dtx"``, the default) or encoded silence (``"silence"``), so
+    the caller's decoder plays a fade into silence instead of concealing a word
+    cut mid-syllable. Every talkspurt starts from a fresh encoder
+    (:meth:`restart`): none opens with the last milliseconds of the one before,
+    which the old encoder's look-ahead still held. ``trim`` drops whole
+    inaudible frames at the start of a talkspurt, so a reply's silent lead-in
+    is not sent as a delay (at most :data:`MAX_TRIM_FRAMES`).
     """
 
-    def __init__(self, sample_rate: int, complexity: int = DEFAULT_COMPLEXITY) -> None:
+    def __init__(
+        self, sample_rate: int, complexity: int = DEFAULT_COMPLEXITY, *, stop_tail: StopTail = "dtx"
+    ) -> None:
+        if stop_tail not in STOP_TAILS:
+            raise ValueError(f"stop_tail must be one of {', '.join(STOP_TAILS)}, not {stop_tail!r}")
         self.sample_rate = sample_rate
+        self.complexity = complexity
+        self.stop_tail = stop_tail
         self._frame_bytes = sample_rate // 50 * 2
-        self._encoder = OpusEncoder(sample_rate, complexity=complexity)
+        self._encoder: OpusEncoder | None = None
         self._pcm = bytearray()
         self._frames: collections.deque[bytes] = collections.deque()
         self._quiet = False  # the last frame taken was inaudible and was sent
+        self._fade = _fade_out(sample_rate)
+        self._trimmed = 0  # in this talkspurt's lead-in
         self.frames_dropped = 0
         self.frames_encoded = 0
         self.frames_silent = 0
+        self.frames_trimmed = 0
+        self.encoders_opened = 0
 
-    def add(self, pcm: bytes) -> None:
-        """Queue PCM16 mono; odd trailing bytes wait for the rest of their frame."""
+    def add(self, pcm: bytes, *, trim: bool = False) -> None:
+        """Queue PCM16 mono; odd trailing bytes wait for the rest of their frame.
+
+        With ``trim`` (a reply is about to start), whole inaudible frames at
+        the head of the audio are dropped until the first one that is not.
+        """
         self._pcm += pcm
         size = self._frame_bytes
+        trimming = trim and not self._frames
         while len(self._pcm) >= size:
             chunk = bytes(self._pcm[:size])
             del self._pcm[:size]
+            if trimming:
+                if self._trimmed < MAX_TRIM_FRAMES and is_inaudible(chunk):
+                    self._trimmed += 1
+                    self.frames_trimmed += 1
+                    continue
+                trimming = False
             if len(self._frames) >= MAX_QUEUED_FRAMES:
                 self.frames_dropped += 1
                 continue
@@ -172,8 +235,15 @@ class OutboundAudio:
             self._quiet = True
         else:
             self._quiet = False
+        return self._encode(pcm)
+
+    def _encode(self, pcm: bytes) -> bytes:
+        encoder = self._encoder
+        if encoder is None:
+            encoder = self._encoder = OpusEncoder(self.sample_rate, complexity=self.complexity)
+            self.encoders_opened += 1
         self.frames_encoded += 1
-        return self._encoder.encode(pcm)
+        return encoder.encode(pcm)
 
     def __bool__(self) -> bool:
         return bool(self._frames)
@@ -182,13 +252,61 @@ class OutboundAudio:
         """Milliseconds of audio waiting, whole frames and the partial one."""
         return len(self._frames) * 20 + len(self._pcm) * 1000 // (2 * self.sample_rate)
 
-    def clear(self) -> int:
-        """Drop everything queued; return how many milliseconds that was."""
+    def restart(self) -> None:
+        """The talkspurt is over: the next frame is encoded by a fresh encoder (opened when needed)."""
+        self._encoder = None
+        self._quiet = False
+        self._trimmed = 0
+
+    def cut(self, ending: bool) -> tuple[int, list[bytes]]:
+        """Drop everything queued, unencoded; the milliseconds dropped, and the frames that end the talkspurt.
+
+        With ``ending`` (the caller is hearing this talkspurt), those frames are
+        the next 20 ms faded out over :data:`FADE_MS` and then silence, as
+        ``stop_tail`` says, all from the encoder that made the frames before
+        them. The next talkspurt starts from a fresh encoder either way.
+        """
         dropped = self.queued_ms()
+        if self._frames:
+            following = self._frames[0]
+        else:
+            following = bytes(self._pcm[: self._frame_bytes])
         self._frames.clear()
         self._pcm.clear()
-        self._quiet = False
-        return dropped
+        frames: list[bytes] = []
+        if ending and self._encoder is not None and self.stop_tail != "abrupt":
+            following += bytes(self._frame_bytes - len(following))
+            samples = array.array("h", following)
+            if _BIG_ENDIAN:
+                samples.byteswap()
+            faded = array.array("h", map(_scale, samples, self._fade))
+            if _BIG_ENDIAN:
+                faded.byteswap()
+            frames.append(self._encode(faded.tobytes()))
+            silence = bytes(self._frame_bytes)
+            for _ in range(SILENCE_FRAMES if self.stop_tail == "silence" else 1):
+                frames.append(self._encode(silence))
+            if self.stop_tail == "dtx":
+                # RFC 6716 §3.1: a TOC byte with one frame of length zero; the
+                # decoder treats it as DTX (comfort noise after silence: silence).
+                frames.append(bytes([frames[-1][0] & 0xFC]))
+        self.restart()
+        return dropped, frames
+
+    def clear(self) -> int:
+        """Drop everything queued without an ending; return how many milliseconds that was."""
+        return self.cut(False)[0]
+
+
+def _fade_out(sample_rate: int) -> list[float]:
+    """Gains for one 20 ms frame: a half-cosine from 1 to 0 over FADE_MS, then 0."""
+    n = sample_rate * FADE_MS // 1000
+    ramp = [0.5 + 0.5 * math.cos(math.pi * (i + 1) / (n + 1)) for i in range(n)]
+    return ramp + [0.0] * (sample_rate // 50 - n)
+
+
+def _scale(sample: int, gain: float) -> int:
+    return int(sample * gain)
 
 
 class InboundOpus:
@@ -266,8 +384,15 @@ class OutboundOpus:
         """Milliseconds of audio waiting."""
         return len(self._frames) * 20
 
-    def clear(self) -> int:
-        """Drop everything queued; return how many milliseconds that was."""
+    def cut(self, ending: bool) -> tuple[int, list[bytes]]:
+        """Drop everything queued; the milliseconds dropped, and no ending (encoded audio cannot be faded)."""
         dropped = self.queued_ms()
         self._frames.clear()
-        return dropped
+        return dropped, []
+
+    def restart(self) -> None:
+        """Nothing to restart: the agent's encoder is its own."""
+
+    def clear(self) -> int:
+        """Drop everything queued; return how many milliseconds that was."""
+        return self.cut(False)[0]

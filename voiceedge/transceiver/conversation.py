@@ -144,11 +144,12 @@ class Conversation:
         now = self.clock.seconds()
         if isinstance(event, SpeechStarted):
             self._speech_from = event.time
+            # On the clock, not at the detector's frame time (a frame's end, ahead of now).
             if layer is not None:
-                layer.speech_started(event, self.session.agent_playing(event.at))
+                layer.speech_started(event, self.session.agent_playing(now))
                 self._run()
-            elif self.barge_in and self.session.agent_playing(event.at):
-                self.stop_agent_audio(event.at, "barge_in")
+            elif self.barge_in and self.session.agent_playing(now):
+                self.stop_agent_audio(now, "barge_in")
             if self.agent is not None:
                 self.agent.speech_started(event.time)
         elif isinstance(event, SpeechStopped):
@@ -193,10 +194,11 @@ class Conversation:
         """The one seam that cuts the agent's audio: barge-in, ``response.cancel``, ``output_audio_buffer.clear``,
         and the agent's own :meth:`clear_audio`. The milliseconds of queued audio dropped."""
         sender = self.session.sender
-        last = sender.last_sent_at if sender is not None else None
-        dropped = self.session.stop_audio(now)
+        dropped = self.session.stop_audio(now, "barge_in" if reason == "barge_in" else "stopped")
         if reason == "barge_in":
-            # From the first voiced packet's arrival to the last agent packet sent.
+            # From the first voiced packet's arrival to the last agent packet
+            # sent: the fade that ends what the caller hears, sent at once.
+            last = sender.last_sent_at if sender is not None else None
             latency = 0.0 if last is None else max(0.0, last - self._speech_from)
             self.barge_in_ms.append(round(latency * 1000, 1))
         return dropped

@@ -23,9 +23,15 @@ The RTP timestamp of a frame is the start of its slot on the 48 kHz clock.
 A source may fill a slot with silence (``b""``): nothing is sent for it, as
 with Opus DTX, the sequence numbers stay contiguous, and the next packet
 carries the marker bit and the timestamp of its own slot.
-:meth:`RtpSender.stop` (barge-in) drops the queue and marks the next frame as
-a new talkspurt. When the client offered the MID header extension (RFC 8843
-§15), every packet carries it.
+When the client offered the MID header extension (RFC 8843 §15), every
+packet carries it.
+
+A clean stop. :meth:`RtpSender.stop` (barge-in, a cancel) drops the queue
+unencoded and takes from the source the frames that end the talkspurt (a
+short fade, then silence: :meth:`AudioSource.cut`). The fade goes out at
+once, stamped on the slot after the last one, so the caller's audio ends as
+soon as the sender knows it must; the frames after it follow on their slots,
+unless new audio comes first, which starts a new talkspurt (marker bit set).
 
 Sans-I/O: every call takes ``now``; nothing here reads a clock or sends.
 """
@@ -35,6 +41,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from collections import deque
 from typing import Literal, Protocol
 
 from voiceedge.transceiver.rtp_stats import SendStatistics
@@ -47,6 +54,7 @@ __all__ = [
     "PlayoutStarted",
     "PlayoutStopped",
     "RtpSender",
+    "StopReason",
     "mid_extension",
 ]
 
@@ -77,11 +85,20 @@ class AudioSource(Protocol):
     def __bool__(self) -> bool:
         """Whether a frame is waiting."""
 
-    def clear(self) -> int:
-        """Drop everything queued; the milliseconds dropped."""
+    def cut(self, ending: bool) -> tuple[int, list[bytes]]:
+        """Drop everything queued: the milliseconds dropped, and (if ``ending``: the caller
+        hears this talkspurt) the encoded frames that end it cleanly, possibly none."""
+
+    def restart(self) -> None:
+        """The talkspurt is over: the next one starts afresh (a new encoder state)."""
 
     def queued_ms(self) -> int:
         """Milliseconds waiting."""
+
+
+#: Why a talkspurt ended: the agent had nothing more, or it was cut (the
+#: caller barged in, or a cancel or clear).
+StopReason = Literal["drained", "stopped", "barge_in"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +113,16 @@ class PlayoutStopped:
     """A talkspurt ended: its last packet went out at ``last_sent_at``.
 
     ``reason`` is ``"drained"`` when the agent had nothing more (decided at
-    ``at``, :data:`MAX_CATCH_UP` slots after the last frame) or ``"stopped"`` when
-    :meth:`RtpSender.stop` cut it (barge-in, a cancel); ``dropped_ms`` is
-    the queued audio that was never sent.
+    ``at``, :data:`MAX_CATCH_UP` slots after the last frame), or what
+    :meth:`RtpSender.stop` was told when it cut it: ``"barge_in"`` (the caller
+    spoke over it) or ``"stopped"`` (a cancel, a clear). A cut's
+    ``last_sent_at`` is when its fade went out (``at``), the last packet with
+    agent audio in it; ``dropped_ms`` is the queued audio that was never sent.
     """
 
     at: float
     last_sent_at: float
-    reason: Literal["drained", "stopped"]
+    reason: StopReason
     dropped_ms: int = 0
 
 
@@ -158,6 +177,10 @@ class RtpSender:
         self._last_sent_slot: int | None = None
         self._talking = False
         self._resume_marked = False
+        # Packets built outside poll() (a cut's fade), and the frames that
+        # follow it on their slots.
+        self._ready: list[bytes] = []
+        self._tail: deque[bytes] = deque()
         self.last_sent_at: float | None = None
         self.first_sent_at: float | None = None
         self.stats = SendStatistics()
@@ -184,30 +207,44 @@ class RtpSender:
         return self._talking or bool(self.source)
 
     def wants_tick(self) -> bool:
-        """Whether the shared tick must poll this sender: a backlog, or a talkspurt to close."""
-        return self._talking or bool(self.source)
+        """Whether the shared tick must poll this sender: a backlog, a talkspurt to close, or a cut's tail."""
+        return self._talking or bool(self.source) or bool(self._tail)
 
     # -- sending --------------------------------------------------------------
 
     def poll(self, now: float) -> list[bytes]:
         """The RTP packets due by ``now``, oldest first (see the module docstring)."""
         slot = self.slot_at(now)
-        last = self._last_slot
         source = self.source
+        packets: list[bytes] = []
+        if self._ready:
+            packets, self._ready = self._ready, []
+        if self._tail:
+            if source:
+                # New audio: the rest of the ending would only delay it.
+                self._tail.clear()
+            else:
+                assert self._last_slot is not None
+                start = self._last_slot + 1
+                while start <= slot and self._tail:
+                    packets.append(self._packet(start, self._tail.popleft(), now, audio=False))
+                    start += 1
+        last = self._last_slot
         if self._talking and last is not None and slot - last > MAX_CATCH_UP and not source:
             # Nothing to send for longer than jitter explains: the talkspurt is over.
             self._talking = False
             assert self.last_sent_at is not None
             self.events.append(PlayoutStopped(now, self.last_sent_at, "drained"))
+            source.restart()
         if not source:
-            return []
+            return packets
         if self._talking and last is not None:
             # Continuing: the next slot, even one that has passed (catch-up),
             # but never more than MAX_CATCH_UP behind.
             start = max(last + 1, slot - MAX_CATCH_UP + 1)
         else:
-            start = slot
-        packets: list[bytes] = []
+            # A new talkspurt: now, or after a cut's fade stamped ahead of now.
+            start = slot if last is None else max(slot, last + 1)
         while start <= slot:
             payload = source.pop()
             if payload is None:
@@ -222,22 +259,25 @@ class RtpSender:
             start += 1
         return packets
 
-    def _packet(self, slot: int, payload: bytes, now: float) -> bytes:
+    def _packet(self, slot: int, payload: bytes, now: float, *, audio: bool = True) -> bytes:
+        """The RTP packet of ``payload`` in ``slot``; ``audio`` is False for the frames after a cut's fade."""
         if self._first_slot is None:
             self._first_slot = slot
             self.first_sent_at = now
-        sent = self._last_sent_slot
-        # A new talkspurt, or the first sound after slots of silence.
-        marker = self._resume_marked or not self._talking or (sent is not None and slot != sent + 1)
-        self._resume_marked = False
-        if not self._talking:
-            self._talking = True
-            self.events.append(PlayoutStarted(now))
+        marker = False
+        if audio:
+            sent = self._last_sent_slot
+            # A new talkspurt, or the first sound after slots of silence.
+            marker = self._resume_marked or not self._talking or (sent is not None and slot != sent + 1)
+            self._resume_marked = False
+            if not self._talking:
+                self._talking = True
+                self.events.append(PlayoutStarted(now))
+            self.last_sent_at = now
         timestamp = (self._timestamp_base + SAMPLES_PER_FRAME * (slot - self._first_slot)) & 0xFFFFFFFF
         sequence = self._sequence
         self._sequence = (sequence + 1) & 0xFFFF
         self._last_slot = self._last_sent_slot = slot
-        self.last_sent_at = now
         self.stats.on_packet_sent(len(payload))
         extension = self._extension
         if extension:
@@ -245,14 +285,27 @@ class RtpSender:
             return bytes([header[0] | 0x10]) + header[1:] + extension + payload
         return build_rtp_header(self.payload_type, sequence, timestamp, self.ssrc, marker) + payload
 
-    def stop(self, now: float) -> int:
+    def stop(self, now: float, reason: StopReason = "stopped") -> int:
         """Cut the agent's audio now (barge-in, a cancel); the milliseconds of queued audio dropped.
 
-        The next frame starts a new talkspurt, with the marker bit set.
+        When the caller is hearing it, the talkspurt ends cleanly: the
+        source's fade is ready for the :meth:`poll` that follows (stamped on
+        the slot after the last one, even if that slot has not begun), and
+        the frames after it follow on their slots. The next frame of new audio
+        starts a new talkspurt, with the marker bit set. ``reason`` goes into
+        :class:`PlayoutStopped`.
         """
-        dropped = self.source.clear()
-        if self._talking and self.last_sent_at is not None:
-            self.events.append(PlayoutStopped(now, self.last_sent_at, "stopped", dropped))
+        talking = self._talking and self._last_slot is not None
+        dropped, ending = self.source.cut(talking)
+        if talking:
+            assert self._last_slot is not None
+            self._tail.clear()
+            if ending:
+                slot = max(self._last_slot + 1, self.slot_at(now))
+                self._ready.append(self._packet(slot, ending[0], now))
+                self._tail.extend(ending[1:])
+            assert self.last_sent_at is not None
+            self.events.append(PlayoutStopped(now, self.last_sent_at, reason, dropped))
         self._talking = False
         self._resume_marked = True
         return dropped

@@ -25,7 +25,7 @@ from voiceedge.transceiver.dtls import DtlsState, DtlsTransport
 from voiceedge.transceiver.events_channel import EventsChannel
 from voiceedge.transceiver.ice import CheckResult, IceLiteAgent
 from voiceedge.transceiver.rtp_receiver import RtpReceiver
-from voiceedge.transceiver.rtp_sender import RtpSender, mid_extension
+from voiceedge.transceiver.rtp_sender import RtpSender, StopReason, mid_extension
 from voiceedge.transceiver.rtp_stats import SendStatistics, round_trip_time
 from voiceedge.transceiver.settings import SpeechSettings
 from voiceedge.transceiver.session_events import (
@@ -459,7 +459,8 @@ class Session:
             self.drops["audio_not_opus"] += 1
             return
         dropped = outbound.frames_dropped
-        outbound.add(pcm)
+        # A reply's silent lead-in is not sent as a delay.
+        outbound.add(pcm, trim=not sender.talking)
         if outbound.frames_dropped != dropped:
             self.drops["audio_queue_full"] += outbound.frames_dropped - dropped
         self._send_rtp(sender, now)
@@ -507,13 +508,19 @@ class Session:
             self._awaiting_first_out = False
             self._milestone("first_rtp_out", now)
 
-    def stop_audio(self, now: float) -> int:
-        """Cut the agent's audio now (barge-in, a cancel); the milliseconds of queued audio dropped."""
+    def stop_audio(self, now: float, reason: StopReason = "stopped") -> int:
+        """Cut the agent's audio now; the milliseconds of queued audio dropped.
+
+        ``reason`` is ``"barge_in"`` when the caller spoke over it, else
+        ``"stopped"`` (a cancel, a clear); :class:`PlayoutStopped` carries it.
+        What the caller hears ends with a short fade sent at once, then silence
+        (:meth:`RtpSender.stop`).
+        """
         sender = self.sender
         if sender is None:
             return 0
-        dropped = sender.stop(now)
-        self._events.extend(sender.take_events())
+        dropped = sender.stop(now, reason)
+        self._send_rtp(sender, now)
         return dropped
 
     def update_speech(self, threshold_db: float, silence_ms: float) -> None:
