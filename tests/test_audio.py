@@ -7,9 +7,10 @@ import math
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from voiceedge.media.detection import DetectionSettings
 from voiceedge.media.opus import OpusDecoder, OpusEncoder
-from voiceedge.media.speech import frame_level_db
-from voiceedge.transceiver.audio import MAX_TRIM_FRAMES, SILENCE_FRAMES, OutboundAudio
+from voiceedge.media.speech import SpeechStarted, SpeechStopped, frame_level_db
+from voiceedge.transceiver.audio import MAX_TRIM_FRAMES, SILENCE_FRAMES, InboundAudio, OutboundAudio
 
 RATE = 24000
 FRAME_BYTES = RATE // 50 * 2
@@ -151,3 +152,32 @@ class OutboundAudioTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             OutboundAudio(RATE, stop_tail="quiet")  # type: ignore[arg-type]
 
+
+class InboundDetectionTests(SynchronousTestCase):
+    """The call's one detector: built from settings, changed per call."""
+
+    def make(self, settings: DetectionSettings) -> tuple[InboundAudio, list[object]]:
+        events: list[object] = []
+        return InboundAudio(RATE, settings, lambda frame: None, events.append), events
+
+    def feed(self, inbound: InboundAudio, pcm: bytes, start: float) -> None:
+        detector = inbound._detector
+        for n in range(len(pcm) // FRAME_BYTES):
+            for event in detector.feed(pcm[n * FRAME_BYTES : (n + 1) * FRAME_BYTES], start + n * 0.02):
+                inbound._on_speech(event)
+
+    def test_knobs_change_in_place_and_a_new_kind_ends_the_open_turn(self) -> None:
+        inbound, events = self.make(DetectionSettings("energy", silence_ms=500))
+        self.feed(inbound, bytes(FRAME_BYTES * 10) + tone(10), 0.0)
+        self.assertEqual([type(e) for e in events], [SpeechStarted])
+        detector = inbound._detector
+        inbound.set_detection(DetectionSettings("energy", silence_ms=900), 0.4)
+        self.assertIs(inbound._detector, detector)
+        self.assertEqual(detector.deadline(), 0.4 + 0.9)
+        with self.assertRaises(ValueError):
+            inbound.set_detection(DetectionSettings("energy", threshold_db=-5), 0.4)
+        self.assertEqual(inbound.detection.silence_ms, 900)
+        inbound.set_detection(DetectionSettings("silero"), 0.45)
+        self.assertIsNot(inbound._detector, detector)
+        self.assertEqual(events[-1], SpeechStopped(0.45, 0.45))
+        self.assertEqual(inbound.detection.detector, "silero")

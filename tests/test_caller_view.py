@@ -48,7 +48,7 @@ class CallerViewTests(TestCase):
             # The page is served from another loopback port: any origin on loopback may call.
             signaling={"cors_origins": "*"},
             agent={"name": "parrot"},
-            **{"agent.parrot": {"detector": "energy", "silence_ms": SILENCE_MS, "min_speech_ms": 150}},
+            speech={"detector": "energy", "silence_ms": SILENCE_MS},
         )
         base = f"http://127.0.0.1:{http_port}"
         figures: list[CallerFigures] = []

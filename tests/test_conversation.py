@@ -58,7 +58,7 @@ class StubSession:
     def queued_audio_ms(self) -> int:
         return 60
 
-    def update_speech(self, threshold_db: float, silence_ms: float) -> None:
+    def update_speech(self, threshold_db: float, silence_ms: float, threshold: float | None = None) -> None:
         self.calls.append(("update_speech", threshold_db, silence_ms))
 
 
@@ -234,11 +234,11 @@ class ConversationTests(SynchronousTestCase):
         factory = TurnTakingFactory(answer=True)
         conversation = Conversation(self.session, factory, self.clock, self._flush)  # type: ignore[arg-type]
         conversation.handle(Connected(10.0))
-        update = {"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 800}}}}
+        update = {"audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 900}}}}
         conversation.handle(ClientEvent({"type": "session.update", "session": update}))
-        self.assertIn(("update_speech", 12.0, 800.0), self.session.calls)
+        self.assertIn(("update_speech", 12.0, 900.0), self.session.calls)
         configured = [s for s in factory.agents[0].seen if s[0] == "configure"]
-        self.assertEqual(configured[-1][1]["audio"]["input"]["turn_detection"]["silence_duration_ms"], 800)
+        self.assertEqual(configured[-1][1]["audio"]["input"]["turn_detection"]["silence_duration_ms"], 900)
 
     def test_a_client_secrets_settings_start_the_configuration(self) -> None:
         """Session.settings (from the ek_ that opened the call) are what session.created shows."""

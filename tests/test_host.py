@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.ice_client import binding_request
 from voiceedge.agents.echo import EchoAgentFactory, PassthroughEchoAgentFactory
+from voiceedge.agents.interfaces import AudioFrame, IAgent, IAgentFactory, IAgentSession
 from voiceedge.media.opus import OpusDecoder, OpusEncoder
 from voiceedge.signaling.interfaces import ISessionHost, SessionRefused
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsState, DtlsTransport
@@ -901,3 +903,86 @@ def test_a_client_secret_may_choose_an_offered_agent(clock: Clock) -> None:
         transceiver.open_session(offer_sdp(CLIENT_CERT.fingerprint), {"agent": "bridge"})
     assert refused.value.status == 400 and "narrow" in refused.value.reason
     assert transceiver.session_count() == 2
+
+
+@implementer(IAgent)
+class Replier:
+    """Answers each turn 300 ms after it ends with two seconds of tone."""
+
+    def __init__(self, session: IAgentSession) -> None:
+        self.session = session
+
+    def audio_received(self, frame: AudioFrame) -> None:
+        pass
+
+    def speech_started(self, at: float) -> None:
+        pass
+
+    def speech_stopped(self, at: float) -> None:
+        samples = [int(8000 * math.sin(2 * math.pi * 300 * i / 48000)) for i in range(96000)]
+        self.session.clock.callLater(0.3, self.session.send_audio, struct.pack(f"<{len(samples)}h", *samples))
+
+    def event_received(self, event: dict[str, Any]) -> None:
+        pass
+
+    def session_ended(self, reason: str) -> None:
+        pass
+
+
+@implementer(IAgentFactory)
+class ReplierFactory:
+    sample_rate = 48000
+
+    def agent_for(self, session: IAgentSession) -> IAgent:
+        return Replier(session)
+
+
+def test_barge_in_and_turn_latency_histograms(clock: Clock) -> None:
+    """A turn, a reply, the caller talking over it: one observation in each histogram, and a clean stop on the wire."""
+    transceiver, outbox = make_transceiver(
+        clock, speech=SpeechSettings(detector="energy"), agent_factory=ReplierFactory()
+    )
+    call = open_call(transceiver, clock, outbox)
+    call.check()
+    call.handshake()
+    silence = OpusEncoder(48000).encode(bytes(1920))
+    sequence = 0
+
+    def say(payloads: list[bytes]) -> None:
+        nonlocal sequence
+        for payload in payloads:
+            call.send_rtp(sequence, payload)
+            sequence += 1
+            clock.advance(0.02)
+
+    say([silence] * 10)  # the detector learns the noise floor
+    say(TONE[:25])
+    say([silence] * 60)  # 500 ms ends the turn, the reply starts 300 ms later
+    assert transceiver.turn_latency.count == 1
+    # 500 ms of silence, the agent's 300 ms, and a frame (the detector times a frame from its arrival).
+    assert 0.78 <= transceiver.turn_latency.sum <= 0.84
+    assert transceiver.barge_in.count == 0
+    call.inbox.clear()
+    say(TONE[25:30])
+    assert transceiver.barge_in.count == 1
+    # min_speech_ms (40) and a frame: the cut comes when the detector is sure.
+    assert transceiver.barge_in.sum <= 0.061
+    say([silence] * 10)
+    after = call.received_rtp()
+    stats = transceiver.session_stats(call.session_id)
+    assert stats is not None and stats["barge_in_ms"] == [round(transceiver.barge_in.sum * 1000, 1)]
+    # Reply frames until the cut, then the fade, then two silent frames, then nothing.
+    decoder = OpusDecoder(48000)
+    levels = [level_db(decoder.decode(p.payload)) for p in after]
+    assert levels[-2] < -55 and levels[-1] < -55
+    assert max(levels[:-3]) > -25
+    names = [name for _, name, _, _, _ in transceiver.metrics()]
+    assert "voiceedge_transceiver_barge_in_seconds" in names
+    assert "voiceedge_transceiver_turn_latency_seconds" in names
+
+
+def level_db(pcm: bytes) -> float:
+    """The dBFS level of PCM16 audio."""
+    samples = struct.unpack(f"<{len(pcm) // 2}h", pcm)
+    power = sum(x * x for x in samples) / max(1, len(samples))
+    return 10 * math.log10(max(power, 1e-10) / 32768**2)

@@ -8,13 +8,16 @@ import random
 from typing import Any
 
 import pytest
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from voiceedge import config as c
 from voiceedge.agents.interfaces import AudioFrame, IAgent, IAgentFactory, IAgentSession, IAgentType
-from voiceedge.agents.parrot import ParrotAgent, ParrotAgentFactory, TurnDetection, agent_type
+from voiceedge.agents.parrot import ParrotAgent, ParrotAgentFactory, agent_type
+from voiceedge.media.detection import DetectionSettings, make_speech_detector
+from voiceedge.media.speech import SpeechEvent, SpeechStarted, SpeechStopped
 
 RATE = 16000
 FRAME_MS = 20
@@ -24,9 +27,15 @@ BYTES_PER_MS = RATE * 2 // 1000
 
 @implementer(IAgentSession)
 class FakeSession:
-    """An IAgentSession whose playout runs on a task.Clock at real speed."""
+    """An IAgentSession whose playout runs on a task.Clock at real speed, with the session's one detector.
 
-    def __init__(self, clock: Clock, sample_rate: int = RATE) -> None:
+    :meth:`hear` is what the session does with a caller's frame: feed its
+    speech detector, cut the agent's audio on speech (barge-in), tell the agent
+    of speech events before the frame, and poll the detector at its deadline
+    when no audio comes.
+    """
+
+    def __init__(self, clock: Clock, sample_rate: int = RATE, detection: DetectionSettings | None = None) -> None:
         self.session_id = "fake"
         self.sample_rate = sample_rate
         self.clock = clock
@@ -35,6 +44,10 @@ class FakeSession:
         self.cleared: list[float] = []
         self.ended: str | None = None
         self._play_end = 0.0
+        self.speech_detection = detection or DetectionSettings("energy")
+        self.detector = make_speech_detector(self.speech_detection, sample_rate)
+        self.agent: ParrotAgent | None = None
+        self._timer: IDelayedCall | None = None
 
     def send_audio(self, pcm: bytes) -> None:
         """Queue PCM: it plays from the end of what is queued."""
@@ -53,6 +66,12 @@ class FakeSession:
         """What is left to play."""
         return max(0, round((self._play_end - self.clock.seconds()) * 1000))
 
+    def set_speech_detection(self, settings: DetectionSettings) -> None:
+        """Change the detector's knobs, as the session does for the Realtime layer."""
+        self.detector.update(**settings.parameters())
+        self.speech_detection = settings
+        self._arm()
+
     def send_event(self, event: dict[str, Any]) -> None:
         """Keep the event."""
         self.events.append(event)
@@ -68,6 +87,41 @@ class FakeSession:
     def end_turn(self, interrupted: bool = False) -> None:
         """Note the turn's end, among the events."""
         self.events.append({"type": "<end_turn>", "interrupted": interrupted})
+
+    def hear(self, frame: AudioFrame) -> None:
+        """A caller's frame reaches the session."""
+        for event in self.detector.feed(frame.pcm, frame.arrival):
+            self._speech(event)
+        assert self.agent is not None
+        self.agent.audio_received(frame)
+        self._arm()
+
+    def close(self) -> None:
+        """The call is over: no more polling."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _speech(self, event: SpeechEvent) -> None:
+        assert self.agent is not None
+        if isinstance(event, SpeechStarted):
+            if self.queued_audio_ms():
+                self.clear_audio()
+            self.agent.speech_started(event.time)
+        elif isinstance(event, SpeechStopped):
+            self.agent.speech_stopped(event.time)
+
+    def _arm(self) -> None:
+        self.close()
+        deadline = self.detector.deadline()
+        if deadline is not None:
+            self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        for event in self.detector.poll(self.clock.seconds()):
+            self._speech(event)
+        self._arm()
 
     def types(self) -> list[str]:
         """The types of the events sent so far."""
@@ -104,21 +158,20 @@ def quiet(ms: int, seed: int = 7) -> list[bytes]:
 class Caller:
     """Sends 20 ms frames as the network would: each arrives once it has been spoken."""
 
-    def __init__(self, agent: ParrotAgent, clock: Clock) -> None:
-        self.agent = agent
+    def __init__(self, session: FakeSession, clock: Clock) -> None:
+        self.session = session
         self.clock = clock
         self.timestamp = 123456
         self.frames_sent = 0
 
-    def say(self, frames: list[bytes], jitter: random.Random | None = None) -> None:
-        """Advance the clock 20 ms per frame and deliver it (late by up to 40 ms with ``jitter``)."""
+    def say(self, frames: list[bytes]) -> None:
+        """Advance the clock 20 ms per frame and deliver it."""
         for pcm in frames:
             self.clock.advance(FRAME_MS / 1000)
-            late = jitter.uniform(0, 0.04) if jitter else 0.0
-            frame = AudioFrame(pcm, RATE, self.timestamp & 0xFFFFFFFF, self.clock.seconds() + late)
+            frame = AudioFrame(pcm, RATE, self.timestamp & 0xFFFFFFFF, self.clock.seconds())
             self.timestamp += 960
             self.frames_sent += 1
-            self.agent.audio_received(frame)
+            self.session.hear(frame)
 
     def wait(self, seconds: float) -> None:
         """Let time pass with no audio at all (a sender in DTX)."""
@@ -131,19 +184,17 @@ def make(
     min_speech_ms: float = 100,
     max_wait_ms: float | None = None,
     prefix_padding_ms: float = 100,
+    max_turn_ms: int = 30_000,
 ) -> tuple[ParrotAgent, FakeSession, Caller, Clock]:
-    """A parrot on a fake session, and a caller to talk to it."""
+    """A parrot on a fake session running the energy detector, and a caller to talk to it."""
     clock = Clock()
-    session = FakeSession(clock)
-    detection = TurnDetection(
-        threshold_db=12,
-        min_speech_ms=min_speech_ms,
-        silence_ms=silence_ms,
-        max_wait_ms=max_wait_ms,
-        prefix_padding_ms=prefix_padding_ms,
+    detection = DetectionSettings(
+        "energy", threshold_db=12, min_speech_ms=min_speech_ms, silence_ms=silence_ms, max_wait_ms=max_wait_ms
     )
-    agent = ParrotAgent(session, detection)
-    return agent, session, Caller(agent, clock), clock
+    session = FakeSession(clock, detection=detection)
+    agent = ParrotAgent(session, prefix_padding_ms, max_turn_ms)
+    session.agent = agent
+    return agent, session, Caller(session, clock), clock
 
 
 def first_audio_at(session: FakeSession, since: float = 0.0) -> float:
@@ -163,27 +214,16 @@ def test_interfaces() -> None:
 
 
 def test_ini_options_make_a_factory() -> None:
-    """[agent.parrot] parses into a factory with those settings; bad values are errors."""
+    """[agent.parrot] parses into a factory with those settings; bad values are errors; turns follow [speech]."""
     schema = {"agent.parrot": agent_type.options}
-    conf = c.load_config(
-        schema,
-        text="[agent.parrot]\nsilence_ms = 800\nthreshold_db = 9.5\nmin_speech_ms = 250\n"
-        "max_wait_ms =\nsample_rate = 16000\n",
-    )
+    conf = c.load_config(schema, text="[agent.parrot]\nprefix_padding_ms = 50\nmax_turn_ms = 5000\nsample_rate = 16000\n")
     factory = agent_type.make_factory(conf["agent.parrot"], Clock())
     assert isinstance(factory, ParrotAgentFactory)
-    assert factory.sample_rate == 16000
-    assert factory.turn_detection == TurnDetection(
-        threshold_db=9.5, min_speech_ms=250, silence_ms=800, max_wait_ms=None, prefix_padding_ms=100,
-        detector="silero",
-    )
+    assert (factory.sample_rate, factory.prefix_padding_ms, factory.max_turn_ms) == (16000, 50, 5000)
     defaults = agent_type.make_factory(c.load_config(schema)["agent.parrot"], Clock())
     assert isinstance(defaults, ParrotAgentFactory)
-    # The shipped default is the neural detector (chosen by bench/vad.py); the code's is energy.
-    assert defaults.turn_detection == TurnDetection(detector="silero")
-    energy = c.load_config(schema, text="[agent.parrot]\ndetector = energy\n")["agent.parrot"]
-    assert agent_type.make_factory(energy, Clock()).turn_detection == TurnDetection()
-    for bad in ("detector = webrtc", "silence_ms = -1", "threshold_db = loud", "max_wait_ms = 99999", "sample_rate = 8000"):
+    assert (defaults.sample_rate, defaults.prefix_padding_ms, defaults.max_turn_ms) == (24000, 100, 30000)
+    for bad in ("detector = energy", "silence_ms = 500", "prefix_padding_ms = -1", "max_turn_ms = 99999", "sample_rate = 8000"):
         with pytest.raises(c.ConfigError):
             c.load_config(schema, text=f"[agent.parrot]\n{bad}\n")
 
@@ -212,7 +252,6 @@ def test_turn_is_said_back_once_after_the_silence() -> None:
     ]
     ended = session.of_type("parrot.turn_ended")[0]
     assert ended["duration_ms"] == pytest.approx(1000, abs=20)
-    assert ended["reason"] == "silence"
     assert session.of_type("parrot.speaking")[0]["duration_ms"] == 1100
     assert agent.turns_played == 1
     assert not agent.playing
@@ -239,7 +278,8 @@ def test_turn_ends_when_audio_stops_coming() -> None:
     caller.say(quiet(200) + tone(600))
     tone_end = clock.seconds()
     caller.wait(2)
-    assert first_audio_at(session) == pytest.approx(tone_end + 0.4, abs=0.002)
+    # The session's detector times a frame from its arrival: the last voiced frame ends 20 ms later.
+    assert first_audio_at(session) == pytest.approx(tone_end + 0.02 + 0.4, abs=0.002)
     assert agent.turns_played == 1
 
 
@@ -258,7 +298,7 @@ def test_blips_shorter_than_min_speech_are_not_a_turn(blip_ms: int) -> None:
 
 
 def test_max_wait_forces_an_answer() -> None:
-    """A turn that never falls silent is answered after max_wait_ms, once."""
+    """A turn that never falls silent is answered after the session's max_wait_ms, once."""
     agent, session, caller, clock = make(max_wait_ms=1000, prefix_padding_ms=0)
     caller.say(quiet(300))
     start = clock.seconds()
@@ -266,7 +306,7 @@ def test_max_wait_forces_an_answer() -> None:
     caller.say(quiet(2000))
     assert first_audio_at(session) == pytest.approx(start + 1.0, abs=0.021)
     ended = session.of_type("parrot.turn_ended")
-    assert [e["reason"] for e in ended] == ["max_wait"]
+    assert len(ended) == 1
     assert ended[0]["duration_ms"] == pytest.approx(1000, abs=20)
     assert len(session.audio()) == pytest.approx(1000 * BYTES_PER_MS, abs=FRAME_BYTES)
     assert agent.turns_played == 1
@@ -274,10 +314,7 @@ def test_max_wait_forces_an_answer() -> None:
 
 def test_recording_is_bounded() -> None:
     """A turn longer than max_turn_ms is said back up to max_turn_ms only."""
-    clock = Clock()
-    session = FakeSession(clock)
-    agent = ParrotAgent(session, TurnDetection(max_wait_ms=None, prefix_padding_ms=0), max_turn_ms=1000)
-    caller = Caller(agent, clock)
+    agent, session, caller, clock = make(prefix_padding_ms=0, max_turn_ms=1000)
     caller.say(quiet(200) + tone(2500) + quiet(1000))
     caller.wait(3)
     assert len(session.audio()) == 1000 * BYTES_PER_MS
@@ -306,50 +343,35 @@ def configure(agent: ParrotAgent, **fields: Any) -> None:
 
 
 def test_the_first_configuration_keeps_the_ini_settings() -> None:
-    """The layer's defaults are not the client's choice: the INI's turn detection holds until a client sets one."""
-    agent, session, caller, clock = make(silence_ms=700, prefix_padding_ms=100)
+    """The layer's defaults are not the client's choice: the INI's prefix padding holds until a client sets one."""
+    agent, session, caller, clock = make(prefix_padding_ms=100)
     agent.configure(realtime_config(DEFAULT_VAD))
     agent.configure(realtime_config(DEFAULT_VAD))
-    assert agent.turn_detection == TurnDetection(silence_ms=700, min_speech_ms=100, max_wait_ms=None, prefix_padding_ms=100)
+    assert agent.prefix_padding_ms == 100
     assert session.events == []
 
 
-def test_client_turn_detection_changes_silence() -> None:
-    """A client's silence_duration_ms is the silence the parrot waits for."""
-    agent, session, caller, clock = make(silence_ms=500)
-    configure(agent, silence_duration_ms=1000, prefix_padding_ms=100)
-    assert agent.turn_detection.silence_ms == 1000
-    assert agent.turn_detection.threshold_db == 12
+def test_client_prefix_padding_is_kept_before_the_turn() -> None:
+    """A client's prefix_padding_ms is how much audio before the first voiced frame the turn keeps."""
+    agent, session, caller, clock = make(prefix_padding_ms=100)
+    configure(agent, prefix_padding_ms=200)
+    assert agent.prefix_padding_ms == 200
+    background, speech = quiet(400), tone(600)
+    caller.say(background + speech + quiet(800))
+    caller.wait(2)
+    assert session.audio() == b"".join(background[-10:] + speech)
 
+
+def test_the_session_detector_decides_the_silence() -> None:
+    """The silence is the session's detector's: retuned there (the Realtime layer does), the parrot follows."""
+    agent, session, caller, clock = make(silence_ms=500)
+    session.set_speech_detection(DetectionSettings("energy", min_speech_ms=100, silence_ms=1000))
     caller.say(quiet(300) + tone(800))
     tone_end = clock.seconds()
     caller.say(quiet(700))
     assert session.sent == []
     caller.say(quiet(1000, seed=9))
-    assert first_audio_at(session) == pytest.approx(tone_end + 1.0, abs=0.021)
-
-
-def test_client_turn_detection_shorter_silence_ends_open_turn_sooner() -> None:
-    """Shortening the silence during a silent stretch ends the turn at once, by the timer."""
-    agent, session, caller, clock = make(silence_ms=2000)
-    agent.configure(realtime_config(DEFAULT_VAD))
-    caller.say(quiet(200) + tone(500))
-    caller.wait(0.5)
-    assert session.sent == []
-    agent.configure(realtime_config({**DEFAULT_VAD, "silence_duration_ms": 300}))
-    clock.advance(0)
-    assert session.sent
-    assert agent.turns_played == 1
-
-
-@pytest.mark.parametrize(
-    ("threshold", "threshold_db"), [(0.5, 12.0), (0.0, 3.0), (1.0, 21.0), (0.25, 7.5)]
-)
-def test_threshold_maps_onto_decibels(threshold: float, threshold_db: float) -> None:
-    """OpenAI's threshold (0..1) maps linearly onto dB above the noise floor; 0.5 is the INI's value."""
-    agent, *_ = make()
-    configure(agent, threshold=threshold)
-    assert agent.turn_detection.threshold_db == pytest.approx(threshold_db)
+    assert first_audio_at(session) == pytest.approx(tone_end + 0.02 + 1.0, abs=0.021)
 
 
 def test_create_response_false_waits_for_response_create() -> None:
@@ -402,7 +424,7 @@ def test_other_events_are_ignored() -> None:
 
 
 def test_barge_in_stops_playback_and_records_the_new_turn() -> None:
-    """speech_started while playing: playback stops at once; the new turn is recorded and said back."""
+    """The session's speech_started while playing: playback stops at once; the new turn is recorded and said back."""
     agent, session, caller, clock = make(silence_ms=500, min_speech_ms=100, prefix_padding_ms=100)
     caller.say(quiet(300) + tone(2000))
     caller.say(quiet(500))
@@ -413,24 +435,25 @@ def test_barge_in_stops_playback_and_records_the_new_turn() -> None:
     caller.say(background)
     second = tone(600, frequency=500)
 
-    # The session hears the first voiced frame, clears its queue, then tells the agent.
-    caller.say(second[:1])
+    # min_speech_ms of voice: the session cuts its queue, then tells the agent.
+    caller.say(second[:5])
     barge_in = clock.seconds()
-    session.clear_audio()
-    agent.speech_started(barge_in)
+    assert session.cleared[0] == barge_in
     assert not agent.playing
     assert session.queued_audio_ms() == 0
     [interrupted] = session.of_type("parrot.interrupted")
     assert interrupted["played_ms"] == pytest.approx((barge_in - playback_start) * 1000, abs=1)
     assert interrupted["played_ms"] < 2100
 
-    caller.say(second[1:])
+    caller.say(second[5:])
     second_end = clock.seconds()
     caller.say(quiet(2000, seed=5))
-    # Nothing was sent from the barge-in until the new turn ended.
-    assert [at for at, _ in session.sent if barge_in - 1e-9 <= at < second_end + 0.48] == []
-    assert first_audio_at(session, barge_in) == pytest.approx(second_end + 0.5, abs=0.021)
-    assert session.audio(barge_in) == b"".join(background[-5:] + second)
+    # Nothing was sent from the barge-in until the new turn ended (a top-up due at
+    # the barge-in's own tick went out just before it).
+    after = barge_in + 1e-6
+    assert [at for at, _ in session.sent if after <= at < second_end + 0.48] == []
+    assert first_audio_at(session, after) == pytest.approx(second_end + 0.02 + 0.5, abs=0.021)
+    assert session.audio(after) == b"".join(background[-5:] + second)
     assert agent.turns_played == 2
     assert session.types()[-8:] == [
         "<end_turn>",
@@ -445,35 +468,14 @@ def test_barge_in_stops_playback_and_records_the_new_turn() -> None:
     assert session.of_type("<end_turn>")[0]["interrupted"] is True
 
 
-def test_own_detector_barges_in_when_the_session_does_not() -> None:
-    """Without the session's speech_started, the parrot's own detector still stops playback."""
-    agent, session, caller, clock = make(min_speech_ms=100)
-    caller.say(quiet(200) + tone(2000) + quiet(700))
-    assert agent.playing
-    caller.say(tone(100, frequency=500))
-    assert not agent.playing
-    assert session.cleared  # the parrot cleared the queue itself
-    assert agent.listening
-
-
-def test_speech_started_while_silent_does_nothing() -> None:
-    """A speech_started when not playing sends nothing and clears nothing."""
+def test_an_empty_turn_is_not_said_back() -> None:
+    """speech_started when not playing clears nothing; a turn with no audio in it plays nothing."""
     agent, session, caller, clock = make()
     agent.speech_started(clock.seconds())
     agent.speech_stopped(clock.seconds())
-    assert session.events == [] and session.cleared == []
-
-
-def test_jittery_arrival_is_still_one_turn() -> None:
-    """Packets up to 40 ms late (RTP timestamps regular) make one turn of the right length."""
-    agent, session, caller, clock = make(silence_ms=300, prefix_padding_ms=0)
-    jitter = random.Random(3)
-    caller.say(quiet(300), jitter)
-    caller.say(tone(1500), jitter)
-    caller.say(quiet(1500), jitter)
-    caller.wait(2)
-    assert agent.turns_played == 1
-    assert len(session.audio()) == pytest.approx(1500 * BYTES_PER_MS, abs=2 * FRAME_BYTES)
+    agent.speech_stopped(clock.seconds())  # no turn open: ignored
+    assert session.types() == ["parrot.turn_started", "parrot.turn_ended"]
+    assert session.cleared == [] and session.sent == []
 
 
 @pytest.mark.parametrize("when", ["listening", "playing", "idle"])
@@ -489,6 +491,7 @@ def test_session_ended_leaves_no_delayed_calls(when: str) -> None:
     else:
         assert clock.getDelayedCalls() or when == "idle"
     agent.session_ended("hangup")
+    session.close()
     assert clock.getDelayedCalls() == []
     assert not agent.playing and not agent.listening
     sent, events = len(session.sent), len(session.events)
@@ -497,20 +500,3 @@ def test_session_ended_leaves_no_delayed_calls(when: str) -> None:
     agent.speech_started(clock.seconds())
     assert (len(session.sent), len(session.events)) == (sent, events)
     assert clock.getDelayedCalls() == []
-
-
-@pytest.mark.parametrize("jump", [10**9, -(10**8), 3 * 48000])
-def test_rtp_timestamp_jump_is_resynchronised(jump: int) -> None:
-    """A sender whose RTP timestamps jump (a new stream) still gets its next turn on time."""
-    agent, session, caller, clock = make(silence_ms=400, prefix_padding_ms=0)
-    caller.say(quiet(200) + tone(500) + quiet(1000))
-    assert agent.turns_played == 1
-    caller.timestamp += jump
-    caller.say(quiet(200, seed=2))
-    turn_at = clock.seconds()
-    caller.say(tone(700, frequency=400))
-    tone_end = clock.seconds()
-    caller.say(quiet(1000, seed=3))
-    assert agent.turns_played == 2
-    assert first_audio_at(session, turn_at) == pytest.approx(tone_end + 0.4, abs=0.021)
-    assert len(session.audio(turn_at)) == 700 * BYTES_PER_MS

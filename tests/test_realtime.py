@@ -154,7 +154,7 @@ class SessionTests(LayerTestCase):
         )
         self.assertEqual(names(outputs), ["ConfigureDetector", "ConfigureAgent", "session.updated"])
         detector = outputs[0]
-        self.assertEqual(detector, ConfigureDetector(threshold_db=16.5, silence_ms=800.0))
+        self.assertEqual(detector, ConfigureDetector(threshold_db=16.5, silence_ms=800.0, threshold=0.75))
         session = events(outputs)[0]["session"]
         self.assertEqual(session["instructions"], "be brief")
         self.assertEqual(session["audio"]["output"]["voice"], "marin")

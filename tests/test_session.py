@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.audio_samples import tone_pcm
 from tests.ice_client import binding_request
 from voiceedge.agents.interfaces import AudioFrame
+from voiceedge.media.detection import DetectionSettings
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsState, DtlsTransport
 from voiceedge.transceiver.ice import IceLiteAgent
 from voiceedge.transceiver.rtp_sender import PlayoutStarted
@@ -230,3 +231,29 @@ class PathAndRestartTests(SynchronousTestCase):
         self.assertTrue(client.inbox)  # the close_notify
         session.receive(binding_request("srv1:cli1", SERVER_PWD), CLIENT, T0 + 2)
         self.assertEqual(session.take_datagrams(), [])
+
+
+class SpeechDetectionTests(SynchronousTestCase):
+    """The call's one detector: [speech] to start with, a client's turn_detection after."""
+
+    def test_a_client_turn_detection_retunes_the_detector_it_has(self) -> None:
+        session = new_session()
+        self.assertEqual(session.speech_detection.detector, "silero")
+        session.update_speech(threshold_db=16.5, silence_ms=500, threshold=0.75)
+        detection = session.speech_detection
+        # Silero: the probability as the client gave it, the silence after a neutral end,
+        # the final silence never longer, the hesitation never shorter.
+        self.assertEqual(
+            (detection.threshold, detection.neutral_silence_ms, detection.final_silence_ms),
+            (0.75, 500, 200),
+        )
+        self.assertEqual((detection.hesitation_silence_ms, detection.threshold_db, detection.silence_ms), (1200, 16.5, 500))
+        session.update_speech(threshold_db=12, silence_ms=100, threshold=0.01)
+        self.assertEqual((session.speech_detection.final_silence_ms, session.speech_detection.threshold), (100, 0.2))
+
+    def test_a_value_the_detector_refuses_changes_nothing(self) -> None:
+        session = new_session()
+        before = session.speech_detection
+        with self.assertRaises(ValueError):
+            session.set_speech_detection(DetectionSettings("energy", threshold_db=-1), T0)
+        self.assertEqual(session.speech_detection, before)

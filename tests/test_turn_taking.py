@@ -10,7 +10,7 @@ from tests.test_silero import require_silero
 from voiceedge.media.detection import DetectionSettings, make_speech_detector
 from voiceedge.media.speech import SpeechEvent, SpeechStopped
 
-# The shipped default of [agent.parrot] (chosen by bench/vad.py), and today's session detector.
+# The shipped default of [speech] (chosen by bench/vad.py), and the energy detector's silence timer.
 CHOSEN = DetectionSettings("silero")
 TIMER = DetectionSettings("energy", silence_ms=500)
 

@@ -58,6 +58,10 @@ class ISpeechDetector(Interface):
     def deadline() -> float | None:
         """When :meth:`poll` would end the open turn if nothing more came; None if none is open."""
 
+    def update(**params: float | None) -> None:
+        """Change knobs at run time (:meth:`DetectionSettings.parameters` gives them); ``ValueError``
+        for a bad value, nothing changed then; an open turn goes on."""
+
 
 def parse_detector(text: str) -> DetectorName:
     """An INI value naming a detector; ``ValueError`` names the choices."""
@@ -94,6 +98,26 @@ class DetectionSettings:
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
             raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, not {self.detector!r}")
+
+    def parameters(self) -> dict[str, float | None]:
+        """The keywords of the chosen detector's ``update`` for these knobs."""
+        if self.detector == "energy":
+            return {
+                "threshold_db": self.threshold_db,
+                "hysteresis_db": min(3.0, self.threshold_db),
+                "min_speech_ms": self.min_speech_ms,
+                "silence_ms": self.silence_ms,
+                "max_wait_ms": self.max_wait_ms,
+            }
+        return {
+            "threshold": self.threshold,
+            "min_speech_ms": self.min_speech_ms,
+            "final_silence_ms": self.final_silence_ms,
+            "neutral_silence_ms": self.neutral_silence_ms,
+            "hesitation_silence_ms": self.hesitation_silence_ms,
+            "short_phrase_ms": self.short_phrase_ms,
+            "max_wait_ms": self.max_wait_ms,
+        }
 
 
 def make_speech_detector(settings: DetectionSettings, sample_rate: int) -> ISpeechDetector:

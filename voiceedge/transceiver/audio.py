@@ -14,8 +14,8 @@ import numpy as np
 from voiceedge.agents.interfaces import AudioFrame, OpusFrame
 from voiceedge.media.jitter import JitterBuffer
 from voiceedge.media.opus import CodecError, OpusDecoder, OpusEncoder
-from voiceedge.media.speech import SpeechDetector, SpeechEvent
-from voiceedge.transceiver.settings import SpeechSettings
+from voiceedge.media.detection import DetectionSettings, make_speech_detector
+from voiceedge.media.speech import SpeechEvent, SpeechStopped
 from voiceedge.wire.errors import WireError
 from voiceedge.wire.opus import packet_duration
 
@@ -73,25 +73,23 @@ class InboundAudio:
     Packets go through a jitter buffer that adds no delay on a clean network
     (in-order packets come straight out) and waits briefly for a missing one
     only once reordering has been seen; a frame that does not come is
-    concealed by the decoder.
+    concealed by the decoder. Every frame goes through the call's one speech
+    detector (:func:`~voiceedge.media.detection.make_speech_detector`), whose
+    events come out before the frame that completed them.
     """
 
     def __init__(
         self,
         sample_rate: int,
-        speech: SpeechSettings,
+        detection: DetectionSettings,
         on_frame: Callable[[AudioFrame], None],
         on_speech: Callable[[SpeechEvent], None],
     ) -> None:
         self.sample_rate = sample_rate
         self._jitter = JitterBuffer()
         self._decoder = OpusDecoder(sample_rate)
-        self._detector = SpeechDetector(
-            sample_rate,
-            threshold_db=speech.threshold_db,
-            min_speech_ms=speech.min_speech_ms,
-            silence_ms=speech.silence_ms,
-        )
+        self.detection = detection
+        self._detector = make_speech_detector(detection, sample_rate)
         self._on_frame = on_frame
         self._on_speech = on_speech
         self.frames_decoded = 0
@@ -121,11 +119,19 @@ class InboundAudio:
         for event in self._detector.poll(now):
             self._on_speech(event)
 
-    def update_speech(self, threshold_db: float, silence_ms: float) -> None:
-        """Retune the speech detector (a client's ``turn_detection``)."""
-        self._detector.update(
-            threshold_db=threshold_db, hysteresis_db=min(3.0, threshold_db), silence_ms=silence_ms
-        )
+    def set_detection(self, settings: DetectionSettings, now: float) -> None:
+        """Change the detector's knobs, or the detector (an open turn then ends at ``now``).
+
+        ``ValueError`` for a value the detector refuses; nothing changes then.
+        """
+        if settings.detector == self.detection.detector:
+            self._detector.update(**settings.parameters())
+        else:
+            detector = make_speech_detector(settings, self.sample_rate)
+            if self._detector.speaking:
+                self._on_speech(SpeechStopped(now, now))
+            self._detector = detector
+        self.detection = settings
 
     def _conceal(self, next_payload: bytes | None) -> bytes:
         self.frames_concealed += 1
@@ -342,9 +348,6 @@ class InboundOpus:
     def deadline(self) -> float | None:
         """When :meth:`drain` is due: the jitter buffer gives up on a missing packet."""
         return self._jitter.deadline()
-
-    def update_speech(self, threshold_db: float, silence_ms: float) -> None:
-        """Nothing to retune: a passthrough session detects no speech (its backend does)."""
 
 
 class OutboundOpus:

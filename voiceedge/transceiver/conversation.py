@@ -110,7 +110,10 @@ class Conversation:
                 session.session_id,
                 model="voiceedge-" + str(getattr(agent_factory, "name", "agent")),
                 base_threshold_db=speech.threshold_db,
-                turn_detection=TurnDetectionDefaults(speech.silence_ms, barge_in),
+                # The silence the call's detector waits after an end that is neither final nor hesitant.
+                turn_detection=TurnDetectionDefaults(
+                    speech.silence_ms if speech.detector == "energy" else speech.neutral_silence_ms, barge_in
+                ),
                 counters=realtime_counters,
             )
             # A client secret's session settings are the call's first configuration.
@@ -261,7 +264,7 @@ class Conversation:
             if ITurnTakingAgent.providedBy(agent):
                 agent.configure(output.config)
         elif isinstance(output, ConfigureDetector):
-            self.session.update_speech(output.threshold_db, output.silence_ms)
+            self.session.update_speech(output.threshold_db, output.silence_ms, output.threshold)
 
     def _arm_timer(self) -> None:
         layer = self.realtime

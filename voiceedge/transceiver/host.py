@@ -34,8 +34,10 @@ from voiceedge.signaling.interfaces import (
 )
 from voiceedge.transceiver.conversation import Conversation
 from voiceedge.transceiver.credentials import loggable_id, new_credentials, new_session_id, random_ufrag
+from voiceedge.media.speech import SpeechStarted, SpeechStopped
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsTransport
 from voiceedge.transceiver.ice import IceLiteAgent
+from voiceedge.transceiver.rtp_sender import PlayoutStarted, PlayoutStopped
 from voiceedge.transceiver.session import AudioStream, Session
 from voiceedge.transceiver.session_events import (
     Closed,
@@ -73,6 +75,13 @@ ENDED_UFRAGS = 4096
 _REFUSE_AFTER = (EndReason.HANGUP, EndReason.AGENT, EndReason.SHUTDOWN)
 # Setup milestones, seconds after the offer arrived: histogram buckets.
 SETUP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# What the caller hears, in seconds: barge-in (the caller's speech onset to the
+# last agent packet) and turn latency (the end of the caller's speech, as the
+# detector placed it, to the first packet of the reply).
+BARGE_IN_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+TURN_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+# Turns and talkspurts kept per call for GET <Location>.
+HEARD_LOG = 16
 SETUP_MILESTONES = (
     "answer",
     "first_check",
@@ -87,7 +96,19 @@ SETUP_MILESTONES = (
 class Call:
     """What the transceiver keeps per session: the session, its conversation, its timer, its ufrags."""
 
-    __slots__ = ("session", "conversation", "timer", "busy", "ufrags", "answered", "etag")
+    __slots__ = (
+        "session",
+        "conversation",
+        "timer",
+        "busy",
+        "ufrags",
+        "answered",
+        "etag",
+        "speech_onset",
+        "speech_end",
+        "speech_log",
+        "playout_log",
+    )
 
     def __init__(self, session: Session, summary: OfferSummary, params: AnswerParameters) -> None:
         self.session = session
@@ -99,6 +120,13 @@ class Call:
         self.timer: IDelayedCall | None = None
         self.busy = False  # its outputs are being handled: a re-entrant flush waits for that loop
         self.ufrags: set[bytes] = set()
+        # The open turn's first voiced frame; the last turn's end while no reply has started.
+        self.speech_onset: float | None = None
+        self.speech_end: float | None = None
+        # The last turns and talkspurts on the clock, for GET <Location>:
+        # [started, stopped] and [started, last packet, reason].
+        self.speech_log: collections.deque[list[float | None]] = collections.deque(maxlen=HEARD_LOG)
+        self.playout_log: collections.deque[list[float | str | None]] = collections.deque(maxlen=HEARD_LOG)
 
 
 @implementer(IFleetTransceiver)
@@ -185,6 +213,8 @@ class Transceiver:
         self.packets_out = 0
         self.bytes_out = 0
         self.setup = {name: Histogram(SETUP_BUCKETS) for name in SETUP_MILESTONES}
+        self.barge_in = Histogram(BARGE_IN_BUCKETS)
+        self.turn_latency = Histogram(TURN_BUCKETS)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -285,6 +315,7 @@ class Transceiver:
             speech=self.speech,
             opus_complexity=self.settings.opus_complexity,
             passthrough=IPassthroughAgentFactory.providedBy(self.agent_factory),
+            stop_tail=self.settings.stop_tail,
             data_channel=summary.datachannel_mid is not None,
             drops=self.drops,
             probes=self.probes,
@@ -340,6 +371,10 @@ class Transceiver:
         stats = call.session.stats(self.clock.seconds())
         if call.conversation is not None:
             stats.update(call.conversation.stats())
+        # On the transceiver's clock (seconds since the epoch in a real process):
+        # the caller's last turns, and the agent's last talkspurts with how they ended.
+        stats["speech"] = [list(turn) for turn in call.speech_log]
+        stats["playout"] = [list(spurt) for spurt in call.playout_log]
         return stats
 
     def add_end_listener(self, listener: Callable[[str], None]) -> None:
@@ -561,8 +596,32 @@ class Transceiver:
                 del self._by_ufrag[key]
         elif isinstance(event, Closed):
             self._forget(call, event.reason)
+        else:
+            self._hearing(call, event)
         if call.conversation is not None:
             call.conversation.handle(event)
+
+    def _hearing(self, call: Call, event: SessionEvent) -> None:
+        """Barge-in and turn latency, from the speech and playout events of a call."""
+        if isinstance(event, SpeechStarted):
+            call.speech_onset = event.time
+            call.speech_end = None
+            call.speech_log.append([event.time, None])
+        elif isinstance(event, SpeechStopped):
+            call.speech_onset = None
+            call.speech_end = event.time
+            if call.speech_log and call.speech_log[-1][1] is None:
+                call.speech_log[-1][1] = event.time
+        elif isinstance(event, PlayoutStarted):
+            if call.speech_end is not None:
+                self.turn_latency.observe(max(0.0, event.at - call.speech_end))
+                call.speech_end = None
+            call.playout_log.append([event.at, None, None])
+        elif isinstance(event, PlayoutStopped):
+            if event.reason == "barge_in" and call.speech_onset is not None:
+                self.barge_in.observe(max(0.0, event.last_sent_at - call.speech_onset))
+            if call.playout_log and call.playout_log[-1][1] is None:
+                call.playout_log[-1][1:] = [event.last_sent_at, event.reason]
 
     def _route(self, call: Call, source: Address) -> None:
         """Route ``source`` to ``call`` from now on, and hand over early DTLS."""
@@ -761,6 +820,21 @@ class Transceiver:
                 {"milestone": milestone},
                 histogram,
             )
+        yield (
+            "histogram",
+            prefix + "barge_in_seconds",
+            "Barge-in: seconds from the caller's speech onset to the last agent packet (its fade).",
+            {},
+            self.barge_in,
+        )
+        yield (
+            "histogram",
+            prefix + "turn_latency_seconds",
+            "Turn latency: seconds from the end of the caller's speech, as the detector placed it, "
+            "to the first packet of the reply.",
+            {},
+            self.turn_latency,
+        )
         for event, n in self.realtime_events.items():
             yield (
                 "counter",

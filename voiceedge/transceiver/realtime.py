@@ -157,10 +157,12 @@ class ConfigureAgent:
 
 @dataclass(frozen=True, slots=True)
 class ConfigureDetector:
-    """Tune the session's speech detector: ``threshold_db`` above the noise floor, ``silence_ms``."""
+    """Tune the session's speech detector: ``threshold_db`` above the noise floor, ``silence_ms``,
+    and ``threshold``, the client's voice probability (``server_vad``), for a detector that has one."""
 
     threshold_db: float
     silence_ms: float
+    threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +432,8 @@ class RealtimeEventLayer:
             threshold_db = base
             eagerness = turn_detection["eagerness"]
             silence = {"low": 1000.0, "high": 250.0}.get(eagerness, float(self._turn_defaults.silence_duration_ms))
-        return ConfigureDetector(threshold_db=max(1.0, threshold_db), silence_ms=silence)
+        probability = float(turn_detection["threshold"]) if turn_detection["type"] == "server_vad" else None
+        return ConfigureDetector(threshold_db=max(1.0, threshold_db), silence_ms=silence, threshold=probability)
 
     # -- responses ----------------------------------------------------------------------
 

@@ -13,12 +13,14 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from voiceedge.media.detection import DetectionSettings, DetectorUnavailable, make_speech_detector
 from voiceedge.transceiver.audio import (
     DEFAULT_COMPLEXITY,
     InboundAudio,
     InboundOpus,
     OutboundAudio,
     OutboundOpus,
+    StopTail,
 )
 from voiceedge.transceiver.credentials import loggable_id
 from voiceedge.transceiver.dtls import DtlsState, DtlsTransport
@@ -140,6 +142,7 @@ class Session:
         speech: SpeechSettings = SpeechSettings(),
         opus_complexity: int = DEFAULT_COMPLEXITY,
         passthrough: bool = False,
+        stop_tail: StopTail = "dtx",
         data_channel: bool = False,
         drops: collections.Counter[str] | None = None,
         probes: collections.Counter[str] | None = None,
@@ -157,6 +160,9 @@ class Session:
         self.speech = speech
         self.opus_complexity = opus_complexity
         self.passthrough = passthrough
+        self.stop_tail = stop_tail
+        #: How the call's speech detector runs now: ``[speech]``, then per call (:meth:`set_speech_detection`).
+        self.speech_detection = speech.detection()
         self.state = SessionState.WAITING
         self.end_reason: EndReason | None = None
         self.drops: collections.Counter[str] = collections.Counter() if drops is None else drops
@@ -381,8 +387,8 @@ class Session:
             self._inbound = InboundOpus(self._emit)
             self._outbound = OutboundOpus()
         else:
-            self._inbound = InboundAudio(self.sample_rate, self.speech, self._emit, self._emit)
-            self._outbound = OutboundAudio(self.sample_rate, self.opus_complexity)
+            self._inbound = InboundAudio(self.sample_rate, self.speech_detection, self._emit, self._emit)
+            self._outbound = OutboundAudio(self.sample_rate, self.opus_complexity, stop_tail=self.stop_tail)
         self.receiver = RtpReceiver(srtp, self.audio.payload_type, self._inbound, now, self.drops)
         audio = self.audio
         extension = b""
@@ -523,11 +529,47 @@ class Session:
         self._send_rtp(sender, now)
         return dropped
 
-    def update_speech(self, threshold_db: float, silence_ms: float) -> None:
-        """Retune the caller's speech detector, now and for when media starts."""
-        self.speech = dataclasses.replace(self.speech, threshold_db=threshold_db, silence_ms=round(silence_ms))
-        if self._inbound is not None:
-            self._inbound.update_speech(threshold_db, silence_ms)
+    def set_speech_detection(self, settings: DetectionSettings, now: float) -> None:
+        """Change the call's speech detector (a ``session.update``'s turn detection).
+
+        ``ValueError`` for a value the detector refuses, or a detector that
+        cannot run here; nothing changes then. A shorter silence may end the
+        open turn: :meth:`deadline` says when.
+        """
+        inbound = self._inbound
+        try:
+            if isinstance(inbound, InboundAudio):
+                inbound.set_detection(settings, now)
+            elif inbound is None:
+                make_speech_detector(settings, self.sample_rate)  # checks every knob
+            # A passthrough session detects no speech (its backend does): nothing to retune.
+        except DetectorUnavailable as e:
+            raise ValueError(str(e)) from None
+        self.speech_detection = settings
+
+    def update_speech(self, threshold_db: float, silence_ms: float, threshold: float | None = None) -> None:
+        """Retune the call's speech detector for a client's ``turn_detection`` (the Realtime layer).
+
+        The energy detector takes ``threshold_db`` and ``silence_ms``; Silero
+        takes ``threshold`` (a voice probability, when given) and ``silence_ms``
+        as its silence after a neutral end (the silence after a final fall is
+        never longer, after a hesitation never shorter). A value a detector
+        refuses leaves it as it was.
+        """
+        speech = self.speech
+        changes: dict[str, Any] = {
+            "threshold_db": threshold_db,
+            "silence_ms": silence_ms,
+            "neutral_silence_ms": silence_ms,
+            "final_silence_ms": min(speech.final_silence_ms, silence_ms),
+            "hesitation_silence_ms": max(speech.hesitation_silence_ms, silence_ms),
+        }
+        if threshold is not None:
+            changes["threshold"] = min(0.95, max(0.2, threshold))
+        try:
+            self.set_speech_detection(dataclasses.replace(self.speech_detection, **changes), self._now)
+        except ValueError as e:
+            self.log.warn("session {id}: turn detection not applied: {why}", id=self.session_id, why=e)
 
     def queued_audio_ms(self) -> int:
         """Agent audio waiting to be sent, in milliseconds."""

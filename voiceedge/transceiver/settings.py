@@ -11,6 +11,8 @@ from voiceedge import config as c
 from voiceedge.config import Address, SettingError, section, setting
 from voiceedge.fleet.settings import DrainSettings, InternalApiSettings, RegistrySettings
 from voiceedge.redis_connection import RedisConnectionSettings
+from voiceedge.media.detection import DetectionSettings, DetectorName, parse_detector
+from voiceedge.transceiver.audio import StopTail, parse_stop_tail
 from voiceedge.signaling.settings import SignalingSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -40,6 +42,12 @@ class TransceiverSettings:
     )
     opus_complexity: int = setting(
         c.integer(0, 10), "5", "libopus complexity of agent audio (0-10: CPU against quality)"
+    )
+    stop_tail: StopTail = setting(
+        parse_stop_tail,
+        "dtx",
+        "how agent audio cut short ends: dtx (a 5 ms fade, a silent frame, an Opus DTX frame), silence "
+        "(a fade, then encoded silence) or abrupt (nothing: the caller's decoder conceals; to compare)",
     )
 
     @property
@@ -75,12 +83,46 @@ class RouteSettings:
 
 @dataclass(frozen=True, slots=True)
 class SpeechSettings:
-    """``[speech]``: the session's speech detector; it drives speech events and barge-in."""
+    """``[speech]``: the session's one speech detector; its events drive barge-in and the agent's turns."""
 
-    threshold_db: float = setting(c.number(3, 60), "12", "dB above the noise floor that counts as voice")
+    detector: DetectorName = setting(
+        parse_detector, "silero", "silero (neural VAD, an end of turn that adapts) or energy (a level and a fixed silence)"
+    )
     min_speech_ms: int = setting(c.integer(20, 2000), "40", "voice this long starts speech (and barge-in)")
-    silence_ms: int = setting(c.integer(100, 10000), "500", "silence this long stops speech")
+    max_wait_ms: int | None = setting(
+        c.optional_integer(100, 600_000), "", "the longest turn before speech is taken as stopped (empty: none)"
+    )
+    threshold: float = setting(c.number(0.2, 0.99), "0.5", "silero: the voice probability that counts as voice")
+    final_silence_ms: int = setting(c.integer(0, 10000), "200", "silero: silence that ends a turn after a final fall")
+    neutral_silence_ms: int = setting(c.integer(0, 10000), "800", "silero: silence that ends a turn otherwise")
+    hesitation_silence_ms: int = setting(
+        c.integer(0, 10000), "1200", "silero: silence that ends a turn after a short fragment"
+    )
+    short_phrase_ms: int = setting(c.integer(0, 10000), "600", "silero: voice shorter than this before a pause is a fragment")
+    threshold_db: float = setting(c.number(3, 60), "12", "energy: dB above the noise floor that counts as voice")
+    silence_ms: int = setting(c.integer(100, 10000), "500", "energy: silence this long stops speech")
     barge_in: bool = setting(c.boolean, "yes", "clear queued agent audio when the caller starts speaking")
+
+    def __post_init__(self) -> None:
+        if not self.final_silence_ms <= self.neutral_silence_ms <= self.hesitation_silence_ms:
+            raise SettingError(
+                "neutral_silence_ms", "silences must be final_silence_ms <= neutral_silence_ms <= hesitation_silence_ms"
+            )
+
+    def detection(self) -> DetectionSettings:
+        """The detector and knobs every session starts with."""
+        return DetectionSettings(
+            self.detector,
+            min_speech_ms=self.min_speech_ms,
+            silence_ms=self.silence_ms,
+            max_wait_ms=self.max_wait_ms,
+            threshold_db=self.threshold_db,
+            threshold=self.threshold,
+            final_silence_ms=self.final_silence_ms,
+            neutral_silence_ms=self.neutral_silence_ms,
+            hesitation_silence_ms=self.hesitation_silence_ms,
+            short_phrase_ms=self.short_phrase_ms,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from voiceedge import config as c
 from voiceedge.agents.interfaces import IAgentType
 from voiceedge.agents.plugin import agent_type
 from voiceedge.fleet.membership import build_membership
+from voiceedge.media.detection import DetectorUnavailable, make_speech_detector
 from voiceedge.metrics import MetricsResource, Sample, SnapshotCollector, make_registry
 from voiceedge.reactors import service_reactors
 from voiceedge.signaling.resource import build_site
@@ -158,17 +159,26 @@ def build_transceiver(
     clock: IReactorTime,
     parent: service.MultiService,
 ) -> Transceiver:
-    """A transceiver as the settings say, its UDP socket and timers added to ``parent``."""
+    """A transceiver as the settings say, its UDP socket and timers added to ``parent``.
+
+    The speech detector is built once here, so a model that cannot load stops
+    start-up (:class:`~voiceedge.config.ConfigError` naming ``[speech] detector``),
+    not the first call.
+    """
+    factory = agent.make_factory(clock)
+    try:
+        make_speech_detector(speech.detection(), factory.sample_rate)
+    except DetectorUnavailable as e:
+        raise c.ConfigError(f"[speech] detector = {speech.detector}: {e}") from None
     protocols: list[SharedSocketProtocol] = []
-    default = agent.make_factory(clock)
     transceiver = Transceiver(
         clock,
         DtlsCertificate.generate(),
-        default,
+        factory,
         settings,
         speech=speech,
         # A client secret may name the default agent too.
-        offered_agents={agent.kind.name: default, **agent.make_factories(clock)},
+        offered_agents={agent.kind.name: factory, **agent.make_factories(clock)},
         make_ufrag=route_ufrags(route, lambda: route_address(route, protocols[0])),
     )
     protocols.append(SharedSocketProtocol(transceiver))
