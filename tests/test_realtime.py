@@ -311,16 +311,17 @@ class CancellationTests(LayerTestCase):
         outputs = self.take()
         self.assertEqual(
             names(outputs),
-            ["input_audio_buffer.speech_started", "CancelTurn"] + TURN_EVENTS_AT_END + ["StopAudio"],
+            ["input_audio_buffer.speech_started", "StopAudio", "CancelTurn"] + TURN_EVENTS_AT_END,
         )
-        self.assertEqual(outputs[1], CancelTurn(response_id))
-        self.assertEqual(outputs[-1], StopAudio("barge_in"))
+        # The caller's audio is cut before the agent hears of the cancel: the cut is the barge-in's.
+        self.assertEqual(outputs[1], StopAudio("barge_in"))
+        self.assertEqual(outputs[2], CancelTurn(response_id))
         done = events(outputs, "response.done")[0]["response"]
         self.assertEqual(done["status"], "cancelled")
         self.assertEqual(done["status_details"], {"type": "cancelled", "reason": "turn_detected"})
         self.assertEqual(done["output"][0]["status"], "incomplete")
         # The sender's stop says the caller's audio was cut.
-        self.layer.playout_stopped(PlayoutStopped(self.clock.seconds(), self.clock.seconds(), "stopped", 400))
+        self.layer.playout_stopped(PlayoutStopped(self.clock.seconds(), self.clock.seconds(), "barge_in", 400))
         [cleared] = self.take()
         assert isinstance(cleared, dict)
         self.assertEqual((cleared["type"], cleared["response_id"]), ("output_audio_buffer.cleared", response_id))

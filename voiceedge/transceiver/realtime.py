@@ -628,7 +628,7 @@ class RealtimeEventLayer:
         """A talkspurt ended: drained, or cut by :class:`StopAudio` (or by the agent's own clear)."""
         self._playing = False
         owner = self._audio_owner
-        if event.reason == "stopped":
+        if event.reason != "drained":  # cut: barge-in, a cancel, a clear
             self._buffer_started = False
             self._send("output_audio_buffer.cleared", response_id=owner)
             return
@@ -689,10 +689,12 @@ class RealtimeEventLayer:
         if not detection["interrupt_response"]:
             return
         response = self._response
-        if response is not None:
-            self._cancel(response, "turn_detected")
+        # The caller's audio stops first, then the agent hears of the cancel:
+        # the cut is the barge-in's, not the agent's own clear.
         if audible or (response is not None and self._audio_owner == response.id):
             self._outputs.append(StopAudio("barge_in"))
+        if response is not None:
+            self._cancel(response, "turn_detected")
 
     def speech_stopped(self, event: SpeechStopped) -> None:
         """The detector heard the caller stop: the speech is committed as a user item."""
