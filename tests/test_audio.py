@@ -32,7 +32,7 @@ class OutboundAudioTests(SynchronousTestCase):
     """Encode on pop; cut; trim; restart."""
 
     def test_a_cut_fades_the_next_frame_into_silence(self) -> None:
-        audio = OutboundAudio(RATE)
+        audio = OutboundAudio(RATE, stop_tail="silence")
         audio.add(tone(10))
         decoder = OpusDecoder(RATE)
         for _ in range(3):

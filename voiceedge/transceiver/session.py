@@ -57,6 +57,9 @@ OPUS_CLOCK_RATE = 48000
 RTCP_INTERVAL = 5.0  # RFC 3550 §6.2 minimum for a two-party session
 # Agent audio sent this recently still counts as "playing" for barge-in.
 PLAYING_GRACE = 0.1
+# Agent audio that starts this long after its last packet is a new reply, whose
+# leading silence is not sent.
+REPLY_GAP = 0.5
 
 
 class SessionState(enum.Enum):
@@ -465,8 +468,10 @@ class Session:
             self.drops["audio_not_opus"] += 1
             return
         dropped = outbound.frames_dropped
-        # A reply's silent lead-in is not sent as a delay.
-        outbound.add(pcm, trim=not sender.talking)
+        # A reply's silent lead-in is not sent as a delay; audio that follows
+        # its own last packet closely (an echo after a stall) is not a reply.
+        last = sender.last_sent_at
+        outbound.add(pcm, trim=not sender.talking and (last is None or now - last >= REPLY_GAP))
         if outbound.frames_dropped != dropped:
             self.drops["audio_queue_full"] += outbound.frames_dropped - dropped
         self._send_rtp(sender, now)
