@@ -214,10 +214,17 @@ async def echo_call(
         result = CallResult(location)
         result.connected_after = time.monotonic() - started
         await asyncio.sleep(seconds)
+        # A loaded machine runs the paced track late (it catches up, never skips): go on, for
+        # at most as long again, until the call has sent what ``seconds`` of audio holds.
+        deadline = time.monotonic() + seconds
+        await _read_stats(pc, result)
+        while result.packets_sent < seconds * SAMPLE_RATE / FRAME_SAMPLES and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            await _read_stats(pc, result)
         # Stop sending, then count once the echo has drained (bounded wait).
         sender.replaceTrack(None)
         previous = -1
-        for _ in range(30):
+        for _ in range(50):
             await asyncio.sleep(0.1)
             await _read_stats(pc, result)
             if result.packets_received == previous and result.packets_received >= result.packets_sent:
