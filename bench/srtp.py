@@ -8,6 +8,11 @@ before) every authenticated SSRC clones a stream, found afterwards by a linear s
 :class:`~voiceedge.transceiver.srtp.SrtpSession` accepts a few and refuses the rest before
 any cryptography. It prints the CPU µs of one decrypt of ordinary audio and the memory the
 streams took (resident set growth), for both, side by side with the ratio. About 10 s.
+
+Then a flood from the caller's own address: ``--flood`` forged packets (the caller's SSRC, a
+tag that does not verify) in one second, through the :class:`RtpReceiver` as the session has
+it (the packet budget asked before decryption) beside the same receiver without a budget. It
+prints decryptions and CPU µs per flood packet for both, and the ratio.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import pylibsrtp  # noqa: E402
 from pylibsrtp import Policy, Session  # noqa: E402
 
 from voiceedge.transceiver.dtls import SrtpKeys  # noqa: E402
-from voiceedge.transceiver.srtp import SrtpError, SrtpSession  # noqa: E402
+from voiceedge.transceiver.rtp_receiver import RtpReceiver  # noqa: E402
+from voiceedge.transceiver.srtp import PacketBudget, SrtpError, SrtpSession  # noqa: E402
 
 PROFILE = Policy.SRTP_PROFILE_AEAD_AES_128_GCM
 KEY = bytes(range(28))  # 16-byte key + 12-byte salt for AES-GCM
@@ -75,10 +81,43 @@ def bounded() -> Callable[[bytes], object]:
     return SrtpSession(SrtpKeys(PROFILE, KEY, KEY)).unprotect_rtp
 
 
+class NullSink:
+    """An audio sink that drops what it is given (the flood never reaches it)."""
+
+    def packet_received(self, sequence_number: int, timestamp: int, payload: bytes, now: float) -> None:
+        """Nothing to do."""
+
+    def deadline(self) -> float | None:
+        """Never due."""
+        return None
+
+    def drain(self, now: float) -> None:
+        """Nothing to release."""
+
+
+def flood(count: int, budget: bool) -> tuple[int, float]:
+    """(decryptions, CPU µs per packet) for ``count`` forged packets within one second."""
+    sender = SrtpSession(SrtpKeys(PROFILE, KEY, KEY))
+    packets = []
+    for sequence in range(1, count + 1):
+        packet = bytearray(sender.protect_rtp(rtp(sequence, 1)))
+        packet[-1] ^= 1
+        packets.append(bytes(packet))
+    receiver = RtpReceiver(SrtpSession(SrtpKeys(PROFILE, KEY, KEY)), 111, NullSink(), 0.0)
+    if not budget:
+        receiver.budget = PacketBudget(float("inf"), float("inf"))
+    start = time.process_time()
+    for n, packet in enumerate(packets):
+        receiver.receive(packet, n / count)
+    elapsed = time.process_time() - start
+    return receiver.drops["srtp_auth"], elapsed / count * 1e6
+
+
 def main() -> None:
     """Print both at 1 SSRC and at ``--ssrcs`` SSRCs."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ssrcs", type=int, default=40_000, help="SSRCs the caller tries")
+    parser.add_argument("--flood", type=int, default=20_000, help="forged packets a second")
     args = parser.parse_args()
     print(f"pylibsrtp {pylibsrtp.__version__}, AES-128-GCM, 172-byte RTP, {DECRYPTS} decrypts")
     print(f"{'SSRCs tried':>12} {'bounded µs':>11} {'ANY_INBOUND µs':>15} {'ratio':>6}"
@@ -88,6 +127,12 @@ def main() -> None:
         theirs, theirs_kib = measure(any_inbound(), ssrcs)
         print(f"{ssrcs:>12} {ours:>11.2f} {theirs:>15.2f} {theirs / ours:>5.1f}x"
               f" {ours_kib:>12} {theirs_kib:>16}")
+    print(f"\nflood of {args.flood} forged packets in 1 s from the caller's address, one session")
+    print(f"{'':>16} {'decryptions':>12} {'µs/packet':>10}")
+    budgeted, unbudgeted = flood(args.flood, True), flood(args.flood, False)
+    for name, (decrypts, micros) in (("with budget", budgeted), ("without budget", unbudgeted)):
+        print(f"{name:>16} {decrypts:>12} {micros:>10.2f}")
+    print(f"{'ratio':>16} {unbudgeted[0] / max(budgeted[0], 1):>11.0f}x {unbudgeted[1] / budgeted[1]:>9.1f}x")
 
 
 if __name__ == "__main__":

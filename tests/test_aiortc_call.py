@@ -38,6 +38,9 @@ def test_one_call_echoes_five_seconds_of_opus(allinone: str) -> None:
     # aiortc nominates before DTLS, so its path was probed, and it answered.
     probes = scrape_metrics(allinone)["voiceedge_transceiver_path_probes_total"]
     assert probes["result=answered"] >= 1 and probes["result=answered"] == probes["result=sent"], probes
+    # aiortc's audio and reports stay within the budgets checked before decryption.
+    drops = scrape_metrics(allinone).get("voiceedge_transceiver_drops_total", {})
+    assert "reason=rtp_over_rate" not in drops and "reason=rtcp_over_rate" not in drops, drops
     assert result.packets_received >= 0.95 * result.packets_sent, result
     assert result.delete_status == 204
     assert health_sessions(allinone + "/healthz") == 0

@@ -154,4 +154,7 @@ def test_call_from_chromium(tmp_path: Path) -> None:
     probes = metrics.get("voiceedge_transceiver_path_probes_total", {})
     print(f"path probes: {probes}")
     assert probes.get("result=answered", 0) == probes.get("result=sent", 0), probes
+    # Chromium's audio and reports stay within the budgets checked before decryption.
+    drops = metrics.get("voiceedge_transceiver_drops_total", {})
+    assert "reason=rtp_over_rate" not in drops and "reason=rtcp_over_rate" not in drops, drops
 

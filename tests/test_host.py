@@ -193,9 +193,9 @@ def make_transceiver(clock: Clock, **kwargs: Any) -> tuple[Transceiver, dict[tup
     return transceiver, outbox
 
 
-def open_call(transceiver: Transceiver, clock: Clock, outbox: dict, client_cert: DtlsCertificate = CLIENT_CERT, source: tuple[str, int] = CLIENT) -> Call:
-    """Open a session for an offer and return the client's side of it."""
-    opened = transceiver.open_session(offer_sdp(CLIENT_CERT.fingerprint))
+def open_call(transceiver: Transceiver, clock: Clock, outbox: dict, client_cert: DtlsCertificate = CLIENT_CERT, source: tuple[str, int] = CLIENT, offer: str | None = None) -> Call:
+    """Open a session for ``offer`` (:func:`offer_sdp` by default) and return the client's side of it."""
+    opened = transceiver.open_session(offer or offer_sdp(CLIENT_CERT.fingerprint))
     answer = sdp.parse_sdp(opened.answer_sdp)
     audio = answer.media[0]
     ufrag, pwd = answer.ice_credentials(audio)  # type: ignore[misc]

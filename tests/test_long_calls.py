@@ -176,6 +176,10 @@ class EveryClientHoldsTheCallTests(unittest.TestCase):
         self.assertEqual(restarts, 3 if chromium is not None else 2)
         ended = metrics.get("voiceedge_transceiver_sessions_ended_total", {})
         self.assertNotIn("reason=consent_expired", ended, ended)
+        # Every client's audio and reports stayed within the budgets checked before decryption.
+        drops = metrics.get("voiceedge_transceiver_drops_total", {})
+        self.assertNotIn("reason=rtp_over_rate", drops, drops)
+        self.assertNotIn("reason=rtcp_over_rate", drops, drops)
         self.assertEqual(remaining, 0)
 
 

@@ -126,3 +126,147 @@ class PacketBudgetTests(SynchronousTestCase):
         budget.allow(10.0)
         budget.allow(10.0)
         self.assertFalse(budget.allow(5.0))
+
+
+class CountingSrtp:
+    """A real :class:`SrtpSession` whose unprotect calls are counted (the cost of decryption)."""
+
+    def __init__(self, inner: SrtpSession) -> None:
+        self.inner = inner
+        self.rtp_calls = 0
+        self.rtcp_calls = 0
+
+    def unprotect_rtp(self, packet: bytes) -> bytes:
+        self.rtp_calls += 1
+        return self.inner.unprotect_rtp(packet)
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes:
+        self.rtcp_calls += 1
+        return self.inner.unprotect_rtcp(packet)
+
+
+class FloodTests(SynchronousTestCase):
+    """A connected session under a flood from the caller's own address: the budget is asked
+    before any decryption, and a real caller's rate and bursts stay within it."""
+
+    def setUp(self) -> None:
+        from tests.test_session import T0, Client, new_session
+
+        self.session = new_session()
+        self.client = Client(self.session)
+        self.now = self.client.connect(T0)
+        receiver = self.session.receiver
+        assert receiver is not None and self.session._srtp is not None
+        self.counting = CountingSrtp(self.session._srtp)
+        receiver.srtp = self.counting  # type: ignore[assignment]
+        self.session._srtp = self.counting  # type: ignore[assignment]
+        self.sequence = 0
+
+    def talk(self, seconds: float, rate: float = 50.0) -> None:
+        """A caller's audio: ``rate`` packets a second for ``seconds``."""
+        for _ in range(round(seconds * rate)):
+            self.sequence += 1
+            self.client.send_rtp(self.sequence, self.now)
+            self.now += 1 / rate
+
+    def forged(self, count: int) -> list[bytes]:
+        """SRTP packets of the caller's SSRC, keyed as the caller's, whose tags do not verify."""
+        assert self.client.dtls.srtp_keys is not None
+        forger = SrtpSession(self.client.dtls.srtp_keys)
+        packets = []
+        for n in range(count):
+            packet = bytearray(forger.protect_rtp(rtp(10_000 + n, 99)))
+            packet[-1] ^= 1
+            packets.append(bytes(packet))
+        return packets
+
+    def test_a_flood_costs_no_decryption_beyond_the_budget(self) -> None:
+        """10,000 forged packets in one second: at most burst + rate decryptions, the rest
+        refused as rtp_over_rate; the caller's audio goes on once the flood stops."""
+        from voiceedge.transceiver.rtp_receiver import RTP_PACKET_BURST, RTP_PACKET_RATE
+
+        flood = self.forged(10_000)
+        start = self.now
+        for n, packet in enumerate(flood):
+            self.session.receive(packet, self.client.source, start + n / 10_000)
+        self.now = start + 1.0
+        drops = self.session.drops
+        self.assertLessEqual(self.counting.rtp_calls, RTP_PACKET_BURST + RTP_PACKET_RATE * 1.0 + 1)
+        self.assertEqual(drops["rtp_over_rate"] + drops["srtp_auth"], 10_000)
+        self.assertEqual(drops["srtp_auth"], self.counting.rtp_calls)
+        self.assertGreater(drops["rtp_over_rate"], 9_500)
+        # Once it stops, the budget refills and the caller is heard again.
+        received = self.session.receiver.stats.packets_received  # type: ignore[union-attr]
+        self.now += 1.0
+        self.talk(1.0)
+        self.assertEqual(self.session.receiver.stats.packets_received - received, 50)  # type: ignore[union-attr]
+
+    def test_real_callers_are_within_the_budget(self) -> None:
+        """50 packets/s (20 ms), 100 packets/s (10 ms ptime), and a 3 s stall's backlog
+        released at once: nothing refused."""
+        self.talk(5.0, rate=50.0)
+        self.talk(5.0, rate=100.0)
+        self.now += 3.0
+        for _ in range(150):  # 3 s of 20 ms packets, all at one instant
+            self.sequence += 1
+            self.client.send_rtp(self.sequence, self.now)
+        self.assertEqual(self.session.drops["rtp_over_rate"], 0, self.session.drops)
+        self.assertEqual(self.counting.rtp_calls, 250 + 500 + 150)
+
+    def test_an_srtcp_flood_has_its_own_smaller_budget(self) -> None:
+        """Forged SRTCP: at most burst + rate decryptions; RTP is not starved by it."""
+        from voiceedge.transceiver.session import RTCP_PACKET_BURST, RTCP_PACKET_RATE
+
+        assert self.client.srtp is not None
+        genuine = self.client.srtp.protect_rtcp(receiver_report(99))
+        forged = bytearray(genuine)
+        forged[-5] ^= 1  # in the tag, before the 4-byte SRTCP index
+        start = self.now
+        for n in range(5_000):
+            self.session.receive(bytes(forged), self.client.source, start + n / 5_000)
+        self.now = start + 1.0
+        self.assertLessEqual(self.counting.rtcp_calls, RTCP_PACKET_BURST + RTCP_PACKET_RATE * 1.0 + 1)
+        self.assertGreater(self.session.drops["rtcp_over_rate"], 4_900)
+        self.talk(1.0)
+        self.assertEqual(self.session.drops["rtp_over_rate"], 0)
+
+    def test_a_real_callers_reports_are_within_the_budget(self) -> None:
+        """A report a second for a minute, and a few at once after a stall: none refused."""
+        assert self.client.srtp is not None
+        for _ in range(60):
+            self.client.send(self.client.srtp.protect_rtcp(receiver_report(99)), self.now)
+            self.now += 1.0
+        for _ in range(5):
+            self.client.send(self.client.srtp.protect_rtcp(receiver_report(99)), self.now)
+        self.assertEqual(self.session.drops["rtcp_over_rate"], 0, self.session.drops)
+        self.assertEqual(self.counting.rtcp_calls, 65)
+
+
+class OfferedSsrcTests(SynchronousTestCase):
+    """The SSRCs an offer names with ``a=ssrc`` reach the call's SRTP: accepted from the first
+    packet, without taking the places of learned ones."""
+
+    def test_the_offers_ssrcs_are_accepted_and_the_rest_bounded(self) -> None:
+        from twisted.internet.task import Clock
+
+        from tests.test_host import CLIENT_CERT, TONE, make_transceiver, offer_sdp, open_call
+
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        transceiver, outbox = make_transceiver(clock)
+        offer = offer_sdp(CLIENT_CERT.fingerprint).replace(
+            "a=rtcp-mux\r\n", "a=rtcp-mux\r\na=ssrc:1111 cname:caller\r\na=ssrc:2222 cname:caller\r\n", 1
+        )
+        call = open_call(transceiver, clock, outbox, offer=offer)
+        call.check()
+        call.handshake()
+        session = transceiver.session(call.session_id)
+        assert session is not None and session.receiver is not None
+        self.assertEqual(session.audio.remote_ssrcs, (1111, 2222))
+        self.assertEqual(session.receiver.srtp.inbound_ssrcs, frozenset({1111, 2222}))
+        others = [3000 + n for n in range(MAX_LEARNED_SSRCS + 1)]
+        for sequence, ssrc in enumerate([1111, 2222, *others], start=1):
+            call.send_rtp(sequence, TONE[0], ssrc=ssrc)
+        self.assertEqual(session.receiver.srtp.inbound_ssrcs, frozenset({1111, 2222, *others[:-1]}))
+        self.assertEqual(transceiver.drops["srtp_ssrc"], 1)
+

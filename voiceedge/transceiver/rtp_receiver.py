@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_rtp_receiver -*-
 """The caller's audio off the wire: SRTP unprotect, checks, statistics, then the audio sink.
 
-One incoming RTP stream: each SRTP packet is authenticated and decrypted,
+One incoming RTP stream: each SRTP packet is first counted against a packet
+budget (a flood costs a comparison, not a decryption), then authenticated and decrypted,
 parsed, checked (payload type, a well-formed Opus packet of at most 60 ms,
 no faster than real time), counted in the RFC 3550 statistics, and handed to
 the *sink* (:class:`voiceedge.transceiver.audio.InboundAudio`: jitter buffer,
@@ -17,12 +18,19 @@ import collections
 from typing import Protocol
 
 from voiceedge.transceiver.rtp_stats import ReceiveStatistics
-from voiceedge.transceiver.srtp import SrtpError, SrtpSession
+from voiceedge.transceiver.srtp import PacketBudget, SrtpError, SrtpSession
 from voiceedge.wire.errors import WireError
 from voiceedge.wire.opus import packet_duration
 from voiceedge.wire.rtp import parse_rtp
 
-__all__ = ["AUDIO_BURST", "MAX_PACKET_DURATION", "AudioSink", "RtpReceiver"]
+__all__ = [
+    "AUDIO_BURST",
+    "MAX_PACKET_DURATION",
+    "RTP_PACKET_BURST",
+    "RTP_PACKET_RATE",
+    "AudioSink",
+    "RtpReceiver",
+]
 
 OPUS_CLOCK_RATE = 48000
 # The caller's audio is decoded no faster than real time, with this much burst
@@ -30,6 +38,15 @@ OPUS_CLOCK_RATE = 48000
 # claim 120 ms cannot make us decode without end.
 AUDIO_BURST = 1.0
 MAX_PACKET_DURATION = 0.06
+# Packets a second that may be decrypted, checked before any cryptography.
+# Real callers send Opus at 50 packets/s (20 ms frames; Chromium, Firefox,
+# Pion, aiortc), 100/s at the rare 10 ms ptime, never more: DTX and FEC
+# send fewer or the same. 200/s leaves twice the fastest of them. The burst
+# is what a stall releases at once (a Wi-Fi queue, a paused sender catching
+# up): 200 packets is 4 s of 20 ms audio. A flood from the caller's address
+# then costs at most 200 decryptions a second, whatever its rate.
+RTP_PACKET_RATE = 200.0
+RTP_PACKET_BURST = 200.0
 
 
 class AudioSink(Protocol):
@@ -64,12 +81,16 @@ class RtpReceiver:
         self.remote_ssrc: int | None = None
         self.first_packet_at: float | None = None
         self.last_packet_at: float | None = None
+        self.budget = PacketBudget(RTP_PACKET_RATE, RTP_PACKET_BURST)
         self._credit = AUDIO_BURST
         self._credit_at = now
 
     def receive(self, data: bytes, now: float) -> bool:
         """Take one SRTP packet; ``True`` if it authenticated (the peer is alive), used or not."""
         drops = self.drops
+        if not self.budget.allow(now):
+            drops["rtp_over_rate"] += 1
+            return False
         try:
             plain = self.srtp.unprotect_rtp(data)
         except SrtpError as e:

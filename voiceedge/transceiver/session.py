@@ -44,7 +44,7 @@ from voiceedge.transceiver.session_events import (
     SetupMilestone,
     UfragRetired,
 )
-from voiceedge.transceiver.srtp import SrtpError, SrtpSession
+from voiceedge.transceiver.srtp import PacketBudget, SrtpError, SrtpSession
 from voiceedge.wire import rtcp
 from voiceedge.wire.errors import WireError
 
@@ -55,6 +55,13 @@ Datagram = tuple[bytes, Address]
 
 OPUS_CLOCK_RATE = 48000
 RTCP_INTERVAL = 5.0  # RFC 3550 §6.2 minimum for a two-party session
+# SRTCP packets a second that may be decrypted, checked before any
+# cryptography. Callers send a report every second or so (RFC 3550 §6.2;
+# aiortc 0.5-1.5 s, Pion 1 s, Chromium a few seconds) and a BYE at the
+# end; the answer negotiates no feedback (no transport-cc, NACK or PLI) that
+# would send more. 10 a second with a burst of 30 covers a stall's backlog.
+RTCP_PACKET_RATE = 10.0
+RTCP_PACKET_BURST = 30.0
 # Agent audio sent this recently still counts as "playing" for barge-in.
 PLAYING_GRACE = 0.1
 # Agent audio that starts this long after its last packet is a new reply, whose
@@ -174,6 +181,7 @@ class Session:
         self._datagrams: list[Datagram] = []
         self._events: list[SessionEvent] = []
         self._srtp: SrtpSession | None = None
+        self._rtcp_budget = PacketBudget(RTCP_PACKET_RATE, RTCP_PACKET_BURST)
         self._dtls_peer: Address | None = None
         self._inbound: InboundAudio | InboundOpus | None = None
         self._outbound: OutboundAudio | OutboundOpus | None = None
@@ -425,6 +433,9 @@ class Session:
         srtp = self._srtp
         if srtp is None or not self.ice.is_valid(source):
             self.drops["rtcp_not_ready"] += 1
+            return
+        if not self._rtcp_budget.allow(now):
+            self.drops["rtcp_over_rate"] += 1
             return
         try:
             packets = rtcp.parse_rtcp(srtp.unprotect_rtcp(data))
