@@ -41,3 +41,27 @@ class HistogramTests(SynchronousTestCase):
         self.assertIn('setup_seconds_bucket{le="0.1",milestone="dtls"} 1.0', text)
         self.assertIn('setup_seconds_bucket{le="+Inf",milestone="dtls"} 1.0', text)
         self.assertIn('setup_seconds_count{milestone="dtls"} 1.0', text)
+
+
+class ReactorMetricsTests(SynchronousTestCase):
+    def test_pending_timers_counted_at_scrape_time(self) -> None:
+        """The gauge follows the clock's delayed calls as they are added, fire and are cancelled."""
+        from twisted.internet.task import Clock
+
+        from voiceedge.metrics import reactor_metrics
+
+        clock = Clock()
+        registry = make_registry(reactor_metrics(clock))
+
+        def scraped() -> str:
+            return generate_latest(registry).decode()
+
+        self.assertIn("voiceedge_reactor_delayed_calls 0.0", scraped())
+        first = clock.callLater(1.0, lambda: None)
+        clock.callLater(2.0, lambda: None)
+        self.assertIn("voiceedge_reactor_delayed_calls 2.0", scraped())
+        clock.advance(1.5)
+        self.assertIn("voiceedge_reactor_delayed_calls 1.0", scraped())
+        self.assertFalse(first.active())
+        clock.advance(1.0)
+        self.assertIn("voiceedge_reactor_delayed_calls 0.0", scraped())

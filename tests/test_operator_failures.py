@@ -59,6 +59,16 @@ class Redis:
             self.process.wait(timeout=5)
 
 
+def delayed_calls(base_url: str) -> float:
+    """The service's pending timers (``voiceedge_reactor_delayed_calls`` on its /metrics)."""
+    return scrape_metrics(base_url)["voiceedge_reactor_delayed_calls"][""]
+
+
+def redis_up(relay_url: str) -> float:
+    """The relay's ``voiceedge_relay_redis_up`` (0 when absent)."""
+    return scrape_metrics(relay_url).get("voiceedge_relay_redis_up", {}).get("", 0.0)
+
+
 def wait_for(predicate: object, timeout: float, what: str) -> None:
     """Poll ``predicate`` every 50 ms until true, or fail naming ``what``."""
     deadline = time.monotonic() + timeout
@@ -91,6 +101,7 @@ class RedisDownTests(TestCase):
             relay_url = split.relay_health.rsplit("/", 1)[0]
             assert relay.popen is not None and transceiver.popen is not None
             fds_before = (open_fds(relay.popen.pid), open_fds(transceiver.popen.pid))
+            timers_before = (delayed_calls(relay_url), delayed_calls(split.base_url))
             marks: dict[str, float] = {}
             seen: dict[str, float] = {}
 
@@ -149,6 +160,55 @@ class RedisDownTests(TestCase):
                 10,
                 f"file descriptors back to {fds_before}",
             )
+            # Timers too: the sessions' and Redis operations' delayed calls are gone.
+            wait_for(
+                lambda: delayed_calls(relay_url) <= timers_before[0]
+                and delayed_calls(split.base_url) <= timers_before[1],
+                10,
+                f"pending timers back to {timers_before}",
+            )
+
+
+class RedisReconnectTests(TestCase):
+    """The relay uses Redis again promptly once it is back, however long it was gone."""
+
+    timeout = 120
+
+    def test_relay_is_back_on_redis_within_two_seconds_of_its_return(self) -> None:
+        """Redis down 12 s, then back: the relay reports it up within 3 s (the reconnection's
+        back-off is capped at 1 s, and the relay probes at every sweep while down). With
+        txredisapi's own 10 s cap the next attempt came up to 10 s after Redis returned."""
+        if shutil.which("redis-server") is None:
+            raise unittest_skip("redis-server is not installed")
+        from tests.support import free_tcp_port, free_udp_port
+        from tests.test_relay_restart import Process, Split
+
+        redis = Redis(free_tcp_port())
+        redis.start()
+        self.addCleanup(redis.kill)
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir(parents=True)
+        split = Split(tmp, free_udp_port(), free_tcp_port(), free_udp_port(), free_tcp_port(), redis.port)
+        relay_ini, _ = split.write()
+        relay = Process(["voiceedge-relay", "--config", str(relay_ini)], split.relay_health, tmp / "relay.log")
+        relay.start()
+        self.addCleanup(relay.stop)
+        relay_url = split.relay_health.rsplit("/", 1)[0]
+        wait_for(lambda: redis_up(relay_url) == 1.0, 10, "the relay to see Redis up")
+        timers_before = delayed_calls(relay_url)
+        killed = time.monotonic()
+        redis.kill()
+        wait_for(lambda: redis_up(relay_url) == 0.0, 10, "the relay to see Redis down")
+        # Long enough for txredisapi's back-off (2.7 s, 7.4 s, then 10 s) to reach its cap.
+        time.sleep(max(0.0, killed + 12.0 - time.monotonic()))
+        redis.start()
+        back = time.monotonic()
+        wait_for(lambda: redis_up(relay_url) == 1.0, 30, "the relay to see Redis up again")
+        after = time.monotonic() - back
+        print(f"\nrelay used Redis again {after:.2f} s after it returned from a 12 s outage")
+        self.assertLess(after, 3.0)
+        # No reconnection or probe timer left over.
+        wait_for(lambda: delayed_calls(relay_url) <= timers_before, 10, f"relay timers back to {timers_before}")
 
 
 def unittest_skip(reason: str) -> Exception:

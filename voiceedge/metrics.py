@@ -14,6 +14,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -99,6 +100,25 @@ class SnapshotCollector(Collector):
                 assert not isinstance(value, Histogram)
                 family.add_metric(label_values, value)
         yield from families.values()
+
+
+def reactor_metrics(clock: IReactorTime) -> Callable[[], Iterator[Sample]]:
+    """Samples of the event loop itself, counted at scrape time: its pending timers.
+
+    ``voiceedge_reactor_delayed_calls`` is ``len(clock.getDelayedCalls())``:
+    a count that grows with calls ended long ago is a leaked timer.
+    """
+
+    def samples() -> Iterator[Sample]:
+        yield (
+            "gauge",
+            "voiceedge_reactor_delayed_calls",
+            "Timers pending in the event loop (reactor.getDelayedCalls())",
+            {},
+            len(clock.getDelayedCalls()),
+        )
+
+    return samples
 
 
 def make_registry(*snapshots: Callable[[], Iterable[Sample]]) -> CollectorRegistry:

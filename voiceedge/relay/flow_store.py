@@ -7,7 +7,8 @@ lookups happen for media from an unknown source, rate-limited by a token
 bucket and short-circuited by a negative cache. Every operation has a
 timeout and the number in flight is capped, so a dead or slow Redis never
 holds the relay up: it only stops new lookups and writes until a probe
-(``PING``) succeeds again. Up/down changes are logged once each.
+(``PING``, at every sweep while down) succeeds again. Up/down changes are
+logged once each.
 
 Key layout (see docs/relay.md)::
 
@@ -223,7 +224,10 @@ class FlowCache:
             del negative[client]
         if self._probing or now < self._next_probe:
             return
-        self._next_probe = now + self.probe_interval
+        # While down, probe at every sweep: a PING without a live connection
+        # fails at once (it costs nothing), and the cache is back within a
+        # sweep of the client's reconnection instead of a probe interval.
+        self._next_probe = now + (self.probe_interval if self.up else 0.0)
         self._probing = True
         d = self._call(self.store.ping)
 

@@ -17,7 +17,7 @@ from twisted.web import http, resource, server
 from voiceedge import config as c
 from voiceedge.reactors import service_reactors
 from voiceedge.redis_connection import RedisClient, describe_redis
-from voiceedge.metrics import MetricsResource, make_registry
+from voiceedge.metrics import MetricsResource, make_registry, reactor_metrics
 from voiceedge.relay.core import Relay
 from voiceedge.relay.flow_store import FlowCache, IFlowStore, RedisFlowStore
 from voiceedge.relay.flows import Address
@@ -102,7 +102,7 @@ class _QuietSite(server.Site):
 def build_site(relay: Relay, worker: int | None = None) -> server.Site:
     """The relay's small HTTP listener: ``/metrics`` and ``/healthz``."""
     root = resource.Resource()
-    root.putChild(b"metrics", MetricsResource(make_registry(relay.metrics)))
+    root.putChild(b"metrics", MetricsResource(make_registry(relay.metrics, reactor_metrics(relay.clock))))
     root.putChild(b"healthz", HealthResource(relay, worker))
     return _QuietSite(root)
 

@@ -19,7 +19,7 @@ from voiceedge.agents.interfaces import IAgentType
 from voiceedge.agents.plugin import agent_type
 from voiceedge.fleet.membership import build_membership
 from voiceedge.media.detection import DetectorUnavailable, make_speech_detector
-from voiceedge.metrics import MetricsResource, Sample, SnapshotCollector, make_registry
+from voiceedge.metrics import MetricsResource, Sample, SnapshotCollector, make_registry, reactor_metrics
 from voiceedge.reactors import service_reactors
 from voiceedge.signaling.resource import build_site
 from voiceedge.signaling.settings import SignalingSettings
@@ -206,7 +206,7 @@ def build_signaling(
     service is open.
     """
     clock, _ = service_reactors(clock)
-    registry = make_registry(transceiver.metrics, *more_metrics)
+    registry = make_registry(transceiver.metrics, reactor_metrics(clock), *more_metrics)
     metrics = MetricsResource(registry)
     site = build_site(
         transceiver,
