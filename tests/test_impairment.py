@@ -246,13 +246,23 @@ class ImpairedCallTests(TestCase):
         base, media_port, _ = self._allinone(shim_port)
         shim = self._shim(media_port, shim_port, "--blackout-seconds", "3")
         marks: dict[str, float] = {}
+        arrivals: list[float] = []
+
+        async def frames(count: int, since: float, timeout: float) -> None:
+            """Wait (boundedly) until ``count`` echoed frames arrived after ``since``."""
+            deadline = time.monotonic() + timeout
+            while sum(t > since for t in arrivals) < count and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
 
         async def blackout() -> None:
-            await asyncio.sleep(3.0)
+            # A loaded machine sets the call up and echoes slowly: wait for audio, not a time.
+            await frames(100, 0.0, 20.0)
             marks["start"] = time.monotonic()
             shim.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(3.0)
+            await frames(150, marks["start"] + 3.0, 20.0)
 
-        arrivals = asyncio.run(monitored_call(base, seconds=10.0, during=blackout()))
+        asyncio.run(monitored_call(base, seconds=1.0, during=blackout(), arrivals=arrivals))
         start = marks["start"]
         before = [t for t in arrivals if t < start]
         after = [t for t in arrivals if t > start + 3.0]

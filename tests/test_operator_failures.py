@@ -169,6 +169,127 @@ class RedisDownTests(TestCase):
             )
 
 
+def redis_keys(port: int) -> dict[str, int]:
+    """Every voiceedge key in the Redis at ``port``, with its TTL in seconds (-1: none)."""
+    cli = shutil.which("redis-cli")
+    assert cli is not None
+
+    def run(*args: str) -> list[str]:
+        out = subprocess.run([cli, "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+        return [line for line in out.stdout.splitlines() if line]
+
+    return {key: int(run("TTL", key)[0]) for key in run("--scan", "--pattern", "voiceedge:*")}
+
+
+def first_state(result: dict[str, object], what: str, state: str) -> float | None:
+    """When (ms from the client's start) pionpeer saw ``what`` (ice, pc, ...) enter ``state``."""
+    for change in result.get("states") or []:  # type: ignore[union-attr]
+        if change.get("what") == what and change.get("state") == state:
+            return float(change["at_ms"])
+    return None
+
+
+class TransceiverRestartTests(TestCase):
+    """kill -9 of a transceiver carrying calls, and a new one started in its place."""
+
+    timeout = 240
+    CALLS = 6
+    NEW_CALLS = 3
+
+    def test_transceiver_killed_under_load_and_restarted(self) -> None:
+        """Its calls end as the clients see them (timed from the kill); calls made at once to the
+        new transceiver succeed; afterwards nothing is left: relay flows expire, every Redis key
+        has a TTL, file descriptors and timers are back at their baselines."""
+        if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+            raise unittest_skip("redis-server is not installed")
+        from tests import pion_peer
+        from tests.support import free_tcp_port
+        from tests.test_relay_restart import deployment
+
+        pion_peer.build()
+        redis = Redis(free_tcp_port())
+        redis.start()
+        self.addCleanup(redis.kill)
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir(parents=True)
+        idle = 10.0  # the relay's flow_idle_timeout, its shortest: flows of dead calls end this long after the last packet
+        with deployment(tmp, redis, f"flow_idle_timeout = {idle:g}\n") as (split, relay, transceiver):  # type: ignore[arg-type]
+            assert relay.popen is not None
+            relay_url = split.relay_health.rsplit("/", 1)[0]
+            health = split.base_url + "/healthz"
+            url = split.base_url + "/v1/realtime/calls"
+            relay_fds, relay_timers = open_fds(relay.popen.pid), delayed_calls(relay_url)
+
+            spawned = time.monotonic()
+            calls = [pion_peer.spawn_call(url, seconds=90, log_dir=tmp) for _ in range(self.CALLS)]
+            self.addCleanup(lambda: [c.stop() for c in calls])
+
+            def audio_flowing() -> bool:
+                counts = scrape_metrics(split.base_url).get("voiceedge_transceiver_setup_seconds_count", {})
+                return counts.get("milestone=first_rtp_in", 0) >= self.CALLS
+
+            wait_for(audio_flowing, 30, f"{self.CALLS} calls with audio")
+            time.sleep(1.0)  # a second of audio both ways before the kill
+            assert transceiver.popen is not None
+            killed = time.monotonic()
+            transceiver.kill9()
+            back = transceiver.start()
+            assert transceiver.popen is not None
+            new_fds, new_timers = open_fds(transceiver.popen.pid), delayed_calls(split.base_url)
+
+            # New calls, as soon as the new transceiver answers its health check.
+            fresh_started = time.monotonic()
+            fresh = [pion_peer.spawn_call(url, seconds=3, log_dir=tmp) for _ in range(self.NEW_CALLS)]
+            fresh_results = [c.wait() for c in fresh]
+            old_results = [c.wait() for c in calls]
+
+            ends, disconnects = [], []
+            for result in old_results:
+                ended = result["ended"]
+                self.assertTrue(ended["early"], result)
+                self.assertIn(ended["reason"], ("ice_failed", "peerconnection_failed", "dtls_closed"), ended)
+                ends.append(spawned + ended["at_ms"] / 1000 - killed)
+                disconnected = first_state(result, "ice", "disconnected")
+                if disconnected is not None:
+                    disconnects.append(spawned + disconnected / 1000 - killed)
+            print(
+                f"\ntransceiver killed under {self.CALLS} calls, healthy again {back - killed:.1f} s later; "
+                f"the clients saw ICE disconnected after {min(disconnects, default=-1):.1f}-"
+                f"{max(disconnects, default=-1):.1f} s and their calls fail after {min(ends):.1f}-{max(ends):.1f} s "
+                f"({sorted({r['ended']['reason'] for r in old_results})}); "
+                f"new calls: first audio {[r['first_inbound_rtp_ms'] for r in fresh_results]} ms after their start "
+                f"({fresh_started - back:.2f} s after the restart)"
+            )
+            # Pion gives up on a silent peer after its disconnected (5 s) and failed (25 s) timeouts.
+            self.assertEqual(len(disconnects), self.CALLS)
+            self.assertLess(max(ends), 40.0)
+            for result in fresh_results:
+                self.assertTrue(result["ok"], result.get("error"))
+                self.assertEqual(result["ended"]["reason"], "duration", result["ended"])
+                self.assertEqual(result["delete_status"], 204)
+
+            # Nothing left behind. The dead calls' flows end once their clients stop sending.
+            def no_flows() -> bool:
+                return sum(scrape_metrics(relay_url)["voiceedge_relay_flows"].values()) == 0
+
+            wait_for(no_flows, idle + 10, "the relay's flows to expire")
+            flows_gone = time.monotonic() - killed
+            self.assertEqual(health_sessions(health), 0)
+            keys = redis_keys(redis.port)
+            print(f"relay flows all gone {flows_gone:.1f} s after the kill; Redis keys left, with TTLs: "
+                  f"{sorted(keys.values())}")
+            # Only flow entries, each expiring by itself within the relay's TTL (60 s here).
+            self.assertTrue(all(key.startswith("voiceedge:relay:flow:") for key in keys), keys)
+            self.assertTrue(all(0 < ttl <= 60 for ttl in keys.values()), keys)
+            wait_for(lambda: open_fds(relay.popen.pid) <= relay_fds, 10,  # type: ignore[union-attr]
+                     f"relay file descriptors back to {relay_fds}")
+            wait_for(lambda: open_fds(transceiver.popen.pid) <= new_fds, 10,  # type: ignore[union-attr]
+                     f"transceiver file descriptors back to {new_fds}")
+            wait_for(lambda: delayed_calls(relay_url) <= relay_timers, 10, f"relay timers back to {relay_timers}")
+            wait_for(lambda: delayed_calls(split.base_url) <= new_timers, 10,
+                     f"transceiver timers back to {new_timers}")
+
+
 class RedisReconnectTests(TestCase):
     """The relay uses Redis again promptly once it is back, however long it was gone."""
 

@@ -39,6 +39,7 @@ class Split:
     transceiver_udp: int
     signaling_http: int
     redis_port: int | None
+    relay_options: str = ""  # more [relay] lines, e.g. "flow_idle_timeout = 10\n"
 
     @property
     def base_url(self) -> str:
@@ -61,7 +62,7 @@ class Split:
         relay = self.tmp / "relay.ini"
         relay.write_text(
             f"[relay]\npublic_listen = 127.0.0.1:{self.relay_udp}\ninternal_listen = 127.0.0.1:0\n"
-            f"transceiver_networks = 127.0.0.0/8\n[token]\nkeys = {key}\n[redis]\n{redis}"
+            f"transceiver_networks = 127.0.0.0/8\n{self.relay_options}[token]\nkeys = {key}\n[redis]\n{redis}"
             f"[http]\nlisten = tcp:{self.relay_http}:interface=127.0.0.1\n"
             # One relay process: this kills and restarts it whole (tests/test_workers.py kills a worker).
             "[process]\nworkers = 1\n"
@@ -122,11 +123,13 @@ class Process:
 
 
 @contextmanager
-def deployment(tmp_path: Path, redis: RedisServer | None) -> Iterator[tuple[Split, Process, Process]]:
+def deployment(
+    tmp_path: Path, redis: RedisServer | None, relay_options: str = ""
+) -> Iterator[tuple[Split, Process, Process]]:
     """Relay and transceiver running as two processes; stopped afterwards."""
     split = Split(
         tmp_path, free_udp_port(), free_tcp_port(), free_udp_port(), free_tcp_port(),
-        redis.port if redis else None,
+        redis.port if redis else None, relay_options,
     )
     relay_ini, transceiver_ini = split.write()
     relay = Process(["voiceedge-relay", "--config", str(relay_ini)], split.relay_health, tmp_path / "relay.log")
