@@ -9,10 +9,16 @@ catches hangs and ``-rss_limit_mb`` unbounded memory. ``-print_final_stats=1`` m
 Without atheris (``--engine=random`` or when it does not import), a plain mutation loop over
 the corpus runs instead, with the same contract and the same final line, so the test suite
 still checks every target.
+
+``python -m tests.fuzz_runner --batch NAME,NAME,... --work=DIR [args]`` runs several targets
+one after the other from one process: voiceedge is instrumented and imported once, then each
+target fuzzes in a child forked from it (its own libFuzzer, output in ``DIR/logs/NAME.log``),
+so the suite pays the instrumentation once, not once per target (:func:`run_targets`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pkgutil
 import random
@@ -101,6 +107,59 @@ def run_target(
         sum(1 for _ in corpus.iterdir()), sorted(set(crashes.glob(f"{name}-*")) - before), returncode,
         output.decode("utf-8", "replace")[-6000:],
     )
+
+
+def run_targets(
+    names: list[str],
+    seconds: float,
+    work: Path,
+    engine: str | None = None,
+    per_input_timeout: int = 10,
+    rss_limit_mb: int = 2048,
+) -> dict[str, FuzzRun]:
+    """Fuzz each of ``names`` for ``seconds``, one after the other, from one child process.
+
+    The same contract and report as :func:`run_target` for each, with one
+    instrumentation and import of voiceedge for all of them (each target
+    then runs in a process forked from that one).
+    """
+    engine = engine or engine_available()
+    logs, crashes = work / "logs", work / "crashes"
+    for directory in (logs, crashes, *(work / "corpus" / name for name in names)):
+        directory.mkdir(parents=True, exist_ok=True)
+    before = {name: set(crashes.glob(f"{name}-*")) for name in names}
+    command = [
+        sys.executable, "-m", "tests.fuzz_runner", "--batch", ",".join(names), f"--work={work}",
+        f"--engine={engine}", f"-max_total_time={max(1, round(seconds))}", "-print_final_stats=1",
+        f"-timeout={per_input_timeout}", f"-rss_limit_mb={rss_limit_mb}", "-close_fd_mask=0",
+    ]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    started = time.monotonic()
+    returncodes: dict[str, int] = {}
+    try:
+        done = subprocess.run(
+            command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+            timeout=len(names) * (seconds + per_input_timeout + 30) + 60,
+        )
+        output = done.stdout + done.stderr
+        for line in done.stdout.splitlines():
+            if line.startswith(b"{"):
+                returncodes = json.loads(line)["returncodes"]
+    except subprocess.TimeoutExpired as e:
+        output = (e.stdout or b"") + (e.stderr or b"")
+    elapsed = (time.monotonic() - started) / max(len(names), 1)
+    runs = {}
+    for name in names:
+        log = logs / f"{name}.log"
+        text = log.read_bytes() if log.exists() else output
+        found = _EXECUTED.findall(text)
+        runs[name] = FuzzRun(
+            name, engine, elapsed, int(found[-1]) if found else 0,
+            sum(1 for _ in (work / "corpus" / name).iterdir()),
+            sorted(set(crashes.glob(f"{name}-*")) - before[name]), returncodes.get(name, -9),
+            text.decode("utf-8", "replace")[-6000:],
+        )
+    return runs
 
 
 def _import_voiceedge() -> None:
@@ -210,24 +269,12 @@ def _one(run: object, data: bytes, prefix: str) -> int:
     return 1
 
 
-def main() -> int:
-    """Parse ``NAME [--engine=atheris|random] [libFuzzer args] DIR...`` and fuzz."""
-    name, *args = sys.argv[1:]
-    engine = "atheris"
-    for arg in list(args):
-        if arg.startswith("--engine="):
-            engine = arg.partition("=")[2]
-            args.remove(arg)
-    if engine == "atheris":
-        try:
-            import atheris
-        except ImportError:
-            engine = "random"
+def _fuzz(name: str, engine: str, args: list[str]) -> int:
+    """Fuzz one target in this (already instrumented) process; libFuzzer exits it when done."""
     if engine == "random":
-        _import_voiceedge()
         return _random_engine(name, args)
-    with atheris.instrument_imports(include=["voiceedge"]):
-        _import_voiceedge()
+    import atheris
+
     from tests.fuzz_targets import TARGETS
 
     options = dict(a[1:].split("=", 1) for a in args if a.startswith("-") and "=" in a)
@@ -235,6 +282,82 @@ def main() -> int:
     atheris.Setup([sys.argv[0], *args], run)
     atheris.Fuzz()
     return 0
+
+
+def _batch(names: list[str], engine: str, args: list[str], work: Path) -> int:
+    """Each target in a child forked from this process, one at a time; prints their exit codes."""
+    options = dict(a[1:].split("=", 1) for a in args if a.startswith("-") and "=" in a)
+    bound = float(options.get("max_total_time", "10")) + float(options.get("timeout", "10")) + 30
+    returncodes: dict[str, int] = {}
+    for name in names:
+        target_args = [
+            *args, f"-artifact_prefix={work}/crashes/{name}-", str(work / "corpus" / name), str(SEED_CORPUS / name),
+        ]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: its own output file, its own libFuzzer
+            fd = os.open(work / "logs" / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            code = 70
+            try:
+                code = _fuzz(name, engine, target_args)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:  # noqa: BLE001 - reported in the log, as a failed run
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        deadline = time.monotonic() + bound
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                returncodes[name] = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                returncodes[name] = -9
+                break
+            time.sleep(0.05)
+    print(json.dumps({"returncodes": returncodes}), flush=True)
+    return 0
+
+
+def main() -> int:
+    """Parse ``NAME|--batch NAMES --work=DIR [--engine=atheris|random] [libFuzzer args] DIR...`` and fuzz."""
+    argv = sys.argv[1:]
+    names: list[str] = []
+    work: Path | None = None
+    if argv[0] == "--batch":
+        names, argv = argv[1].split(","), argv[2:]
+    else:
+        names, argv = [argv[0]], argv[1:]
+    engine = "atheris"
+    args = []
+    for arg in argv:
+        if arg.startswith("--engine="):
+            engine = arg.partition("=")[2]
+        elif arg.startswith("--work="):
+            work = Path(arg.partition("=")[2])
+        else:
+            args.append(arg)
+    if engine == "atheris":
+        try:
+            import atheris
+        except ImportError:
+            engine = "random"
+    if engine == "atheris":
+        with atheris.instrument_imports(include=["voiceedge"]):
+            _import_voiceedge()
+    else:
+        _import_voiceedge()
+    if work is not None:
+        return _batch(names, engine, args, work)
+    return _fuzz(names[0], engine, args)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.fuzz_runner import SEED_CORPUS, run_target
+from tests.fuzz_runner import SEED_CORPUS, FuzzRun, run_targets
 from tests.fuzz_targets import TARGETS
 
 # Seconds per target in the test suite; bench/fuzz.py runs as long as asked.
@@ -32,11 +32,19 @@ class CorpusReplayTests(SynchronousTestCase):
                     self.fail(f"{name} {path.name}: {type(e).__name__}: {e}")
 
 
+# Every target's run, made by the first test that needs one: one process instruments and
+# imports voiceedge once for all the targets (each fuzzes in a child forked from it), instead
+# of one process and one instrumentation per target.
+_runs: dict[str, FuzzRun] = {}
+
+
 class FuzzTargetTests(TestCase):
     """Each target under atheris (or the mutation loop) for a few seconds: no crash, hang or blow-up."""
 
     def _fuzz(self, name: str) -> None:
-        run = run_target(name, FUZZ_SECONDS, Path(self.mktemp()).resolve())
+        if not _runs:
+            _runs.update(run_targets(list(TARGETS), FUZZ_SECONDS, Path(self.mktemp()).resolve()))
+        run = _runs[name]
         self.assertTrue(run.ok, f"{name}: exit {run.returncode}, crashes {run.crashes}\n{run.output}")
 
 
