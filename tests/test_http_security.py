@@ -78,6 +78,11 @@ def mint(site: SignalingSite, key: str | None, body: dict[str, Any] | None = Non
     return call(site, "POST", "/v1/realtime/client_secrets", data, Content_Type="application/json", **headers)
 
 
+def mint_from(site: SignalingSite, key: str, client: str, proxy: str) -> Response:
+    """POST /v1/realtime/client_secrets for ``client`` through the proxy at ``proxy``."""
+    return call(site, "POST", "/v1/realtime/client_secrets", b"", peer=proxy, X_Forwarded_For=client, **auth(key))
+
+
 class WhoMayCallTests(SynchronousTestCase):
     """Finding 1: calls need an API key or a client secret; without one, 401 and nothing allocated."""
 
@@ -300,6 +305,31 @@ class LimitsPerCallerTests(SynchronousTestCase):
         self.assertEqual(post_offer(site, KEY, peer="2001:db8::1").status, 201)
         self.assertEqual(post_offer(site, KEY, peer="2001:db8::2").status, 429)
 
+    def test_rate_per_address_behind_a_trusted_proxy(self) -> None:
+        """Behind a load balancer each client has its own bucket (X-Forwarded-For); the balancer has none of its own."""
+        site = make_site(
+            self.host, self.clock, calls_per_minute_per_address=6, call_burst_per_address=1,
+            trusted_proxies=c.networks("10.0.0.0/8"),
+        )
+        via_lb = {"peer": "10.1.2.3"}
+        self.assertEqual(post_offer(site, KEY, X_Forwarded_For="198.51.100.1", **via_lb).status, 201)
+        self.assertEqual(post_offer(site, KEY, X_Forwarded_For="198.51.100.2", **via_lb).status, 201)
+        self.assertEqual(post_offer(site, KEY, X_Forwarded_For="198.51.100.1", **via_lb).status, 429)
+        # The same caller straight to the front door shares its bucket.
+        self.assertEqual(post_offer(site, KEY, peer="198.51.100.1").status, 429)
+        # Minting a client secret counts against the caller, not the balancer.
+        self.assertEqual(mint_from(site, KEY, "198.51.100.2", "10.1.2.3").status, 429)
+        self.assertEqual(mint_from(site, KEY, "198.51.100.3", "10.1.2.3").status, 200)
+
+    def test_forwarded_for_from_an_untrusted_peer_is_ignored(self) -> None:
+        """A client that writes X-Forwarded-For itself is still limited by its own address."""
+        site = make_site(
+            self.host, self.clock, calls_per_minute_per_address=6, call_burst_per_address=1,
+            trusted_proxies=c.networks("10.0.0.0/8"),
+        )
+        self.assertEqual(post_offer(site, KEY, peer="192.0.2.7", X_Forwarded_For="198.51.100.1").status, 201)
+        self.assertEqual(post_offer(site, KEY, peer="192.0.2.7", X_Forwarded_For="198.51.100.2").status, 429)
+
     def test_rate_per_key(self) -> None:
         """One key's burst is shared by all addresses; client secrets count against their issuer."""
         site = make_site(self.host, self.clock, calls_per_minute_per_key=60, call_burst_per_key=2)
@@ -450,6 +480,19 @@ class ConnectionsPerAddressTests(SynchronousTestCase):
         Connection(site)
         self.assertEqual(site.refusals["connections_per_address"], 1)
         self.assertEqual(site.connections.total(), 3)
+
+    def test_trusted_proxies_are_not_capped(self) -> None:
+        """A load balancer carries many clients: its connections are counted but not capped; others still are."""
+        site = make_site(FakeHost(), Clock(), max_connections_per_address=1, trusted_proxies=c.networks("10.0.0.0/8"))
+        balancer = [Connection(site, "10.1.2.3") for _ in range(5)]
+        Connection(site, "192.0.2.9")
+        self.assertIsNone(site.buildProtocol(IPv4Address("TCP", "192.0.2.9", 40001)))
+        self.assertEqual(site.refusals["connections_per_address"], 1)
+        open_now = [value for _, name, _, _, value in site.metrics() if name == "voiceedge_signaling_connections"]
+        self.assertEqual(open_now, [6])
+        for conn in balancer:
+            conn.drop()
+        self.assertEqual(site.proxy_connections, 0)
 
     def test_ipv6_counts_per_64(self) -> None:
         """Two addresses of one /64 share the cap."""

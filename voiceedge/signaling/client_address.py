@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Collection, Sequence
 
-__all__ = ["IPAddress", "client_address"]
+__all__ = ["IPAddress", "Network", "client_address", "is_trusted"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -23,7 +23,7 @@ def client_address(peer: str, forwarded_for: Sequence[bytes], trusted: Collectio
     ``peer`` itself is not an IP address (a UNIX socket).
     """
     try:
-        current: IPAddress = ipaddress.ip_address(peer)
+        current: IPAddress = _unmapped(ipaddress.ip_address(peer))
     except ValueError:
         return None
     chain: list[str] = []
@@ -40,6 +40,15 @@ def client_address(peer: str, forwarded_for: Sequence[bytes], trusted: Collectio
 
 def _trusted(address: IPAddress, trusted: Collection[Network]) -> bool:
     return any(address.version == net.version and address in net for net in trusted)
+
+
+def is_trusted(peer: str, trusted: Collection[Network]) -> bool:
+    """Whether ``peer`` (an IP address as text) is one of the ``trusted`` proxies."""
+    try:
+        address = _unmapped(ipaddress.ip_address(peer.partition("%")[0]))
+    except ValueError:
+        return False
+    return _trusted(address, trusted)
 
 
 def _unmapped(address: IPAddress) -> IPAddress:

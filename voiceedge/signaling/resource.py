@@ -33,7 +33,7 @@ from voiceedge.signaling.auth import (
     Unauthorized,
 )
 from voiceedge.signaling.cors import CorsPolicy
-from voiceedge.signaling.client_address import client_address
+from voiceedge.signaling.client_address import Network, client_address
 from voiceedge.signaling.interfaces import (
     SDPFRAG_TYPE,
     ISessionHost,
@@ -130,6 +130,7 @@ class Gate:
         limits: CallLimits,
         clock: IReactorTime,
         refusals: collections.Counter[str] | None = None,
+        trusted_proxies: Sequence[Network] = (),
     ) -> None:
         self.checker = checker
         self.cors = cors
@@ -138,6 +139,19 @@ class Gate:
         self.address_rate = TokenBuckets(clock, limits.per_address)
         self.key_rate = TokenBuckets(clock, limits.per_key)
         self.refusals: collections.Counter[str] = collections.Counter() if refusals is None else refusals
+        self.trusted_proxies = tuple(trusted_proxies)
+
+    def client(self, request: server.Request) -> str:
+        """The caller's address: the TCP peer, or further left in ``X-Forwarded-For`` behind trusted proxies.
+
+        What the per-address rate limit counts and what places a call in a
+        region. A peer that is not an IP address (a UNIX socket) is its own name.
+        """
+        peer = str(getattr(request.getClientAddress(), "host", ""))
+        address = client_address(
+            peer, request.requestHeaders.getRawHeaders(b"x-forwarded-for") or [], self.trusted_proxies
+        )
+        return peer if address is None else str(address)
 
     def caller(self, request: server.Request, purpose: Purpose) -> Caller:
         """The authenticated caller, or a ``401`` refusal with ``WWW-Authenticate``."""
@@ -148,9 +162,12 @@ class Gate:
             raise HttpRefusal(http.UNAUTHORIZED, e.reason, {b"WWW-Authenticate": e.challenge()}) from None
 
     def limit_address(self, request: server.Request) -> None:
-        """Take a token from the client address's bucket, or refuse with ``429``."""
-        peer = request.getClientAddress()
-        wait = self.address_rate.take(address_key(str(getattr(peer, "host", peer))))
+        """Take a token from the client address's bucket, or refuse with ``429``.
+
+        The client address is the one :meth:`client` finds: behind a load
+        balancer listed in ``trusted_proxies``, the caller's, not the balancer's.
+        """
+        wait = self.address_rate.take(address_key(self.client(request)))
         if wait:
             self.refusals["rate_per_address"] += 1
             raise _too_many("too many calls from this address", wait)
@@ -274,14 +291,12 @@ class CallsResource(_Endpoint):
         gate: Gate,
         location_prefix: str,
         max_body_bytes: int,
-        trusted_proxies: Sequence[Any] = (),
     ) -> None:
         super().__init__(gate.cors)
         self.host = host
         self.gate = gate
         self.max_body_bytes = max_body_bytes
         self.location_prefix = location_prefix.rstrip("/")
-        self.trusted_proxies = tuple(trusted_proxies)
 
     def getChild(self, path: bytes, request: server.Request) -> Resource:
         """``<prefix>/`` is this collection; ``<prefix>/<id>`` is one session."""
@@ -305,16 +320,11 @@ class CallsResource(_Endpoint):
         finished = request.notifyFinish()
         gone: list[Failure] = []
         finished.addErrback(gone.append)
-        client = client_address(
-            str(getattr(request.getClientAddress(), "host", "")),
-            request.requestHeaders.getRawHeaders(b"x-forwarded-for") or [],
-            self.trusted_proxies,
-        )
         d: defer.Deferred[OpenedSession] = defer.maybeDeferred(
             cast(Callable[..., OpenedSession], self.host.open_session),
             offer,
             caller.settings,
-            client=None if client is None else str(client),
+            client=self.gate.client(request) or None,
         )
         d.addCallbacks(
             self._answered,
@@ -740,20 +750,20 @@ def build_site(
     call_limits = settings.call_limits
     cors = CorsPolicy(settings.cors_origins)
     root = _Root(cors)
-    site = SignalingSite(root, limits=http_limits, reactor=reactor)
+    proxies = settings.trusted_proxies
+    site = SignalingSite(root, limits=http_limits, reactor=reactor, trusted_proxies=proxies)
     ledger = SessionLedger(call_limits.max_calls_per_key)
     host.add_end_listener(ledger.ended)
-    gate = Gate(checker, cors, ledger, call_limits, reactor, site.refusals)
+    gate = Gate(checker, cors, ledger, call_limits, reactor, site.refusals, proxies)
     site.gate = gate
     cap = http_limits.max_body_bytes
     v1 = _Root(cors)
     realtime = _Root(cors)
     root.putChild(b"v1", v1)
     v1.putChild(b"realtime", realtime)
-    proxies = settings.trusted_proxies
-    realtime.putChild(b"calls", CallsResource(host, gate, "/v1/realtime/calls", cap, proxies))
+    realtime.putChild(b"calls", CallsResource(host, gate, "/v1/realtime/calls", cap))
     realtime.putChild(b"client_secrets", ClientSecretsResource(gate, settings.client_secret_max_ttl))
-    v1.putChild(b"whip", CallsResource(host, gate, "/v1/whip", cap, proxies))
+    v1.putChild(b"whip", CallsResource(host, gate, "/v1/whip", cap))
     root.putChild(b"healthz", HealthResource(host, cors))
     if settings.demo_page:
         for name, asset in _demo_assets(cors).items():

@@ -16,7 +16,7 @@ import collections
 import io
 import re
 from dataclasses import dataclass
-from typing import IO, Any, Iterator, cast
+from typing import IO, Any, Iterator, Sequence, cast
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
@@ -26,6 +26,7 @@ from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from voiceedge.metrics import Sample
+from voiceedge.signaling.client_address import Network, is_trusted
 from voiceedge.signaling.limits import CountedCap, address_key
 from voiceedge.transceiver.credentials import loggable_id
 
@@ -116,6 +117,7 @@ class SignalingChannel(http.HTTPChannel):
     site: SignalingSite
     _deadline: IDelayedCall | None = None
     _address_key: str | None = None
+    _from_proxy = False
     _bytes_this_request = 0
 
     def connectionMade(self) -> None:
@@ -156,6 +158,9 @@ class SignalingChannel(http.HTTPChannel):
         if self._address_key is not None:
             self.site.connections.release(self._address_key)
             self._address_key = None
+        if self._from_proxy:
+            self.site.proxy_connections -= 1
+            self._from_proxy = False
         super().connectionLost(reason)
 
     def _arm(self) -> None:
@@ -218,7 +223,14 @@ def _access_log_line(timestamp: str, request: Any) -> str:
 
 
 class SignalingSite(server.Site):
-    """A :class:`~twisted.web.server.Site` built of :class:`SignalingChannel` connections."""
+    """A :class:`~twisted.web.server.Site` built of :class:`SignalingChannel` connections.
+
+    The cap on connections per address counts TCP peers, which is all a
+    listener sees when a connection opens. A peer in ``trusted_proxies`` (a
+    load balancer, a reverse proxy) carries many clients' requests, so its
+    connections are not capped; the proxy is where each client's connections
+    can be counted.
+    """
 
     protocol = SignalingChannel  # type: ignore[assignment]
     requestFactory = SignalingRequest
@@ -230,6 +242,7 @@ class SignalingSite(server.Site):
         *,
         limits: HttpLimits = HttpLimits(),
         reactor: IReactorTime | None = None,
+        trusted_proxies: Sequence[Network] = (),
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -248,12 +261,22 @@ class SignalingSite(server.Site):
         self.limits = limits
         self.max_body_bytes = limits.max_body_bytes
         self.connections = CountedCap(limits.max_connections_per_address)
+        self.trusted_proxies = tuple(trusted_proxies)
+        #: Connections open from trusted proxies (not capped per address).
+        self.proxy_connections = 0
         self.refusals: collections.Counter[str] = collections.Counter()
         self.gate: Any = None  # the resource layer's Gate, set by build_site
 
     def buildProtocol(self, addr: IAddress) -> SignalingChannel | None:  # type: ignore[override]
         """A channel for ``addr``, or ``None`` (the connection is closed) past its address's cap."""
-        key = address_key(str(getattr(addr, "host", addr)))
+        host = str(getattr(addr, "host", addr))
+        if self.trusted_proxies and is_trusted(host, self.trusted_proxies):
+            proxied = cast(SignalingChannel | None, super().buildProtocol(addr))
+            if proxied is not None:
+                proxied._from_proxy = True
+                self.proxy_connections += 1
+            return proxied
+        key = address_key(host)
         if not self.connections.acquire(key):
             self.refusals["connections_per_address"] += 1
             return None
@@ -279,7 +302,7 @@ class SignalingSite(server.Site):
             "voiceedge_signaling_connections",
             "HTTP connections open.",
             {},
-            self.connections.total(),
+            self.connections.total() + self.proxy_connections,
         )
         checker_metrics = getattr(getattr(self.gate, "checker", None), "metrics", None)
         if checker_metrics is not None:
