@@ -1,16 +1,20 @@
-"""Signaling tests' shared parts: a fake ISessionHost, raw HTTP/1.1 over an in-memory transport."""
+"""Signaling tests' shared parts: a fake ISessionHost, stores that answer later, raw HTTP/1.1 over an in-memory transport."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
-from twisted.internet import address, defer
+from twisted.internet import address, defer, task
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web import server
 from zope.interface import implementer
 
+from voiceedge.signaling.auth import Caller, ClientSecrets, IClientSecretStore, IssuedSecret, SecretRecord
 from voiceedge.signaling.interfaces import ISessionHost, OpenedSession, PatchedSession, SessionRefused
+from voiceedge.signaling.ownership import ISessionLedger, Reservation, SessionLedger
 
 OFFER = (
     "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -186,3 +190,81 @@ def chunked(body: bytes, size: int) -> bytes:
         piece = body[i : i + size]
         out += b"%x\r\n%s\r\n" % (len(piece), piece)
     return out + b"0\r\n\r\n"
+
+
+@implementer(ISessionLedger)
+class LaterLedger:
+    """A :class:`SessionLedger` that answers ``delay`` seconds later on a Clock, as a shared store does.
+
+    ``down = True`` fails every answer (a store that cannot be reached);
+    ``failing`` names the methods that fail while the rest answer.
+    """
+
+    def __init__(self, clock: Clock, max_calls_per_key: int = 0, delay: float = 0.01) -> None:
+        self.clock = clock
+        self.delay = delay
+        self.inner = SessionLedger(max_calls_per_key)
+        self.down = False
+        self.failing: set[str] = set()
+
+    def _later(self, name: str, answer: Callable[[], Any]) -> "defer.Deferred[Any]":
+        if self.down or name in self.failing:
+            return task.deferLater(self.clock, self.delay, _fail, ConnectionError("the store is down"))
+        return task.deferLater(self.clock, self.delay, answer)
+
+    def reserve(self, caller: Caller) -> "defer.Deferred[Reservation | None]":
+        return self._later("reserve", lambda: self.inner.reserve(caller))
+
+    def cancel(self, reservation: Reservation) -> "defer.Deferred[None]":
+        return self._later("cancel", lambda: self.inner.cancel(reservation))
+
+    def opened(self, session_id: str, reservation: Reservation) -> "defer.Deferred[None]":
+        return self._later("opened", lambda: self.inner.opened(session_id, reservation))
+
+    def ended(self, session_id: str) -> "defer.Deferred[None]":
+        return self._later("ended", lambda: self.inner.ended(session_id))
+
+    def may_manage(self, session_id: str, caller: Caller) -> "defer.Deferred[bool]":
+        return self._later("may_manage", lambda: self.inner.may_manage(session_id, caller))
+
+
+@implementer(IClientSecretStore)
+class LaterSecrets:
+    """:class:`ClientSecrets` answering ``delay`` seconds later on a Clock; ``down = True`` fails them all."""
+
+    def __init__(self, clock: Clock, delay: float = 0.01) -> None:
+        self.clock = clock
+        self.delay = delay
+        self.inner = ClientSecrets(clock, default_ttl=60, max_ttl=600)
+        self.default_ttl = self.inner.default_ttl
+        self.max_ttl = self.inner.max_ttl
+        self.down = False
+
+    @property
+    def issued(self) -> int:
+        return self.inner.issued
+
+    @property
+    def spent(self) -> int:
+        return self.inner.spent
+
+    def _later(self, answer: Callable[[], Any]) -> "defer.Deferred[Any]":
+        if self.down:
+            return task.deferLater(self.clock, self.delay, _fail, ConnectionError("the store is down"))
+        return task.deferLater(self.clock, self.delay, answer)
+
+    def issue(self, issuer: Caller, ttl: float | None, settings: Any) -> "defer.Deferred[IssuedSecret]":
+        return self._later(lambda: self.inner.issue(issuer, ttl, settings))
+
+    def spend(self, value: str) -> "defer.Deferred[SecretRecord | None]":
+        return self._later(lambda: self.inner.spend(value))
+
+    def put_back(self, record: SecretRecord) -> "defer.Deferred[None]":
+        return self._later(lambda: self.inner.put_back(record))
+
+    def unspent(self) -> int:
+        return self.inner.unspent()
+
+
+def _fail(error: Exception) -> Any:
+    raise error

@@ -15,12 +15,15 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from zope.interface.verify import verifyObject
 
-from tests.http_support import OFFER, Connection, FakeHost, Response, request_bytes
+from tests.http_support import OFFER, Connection, FakeHost, LaterLedger, LaterSecrets, Response, request_bytes
 from voiceedge import config as c
 from voiceedge.signaling import keys
-from voiceedge.signaling.auth import ClientSecrets, Credentials
+from voiceedge.signaling.auth import ClientSecrets, Credentials, IClientSecretStore
 from voiceedge.signaling.cors import CorsPolicy, parse_origin
+from voiceedge.signaling.interfaces import SessionRefused
+from voiceedge.signaling.ownership import ISessionLedger, SessionLedger
 from voiceedge.signaling.resource import build_site
 from voiceedge.signaling.settings import SignalingSettings, listens_on_loopback
 from voiceedge.signaling.site import SignalingSite, redact_uri
@@ -37,16 +40,23 @@ class _Text(Resource):
         return b"metrics here\n"
 
 
-def make_site(host: FakeHost, clock: Clock, *, open_service: bool = False, **settings: Any) -> SignalingSite:
-    """The signaling site with keys ``web`` and ``other`` (or none), on ``clock``; no limits unless given."""
+def make_site(
+    host: FakeHost, clock: Clock, *, open_service: bool = False, secrets: Any = None, ledger: Any = None,
+    **settings: Any,
+) -> SignalingSite:
+    """The signaling site with keys ``web`` and ``other`` (or none), on ``clock``; no limits unless given.
+
+    ``secrets`` and ``ledger`` replace the in-memory stores (with ones that answer later).
+    """
     api_keys = None if open_service else keys.parse_keys(
         keys.hash_line("web", KEY) + "\n" + keys.hash_line("other", OTHER)
     )
-    checker = Credentials(api_keys, ClientSecrets(clock, default_ttl=60, max_ttl=600))
+    checker = Credentials(api_keys, secrets or ClientSecrets(clock, default_ttl=60, max_ttl=600))
     return build_site(
         host,
         SignalingSettings(**{**NO_LIMITS, **settings}),
         checker=checker,
+        ledger=ledger,
         reactor=clock,
         admin={b"metrics": _Text()},
     )
@@ -378,6 +388,106 @@ class LimitsPerCallerTests(SynchronousTestCase):
         self.host.waiting[0].callback(None)
         self.host.asynchronous = False
         self.assertEqual(post_offer(site, KEY).status, 201)
+
+
+class SharedStoresTests(SynchronousTestCase):
+    """The same rules when the ledger and the client secrets answer later (a store front doors share)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.host = FakeHost()
+        self.ledger = LaterLedger(self.clock, max_calls_per_key=1)
+        self.secrets = LaterSecrets(self.clock)
+        self.site = make_site(self.host, self.clock, secrets=self.secrets, ledger=self.ledger)
+
+    def send(self, method: str, path: str, body: bytes = b"", **headers: str) -> Connection:
+        """Send one request on a fresh connection; the answer comes once the clock moves."""
+        conn = Connection(self.site)
+        conn.send(request_bytes(method, path, body, {k.replace("_", "-"): v for k, v in headers.items()}))
+        return conn
+
+    def answer(self, conn: Connection) -> Response:
+        """Nothing is answered before the stores are; then the response."""
+        self.assertEqual(conn.transport.value(), b"")
+        self.settle()
+        return conn.response()
+
+    def settle(self) -> None:
+        """Let every store answer (each waits its delay after the one before)."""
+        self.clock.pump([0.01] * 100)
+
+    def offer(self, key: str) -> Connection:
+        return self.send("POST", "/v1/realtime/calls", OFFER.encode(), Content_Type="application/sdp", **auth(key))
+
+    def test_stores_provide_the_interfaces(self) -> None:
+        """The in-memory stores and these fakes are the same interfaces."""
+        verifyObject(ISessionLedger, SessionLedger(1))
+        verifyObject(ISessionLedger, self.ledger)
+        verifyObject(IClientSecretStore, ClientSecrets(self.clock))
+        verifyObject(IClientSecretStore, self.secrets)
+
+    def test_the_owner_manages_and_the_cap_holds_until_the_end(self) -> None:
+        """201 once the owner is recorded; others get 404; the key's second call 429 until its first ends."""
+        opened = self.answer(self.offer(KEY))
+        self.assertEqual(opened.status, 201)
+        location = opened.header("location")
+        assert location is not None
+        self.assertEqual(self.answer(self.send("GET", location, **auth(KEY))).status, 200)
+        self.assertEqual(self.answer(self.send("GET", location, **auth(OTHER))).status, 404)
+        refused = self.answer(self.offer(KEY))
+        self.assertEqual((refused.status, refused.header("retry-after")), (429, "5"))
+        self.assertEqual(self.answer(self.offer(OTHER)).status, 201)
+        self.host.end("s1")  # the call ends on its own: the ledger hears it, later
+        self.settle()
+        self.assertEqual(self.answer(self.offer(KEY)).status, 201)
+        self.assertEqual(self.answer(self.send("DELETE", location, **auth(KEY))).status, 404)
+
+    def test_client_secret_spent_once_and_given_back_when_refused(self) -> None:
+        """A secret minted through the store opens one call; a refused offer does not use it up."""
+        minted = self.answer(self.send("POST", "/v1/realtime/client_secrets", b"", **auth(KEY)))
+        self.assertEqual(minted.status, 200)
+        value = json.loads(minted.body)["value"]
+        self.host.refusal = SessionRefused(406, "no Opus")
+        self.assertEqual(self.answer(self.offer(value)).status, 406)
+        self.host.refusal = None
+        self.settle()  # the refund lands
+        opened = self.answer(self.offer(value))
+        self.assertEqual(opened.status, 201)
+        self.assertEqual(self.answer(self.offer(value)).status, 401)
+        location = opened.header("location")
+        assert location is not None
+        self.assertEqual(self.answer(self.send("DELETE", location, **auth(value))).status, 204)
+
+    def test_a_store_that_fails_is_503_and_nothing_is_allocated(self) -> None:
+        """Neither a call nor a secret nor a session's owner can be checked: 503 with Retry-After."""
+        self.ledger.down = True
+        refused = self.answer(self.offer(KEY))
+        self.assertEqual((refused.status, refused.header("retry-after")), (503, "2"))
+        self.assertEqual(self.host.offers, [])
+        self.assertEqual(self.answer(self.send("GET", "/v1/realtime/calls/s1", **auth(KEY))).status, 503)
+        self.secrets.down = True
+        self.assertEqual(self.answer(self.send("POST", "/v1/realtime/client_secrets", b"", **auth(KEY))).status, 503)
+        self.assertEqual(self.site.refusals["store_unavailable"], 3)
+        self.flushLoggedErrors(ConnectionError)
+
+    def test_an_owner_that_cannot_be_recorded_ends_the_call(self) -> None:
+        """The host opened it, the ledger could not record it: the call is closed, its place freed, 503."""
+        self.ledger.failing.add("opened")
+        refused = self.answer(self.offer(KEY))
+        self.assertEqual(refused.status, 503)
+        self.assertEqual(self.host.closed, [("s1", "its owner could not be recorded")])
+        self.ledger.failing.clear()
+        self.settle()
+        self.assertEqual(self.answer(self.offer(KEY)).status, 201)
+
+    def test_a_client_that_leaves_while_checked_allocates_nothing(self) -> None:
+        """The credential was being checked when the client went: no offer reaches the host, no place is held."""
+        conn = self.offer(KEY)
+        conn.drop()
+        self.settle()
+        self.assertEqual(self.host.offers, [])
+        self.assertEqual(self.answer(self.offer(KEY)).status, 201)
 
 
 class RequestDeadlineTests(SynchronousTestCase):

@@ -9,8 +9,11 @@ spent. The credential that opened a call (and the API key that issued the
 client secret it used) may later read, restart or end that call.
 
 Signaling asks an :class:`ICredentialChecker` for a :class:`Caller`, so a
-front door and a transceiver can share one (or a front door can bring its
-own, backed by a fleet store).
+front door and a transceiver can share one. Unspent client secrets live in
+an :class:`IClientSecretStore`: :class:`ClientSecrets` in this process's
+memory (a transceiver, the all-in-one), or a store every front door shares
+(:class:`voiceedge.fleet.shared_secrets.RedisClientSecrets`), whose answers
+come later, as Deferreds.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import hashlib
 import heapq
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, TypeVar, Union
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import Attribute, Interface, implementer
 
@@ -35,15 +39,21 @@ __all__ = [
     "ClientSecrets",
     "CredentialKind",
     "Credentials",
+    "IClientSecretStore",
     "ICredentialChecker",
     "IssuedSecret",
     "Purpose",
+    "SecretRecord",
     "TooManySecrets",
     "Unauthorized",
     "bearer_token",
 ]
 
 CLIENT_SECRET_PREFIX = "ek_"
+
+T = TypeVar("T")
+#: A value now, or a Deferred of it from a store in another process.
+Maybe = Union[T, "defer.Deferred[T]"]
 
 
 class CredentialKind(enum.Enum):
@@ -87,7 +97,7 @@ class Caller:
     identities: frozenset[str] = frozenset()
     settings: Mapping[str, Any] | None = field(default=None, compare=False)
     # The unspent secret this caller redeemed, to put back if no call opens.
-    _secret: _SecretRecord | None = field(default=None, compare=False, repr=False)
+    _secret: SecretRecord | None = field(default=None, compare=False, repr=False)
 
 
 ANONYMOUS = Caller(
@@ -121,24 +131,53 @@ class TooManySecrets(Exception):
 
 
 class ICredentialChecker(Interface):
-    """Turns an ``Authorization`` header into a :class:`Caller`, or refuses it."""
+    """Turns an ``Authorization`` header into a :class:`Caller`, or refuses it.
+
+    Every method may answer with a Deferred (a client secret kept in
+    another process); signaling waits for it.
+    """
 
     open = Attribute("True when no credential is needed (auth = none, or loopback without keys).")
 
-    def caller_for(authorization: bytes | None, purpose: Purpose) -> Caller:
-        """The caller behind ``authorization`` for ``purpose``; raise :class:`Unauthorized`.
+    def caller_for(authorization: bytes | None, purpose: Purpose) -> Maybe[Caller]:
+        """The caller behind ``authorization`` for ``purpose``; raise (or fail with) :class:`Unauthorized`.
 
         For :attr:`Purpose.NEW_CALL` a client secret is spent; hand the caller
         to :meth:`refund` if no call comes of it.
         """
 
-    def refund(caller: Caller) -> None:
+    def refund(caller: Caller) -> Maybe[None]:
         """Give back a client secret spent on a call that did not open (bad offer, full)."""
 
     def issue_secret(
         issuer: Caller, ttl: float | None, settings: Mapping[str, Any] | None
-    ) -> IssuedSecret:
-        """A new client secret for ``issuer``; raise :class:`TooManySecrets` when full."""
+    ) -> Maybe[IssuedSecret]:
+        """A new client secret for ``issuer``; raise (or fail with) :class:`TooManySecrets` when full."""
+
+
+class IClientSecretStore(Interface):
+    """Unspent client secrets, by digest: each spent at most once, gone when it expires.
+
+    Methods answer at once (:class:`ClientSecrets`, in memory) or with a
+    Deferred (a store front doors share). Only digests of secrets are kept.
+    """
+
+    default_ttl = Attribute("Seconds a secret lives when the request does not say.")
+    max_ttl = Attribute("The longest lifetime a request may ask for.")
+    issued = Attribute("Secrets issued by this process.")
+    spent = Attribute("Secrets this process took out of the store to open a call.")
+
+    def issue(issuer: Caller, ttl: float | None, settings: Mapping[str, Any] | None) -> Maybe[IssuedSecret]:
+        """A new secret for ``issuer``; :class:`TooManySecrets` when the store is full."""
+
+    def spend(value: str) -> Maybe[SecretRecord | None]:
+        """Take the unexpired secret ``value`` out of the store, atomically; ``None`` if there is none."""
+
+    def put_back(record: SecretRecord) -> Maybe[None]:
+        """Return a spent secret whose call never opened (it keeps its expiry)."""
+
+    def unspent() -> int:
+        """Unexpired secrets in the store, as last known (for a gauge)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,22 +189,33 @@ class IssuedSecret:
     settings: Mapping[str, Any] | None
 
 
-@dataclass(slots=True)
-class _SecretRecord:
+@dataclass(frozen=True, slots=True)
+class SecretRecord:
+    """What a store keeps of an unspent client secret: its digest, never the secret."""
+
+    #: SHA-256 of the secret.
     digest: bytes
-    issuer: Caller
+    #: The principal of the API key that issued it (``key:<name>``, or ``anonymous``).
+    issuer: str
+    #: The API key answerable for the calls it opens, if any.
+    key_name: str | None
     expires_at: float
     settings: Mapping[str, Any] | None
 
 
-def _digest(value: str) -> bytes:
+def secret_digest(value: str) -> bytes:
+    """The SHA-256 digest a client secret is stored and looked up by."""
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+_digest = secret_digest
 
 
 def _secret_principal(digest: bytes) -> str:
     return "ek:" + digest[:16].hex()
 
 
+@implementer(IClientSecretStore)
 class ClientSecrets:
     """Unspent client secrets in memory, by digest, each until it expires or is spent.
 
@@ -188,7 +238,7 @@ class ClientSecrets:
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
         self.max_secrets = max_secrets
-        self._by_digest: dict[bytes, _SecretRecord] = {}
+        self._by_digest: dict[bytes, SecretRecord] = {}
         self._expiry: list[tuple[float, bytes]] = []
         self.issued = 0
         self.spent = 0
@@ -202,12 +252,12 @@ class ClientSecrets:
         expires_at = self.clock.seconds() + lifetime
         value = CLIENT_SECRET_PREFIX + secrets.token_urlsafe(32)
         digest = _digest(value)
-        self._by_digest[digest] = _SecretRecord(digest, issuer, expires_at, settings)
+        self._by_digest[digest] = SecretRecord(digest, issuer.principal, issuer.key_name, expires_at, settings)
         heapq.heappush(self._expiry, (expires_at, digest))
         self.issued += 1
         return IssuedSecret(value, expires_at, settings)
 
-    def spend(self, value: str) -> _SecretRecord | None:
+    def spend(self, value: str) -> SecretRecord | None:
         """Take an unexpired secret out of the store; ``None`` if there is none."""
         record = self._by_digest.pop(_digest(value), None)
         if record is None:
@@ -217,7 +267,7 @@ class ClientSecrets:
         self.spent += 1
         return record
 
-    def put_back(self, record: _SecretRecord) -> None:
+    def put_back(self, record: SecretRecord) -> None:
         """Return a spent secret whose call never opened (it keeps its expiry)."""
         if record.expires_at > self.clock.seconds() and record.digest not in self._by_digest:
             self._by_digest[record.digest] = record
@@ -236,9 +286,13 @@ class ClientSecrets:
             self._expiry = [(r.expires_at, d) for d, r in self._by_digest.items()]
             heapq.heapify(self._expiry)
 
-    def __len__(self) -> int:
+    def unspent(self) -> int:
+        """Unexpired secrets held now."""
         self._sweep()
         return len(self._by_digest)
+
+    def __len__(self) -> int:
+        return self.unspent()
 
 
 def bearer_token(authorization: bytes | None) -> str | None:
@@ -259,19 +313,21 @@ def bearer_token(authorization: bytes | None) -> str | None:
 
 @implementer(ICredentialChecker)
 class Credentials:
-    """The checker of one service: API keys from a keys file, client secrets in memory.
+    """The checker of one service: API keys from a keys file, client secrets in a store.
 
     With ``api_keys`` of ``None`` the service is open (``auth = none``, or
     the loopback default): every request is :data:`ANONYMOUS`, except that a
     valid client secret still carries its settings to the call it opens.
+    Answers are at once, but for spending a client secret in a store that
+    answers later.
     """
 
-    def __init__(self, api_keys: ApiKeys | None, client_secrets: ClientSecrets) -> None:
+    def __init__(self, api_keys: ApiKeys | None, client_secrets: IClientSecretStore) -> None:
         self.api_keys = api_keys
         self.client_secrets = client_secrets
         self.open = api_keys is None
 
-    def caller_for(self, authorization: bytes | None, purpose: Purpose) -> Caller:
+    def caller_for(self, authorization: bytes | None, purpose: Purpose) -> Maybe[Caller]:
         """See :meth:`ICredentialChecker.caller_for`."""
         token = bearer_token(authorization)
         if token is not None and token.startswith(CLIENT_SECRET_PREFIX):
@@ -288,7 +344,7 @@ class Credentials:
         principal = "key:" + name
         return Caller(principal, CredentialKind.API_KEY, name, frozenset({principal}), frozenset({principal}))
 
-    def _client_secret_caller(self, token: str, purpose: Purpose) -> Caller:
+    def _client_secret_caller(self, token: str, purpose: Purpose) -> Maybe[Caller]:
         digest = _digest(token)
         principal = _secret_principal(digest)
         identities = frozenset({principal, ANONYMOUS.principal} if self.open else {principal})
@@ -300,17 +356,21 @@ class Credentials:
             if self.open:
                 return ANONYMOUS
             raise Unauthorized("a client secret cannot do this; use an API key", error="insufficient_scope")
-        record = self.client_secrets.spend(token)
+        spent = self.client_secrets.spend(token)
+        if isinstance(spent, defer.Deferred):
+            return spent.addCallback(self._spender, principal, identities)
+        return self._spender(spent, principal, identities)
+
+    def _spender(self, record: SecretRecord | None, principal: str, identities: frozenset[str]) -> Caller:
         if record is None:
             if self.open:
                 return ANONYMOUS
             raise Unauthorized("the client secret is not valid, expired, or already used")
-        issuer = record.issuer
         return Caller(
             principal,
             CredentialKind.CLIENT_SECRET,
-            issuer.key_name,
-            frozenset({principal, issuer.principal}),
+            record.key_name,
+            frozenset({principal, record.issuer}),
             identities,
             record.settings,
             record,
@@ -321,15 +381,17 @@ class Credentials:
         secrets_ = self.client_secrets
         yield ("counter", "voiceedge_client_secrets_issued", "Client secrets issued.", {}, secrets_.issued)
         yield ("counter", "voiceedge_client_secrets_spent", "Client secrets that opened a call.", {}, secrets_.spent)
-        yield ("gauge", "voiceedge_client_secrets_unspent", "Client secrets issued, not yet used or expired.", {}, len(secrets_))
+        yield ("gauge", "voiceedge_client_secrets_unspent", "Client secrets issued, not yet used or expired.", {},
+               secrets_.unspent())
 
-    def refund(self, caller: Caller) -> None:
+    def refund(self, caller: Caller) -> Maybe[None]:
         """See :meth:`ICredentialChecker.refund`."""
         if caller._secret is not None:
-            self.client_secrets.put_back(caller._secret)
+            return self.client_secrets.put_back(caller._secret)
+        return None
 
     def issue_secret(
         self, issuer: Caller, ttl: float | None, settings: Mapping[str, Any] | None
-    ) -> IssuedSecret:
+    ) -> Maybe[IssuedSecret]:
         """See :meth:`ICredentialChecker.issue_secret`."""
         return self.client_secrets.issue(issuer, ttl, settings)

@@ -1,51 +1,96 @@
 # -*- test-case-name: tests.test_http_security -*-
-"""Who opened each session: the callers that may manage it, and the calls each API key holds."""
+"""Who opened each session: the callers that may manage it, and the calls each API key holds.
+
+:class:`ISessionLedger` is what signaling asks; :class:`SessionLedger`
+keeps it in this process's memory (a transceiver, the all-in-one). Front
+doors share one in Redis (:class:`voiceedge.fleet.shared_ledger.RedisSessionLedger`),
+so any of them may manage a call another opened.
+"""
 
 from __future__ import annotations
 
-from voiceedge.signaling.auth import Caller
+from dataclasses import dataclass
+
+from zope.interface import Interface, implementer
+
+from voiceedge.signaling.auth import Caller, Maybe
 from voiceedge.signaling.limits import CountedCap
 
-__all__ = ["SessionLedger"]
+__all__ = ["ISessionLedger", "Reservation", "SessionLedger"]
 
 
-class SessionLedger:
-    """Session id -> its managers, and a cap on concurrent calls per API key.
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A place held under a key's cap for a call being opened by ``caller``.
+
+    ``token`` names the place in a shared ledger (empty in memory).
+    """
+
+    caller: Caller
+    token: str = ""
+
+
+class ISessionLedger(Interface):
+    """Session id -> the principals that may manage it; live calls per API key, capped.
 
     A POST first :meth:`reserve`\\ s a place under its key's cap (so parallel
     POSTs cannot overshoot it while the host answers), then either
     :meth:`opened` turns the place into a session, or :meth:`cancel` gives it
-    back. :meth:`ended` must hear of every session's end, however it ends
-    (the host's end listener): that is what frees the key's place.
+    back. :meth:`ended` must hear of every session's end, however it ends:
+    that is what frees the key's place. It is idempotent: a session may be
+    reported ended more than once (a DELETE, then the host's end listener).
+
+    Each method answers at once, or with a Deferred (a ledger in Redis).
     """
+
+    def reserve(caller: Caller) -> Maybe[Reservation | None]:
+        """Hold a place for one more call of ``caller``'s key; ``None`` at the cap."""
+
+    def cancel(reservation: Reservation) -> Maybe[None]:
+        """Give back a reservation that did not become a session."""
+
+    def opened(session_id: str, reservation: Reservation) -> Maybe[None]:
+        """The reservation became session ``session_id``."""
+
+    def ended(session_id: str) -> Maybe[None]:
+        """Session ``session_id`` is gone; free its key's place (nothing if it was not recorded)."""
+
+    def may_manage(session_id: str, caller: Caller) -> Maybe[bool]:
+        """Whether ``caller`` opened ``session_id`` (or issued the secret that did)."""
+
+
+@implementer(ISessionLedger)
+class SessionLedger:
+    """:class:`ISessionLedger` in this process's memory; every answer at once."""
 
     def __init__(self, max_calls_per_key: int) -> None:
         self.calls_per_key = CountedCap(max_calls_per_key)
         self._sessions: dict[str, tuple[frozenset[str], str | None]] = {}
 
-    def reserve(self, caller: Caller) -> bool:
-        """Hold a place for one more call of ``caller``'s key; ``False`` at the cap."""
+    def reserve(self, caller: Caller) -> Reservation | None:
+        """See :meth:`ISessionLedger.reserve`."""
         if caller.key_name is None:
-            return True
-        return self.calls_per_key.acquire(caller.key_name)
+            return Reservation(caller)
+        return Reservation(caller) if self.calls_per_key.acquire(caller.key_name) else None
 
-    def cancel(self, caller: Caller) -> None:
-        """Give back a reservation that did not become a session."""
-        if caller.key_name is not None:
-            self.calls_per_key.release(caller.key_name)
+    def cancel(self, reservation: Reservation) -> None:
+        """See :meth:`ISessionLedger.cancel`."""
+        if reservation.caller.key_name is not None:
+            self.calls_per_key.release(reservation.caller.key_name)
 
-    def opened(self, session_id: str, caller: Caller) -> None:
-        """The reservation became session ``session_id``."""
+    def opened(self, session_id: str, reservation: Reservation) -> None:
+        """See :meth:`ISessionLedger.opened`."""
+        caller = reservation.caller
         self._sessions[session_id] = (caller.managers, caller.key_name)
 
     def ended(self, session_id: str) -> None:
-        """Session ``session_id`` is gone; free its key's place."""
+        """See :meth:`ISessionLedger.ended`."""
         entry = self._sessions.pop(session_id, None)
         if entry is not None and entry[1] is not None:
             self.calls_per_key.release(entry[1])
 
     def may_manage(self, session_id: str, caller: Caller) -> bool:
-        """Whether ``caller`` opened ``session_id`` (or issued the secret that did)."""
+        """See :meth:`ISessionLedger.may_manage`."""
         entry = self._sessions.get(session_id)
         return entry is not None and not entry[0].isdisjoint(caller.identities)
 

@@ -13,7 +13,7 @@ import collections
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence, cast
+from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar, cast
 from urllib.parse import quote
 
 from twisted.internet import defer
@@ -25,9 +25,8 @@ from twisted.web.resource import IResource, Resource
 
 from voiceedge.signaling.auth import (
     Caller,
-    ClientSecrets,
-    Credentials,
     ICredentialChecker,
+    Maybe,
     Purpose,
     TooManySecrets,
     Unauthorized,
@@ -42,13 +41,15 @@ from voiceedge.signaling.interfaces import (
     SessionRefused,
 )
 from voiceedge.signaling.limits import CallLimits, TokenBuckets, address_key
-from voiceedge.signaling.ownership import SessionLedger
+from voiceedge.signaling.ownership import ISessionLedger, Reservation, SessionLedger
 from voiceedge.signaling.settings import SignalingSettings
 from voiceedge.signaling.site import SignalingRequest, SignalingSite
 
 __all__ = ["build_site", "Gate", "HttpRefusal", "SignalingSite", "SignalingRequest", "STATIC_DIR"]
 
 log = Logger()
+
+T = TypeVar("T")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -119,14 +120,22 @@ class Gate:
     """What every API request passes before it acts: credentials, rates, caps, ownership.
 
     One gate serves one site; a fleet front door builds its own around its
-    own :class:`ICredentialChecker` and :class:`SessionLedger`.
+    own :class:`ICredentialChecker` and :class:`ISessionLedger`. The checker
+    and the ledger may answer later (a store in Redis): the methods that ask
+    them are coroutines, which finish at once when the answers are there at
+    once. A store that fails is answered ``503`` with ``Retry-After``.
     """
+
+    #: Retry-After of the 503 when a shared store cannot answer.
+    retry_after_store = 2
+    #: Seconds between two warnings about a failing store.
+    warn_interval = 10.0
 
     def __init__(
         self,
         checker: ICredentialChecker,
         cors: CorsPolicy,
-        ledger: SessionLedger,
+        ledger: ISessionLedger,
         limits: CallLimits,
         clock: IReactorTime,
         refusals: collections.Counter[str] | None = None,
@@ -136,10 +145,13 @@ class Gate:
         self.cors = cors
         self.ledger = ledger
         self.limits = limits
+        self.clock = clock
         self.address_rate = TokenBuckets(clock, limits.per_address)
         self.key_rate = TokenBuckets(clock, limits.per_key)
         self.refusals: collections.Counter[str] = collections.Counter() if refusals is None else refusals
         self.trusted_proxies = tuple(trusted_proxies)
+        self.store_errors = 0
+        self._warned_at = float("-inf")
 
     def client(self, request: server.Request) -> str:
         """The caller's address: the TCP peer, or further left in ``X-Forwarded-For`` behind trusted proxies.
@@ -153,10 +165,39 @@ class Gate:
         )
         return peer if address is None else str(address)
 
-    def caller(self, request: server.Request, purpose: Purpose) -> Caller:
-        """The authenticated caller, or a ``401`` refusal with ``WWW-Authenticate``."""
+    async def _asked(self, what: str, call: Callable[[], Maybe[T]]) -> T:
+        """``call()``'s answer, now or once its Deferred fires; a store failure becomes a ``503`` refusal."""
         try:
-            return self.checker.caller_for(request.getHeader(b"authorization"), purpose)
+            return await _settled(call())
+        except (HttpRefusal, Unauthorized):
+            raise
+        except Exception:
+            self._store_failed(what, Failure())
+            raise HttpRefusal(
+                http.SERVICE_UNAVAILABLE,
+                "cannot check this request now; try again shortly",
+                {b"Retry-After": str(self.retry_after_store).encode("ascii")},
+            ) from None
+
+    def _store_failed(self, what: str, failure: Failure) -> None:
+        self.store_errors += 1
+        self.refusals["store_unavailable"] += 1
+        now = self.clock.seconds()
+        if now - self._warned_at >= self.warn_interval:
+            self._warned_at = now
+            log.warn("signaling: {what} failed ({why}); answering 503 ({n} so far)", what=what,
+                     why=failure.getErrorMessage() or failure.type.__name__, n=self.store_errors)
+
+    def background(self, what: str, result: Maybe[object]) -> None:
+        """Let ``result`` finish on its own; a failure is logged (as a store failure), not raised."""
+        if isinstance(result, defer.Deferred):
+            result.addErrback(lambda f: self._store_failed(what, f))
+
+    async def caller(self, request: server.Request, purpose: Purpose) -> Caller:
+        """The authenticated caller, or a ``401`` refusal with ``WWW-Authenticate``."""
+        authorization = request.getHeader(b"authorization")
+        try:
+            return await self._asked("checking a credential", lambda: self.checker.caller_for(authorization, purpose))
         except Unauthorized as e:
             self.refusals["unauthorized"] += 1
             raise HttpRefusal(http.UNAUTHORIZED, e.reason, {b"WWW-Authenticate": e.challenge()}) from None
@@ -172,43 +213,59 @@ class Gate:
             self.refusals["rate_per_address"] += 1
             raise _too_many("too many calls from this address", wait)
 
-    def admit_call(self, request: server.Request) -> Caller:
+    async def admit_call(self, request: server.Request) -> Reservation:
         """Check everything a new call needs before its offer is read; hold its key's place.
 
-        The caller returned holds a place under its key's cap (and may have
-        spent a client secret): :meth:`call_opened` or :meth:`call_failed`
-        must follow.
+        The reservation returned holds a place under its key's cap (and its
+        caller may have spent a client secret): :meth:`call_opened` or
+        :meth:`call_failed` must follow.
         """
         self.limit_address(request)
-        caller = self.caller(request, Purpose.NEW_CALL)
+        caller = await self.caller(request, Purpose.NEW_CALL)
         if caller.key_name is not None:
             wait = self.key_rate.take(caller.key_name)
             if wait:
                 self.refusals["rate_per_key"] += 1
-                self.checker.refund(caller)
+                self.background("giving back a client secret", self.checker.refund(caller))
                 raise _too_many("too many calls for this key", wait)
-        if not self.ledger.reserve(caller):
+        try:
+            reservation = await self._asked("holding a call's place", lambda: self.ledger.reserve(caller))
+        except HttpRefusal:
+            self.background("giving back a client secret", self.checker.refund(caller))
+            raise
+        if reservation is None:
             self.refusals["calls_per_key"] += 1
-            self.checker.refund(caller)
+            self.background("giving back a client secret", self.checker.refund(caller))
             raise _too_many("this key has as many calls open as it may", self.limits.retry_after_at_cap)
-        return caller
+        return reservation
 
-    def call_opened(self, session_id: str, caller: Caller) -> None:
-        """The admitted caller's call is open as ``session_id``."""
-        self.ledger.opened(session_id, caller)
+    async def call_opened(self, session_id: str, reservation: Reservation) -> None:
+        """The admitted call is open as ``session_id``; a ``503`` refusal when that cannot be recorded."""
+        await self._asked("recording a call's owner", lambda: self.ledger.opened(session_id, reservation))
 
-    def call_failed(self, caller: Caller) -> None:
-        """The admitted caller's call did not open: free its place, give back its secret."""
-        self.ledger.cancel(caller)
-        self.checker.refund(caller)
+    def call_failed(self, reservation: Reservation) -> None:
+        """The admitted call did not open: free its place, give back its secret."""
+        self.background("freeing a call's place", self.ledger.cancel(reservation))
+        self.background("giving back a client secret", self.checker.refund(reservation.caller))
 
-    def session_caller(self, request: server.Request, session_id: str) -> Caller:
+    def session_ended(self, session_id: str) -> None:
+        """A session ended, however it ended: forget its owner, free its key's place (an end listener)."""
+        self.background("forgetting a call's owner", self.ledger.ended(session_id))
+
+    async def session_caller(self, request: server.Request, session_id: str) -> Caller:
         """The caller, if it may manage ``session_id``; ``401`` without a credential, else ``404``."""
-        caller = self.caller(request, Purpose.SESSION)
-        if not self.ledger.may_manage(session_id, caller):
+        caller = await self.caller(request, Purpose.SESSION)
+        if not await self._asked("looking up a call's owner", lambda: self.ledger.may_manage(session_id, caller)):
             self.refusals["not_owner"] += 1
             raise HttpRefusal(http.NOT_FOUND, "no such session")
         return caller
+
+
+async def _settled(value: Maybe[T]) -> T:
+    """``value``, or what it fires with when it is a Deferred."""
+    if isinstance(value, defer.Deferred):
+        return cast(T, await value)
+    return value
 
 
 def _too_many(reason: str, wait: float) -> HttpRefusal:
@@ -245,19 +302,53 @@ class _Endpoint(Resource):
         if method not in self.methods:
             request.setHeader(b"Allow", self._allow())
             return self._error(request, http.NOT_ALLOWED, "method not allowed")
-        handler: Callable[[server.Request], bytes | int] = getattr(
+        handler: Callable[[server.Request], Maybe[bytes | int]] = getattr(
             self, "render_" + method.decode("ascii")
         )
-        try:
-            self.check(request)
-            return handler(request)
-        except HttpRefusal as refusal:
+        return self._deliver(request, defer.ensureDeferred(self._checked(request, handler)))
+
+    async def _checked(
+        self, request: server.Request, handler: Callable[[server.Request], Maybe[bytes | int]]
+    ) -> bytes | int:
+        await _settled(self.check(request))
+        return await _settled(handler(request))
+
+    def _deliver(self, request: server.Request, outcome: defer.Deferred[bytes | int]) -> bytes | int:
+        """What to return from ``render``: the body when ``outcome`` has fired, else ``NOT_DONE_YET``.
+
+        A check or handler that waited for a store answers later; its body (or
+        refusal) is written then, unless the client has gone. A handler that
+        returns ``NOT_DONE_YET`` writes its own response.
+        """
+        now: list[bytes | int] = []
+        rendering = True
+
+        def settle(result: bytes | int | Failure) -> None:
+            body = self._body(request, result)
+            if rendering:
+                now.append(body)
+            elif body is not server.NOT_DONE_YET and not (request.finished or request._disconnected):
+                request.write(cast(bytes, body))
+                request.finish()
+
+        outcome.addBoth(settle)
+        rendering = False
+        return now[0] if now else server.NOT_DONE_YET
+
+    def _body(self, request: server.Request, result: bytes | int | Failure) -> bytes | int:
+        if not isinstance(result, Failure):
+            return result
+        if result.check(HttpRefusal):
+            refusal = cast(HttpRefusal, result.value)
             for name, value in refusal.headers.items():
                 request.setHeader(name, value)
             return self._error(request, refusal.status, refusal.reason)
+        log.failure("answering {method} failed", result, method=request.method)
+        return self._error(request, http.INTERNAL_SERVER_ERROR, "internal error")
 
-    def check(self, request: server.Request) -> None:
-        """Raise :class:`HttpRefusal` before any method runs (a subclass's access rule)."""
+    def check(self, request: server.Request) -> Maybe[object]:
+        """Raise (or fail with) :class:`HttpRefusal` before any method runs (a subclass's access rule)."""
+        return None
 
     def _options(self, request: server.Request) -> bytes:
         """Answer a CORS preflight (or a plain OPTIONS) with what is allowed; no credential needed."""
@@ -308,13 +399,20 @@ class CallsResource(_Endpoint):
             return _NotFound(self.cors)
         return SessionResource(self.host, self.gate, session_id, self.max_body_bytes)
 
-    def render_POST(self, request: server.Request) -> bytes | int:
+    def render_POST(self, request: server.Request) -> defer.Deferred[int]:
         """Admit the caller, validate the offer, ask the host for an answer, answer 201 with it."""
-        caller = self.gate.admit_call(request)
+        return defer.ensureDeferred(self._post(request))
+
+    async def _post(self, request: server.Request) -> int:
+        reservation = await self.gate.admit_call(request)
+        if request._disconnected:
+            # It left while its credential was checked (its body is gone too): open nothing.
+            self.gate.call_failed(reservation)
+            return server.NOT_DONE_YET
         try:
             offer = self._offer(request)
         except HttpRefusal:
-            self.gate.call_failed(caller)
+            self.gate.call_failed(reservation)
             raise
 
         finished = request.notifyFinish()
@@ -323,16 +421,16 @@ class CallsResource(_Endpoint):
         d: defer.Deferred[OpenedSession] = defer.maybeDeferred(
             cast(Callable[..., OpenedSession], self.host.open_session),
             offer,
-            caller.settings,
+            reservation.caller.settings,
             client=self.gate.client(request) or None,
         )
         d.addCallbacks(
             self._answered,
             self._refused,
-            callbackArgs=(request, gone, caller),
-            errbackArgs=(request, gone, caller),
+            callbackArgs=(request, gone, reservation),
+            errbackArgs=(request, gone, reservation),
         )
-        d.addErrback(self._crashed, request, gone, caller)
+        d.addErrback(self._crashed, request, gone, reservation)
         return server.NOT_DONE_YET
 
     def _offer(self, request: server.Request) -> str:
@@ -362,10 +460,27 @@ class CallsResource(_Endpoint):
             request.channel.persistent = False
 
     def _answered(
-        self, opened: OpenedSession, request: server.Request, gone: list[Failure], caller: Caller
+        self, opened: OpenedSession, request: server.Request, gone: list[Failure], reservation: Reservation
+    ) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._record(opened, request, gone, reservation))
+
+    async def _record(
+        self, opened: OpenedSession, request: server.Request, gone: list[Failure], reservation: Reservation
     ) -> None:
-        self.gate.call_opened(opened.session_id, caller)
-        if gone:
+        """Record the owner (before the client can learn the Location), then answer 201."""
+        try:
+            await self.gate.call_opened(opened.session_id, reservation)
+        except HttpRefusal as refusal:
+            # Nobody could manage the call: end it rather than leave it unowned.
+            self.host.close_session(opened.session_id, "its owner could not be recorded")
+            self.gate.call_failed(reservation)
+            if not (gone or request._disconnected):
+                for name, value in refusal.headers.items():
+                    request.setHeader(name, value)
+                request.write(_text(request, refusal.status, refusal.reason))
+                request.finish()
+            return
+        if gone or request._disconnected:
             # The client left before it could learn the session; nobody will DELETE it.
             self.host.close_session(opened.session_id, "client went away before the answer")
             return
@@ -382,12 +497,12 @@ class CallsResource(_Endpoint):
         request.finish()
 
     def _refused(
-        self, failure: Failure, request: server.Request, gone: list[Failure], caller: Caller
+        self, failure: Failure, request: server.Request, gone: list[Failure], reservation: Reservation
     ) -> None:
         failure.trap(SessionRefused)
-        self.gate.call_failed(caller)
+        self.gate.call_failed(reservation)
         refusal = cast(SessionRefused, failure.value)
-        if gone:
+        if gone or request._disconnected:
             return
         status = refusal.status if 400 <= refusal.status <= 599 else http.INTERNAL_SERVER_ERROR
         if refusal.retry_after is not None:
@@ -396,12 +511,12 @@ class CallsResource(_Endpoint):
         request.finish()
 
     def _crashed(
-        self, failure: Failure, request: server.Request, gone: list[Failure], caller: Caller
+        self, failure: Failure, request: server.Request, gone: list[Failure], reservation: Reservation
     ) -> None:
         log.failure("opening a session failed", failure)
         if not failure.check(SessionRefused):
-            self.gate.call_failed(caller)
-        if gone or request.finished:
+            self.gate.call_failed(reservation)
+        if gone or request.finished or request._disconnected:
             return
         request.write(_text(request, http.INTERNAL_SERVER_ERROR, "internal error"))
         request.finish()
@@ -459,9 +574,9 @@ class SessionResource(_Endpoint):
         self.session_id = session_id
         self.max_body_bytes = max_body_bytes
 
-    def check(self, request: server.Request) -> None:
+    def check(self, request: server.Request) -> defer.Deferred[Caller]:
         """Every method needs the credential that opened the session: ``401`` without one, ``404`` for another."""
-        self.gate.session_caller(request, self.session_id)
+        return defer.ensureDeferred(self.gate.session_caller(request, self.session_id))
 
     def render_PATCH(self, request: server.Request) -> bytes | int:
         """RFC 9725 §4.3: trickled candidates (204) or an ICE restart (200 with our new credentials).
@@ -555,13 +670,17 @@ class ClientSecretsResource(_Endpoint):
     def _error(self, request: server.Request, status: int, reason: str) -> bytes:
         return _json_error(request, status, reason)
 
-    def render_POST(self, request: server.Request) -> bytes:
+    def render_POST(self, request: server.Request) -> defer.Deferred[bytes]:
         """Check the API key and the body; answer 200 with the new secret."""
+        return defer.ensureDeferred(self._mint(request))
+
+    async def _mint(self, request: server.Request) -> bytes:
         self.gate.limit_address(request)
-        issuer = self.gate.caller(request, Purpose.MINT_SECRET)
+        issuer = await self.gate.caller(request, Purpose.MINT_SECRET)
         ttl, settings = self._parse(request)
+        checker = self.gate.checker
         try:
-            issued = self.gate.checker.issue_secret(issuer, ttl, settings)
+            issued = await self.gate._asked("issuing a client secret", lambda: checker.issue_secret(issuer, ttl, settings))
         except TooManySecrets:
             self.gate.refusals["client_secrets_full"] += 1
             raise _too_many("too many unused client secrets; try again shortly", 10) from None
@@ -637,9 +756,9 @@ class AdminResource(_Endpoint):
         self.gate = gate
         self.inner = inner
 
-    def check(self, request: server.Request) -> None:
+    def check(self, request: server.Request) -> defer.Deferred[Caller]:
         """Only an API key may read it."""
-        self.gate.caller(request, Purpose.ADMIN)
+        return defer.ensureDeferred(self.gate.caller(request, Purpose.ADMIN))
 
     def render_GET(self, request: server.Request) -> bytes:
         """What the wrapped resource renders."""
@@ -725,6 +844,7 @@ def build_site(
     settings: SignalingSettings = SignalingSettings(),
     *,
     checker: ICredentialChecker | None = None,
+    ledger: ISessionLedger | None = None,
     extra: Mapping[bytes, IResource] = {},
     admin: Mapping[bytes, IResource] = {},
     reactor: IReactorTime | None = None,
@@ -737,8 +857,10 @@ def build_site(
     with ``demo_page`` the demo at ``/``. ``extra`` children are mounted at
     the root as they are; ``admin`` children (``b"metrics"``) need an API
     key unless the service is open. ``checker`` defaults to the one
-    ``settings`` describe (its keys file loaded now). ``reactor`` is the clock
-    of deadlines and rate limits (tests pass a Clock).
+    ``settings`` describe (its keys file loaded now, client secrets in
+    memory); ``ledger`` to a :class:`SessionLedger` in memory (a fleet's front
+    doors pass stores they share). ``reactor`` is the clock of deadlines and
+    rate limits (tests pass a Clock).
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -752,9 +874,10 @@ def build_site(
     root = _Root(cors)
     proxies = settings.trusted_proxies
     site = SignalingSite(root, limits=http_limits, reactor=reactor, trusted_proxies=proxies)
-    ledger = SessionLedger(call_limits.max_calls_per_key)
-    host.add_end_listener(ledger.ended)
+    if ledger is None:
+        ledger = SessionLedger(call_limits.max_calls_per_key)
     gate = Gate(checker, cors, ledger, call_limits, reactor, site.refusals, proxies)
+    host.add_end_listener(gate.session_ended)
     site.gate = gate
     cap = http_limits.max_body_bytes
     v1 = _Root(cors)
