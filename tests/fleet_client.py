@@ -8,7 +8,9 @@ It prints ``{"event": "connected", "location": ..., "owner": ..., "candidate": .
 once ICE and DTLS are up, ``{"event": "audio", "frames": n}`` every second, and at the end
 ``{"event": "done", "frames": n, "longest_gap": s, "delete": status, ...}``. A refused offer
 prints ``{"event": "refused", "status": ..., "retry_after": ...}``. SIGTERM ends the call early
-(and it still hangs up and reports).
+(and it still hangs up and reports). ``--token`` is sent as ``Authorization: Bearer``;
+with ``--no-delete`` the caller leaves without a DELETE (it closes its peer connection, as a
+browser tab that is closed does; ``delete`` is null then).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import re
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from tests.aiortc_peer import SineTrack, _http, new_peer
+from tests.aiortc_peer import SineTrack, new_peer
 
 
 def say(**fields: Any) -> None:
@@ -33,7 +37,22 @@ def say(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
 
 
-async def call(url: str, seconds: float) -> int:
+def _http(
+    method: str, url: str, body: bytes | None = None, content_type: str | None = None, token: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, method=method)
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+async def call(url: str, seconds: float, token: str | None = None, delete: bool = True) -> int:
     """Call ``url``'s /v1/realtime/calls for ``seconds``; 0 when the call held, 1 otherwise."""
     pc, connected = new_peer()
     arrivals: list[float] = []
@@ -59,7 +78,7 @@ async def call(url: str, seconds: float) -> int:
     try:
         await pc.setLocalDescription(await pc.createOffer())
         status, headers, body = await asyncio.to_thread(
-            _http, "POST", url + "/v1/realtime/calls", pc.localDescription.sdp.encode(), "application/sdp"
+            _http, "POST", url + "/v1/realtime/calls", pc.localDescription.sdp.encode(), "application/sdp", token
         )
         if status != 201:
             say(event="refused", status=status, retry_after=headers.get("Retry-After"), reason=body.decode()[:200])
@@ -80,9 +99,11 @@ async def call(url: str, seconds: float) -> int:
                 pass
             say(event="audio", frames=len(arrivals))
         gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-        delete, _, _ = await asyncio.to_thread(_http, "DELETE", url + location)
+        deleted: int | None = None
+        if delete:
+            deleted, _, _ = await asyncio.to_thread(_http, "DELETE", url + location, None, None, token)
         say(event="done", frames=len(arrivals), longest_gap=round(max(gaps, default=0.0), 3),
-            delete=delete, connected_after=round(arrivals[0] - started, 3) if arrivals else None)
+            delete=deleted, connected_after=round(arrivals[0] - started, 3) if arrivals else None)
         return 0
     finally:
         await pc.close()
@@ -96,11 +117,13 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--host-address", default="127.0.0.1", help="the one address aiortc gathers as a candidate")
+    parser.add_argument("--token", default=None, help="sent as Authorization: Bearer (an API key or an ek_ secret)")
+    parser.add_argument("--no-delete", action="store_true", help="leave without DELETE (close the peer connection)")
     args = parser.parse_args()
     import aioice.ice
 
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [args.host_address]
-    sys.exit(asyncio.run(call(args.url, args.seconds)))
+    sys.exit(asyncio.run(call(args.url, args.seconds, args.token, not args.no_delete)))
 
 
 if __name__ == "__main__":

@@ -31,12 +31,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 class Caller:
     """``python -m tests.fleet_client`` in a subprocess (``prefix``: e.g. ``ip netns exec ns``)."""
 
-    def __init__(self, url: str, seconds: float, prefix: Sequence[str] = (), host_address: str = "127.0.0.1") -> None:
+    def __init__(
+        self, url: str, seconds: float, prefix: Sequence[str] = (), host_address: str = "127.0.0.1",
+        token: str | None = None, delete: bool = True,
+    ) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        extra = (["--token", token] if token else []) + ([] if delete else ["--no-delete"])
         self.process = subprocess.Popen(
             [*prefix, sys.executable, "-m", "tests.fleet_client", "--url", url, "--seconds", str(seconds),
-             "--host-address", host_address],
+             "--host-address", host_address, *extra],
             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.events: list[dict[str, Any]] = []

@@ -221,7 +221,7 @@ class LaterLedger:
     def opened(self, session_id: str, reservation: Reservation) -> "defer.Deferred[None]":
         return self._later("opened", lambda: self.inner.opened(session_id, reservation))
 
-    def ended(self, session_id: str) -> "defer.Deferred[None]":
+    def ended(self, session_id: str) -> "defer.Deferred[bool]":
         return self._later("ended", lambda: self.inner.ended(session_id))
 
     def may_manage(self, session_id: str, caller: Caller) -> "defer.Deferred[bool]":

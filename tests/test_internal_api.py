@@ -101,8 +101,12 @@ class InternalApiTests(TestCase):
         stats = yield self.client.request(self.api, b"GET", path)
         self.assertEqual(stats.status, 200)
         self.assertIsInstance(json.loads(stats.body), dict)
+        listed = yield self.client.request(self.api, b"GET", SESSIONS_PATH)
+        self.assertEqual((listed.status, json.loads(listed.body)), (200, {"sessions": ["front-door-chose-this"]}))
         ended = yield self.client.request(self.api, b"DELETE", path)
         self.assertEqual(ended.status, 204)
+        listed = yield self.client.request(self.api, b"GET", SESSIONS_PATH)
+        self.assertEqual(json.loads(listed.body), {"sessions": []})
         again = yield self.client.request(self.api, b"DELETE", path)
         self.assertEqual(again.status, 404)
         self.assertEqual(self.transceiver.session_count(), 0)
@@ -151,7 +155,7 @@ class InternalApiTests(TestCase):
         """Without the fleet secret every API request is 401; the probes need none."""
         stranger = InternalApiClient(reactor, "x" * 40, timeout=5)
         self.addCleanup(stranger.close)
-        for method, path in ((b"POST", SESSIONS_PATH), (b"GET", f"{SESSIONS_PATH}/abc"),
+        for method, path in ((b"POST", SESSIONS_PATH), (b"GET", SESSIONS_PATH), (b"GET", f"{SESSIONS_PATH}/abc"),
                              (b"DELETE", f"{SESSIONS_PATH}/abc"), (b"POST", "/internal/v1/drain")):
             response = yield stranger.request(self.api, method, path, b"{}", JSON)
             self.assertEqual(response.status, 401, (method, path))

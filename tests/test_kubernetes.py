@@ -118,6 +118,8 @@ class ConfigurationTests(SynchronousTestCase):
         self.assertEqual(transceiver.registry.id, "transceiver-7d9f8c5b6-x2k4q")
         front, _ = c.load_settings(FrontDoorSettings, str(DEPLOY / "config/signaling.ini"), environ=environment)
         self.assertFalse(front.signaling.open)
+        self.assertGreater(front.signaling.max_calls_per_key, 0)
+        self.assertTrue(front.signaling.metrics_listen)
         self.assertEqual(front.fleet.secret, transceiver.internal.secret)
         self.assertEqual(front.redis.sentinels, transceiver.redis.sentinels)
         self.assertEqual(front.redis.sentinels, relay.redis.sentinels)
@@ -178,8 +180,15 @@ class InvariantTests(SynchronousTestCase):
         ports = {(p["containerPort"], p["protocol"]) for p in pod["containers"][0]["ports"]}
         self.assertIn((3478, "UDP"), ports)
 
+    def test_front_door_replicas(self) -> None:
+        """More than one front door, since they share their state in Redis; a disruption budget keeps one."""
+        self.assertGreater(by_kind("Deployment", "signaling")["spec"]["replicas"], 1)
+        self.assertEqual(by_kind("PodDisruptionBudget", "signaling")["spec"]["minAvailable"], 1)
+        ports = {p["name"]: p["containerPort"] for p in container("Deployment", "signaling")["ports"]}
+        self.assertEqual(ports, {"http": 8080, "metrics": 9464})
+
     def test_every_pod_is_scraped(self) -> None:
         for kind, name, port in (("DaemonSet", "relay", "9090"), ("Deployment", "transceiver", "8081"),
-                                 ("Deployment", "signaling", "8080")):
+                                 ("Deployment", "signaling", "9464")):
             annotations = by_kind(kind, name)["spec"]["template"]["metadata"]["annotations"]
             self.assertEqual((annotations["prometheus.io/scrape"], annotations["prometheus.io/port"]), ("true", port))

@@ -109,6 +109,14 @@ class RedisClient:
                 return defer.fail(ConnectionError("not connected"))
         return defer.maybeDeferred(lambda: self.connection.ping())
 
+    def connected(self) -> bool:
+        """Whether a connection is live now, so a command sent now does not wait for a reconnection.
+
+        Opens the connection on first use (and says False until it is up).
+        """
+        factory: Any = getattr(self.connection, "_factory", None)
+        return factory is None or bool(getattr(factory, "size", 1))
+
     def close(self) -> "defer.Deferred[Any]":
         """Disconnect for good, Sentinels included."""
         from twisted.internet import defer

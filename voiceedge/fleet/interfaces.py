@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from zope.interface import Attribute
 
@@ -41,3 +41,6 @@ class IFleetTransceiver(ISessionHost):
 
     def patch_session(session_id: str, media_type: str, body: str, if_match: str | None) -> PatchedSession:
         """As :meth:`ISessionHost.patch_session`, at once."""
+
+    def sessions() -> Iterator[Any]:
+        """Every open session (each with its ``session_id``): what front doors reconcile against."""

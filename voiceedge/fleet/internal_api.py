@@ -10,6 +10,7 @@ client's region's relay)::
 
     POST   /internal/v1/sessions          JSON {"offer", "session_id", "candidate", "settings"}
                                           -> 201, SDP answer, Location | 4xx/503 text reason
+    GET    /internal/v1/sessions          -> 200 JSON {"sessions": [ids of every open session]}
     GET    /internal/v1/sessions/<id>     -> 200 JSON stats | 404
     DELETE /internal/v1/sessions/<id>     -> 204 | 404
     PATCH  /internal/v1/sessions/<id>     the client's PATCH (ICE restart), passed on as it came
@@ -134,7 +135,7 @@ class _Authenticated(resource.Resource):
 
 
 class SessionsResource(_Authenticated):
-    """``POST`` an offer; ``/<id>`` children read and end sessions."""
+    """``POST`` an offer, ``GET`` the open sessions' ids; ``/<id>`` children read and end sessions."""
 
     def __init__(self, host: IFleetTransceiver, secret: bytes) -> None:
         super().__init__(secret)
@@ -146,6 +147,12 @@ class SessionsResource(_Authenticated):
         if path == b"":
             return self
         return SessionResource(self.host, self.secret, path.decode("utf-8", "replace"))
+
+    def render_GET(self, request: server.Request) -> bytes:
+        """The ids of every open session, for front doors to reconcile what they recorded."""
+        request.setHeader(b"content-type", _JSON)
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps({"sessions": [s.session_id for s in self.host.sessions()]}).encode("utf-8")
 
     def render_POST(self, request: server.Request) -> Any:
         """Open a session with the id and candidate the front door chose."""

@@ -124,6 +124,10 @@ class FleetSettings:
     avoid_failed: float = setting(c.seconds(0, 3600), "10", "seconds a transceiver that failed a request is not chosen")
     refresh_interval: float = setting(c.seconds(0.1, 60), "1", "seconds between reads of the registry")
     max_stale: float = setting(c.seconds(1, 3600), "30", "how long the last registry copy is used while Redis is away")
+    reconcile_interval: float = setting(
+        c.seconds(1, 3600), "15",
+        "seconds between comparisons of the calls recorded in Redis with each transceiver's open sessions",
+    )
 
 
 @dataclass(frozen=True, slots=True)

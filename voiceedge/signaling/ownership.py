@@ -52,8 +52,8 @@ class ISessionLedger(Interface):
     def opened(session_id: str, reservation: Reservation) -> Maybe[None]:
         """The reservation became session ``session_id``."""
 
-    def ended(session_id: str) -> Maybe[None]:
-        """Session ``session_id`` is gone; free its key's place (nothing if it was not recorded)."""
+    def ended(session_id: str) -> Maybe[bool]:
+        """Session ``session_id`` is gone; free its key's place. Whether it was recorded (False the second time)."""
 
     def may_manage(session_id: str, caller: Caller) -> Maybe[bool]:
         """Whether ``caller`` opened ``session_id`` (or issued the secret that did)."""
@@ -83,11 +83,12 @@ class SessionLedger:
         caller = reservation.caller
         self._sessions[session_id] = (caller.managers, caller.key_name)
 
-    def ended(self, session_id: str) -> None:
+    def ended(self, session_id: str) -> bool:
         """See :meth:`ISessionLedger.ended`."""
         entry = self._sessions.pop(session_id, None)
         if entry is not None and entry[1] is not None:
             self.calls_per_key.release(entry[1])
+        return entry is not None
 
     def may_manage(self, session_id: str, caller: Caller) -> bool:
         """See :meth:`ISessionLedger.may_manage`."""

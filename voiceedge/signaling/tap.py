@@ -5,7 +5,11 @@ It takes clients' offers (``POST /v1/realtime/calls`` and WHIP), places each
 on a transceiver chosen from the registry in Redis (the client's region, the
 least-loaded transceiver serving there) through that transceiver's internal
 API, and routes ``GET``, ``PATCH`` and ``DELETE`` of the session to its owner.
-It holds no session itself: see :mod:`voiceedge.fleet.frontdoor`.
+It holds no session itself: see :mod:`voiceedge.fleet.frontdoor`. Who may
+manage each call, the live calls of each API key and unspent client secrets
+are in Redis (:mod:`voiceedge.fleet.shared_ledger`,
+:mod:`voiceedge.fleet.shared_secrets`), so any number of front door replicas
+share them; session ends reach them through :mod:`voiceedge.fleet.session_ends`.
 """
 
 from __future__ import annotations
@@ -25,9 +29,13 @@ from voiceedge.fleet.internal_client import InternalApiClient
 from voiceedge.fleet.registry import RedisRegistryStore, RegistryView, TransceiverRecord
 from voiceedge.fleet.settings import FleetSettings, RegionSettings
 from voiceedge.fleet.steering import RegionMap
-from voiceedge.metrics import MetricsResource, make_registry
+from voiceedge.fleet.session_ends import SessionEnds, SessionEndsSubscriber, SessionReconciler
+from voiceedge.fleet.shared_ledger import RedisSessionLedger
+from voiceedge.fleet.shared_secrets import RedisClientSecrets
+from voiceedge.metrics import MetricsResource, SnapshotCollector, make_registry
 from voiceedge.reactors import service_reactors
 from voiceedge.redis_connection import RedisClient, RedisConnectionSettings
+from voiceedge.signaling.auth import Credentials
 from voiceedge.signaling.resource import build_site
 from voiceedge.signaling.settings import SignalingSettings
 
@@ -96,7 +104,7 @@ class ReadyResource(resource.Resource):
 
 
 class FrontDoorService(service.Service):
-    """Reads the registry while the application runs; closes connections at the end."""
+    """Reads the registry while the application runs; closes connections at the end (after ``ends``)."""
 
     def __init__(self, view: RegistryView[TransceiverRecord], api: InternalApiClient, redis: RedisClient) -> None:
         self.view = view
@@ -118,25 +126,50 @@ class FrontDoorService(service.Service):
 
 
 def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
-    """The front door: its HTTP listener, its copy of the registry, its client for internal APIs."""
+    """The front door: its HTTP listener, its copy of the registry, its client for internal APIs, its shared stores."""
     clock, _ = service_reactors(clock)
     settings: FrontDoorSettings = config.settings
     fleet = settings.fleet
+    signaling = settings.signaling
     redis = RedisClient(settings.redis)
     view: RegistryView[TransceiverRecord] = RegistryView(
         RedisRegistryStore(redis), clock, fleet.refresh_interval, fleet.max_stale
     )
     api = InternalApiClient(clock, fleet.secret, fleet.request_timeout)
     host = FleetSessionHost(view, api, RegionMap(settings.regions, fleet.default_region), clock, fleet)
+    ledger = RedisSessionLedger(redis, clock, signaling.max_calls_per_key)
+    checker = Credentials(
+        signaling.api_keys(),
+        RedisClientSecrets(
+            redis, clock, default_ttl=signaling.client_secret_ttl, max_ttl=signaling.client_secret_max_ttl
+        ),
+    )
+    reconciler = SessionReconciler(ledger, view, api, clock, host.session_ended, grace=reconcile_grace(fleet))
+    subscriber = SessionEndsSubscriber(settings.redis, redis, clock, host.session_ended, reconciler.reconcile)
+    ends = SessionEnds(subscriber, reconciler, clock, fleet.refresh_interval, fleet.reconcile_interval)
     top = service.MultiService()
     FrontDoorService(view, api, redis).setServiceParent(top)
+    ends.setServiceParent(top)
+    registry = make_registry(host.metrics, view.metrics, ends.metrics)
+    metrics = MetricsResource(registry)
     site = build_site(
         host,
-        settings.signaling,
-        extra={
-            b"metrics": MetricsResource(make_registry(host.metrics, view.metrics)),
-            b"readyz": ReadyResource(view),
-        },
+        signaling,
+        checker=checker,
+        ledger=ledger,
+        extra={b"readyz": ReadyResource(view)},
+        admin={} if signaling.metrics_listen else {b"metrics": metrics},
+        reactor=clock,
     )
-    strports.service(settings.signaling.listen, site).setServiceParent(top)
+    registry.register(SnapshotCollector(site.metrics))
+    strports.service(signaling.listen, site).setServiceParent(top)
+    if signaling.metrics_listen:
+        root = resource.Resource()
+        root.putChild(b"metrics", metrics)
+        strports.service(signaling.metrics_listen, server.Site(root)).setServiceParent(top)
     return top
+
+
+def reconcile_grace(fleet: FleetSettings) -> float:
+    """Seconds a newly recorded call is left alone by reconciling: two registry reads and some clock skew."""
+    return 2 * fleet.refresh_interval + 2.0
