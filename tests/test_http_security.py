@@ -481,6 +481,14 @@ class SharedStoresTests(SynchronousTestCase):
         self.settle()
         self.assertEqual(self.answer(self.offer(KEY)).status, 201)
 
+    def test_a_full_secret_store_is_429_not_503(self) -> None:
+        """A store with no room says so (429), as the one in memory does; it is no failure."""
+        self.secrets.inner.max_secrets = 1
+        self.assertEqual(self.answer(self.send("POST", "/v1/realtime/client_secrets", b"", **auth(KEY))).status, 200)
+        full = self.answer(self.send("POST", "/v1/realtime/client_secrets", b"", **auth(KEY)))
+        self.assertEqual((full.status, full.header("retry-after")), (429, "10"))
+        self.assertEqual(self.site.refusals["client_secrets_full"], 1)
+
     def test_a_client_that_leaves_while_checked_allocates_nothing(self) -> None:
         """The credential was being checked when the client went: no offer reaches the host, no place is held."""
         conn = self.offer(KEY)
@@ -488,6 +496,11 @@ class SharedStoresTests(SynchronousTestCase):
         self.settle()
         self.assertEqual(self.host.offers, [])
         self.assertEqual(self.answer(self.offer(KEY)).status, 201)
+        for method in ("GET", "PATCH", "DELETE"):  # nor one that leaves while its session's owner is checked
+            self.send(method, "/v1/realtime/calls/s1", b"x", Content_Type="application/sdp", **auth(KEY)).drop()
+        self.settle()
+        self.assertEqual((self.host.closed, self.host.patches), ([], []))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class RequestDeadlineTests(SynchronousTestCase):

@@ -165,13 +165,18 @@ class Gate:
         )
         return peer if address is None else str(address)
 
-    async def _asked(self, what: str, call: Callable[[], Maybe[T]]) -> T:
-        """``call()``'s answer, now or once its Deferred fires; a store failure becomes a ``503`` refusal."""
+    async def asked(self, what: str, call: Callable[[], Maybe[T]]) -> T:
+        """``call()``'s answer, now or once its Deferred fires; a store failure becomes a ``503`` refusal.
+
+        The stores' own answers (:class:`Unauthorized`, :class:`TooManySecrets`)
+        pass through as they are.
+        """
         try:
             return await _settled(call())
-        except (HttpRefusal, Unauthorized):
+        except (HttpRefusal, Unauthorized, TooManySecrets):
             raise
         except Exception:
+            self.refusals["store_unavailable"] += 1
             self._store_failed(what, Failure())
             raise HttpRefusal(
                 http.SERVICE_UNAVAILABLE,
@@ -181,7 +186,6 @@ class Gate:
 
     def _store_failed(self, what: str, failure: Failure) -> None:
         self.store_errors += 1
-        self.refusals["store_unavailable"] += 1
         now = self.clock.seconds()
         if now - self._warned_at >= self.warn_interval:
             self._warned_at = now
@@ -197,7 +201,7 @@ class Gate:
         """The authenticated caller, or a ``401`` refusal with ``WWW-Authenticate``."""
         authorization = request.getHeader(b"authorization")
         try:
-            return await self._asked("checking a credential", lambda: self.checker.caller_for(authorization, purpose))
+            return await self.asked("checking a credential", lambda: self.checker.caller_for(authorization, purpose))
         except Unauthorized as e:
             self.refusals["unauthorized"] += 1
             raise HttpRefusal(http.UNAUTHORIZED, e.reason, {b"WWW-Authenticate": e.challenge()}) from None
@@ -229,7 +233,7 @@ class Gate:
                 self.background("giving back a client secret", self.checker.refund(caller))
                 raise _too_many("too many calls for this key", wait)
         try:
-            reservation = await self._asked("holding a call's place", lambda: self.ledger.reserve(caller))
+            reservation = await self.asked("holding a call's place", lambda: self.ledger.reserve(caller))
         except HttpRefusal:
             self.background("giving back a client secret", self.checker.refund(caller))
             raise
@@ -241,7 +245,7 @@ class Gate:
 
     async def call_opened(self, session_id: str, reservation: Reservation) -> None:
         """The admitted call is open as ``session_id``; a ``503`` refusal when that cannot be recorded."""
-        await self._asked("recording a call's owner", lambda: self.ledger.opened(session_id, reservation))
+        await self.asked("recording a call's owner", lambda: self.ledger.opened(session_id, reservation))
 
     def call_failed(self, reservation: Reservation) -> None:
         """The admitted call did not open: free its place, give back its secret."""
@@ -255,7 +259,7 @@ class Gate:
     async def session_caller(self, request: server.Request, session_id: str) -> Caller:
         """The caller, if it may manage ``session_id``; ``401`` without a credential, else ``404``."""
         caller = await self.caller(request, Purpose.SESSION)
-        if not await self._asked("looking up a call's owner", lambda: self.ledger.may_manage(session_id, caller)):
+        if not await self.asked("looking up a call's owner", lambda: self.ledger.may_manage(session_id, caller)):
             self.refusals["not_owner"] += 1
             raise HttpRefusal(http.NOT_FOUND, "no such session")
         return caller
@@ -311,6 +315,8 @@ class _Endpoint(Resource):
         self, request: server.Request, handler: Callable[[server.Request], Maybe[bytes | int]]
     ) -> bytes | int:
         await _settled(self.check(request))
+        if request._disconnected:
+            return server.NOT_DONE_YET  # it left while it was checked; its body is gone
         return await _settled(handler(request))
 
     def _deliver(self, request: server.Request, outcome: defer.Deferred[bytes | int]) -> bytes | int:
@@ -670,17 +676,19 @@ class ClientSecretsResource(_Endpoint):
     def _error(self, request: server.Request, status: int, reason: str) -> bytes:
         return _json_error(request, status, reason)
 
-    def render_POST(self, request: server.Request) -> defer.Deferred[bytes]:
+    def render_POST(self, request: server.Request) -> defer.Deferred[bytes | int]:
         """Check the API key and the body; answer 200 with the new secret."""
         return defer.ensureDeferred(self._mint(request))
 
-    async def _mint(self, request: server.Request) -> bytes:
+    async def _mint(self, request: server.Request) -> bytes | int:
         self.gate.limit_address(request)
         issuer = await self.gate.caller(request, Purpose.MINT_SECRET)
+        if request._disconnected:
+            return server.NOT_DONE_YET  # it left while its key was checked
         ttl, settings = self._parse(request)
         checker = self.gate.checker
         try:
-            issued = await self.gate._asked("issuing a client secret", lambda: checker.issue_secret(issuer, ttl, settings))
+            issued = await self.gate.asked("issuing a client secret", lambda: checker.issue_secret(issuer, ttl, settings))
         except TooManySecrets:
             self.gate.refusals["client_secrets_full"] += 1
             raise _too_many("too many unused client secrets; try again shortly", 10) from None
