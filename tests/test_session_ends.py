@@ -21,9 +21,10 @@ from tests.test_redis_sentinel import sentinel_pair
 from voiceedge.fleet.internal_api import SESSIONS_PATH
 from voiceedge.fleet.internal_client import IInternalApi, InternalResponse
 from voiceedge.fleet.registry import ENDED_CHANNEL, RegistryView
-from voiceedge.fleet.session_ends import ILedgerIndex, SessionEndsSubscriber, SessionReconciler, parse_end
+from voiceedge.fleet.session_ends import SessionEndsSubscriber, SessionReconciler, parse_end
 from voiceedge.fleet.shared_ledger import RedisSessionLedger
 from voiceedge.redis_connection import RedisClient, RedisConnectionSettings
+from voiceedge.signaling.ownership import ILedgerIndex
 
 GRACE = 4.0
 
@@ -228,6 +229,37 @@ class ReconcilerTests(SynchronousTestCase):
         self.index.down = False
         self.successResultOf(self.reconciler.reconcile())
         self.assertEqual(self.released, [("tx-a", "s2")])
+
+
+class InMemoryIndexTests(SynchronousTestCase):
+    """The in-memory ledger as an index, for a front door of its own workers."""
+
+    def test_calls_by_owner(self) -> None:
+        from tests.test_shared_stores import WEB
+        from voiceedge.fleet.frontdoor import split_session_id
+        from voiceedge.signaling.ownership import SessionLedger
+
+        clock = Clock()
+        clock.advance(50)
+        ledger = SessionLedger(1, clock, lambda sid: (split_session_id(sid) or (None,))[0])
+        verifyObject(ILedgerIndex, ledger)
+        held = ledger.reserve(WEB)
+        assert held is not None
+        ledger.opened("w0.s1", held)
+        self.assertEqual(self.successResultOf(ledger.transceivers()), {"w0"})
+        self.assertEqual(self.successResultOf(ledger.sessions_on("w0")), {"w0.s1": 50.0})
+        self.assertIsNone(ledger.reserve(WEB))
+        released = SessionReconciler(ledger, RegistryView(MemoryRegistryStore(clock), clock), ListingApi(), clock,
+                                     lambda t, s: ledger.ended(f"{t}.{s}"), GRACE)
+        clock.advance(GRACE)
+        released.view.refresh()
+        self.successResultOf(released.release_gone())  # w0 is not in the (empty) registry, never seen
+        self.assertEqual(self.successResultOf(ledger.transceivers()), {"w0"}, "a transceiver never seen waits")
+        self.assertTrue(ledger.ended("w0.s1"))
+        self.assertFalse(ledger.ended("w0.s1"))
+        self.assertEqual(self.successResultOf(ledger.transceivers()), set())
+        self.assertIsNotNone(ledger.reserve(WEB))
+        self.assertRaises(ValueError, SessionLedger, 1, None, lambda sid: sid)
 
 
 class FakeTransport:

@@ -258,6 +258,15 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _worker(pid: int, index: int) -> int:
+    """The pid of worker ``index`` of the supervisor ``pid`` (its argv ends ``--worker <index>``)."""
+    for child in _children(pid):
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if argv[-3:-1] == [b"--worker", str(index).encode()]:
+            return child
+    raise AssertionError(f"no worker {index} under {pid}")
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -304,6 +313,63 @@ class AllInOneWorkersTests(TestCase):
         # Stopping the supervisor stops its workers.
         for pid in last:
             _until(f"worker {pid} stopped", lambda pid=pid: not _alive(pid))
+
+
+    def test_a_keys_calls_are_freed_however_they_end_on_a_worker(self) -> None:
+        """With keys and one live call per key: the place comes back when the caller leaves, and when its worker dies.
+
+        Workers tell the front door nothing: it compares each key's recorded calls with the
+        workers' own lists at every read of their load (once a second).
+        """
+        from tests.fleet_support import Caller
+        from tests.test_local_fleet import KEY, request
+        from voiceedge.signaling import keys
+
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir(parents=True)
+        (tmp / "api-keys").write_text(keys.hash_line("web", KEY) + "\n")
+        http_port, media_port = free_tcp_port(), free_udp_port()
+        ini = write_allinone_config(
+            tmp, http_port, media_port, process={"workers": 2},
+            signaling={"calls_per_minute_per_address": 0, "api_keys_file": tmp / "api-keys", "max_calls_per_key": 1},
+        )
+        base = f"http://{LOOPBACK}:{http_port}"
+
+        def place_held() -> bool:
+            # 429 while the key's one place is held; once free, the bogus offer reaches a worker (400).
+            status, _ = request("POST", base + "/v1/realtime/calls", KEY, b"v=0\r\n", "application/sdp")
+            self.assertIn(status, (429, 400))
+            return status == 429
+
+        with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp, timeout=60) as proc:
+            _until("two workers", lambda: len(_children(proc.pid)) == 2)
+
+            def connected() -> Caller | None:
+                # 503 until the front door has read its workers once.
+                attempt = Caller(base, 60, token=KEY, delete=False)
+                self.addCleanup(attempt.kill)
+                return attempt if attempt.next_event(("connected", "refused"))["event"] == "connected" else None
+
+            caller = _until("a first call", connected)
+            assert isinstance(caller, Caller)
+            self.assertTrue(place_held())
+            caller.process.send_signal(signal.SIGTERM)  # it leaves without a DELETE
+            left = time.monotonic()
+            caller.finish()
+            _until("the place freed after the caller left", lambda: not place_held(), timeout=10)
+            leave_freed = time.monotonic() - left
+
+            second = Caller(base, 60, token=KEY)
+            self.addCleanup(second.kill)
+            owner = second.next_event(("connected",))["owner"]
+            self.assertTrue(place_held())
+            os.kill(_worker(proc.pid, int(str(owner)[1:])), signal.SIGKILL)
+            killed = time.monotonic()
+            _until("the place freed after its worker died", lambda: not place_held(), timeout=15)
+            kill_freed = time.monotonic() - killed
+            second.kill()
+        print(f"all-in-one workers: a key's place freed {leave_freed:.1f} s after its caller left without DELETE,"
+              f" {kill_freed:.1f} s after kill -9 of its worker")
 
 
 def _owners(results: list[dict[str, object]]) -> set[str]:

@@ -173,7 +173,7 @@ def _supervisor(
     config: Options, settings: AllInOneSettings, count: int, clock: IReactorTime, reactor: object
 ) -> service.MultiService:
     """Signaling as the front door of ``count`` workers, and the workers themselves."""
-    from voiceedge.fleet.frontdoor import FleetSessionHost
+    from voiceedge.fleet.frontdoor import FleetSessionHost, split_session_id
     from voiceedge.fleet.internal_client import InternalApiClient
     from voiceedge.fleet.local import REGION, WorkerStore
     from voiceedge.fleet.registry import RegistryView, TransceiverRecord
@@ -183,7 +183,9 @@ def _supervisor(
     from twisted.web import server
     from twisted.web.resource import Resource
 
+    from voiceedge.fleet.session_ends import SessionEnds, SessionReconciler
     from voiceedge.metrics import MetricsResource, SnapshotCollector, make_registry
+    from voiceedge.signaling.ownership import SessionLedger
     from voiceedge.signaling.resource import build_site
     from voiceedge.signaling.tap import ReadyResource
 
@@ -208,12 +210,20 @@ def _supervisor(
     )
     host = FleetSessionHost(view, api, RegionMap({REGION: RegionSettings(relay=relay)}, REGION), clock, fleet)
     _ViewService(view, api).setServiceParent(top)
-    # As one process does it: /metrics on metrics_listen when set, else behind the keys.
     signaling = settings.signaling
-    registry = make_registry(host.metrics, view.metrics)
+    # Calls end on the workers, which tell nobody: every registry read the front door compares
+    # what it recorded (each key's live calls) with what each worker holds.
+    ledger = SessionLedger(
+        signaling.max_calls_per_key, clock, lambda session_id: (split_session_id(session_id) or (None,))[0]
+    )
+    reconciler = SessionReconciler(ledger, view, api, clock, host.session_ended, grace=1.0)
+    ends = SessionEnds(None, reconciler, clock, fleet.refresh_interval, fleet.refresh_interval)
+    ends.setServiceParent(top)
+    # As one process does it: /metrics on metrics_listen when set, else behind the keys.
+    registry = make_registry(host.metrics, view.metrics, ends.metrics)
     metrics = MetricsResource(registry)
     site = build_site(
-        host, signaling, admin={} if signaling.metrics_listen else {b"metrics": metrics},
+        host, signaling, ledger=ledger, admin={} if signaling.metrics_listen else {b"metrics": metrics},
         extra={b"readyz": ReadyResource(view)}, reactor=clock,
     )
     registry.register(SnapshotCollector(site.metrics))

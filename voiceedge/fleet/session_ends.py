@@ -41,7 +41,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface
 
 from voiceedge.config import Address
 from voiceedge.fleet.frontdoor import split_session_id
@@ -50,6 +49,7 @@ from voiceedge.fleet.internal_client import IInternalApi
 from voiceedge.fleet.registry import ENDED_CHANNEL, RegistryView, TransceiverRecord, transceiver_id
 from voiceedge.metrics import Sample
 from voiceedge.redis_connection import MAX_RECONNECT_DELAY, RedisClient, RedisConnectionSettings
+from voiceedge.signaling.ownership import ILedgerIndex
 
 __all__ = ["ILedgerIndex", "SessionEnds", "SessionEndsSubscriber", "SessionReconciler", "parse_end"]
 
@@ -75,16 +75,6 @@ def parse_end(message: Any) -> tuple[str, str] | None:
     if not session or " " in session:
         return None
     return owner, session
-
-
-class ILedgerIndex(Interface):
-    """What a reconciler asks of a shared ledger: which calls it records on which transceiver."""
-
-    def transceivers() -> "defer.Deferred[set[str]]":
-        """The transceivers that hold recorded calls."""
-
-    def sessions_on(transceiver_id: str) -> "defer.Deferred[dict[str, float]]":
-        """The calls recorded on ``transceiver_id``: public id -> when it was recorded."""
 
 
 class Unreachable(enum.Enum):
@@ -441,12 +431,14 @@ class SessionEnds(service.Service):
 
     The reconciler releases gone transceivers' calls after every registry
     read (``check_interval``, the registry's refresh interval) and compares
-    lists every ``reconcile_interval`` and after every (re)subscription.
+    lists every ``reconcile_interval`` and after every (re)subscription. With
+    no subscriber (a front door of its own workers, no Redis), the
+    comparisons are all it has: make them frequent.
     """
 
     def __init__(
         self,
-        subscriber: SessionEndsSubscriber,
+        subscriber: SessionEndsSubscriber | None,
         reconciler: SessionReconciler,
         clock: IReactorTime,
         check_interval: float,
@@ -462,7 +454,8 @@ class SessionEnds(service.Service):
     def startService(self) -> None:
         """Subscribe, and start both checks."""
         super().startService()
-        self.subscriber.start()
+        if self.subscriber is not None:
+            self.subscriber.start()
         for interval, step in ((self.check_interval, self.reconciler.release_gone),
                                (self.reconcile_interval, self.reconciler.reconcile)):
             loop = LoopingCall(step)
@@ -477,11 +470,12 @@ class SessionEnds(service.Service):
             if loop.running:
                 loop.stop()
         self._loops = []
-        return self.subscriber.stop()
+        return self.subscriber.stop() if self.subscriber is not None else defer.succeed(None)
 
     def metrics(self) -> Iterator[Sample]:
         """Samples for ``/metrics``."""
-        yield from self.subscriber.metrics()
+        if self.subscriber is not None:
+            yield from self.subscriber.metrics()
         yield from self.reconciler.metrics()
 
 

@@ -29,10 +29,9 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from voiceedge.fleet.frontdoor import split_session_id
-from voiceedge.fleet.session_ends import ILedgerIndex
 from voiceedge.redis_connection import RedisClient
 from voiceedge.signaling.auth import Caller
-from voiceedge.signaling.ownership import ISessionLedger, Reservation
+from voiceedge.signaling.ownership import ILedgerIndex, ISessionLedger, Reservation
 
 __all__ = ["CALL_PREFIX", "KEY_CALLS_PREFIX", "RedisSessionLedger", "TRANSCEIVER_CALLS_PREFIX", "TRANSCEIVERS_KEY"]
 
