@@ -199,3 +199,52 @@ class FrontDoorTests(SynchronousTestCase):
         self.assertIn(("voiceedge_frontdoor_offers", (("outcome", "opened"),)), names)
         self.assertEqual(self.host.session_count(), 17)
         self.assertEqual(json.loads(json.dumps(dict(self.host.outcomes))), {"opened": 1})
+
+
+class FrontDoorServiceTests(SynchronousTestCase):
+    """``twistd voiceedge-signaling``'s service, built from an INI file on a fake reactor (nothing connects)."""
+
+    def build(self, **signaling: str) -> Any:
+        from pathlib import Path
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        from voiceedge.signaling import keys
+        from voiceedge.signaling import tap
+
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir(parents=True)
+        (tmp / "keys").write_text(keys.hash_line("web", "sk_" + "w" * 43) + "\n")
+        lines = [f"{k} = {v}" for k, v in {"api_keys_file": str(tmp / "keys"), **signaling}.items()]
+        ini = tmp / "signaling.ini"
+        ini.write_text("[signaling]\n" + "\n".join(lines) + "\n[fleet]\nsecret = " + "s" * 40
+                       + "\n[region.default]\nrelay = 127.0.0.1:3478\n")
+        options = tap.Options()
+        options.parseOptions(["--config", str(ini)])
+        return tap.makeService(options, MemoryReactorClock())
+
+    def test_shared_stores_and_session_ends(self) -> None:
+        """The front door keeps owners, caps and secrets in Redis and runs the session-ends service."""
+        from voiceedge.fleet.session_ends import SessionEnds
+        from voiceedge.fleet.shared_ledger import RedisSessionLedger
+        from voiceedge.fleet.shared_secrets import RedisClientSecrets
+
+        top = self.build()
+        ends = [s for s in top if isinstance(s, SessionEnds)]
+        self.assertEqual(len(ends), 1)
+        site = [s.factory for s in top if hasattr(getattr(s, "factory", None), "gate")][0]
+        self.assertIsInstance(site.gate.ledger, RedisSessionLedger)
+        self.assertIsInstance(site.gate.checker.client_secrets, RedisClientSecrets)
+        self.assertEqual(ends[0].reconcile_interval, 15)
+
+    def test_metrics_need_a_key_or_their_own_listener(self) -> None:
+        """/metrics on the API port is behind the keys; with metrics_listen it is only there."""
+        from voiceedge.signaling.resource import AdminResource
+
+        top = self.build()
+        site = [s.factory for s in top if hasattr(getattr(s, "factory", None), "gate")][0]
+        self.assertIsInstance(site.resource.children[b"metrics"], AdminResource)
+        top = self.build(metrics_listen="tcp:0:interface=127.0.0.1")
+        sites = [s.factory for s in top if getattr(s, "factory", None) is not None]
+        self.assertNotIn(b"metrics", [k for s in sites if hasattr(s, "gate") for k in s.resource.children])
+        self.assertEqual(len(sites), 2)
