@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_agents -*-
 """Agents as plugins, and the echo agent on a fake session."""
 
 from __future__ import annotations
@@ -5,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -63,49 +64,54 @@ def frame(n: int) -> AudioFrame:
     return AudioFrame(bytes([n]) * 1920, 48000, n * 960, n * 0.02)
 
 
-def test_builtin_agents_are_plugins_that_load_lazily() -> None:
-    """echo, parrot and bridge are found by twisted.plugin and provide IAgentType when loaded."""
-    agents = available_agents()
-    assert {"echo", "parrot", "bridge"} <= set(agents)
-    for plugin in agents.values():
-        verifyObject(IAgentPlugin, plugin)
-        kind = plugin.load()
-        verifyObject(IAgentType, kind)
-        assert kind.name == plugin.name
-        assert all(isinstance(key, c.Key) for key in kind.options.values())
+class AgentPluginTests(SynchronousTestCase):
+    """Agents are twisted.plugin plugins, found by name."""
+
+    def test_builtin_agents_are_plugins_that_load_lazily(self) -> None:
+        """echo, parrot and bridge are found by twisted.plugin and provide IAgentType when loaded."""
+        agents = available_agents()
+        self.assertLessEqual({"echo", "parrot", "bridge"}, set(agents))
+        for plugin in agents.values():
+            verifyObject(IAgentPlugin, plugin)
+            kind = plugin.load()
+            verifyObject(IAgentType, kind)
+            self.assertEqual(kind.name, plugin.name)
+            self.assertTrue(all(isinstance(key, c.Key) for key in kind.options.values()), kind.name)
+
+    def test_unknown_agent_names_the_installed_ones(self) -> None:
+        """Asking for an agent nobody installed says which ones exist."""
+        with self.assertRaises(ValueError) as raised:
+            agent_type("nobody")
+        self.assertRegex(str(raised.exception), r"no agent named 'nobody' \(installed: .*echo")
 
 
-def test_unknown_agent_names_the_installed_ones() -> None:
-    """Asking for an agent nobody installed says which ones exist."""
-    with pytest.raises(ValueError, match=r"no agent named 'nobody' \(installed: .*echo"):
-        agent_type("nobody")
+class EchoAgentTests(SynchronousTestCase):
+    """The echo agent on a fake session and its Clock."""
 
+    def test_echo_plays_back_every_frame_at_once(self) -> None:
+        """Without a delay each frame goes straight back; events are echoed too."""
+        session = FakeSession()
+        factory = EchoAgentFactory()
+        verifyObject(IAgentFactory, factory)
+        agent = factory.agent_for(session)
+        verifyObject(IAgent, agent)
+        verifyObject(IAgentSession, session)
+        for n in range(3):
+            agent.audio_received(frame(n))
+        self.assertEqual(session.audio, [frame(n).pcm for n in range(3)])
+        agent.event_received({"type": "ping"})
+        self.assertEqual(session.events, [{"type": "echo", "event": {"type": "ping"}}])
 
-def test_echo_plays_back_every_frame_at_once() -> None:
-    """Without a delay each frame goes straight back; events are echoed too."""
-    session = FakeSession()
-    factory = EchoAgentFactory()
-    verifyObject(IAgentFactory, factory)
-    agent = factory.agent_for(session)
-    verifyObject(IAgent, agent)
-    verifyObject(IAgentSession, session)
-    for n in range(3):
-        agent.audio_received(frame(n))
-    assert session.audio == [frame(n).pcm for n in range(3)]
-    agent.event_received({"type": "ping"})
-    assert session.events == [{"type": "echo", "event": {"type": "ping"}}]
-
-
-def test_echo_delay_holds_audio_on_the_session_clock_and_cancels_on_end() -> None:
-    """delay_ms holds each frame that long; ending the session cancels what is waiting."""
-    session = FakeSession()
-    options = c.load_config({"agent.echo": agent_type("echo").options}, text="[agent.echo]\ndelay_ms = 200\n")
-    agent = agent_type("echo").make_factory(options["agent.echo"], session.clock).agent_for(session)
-    agent.audio_received(frame(1))
-    session.clock.advance(0.19)
-    assert session.audio == []
-    session.clock.advance(0.02)
-    assert session.audio == [frame(1).pcm]
-    agent.audio_received(frame(2))
-    agent.session_ended("hangup")
-    assert session.clock.getDelayedCalls() == []
+    def test_echo_delay_holds_audio_on_the_session_clock_and_cancels_on_end(self) -> None:
+        """delay_ms holds each frame that long; ending the session cancels what is waiting."""
+        session = FakeSession()
+        options = c.load_config({"agent.echo": agent_type("echo").options}, text="[agent.echo]\ndelay_ms = 200\n")
+        agent = agent_type("echo").make_factory(options["agent.echo"], session.clock).agent_for(session)
+        agent.audio_received(frame(1))
+        session.clock.advance(0.19)
+        self.assertEqual(session.audio, [])
+        session.clock.advance(0.02)
+        self.assertEqual(session.audio, [frame(1).pcm])
+        agent.audio_received(frame(2))
+        agent.session_ended("hangup")
+        self.assertEqual(session.clock.getDelayedCalls(), [])
