@@ -1,4 +1,4 @@
-"""Name the case of a loop in a trial test: what ``pytest.mark.parametrize`` ids used to do.
+"""What pytest gave tests for free, for trial tests: a loop's case named in failures, approx's tolerance.
 
 trial's ``assertRaises`` used as a context manager takes no message, and a
 failure inside a loop does not say which input failed. Wrapping the loop's
@@ -8,6 +8,9 @@ raised in it::
     for size in (0, 638, 642):
         with case(f"size {size}"), self.assertRaises(CodecError):
             encoder.encode(bytes(size))
+
+and :func:`rel` is the tolerance ``pytest.approx`` allows, for trial's
+``assertApproximates``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["case"]
+__all__ = ["case", "rel"]
 
 
 @contextmanager
@@ -29,3 +32,8 @@ def case(name: str) -> Iterator[None]:
         yield
     except AssertionError as failure:
         raise type(failure)(f"[{name}] {failure}") from failure
+
+
+def rel(expected: float, relative: float = 1e-6) -> float:
+    """The tolerance of ``pytest.approx(expected, rel=relative)``: relative, and at least 1e-12."""
+    return max(relative * abs(expected), 1e-12)
