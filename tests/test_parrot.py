@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_parrot -*-
 """Tests for voiceedge.agents.parrot: turn-taking on a fake session and task.Clock."""
 
 from __future__ import annotations
@@ -7,12 +8,13 @@ import math
 import random
 from typing import Any
 
-import pytest
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.cases import case
 from voiceedge import config as c
 from voiceedge.agents.interfaces import AudioFrame, IAgent, IAgentFactory, IAgentSession, IAgentType
 from voiceedge.agents.parrot import ParrotAgent, ParrotAgentFactory, agent_type
@@ -26,6 +28,8 @@ BYTES_PER_MS = RATE * 2 // 1000
 
 
 @implementer(IAgentSession)
+
+
 class FakeSession:
     """An IAgentSession whose playout runs on a task.Clock at real speed, with the session's one detector.
 
@@ -202,124 +206,6 @@ def first_audio_at(session: FakeSession, since: float = 0.0) -> float:
     return min(at for at, _ in session.sent if at >= since - 1e-9)
 
 
-def test_interfaces() -> None:
-    """The fake session, the agent, its factory and its type provide their interfaces."""
-    clock = Clock()
-    session = FakeSession(clock)
-    verifyObject(IAgentSession, session)
-    factory = ParrotAgentFactory(RATE)
-    verifyObject(IAgentFactory, factory)
-    verifyObject(IAgent, factory.agent_for(session))
-    verifyObject(IAgentType, agent_type)
-
-
-def test_ini_options_make_a_factory() -> None:
-    """[agent.parrot] parses into a factory with those settings; bad values are errors; turns follow [speech]."""
-    schema = {"agent.parrot": agent_type.options}
-    conf = c.load_config(schema, text="[agent.parrot]\nprefix_padding_ms = 50\nmax_turn_ms = 5000\nsample_rate = 16000\n")
-    factory = agent_type.make_factory(conf["agent.parrot"], Clock())
-    assert isinstance(factory, ParrotAgentFactory)
-    assert (factory.sample_rate, factory.prefix_padding_ms, factory.max_turn_ms) == (16000, 50, 5000)
-    defaults = agent_type.make_factory(c.load_config(schema)["agent.parrot"], Clock())
-    assert isinstance(defaults, ParrotAgentFactory)
-    assert (defaults.sample_rate, defaults.prefix_padding_ms, defaults.max_turn_ms) == (24000, 100, 30000)
-    for bad in ("detector = energy", "silence_ms = 500", "prefix_padding_ms = -1", "max_turn_ms = 99999", "sample_rate = 8000"):
-        with pytest.raises(c.ConfigError):
-            c.load_config(schema, text=f"[agent.parrot]\n{bad}\n")
-
-
-def test_turn_is_said_back_once_after_the_silence() -> None:
-    """Tone then silence: exactly one playback, starting silence_ms after the tone, as long as the turn."""
-    agent, session, caller, clock = make(silence_ms=500, min_speech_ms=100, prefix_padding_ms=100)
-    background, speech = quiet(300), tone(1000)
-    caller.say(background)
-    tone_end = clock.seconds() + 1.0
-    caller.say(speech)
-    assert session.sent == []
-    assert agent.listening
-    caller.say(quiet(3000, seed=8))
-
-    assert first_audio_at(session) == pytest.approx(tone_end + 0.5, abs=0.021)
-    # The turn: 100 ms of prefix padding and the tone; not the silence after it.
-    assert session.audio() == b"".join(background[-5:] + speech)
-    assert session.types() == [
-        "parrot.turn_started",
-        "parrot.turn_ended",
-        "<start_turn>",
-        "parrot.speaking",
-        "<end_turn>",
-        "parrot.done",
-    ]
-    ended = session.of_type("parrot.turn_ended")[0]
-    assert ended["duration_ms"] == pytest.approx(1000, abs=20)
-    assert session.of_type("parrot.speaking")[0]["duration_ms"] == 1100
-    assert agent.turns_played == 1
-    assert not agent.playing
-    assert clock.getDelayedCalls() == []
-
-
-def test_playback_is_paced_in_chunks() -> None:
-    """The parrot keeps only a short lead queued, so stopping is quick."""
-    agent, session, caller, clock = make()
-    # (A steady tone longer than the noise window, 3 s, would become the noise floor.)
-    caller.say(quiet(200) + tone(2500) + quiet(100))
-    caller.wait(5)
-    assert len(session.audio()) == 2600 * BYTES_PER_MS
-    assert max(len(pcm) for _, pcm in session.sent) <= 100 * BYTES_PER_MS
-    # Topped up over the playback, not all at once.
-    assert session.sent[-1][0] - session.sent[0][0] > 2.0
-    assert clock.getDelayedCalls() == []
-    assert session.types()[-1] == "parrot.done"
-
-
-def test_turn_ends_when_audio_stops_coming() -> None:
-    """A sender in DTX sends nothing: the timer ends the turn on time."""
-    agent, session, caller, clock = make(silence_ms=400)
-    caller.say(quiet(200) + tone(600))
-    tone_end = clock.seconds()
-    caller.wait(2)
-    # The session's detector times a frame from its arrival: the last voiced frame ends 20 ms later.
-    assert first_audio_at(session) == pytest.approx(tone_end + 0.02 + 0.4, abs=0.002)
-    assert agent.turns_played == 1
-
-
-@pytest.mark.parametrize("blip_ms", [20, 60, 100, 180])
-def test_blips_shorter_than_min_speech_are_not_a_turn(blip_ms: int) -> None:
-    """Sounds shorter than min_speech_ms are ignored: no events, no playback."""
-    agent, session, caller, clock = make(min_speech_ms=200)
-    caller.say(quiet(300))
-    for seed in range(3):
-        caller.say(tone(blip_ms))
-        caller.say(quiet(700, seed=seed))
-    assert session.sent == []
-    assert session.events == []
-    assert agent.turns_played == 0
-    assert clock.getDelayedCalls() == []
-
-
-def test_max_wait_forces_an_answer() -> None:
-    """A turn that never falls silent is answered after the session's max_wait_ms, once."""
-    agent, session, caller, clock = make(max_wait_ms=1000, prefix_padding_ms=0)
-    caller.say(quiet(300))
-    start = clock.seconds()
-    caller.say(tone(3000))
-    caller.say(quiet(2000))
-    assert first_audio_at(session) == pytest.approx(start + 1.0, abs=0.021)
-    ended = session.of_type("parrot.turn_ended")
-    assert len(ended) == 1
-    assert ended[0]["duration_ms"] == pytest.approx(1000, abs=20)
-    assert len(session.audio()) == pytest.approx(1000 * BYTES_PER_MS, abs=FRAME_BYTES)
-    assert agent.turns_played == 1
-
-
-def test_recording_is_bounded() -> None:
-    """A turn longer than max_turn_ms is said back up to max_turn_ms only."""
-    agent, session, caller, clock = make(prefix_padding_ms=0, max_turn_ms=1000)
-    caller.say(quiet(200) + tone(2500) + quiet(1000))
-    caller.wait(3)
-    assert len(session.audio()) == 1000 * BYTES_PER_MS
-
-
 def realtime_config(turn_detection: dict[str, Any] | None) -> dict[str, Any]:
     """A session configuration as the Realtime layer gives it, with this ``turn_detection``."""
     return {"type": "realtime", "audio": {"input": {"turn_detection": turn_detection}, "output": {"voice": "alloy"}}}
@@ -342,161 +228,291 @@ def configure(agent: ParrotAgent, **fields: Any) -> None:
     agent.configure(realtime_config({**DEFAULT_VAD, **fields}))
 
 
-def test_the_first_configuration_keeps_the_ini_settings() -> None:
-    """The layer's defaults are not the client's choice: the INI's prefix padding holds until a client sets one."""
-    agent, session, caller, clock = make(prefix_padding_ms=100)
-    agent.configure(realtime_config(DEFAULT_VAD))
-    agent.configure(realtime_config(DEFAULT_VAD))
-    assert agent.prefix_padding_ms == 100
-    assert session.events == []
+class ParrotAgentTypeTests(SynchronousTestCase):
+    """The parrot's interfaces and its [agent.parrot] options."""
+
+    def test_interfaces(self) -> None:
+        """The fake session, the agent, its factory and its type provide their interfaces."""
+        clock = Clock()
+        session = FakeSession(clock)
+        verifyObject(IAgentSession, session)
+        factory = ParrotAgentFactory(RATE)
+        verifyObject(IAgentFactory, factory)
+        verifyObject(IAgent, factory.agent_for(session))
+        verifyObject(IAgentType, agent_type)
+
+    def test_ini_options_make_a_factory(self) -> None:
+        """[agent.parrot] parses into a factory with those settings; bad values are errors; turns follow [speech]."""
+        schema = {"agent.parrot": agent_type.options}
+        conf = c.load_config(schema, text="[agent.parrot]\nprefix_padding_ms = 50\nmax_turn_ms = 5000\nsample_rate = 16000\n")
+        factory = agent_type.make_factory(conf["agent.parrot"], Clock())
+        self.assertIsInstance(factory, ParrotAgentFactory)
+        self.assertEqual((factory.sample_rate, factory.prefix_padding_ms, factory.max_turn_ms), (16000, 50, 5000))
+        defaults = agent_type.make_factory(c.load_config(schema)["agent.parrot"], Clock())
+        self.assertIsInstance(defaults, ParrotAgentFactory)
+        self.assertEqual((defaults.sample_rate, defaults.prefix_padding_ms, defaults.max_turn_ms), (24000, 100, 30000))
+        for bad in ("detector = energy", "silence_ms = 500", "prefix_padding_ms = -1", "max_turn_ms = 99999", "sample_rate = 8000"):
+            with self.assertRaises(c.ConfigError):
+                c.load_config(schema, text=f"[agent.parrot]\n{bad}\n")
 
 
-def test_client_prefix_padding_is_kept_before_the_turn() -> None:
-    """A client's prefix_padding_ms is how much audio before the first voiced frame the turn keeps."""
-    agent, session, caller, clock = make(prefix_padding_ms=100)
-    configure(agent, prefix_padding_ms=200)
-    assert agent.prefix_padding_ms == 200
-    background, speech = quiet(400), tone(600)
-    caller.say(background + speech + quiet(800))
-    caller.wait(2)
-    assert session.audio() == b"".join(background[-10:] + speech)
+class TurnTakingTests(SynchronousTestCase):
+    """A caller's turn is said back once it ends; blips, endless and overlong turns; barge-in."""
+
+    def test_turn_is_said_back_once_after_the_silence(self) -> None:
+        """Tone then silence: exactly one playback, starting silence_ms after the tone, as long as the turn."""
+        agent, session, caller, clock = make(silence_ms=500, min_speech_ms=100, prefix_padding_ms=100)
+        background, speech = quiet(300), tone(1000)
+        caller.say(background)
+        tone_end = clock.seconds() + 1.0
+        caller.say(speech)
+        self.assertEqual(session.sent, [])
+        self.assertTrue(agent.listening)
+        caller.say(quiet(3000, seed=8))
+
+        self.assertApproximates(first_audio_at(session), tone_end + 0.5, 0.021)
+        # The turn: 100 ms of prefix padding and the tone; not the silence after it.
+        self.assertEqual(session.audio(), b"".join(background[-5:] + speech))
+        self.assertEqual(session.types(), [
+            "parrot.turn_started",
+            "parrot.turn_ended",
+            "<start_turn>",
+            "parrot.speaking",
+            "<end_turn>",
+            "parrot.done",
+        ])
+        ended = session.of_type("parrot.turn_ended")[0]
+        self.assertApproximates(ended["duration_ms"], 1000, 20)
+        self.assertEqual(session.of_type("parrot.speaking")[0]["duration_ms"], 1100)
+        self.assertEqual(agent.turns_played, 1)
+        self.assertFalse(agent.playing)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_playback_is_paced_in_chunks(self) -> None:
+        """The parrot keeps only a short lead queued, so stopping is quick."""
+        agent, session, caller, clock = make()
+        # (A steady tone longer than the noise window, 3 s, would become the noise floor.)
+        caller.say(quiet(200) + tone(2500) + quiet(100))
+        caller.wait(5)
+        self.assertEqual(len(session.audio()), 2600 * BYTES_PER_MS)
+        self.assertLessEqual(max(len(pcm) for _, pcm in session.sent), 100 * BYTES_PER_MS)
+        # Topped up over the playback, not all at once.
+        self.assertGreater(session.sent[-1][0] - session.sent[0][0], 2.0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(session.types()[-1], "parrot.done")
+
+    def test_turn_ends_when_audio_stops_coming(self) -> None:
+        """A sender in DTX sends nothing: the timer ends the turn on time."""
+        agent, session, caller, clock = make(silence_ms=400)
+        caller.say(quiet(200) + tone(600))
+        tone_end = clock.seconds()
+        caller.wait(2)
+        # The session's detector times a frame from its arrival: the last voiced frame ends 20 ms later.
+        self.assertApproximates(first_audio_at(session), tone_end + 0.02 + 0.4, 0.002)
+        self.assertEqual(agent.turns_played, 1)
+
+    def test_blips_shorter_than_min_speech_are_not_a_turn(self) -> None:
+        """Sounds shorter than min_speech_ms are ignored: no events, no playback."""
+        for blip_ms in (20, 60, 100, 180):
+            with case(f"{blip_ms} ms blips"):
+                agent, session, caller, clock = make(min_speech_ms=200)
+                caller.say(quiet(300))
+                for seed in range(3):
+                    caller.say(tone(blip_ms))
+                    caller.say(quiet(700, seed=seed))
+                self.assertEqual(session.sent, [])
+                self.assertEqual(session.events, [])
+                self.assertEqual(agent.turns_played, 0)
+                self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_max_wait_forces_an_answer(self) -> None:
+        """A turn that never falls silent is answered after the session's max_wait_ms, once."""
+        agent, session, caller, clock = make(max_wait_ms=1000, prefix_padding_ms=0)
+        caller.say(quiet(300))
+        start = clock.seconds()
+        caller.say(tone(3000))
+        caller.say(quiet(2000))
+        self.assertApproximates(first_audio_at(session), start + 1.0, 0.021)
+        ended = session.of_type("parrot.turn_ended")
+        self.assertEqual(len(ended), 1)
+        self.assertApproximates(ended[0]["duration_ms"], 1000, 20)
+        self.assertApproximates(len(session.audio()), 1000 * BYTES_PER_MS, FRAME_BYTES)
+        self.assertEqual(agent.turns_played, 1)
+
+    def test_recording_is_bounded(self) -> None:
+        """A turn longer than max_turn_ms is said back up to max_turn_ms only."""
+        agent, session, caller, clock = make(prefix_padding_ms=0, max_turn_ms=1000)
+        caller.say(quiet(200) + tone(2500) + quiet(1000))
+        caller.wait(3)
+        self.assertEqual(len(session.audio()), 1000 * BYTES_PER_MS)
+
+    def test_barge_in_stops_playback_and_records_the_new_turn(self) -> None:
+        """The session's speech_started while playing: playback stops at once; the new turn is recorded and said back."""
+        agent, session, caller, clock = make(silence_ms=500, min_speech_ms=100, prefix_padding_ms=100)
+        caller.say(quiet(300) + tone(2000))
+        caller.say(quiet(500))
+        playback_start = first_audio_at(session)
+        self.assertTrue(agent.playing)
+        caller.say(quiet(400, seed=3))
+        background = quiet(200, seed=4)
+        caller.say(background)
+        second = tone(600, frequency=500)
+
+        # min_speech_ms of voice: the session cuts its queue, then tells the agent.
+        caller.say(second[:5])
+        barge_in = clock.seconds()
+        self.assertEqual(session.cleared[0], barge_in)
+        self.assertFalse(agent.playing)
+        self.assertEqual(session.queued_audio_ms(), 0)
+        [interrupted] = session.of_type("parrot.interrupted")
+        self.assertApproximates(interrupted["played_ms"], (barge_in - playback_start) * 1000, 1)
+        self.assertLess(interrupted["played_ms"], 2100)
+
+        caller.say(second[5:])
+        second_end = clock.seconds()
+        caller.say(quiet(2000, seed=5))
+        # Nothing was sent from the barge-in until the new turn ended (a top-up due at
+        # the barge-in's own tick went out just before it).
+        after = barge_in + 1e-6
+        self.assertEqual([at for at, _ in session.sent if after <= at < second_end + 0.48], [])
+        self.assertApproximates(first_audio_at(session, after), second_end + 0.02 + 0.5, 0.021)
+        self.assertEqual(session.audio(after), b"".join(background[-5:] + second))
+        self.assertEqual(agent.turns_played, 2)
+        self.assertEqual(session.types()[-8:], [
+            "<end_turn>",
+            "parrot.interrupted",
+            "parrot.turn_started",
+            "parrot.turn_ended",
+            "<start_turn>",
+            "parrot.speaking",
+            "<end_turn>",
+            "parrot.done",
+        ])
+        self.assertIs(session.of_type("<end_turn>")[0]["interrupted"], True)
+
+    def test_an_empty_turn_is_not_said_back(self) -> None:
+        """speech_started when not playing clears nothing; a turn with no audio in it plays nothing."""
+        agent, session, caller, clock = make()
+        agent.speech_started(clock.seconds())
+        agent.speech_stopped(clock.seconds())
+        agent.speech_stopped(clock.seconds())  # no turn open: ignored
+        self.assertEqual(session.types(), ["parrot.turn_started", "parrot.turn_ended"])
+        self.assertEqual(session.cleared, [])
+        self.assertEqual(session.sent, [])
 
 
-def test_the_session_detector_decides_the_silence() -> None:
-    """The silence is the session's detector's: retuned there (the Realtime layer does), the parrot follows."""
-    agent, session, caller, clock = make(silence_ms=500)
-    session.set_speech_detection(DetectionSettings("energy", min_speech_ms=100, silence_ms=1000))
-    caller.say(quiet(300) + tone(800))
-    tone_end = clock.seconds()
-    caller.say(quiet(700))
-    assert session.sent == []
-    caller.say(quiet(1000, seed=9))
-    assert first_audio_at(session) == pytest.approx(tone_end + 0.02 + 1.0, abs=0.021)
+class RealtimeControlTests(SynchronousTestCase):
+    """What the Realtime layer sets (turn_detection, create_response, cancel) and how the parrot follows."""
+
+    def test_the_first_configuration_keeps_the_ini_settings(self) -> None:
+        """The layer's defaults are not the client's choice: the INI's prefix padding holds until a client sets one."""
+        agent, session, caller, clock = make(prefix_padding_ms=100)
+        agent.configure(realtime_config(DEFAULT_VAD))
+        agent.configure(realtime_config(DEFAULT_VAD))
+        self.assertEqual(agent.prefix_padding_ms, 100)
+        self.assertEqual(session.events, [])
+
+    def test_client_prefix_padding_is_kept_before_the_turn(self) -> None:
+        """A client's prefix_padding_ms is how much audio before the first voiced frame the turn keeps."""
+        agent, session, caller, clock = make(prefix_padding_ms=100)
+        configure(agent, prefix_padding_ms=200)
+        self.assertEqual(agent.prefix_padding_ms, 200)
+        background, speech = quiet(400), tone(600)
+        caller.say(background + speech + quiet(800))
+        caller.wait(2)
+        self.assertEqual(session.audio(), b"".join(background[-10:] + speech))
+
+    def test_the_session_detector_decides_the_silence(self) -> None:
+        """The silence is the session's detector's: retuned there (the Realtime layer does), the parrot follows."""
+        agent, session, caller, clock = make(silence_ms=500)
+        session.set_speech_detection(DetectionSettings("energy", min_speech_ms=100, silence_ms=1000))
+        caller.say(quiet(300) + tone(800))
+        tone_end = clock.seconds()
+        caller.say(quiet(700))
+        self.assertEqual(session.sent, [])
+        caller.say(quiet(1000, seed=9))
+        self.assertApproximates(first_audio_at(session), tone_end + 0.02 + 1.0, 0.021)
+
+    def test_create_response_false_waits_for_response_create(self) -> None:
+        """Without create_response the turn is recorded, not said; response.create says it."""
+        agent, session, caller, clock = make()
+        configure(agent, create_response=False, prefix_padding_ms=100)
+        self.assertFalse(agent.create_response({}))  # nothing recorded yet
+        caller.say(quiet(300) + tone(600) + quiet(1000))
+        self.assertEqual(session.sent, [])
+        self.assertTrue(agent.create_response({}))
+        self.assertTrue(session.sent)
+        self.assertEqual(session.types()[-2:], ["<start_turn>", "parrot.speaking"])
+        self.assertFalse(agent.create_response({}))  # playing already
+
+    def test_turn_detection_null_neither_answers_nor_is_interrupted(self) -> None:
+        """turn_detection null: no automatic answer, and the caller does not cut a playback short."""
+        agent, session, caller, clock = make()
+        agent.configure(realtime_config(DEFAULT_VAD))
+        caller.say(quiet(300) + tone(600) + quiet(1000))
+        self.assertEqual(agent.turns_played, 1)
+        caller.say(quiet(2000))
+        agent.configure(realtime_config(None))
+        self.assertTrue(agent.create_response({}))
+        agent.speech_started(clock.seconds())
+        self.assertTrue(agent.playing)
+
+    def test_each_playback_is_a_turn(self) -> None:
+        """The turn starts with the playback and ends once all of it is queued; a cancel stops it."""
+        agent, session, caller, clock = make()
+        caller.say(quiet(300) + tone(1000) + quiet(600))
+        self.assertEqual(session.types()[2:4], ["<start_turn>", "parrot.speaking"])
+        caller.say(quiet(2000))
+        self.assertEqual(session.of_type("<end_turn>"), [{"type": "<end_turn>", "interrupted": False}])
+        self.assertTrue(agent.create_response({}))
+        agent.cancel_response()
+        self.assertFalse(agent.playing)
+        # The layer ended the cancelled turn itself: the parrot does not end it again.
+        self.assertEqual(len(session.of_type("<end_turn>")), 1)
+        self.assertEqual(session.types()[-1], "parrot.interrupted")
+
+    def test_other_events_are_ignored(self) -> None:
+        """The Realtime layer answers the protocol: the parrot has nothing to say to events."""
+        agent, session, caller, clock = make()
+        agent.event_received({"type": "response.create"})
+        agent.event_received({"type": "session.update", "session": {"turn_detection": None}})
+        self.assertEqual(session.events, [])
 
 
-def test_create_response_false_waits_for_response_create() -> None:
-    """Without create_response the turn is recorded, not said; response.create says it."""
-    agent, session, caller, clock = make()
-    configure(agent, create_response=False, prefix_padding_ms=100)
-    assert not agent.create_response({})  # nothing recorded yet
-    caller.say(quiet(300) + tone(600) + quiet(1000))
-    assert session.sent == []
-    assert agent.create_response({})
-    assert session.sent
-    assert session.types()[-2:] == ["<start_turn>", "parrot.speaking"]
-    assert not agent.create_response({})  # playing already
+class SessionEndTests(SynchronousTestCase):
+    """Ending the session, whatever the parrot is doing, leaves nothing behind."""
 
+    def test_session_ended_while_listening_leaves_no_delayed_calls(self) -> None:
+        """session_ended during the caller's turn cancels every timer and ignores later calls."""
+        self.end_session_and_check("listening")
 
-def test_turn_detection_null_neither_answers_nor_is_interrupted() -> None:
-    """turn_detection null: no automatic answer, and the caller does not cut a playback short."""
-    agent, session, caller, clock = make()
-    agent.configure(realtime_config(DEFAULT_VAD))
-    caller.say(quiet(300) + tone(600) + quiet(1000))
-    assert agent.turns_played == 1
-    caller.say(quiet(2000))
-    agent.configure(realtime_config(None))
-    assert agent.create_response({})
-    agent.speech_started(clock.seconds())
-    assert agent.playing
+    def test_session_ended_while_playing_leaves_no_delayed_calls(self) -> None:
+        """session_ended during a playback cancels every timer and ignores later calls."""
+        self.end_session_and_check("playing")
 
+    def test_session_ended_when_idle_leaves_no_delayed_calls(self) -> None:
+        """session_ended with nothing going on leaves no timer and ignores later calls."""
+        self.end_session_and_check("idle")
 
-def test_each_playback_is_a_turn() -> None:
-    """The turn starts with the playback and ends once all of it is queued; a cancel stops it."""
-    agent, session, caller, clock = make()
-    caller.say(quiet(300) + tone(1000) + quiet(600))
-    assert session.types()[2:4] == ["<start_turn>", "parrot.speaking"]
-    caller.say(quiet(2000))
-    assert session.of_type("<end_turn>") == [{"type": "<end_turn>", "interrupted": False}]
-    assert agent.create_response({})
-    agent.cancel_response()
-    assert not agent.playing
-    # The layer ended the cancelled turn itself: the parrot does not end it again.
-    assert len(session.of_type("<end_turn>")) == 1
-    assert session.types()[-1] == "parrot.interrupted"
-
-
-def test_other_events_are_ignored() -> None:
-    """The Realtime layer answers the protocol: the parrot has nothing to say to events."""
-    agent, session, caller, clock = make()
-    agent.event_received({"type": "response.create"})
-    agent.event_received({"type": "session.update", "session": {"turn_detection": None}})
-    assert session.events == []
-
-
-def test_barge_in_stops_playback_and_records_the_new_turn() -> None:
-    """The session's speech_started while playing: playback stops at once; the new turn is recorded and said back."""
-    agent, session, caller, clock = make(silence_ms=500, min_speech_ms=100, prefix_padding_ms=100)
-    caller.say(quiet(300) + tone(2000))
-    caller.say(quiet(500))
-    playback_start = first_audio_at(session)
-    assert agent.playing
-    caller.say(quiet(400, seed=3))
-    background = quiet(200, seed=4)
-    caller.say(background)
-    second = tone(600, frequency=500)
-
-    # min_speech_ms of voice: the session cuts its queue, then tells the agent.
-    caller.say(second[:5])
-    barge_in = clock.seconds()
-    assert session.cleared[0] == barge_in
-    assert not agent.playing
-    assert session.queued_audio_ms() == 0
-    [interrupted] = session.of_type("parrot.interrupted")
-    assert interrupted["played_ms"] == pytest.approx((barge_in - playback_start) * 1000, abs=1)
-    assert interrupted["played_ms"] < 2100
-
-    caller.say(second[5:])
-    second_end = clock.seconds()
-    caller.say(quiet(2000, seed=5))
-    # Nothing was sent from the barge-in until the new turn ended (a top-up due at
-    # the barge-in's own tick went out just before it).
-    after = barge_in + 1e-6
-    assert [at for at, _ in session.sent if after <= at < second_end + 0.48] == []
-    assert first_audio_at(session, after) == pytest.approx(second_end + 0.02 + 0.5, abs=0.021)
-    assert session.audio(after) == b"".join(background[-5:] + second)
-    assert agent.turns_played == 2
-    assert session.types()[-8:] == [
-        "<end_turn>",
-        "parrot.interrupted",
-        "parrot.turn_started",
-        "parrot.turn_ended",
-        "<start_turn>",
-        "parrot.speaking",
-        "<end_turn>",
-        "parrot.done",
-    ]
-    assert session.of_type("<end_turn>")[0]["interrupted"] is True
-
-
-def test_an_empty_turn_is_not_said_back() -> None:
-    """speech_started when not playing clears nothing; a turn with no audio in it plays nothing."""
-    agent, session, caller, clock = make()
-    agent.speech_started(clock.seconds())
-    agent.speech_stopped(clock.seconds())
-    agent.speech_stopped(clock.seconds())  # no turn open: ignored
-    assert session.types() == ["parrot.turn_started", "parrot.turn_ended"]
-    assert session.cleared == [] and session.sent == []
-
-
-@pytest.mark.parametrize("when", ["listening", "playing", "idle"])
-def test_session_ended_leaves_no_delayed_calls(when: str) -> None:
-    """session_ended cancels every timer, whatever the parrot was doing, and ignores later calls."""
-    agent, session, caller, clock = make()
-    caller.say(quiet(200))
-    if when in ("listening", "playing"):
-        caller.say(tone(800))
-    if when == "playing":
-        caller.say(quiet(600))
-        assert agent.playing
-    else:
-        assert clock.getDelayedCalls() or when == "idle"
-    agent.session_ended("hangup")
-    session.close()
-    assert clock.getDelayedCalls() == []
-    assert not agent.playing and not agent.listening
-    sent, events = len(session.sent), len(session.events)
-    caller.say(tone(800) + quiet(1000))
-    agent.event_received({"type": "session.update", "session": {}})
-    agent.speech_started(clock.seconds())
-    assert (len(session.sent), len(session.events)) == (sent, events)
-    assert clock.getDelayedCalls() == []
+    def end_session_and_check(self, when: str) -> None:
+        """session_ended cancels every timer, whatever the parrot was doing (``when``), and ignores later calls."""
+        agent, session, caller, clock = make()
+        caller.say(quiet(200))
+        if when in ("listening", "playing"):
+            caller.say(tone(800))
+        if when == "playing":
+            caller.say(quiet(600))
+            self.assertTrue(agent.playing)
+        else:
+            self.assertTrue(clock.getDelayedCalls() or when == "idle")
+        agent.session_ended("hangup")
+        session.close()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertFalse(agent.playing)
+        self.assertFalse(agent.listening)
+        sent, events = len(session.sent), len(session.events)
+        caller.say(tone(800) + quiet(1000))
+        agent.event_received({"type": "session.update", "session": {}})
+        agent.speech_started(clock.seconds())
+        self.assertEqual((len(session.sent), len(session.events)), (sent, events))
+        self.assertEqual(clock.getDelayedCalls(), [])
