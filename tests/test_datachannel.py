@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_datachannel -*-
 """Tests for DCEP (RFC 8832) and data channel bookkeeping over the SCTP association."""
 
 from __future__ import annotations
@@ -5,10 +6,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
 
+from tests.cases import case
 from tests.test_sctp import LossyLink
 from voiceedge.transceiver.datachannel import (
     PPID_DCEP,
@@ -25,43 +27,42 @@ from voiceedge.transceiver.datachannel import (
 )
 from voiceedge.transceiver.sctp import Closed, Established, SctpAssociation, SctpState
 
+
 # -- codec -----------------------------------------------------------------------------------------------
 
+class DcepCodecTests(SynchronousTestCase):
+    """DCEP OPEN and ACK encode and parse; anything else is a DcepError."""
 
-@given(st.integers(0, 255), st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF), st.text(), st.text())
-def test_open_roundtrip(ctype: int, priority: int, reliability: int, label: str, protocol: str) -> None:
-    """parse(build(OPEN)) == OPEN."""
-    message = DcepOpen(ctype, priority, reliability, label, protocol)
-    assert parse_dcep(message.encode()) == message
+    @given(st.integers(0, 255), st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF), st.text(), st.text())
+    def test_open_roundtrip(self, ctype: int, priority: int, reliability: int, label: str, protocol: str) -> None:
+        """parse(build(OPEN)) == OPEN."""
+        message = DcepOpen(ctype, priority, reliability, label, protocol)
+        self.assertEqual(parse_dcep(message.encode()), message)
 
+    def test_ack_and_known_bytes(self) -> None:
+        """ACK is one byte; an OPEN for a reliable ordered "chat" channel matches RFC 8832 §5.1 layout."""
+        self.assertIsNone(parse_dcep(build_dcep_ack()))
+        raw = bytes.fromhex("03 00 0000 00000000 0004 0000") + b"chat"
+        self.assertEqual(parse_dcep(raw), DcepOpen(0, 0, 0, "chat", ""))
+        self.assertEqual(DcepOpen(0, 0, 0, "chat", "").encode(), raw)
 
-def test_ack_and_known_bytes() -> None:
-    """ACK is one byte; an OPEN for a reliable ordered "chat" channel matches RFC 8832 §5.1 layout."""
-    assert parse_dcep(build_dcep_ack()) is None
-    raw = bytes.fromhex("03 00 0000 00000000 0004 0000") + b"chat"
-    assert parse_dcep(raw) == DcepOpen(0, 0, 0, "chat", "")
-    assert DcepOpen(0, 0, 0, "chat", "").encode() == raw
+    @given(st.binary(max_size=64))
+    def test_parse_random_bytes_raises_only_dcep_error(self, data: bytes) -> None:
+        """Random bytes raise only DcepError."""
+        try:
+            parse_dcep(data)
+        except DcepError:
+            pass
 
-
-@given(st.binary(max_size=64))
-def test_parse_random_bytes_raises_only_dcep_error(data: bytes) -> None:
-    """Random bytes raise only DcepError."""
-    try:
-        parse_dcep(data)
-    except DcepError:
-        pass
-
-
-def test_bad_messages() -> None:
-    """Truncated, padded, unknown and non-UTF-8 messages are refused."""
-    good = DcepOpen(0, 0, 0, "ab", "c").encode()
-    for bad in (b"", b"\x02\x00", b"\x07", good[:-1], good + b"x", good[:12] + b"\xff\xfe" + b"c"):
-        with pytest.raises(DcepError):
-            parse_dcep(bad)
+    def test_bad_messages(self) -> None:
+        """Truncated, padded, unknown and non-UTF-8 messages are refused."""
+        good = DcepOpen(0, 0, 0, "ab", "c").encode()
+        for bad in (b"", b"\x02\x00", b"\x07", good[:-1], good + b"x", good[:12] + b"\xff\xfe" + b"c"):
+            with case(f"message {bad!r}"), self.assertRaises(DcepError):
+                parse_dcep(bad)
 
 
 # -- channels over a simulated link -------------------------------------------------------------------------
-
 
 class Peers:
     """A DTLS server (voiceedge) and a DTLS client, each with a DataChannelManager, on a LossyLink."""
@@ -112,151 +113,158 @@ def messages(events: list[Any], channel: DataChannel | None = None) -> list[str 
     return [e.data for e in events if isinstance(e, MessageReceived) and (channel is None or e.channel is channel)]
 
 
-def test_server_opens_channel_with_odd_id() -> None:
-    """voiceedge (DTLS server) opens a channel: odd id, OPEN then ACK, both sides see it open."""
-    peers = Peers()
-    peers.connect()
-    channel = peers.server.open_channel("oai-events", protocol="json")
-    assert channel.stream_id % 2 == 1 and channel.state is ChannelState.CONNECTING
-    peers.run_until(lambda: opened(peers.client_events) and opened(peers.server_events))
-    remote = opened(peers.client_events)[0]
-    assert (remote.label, remote.protocol, remote.stream_id, remote.ordered) == ("oai-events", "json", 1, True)
-    assert opened(peers.server_events) == [channel] and channel.state is ChannelState.OPEN
-    assert peers.server.open_channel("second").stream_id == 3
-
-
-def test_client_opens_channel_with_even_id() -> None:
-    """The browser side (DTLS client) opens with an even id; voiceedge answers with ACK."""
-    peers = Peers()
-    peers.connect()
-    channel = peers.client.open_channel("chat")
-    assert channel.stream_id == 0
-    peers.run_until(lambda: opened(peers.client_events) and opened(peers.server_events))
-    ours = opened(peers.server_events)[0]
-    assert ours.label == "chat" and ours.stream_id == 0 and ours.state is ChannelState.OPEN
-    acks = [
-        p
-        for target, p in peers.net.sent
-        if target == 1 and PPID_DCEP in [getattr(c, "ppid", None) for c in _chunks(p)]
-    ]
-    assert acks, "the server sent a DCEP message (the ACK)"
-
-
 def _chunks(packet: bytes) -> tuple[Any, ...]:
     from voiceedge.wire.sctp_chunks import parse_packet
 
     return parse_packet(packet).chunks
 
 
-def test_open_before_association_is_up() -> None:
-    """A channel opened before the handshake is announced once it completes."""
-    peers = Peers()
-    channel = peers.server.open_channel("early")
-    channel.send("hello")
-    peers.server_assoc.connect(0.0)
-    peers.run_until(lambda: messages(peers.client_events) == ["hello"])
-    assert opened(peers.client_events)[0].label == "early"
+class DataChannelTests(SynchronousTestCase):
+    """DataChannelManager on both ends of a simulated lossy link: open, messages, close, bad opens."""
 
+    def test_server_opens_channel_with_odd_id(self) -> None:
+        """voiceedge (DTLS server) opens a channel: odd id, OPEN then ACK, both sides see it open."""
+        peers = Peers()
+        peers.connect()
+        channel = peers.server.open_channel("oai-events", protocol="json")
+        self.assertEqual(channel.stream_id % 2, 1)
+        self.assertIs(channel.state, ChannelState.CONNECTING)
+        peers.run_until(lambda: opened(peers.client_events) and opened(peers.server_events))
+        remote = opened(peers.client_events)[0]
+        self.assertEqual((remote.label, remote.protocol, remote.stream_id, remote.ordered), ("oai-events", "json", 1, True))
+        self.assertEqual(opened(peers.server_events), [channel])
+        self.assertIs(channel.state, ChannelState.OPEN)
+        self.assertEqual(peers.server.open_channel("second").stream_id, 3)
 
-def test_messages_of_every_kind_both_ways() -> None:
-    """Text, binary, empty text, empty binary and a 256 KiB message, both ways, under loss."""
-    peers = Peers(loss=0.1, jitter=0.02)
-    peers.connect()
-    channel = peers.server.open_channel("data")
-    big = random.Random(1).randbytes(262144)
-    sent = ["héllo", b"\x00\x01", "", b"", big, "end"]
-    for m in sent:
-        channel.send(m)  # ordered data may follow the OPEN before the ACK
-    peers.run_until(lambda: len(messages(peers.client_events)) == len(sent), max_time=300)
-    assert messages(peers.client_events) == sent
-    assert [type(m) for m in messages(peers.client_events)] == [str, bytes, str, bytes, bytes, str]
-    remote = opened(peers.client_events)[0]
-    for m in reversed(sent):
-        remote.send(m)
-    peers.run_until(lambda: len(messages(peers.server_events)) == len(sent), max_time=300)
-    assert messages(peers.server_events, channel) == list(reversed(sent))
+    def test_client_opens_channel_with_even_id(self) -> None:
+        """The browser side (DTLS client) opens with an even id; voiceedge answers with ACK."""
+        peers = Peers()
+        peers.connect()
+        channel = peers.client.open_channel("chat")
+        self.assertEqual(channel.stream_id, 0)
+        peers.run_until(lambda: opened(peers.client_events) and opened(peers.server_events))
+        ours = opened(peers.server_events)[0]
+        self.assertEqual(ours.label, "chat")
+        self.assertEqual(ours.stream_id, 0)
+        self.assertIs(ours.state, ChannelState.OPEN)
+        acks = [
+            p
+            for target, p in peers.net.sent
+            if target == 1 and PPID_DCEP in [getattr(c, "ppid", None) for c in _chunks(p)]
+        ]
+        self.assertTrue(acks, "the server sent a DCEP message (the ACK)")
 
+    def test_open_before_association_is_up(self) -> None:
+        """A channel opened before the handshake is announced once it completes."""
+        peers = Peers()
+        channel = peers.server.open_channel("early")
+        channel.send("hello")
+        peers.server_assoc.connect(0.0)
+        peers.run_until(lambda: messages(peers.client_events) == ["hello"])
+        self.assertEqual(opened(peers.client_events)[0].label, "early")
 
-def test_unordered_channel_holds_data_until_ack() -> None:
-    """An unordered channel sends nothing but the OPEN until the ACK, then its held messages."""
-    peers = Peers()
-    peers.connect()
-    channel = peers.server.open_channel("u", ordered=False)
-    channel.send(b"one")
-    assert len(channel._held) == 1
-    peers.run_until(lambda: len(messages(peers.client_events)) == 1)
-    assert opened(peers.client_events)[0].ordered is False
-    assert messages(peers.client_events) == [b"one"]
+    def test_messages_of_every_kind_both_ways(self) -> None:
+        """Text, binary, empty text, empty binary and a 256 KiB message, both ways, under loss."""
+        peers = Peers(loss=0.1, jitter=0.02)
+        peers.connect()
+        channel = peers.server.open_channel("data")
+        big = random.Random(1).randbytes(262144)
+        sent = ["héllo", b"\x00\x01", "", b"", big, "end"]
+        for m in sent:
+            channel.send(m)  # ordered data may follow the OPEN before the ACK
+        peers.run_until(lambda: len(messages(peers.client_events)) == len(sent), max_time=300)
+        self.assertEqual(messages(peers.client_events), sent)
+        self.assertEqual([type(m) for m in messages(peers.client_events)], [str, bytes, str, bytes, bytes, str])
+        remote = opened(peers.client_events)[0]
+        for m in reversed(sent):
+            remote.send(m)
+        peers.run_until(lambda: len(messages(peers.server_events)) == len(sent), max_time=300)
+        self.assertEqual(messages(peers.server_events, channel), list(reversed(sent)))
 
+    def test_unordered_channel_holds_data_until_ack(self) -> None:
+        """An unordered channel sends nothing but the OPEN until the ACK, then its held messages."""
+        peers = Peers()
+        peers.connect()
+        channel = peers.server.open_channel("u", ordered=False)
+        channel.send(b"one")
+        self.assertEqual(len(channel._held), 1)
+        peers.run_until(lambda: len(messages(peers.client_events)) == 1)
+        self.assertIs(opened(peers.client_events)[0].ordered, False)
+        self.assertEqual(messages(peers.client_events), [b"one"])
 
-def test_data_before_ack_opens_channel() -> None:
-    """Data on a channel whose ACK was lost still opens it (RFC 8832 §6)."""
-    peers = Peers()
-    peers.connect()
-    channel = peers.server.open_channel("x")
-    peers.run_until(lambda: bool(opened(peers.client_events)))
-    channel.state = ChannelState.CONNECTING  # as if the ACK were lost
-    peers.server.channels[channel.stream_id] = channel
-    opened(peers.client_events)[0].send("hi")
-    peers.run_until(lambda: messages(peers.server_events) == ["hi"])
-    assert channel.state is ChannelState.OPEN
+    def test_data_before_ack_opens_channel(self) -> None:
+        """Data on a channel whose ACK was lost still opens it (RFC 8832 §6)."""
+        peers = Peers()
+        peers.connect()
+        channel = peers.server.open_channel("x")
+        peers.run_until(lambda: bool(opened(peers.client_events)))
+        channel.state = ChannelState.CONNECTING  # as if the ACK were lost
+        peers.server.channels[channel.stream_id] = channel
+        opened(peers.client_events)[0].send("hi")
+        peers.run_until(lambda: messages(peers.server_events) == ["hi"])
+        self.assertIs(channel.state, ChannelState.OPEN)
 
+    def test_server_closes_via_stream_reset(self) -> None:
+        """voiceedge's close() resets the outgoing stream; the peer resets its own; both see ChannelClosed; the id is free."""
+        self.close_via_stream_reset("server")
 
-@pytest.mark.parametrize("closer", ["server", "client"])
-def test_close_via_stream_reset(closer: str) -> None:
-    """close() resets the outgoing stream; the peer resets its own; both see ChannelClosed; the id is free."""
-    peers = Peers(loss=0.05)
-    peers.connect()
-    channel = peers.server.open_channel("c")
-    peers.run_until(lambda: opened(peers.client_events) and opened(peers.server_events))
-    remote = opened(peers.client_events)[0]
-    channel.send("last words")
-    (channel if closer == "server" else remote).close()
-    peers.run_until(
-        lambda: any(isinstance(e, ChannelClosed) for e in peers.client_events)
-        and any(isinstance(e, ChannelClosed) for e in peers.server_events)
-    )
-    assert messages(peers.client_events) == ["last words"]
-    assert channel.state is ChannelState.CLOSED and remote.state is ChannelState.CLOSED
-    assert peers.server.channels == {} and peers.client.channels == {}
-    with pytest.raises(ValueError):
-        channel.send("too late")
-    again = peers.server.open_channel("again")
-    assert again.stream_id == channel.stream_id
-    peers.run_until(lambda: len(opened(peers.client_events)) == 2)
-    again.send("fresh")
-    peers.run_until(lambda: "fresh" in messages(peers.client_events))
+    def test_client_closes_via_stream_reset(self) -> None:
+        """The browser's close() resets its stream; voiceedge resets back; both see ChannelClosed; the id is free."""
+        self.close_via_stream_reset("client")
 
+    def close_via_stream_reset(self, closer: str) -> None:
+        """``closer`` ("server" or "client") closes a channel: both sides see it closed, and the id opens again."""
+        peers = Peers(loss=0.05)
+        peers.connect()
+        channel = peers.server.open_channel("c")
+        peers.run_until(lambda: opened(peers.client_events) and opened(peers.server_events))
+        remote = opened(peers.client_events)[0]
+        channel.send("last words")
+        (channel if closer == "server" else remote).close()
+        peers.run_until(
+            lambda: any(isinstance(e, ChannelClosed) for e in peers.client_events)
+            and any(isinstance(e, ChannelClosed) for e in peers.server_events)
+        )
+        self.assertEqual(messages(peers.client_events), ["last words"])
+        self.assertIs(channel.state, ChannelState.CLOSED)
+        self.assertIs(remote.state, ChannelState.CLOSED)
+        self.assertEqual(peers.server.channels, {})
+        self.assertEqual(peers.client.channels, {})
+        with self.assertRaises(ValueError):
+            channel.send("too late")
+        again = peers.server.open_channel("again")
+        self.assertEqual(again.stream_id, channel.stream_id)
+        peers.run_until(lambda: len(opened(peers.client_events)) == 2)
+        again.send("fresh")
+        peers.run_until(lambda: "fresh" in messages(peers.client_events))
 
-def test_association_close_closes_channels() -> None:
-    """When the association ends, every channel is closed and Closed passes through."""
-    peers = Peers()
-    peers.connect()
-    channel = peers.server.open_channel("a")
-    peers.run_until(lambda: bool(opened(peers.server_events)))
-    peers.client_assoc.abort("gone")
-    peers.run_until(lambda: any(isinstance(e, Closed) for e in peers.server_events))
-    assert ChannelClosed(channel) in peers.server_events
-    assert channel.state is ChannelState.CLOSED
-    assert peers.server_assoc.state is SctpState.CLOSED
+    def test_association_close_closes_channels(self) -> None:
+        """When the association ends, every channel is closed and Closed passes through."""
+        peers = Peers()
+        peers.connect()
+        channel = peers.server.open_channel("a")
+        peers.run_until(lambda: bool(opened(peers.server_events)))
+        peers.client_assoc.abort("gone")
+        peers.run_until(lambda: any(isinstance(e, Closed) for e in peers.server_events))
+        self.assertIn(ChannelClosed(channel), peers.server_events)
+        self.assertIs(channel.state, ChannelState.CLOSED)
+        self.assertIs(peers.server_assoc.state, SctpState.CLOSED)
 
-
-def test_open_with_wrong_parity_or_duplicate_id_dropped() -> None:
-    """The peer may not open on our parity, nor twice on one id."""
-    peers = Peers()
-    peers.connect()
-    wrong = DcepOpen(0, 0, 0, "evil", "").encode()
-    peers.client_assoc.send(1, PPID_DCEP, wrong)  # odd ids are the server's
-    peers.client_assoc.send(2, PPID_DCEP, wrong)
-    peers.client_assoc.send(2, PPID_DCEP, wrong)
-    peers.client_assoc.send(4, PPID_DCEP, b"\x03garbage")
-    peers.client_assoc.send(6, 53, b"data on no channel")
-    peers.run_until(lambda: peers.server.dropped_messages == 4)
-    assert [c.stream_id for c in opened(peers.server_events)] == [2]
+    def test_open_with_wrong_parity_or_duplicate_id_dropped(self) -> None:
+        """The peer may not open on our parity, nor twice on one id."""
+        peers = Peers()
+        peers.connect()
+        wrong = DcepOpen(0, 0, 0, "evil", "").encode()
+        peers.client_assoc.send(1, PPID_DCEP, wrong)  # odd ids are the server's
+        peers.client_assoc.send(2, PPID_DCEP, wrong)
+        peers.client_assoc.send(2, PPID_DCEP, wrong)
+        peers.client_assoc.send(4, PPID_DCEP, b"\x03garbage")
+        peers.client_assoc.send(6, 53, b"data on no channel")
+        peers.run_until(lambda: peers.server.dropped_messages == 4)
+        self.assertEqual([c.stream_id for c in opened(peers.server_events)], [2])
 
 
 # -- interop with aiortc's RTCSctpTransport (in memory, real asyncio time) ----------------------------------
-
 
 class _FakeDtls:
     """Just enough of aiortc's RTCDtlsTransport for RTCSctpTransport: a role and a data pipe."""
@@ -372,8 +380,11 @@ async def _interop_scenario() -> None:
         pump_task.cancel()
 
 
-def test_interop_with_aiortc() -> None:
-    """Handshake, DCEP both ways, text/binary/empty/200 KB messages and reset-close against aiortc."""
-    import asyncio
+class AiortcInteropTests(SynchronousTestCase):
+    """Our association and channels against aiortc's RTCSctpTransport, in memory, on asyncio's clock."""
 
-    asyncio.run(asyncio.wait_for(_interop_scenario(), 30))
+    def test_interop_with_aiortc(self) -> None:
+        """Handshake, DCEP both ways, text/binary/empty/200 KB messages and reset-close against aiortc."""
+        import asyncio
+
+        asyncio.run(asyncio.wait_for(_interop_scenario(), 30))
