@@ -252,7 +252,7 @@ class ParrotAgentTypeTests(SynchronousTestCase):
         self.assertIsInstance(defaults, ParrotAgentFactory)
         self.assertEqual((defaults.sample_rate, defaults.prefix_padding_ms, defaults.max_turn_ms), (24000, 100, 30000))
         for bad in ("detector = energy", "silence_ms = 500", "prefix_padding_ms = -1", "max_turn_ms = 99999", "sample_rate = 8000"):
-            with self.assertRaises(c.ConfigError):
+            with case(bad), self.assertRaises(c.ConfigError):
                 c.load_config(schema, text=f"[agent.parrot]\n{bad}\n")
 
 
