@@ -163,6 +163,7 @@ REFUSALS: list[tuple[str, Callable[[str], str], int, str]] = [
 
 
 async def _aiortc_round(direction: str, datachannel: bool, accept: bool) -> tuple[str, str, str]:
+    """aiortc offers, we answer, aiortc takes the answer: its signaling state, its audio direction, our answer."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
