@@ -62,10 +62,13 @@ from tests import pion_peer  # noqa: E402
 from tests.support import (  # noqa: E402
     free_tcp_port,
     free_udp_port,
+    free_udp_run,
     http_get,
     running_service,
     write_allinone_config,
 )
+
+from voiceedge.workers import parse_workers, process_count  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 CHILD_DEADLINE = 600  # seconds: no server outlives this
@@ -119,7 +122,7 @@ def allinone(log_dir: Path, passthrough: bool, workers: str | None) -> Iterator[
 
 
 def _wait_workers(base: str, count: int, timeout: float = 60.0) -> None:
-    """Until the front door of the all-in-one's workers sees ``count`` of them serving."""
+    """Until the front door of the workers (all-in-one or transceiver) sees ``count`` of them serving."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -134,8 +137,12 @@ def _wait_workers(base: str, count: int, timeout: float = 60.0) -> None:
 
 @contextmanager
 def transceiver_direct(log_dir: Path, passthrough: bool, workers: str | None) -> Iterator[tuple[str, int]]:
-    """``twistd voiceedge-transceiver`` alone, clients sending to its media socket: (offer URL, pid)."""
-    http_port, media_port = free_tcp_port(), free_udp_port()
+    """``twistd voiceedge-transceiver`` alone, clients sending to its media socket(s): (offer URL, pid)."""
+    # One process unless --workers says otherwise, as the all-in-one's side.
+    workers = workers or "1"
+    count = process_count(parse_workers(workers))
+    # Worker i's media socket is on the port plus i; clients reach each worker directly.
+    http_port, media_port = free_tcp_port(), free_udp_run(count)
     parser = configparser.ConfigParser(interpolation=None)
     parser.read_dict(
         {
@@ -145,13 +152,14 @@ def transceiver_direct(log_dir: Path, passthrough: bool, workers: str | None) ->
             "agent.echo": {"passthrough": "yes" if passthrough else "no"},
         }
     )
-    if workers is not None:
-        parser["process"] = {"workers": workers}
+    parser["process"] = {"workers": workers}
     ini = log_dir / "transceiver.ini"
     with ini.open("w") as f:
         parser.write(f)
     base = f"http://{LOOPBACK}:{http_port}"
     with running_service(["voiceedge-transceiver", "--config", str(ini)], base + "/healthz", log_dir=log_dir, timeout=60) as proc:
+        if count > 1:
+            _wait_workers(base, count)
         yield base + "/v1/realtime/calls", proc.pid
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "ServiceFailed",
     "free_tcp_port",
     "free_udp_port",
+    "free_udp_run",
     "health_sessions",
     "http_get",
     "running_service",
@@ -56,6 +57,27 @@ def free_udp_port() -> int:
 def free_tcp_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     return _free_port(socket.SOCK_STREAM)
+
+
+def free_udp_run(count: int) -> int:
+    """A UDP port p on 127.0.0.1 with p + 1 ... p + count - 1 free too (one for each worker)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
+            first.bind((LOOPBACK, 0))
+            port: int = first.getsockname()[1]
+            others = []
+            try:
+                for offset in range(1, count):
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    others.append(sock)
+                    sock.bind((LOOPBACK, port + offset))
+            except OSError:
+                continue
+            finally:
+                for sock in others:
+                    sock.close()
+            return port
+    raise AssertionError(f"no {count} consecutive free UDP ports")
 
 
 def _ini_value(value: object) -> str:

@@ -23,7 +23,8 @@ class MembershipTests(SynchronousTestCase):
 
     def options(self, text: str) -> transceiver_tap.Options:
         path = Path(self.mktemp()).resolve()
-        path.write_text(text)
+        # One process: the workers' own settings are tested in tests/test_workers.py.
+        path.write_text(text + "[process]\nworkers = 1\n")
         options = transceiver_tap.Options()
         options.parseOptions(["--config", str(path)])
         return options

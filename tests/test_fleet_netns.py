@@ -103,7 +103,9 @@ class TwoRegionFleetTests(TestCase):
                     f"relay_networks = {net.cidr}\n[route]\nkeys = {key}\ncluster = {clusters[region]}\n"
                     f"[internal]\nlisten = tcp:8081:interface={host.ip}\nsecret = {SECRET}\n"
                     f"[registry]\nenabled = yes\nid = {name}\nregion = {region}\nheartbeat = 1\nttl = 3\n"
-                    f"[redis]\nsentinels = {sentinels}\ntimeout = 0.5\n[drain]\ngrace_period = 120\n"))
+                    f"[redis]\nsentinels = {sentinels}\ntimeout = 0.5\n[drain]\ngrace_period = 120\n"
+                    # One process each: the scenario drains and kills whole transceivers.
+                    "[process]\nworkers = 1\n"))
                 processes[name] = host.twistd(["voiceedge-transceiver", "--config", str(ini)], self.tmp / f"tx-{name}.log")
         door = net.host("door", 0, 10)
         clients = {"a": net.host("client-a", 4, 1), "b": net.host("client-b", 5, 1), "edge": net.host("client-edge", 6, 1)}

@@ -43,7 +43,7 @@ class GlobalHopCallTests(TestCase):
         (tmp / "transceiver.ini").write_text(
             f"[signaling]\nlisten = tcp:{signaling}:interface={LOOPBACK}\n"
             f"[transceiver]\nmedia_listen = {LOOPBACK}:0\nadvertised_address = {LOOPBACK}:{public_a}\n"
-            f"relay_networks = 127.0.0.0/8\n[route]\nkeys = {key}\ncluster = 2\n"
+            f"relay_networks = 127.0.0.0/8\n[route]\nkeys = {key}\ncluster = 2\n[process]\nworkers = 1\n"
         )
         base = f"http://{LOOPBACK}:{signaling}"
         with running_service(["voiceedge-relay", "--config", str(tmp / "relay-a.ini")],

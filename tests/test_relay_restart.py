@@ -73,6 +73,8 @@ class Split:
             f"[transceiver]\nmedia_listen = 127.0.0.1:{self.transceiver_udp}\n"
             f"advertised_address = 127.0.0.1:{self.relay_udp}\nrelay_networks = 127.0.0.0/8\n"
             f"[route]\nkeys = {key}\nissuing_key = 1\n"
+            # One process: this kills and restarts it whole.
+            "[process]\nworkers = 1\n"
         )
         return relay, transceiver
 

@@ -17,7 +17,6 @@ import dataclasses
 import ipaddress
 import os
 import secrets
-import socket
 from dataclasses import dataclass
 
 from twisted.application import service
@@ -26,6 +25,7 @@ from twisted.python import usage
 
 from voiceedge import config as c
 from voiceedge.config import SettingError, section
+from voiceedge.fleet.local import INTERNAL_SECRET_ENV
 from voiceedge.reactors import service_reactors
 from voiceedge.relay import tap as relay_tap
 from voiceedge.relay.settings import RedisSettings, RelaySettings, TokenSettings
@@ -39,9 +39,8 @@ from voiceedge.transceiver.settings import (
 )
 from voiceedge.workers import ParentWatch, ProcessSettings, WorkerSupervisor, offset_port, twistd_argv
 
-#: Where a worker finds the fleet key and the internal API's secret its supervisor made.
+#: Where a worker finds the fleet key its supervisor made (the internal API's secret: INTERNAL_SECRET_ENV).
 FLEET_KEY_ENV = "VOICEEDGE_WORKER_FLEET_KEY"
-INTERNAL_SECRET_ENV = "VOICEEDGE_WORKER_INTERNAL_SECRET"
 
 __all__ = ["AllInOneSettings", "Options", "makeService"]
 
@@ -163,37 +162,17 @@ def makeService(config: Options, clock: IReactorTime | None = None) -> service.M
     return top
 
 
-def _free_tcp_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _supervisor(
     config: Options, settings: AllInOneSettings, count: int, clock: IReactorTime, reactor: object
 ) -> service.MultiService:
     """Signaling as the front door of ``count`` workers, and the workers themselves."""
-    from voiceedge.fleet.frontdoor import FleetSessionHost, split_session_id
-    from voiceedge.fleet.internal_client import InternalApiClient
-    from voiceedge.fleet.local import REGION, WorkerStore
-    from voiceedge.fleet.registry import RegistryView, TransceiverRecord
-    from voiceedge.fleet.settings import FleetSettings, RegionSettings
-    from voiceedge.fleet.steering import RegionMap
-    from twisted.application import strports
-    from twisted.web import server
-    from twisted.web.resource import Resource
-
-    from voiceedge.fleet.session_ends import SessionEnds, SessionReconciler
-    from voiceedge.metrics import MetricsResource, SnapshotCollector, make_registry
-    from voiceedge.signaling.ownership import SessionLedger
-    from voiceedge.signaling.resource import build_site
-    from voiceedge.signaling.tap import ReadyResource
+    from voiceedge.fleet.local import build_front_door, loopback_apis
 
     secret = secrets.token_urlsafe(32)
     env = dict(os.environ)
     env[FLEET_KEY_ENV] = base64.b64encode(os.urandom(32)).decode("ascii")
     env[INTERNAL_SECRET_ENV] = secret
-    apis = {i: ("127.0.0.1", _free_tcp_port("127.0.0.1")) for i in range(count)}
+    apis = loopback_apis(count)
     options = [] if config["config"] is None else ["--config", str(config["config"])]
 
     def argv(i: int) -> list[str]:
@@ -202,54 +181,12 @@ def _supervisor(
     top = service.MultiService()
     WorkerSupervisor(reactor, count, argv, env, restart_delay=settings.process.restart_delay).setServiceParent(top)
     relay = settings.relay.ingress
-    fleet = FleetSettings(secret=secret, max_cpu=1000.0, avoid_failed=1.0)
-    api = InternalApiClient(clock, secret, fleet.request_timeout)
-    view: RegistryView[TransceiverRecord] = RegistryView(
-        WorkerStore(api, apis, relay, settings.relay.cluster, settings.transceiver.max_sessions),
-        clock, fleet.refresh_interval, fleet.max_stale,
+    # Clients reach every worker through the one relay address, the only candidate in answers.
+    build_front_door(
+        settings.signaling, apis, secret, {i: relay for i in apis}, settings.relay.cluster,
+        settings.transceiver.max_sessions, clock, top, relay=relay,
     )
-    host = FleetSessionHost(view, api, RegionMap({REGION: RegionSettings(relay=relay)}, REGION), clock, fleet)
-    _ViewService(view, api).setServiceParent(top)
-    signaling = settings.signaling
-    # Calls end on the workers, which tell nobody: every registry read the front door compares
-    # what it recorded (each key's live calls) with what each worker holds.
-    ledger = SessionLedger(
-        signaling.max_calls_per_key, clock, lambda session_id: (split_session_id(session_id) or (None,))[0]
-    )
-    reconciler = SessionReconciler(ledger, view, api, clock, host.session_ended, grace=1.0)
-    ends = SessionEnds(None, reconciler, clock, fleet.refresh_interval, fleet.refresh_interval)
-    ends.setServiceParent(top)
-    # As one process does it: /metrics on metrics_listen when set, else behind the keys.
-    registry = make_registry(host.metrics, view.metrics, ends.metrics)
-    metrics = MetricsResource(registry)
-    site = build_site(
-        host, signaling, ledger=ledger, admin={} if signaling.metrics_listen else {b"metrics": metrics},
-        extra={b"readyz": ReadyResource(view)}, reactor=clock,
-    )
-    registry.register(SnapshotCollector(site.metrics))
-    strports.service(signaling.listen, site).setServiceParent(top)
-    if signaling.metrics_listen:
-        root = Resource()
-        root.putChild(b"metrics", metrics)
-        strports.service(signaling.metrics_listen, server.Site(root)).setServiceParent(top)
     return top
-
-
-class _ViewService(service.Service):
-    """Reads the workers' load while the application runs."""
-
-    def __init__(self, view: object, api: object) -> None:
-        self.view = view
-        self.api = api
-
-    def startService(self) -> None:
-        super().startService()
-        self.view.start()  # type: ignore[attr-defined]
-
-    def stopService(self) -> object:
-        super().stopService()
-        self.view.stop()  # type: ignore[attr-defined]
-        return self.api.close()  # type: ignore[attr-defined]
 
 
 def _stop_reactor() -> None:

@@ -31,11 +31,13 @@ from twisted.python.failure import Failure
 
 from voiceedge import config as c
 from voiceedge.config import setting
+from voiceedge.metrics import Sample
 
 __all__ = [
     "AUTO",
     "ParentWatch",
     "ProcessSettings",
+    "SupervisorDrain",
     "WorkerSupervisor",
     "enable_reuse_port",
     "offset_port",
@@ -141,9 +143,10 @@ class WorkerSupervisor(service.Service):
     ``argv_for(i)`` is worker ``i``'s command line. A worker that exits while
     the supervisor runs is started again after ``restart_delay`` seconds
     (doubling, up to a minute, while it keeps dying within ``stable`` seconds
-    of its start). Stopping sends every worker SIGTERM and waits for them
-    (SIGKILL after ``stop_grace`` seconds). Workers' output goes where the
-    supervisor's goes.
+    of its start), unless the supervisor drains (:meth:`drain`). Stopping
+    sends every worker ``stop_signal`` (SIGTERM) and waits for them (SIGKILL
+    after ``stop_grace`` seconds). Workers' output goes where the supervisor's
+    goes.
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class WorkerSupervisor(service.Service):
         restart_delay: float = 0.5,
         stable: float = 10.0,
         stop_grace: float = 10.0,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         if not IReactorProcess.providedBy(reactor):
             raise TypeError("the supervisor needs a reactor that can spawn processes")
@@ -167,6 +171,8 @@ class WorkerSupervisor(service.Service):
         self.restart_delay = restart_delay
         self.stable = stable
         self.stop_grace = stop_grace
+        self.stop_signal = stop_signal
+        self.draining = False
         self.processes: dict[int, _WorkerProcess] = {}
         self.started_at: dict[int, float] = {}
         self.delays: dict[int, float] = {}
@@ -206,7 +212,7 @@ class WorkerSupervisor(service.Service):
         index = proc.index
         if self.processes.get(index) is proc:
             del self.processes[index]
-        if not self.running:
+        if not self.running or self.draining:
             return
         lived = self.clock.seconds() - self.started_at.get(index, 0.0)
         delay = self.delays.get(index, self.restart_delay)
@@ -219,17 +225,30 @@ class WorkerSupervisor(service.Service):
         )
         self._pending[index] = self.clock.callLater(delay, self._spawn, index)
 
-    def stopService(self) -> defer.Deferred[Any]:
-        """SIGTERM every worker; the Deferred fires when all have exited (SIGKILL after the grace)."""
-        super().stopService()
-        for call in self._pending.values():
-            if call.active():
-                call.cancel()
-        self._pending.clear()
+    def drain(self) -> defer.Deferred[Any]:
+        """SIGTERM every worker and start none again (each drains itself); fires when all have exited."""
+        self.draining = True
+        self._cancel_restarts()
         waits = []
         for proc in list(self.processes.values()):
             waits.append(proc.ended)
             self._signal(proc, signal.SIGTERM)
+        return defer.DeferredList(waits)
+
+    def _cancel_restarts(self) -> None:
+        for call in self._pending.values():
+            if call.active():
+                call.cancel()
+        self._pending.clear()
+
+    def stopService(self) -> defer.Deferred[Any]:
+        """Signal every worker; the Deferred fires when all have exited (SIGKILL after the grace)."""
+        super().stopService()
+        self._cancel_restarts()
+        waits = []
+        for proc in list(self.processes.values()):
+            waits.append(proc.ended)
+            self._signal(proc, self.stop_signal)
         if not waits:
             return defer.succeed(None)
         done: defer.Deferred[Any] = defer.DeferredList(waits)
@@ -254,6 +273,52 @@ class WorkerSupervisor(service.Service):
                 proc.transport.signalProcess(number)
         except Exception:  # already gone
             pass
+
+
+class SupervisorDrain:
+    """SIGTERM on a supervisor of workers that drain themselves (transceivers, docs/fleet.md).
+
+    The first SIGTERM passes one to every worker, which drains (no new
+    call, the live ones go on, it exits when it holds none); no worker is
+    started again, and the supervisor stops once every worker has exited.
+    The second stops the supervisor at once: stopping, it ends its workers
+    with its ``stop_signal`` (SIGINT for transceivers: they end their calls and exit).
+    """
+
+    def __init__(self, supervisor: WorkerSupervisor, stop: Callable[[], None]) -> None:
+        self.supervisor = supervisor
+        self.stop = stop
+        self.sigterms = 0
+
+    @property
+    def draining(self) -> bool:
+        """Whether a drain has started."""
+        return self.sigterms > 0
+
+    def sigterm(self) -> None:
+        """The first SIGTERM drains every worker; the second stops now."""
+        self.sigterms += 1
+        if self.sigterms == 1:
+            log.info("draining: SIGTERM to {n} workers; exit when they all have", n=len(self.supervisor.processes))
+            done = self.supervisor.drain()
+            done.addCallback(lambda _: self._drained())
+            return
+        log.info("second SIGTERM: the workers end their calls and exit now")
+        self.stop()
+
+    def _drained(self) -> None:
+        log.info("drained: every worker has exited")
+        self.stop()
+
+    def metrics(self) -> list[Sample]:
+        """``voiceedge_transceiver_draining``, as one transceiver serves it."""
+        return [
+            ("gauge", "voiceedge_transceiver_draining", "1 while the transceiver drains", {},
+             1 if self.draining else 0),
+            ("gauge", "voiceedge_workers_running", "Worker processes running", {}, len(self.supervisor.processes)),
+            ("counter", "voiceedge_workers_restarted", "Workers started again after they died", {},
+             self.supervisor.restarts),
+        ]
 
 
 class ParentWatch(service.Service):

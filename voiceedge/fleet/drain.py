@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import signal
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -143,7 +143,11 @@ class Drain:
         ]
 
 
-def install_sigterm(reactor: Any, drain: Drain) -> None:
+class _OnSigterm(Protocol):
+    def sigterm(self) -> None: ...
+
+
+def install_sigterm(reactor: Any, drain: _OnSigterm) -> None:
     """Make SIGTERM drain instead of stopping the reactor (call once the reactor runs).
 
     The handler only schedules: the drain itself runs in the reactor loop.

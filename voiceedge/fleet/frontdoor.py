@@ -60,8 +60,12 @@ class FleetSessionHost:
         regions: RegionMap,
         clock: IReactorTime,
         settings: FleetSettings,
+        *,
+        relay_candidate: bool = True,
     ) -> None:
         self.view = view
+        # False: each transceiver's answer names its own address (a host's workers reached directly).
+        self.relay_candidate = relay_candidate
         self.api = api
         self.regions = regions
         self.clock = clock
@@ -91,7 +95,7 @@ class FleetSessionHost:
         self, offer: str, settings: Mapping[str, Any] | None, client: IPAddress | None
     ) -> OpenedSession:
         region = self.regions.region_for(client)
-        candidate = self.regions.relay_for(region)
+        candidate = self.regions.relay_for(region) if self.relay_candidate else None
         tried: set[str] = set()
         for attempt in range(2):
             record = choose_transceiver(

@@ -1,32 +1,56 @@
 # -*- test-case-name: tests.test_workers -*-
 """One host's worker processes as a fleet with no Redis: the supervisor's registry is its workers' internal APIs.
 
-With ``[process] workers`` above one, the process ``twistd voiceedge`` starts
-is a front door (:class:`~voiceedge.fleet.frontdoor.FleetSessionHost`) over
-its own workers, each a relay and a transceiver with an internal API on
-loopback. :class:`WorkerStore` is the registry it reads: every second it asks
-each worker ``GET /internal/v1/drain`` (state and sessions) and turns the
-answers into :class:`~voiceedge.fleet.registry.TransceiverRecord` values; a
-worker that does not answer is left out until it does, so no call is placed
-on it.
+With ``[process] workers`` above one, the process ``twistd voiceedge`` (or
+``twistd voiceedge-transceiver``) starts is a front door
+(:class:`~voiceedge.fleet.frontdoor.FleetSessionHost`, built by
+:func:`build_front_door`) over its own workers, each a transceiver (and, in
+the all-in-one, a relay) with an internal API. :class:`WorkerStore` is the
+registry it reads: every second it asks each worker ``GET /internal/v1/drain``
+(state and sessions) and turns the answers into
+:class:`~voiceedge.fleet.registry.TransceiverRecord` values; a worker that does
+not answer is left out until it does, so no call is placed on it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+import socket
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from twisted.application import service, strports
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.web import server
+from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from voiceedge.config import Address
-from voiceedge.fleet.internal_client import IInternalApi, InternalResponse
-from voiceedge.fleet.registry import DRAINING, SERVING, IRegistryStore, TransceiverRecord
+from voiceedge.fleet.frontdoor import FleetSessionHost, split_session_id
+from voiceedge.fleet.internal_client import IInternalApi, InternalApiClient, InternalResponse
+from voiceedge.fleet.registry import DRAINING, SERVING, IRegistryStore, RegistryView, TransceiverRecord
+from voiceedge.fleet.session_ends import SessionEnds, SessionReconciler
+from voiceedge.fleet.settings import FleetSettings, RegionSettings
+from voiceedge.fleet.steering import RegionMap
+from voiceedge.metrics import MetricsResource, Sample, SnapshotCollector, make_registry
+from voiceedge.signaling.ownership import SessionLedger
+from voiceedge.signaling.resource import build_site
+from voiceedge.signaling.settings import SignalingSettings
+from voiceedge.signaling.tap import ReadyResource
 
-__all__ = ["DRAIN_PATH", "WorkerStore", "worker_id"]
+__all__ = [
+    "DRAIN_PATH",
+    "INTERNAL_SECRET_ENV",
+    "WorkerStore",
+    "build_front_door",
+    "loopback_apis",
+    "worker_id",
+]
 
 DRAIN_PATH = "/internal/v1/drain"
 REGION = "default"
+#: Where a worker finds the internal API's secret its supervisor made (when the INI names none).
+INTERNAL_SECRET_ENV = "VOICEEDGE_WORKER_INTERNAL_SECRET"
 
 
 def worker_id(index: int) -> str:
@@ -36,14 +60,24 @@ def worker_id(index: int) -> str:
 
 @implementer(IRegistryStore)
 class WorkerStore:
-    """The records of this host's workers, read from their internal APIs (nothing is written)."""
+    """The records of this host's workers, read from their internal APIs (nothing is written).
+
+    ``workers`` is each worker's internal API by index, ``media`` where clients
+    reach each worker's media (the one relay address of the all-in-one, or
+    each transceiver worker's own route address).
+    """
 
     def __init__(
-        self, api: IInternalApi, workers: Mapping[int, Address], relay: Address, cluster: int, capacity: int
+        self,
+        api: IInternalApi,
+        workers: Mapping[int, Address],
+        media: Mapping[int, Address],
+        cluster: int,
+        capacity: int,
     ) -> None:
         self.api = api
         self.workers = dict(workers)
-        self.relay = relay
+        self.media = dict(media)
         self.cluster = cluster
         self.capacity = capacity
 
@@ -72,7 +106,7 @@ class WorkerStore:
             region=REGION,
             cluster=self.cluster,
             api=address,
-            media=self.relay,  # clients reach every worker through the one relay address
+            media=self.media[index],
             sessions=int(state.get("sessions", 0)),
             capacity=self.capacity,
             cpu=0.0,
@@ -90,3 +124,90 @@ class WorkerStore:
     def publish_ended(self, record_id: str, session_id: str) -> "defer.Deferred[Any]":
         """No listeners on one host."""
         return defer.succeed(None)
+
+
+def loopback_apis(count: int, host: str = "127.0.0.1") -> dict[int, Address]:
+    """An internal API address on ``host`` for each of ``count`` workers: ports free a moment ago."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    apis = {}
+    for index in range(count):
+        with socket.socket(family) as sock:
+            sock.bind((host, 0))
+            apis[index] = (host, int(sock.getsockname()[1]))
+    return apis
+
+
+def build_front_door(
+    signaling: SignalingSettings,
+    apis: Mapping[int, Address],
+    secret: str,
+    media: Mapping[int, Address],
+    cluster: int,
+    capacity: int,
+    clock: IReactorTime,
+    parent: service.MultiService,
+    *,
+    relay: Address | None,
+    draining: Callable[[], bool] | None = None,
+    more_metrics: Sequence[Callable[[], Iterable[Sample]]] = (),
+) -> FleetSessionHost:
+    """Signaling on ``signaling.listen`` as the front door of a host's workers, added to ``parent``.
+
+    ``apis`` are the workers' internal APIs (by index), ``secret`` their
+    bearer secret. ``relay`` is the candidate of every answer (the
+    all-in-one's shared relay port); ``None`` leaves each worker to name its
+    own (``[transceiver] advertised_address``), as one transceiver does.
+    Serves the API a transceiver serves, plus ``/readyz`` (503 until the
+    workers have been read, and while ``draining()``) and ``/metrics`` as one
+    process does (on ``metrics_listen`` when set, else behind the keys).
+    """
+    fleet = FleetSettings(secret=secret, max_cpu=1000.0, avoid_failed=1.0)
+    api = InternalApiClient(clock, secret, fleet.request_timeout)
+    view: RegistryView[TransceiverRecord] = RegistryView(
+        WorkerStore(api, apis, media, cluster, capacity), clock, fleet.refresh_interval, fleet.max_stale,
+    )
+    # The region's relay is only a placeholder when the workers name their own candidates.
+    regions = RegionMap({REGION: RegionSettings(relay=relay or ("127.0.0.1", 0))}, REGION)
+    host = FleetSessionHost(view, api, regions, clock, fleet, relay_candidate=relay is not None)
+    _ViewService(view, api).setServiceParent(parent)
+    # Calls end on the workers, which tell nobody: every registry read the front door compares
+    # what it recorded (each key's live calls) with what each worker holds.
+    ledger = SessionLedger(
+        signaling.max_calls_per_key, clock, lambda session_id: (split_session_id(session_id) or (None,))[0]
+    )
+    reconciler = SessionReconciler(ledger, view, api, clock, host.session_ended, grace=1.0)
+    ends = SessionEnds(None, reconciler, clock, fleet.refresh_interval, fleet.refresh_interval)
+    ends.setServiceParent(parent)
+    # As one process does it: /metrics on metrics_listen when set, else behind the keys.
+    registry = make_registry(host.metrics, view.metrics, ends.metrics, *more_metrics)
+    metrics = MetricsResource(registry)
+    site = build_site(
+        host, signaling, ledger=ledger, admin={} if signaling.metrics_listen else {b"metrics": metrics},
+        extra={b"readyz": ReadyResource(view, draining)}, reactor=clock,
+    )
+    registry.register(SnapshotCollector(site.metrics))
+    strports.service(signaling.listen, site).setServiceParent(parent)
+    if signaling.metrics_listen:
+        root = Resource()
+        root.putChild(b"metrics", metrics)
+        strports.service(signaling.metrics_listen, server.Site(root)).setServiceParent(parent)
+    return host
+
+
+class _ViewService(service.Service):
+    """Reads the workers' load while the application runs."""
+
+    def __init__(self, view: RegistryView[TransceiverRecord], api: InternalApiClient) -> None:
+        self.view = view
+        self.api = api
+
+    def startService(self) -> None:
+        """Start reading the workers."""
+        super().startService()
+        self.view.start()
+
+    def stopService(self) -> Any:
+        """Stop reading; close the connections to the workers."""
+        super().stopService()
+        self.view.stop()
+        return self.api.close()

@@ -15,7 +15,7 @@ share them; session ends reach them through :mod:`voiceedge.fleet.session_ends`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from twisted.application import service, strports
 from twisted.internet.interfaces import IReactorTime
@@ -85,17 +85,26 @@ class Options(usage.Options):
 
 
 class ReadyResource(resource.Resource):
-    """``GET /readyz``: 200 once the registry has been read (and while a copy is in use), else 503."""
+    """``GET /readyz``: 200 once the registry has been read (and while a copy is in use), else 503.
+
+    ``draining()`` true (a supervisor of transceiver workers that drains) is 503 too.
+    """
 
     isLeaf = True
 
-    def __init__(self, view: RegistryView[TransceiverRecord]) -> None:
+    def __init__(
+        self, view: RegistryView[TransceiverRecord], draining: Callable[[], bool] | None = None
+    ) -> None:
         super().__init__()
         self.view = view
+        self.draining = draining
 
     def render_GET(self, request: server.Request) -> bytes:
         """Ready when the front door knows transceivers to choose from."""
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if self.draining is not None and self.draining():
+            request.setResponseCode(http.SERVICE_UNAVAILABLE)
+            return b"draining\n"
         serving = sum(1 for r in self.view.records.values() if r.serving)
         if not self.view.up and not self.view.records:
             request.setResponseCode(http.SERVICE_UNAVAILABLE)

@@ -14,6 +14,7 @@ from voiceedge.redis_connection import RedisConnectionSettings
 from voiceedge.media.detection import DetectionSettings, DetectorName, parse_detector
 from voiceedge.transceiver.audio import StopTail, parse_stop_tail
 from voiceedge.signaling.settings import SignalingSettings
+from voiceedge.workers import ProcessSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -150,6 +151,7 @@ class TransceiverServiceSettings:
     registry: RegistrySettings = section(RegistrySettings)
     redis: RedisConnectionSettings = section(RedisConnectionSettings)
     drain: DrainSettings = section(DrainSettings)
+    process: ProcessSettings = section(ProcessSettings)
 
     def __post_init__(self) -> None:
         if self.registry.enabled and self.internal.reachable_at is None:

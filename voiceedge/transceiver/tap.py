@@ -1,23 +1,44 @@
 # -*- test-case-name: tests.test_tap -*-
-"""``twistd voiceedge-transceiver``: options and the service it runs."""
+"""``twistd voiceedge-transceiver``: options and the service it runs, in one process or one worker per core.
+
+With ``[process] workers`` above one, the process ``twistd`` starts is a
+supervisor (:class:`~voiceedge.workers.WorkerSupervisor`) and the front door of
+its workers (:func:`voiceedge.fleet.local.build_front_door`) on ``[signaling]
+listen``; each worker (``--worker <i>``) is a whole transceiver: its media
+socket on ``media_listen``'s port plus ``i``, its route address (and, with no
+route keys, its advertised address) plus ``i``, its internal API on ``[internal]
+listen``'s port plus ``i`` (or on a free loopback port the supervisor chose),
+and its own registry id (``<id>-w<i>``). SIGTERM on the supervisor drains
+every worker; a second ends their calls at once.
+"""
 
 from __future__ import annotations
 
 import configparser
 import dataclasses
+import os
+import re
+import secrets
+import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from twisted.application import internet, service, strports
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web import server
 from twisted.web.resource import Resource
 
 from voiceedge import config as c
+from voiceedge.config import SettingError
 from voiceedge.agents.interfaces import IAgentType
 from voiceedge.agents.plugin import agent_type
+from voiceedge.fleet.drain import install_sigterm
+from voiceedge.fleet.local import INTERNAL_SECRET_ENV, build_front_door, loopback_apis
 from voiceedge.fleet.membership import build_membership
+from voiceedge.fleet.settings import InternalApiSettings
 from voiceedge.media.detection import DetectorUnavailable, make_speech_detector
 from voiceedge.metrics import MetricsResource, Sample, SnapshotCollector, make_registry, reactor_metrics
 from voiceedge.reactors import service_reactors
@@ -34,19 +55,25 @@ from voiceedge.transceiver.settings import (
     TransceiverSettings,
 )
 from voiceedge.wire.route_token import Route, RouteTokenCodec
+from voiceedge.workers import ParentWatch, SupervisorDrain, WorkerSupervisor, offset_port, offset_strport, twistd_argv
 
 __all__ = [
     "Agent",
     "Options",
+    "DrainOnSigterm",
     "TransceiverService",
     "build_signaling",
     "build_transceiver",
     "load_with_agent",
     "makeService",
     "route_ufrags",
+    "worker_apis",
+    "worker_settings",
 ]
 
 S = TypeVar("S")
+
+log = Logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +130,8 @@ class Options(usage.Options):
 
     optParameters = [
         ["config", "c", None, "INI file (see etc/transceiver.ini)"],
+        ["worker", None, None, "(set by the supervisor) run as worker N of [process] workers"],
+        ["internal", None, None, "(set by the supervisor) host:port of the worker's internal API"],
     ]
 
     def postOptions(self) -> None:
@@ -112,8 +141,12 @@ class Options(usage.Options):
             raise usage.UsageError("--config is required")
         try:
             self.settings, self.agent = load_with_agent(TransceiverServiceSettings, path)
+            if self.settings.process.count > 1:
+                worker_apis(self.settings.internal, self.settings.process.count)
         except c.ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        except SettingError as e:
+            raise usage.UsageError(f"{path}: [{e.section}] {e.key}: {e.message}") from None
 
 
 class TransceiverService(service.Service):
@@ -223,14 +256,21 @@ def build_signaling(
 
 
 def makeService(config: Options, clock: IReactorTime | None = None) -> service.MultiService:
-    """The transceiver: its media socket, its timers and its HTTP signaling."""
-    clock, _ = service_reactors(clock)
+    """The transceiver: its media socket, its timers and its HTTP signaling (or a supervisor of workers)."""
+    clock, reactor = service_reactors(clock)
     settings: TransceiverServiceSettings = config.settings
+    worker = config["worker"]
+    if settings.process.count > 1 and worker is None:
+        return _supervisor(config, settings, clock, reactor)
+    if worker is not None:
+        internal = c.address(config["internal"]) if config["internal"] else None
+        settings = worker_settings(settings, int(worker), internal, os.environ.get(INTERNAL_SECRET_ENV, ""))
     top = service.MultiService()
     transceiver = build_transceiver(
         settings.transceiver, settings.route, settings.speech, config.agent, clock, top
     )
-    build_signaling(settings.signaling, transceiver, top, clock=clock)
+    if worker is None:
+        build_signaling(settings.signaling, transceiver, top, clock=clock)
     protocol = next(s for s in top if isinstance(s, internet.UDPServer)).args[1]
     build_membership(
         transceiver,
@@ -243,4 +283,133 @@ def makeService(config: Options, clock: IReactorTime | None = None) -> service.M
         clock,
         top,
     )
+    if worker is not None:
+        ParentWatch(clock, _stop_reactor).setServiceParent(top)
     return top
+
+
+_WORKER_ID = "-w{index}"
+
+
+def worker_apis(internal: InternalApiSettings, count: int) -> dict[int, Address] | None:
+    """Where the supervisor reaches each worker's internal API: ``[internal]``'s address plus the index.
+
+    ``None`` when ``[internal] listen`` is empty (the supervisor then picks
+    free loopback ports). Raises :class:`SettingError` when ``listen`` gives no
+    port to offset or no address to reach.
+    """
+    if not internal.listen:
+        return None
+    reach = internal.reachable_at
+    if reach is None:
+        # tcp:PORT on every interface: the supervisor reaches its workers on loopback.
+        match = re.match(r"^tcp:(\d+)(?::interface=(?:0\.0\.0\.0|::))?$", internal.listen)
+        reach = ("127.0.0.1", int(match.group(1))) if match else None
+    if reach is None or reach[1] == 0 or offset_strport(internal.listen, 1) == internal.listen:
+        raise SettingError(
+            "listen",
+            "with [process] workers above 1, must be tcp:PORT (each worker takes PORT plus its index)"
+            " on an address the supervisor reaches (or set [internal] address)",
+            section="internal",
+        )
+    return {i: offset_port(reach, i) for i in range(count)}
+
+
+def worker_settings(
+    settings: TransceiverServiceSettings, index: int, internal: Address | None, secret: str
+) -> TransceiverServiceSettings:
+    """Worker ``index``'s settings: its own media socket, route address, internal API and registry id.
+
+    ``internal`` is the loopback address its supervisor chose for its internal
+    API when ``[internal] listen`` is empty (with ``secret``, made by the supervisor).
+    """
+    transceiver = settings.transceiver
+    advertised = transceiver.advertised_address
+    if advertised is not None and not settings.route.keys:
+        # No relay: clients reach this worker's own socket.
+        advertised = offset_port(advertised, index)
+    transceiver = dataclasses.replace(
+        transceiver, media_listen=offset_port(transceiver.media_listen, index), advertised_address=advertised
+    )
+    route = settings.route
+    if route.address is not None:
+        route = dataclasses.replace(route, address=offset_port(route.address, index))
+    api = settings.internal
+    if internal is not None:
+        host, port = internal
+        api = InternalApiSettings(listen=f"tcp:{port}:interface={host}", secret=api.secret or secret)
+    elif api.listen:
+        api = dataclasses.replace(
+            api,
+            listen=offset_strport(api.listen, index),
+            address=offset_port(api.address, index) if api.address is not None else None,
+        )
+    registry = settings.registry
+    if registry.id:
+        suffix = _WORKER_ID.format(index=index)
+        registry = dataclasses.replace(registry, id=registry.id[: 64 - len(suffix)] + suffix)
+    return dataclasses.replace(settings, transceiver=transceiver, route=route, internal=api, registry=registry)
+
+
+def _supervisor(
+    config: Options, settings: TransceiverServiceSettings, clock: IReactorTime, reactor: Any
+) -> service.MultiService:
+    """``count`` workers, and signaling as their front door."""
+    count = settings.process.count
+    env = dict(os.environ)
+    apis = worker_apis(settings.internal, count)
+    secret = settings.internal.secret
+    argv_options = ["--config", str(config["config"])]
+    if apis is None:
+        apis = loopback_apis(count)
+        secret = secret or secrets.token_urlsafe(32)
+        env[INTERNAL_SECRET_ENV] = secret
+        argv_options_for = lambda i: [*argv_options, "--internal", c.format_address(apis[i])]  # noqa: E731
+    else:
+        argv_options_for = lambda i: argv_options  # noqa: E731
+    top = service.MultiService()
+    # A supervisor that stops without draining (SIGINT, the second SIGTERM) ends its workers'
+    # calls at once: SIGINT stops a worker's reactor; SIGTERM would start a drain.
+    supervisor = WorkerSupervisor(
+        reactor, count, lambda i: twistd_argv("voiceedge-transceiver", argv_options_for(i), i), env,
+        restart_delay=settings.process.restart_delay, stop_signal=signal.SIGINT,
+    )
+    supervisor.setServiceParent(top)
+    drain = SupervisorDrain(supervisor, _stop_reactor)
+    DrainOnSigterm(reactor, drain).setServiceParent(top)
+    media = {}
+    for i in apis:
+        worker = worker_settings(settings, i, None, "")
+        media[i] = worker.route.address or worker.transceiver.media_listen
+    build_front_door(
+        settings.signaling, apis, secret, media, settings.route.cluster, settings.transceiver.max_sessions,
+        clock, top, relay=None, draining=lambda: drain.draining, more_metrics=[drain.metrics],
+    )
+    log.info(
+        "voiceedge transceiver: {count} workers, media on {media}", count=count,
+        media=", ".join(c.format_address(m) for m in media.values()),
+    )
+    return top
+
+
+class DrainOnSigterm(service.Service):
+    """Makes SIGTERM drain a supervisor's workers (installed once the reactor runs, over twistd's own)."""
+
+    def __init__(self, reactor: Any, drain: SupervisorDrain) -> None:
+        self.reactor = reactor
+        self.drain = drain
+
+    def startService(self) -> None:
+        """Take SIGTERM once the reactor runs."""
+        super().startService()
+        if hasattr(self.reactor, "callWhenRunning"):
+            self.reactor.callWhenRunning(install_sigterm, self.reactor, self.drain)
+
+
+def _stop_reactor() -> None:
+    from twisted.internet import reactor
+
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
