@@ -8,11 +8,10 @@ import random
 import socket
 from typing import Any, Iterator
 
-import pytest
-import pytest_twisted
 from prometheus_client import generate_latest
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from voiceedge.metrics import make_registry
 from voiceedge.relay.core import MOVE_IDLE, Relay
@@ -98,229 +97,348 @@ class Harness:
         assert self.relay.flows.confirmed[client].next_hop == hop
 
 
-@pytest.fixture
-def h() -> Harness:
-    """A fresh harness."""
-    return Harness()
+class RoutingTests(SynchronousTestCase):
+    """The relay on a Clock: a token routes a flow to its transceiver, which confirms it; media then goes both ways, untouched."""
 
+    def test_valid_token_is_forwarded_with_header(self) -> None:
+        """A Binding request with a valid token goes to its transceiver, encapsulated, untouched."""
+        h = Harness()
+        request = binding_request(token())
+        h.from_client(request)
+        self.assertEqual(len(h.to_transceiver), 1)
+        data, addr = h.to_transceiver[0]
+        self.assertEqual(addr, HOP)
+        envelope, payload = encap.decode(data)
+        self.assertEqual(envelope, Envelope(CLIENT, INGRESS))
+        self.assertEqual(payload, request)
+        self.assertEqual(h.to_client, [])
+        self.assertIn(CLIENT, h.relay.flows.pending)
 
-def test_valid_token_is_forwarded_with_header(h: Harness) -> None:
-    """A Binding request with a valid token goes to its transceiver, encapsulated, untouched."""
-    request = binding_request(token())
-    h.from_client(request)
-    assert len(h.to_transceiver) == 1
-    data, addr = h.to_transceiver[0]
-    assert addr == HOP
-    envelope, payload = encap.decode(data)
-    assert envelope == Envelope(CLIENT, INGRESS)
-    assert payload == request
-    assert h.to_client == []
-    assert CLIENT in h.relay.flows.pending
+    def test_reply_goes_back_untouched_and_confirms(self) -> None:
+        """The transceiver's answer reaches the client byte for byte and confirms the flow."""
+        h = Harness()
+        h.from_client(binding_request(token()))
+        answer = b"\x01\x01" + os.urandom(98)
+        h.from_transceiver(answer)
+        self.assertEqual(h.to_client, [(answer, CLIENT)])
+        flow = h.relay.flows.confirmed[CLIENT]
+        self.assertTrue(flow.confirmed)
+        self.assertNotIn(CLIENT, h.relay.flows.pending)
+        self.assertEqual(h.relay.flows.confirmed_total, 1)
 
-
-def test_reply_goes_back_untouched_and_confirms(h: Harness) -> None:
-    """The transceiver's answer reaches the client byte for byte and confirms the flow."""
-    h.from_client(binding_request(token()))
-    answer = b"\x01\x01" + os.urandom(98)
-    h.from_transceiver(answer)
-    assert h.to_client == [(answer, CLIENT)]
-    flow = h.relay.flows.confirmed[CLIENT]
-    assert flow.confirmed and CLIENT not in h.relay.flows.pending
-    assert h.relay.flows.confirmed_total == 1
-
-
-def test_media_from_pending_flow_is_dropped(h: Harness) -> None:
-    """DTLS or SRTP before the owner answered goes nowhere."""
-    h.from_client(binding_request(token()))
-    h.to_transceiver.clear()
-    h.from_client(b"\x16\xfe\xfd" + os.urandom(100))
-    h.from_client(srtp())
-    assert h.to_transceiver == [] and h.to_client == []
-    assert h.relay.drops["pending_media"] == 2
-
-
-def test_repeated_checks_on_pending_flow_are_forwarded(h: Harness) -> None:
-    """Retransmitted checks with the same token go to the same transceiver."""
-    t = token()
-    for _ in range(3):
-        h.from_client(binding_request(t))
-    assert [a for _, a in h.to_transceiver] == [HOP] * 3
-    assert len(h.relay.flows) == 1
-
-
-def test_media_both_ways_after_confirmation(h: Harness) -> None:
-    """Once confirmed, every client datagram goes to the owner and back, untouched."""
-    h.confirm()
-    h.to_transceiver.clear()
-    h.to_client.clear()
-    up = [srtp(random.randrange(20, 1400)) for _ in range(50)]
-    down = [srtp(random.randrange(20, 1400)) for _ in range(50)]
-    for u, d in zip(up, down):
-        h.from_client(u)
-        h.from_transceiver(d)
-    assert [encap.decode(d) for d, _ in h.to_transceiver] == [
-        (Envelope(CLIENT, INGRESS), u) for u in up
-    ]
-    assert {a for _, a in h.to_transceiver} == {HOP}
-    assert h.to_client == [(d, CLIENT) for d in down]
-    r = h.relay
-    assert r.to_transceiver_packets == 51 and r.to_client_packets == 51
-    assert r.to_transceiver_bytes == sum(map(len, up)) + len(binding_request(token()))
-
-
-def test_consent_checks_on_confirmed_flow(h: Harness) -> None:
-    """STUN on a confirmed flow (consent checks) is forwarded to the owner."""
-    t = token()
-    h.from_client(binding_request(t))
-    h.from_transceiver(b"\x01\x01\x00\x00")
-    h.to_transceiver.clear()
-    h.from_client(binding_request(t))
-    h.from_client(b"\x00\x01\x00")  # STUN range, malformed: still the client's own flow
-    assert [a for _, a in h.to_transceiver] == [HOP, HOP]
-
-
-def test_oversized_and_empty_datagrams_are_dropped() -> None:
-    """Nothing larger than max_payload is forwarded, even on a confirmed flow."""
-    h = Harness(max_payload=1400)
-    h.confirm()
-    h.to_transceiver.clear()
-    h.from_client(srtp(1401))
-    h.from_client(b"")
-    assert h.to_transceiver == []
-    assert h.relay.drops["too_big"] == 1 and h.relay.drops["empty"] == 1
-
-
-def test_every_datagram_a_client_can_send_is_forwarded(h: Harness) -> None:
-    """By default the relay takes any client datagram one internal datagram can carry: a
-    1,408-byte DTLS flight with a post-quantum key share (Firefox ESR), and far larger, fits."""
-    assert h.relay.max_payload == encap.MAX_CLIENT_PAYLOAD == 65468
-    flight = b"\x16\xfe\xfd" + os.urandom(1405)
-    h.from_client(binding_request(token()))
-    h.from_transceiver(b"\x01\x01\x00\x00answer")
-    h.to_transceiver.clear()
-    for payload in (flight, srtp(9000), srtp(encap.MAX_CLIENT_PAYLOAD)):
-        h.from_client(payload)
-    assert [encap.decode(d)[1] for d, _ in h.to_transceiver][0] == flight
-    assert [len(d) for d, _ in h.to_transceiver] == [1408 + 14, 9000 + 14, 65468 + 14]
-    h.from_client(srtp(encap.MAX_CLIENT_PAYLOAD + 1))
-    assert h.relay.drops["too_big"] == 1
-
-
-def test_ice_restart_to_another_transceiver(h: Harness) -> None:
-    """A new token naming another transceiver takes over an idle flow only when that one answers."""
-    h.confirm()
-    h.to_transceiver.clear()
-    h.clock.advance(MOVE_IDLE)
-    new = token(HOP2)
-    h.from_client(binding_request(new))
-    assert h.to_transceiver[-1][1] == HOP2
-    h.from_client(srtp())
-    assert h.to_transceiver[-1][1] == HOP  # media still goes to the current owner
-    h.from_client(binding_request(new))  # a retransmission: not a new move, not busy
-    assert h.to_transceiver[-1][1] == HOP2 and h.relay.drops["flow_busy"] == 0
-    h.from_transceiver(b"\x01\x01\x00\x00", source=HOP2)
-    flow = h.relay.flows.confirmed[CLIENT]
-    assert flow.next_hop == HOP2 and flow.pending_hop is None
-    assert flow.ufrag == new.encode()  # the move takes the new session's ufrag
-    h.from_client(srtp())
-    assert h.to_transceiver[-1][1] == HOP2
-    h.from_client(binding_request(new))
-    assert h.to_transceiver[-1][1] == HOP2
-    h.from_transceiver(b"\x80late", source=HOP)
-    assert h.relay.drops["wrong_transceiver"] == 1
-
-
-def test_spoofed_check_cannot_move_an_active_flow(h: Harness) -> None:
-    """Attack: a check with the attacker's own token, spoofed from a live client, moves nothing.
-
-    The attacker's transceiver would answer it (the attacker knows its own
-    ICE password); before the idle rule that answer moved the victim's flow
-    for good, since the victim's own checks did not move it back.
-    """
-    h.confirm()
-    victim_ufrag = h.relay.flows.confirmed[CLIENT].ufrag
-    for _ in range(20):  # an active call: media every 20 ms
-        h.clock.advance(0.02)
+    def test_media_from_pending_flow_is_dropped(self) -> None:
+        """DTLS or SRTP before the owner answered goes nowhere."""
+        h = Harness()
+        h.from_client(binding_request(token()))
+        h.to_transceiver.clear()
+        h.from_client(b"\x16\xfe\xfd" + os.urandom(100))
         h.from_client(srtp())
-    h.to_transceiver.clear()
-    h.from_client(binding_request(token(HOP2)), CLIENT)  # spoofed by the attacker
-    assert h.to_transceiver == []  # not even forwarded to the attacker's transceiver
-    assert h.relay.drops["flow_busy"] == 1
-    h.from_transceiver(b"\x01\x01\x00\x00answer", CLIENT, HOP2)
-    flow = h.relay.flows.confirmed[CLIENT]
-    assert flow.next_hop == HOP and flow.pending_hop is None and flow.ufrag == victim_ufrag
-    assert h.to_client[-1][0] == b"\x01\x01\x00\x00answer"  # the confirmation, nothing since
-    assert h.relay.drops["wrong_transceiver"] == 1
-    h.from_client(binding_request(victim_ufrag), CLIENT)
-    h.from_client(srtp(), CLIENT)
-    assert [a for _, a in h.to_transceiver] == [HOP, HOP]
+        self.assertEqual(h.to_transceiver, [])
+        self.assertEqual(h.to_client, [])
+        self.assertEqual(h.relay.drops["pending_media"], 2)
+
+    def test_repeated_checks_on_pending_flow_are_forwarded(self) -> None:
+        """Retransmitted checks with the same token go to the same transceiver."""
+        h = Harness()
+        t = token()
+        for _ in range(3):
+            h.from_client(binding_request(t))
+        self.assertEqual([a for _, a in h.to_transceiver], [HOP] * 3)
+        self.assertEqual(len(h.relay.flows), 1)
+
+    def test_media_both_ways_after_confirmation(self) -> None:
+        """Once confirmed, every client datagram goes to the owner and back, untouched."""
+        h = Harness()
+        h.confirm()
+        h.to_transceiver.clear()
+        h.to_client.clear()
+        up = [srtp(random.randrange(20, 1400)) for _ in range(50)]
+        down = [srtp(random.randrange(20, 1400)) for _ in range(50)]
+        for u, d in zip(up, down):
+            h.from_client(u)
+            h.from_transceiver(d)
+        self.assertEqual([encap.decode(d) for d, _ in h.to_transceiver], [
+            (Envelope(CLIENT, INGRESS), u) for u in up
+        ])
+        self.assertEqual({a for _, a in h.to_transceiver}, {HOP})
+        self.assertEqual(h.to_client, [(d, CLIENT) for d in down])
+        r = h.relay
+        self.assertEqual(r.to_transceiver_packets, 51)
+        self.assertEqual(r.to_client_packets, 51)
+        self.assertEqual(r.to_transceiver_bytes, sum(map(len, up)) + len(binding_request(token())))
+
+    def test_consent_checks_on_confirmed_flow(self) -> None:
+        """STUN on a confirmed flow (consent checks) is forwarded to the owner."""
+        h = Harness()
+        t = token()
+        h.from_client(binding_request(t))
+        h.from_transceiver(b"\x01\x01\x00\x00")
+        h.to_transceiver.clear()
+        h.from_client(binding_request(t))
+        h.from_client(b"\x00\x01\x00")  # STUN range, malformed: still the client's own flow
+        self.assertEqual([a for _, a in h.to_transceiver], [HOP, HOP])
+
+    def test_oversized_and_empty_datagrams_are_dropped(self) -> None:
+        """Nothing larger than max_payload is forwarded, even on a confirmed flow."""
+        h = Harness(max_payload=1400)
+        h.confirm()
+        h.to_transceiver.clear()
+        h.from_client(srtp(1401))
+        h.from_client(b"")
+        self.assertEqual(h.to_transceiver, [])
+        self.assertEqual(h.relay.drops["too_big"], 1)
+        self.assertEqual(h.relay.drops["empty"], 1)
+
+    def test_every_datagram_a_client_can_send_is_forwarded(self) -> None:
+        """By default the relay takes any client datagram one internal datagram can carry: a
+        1,408-byte DTLS flight with a post-quantum key share (Firefox ESR), and far larger, fits."""
+        h = Harness()
+        self.assertTrue(h.relay.max_payload == encap.MAX_CLIENT_PAYLOAD == 65468)
+        flight = b"\x16\xfe\xfd" + os.urandom(1405)
+        h.from_client(binding_request(token()))
+        h.from_transceiver(b"\x01\x01\x00\x00answer")
+        h.to_transceiver.clear()
+        for payload in (flight, srtp(9000), srtp(encap.MAX_CLIENT_PAYLOAD)):
+            h.from_client(payload)
+        self.assertEqual([encap.decode(d)[1] for d, _ in h.to_transceiver][0], flight)
+        self.assertEqual([len(d) for d, _ in h.to_transceiver], [1408 + 14, 9000 + 14, 65468 + 14])
+        h.from_client(srtp(encap.MAX_CLIENT_PAYLOAD + 1))
+        self.assertEqual(h.relay.drops["too_big"], 1)
+
+    def test_tokens_for_other_cluster_or_outside_networks_are_dropped(self) -> None:
+        """A valid token is not enough: right cluster, and a hop inside transceiver_networks."""
+        h = Harness()
+        h.from_client(binding_request(token(cluster=7)))
+        h.from_client(binding_request(token(("192.168.1.1", 4000))))
+        h.from_client(binding_request(token(("::1", 4000))))
+        self.assertEqual(h.to_transceiver, [])
+        self.assertEqual(len(h.relay.flows), 0)
+        self.assertEqual(h.relay.drops["wrong_cluster"], 1)
+        self.assertEqual(h.relay.drops["route_outside_networks"], 2)
+
+    def test_internal_side_only_accepts_transceiver_networks(self) -> None:
+        """A datagram on the internal socket from outside transceiver_networks is dropped."""
+        h = Harness()
+        h.confirm()
+        h.to_client.clear()
+        h.from_transceiver(b"\x80spoofed", source=("192.168.7.7", 4000))
+        h.from_transceiver(b"\x80spoofed", source=("127.0.0.1", 4000))
+        self.assertEqual(h.to_client, [])
+        self.assertEqual(h.relay.drops["outside_transceiver_networks"], 2)
+
+    def test_transceiver_cannot_spray_or_confirm_foreign_flows(self) -> None:
+        """No flow, or a flow owned by another transceiver: nothing goes out."""
+        h = Harness()
+        h.from_transceiver(b"\x80x", client=("192.0.2.99", 9))
+        h.from_client(binding_request(token()))
+        h.from_transceiver(b"\x01\x01\x00\x00", source=HOP2)
+        h.relay.transceiver_datagram(b"\x80not encapsulated", HOP)
+        self.assertEqual(h.to_client, [])
+        self.assertIn(CLIENT, h.relay.flows.pending)
+        drops = h.relay.drops
+        self.assertEqual(drops["no_flow"], 1)
+        self.assertEqual(drops["wrong_transceiver"], 1)
+        self.assertEqual(drops["bad_header"], 1)
+
+    def test_metrics_text(self) -> None:
+        """The snapshot renders as Prometheus text with the operator's counters."""
+        h = Harness()
+        h.confirm()
+        h.from_client(b"junk", ("192.0.2.1", 1))
+        text = generate_latest(make_registry(h.relay.metrics)).decode()
+        self.assertIn('voiceedge_relay_packets_total{direction="to_transceiver"} 1.0', text)
+        self.assertIn('voiceedge_relay_flows{state="confirmed"} 1.0', text)
+        self.assertIn('voiceedge_relay_drops_total{reason="not_stun_unknown_source"} 1.0', text)
+        self.assertIn("voiceedge_relay_redis_enabled 0.0", text)
 
 
-def test_busy_check_is_judged_before_it_counts(h: Harness) -> None:
-    """Idleness is the time since the client's previous packet, not this one's."""
-    h.confirm()
-    h.clock.advance(MOVE_IDLE - 0.5)
-    h.from_client(binding_request(token(HOP2)))
-    assert h.relay.drops["flow_busy"] == 1
-    h.clock.advance(MOVE_IDLE)  # refused checks do not keep the flow busy
-    h.from_client(binding_request(token(HOP2)))
-    assert h.relay.flows.confirmed[CLIENT].pending_hop == HOP2
+class MoveTests(SynchronousTestCase):
+    """A confirmed flow moves to another transceiver only when idle and answered; a restart on its own transceiver is never busy."""
+
+    def test_ice_restart_to_another_transceiver(self) -> None:
+        """A new token naming another transceiver takes over an idle flow only when that one answers."""
+        h = Harness()
+        h.confirm()
+        h.to_transceiver.clear()
+        h.clock.advance(MOVE_IDLE)
+        new = token(HOP2)
+        h.from_client(binding_request(new))
+        self.assertEqual(h.to_transceiver[-1][1], HOP2)
+        h.from_client(srtp())
+        self.assertEqual(h.to_transceiver[-1][1], HOP)  # media still goes to the current owner
+        h.from_client(binding_request(new))  # a retransmission: not a new move, not busy
+        self.assertEqual(h.to_transceiver[-1][1], HOP2)
+        self.assertEqual(h.relay.drops["flow_busy"], 0)
+        h.from_transceiver(b"\x01\x01\x00\x00", source=HOP2)
+        flow = h.relay.flows.confirmed[CLIENT]
+        self.assertEqual(flow.next_hop, HOP2)
+        self.assertIsNone(flow.pending_hop)
+        self.assertEqual(flow.ufrag, new.encode())  # the move takes the new session's ufrag
+        h.from_client(srtp())
+        self.assertEqual(h.to_transceiver[-1][1], HOP2)
+        h.from_client(binding_request(new))
+        self.assertEqual(h.to_transceiver[-1][1], HOP2)
+        h.from_transceiver(b"\x80late", source=HOP)
+        self.assertEqual(h.relay.drops["wrong_transceiver"], 1)
+
+    def test_spoofed_check_cannot_move_an_active_flow(self) -> None:
+        """Attack: a check with the attacker's own token, spoofed from a live client, moves nothing.
+
+        The attacker's transceiver would answer it (the attacker knows its own
+        ICE password); before the idle rule that answer moved the victim's flow
+        for good, since the victim's own checks did not move it back.
+        """
+        h = Harness()
+        h.confirm()
+        victim_ufrag = h.relay.flows.confirmed[CLIENT].ufrag
+        for _ in range(20):  # an active call: media every 20 ms
+            h.clock.advance(0.02)
+            h.from_client(srtp())
+        h.to_transceiver.clear()
+        h.from_client(binding_request(token(HOP2)), CLIENT)  # spoofed by the attacker
+        self.assertEqual(h.to_transceiver, [])  # not even forwarded to the attacker's transceiver
+        self.assertEqual(h.relay.drops["flow_busy"], 1)
+        h.from_transceiver(b"\x01\x01\x00\x00answer", CLIENT, HOP2)
+        flow = h.relay.flows.confirmed[CLIENT]
+        self.assertEqual(flow.next_hop, HOP)
+        self.assertIsNone(flow.pending_hop)
+        self.assertEqual(flow.ufrag, victim_ufrag)
+        self.assertEqual(h.to_client[-1][0], b"\x01\x01\x00\x00answer")  # the confirmation, nothing since
+        self.assertEqual(h.relay.drops["wrong_transceiver"], 1)
+        h.from_client(binding_request(victim_ufrag), CLIENT)
+        h.from_client(srtp(), CLIENT)
+        self.assertEqual([a for _, a in h.to_transceiver], [HOP, HOP])
+
+    def test_busy_check_is_judged_before_it_counts(self) -> None:
+        """Idleness is the time since the client's previous packet, not this one's."""
+        h = Harness()
+        h.confirm()
+        h.clock.advance(MOVE_IDLE - 0.5)
+        h.from_client(binding_request(token(HOP2)))
+        self.assertEqual(h.relay.drops["flow_busy"], 1)
+        h.clock.advance(MOVE_IDLE)  # refused checks do not keep the flow busy
+        h.from_client(binding_request(token(HOP2)))
+        self.assertEqual(h.relay.flows.confirmed[CLIENT].pending_hop, HOP2)
+
+    def test_stale_pending_hop_is_ignored(self) -> None:
+        """Attack: an answer from the pending transceiver after pending_timeout moves nothing."""
+        h = Harness()
+        h.confirm()
+        h.clock.advance(MOVE_IDLE)
+        h.from_client(binding_request(token(HOP2)))
+        flow = h.relay.flows.confirmed[CLIENT]
+        self.assertEqual(flow.pending_hop, HOP2)
+        h.clock.advance(h.relay.flows.pending_timeout + 1)
+        h.from_transceiver(b"\x01\x01\x00\x00late", source=HOP2)
+        self.assertEqual(flow.next_hop, HOP)
+        self.assertIsNone(flow.pending_hop)
+        self.assertEqual(h.relay.drops["wrong_transceiver"], 1)
+        h.from_transceiver(b"\x01\x01\x00\x00again", source=HOP2)
+        self.assertEqual(flow.next_hop, HOP)
+        self.assertEqual(h.relay.drops["wrong_transceiver"], 2)
+
+    def test_ice_restart_on_the_same_transceiver_is_never_busy(self) -> None:
+        """A live call's ICE restart (PATCH) gives it a new token for the same transceiver: from the
+        same source the check goes through at once, media and all, and the flow takes the new ufrag;
+        from a new source (a browser gathers new ports) it is a new flow like any other."""
+        h = Harness()
+        h.confirm()
+        h.from_client(srtp())  # the call is live: a move elsewhere would be flow_busy
+        h.to_transceiver.clear()
+        new = token(HOP)
+        h.from_client(binding_request(new))
+        h.from_client(srtp())
+        self.assertEqual([a for _, a in h.to_transceiver], [HOP, HOP])
+        self.assertEqual(h.relay.drops["flow_busy"], 0)
+        self.assertEqual(h.relay.flows.confirmed[CLIENT].ufrag, new.encode())
+        moved = ("198.51.100.9", 40999)
+        h.from_client(binding_request(new), moved)
+        self.assertEqual(h.to_transceiver[-1][1], HOP)
+        self.assertIn(moved, h.relay.flows.pending)
+        h.from_transceiver(b"\x01\x01\x00\x00answer", moved)
+        self.assertIn(moved, h.relay.flows.confirmed)
 
 
-def test_stale_pending_hop_is_ignored(h: Harness) -> None:
-    """Attack: an answer from the pending transceiver after pending_timeout moves nothing."""
-    h.confirm()
-    h.clock.advance(MOVE_IDLE)
-    h.from_client(binding_request(token(HOP2)))
-    flow = h.relay.flows.confirmed[CLIENT]
-    assert flow.pending_hop == HOP2
-    h.clock.advance(h.relay.flows.pending_timeout + 1)
-    h.from_transceiver(b"\x01\x01\x00\x00late", source=HOP2)
-    assert flow.next_hop == HOP and flow.pending_hop is None
-    assert h.relay.drops["wrong_transceiver"] == 1
-    h.from_transceiver(b"\x01\x01\x00\x00again", source=HOP2)
-    assert flow.next_hop == HOP and h.relay.drops["wrong_transceiver"] == 2
+class FloodTests(SynchronousTestCase):
+    """Attacks on the flow table: replayed tokens, forged and random datagrams, a full table."""
 
+    def test_one_session_cannot_fill_the_table(self) -> None:
+        """Attack: one token and password replayed from many spoofed sources confirms at most 8 flows.
 
-def test_one_session_cannot_fill_the_table() -> None:
-    """Attack: one token and password replayed from many spoofed sources confirms at most 8 flows.
+        Before the per-ufrag bound every such flow was confirmed by the
+        attacker's own transceiver and the table was full for everyone else.
+        """
+        h = Harness(max_flows=50)
+        own = token(HOP)
+        for i in range(50):
+            source = (f"192.0.2.{i}", 40000)
+            h.from_client(binding_request(own), source)
+            h.from_transceiver(b"\x01\x01\x00\x00ok", source, HOP)
+        flows = h.relay.flows
+        self.assertTrue(len(flows) == MAX_FLOWS_PER_UFRAG == 8)
+        self.assertEqual(flows.per_ufrag, {own.encode(): 8})
+        self.assertEqual(h.relay.drops["too_many_sources"], 42)
+        self.assertEqual(len(h.to_client), 8)  # the rest never reached the transceiver
+        h.to_transceiver.clear()
+        h.from_client(binding_request(token(HOP2)), CLIENT)  # a new legitimate session
+        self.assertEqual(h.relay.drops["table_full"], 0)
+        self.assertEqual(h.to_transceiver[-1][1], HOP2)
+        # a pending flow cannot switch to the full ufrag either, nor a move take it
+        h.from_client(binding_request(own), CLIENT)
+        self.assertEqual(h.relay.drops["too_many_sources"], 43)
+        self.assertEqual(flows.pending[CLIENT].next_hop, HOP2)
+        h.from_transceiver(b"\x01\x01\x00\x00", CLIENT, HOP2)
+        h.clock.advance(MOVE_IDLE)
+        h.from_client(binding_request(own), CLIENT)
+        self.assertEqual(h.relay.drops["too_many_sources"], 44)
+        self.assertIsNone(flows.confirmed[CLIENT].pending_hop)
 
-    Before the per-ufrag bound every such flow was confirmed by the
-    attacker's own transceiver and the table was full for everyone else.
-    """
-    h = Harness(max_flows=50)
-    own = token(HOP)
-    for i in range(50):
-        source = (f"192.0.2.{i}", 40000)
-        h.from_client(binding_request(own), source)
-        h.from_transceiver(b"\x01\x01\x00\x00ok", source, HOP)
-    flows = h.relay.flows
-    assert len(flows) == MAX_FLOWS_PER_UFRAG == 8
-    assert flows.per_ufrag == {own.encode(): 8}
-    assert h.relay.drops["too_many_sources"] == 42
-    assert len(h.to_client) == 8  # the rest never reached the transceiver
-    h.to_transceiver.clear()
-    h.from_client(binding_request(token(HOP2)), CLIENT)  # a new legitimate session
-    assert h.relay.drops["table_full"] == 0 and h.to_transceiver[-1][1] == HOP2
-    # a pending flow cannot switch to the full ufrag either, nor a move take it
-    h.from_client(binding_request(own), CLIENT)
-    assert h.relay.drops["too_many_sources"] == 43
-    assert flows.pending[CLIENT].next_hop == HOP2
-    h.from_transceiver(b"\x01\x01\x00\x00", CLIENT, HOP2)
-    h.clock.advance(MOVE_IDLE)
-    h.from_client(binding_request(own), CLIENT)
-    assert h.relay.drops["too_many_sources"] == 44
-    assert flows.confirmed[CLIENT].pending_hop is None
+    def test_hostile_traffic_reaches_nobody_and_gets_nothing_back(self) -> None:
+        """Thousands of forged, random and garbage datagrams: nothing forwarded, zero bytes back."""
+        h = Harness()
+        rng = random.Random(7983)
+        for i, data in enumerate(_hostile_datagrams(rng, 7000)):
+            h.from_client(data, (f"192.0.2.{i % 200 + 1}", 1024 + i))
+        self.assertEqual(h.to_transceiver, [])
+        self.assertEqual(h.to_client, [])
+        self.assertEqual(len(h.relay.flows), 0)
+        drops = h.relay.drops
+        self.assertGreater(drops["bad_token"], 2000)
+        self.assertGreater(drops["not_stun_unknown_source"], 1500)
 
+    def test_spoofed_flood_keeps_bound_and_confirmed_flows(self) -> None:
+        """Valid-looking but never confirmed flows from spoofed sources cannot push out real ones."""
+        h = Harness(max_flows=100)
+        real = [(f"198.51.100.{i + 1}", 40000 + i) for i in range(20)]
+        for client in real:
+            h.confirm(client)
+        # Tokens anyone can copy from answers, each replayed from 8 sources (the
+        # per-ufrag bound; one token from more sources is test_one_session_...).
+        replayed = [binding_request(token()) for _ in range(625)]
+        for i in range(5000):
+            h.from_client(replayed[i // 8], (f"100.64.{i // 250}.{i % 250 + 1}", 2000 + i))
+            self.assertLessEqual(len(h.relay.flows), 100)
+        flows = h.relay.flows
+        self.assertEqual(len(flows.confirmed), 20)
+        self.assertEqual(len(flows.pending), 80)
+        self.assertEqual(flows.evicted_pending, 5000 - 80)
+        self.assertEqual(h.relay.drops["too_many_sources"], 0)
+        h.from_client(replayed[-1], ("100.64.99.1", 9))  # a ninth source for the last token
+        self.assertEqual(h.relay.drops["too_many_sources"], 1)
+        h.to_transceiver.clear()
+        for client in real:
+            h.from_client(srtp(), client)
+        self.assertEqual(len(h.to_transceiver), 20)
+        self.assertEqual(h.to_client, [(b"\x01\x01\x00\x00answer", c) for c in real])
 
-def test_tokens_for_other_cluster_or_outside_networks_are_dropped(h: Harness) -> None:
-    """A valid token is not enough: right cluster, and a hop inside transceiver_networks."""
-    h.from_client(binding_request(token(cluster=7)))
-    h.from_client(binding_request(token(("192.168.1.1", 4000))))
-    h.from_client(binding_request(token(("::1", 4000))))
-    assert h.to_transceiver == [] and len(h.relay.flows) == 0
-    assert h.relay.drops["wrong_cluster"] == 1
-    assert h.relay.drops["route_outside_networks"] == 2
+    def test_full_of_confirmed_refuses_new_sessions(self) -> None:
+        """With every slot confirmed, a new session is refused and counted."""
+        h = Harness(max_flows=2)
+        h.confirm(("198.51.100.1", 1))
+        h.confirm(("198.51.100.2", 2))
+        h.from_client(binding_request(token()), ("198.51.100.3", 3))
+        self.assertEqual(h.relay.drops["table_full"], 1)
+        self.assertEqual(len(h.relay.flows), 2)
 
 
 def _hostile_datagrams(rng: random.Random, count: int) -> Iterator[bytes]:
@@ -356,109 +474,32 @@ def _hostile_datagrams(rng: random.Random, count: int) -> Iterator[bytes]:
         yield binding_request(ufrag)
 
 
-def test_hostile_traffic_reaches_nobody_and_gets_nothing_back(h: Harness) -> None:
-    """Thousands of forged, random and garbage datagrams: nothing forwarded, zero bytes back."""
-    rng = random.Random(7983)
-    for i, data in enumerate(_hostile_datagrams(rng, 7000)):
-        h.from_client(data, (f"192.0.2.{i % 200 + 1}", 1024 + i))
-    assert h.to_transceiver == []
-    assert h.to_client == []
-    assert len(h.relay.flows) == 0
-    drops = h.relay.drops
-    assert drops["bad_token"] > 2000
-    assert drops["not_stun_unknown_source"] > 1500
+class SweepTests(SynchronousTestCase):
+    """The sweep timer on the injected clock expires pending and idle flows, not live ones."""
 
+    def test_sweep_expires_pending_and_idle_flows(self) -> None:
+        """The sweep timer (on the injected clock) removes pending flows then idle ones."""
+        h = Harness(pending_timeout=10, flow_idle_timeout=40)
+        h.relay.start()
+        h.confirm()
+        h.from_client(binding_request(token()), ("198.51.100.99", 9))
+        h.clock.pump([1.0] * 11)
+        self.assertEqual(len(h.relay.flows.pending), 0)
+        self.assertEqual(len(h.relay.flows.confirmed), 1)
+        h.clock.pump([1.0] * 30)
+        self.assertEqual(len(h.relay.flows), 0)
+        h.relay.stop()
 
-def test_spoofed_flood_keeps_bound_and_confirmed_flows() -> None:
-    """Valid-looking but never confirmed flows from spoofed sources cannot push out real ones."""
-    h = Harness(max_flows=100)
-    real = [(f"198.51.100.{i + 1}", 40000 + i) for i in range(20)]
-    for client in real:
-        h.confirm(client)
-    # Tokens anyone can copy from answers, each replayed from 8 sources (the
-    # per-ufrag bound; one token from more sources is test_one_session_...).
-    replayed = [binding_request(token()) for _ in range(625)]
-    for i in range(5000):
-        h.from_client(replayed[i // 8], (f"100.64.{i // 250}.{i % 250 + 1}", 2000 + i))
-        assert len(h.relay.flows) <= 100
-    flows = h.relay.flows
-    assert len(flows.confirmed) == 20 and len(flows.pending) == 80
-    assert flows.evicted_pending == 5000 - 80
-    assert h.relay.drops["too_many_sources"] == 0
-    h.from_client(replayed[-1], ("100.64.99.1", 9))  # a ninth source for the last token
-    assert h.relay.drops["too_many_sources"] == 1
-    h.to_transceiver.clear()
-    for client in real:
-        h.from_client(srtp(), client)
-    assert len(h.to_transceiver) == 20
-    assert h.to_client == [(b"\x01\x01\x00\x00answer", c) for c in real]
-
-
-def test_full_of_confirmed_refuses_new_sessions() -> None:
-    """With every slot confirmed, a new session is refused and counted."""
-    h = Harness(max_flows=2)
-    h.confirm(("198.51.100.1", 1))
-    h.confirm(("198.51.100.2", 2))
-    h.from_client(binding_request(token()), ("198.51.100.3", 3))
-    assert h.relay.drops["table_full"] == 1 and len(h.relay.flows) == 2
-
-
-def test_internal_side_only_accepts_transceiver_networks(h: Harness) -> None:
-    """A datagram on the internal socket from outside transceiver_networks is dropped."""
-    h.confirm()
-    h.to_client.clear()
-    h.from_transceiver(b"\x80spoofed", source=("192.168.7.7", 4000))
-    h.from_transceiver(b"\x80spoofed", source=("127.0.0.1", 4000))
-    assert h.to_client == []
-    assert h.relay.drops["outside_transceiver_networks"] == 2
-
-
-def test_transceiver_cannot_spray_or_confirm_foreign_flows(h: Harness) -> None:
-    """No flow, or a flow owned by another transceiver: nothing goes out."""
-    h.from_transceiver(b"\x80x", client=("192.0.2.99", 9))
-    h.from_client(binding_request(token()))
-    h.from_transceiver(b"\x01\x01\x00\x00", source=HOP2)
-    h.relay.transceiver_datagram(b"\x80not encapsulated", HOP)
-    assert h.to_client == []
-    assert CLIENT in h.relay.flows.pending
-    drops = h.relay.drops
-    assert drops["no_flow"] == 1 and drops["wrong_transceiver"] == 1 and drops["bad_header"] == 1
-
-
-def test_sweep_expires_pending_and_idle_flows() -> None:
-    """The sweep timer (on the injected clock) removes pending flows then idle ones."""
-    h = Harness(pending_timeout=10, flow_idle_timeout=40)
-    h.relay.start()
-    h.confirm()
-    h.from_client(binding_request(token()), ("198.51.100.99", 9))
-    h.clock.pump([1.0] * 11)
-    assert len(h.relay.flows.pending) == 0 and len(h.relay.flows.confirmed) == 1
-    h.clock.pump([1.0] * 30)
-    assert len(h.relay.flows) == 0
-    h.relay.stop()
-
-
-def test_flow_kept_alive_by_client_traffic() -> None:
-    """Client packets keep a confirmed flow past the idle timeout."""
-    h = Harness(flow_idle_timeout=40)
-    h.relay.start()
-    h.confirm()
-    for _ in range(100):
-        h.clock.advance(1)
-        h.from_client(srtp())
-    assert CLIENT in h.relay.flows.confirmed
-    h.relay.stop()
-
-
-def test_metrics_text(h: Harness) -> None:
-    """The snapshot renders as Prometheus text with the operator's counters."""
-    h.confirm()
-    h.from_client(b"junk", ("192.0.2.1", 1))
-    text = generate_latest(make_registry(h.relay.metrics)).decode()
-    assert 'voiceedge_relay_packets_total{direction="to_transceiver"} 1.0' in text
-    assert 'voiceedge_relay_flows{state="confirmed"} 1.0' in text
-    assert 'voiceedge_relay_drops_total{reason="not_stun_unknown_source"} 1.0' in text
-    assert "voiceedge_relay_redis_enabled 0.0" in text
+    def test_flow_kept_alive_by_client_traffic(self) -> None:
+        """Client packets keep a confirmed flow past the idle timeout."""
+        h = Harness(flow_idle_timeout=40)
+        h.relay.start()
+        h.confirm()
+        for _ in range(100):
+            h.clock.advance(1)
+            h.from_client(srtp())
+        self.assertIn(CLIENT, h.relay.flows.confirmed)
+        h.relay.stop()
 
 
 class FakeDatagramTransport:
@@ -472,92 +513,83 @@ class FakeDatagramTransport:
         self.written.append((bytes(data), addr))
 
 
-def test_protocols_move_bytes_through_fake_transports() -> None:
-    """The protocols bind the relay to their transports and feed it datagrams."""
-    clock = Clock()
-    relay = Relay(clock, codec(), RelaySettings(public_listen=INGRESS, transceiver_networks=NETS))
-    public, internal = FakeDatagramTransport(), FakeDatagramTransport()
-    client_proto, transceiver_proto = ClientProtocol(relay), TransceiverProtocol(relay)
-    client_proto.makeConnection(public)  # type: ignore[arg-type]
-    transceiver_proto.makeConnection(internal)  # type: ignore[arg-type]
-    request = binding_request(token())
-    client_proto.datagramReceived(request, CLIENT)
-    assert internal.written == [(encap.encode(Envelope(CLIENT, INGRESS), request), HOP)]
-    transceiver_proto.datagramReceived(encap.encode(Envelope(CLIENT, INGRESS), b"\x01\x01ok"), HOP)
-    assert public.written == [(b"\x01\x01ok", CLIENT)]
-    client_proto.doStop()
-    with pytest.raises(OSError):
-        relay.send_to_client(b"x", CLIENT)  # the socket is gone: sends fail (and are counted)
+class ProtocolTests(SynchronousTestCase):
+    """ClientProtocol and TransceiverProtocol bind the relay to fake datagram transports."""
+
+    def test_protocols_move_bytes_through_fake_transports(self) -> None:
+        """The protocols bind the relay to their transports and feed it datagrams."""
+        clock = Clock()
+        relay = Relay(clock, codec(), RelaySettings(public_listen=INGRESS, transceiver_networks=NETS))
+        public, internal = FakeDatagramTransport(), FakeDatagramTransport()
+        client_proto, transceiver_proto = ClientProtocol(relay), TransceiverProtocol(relay)
+        client_proto.makeConnection(public)  # type: ignore[arg-type]
+        transceiver_proto.makeConnection(internal)  # type: ignore[arg-type]
+        request = binding_request(token())
+        client_proto.datagramReceived(request, CLIENT)
+        self.assertEqual(internal.written, [(encap.encode(Envelope(CLIENT, INGRESS), request), HOP)])
+        transceiver_proto.datagramReceived(encap.encode(Envelope(CLIENT, INGRESS), b"\x01\x01ok"), HOP)
+        self.assertEqual(public.written, [(b"\x01\x01ok", CLIENT)])
+        client_proto.doStop()
+        with self.assertRaises(OSError):
+            relay.send_to_client(b"x", CLIENT)  # the socket is gone: sends fail (and are counted)
 
 
-@pytest_twisted.inlineCallbacks
-def test_real_loopback_sockets() -> Iterator[Any]:
-    """Client -> relay (recvfrom_into port) -> transceiver socket -> relay -> client, for real."""
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))
-    sink.setblocking(False)
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.bind(("127.0.0.1", 0))
-    client.setblocking(False)
-    hop = sink.getsockname()
-    relay = Relay(
-        reactor, RouteTokenCodec({1: SECRET}, 1),
-        RelaySettings(public_listen=("127.0.0.1", 0), transceiver_networks=(ipaddress.ip_network("127.0.0.0/8"),)),
-    )
-    public = listen_client(relay, ("127.0.0.1", 0), reactor)  # type: ignore[arg-type]
-    internal = listen_transceiver(relay, ("127.0.0.1", 0), reactor)  # type: ignore[arg-type]
-    relay_addr = ("127.0.0.1", public.getHost().port)
+class LoopbackSocketTests(TestCase):
+    """The relay's two protocols on real loopback sockets, on the reactor."""
 
-    def receive(sock: socket.socket) -> list[tuple[bytes, Any]]:
-        got = []
-        while True:
-            try:
-                got.append(sock.recvfrom(65536))
-            except BlockingIOError:
-                return got
+    timeout = 30
 
-    try:
-        request = binding_request(token(hop))
-        client.sendto(request, relay_addr)
-        client.sendto(srtp(), relay_addr)  # before confirmation: dropped
-        yield deferLater(reactor, 0.05, lambda: None)
-        got = receive(sink)
-        assert len(got) == 1
-        envelope, payload = encap.decode(got[0][0])
-        assert payload == request and envelope.client == client.getsockname()
-        internal_addr = got[0][1]
-        sink.sendto(encap.encode(envelope, b"\x01\x01answer"), internal_addr)
-        yield deferLater(reactor, 0.05, lambda: None)
-        assert receive(client) == [(b"\x01\x01answer", relay_addr)]
-        media = [srtp(100 + i) for i in range(20)]
-        for m in media:
-            client.sendto(m, relay_addr)
-            sink.sendto(encap.encode(envelope, m[::-1]), internal_addr)
-        yield deferLater(reactor, 0.1, lambda: None)
-        assert [encap.decode(d)[1] for d, _ in receive(sink)] == media
-        assert [d for d, _ in receive(client)] == [m[::-1] for m in media]
-    finally:
-        yield public.stopListening()
-        yield internal.stopListening()
-        sink.close()
-        client.close()
+    @defer.inlineCallbacks
+    def test_real_loopback_sockets(self) -> Iterator[Any]:
+        """Client -> relay (recvfrom_into port) -> transceiver socket -> relay -> client, for real."""
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        sink.setblocking(False)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.bind(("127.0.0.1", 0))
+        client.setblocking(False)
+        hop = sink.getsockname()
+        relay = Relay(
+            reactor, RouteTokenCodec({1: SECRET}, 1),
+            RelaySettings(public_listen=("127.0.0.1", 0), transceiver_networks=(ipaddress.ip_network("127.0.0.0/8"),)),
+        )
+        public = listen_client(relay, ("127.0.0.1", 0), reactor)  # type: ignore[arg-type]
+        internal = listen_transceiver(relay, ("127.0.0.1", 0), reactor)  # type: ignore[arg-type]
+        relay_addr = ("127.0.0.1", public.getHost().port)
+
+        def receive(sock: socket.socket) -> list[tuple[bytes, Any]]:
+            got = []
+            while True:
+                try:
+                    got.append(sock.recvfrom(65536))
+                except BlockingIOError:
+                    return got
+
+        try:
+            request = binding_request(token(hop))
+            client.sendto(request, relay_addr)
+            client.sendto(srtp(), relay_addr)  # before confirmation: dropped
+            yield deferLater(reactor, 0.05, lambda: None)
+            got = receive(sink)
+            self.assertEqual(len(got), 1)
+            envelope, payload = encap.decode(got[0][0])
+            self.assertEqual(payload, request)
+            self.assertEqual(envelope.client, client.getsockname())
+            internal_addr = got[0][1]
+            sink.sendto(encap.encode(envelope, b"\x01\x01answer"), internal_addr)
+            yield deferLater(reactor, 0.05, lambda: None)
+            self.assertEqual(receive(client), [(b"\x01\x01answer", relay_addr)])
+            media = [srtp(100 + i) for i in range(20)]
+            for m in media:
+                client.sendto(m, relay_addr)
+                sink.sendto(encap.encode(envelope, m[::-1]), internal_addr)
+            yield deferLater(reactor, 0.1, lambda: None)
+            self.assertEqual([encap.decode(d)[1] for d, _ in receive(sink)], media)
+            self.assertEqual([d for d, _ in receive(client)], [m[::-1] for m in media])
+        finally:
+            yield public.stopListening()
+            yield internal.stopListening()
+            sink.close()
+            client.close()
 
 
-def test_ice_restart_on_the_same_transceiver_is_never_busy(h: Harness) -> None:
-    """A live call's ICE restart (PATCH) gives it a new token for the same transceiver: from the
-    same source the check goes through at once, media and all, and the flow takes the new ufrag;
-    from a new source (a browser gathers new ports) it is a new flow like any other."""
-    h.confirm()
-    h.from_client(srtp())  # the call is live: a move elsewhere would be flow_busy
-    h.to_transceiver.clear()
-    new = token(HOP)
-    h.from_client(binding_request(new))
-    h.from_client(srtp())
-    assert [a for _, a in h.to_transceiver] == [HOP, HOP]
-    assert h.relay.drops["flow_busy"] == 0
-    assert h.relay.flows.confirmed[CLIENT].ufrag == new.encode()
-    moved = ("198.51.100.9", 40999)
-    h.from_client(binding_request(new), moved)
-    assert h.to_transceiver[-1][1] == HOP and moved in h.relay.flows.pending
-    h.from_transceiver(b"\x01\x01\x00\x00answer", moved)
-    assert moved in h.relay.flows.confirmed

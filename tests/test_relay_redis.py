@@ -6,14 +6,13 @@ import socket
 import time
 from typing import Any, Generator, Iterator
 
-import pytest
-import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from tests.conftest import RedisServer
+from tests.redis_support import RedisProcess, start_redis
 from tests.test_relay_protocol import (
     CLIENT,
     HOP,
@@ -52,7 +51,7 @@ def make_cache(store: Any, clock: Any, probe_interval: float = 2.0, **settings: 
     return FlowCache(store, clock, INGRESS, RedisSettings(**settings), probe_interval=probe_interval)
 
 
-def redis_command(server: RedisServer, *args: str) -> bytes:
+def redis_command(server: RedisProcess, *args: str) -> bytes:
     """One command over a plain blocking socket; the raw RESP reply."""
     payload = f"*{len(args)}\r\n".encode() + b"".join(
         f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args
@@ -65,7 +64,7 @@ def redis_command(server: RedisServer, *args: str) -> bytes:
 class RelayUnderTest:
     """A Relay on the real reactor with a Redis cache and recording send functions."""
 
-    def __init__(self, server: RedisServer, **cache_args: Any) -> None:
+    def __init__(self, server: RedisProcess, **cache_args: Any) -> None:
         store = redis_store(server.host, server.port, timeout=0.5)
         args: dict[str, Any] = dict(ttl=60, lookup_rate=100, timeout=0.5, probe_interval=0.1)
         args.update(cache_args)
@@ -111,111 +110,157 @@ def metrics(relay: Relay) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
     return {(n, tuple(sorted(lab.items()))): v for _, n, _, lab, v in relay.metrics()}
 
 
-def test_value_format_round_trip() -> None:
-    """The stored value parses back; anything else is a ValueError."""
-    assert parse_value(format_value(3, ("10.0.0.5", 4000))) == (3, ("10.0.0.5", 4000))
-    assert parse_value(format_value(0, ("fd00::5", 1)).encode()) == (0, ("fd00::5", 1))
-    for bad in ("", "v2 0 1.2.3.4 5", "v1 0 1.2.3.4", "v1 x 1.2.3.4 5", "v1 0 h 0", 7):
-        with pytest.raises(ValueError):
-            parse_value(bad)
-    assert flow_key(("203.0.113.1", 3478), ("2001:db8::1", 5)) == (
-        "voiceedge:relay:flow:203.0.113.1:3478/[2001:db8::1]:5"
-    )
+class FlowValueTests(SynchronousTestCase):
+    """The stored flow value and key, and the Redis store's interface."""
+
+    def test_value_format_round_trip(self) -> None:
+        """The stored value parses back; anything else is a ValueError."""
+        self.assertEqual(parse_value(format_value(3, ("10.0.0.5", 4000))), (3, ("10.0.0.5", 4000)))
+        self.assertEqual(parse_value(format_value(0, ("fd00::5", 1)).encode()), (0, ("fd00::5", 1)))
+        for bad in ("", "v2 0 1.2.3.4 5", "v1 0 1.2.3.4", "v1 x 1.2.3.4 5", "v1 0 h 0", 7):
+            with self.assertRaises(ValueError):
+                parse_value(bad)
+        self.assertEqual(flow_key(("203.0.113.1", 3478), ("2001:db8::1", 5)), "voiceedge:relay:flow:203.0.113.1:3478/[2001:db8::1]:5")
+
+    def test_redis_store_provides_interface(self) -> None:
+        """RedisFlowStore is an IFlowStore (and opens nothing until used)."""
+        store = redis_store("127.0.0.1", 1)
+        self.assertTrue(verifyObject(IFlowStore, store))
+        self.assertIsNone(store.client._connection)
 
 
-def test_redis_store_provides_interface() -> None:
-    """RedisFlowStore is an IFlowStore (and opens nothing until used)."""
-    store = redis_store("127.0.0.1", 1)
-    assert verifyObject(IFlowStore, store)
-    assert store.client._connection is None
+class RedisFlowCacheTests(TestCase):
+    """A relay with a Redis flow cache on the reactor, against a real redis-server."""
 
+    timeout = 30
 
-@pytest_twisted.inlineCallbacks
-def test_confirmed_flow_is_written_with_ttl(redis_server: RedisServer) -> Iterator[Any]:
-    """Confirmation writes the flow at once, with the configured TTL."""
-    r = RelayUnderTest(redis_server)
-    try:
-        yield r.until(lambda: r.cache.up)
-        r.from_client(binding_request(token()))
-        key = flow_key(INGRESS, CLIENT)
-        assert redis_command(redis_server, "EXISTS", key) == b":0\r\n"  # pending: not stored
-        r.from_transceiver(b"\x01\x01\x00\x00")
-        yield r.until(lambda: r.cache.writes_ok == 1)
-        assert redis_command(redis_server, "GET", key) == b"$18\r\nv1 0 10.1.0.5 4000\r\n"
-        ttl = int(redis_command(redis_server, "TTL", key)[1:-2])
-        assert 55 <= ttl <= 60
-    finally:
-        yield r.close()
+    @defer.inlineCallbacks
+    def test_confirmed_flow_is_written_with_ttl(self) -> Iterator[Any]:
+        """Confirmation writes the flow at once, with the configured TTL."""
+        redis_server = start_redis(self)
+        r = RelayUnderTest(redis_server)
+        try:
+            yield r.until(lambda: r.cache.up)
+            r.from_client(binding_request(token()))
+            key = flow_key(INGRESS, CLIENT)
+            self.assertEqual(redis_command(redis_server, "EXISTS", key), b":0\r\n")  # pending: not stored
+            r.from_transceiver(b"\x01\x01\x00\x00")
+            yield r.until(lambda: r.cache.writes_ok == 1)
+            self.assertEqual(redis_command(redis_server, "GET", key), b"$18\r\nv1 0 10.1.0.5 4000\r\n")
+            ttl = int(redis_command(redis_server, "TTL", key)[1:-2])
+            self.assertTrue(55 <= ttl <= 60)
+        finally:
+            yield r.close()
 
+    @defer.inlineCallbacks
+    def test_active_flow_is_refreshed_by_the_sweep(self) -> Iterator[Any]:
+        """An active flow is rewritten once per TTL/3, not per packet."""
+        redis_server = start_redis(self)
+        r = RelayUnderTest(redis_server, ttl=3)  # refresh every second
+        try:
+            yield r.until(lambda: r.cache.up)
+            r.from_client(binding_request(token()))
+            r.from_transceiver(b"\x01\x01\x00\x00")
+            start = time.monotonic()
+            while time.monotonic() - start < 2.5:
+                r.from_client(srtp())
+                yield deferLater(reactor, 0.01, lambda: None)
+            # ~250 packets, 1 write at confirmation and 2 refreshes (at most 3 with timing slack)
+            self.assertTrue(2 <= r.cache.writes_ok <= 4)
+            self.assertGreaterEqual(int(redis_command(redis_server, "TTL", flow_key(INGRESS, CLIENT))[1:-2]), 1)
+        finally:
+            yield r.close()
 
-@pytest_twisted.inlineCallbacks
-def test_active_flow_is_refreshed_by_the_sweep(redis_server: RedisServer) -> Iterator[Any]:
-    """An active flow is rewritten once per TTL/3, not per packet."""
-    r = RelayUnderTest(redis_server, ttl=3)  # refresh every second
-    try:
-        yield r.until(lambda: r.cache.up)
-        r.from_client(binding_request(token()))
-        r.from_transceiver(b"\x01\x01\x00\x00")
-        start = time.monotonic()
-        while time.monotonic() - start < 2.5:
+    @defer.inlineCallbacks
+    def test_restarted_relay_restores_flow_from_media(self) -> Iterator[Any]:
+        """A new relay instance that sees media from an unknown source looks it up and installs it."""
+        redis_server = start_redis(self)
+        first = RelayUnderTest(redis_server)
+        try:
+            yield first.until(lambda: first.cache.up)
+            first.from_client(binding_request(token()))
+            first.from_transceiver(b"\x01\x01\x00\x00")
+            yield first.until(lambda: first.cache.writes_ok == 1)
+        finally:
+            yield first.close()
+
+        second = RelayUnderTest(redis_server)
+        try:
+            yield second.until(lambda: second.cache.up)
+            packet = srtp()
+            second.from_client(packet)  # unknown source: dropped, starts the lookup
+            self.assertEqual(second.to_transceiver, [])
+            self.assertEqual(second.relay.drops["not_stun_unknown_source"], 1)
+            yield second.until(lambda: CLIENT in second.relay.flows.confirmed)
+            self.assertEqual(second.cache.lookup_hits, 1)
+            flow = second.relay.flows.confirmed[CLIENT]
+            self.assertEqual(flow.next_hop, HOP)
+            second.from_client(packet)
+            self.assertEqual(second.to_transceiver, [(encap.encode(Envelope(CLIENT, INGRESS), packet), HOP)])
+            second.from_transceiver(b"\x80down")
+            self.assertEqual(second.to_client, [(b"\x80down", CLIENT)])
+            m = metrics(second.relay)
+            self.assertEqual(m[("voiceedge_relay_flows_created", (("origin", "cache"),))], 1)
+            self.assertEqual(m[("voiceedge_relay_redis_lookups", (("result", "hit"),))], 1)
+        finally:
+            yield second.close()
+
+    @defer.inlineCallbacks
+    def test_miss_is_negatively_cached(self) -> Iterator[Any]:
+        """A miss is remembered: more media from that source does not ask again for a while."""
+        redis_server = start_redis(self)
+        r = RelayUnderTest(redis_server, negative_ttl=30)
+        try:
+            yield r.until(lambda: r.cache.up)
             r.from_client(srtp())
-            yield deferLater(reactor, 0.01, lambda: None)
-        # ~250 packets, 1 write at confirmation and 2 refreshes (at most 3 with timing slack)
-        assert 2 <= r.cache.writes_ok <= 4
-        assert int(redis_command(redis_server, "TTL", flow_key(INGRESS, CLIENT))[1:-2]) >= 1
-    finally:
-        yield r.close()
+            yield r.until(lambda: r.cache.lookup_misses == 1)
+            for _ in range(50):
+                r.from_client(srtp())
+            self.assertEqual(r.cache.lookup_misses, 1)
+            self.assertEqual(r.cache.lookup_negative_cached, 50)
+            self.assertEqual(r.to_transceiver, [])
+            self.assertEqual(r.to_client, [])
+        finally:
+            yield r.close()
 
+    @defer.inlineCallbacks
+    def test_redis_killed_mid_run(self) -> Iterator[Any]:
+        """Redis dies: flows keep forwarding, tokens still route, metrics say down, nothing blocks."""
+        redis_server = start_redis(self)
+        r = RelayUnderTest(redis_server)
+        try:
+            yield r.until(lambda: r.cache.up)
+            r.from_client(binding_request(token()))
+            r.from_transceiver(b"\x01\x01\x00\x00")
+            yield r.until(lambda: r.cache.writes_ok == 1)
+            redis_server.kill()
+            yield r.until(lambda: r.cache.up is False)
+            m = metrics(r.relay)
+            self.assertEqual(m[("voiceedge_relay_redis_up", ())], 0)
 
-@pytest_twisted.inlineCallbacks
-def test_restarted_relay_restores_flow_from_media(redis_server: RedisServer) -> Iterator[Any]:
-    """A new relay instance that sees media from an unknown source looks it up and installs it."""
-    first = RelayUnderTest(redis_server)
-    try:
-        yield first.until(lambda: first.cache.up)
-        first.from_client(binding_request(token()))
-        first.from_transceiver(b"\x01\x01\x00\x00")
-        yield first.until(lambda: first.cache.writes_ok == 1)
-    finally:
-        yield first.close()
+            r.to_transceiver.clear()
+            r.to_client.clear()
+            started = time.monotonic()
+            for _ in range(200):
+                r.from_client(srtp())
+                r.from_transceiver(b"\x80down")
+            self.assertLess(time.monotonic() - started, 0.5)  # synchronous, never waits on Redis
+            self.assertEqual(len(r.to_transceiver), 200)
+            self.assertEqual(len(r.to_client), 200)
 
-    second = RelayUnderTest(redis_server)
-    try:
-        yield second.until(lambda: second.cache.up)
-        packet = srtp()
-        second.from_client(packet)  # unknown source: dropped, starts the lookup
-        assert second.to_transceiver == []
-        assert second.relay.drops["not_stun_unknown_source"] == 1
-        yield second.until(lambda: CLIENT in second.relay.flows.confirmed)
-        assert second.cache.lookup_hits == 1
-        flow = second.relay.flows.confirmed[CLIENT]
-        assert flow.next_hop == HOP
-        second.from_client(packet)
-        assert second.to_transceiver == [(encap.encode(Envelope(CLIENT, INGRESS), packet), HOP)]
-        second.from_transceiver(b"\x80down")
-        assert second.to_client == [(b"\x80down", CLIENT)]
-        m = metrics(second.relay)
-        assert m[("voiceedge_relay_flows_created", (("origin", "cache"),))] == 1
-        assert m[("voiceedge_relay_redis_lookups", (("result", "hit"),))] == 1
-    finally:
-        yield second.close()
-
-
-@pytest_twisted.inlineCallbacks
-def test_miss_is_negatively_cached(redis_server: RedisServer) -> Iterator[Any]:
-    """A miss is remembered: more media from that source does not ask again for a while."""
-    r = RelayUnderTest(redis_server, negative_ttl=30)
-    try:
-        yield r.until(lambda: r.cache.up)
-        r.from_client(srtp())
-        yield r.until(lambda: r.cache.lookup_misses == 1)
-        for _ in range(50):
-            r.from_client(srtp())
-        assert r.cache.lookup_misses == 1
-        assert r.cache.lookup_negative_cached == 50
-        assert r.to_transceiver == [] and r.to_client == []
-    finally:
-        yield r.close()
+            other = ("198.51.100.8", 50001)
+            r.from_client(binding_request(token()), other)
+            r.from_transceiver(b"\x01\x01\x00\x00", other)
+            self.assertIn(other, r.relay.flows.confirmed)
+            self.assertEqual(r.to_client[-1], (b"\x01\x01\x00\x00", other))
+            r.from_client(srtp(), ("192.0.2.50", 7))  # unknown source: no lookup while down
+            self.assertGreaterEqual(r.cache.lookup_skipped, 1)
+            yield deferLater(reactor, 0.3, lambda: None)  # sweeps and probes keep running
+            self.assertIs(r.cache.up, False)
+            self.assertLessEqual(r.cache.in_flight, 1)
+            self.assertEqual(r.cache.state_changes, 2)  # logged once up, once down
+        finally:
+            yield r.close()
 
 
 @implementer(IFlowStore)
@@ -255,136 +300,108 @@ class FakeStore:
         return defer.succeed(None)
 
 
-def test_lookups_are_rate_limited() -> None:
-    """A flood of unknown sources costs at most lookup_rate lookups a second."""
-    clock = Clock()
-    store = FakeStore()
-    verifyObject(IFlowStore, store)
-    cache = make_cache(store, clock, ttl=60, lookup_rate=10, negative_ttl=5)
-    cache.poll(clock.seconds())
-    assert cache.up
-    for i in range(1000):
-        cache.lookup(("192.0.2.1", 1000 + i), clock.seconds())
-    assert len(store.gets) == 10 and cache.lookup_rate_limited == 990
-    clock.advance(0.5)
-    for i in range(1000):
-        cache.lookup(("192.0.2.2", 1000 + i), clock.seconds())
-    assert len(store.gets) == 15
-    # misses are remembered for negative_ttl, then asked again
-    cache.lookup(("192.0.2.1", 1000), clock.seconds())
-    assert len(store.gets) == 15 and cache.lookup_negative_cached == 1
-    clock.advance(5)
-    cache.poll(clock.seconds())
-    cache.lookup(("192.0.2.1", 1000), clock.seconds())
-    assert len(store.gets) == 16
+class FlowCacheTests(SynchronousTestCase):
+    """FlowCache on a Clock with a store whose answers the test controls: rate limits, timeouts, writes owed."""
 
+    def test_lookups_are_rate_limited(self) -> None:
+        """A flood of unknown sources costs at most lookup_rate lookups a second."""
+        clock = Clock()
+        store = FakeStore()
+        verifyObject(IFlowStore, store)
+        cache = make_cache(store, clock, ttl=60, lookup_rate=10, negative_ttl=5)
+        cache.poll(clock.seconds())
+        self.assertTrue(cache.up)
+        for i in range(1000):
+            cache.lookup(("192.0.2.1", 1000 + i), clock.seconds())
+        self.assertEqual(len(store.gets), 10)
+        self.assertEqual(cache.lookup_rate_limited, 990)
+        clock.advance(0.5)
+        for i in range(1000):
+            cache.lookup(("192.0.2.2", 1000 + i), clock.seconds())
+        self.assertEqual(len(store.gets), 15)
+        # misses are remembered for negative_ttl, then asked again
+        cache.lookup(("192.0.2.1", 1000), clock.seconds())
+        self.assertEqual(len(store.gets), 15)
+        self.assertEqual(cache.lookup_negative_cached, 1)
+        clock.advance(5)
+        cache.poll(clock.seconds())
+        cache.lookup(("192.0.2.1", 1000), clock.seconds())
+        self.assertEqual(len(store.gets), 16)
 
-def test_hung_store_times_out_and_is_marked_down() -> None:
-    """A store that never answers: operations time out, the cache says down and stops asking."""
-    clock = Clock()
-    store = FakeStore()
-    cache = make_cache(store, clock, ttl=60, lookup_rate=100, timeout=1, probe_interval=2)
-    cache.poll(clock.seconds())
-    store.hang = True
-    cache.lookup(CLIENT, clock.seconds())
-    assert cache.in_flight == 1
-    clock.advance(1)
-    assert cache.up is False and cache.in_flight == 0 and cache.lookup_errors == 1
-    cache.lookup(("192.0.2.9", 9), clock.seconds())
-    assert len(store.gets) == 1 and cache.lookup_skipped == 1
-    store.hang = False
-    clock.advance(2)
-    cache.poll(clock.seconds())
-    assert cache.up is True and cache.state_changes == 3  # up, down, up
+    def test_hung_store_times_out_and_is_marked_down(self) -> None:
+        """A store that never answers: operations time out, the cache says down and stops asking."""
+        clock = Clock()
+        store = FakeStore()
+        cache = make_cache(store, clock, ttl=60, lookup_rate=100, timeout=1, probe_interval=2)
+        cache.poll(clock.seconds())
+        store.hang = True
+        cache.lookup(CLIENT, clock.seconds())
+        self.assertEqual(cache.in_flight, 1)
+        clock.advance(1)
+        self.assertIs(cache.up, False)
+        self.assertEqual(cache.in_flight, 0)
+        self.assertEqual(cache.lookup_errors, 1)
+        cache.lookup(("192.0.2.9", 9), clock.seconds())
+        self.assertEqual(len(store.gets), 1)
+        self.assertEqual(cache.lookup_skipped, 1)
+        store.hang = False
+        clock.advance(2)
+        cache.poll(clock.seconds())
+        self.assertIs(cache.up, True)
+        self.assertEqual(cache.state_changes, 3)  # up, down, up
 
+    def test_move_while_down_is_rewritten_when_redis_is_back(self) -> None:
+        """A write skipped while Redis is down marks the flow dirty: the first sweep after rewrites it.
 
-@pytest_twisted.inlineCallbacks
-def test_redis_killed_mid_run(redis_server: RedisServer) -> Iterator[Any]:
-    """Redis dies: flows keep forwarding, tokens still route, metrics say down, nothing blocks."""
-    r = RelayUnderTest(redis_server)
-    try:
-        yield r.until(lambda: r.cache.up)
-        r.from_client(binding_request(token()))
-        r.from_transceiver(b"\x01\x01\x00\x00")
-        yield r.until(lambda: r.cache.writes_ok == 1)
-        redis_server.kill()
-        yield r.until(lambda: r.cache.up is False)
-        m = metrics(r.relay)
-        assert m[("voiceedge_relay_redis_up", ())] == 0
+        Before, a skipped write left ``stored_at`` at the last successful write,
+        so a flow that moved while Redis was down kept its old next hop in Redis
+        until the next TTL/3 refresh.
+        """
+        clock = Clock()
+        clock.advance(1000)
+        store = FakeStore()
+        cache = make_cache(store, clock, ttl=60, lookup_rate=10, probe_interval=2)
+        relay = Relay(clock, codec(), RelaySettings(public_listen=INGRESS, transceiver_networks=NETS), cache=cache)
+        relay.send_to_transceiver = lambda d, a: None
+        relay.send_to_client = lambda d, a: None
+        relay.sweep()
+        self.assertTrue(cache.up)
+        relay.client_datagram(binding_request(token()), CLIENT)
+        relay.transceiver_datagram(encap.encode(Envelope(CLIENT, INGRESS), b"\x01\x01\x00\x00"), HOP)
+        key = flow_key(INGRESS, CLIENT)
+        self.assertEqual(store.data[key], format_value(0, HOP))
 
-        r.to_transceiver.clear()
-        r.to_client.clear()
-        started = time.monotonic()
-        for _ in range(200):
-            r.from_client(srtp())
-            r.from_transceiver(b"\x80down")
-        assert time.monotonic() - started < 0.5  # synchronous, never waits on Redis
-        assert len(r.to_transceiver) == 200 and len(r.to_client) == 200
+        store.fail = True
+        clock.advance(2)
+        relay.sweep()
+        self.assertIs(cache.up, False)
+        clock.advance(MOVE_IDLE)  # the client went quiet; its restart moves it to HOP2
+        relay.client_datagram(binding_request(token(HOP2)), CLIENT)
+        relay.transceiver_datagram(encap.encode(Envelope(CLIENT, INGRESS), b"\x01\x01\x00\x00"), HOP2)
+        flow = relay.flows.confirmed[CLIENT]
+        self.assertEqual(flow.next_hop, HOP2)
+        self.assertEqual(cache.writes_skipped, 1)
+        self.assertEqual(flow.stored_at, float("-inf"))
 
-        other = ("198.51.100.8", 50001)
-        r.from_client(binding_request(token()), other)
-        r.from_transceiver(b"\x01\x01\x00\x00", other)
-        assert other in r.relay.flows.confirmed
-        assert r.to_client[-1] == (b"\x01\x01\x00\x00", other)
-        r.from_client(srtp(), ("192.0.2.50", 7))  # unknown source: no lookup while down
-        assert r.cache.lookup_skipped >= 1
-        yield deferLater(reactor, 0.3, lambda: None)  # sweeps and probes keep running
-        assert r.cache.up is False and r.cache.in_flight <= 1
-        assert r.cache.state_changes == 2  # logged once up, once down
-    finally:
-        yield r.close()
+        store.fail = False
+        clock.advance(2)
+        relay.sweep()  # the probe succeeds, the dirty flow is rewritten in the same sweep
+        self.assertTrue(cache.up)
+        self.assertEqual(store.data[key], format_value(0, HOP2))
 
-
-def test_move_while_down_is_rewritten_when_redis_is_back() -> None:
-    """A write skipped while Redis is down marks the flow dirty: the first sweep after rewrites it.
-
-    Before, a skipped write left ``stored_at`` at the last successful write,
-    so a flow that moved while Redis was down kept its old next hop in Redis
-    until the next TTL/3 refresh.
-    """
-    clock = Clock()
-    clock.advance(1000)
-    store = FakeStore()
-    cache = make_cache(store, clock, ttl=60, lookup_rate=10, probe_interval=2)
-    relay = Relay(clock, codec(), RelaySettings(public_listen=INGRESS, transceiver_networks=NETS), cache=cache)
-    relay.send_to_transceiver = lambda d, a: None
-    relay.send_to_client = lambda d, a: None
-    relay.sweep()
-    assert cache.up
-    relay.client_datagram(binding_request(token()), CLIENT)
-    relay.transceiver_datagram(encap.encode(Envelope(CLIENT, INGRESS), b"\x01\x01\x00\x00"), HOP)
-    key = flow_key(INGRESS, CLIENT)
-    assert store.data[key] == format_value(0, HOP)
-
-    store.fail = True
-    clock.advance(2)
-    relay.sweep()
-    assert cache.up is False
-    clock.advance(MOVE_IDLE)  # the client went quiet; its restart moves it to HOP2
-    relay.client_datagram(binding_request(token(HOP2)), CLIENT)
-    relay.transceiver_datagram(encap.encode(Envelope(CLIENT, INGRESS), b"\x01\x01\x00\x00"), HOP2)
-    flow = relay.flows.confirmed[CLIENT]
-    assert flow.next_hop == HOP2 and cache.writes_skipped == 1
-    assert flow.stored_at == float("-inf")
-
-    store.fail = False
-    clock.advance(2)
-    relay.sweep()  # the probe succeeds, the dirty flow is rewritten in the same sweep
-    assert cache.up and store.data[key] == format_value(0, HOP2)
-
-
-def test_failed_write_marks_the_flow_dirty() -> None:
-    """A write that fails is owed too: stored_at goes to -inf, not back to the previous write."""
-    clock = Clock()
-    store = FakeStore()
-    cache = make_cache(store, clock, ttl=60, lookup_rate=10)
-    cache.poll(clock.seconds())
-    flow = Flow(CLIENT, socket.inet_aton(CLIENT[0]), HOP, 0.0, confirmed=True)
-    cache.store_flow(flow, 1.0)
-    assert flow.stored_at == 1.0
-    store.fail = True
-    cache.store_flow(flow, 2.0)
-    assert flow.stored_at == float("-inf") and cache.write_errors == 1
+    def test_failed_write_marks_the_flow_dirty(self) -> None:
+        """A write that fails is owed too: stored_at goes to -inf, not back to the previous write."""
+        clock = Clock()
+        store = FakeStore()
+        cache = make_cache(store, clock, ttl=60, lookup_rate=10)
+        cache.poll(clock.seconds())
+        flow = Flow(CLIENT, socket.inet_aton(CLIENT[0]), HOP, 0.0, confirmed=True)
+        cache.store_flow(flow, 1.0)
+        self.assertEqual(flow.stored_at, 1.0)
+        store.fail = True
+        cache.store_flow(flow, 2.0)
+        self.assertEqual(flow.stored_at, float("-inf"))
+        self.assertEqual(cache.write_errors, 1)
 
 
 def free_tcp_port() -> int:
@@ -395,23 +412,28 @@ def free_tcp_port() -> int:
     return port
 
 
-@pytest_twisted.inlineCallbacks
-def test_probes_of_a_dead_redis_do_not_pile_up() -> Iterator[Any]:
-    """PING probes while Redis is unreachable leave no cancelled Deferreds behind in txredisapi.
+class DeadRedisTests(TestCase):
+    """Probes of a Redis that is not there, on the reactor."""
 
-    txredisapi's ``PeekableQueue.peek`` has no canceller: every timed-out
-    probe used to stay in the pool's ``peekers`` until a reconnect (about
-    43,000 a day at one probe every 2 s).
-    """
-    store = redis_store("127.0.0.1", free_tcp_port(), timeout=0.05)
-    cache = make_cache(store, reactor, ttl=60, lookup_rate=10, timeout=0.05,
-                      probe_interval=0.0)
-    try:
-        for _ in range(12):
-            cache.poll(reactor.seconds())
-            yield deferLater(reactor, 0.08, lambda: None)
-        assert cache.up is False
-        assert len(store.client._connection._factory.connectionQueue.peekers) <= 1
-        assert cache.in_flight == 0
-    finally:
-        yield cache.close()
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_probes_of_a_dead_redis_do_not_pile_up(self) -> Iterator[Any]:
+        """PING probes while Redis is unreachable leave no cancelled Deferreds behind in txredisapi.
+
+        txredisapi's ``PeekableQueue.peek`` has no canceller: every timed-out
+        probe used to stay in the pool's ``peekers`` until a reconnect (about
+        43,000 a day at one probe every 2 s).
+        """
+        store = redis_store("127.0.0.1", free_tcp_port(), timeout=0.05)
+        cache = make_cache(store, reactor, ttl=60, lookup_rate=10, timeout=0.05,
+                          probe_interval=0.0)
+        try:
+            for _ in range(12):
+                cache.poll(reactor.seconds())
+                yield deferLater(reactor, 0.08, lambda: None)
+            self.assertIs(cache.up, False)
+            self.assertLessEqual(len(store.client._connection._factory.connectionQueue.peekers), 1)
+            self.assertEqual(cache.in_flight, 0)
+        finally:
+            yield cache.close()
