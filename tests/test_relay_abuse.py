@@ -10,9 +10,10 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from twisted.trial.unittest import TestCase
 
 from tests.ice_client import binding_request
 from tests.support import (
@@ -24,8 +25,6 @@ from tests.support import (
     write_allinone_config,
 )
 from voiceedge.wire.route_token import Route, RouteTokenCodec
-
-pytestmark = pytest.mark.integration
 
 MAX_FLOWS = 300
 
@@ -48,20 +47,6 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-@pytest.fixture
-def allinone(tmp_path: Path) -> Iterator[tuple[str, tuple[str, int], int]]:
-    """The all-in-one with a small flow table: (base URL, relay address, pid)."""
-    http_port, media_port = free_tcp_port(), free_udp_port()
-    # The test opens 60 sessions from one address at once: past the per-address call limit.
-    ini = write_allinone_config(
-        tmp_path, http_port, media_port, relay={"max_flows": MAX_FLOWS},
-        signaling={"calls_per_minute_per_address": 0},
-    )
-    base = f"http://127.0.0.1:{http_port}"
-    with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp_path) as proc:
-        yield base, ("127.0.0.1", media_port), proc.pid
-
-
 def call_in_background(base: str, seconds: float) -> tuple[threading.Thread, list]:
     """Run an aiortc echo call in a thread; its result lands in the returned list."""
     from tests.aiortc_peer import echo_call
@@ -77,106 +62,123 @@ def stun_with_username(username: str) -> bytes:
     return binding_request(username, base64.b64encode(os.urandom(18)).decode())
 
 
-def test_forged_tokens_and_garbage_reach_no_transceiver_and_get_no_reply(
-    allinone: tuple[str, tuple[str, int], int],
-) -> None:
-    """Thousands of random and forged tokens and non-STUN datagrams: nothing forwarded, nothing back."""
-    base, relay, _ = allinone
-    thread, results = call_in_background(base, 5.0)
-    before = metrics(base)
+@pytest.mark.integration
+class RelayAbuseTests(TestCase):
+    """Forged, random and spoofed traffic at the all-in-one's relay port while a real aiortc call runs."""
 
-    def drops_since(before: Any, after: Any = None) -> float:
-        after = after if after is not None else metrics(base)
-        return float(sum(after.get("voiceedge_relay_drops_total", {}).values()) - sum(
-            before.get("voiceedge_relay_drops_total", {}).values()
-        ))
+    timeout = 120
 
-    rng = random.Random(7)
-    forger = RouteTokenCodec({1: os.urandom(32)}, 1)  # the right format, the wrong fleet secret
-    attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    attacker.bind(("127.0.0.1", 0))
-    sent = 0
-    try:
-        for i in range(3000):
-            kind = i % 4
-            if kind == 0:  # random ufrag
-                packet = stun_with_username(base64.b64encode(rng.randbytes(27)).decode() + ":abcd")
-            elif kind == 1:  # a token sealed with another fleet's key, naming a loopback "transceiver"
-                token = forger.issue(Route(0, ("127.0.0.1", rng.randrange(1024, 65535))))
-                packet = stun_with_username(token + ":abcd")
-            elif kind == 2:  # random bytes that look like nothing
-                packet = bytes([rng.randrange(64, 256)]) + rng.randbytes(rng.randrange(0, 300))
-            else:  # random bytes in STUN's first-byte range
-                packet = bytes([rng.randrange(0, 4)]) + rng.randbytes(rng.randrange(0, 300))
-            attacker.sendto(packet, relay)
-            sent += 1
-            if sent % 200 == 0:
-                # Paced by the relay itself: the next batch waits until this one is read, so
-                # the kernel's socket buffer never drops any, however loaded the machine is.
-                deadline = time.monotonic() + 10
-                while drops_since(before) < sent and time.monotonic() < deadline:
-                    time.sleep(0.01)
-        attacker.settimeout(1.0)
-        with pytest.raises(socket.timeout):
-            attacker.recvfrom(2048)  # zero bytes come back
-    finally:
-        attacker.close()
-    thread.join(30)
-    after = metrics(base)
-    # The relay dropped them all, and counted why...
-    assert drops_since(before, after) >= sent
-    # ...so the transceiver saw none of them.
-    assert transceiver_drops(after) == transceiver_drops(before)
-    (result,) = results
-    assert result.packets_received >= 0.95 * result.packets_sent, result
-    assert health_sessions(base + "/healthz") == 0
-
-
-def test_spoofed_sources_with_valid_tokens_stay_within_the_flow_bound(
-    allinone: tuple[str, tuple[str, int], int],
-) -> None:
-    """Many sources presenting real sessions' tokens, none able to confirm a flow: the table
-    stays within its bound (pending flows evicted oldest first), each token within its
-    per-ufrag cap, and a live call is unaffected."""
-    base, relay, pid = allinone
-    import urllib.request
-
-    from tests.test_host import CLIENT_CERT, offer_sdp
-
-    # Real, valid tokens: the ufrags of answers to offers of our own.
-    ufrags = []
-    for _ in range(60):
-        request = urllib.request.Request(
-            base + "/v1/realtime/calls", data=offer_sdp(CLIENT_CERT.fingerprint).encode(),
-            headers={"Content-Type": "application/sdp"}, method="POST",
+    def start_allinone(self) -> tuple[str, tuple[str, int], int]:
+        """The all-in-one with a small flow table, stopped at cleanup: (base URL, relay address, pid)."""
+        tmp_path = Path(self.mktemp()).resolve()
+        tmp_path.mkdir(parents=True)
+        http_port, media_port = free_tcp_port(), free_udp_port()
+        # The test opens 60 sessions from one address at once: past the per-address call limit.
+        ini = write_allinone_config(
+            tmp_path, http_port, media_port, relay={"max_flows": MAX_FLOWS},
+            signaling={"calls_per_minute_per_address": 0},
         )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            answer = response.read().decode()
-        ufrags.append(next(l.split(":", 1)[1] for l in answer.splitlines() if l.startswith("a=ice-ufrag:")))
+        base = f"http://127.0.0.1:{http_port}"
+        service = running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp_path)
+        proc = service.__enter__()
+        self.addCleanup(service.__exit__, None, None, None)
+        return base, ("127.0.0.1", media_port), proc.pid
 
-    thread, results = call_in_background(base, 6.0)
-    rss_before = rss_kib(pid)
-    flows_seen = []
-    sent = 0
-    for n, ufrag in enumerate(ufrags):
-        for i in range(10):  # two more sources than a token may have flows
-            source = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            source.bind((f"127.{1 + n}.{i}.{1 + i}", 0))
-            source.sendto(stun_with_username(f"{ufrag}:x{i}"), relay)
-            source.close()
-            sent += 1
-        time.sleep(0.005)
-        if n % 10 == 9:
-            flows_seen.append(sum(metrics(base)["voiceedge_relay_flows"].values()))
-    thread.join(30)
-    after = metrics(base)
-    assert max(flows_seen) <= MAX_FLOWS, flows_seen
-    assert after["voiceedge_relay_flows_max"][""] == MAX_FLOWS
-    drops = after["voiceedge_relay_drops_total"]
-    # 8 flows per token were made (480 > 300: the oldest pending ones were evicted)...
-    assert sum(after["voiceedge_relay_flows_created_total"].values()) >= 60 * 8
-    # ...and the 2 extra sources of each token refused.
-    assert drops["reason=too_many_sources"] >= 60 * 2
-    assert rss_kib(pid) - rss_before < 50 * 1024
-    (result,) = results
-    assert result.packets_received >= 0.95 * result.packets_sent, result
+    def test_forged_tokens_and_garbage_reach_no_transceiver_and_get_no_reply(self) -> None:
+        """Thousands of random and forged tokens and non-STUN datagrams: nothing forwarded, nothing back."""
+        base, relay, _ = self.start_allinone()
+        thread, results = call_in_background(base, 5.0)
+        before = metrics(base)
+
+        def drops_since(before: Any, after: Any = None) -> float:
+            after = after if after is not None else metrics(base)
+            return float(sum(after.get("voiceedge_relay_drops_total", {}).values()) - sum(
+                before.get("voiceedge_relay_drops_total", {}).values()
+            ))
+
+        rng = random.Random(7)
+        forger = RouteTokenCodec({1: os.urandom(32)}, 1)  # the right format, the wrong fleet secret
+        attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        attacker.bind(("127.0.0.1", 0))
+        sent = 0
+        try:
+            for i in range(3000):
+                kind = i % 4
+                if kind == 0:  # random ufrag
+                    packet = stun_with_username(base64.b64encode(rng.randbytes(27)).decode() + ":abcd")
+                elif kind == 1:  # a token sealed with another fleet's key, naming a loopback "transceiver"
+                    token = forger.issue(Route(0, ("127.0.0.1", rng.randrange(1024, 65535))))
+                    packet = stun_with_username(token + ":abcd")
+                elif kind == 2:  # random bytes that look like nothing
+                    packet = bytes([rng.randrange(64, 256)]) + rng.randbytes(rng.randrange(0, 300))
+                else:  # random bytes in STUN's first-byte range
+                    packet = bytes([rng.randrange(0, 4)]) + rng.randbytes(rng.randrange(0, 300))
+                attacker.sendto(packet, relay)
+                sent += 1
+                if sent % 200 == 0:
+                    # Paced by the relay itself: the next batch waits until this one is read, so
+                    # the kernel's socket buffer never drops any, however loaded the machine is.
+                    deadline = time.monotonic() + 10
+                    while drops_since(before) < sent and time.monotonic() < deadline:
+                        time.sleep(0.01)
+            attacker.settimeout(1.0)
+            with self.assertRaises(socket.timeout):
+                attacker.recvfrom(2048)  # zero bytes come back
+        finally:
+            attacker.close()
+        thread.join(30)
+        after = metrics(base)
+        # The relay dropped them all, and counted why...
+        self.assertGreaterEqual(drops_since(before, after), sent)
+        # ...so the transceiver saw none of them.
+        self.assertEqual(transceiver_drops(after), transceiver_drops(before))
+        (result,) = results
+        self.assertGreaterEqual(result.packets_received, 0.95 * result.packets_sent, result)
+        self.assertEqual(health_sessions(base + "/healthz"), 0)
+
+    def test_spoofed_sources_with_valid_tokens_stay_within_the_flow_bound(self) -> None:
+        """Many sources presenting real sessions' tokens, none able to confirm a flow: the table
+        stays within its bound (pending flows evicted oldest first), each token within its
+        per-ufrag cap, and a live call is unaffected."""
+        base, relay, pid = self.start_allinone()
+        import urllib.request
+
+        from tests.test_host import CLIENT_CERT, offer_sdp
+
+        # Real, valid tokens: the ufrags of answers to offers of our own.
+        ufrags = []
+        for _ in range(60):
+            request = urllib.request.Request(
+                base + "/v1/realtime/calls", data=offer_sdp(CLIENT_CERT.fingerprint).encode(),
+                headers={"Content-Type": "application/sdp"}, method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=5) as response:
+                answer = response.read().decode()
+            ufrags.append(next(l.split(":", 1)[1] for l in answer.splitlines() if l.startswith("a=ice-ufrag:")))
+
+        thread, results = call_in_background(base, 6.0)
+        rss_before = rss_kib(pid)
+        flows_seen = []
+        sent = 0
+        for n, ufrag in enumerate(ufrags):
+            for i in range(10):  # two more sources than a token may have flows
+                source = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                source.bind((f"127.{1 + n}.{i}.{1 + i}", 0))
+                source.sendto(stun_with_username(f"{ufrag}:x{i}"), relay)
+                source.close()
+                sent += 1
+            time.sleep(0.005)
+            if n % 10 == 9:
+                flows_seen.append(sum(metrics(base)["voiceedge_relay_flows"].values()))
+        thread.join(30)
+        after = metrics(base)
+        self.assertLessEqual(max(flows_seen), MAX_FLOWS, flows_seen)
+        self.assertEqual(after["voiceedge_relay_flows_max"][""], MAX_FLOWS)
+        drops = after["voiceedge_relay_drops_total"]
+        # 8 flows per token were made (480 > 300: the oldest pending ones were evicted)...
+        self.assertGreaterEqual(sum(after["voiceedge_relay_flows_created_total"].values()), 60 * 8)
+        # ...and the 2 extra sources of each token refused.
+        self.assertGreaterEqual(drops["reason=too_many_sources"], 60 * 2)
+        self.assertLess(rss_kib(pid) - rss_before, 50 * 1024)
+        (result,) = results
+        self.assertGreaterEqual(result.packets_received, 0.95 * result.packets_sent, result)

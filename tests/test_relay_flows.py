@@ -246,6 +246,3 @@ class FlowBoundTests(SynchronousTestCase):
             FlowTable(10, 40, 10, max_per_ufrag=0)
         with self.assertRaises(ValueError):
             FlowTable(10, 40, 0)
-
-
-

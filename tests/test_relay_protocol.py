@@ -591,5 +591,3 @@ class LoopbackSocketTests(TestCase):
             yield internal.stopListening()
             sink.close()
             client.close()
-
-
