@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.trial.unittest import TestCase
 
+from tests.chromium_peer import CHROMIUM, CHROMIUM_ARGS, require_browser
 from tests.support import (
     free_tcp_port,
     free_udp_port,
@@ -18,21 +20,6 @@ from tests.support import (
     write_allinone_config,
 )
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration]
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-]
 # Opus in 20 ms frames: at most 50 packets a second. Chromium's fake microphone
 # beeps (sound about half the time) and the echo sends back only what can be
 # heard (silence is not sent: tests/test_silence_playout.py), about 25-30.
@@ -44,13 +31,6 @@ _SAMPLE_JS = """async () => {
   const s = await window.voiceedge.sample();
   return {at: performance.now(), received: s.inbound.packetsReceived, stats: s};
 }"""
-
-
-def require_browser() -> Any:
-    """playwright's sync API, or skip when chromium or playwright is missing."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 
 def wait_for_sessions(health_url: str, expected: int, timeout: float = 5.0) -> int:
@@ -122,39 +102,48 @@ def drive_demo_call(sync_api: Any, base_url: str, tmp_path: Path) -> dict[str, A
     return {"connected": connected, "rate": rate, "last": last["stats"], "final": final, "console": console}
 
 
-def test_call_from_chromium(tmp_path: Path) -> None:
-    """Chromium with a fake microphone calls the all-in-one echo and receives its beeps back (15-52 packets/s)."""
-    sync_api = require_browser()
-    http_port, media_port = free_tcp_port(), free_udp_port()
-    ini = write_allinone_config(tmp_path, http_port, media_port)
-    base_url = f"http://127.0.0.1:{http_port}"
-    health_url = f"{base_url}/healthz"
-    with running_service(["voiceedge", "--config", str(ini)], health_url, log_dir=tmp_path):
-        assert health_sessions(health_url) == 0
-        result = drive_demo_call(sync_api, base_url, tmp_path)
-        remaining = wait_for_sessions(health_url, 0)
-        metrics = scrape_metrics(base_url)
+@pytest.mark.browser
+@pytest.mark.integration
+class ChromiumDemoCallTests(TestCase):
+    """Headless Chromium calls the all-in-one echo from the demo page and hears its beeps back."""
 
-    connected, last, final = result["connected"], result["last"], result["final"]
-    print(f"setup timings (ms): {last['timings']}; rate {result['rate']:.1f} packets/s; rtt {last['rtt']} ms")
-    timings = last["timings"]
-    for name in ("answer", "ice", "connected", "firstAudio"):
-        assert isinstance(timings[name], (int, float)), (name, timings)
-    assert timings["answer"] <= timings["connected"] <= timings["firstAudio"] + 1000
-    assert connected["sessionUrl"].startswith(base_url + "/v1/realtime/calls/")
-    low, high = EXPECTED_PPS
-    assert low <= result["rate"] <= high, (result["rate"], last, result["console"])
-    assert last["inbound"]["packetsReceived"] > 0
-    assert (tmp_path / "demo-call.png").stat().st_size > 0
-    assert final["state"] == "closed"
-    assert final["deleteStatus"] == 204, final
-    assert remaining == 0
-    # Chromium nominates after DTLS may already have verified its path; when it did not,
-    # we probed, and a real browser answers every probe.
-    probes = metrics.get("voiceedge_transceiver_path_probes_total", {})
-    print(f"path probes: {probes}")
-    assert probes.get("result=answered", 0) == probes.get("result=sent", 0), probes
-    # Chromium's audio and reports stay within the budgets checked before decryption.
-    drops = metrics.get("voiceedge_transceiver_drops_total", {})
-    assert "reason=rtp_over_rate" not in drops and "reason=rtcp_over_rate" not in drops, drops
+    timeout = 120
 
+    def test_call_from_chromium(self) -> None:
+        """Chromium with a fake microphone calls the all-in-one echo and receives its beeps back (15-52 packets/s)."""
+        tmp_path = Path(self.mktemp()).resolve()
+        tmp_path.mkdir(parents=True)
+        sync_api = require_browser()
+        http_port, media_port = free_tcp_port(), free_udp_port()
+        ini = write_allinone_config(tmp_path, http_port, media_port)
+        base_url = f"http://127.0.0.1:{http_port}"
+        health_url = f"{base_url}/healthz"
+        with running_service(["voiceedge", "--config", str(ini)], health_url, log_dir=tmp_path):
+            self.assertEqual(health_sessions(health_url), 0)
+            result = drive_demo_call(sync_api, base_url, tmp_path)
+            remaining = wait_for_sessions(health_url, 0)
+            metrics = scrape_metrics(base_url)
+
+        connected, last, final = result["connected"], result["last"], result["final"]
+        print(f"setup timings (ms): {last['timings']}; rate {result['rate']:.1f} packets/s; rtt {last['rtt']} ms")
+        timings = last["timings"]
+        for name in ("answer", "ice", "connected", "firstAudio"):
+            self.assertIsInstance(timings[name], (int, float), (name, timings))
+        self.assertTrue(timings["answer"] <= timings["connected"] <= timings["firstAudio"] + 1000, timings)
+        self.assertTrue(connected["sessionUrl"].startswith(base_url + "/v1/realtime/calls/"))
+        low, high = EXPECTED_PPS
+        self.assertTrue(low <= result["rate"] <= high, (result["rate"], last, result["console"]))
+        self.assertGreater(last["inbound"]["packetsReceived"], 0)
+        self.assertGreater((tmp_path / "demo-call.png").stat().st_size, 0)
+        self.assertEqual(final["state"], "closed")
+        self.assertEqual(final["deleteStatus"], 204, final)
+        self.assertEqual(remaining, 0)
+        # Chromium nominates after DTLS may already have verified its path; when it did not,
+        # we probed, and a real browser answers every probe.
+        probes = metrics.get("voiceedge_transceiver_path_probes_total", {})
+        print(f"path probes: {probes}")
+        self.assertEqual(probes.get("result=answered", 0), probes.get("result=sent", 0), probes)
+        # Chromium's audio and reports stay within the budgets checked before decryption.
+        drops = metrics.get("voiceedge_transceiver_drops_total", {})
+        self.assertNotIn("reason=rtp_over_rate", drops, drops)
+        self.assertNotIn("reason=rtcp_over_rate", drops, drops)

@@ -12,26 +12,29 @@ from pathlib import Path
 import pytest
 from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin, getPlugins
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 REPO = Path(__file__).resolve().parent.parent
 EXPECTED = {"voiceedge", "voiceedge-transceiver", "voiceedge-relay", "voiceedge-signaling"}
 
 
-def test_every_plugin_is_found_and_provides_its_interfaces() -> None:
-    """A plugin that fails to import vanishes from twistd silently; this catches it."""
-    found = {p.tapname: p for p in getPlugins(IServiceMaker) if p.tapname.startswith("voiceedge")}
-    assert set(found) == EXPECTED
-    for plugin in found.values():
-        verifyObject(IServiceMaker, plugin)
-        verifyObject(IPlugin, plugin)
-        assert plugin.options().parseOptions is not None
+class PluginDiscoveryTests(SynchronousTestCase):
+    """The twistd plugins in this checkout: found, well-formed, not shadowed."""
 
+    def test_every_plugin_is_found_and_provides_its_interfaces(self) -> None:
+        """A plugin that fails to import vanishes from twistd silently; this catches it."""
+        found = {p.tapname: p for p in getPlugins(IServiceMaker) if p.tapname.startswith("voiceedge")}
+        self.assertEqual(set(found), EXPECTED)
+        for plugin in found.values():
+            verifyObject(IServiceMaker, plugin)
+            verifyObject(IPlugin, plugin)
+            self.assertIsNotNone(plugin.options().parseOptions)
 
-def test_no_init_files_shadow_twisted() -> None:
-    """twisted/ and twisted/plugins/ in the repo must stay namespace directories."""
-    assert not (REPO / "twisted" / "__init__.py").exists()
-    assert not (REPO / "twisted" / "plugins" / "__init__.py").exists()
+    def test_no_init_files_shadow_twisted(self) -> None:
+        """twisted/ and twisted/plugins/ in the repo must stay namespace directories."""
+        self.assertFalse((REPO / "twisted" / "__init__.py").exists())
+        self.assertFalse((REPO / "twisted" / "plugins" / "__init__.py").exists())
 
 
 def _fresh_env(env_dir: Path) -> Path:
@@ -72,27 +75,34 @@ def _pip_install(python: Path, cwd: Path, *target: str) -> None:
 
 
 @pytest.mark.integration
-def test_twistd_help_lists_every_plugin_after_a_fresh_install(tmp_path: Path) -> None:
-    """pip install into a new virtualenv, then ``twistd --help`` from elsewhere lists our plugins."""
-    python = _fresh_env(tmp_path / "venv")
-    _pip_install(python, tmp_path, str(REPO))
-    help_text = _twistd_help(python, tmp_path)
-    for name in EXPECTED:
-        assert f"    {name} " in help_text, help_text
-    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    where = subprocess.run(
-        [str(python), "-c",
-         "import twisted.plugins.voiceedge_plugins as p, voiceedge; print(p.__file__); print(voiceedge.__file__)"],
-        check=True, capture_output=True, text=True, cwd=tmp_path, env=clean_env,
-    ).stdout.split()
-    assert all(path.startswith(str(tmp_path / "venv")) for path in where), where
+class FreshInstallTests(TestCase):
+    """pip installs into a new virtualenv, then twistd lists every plugin."""
 
+    timeout = 300
 
-@pytest.mark.integration
-def test_twistd_help_lists_every_plugin_after_an_editable_install(tmp_path: Path) -> None:
-    """``pip install -e .`` must leave twisted/plugins on the path twistd scans."""
-    python = _fresh_env(tmp_path / "venv")
-    _pip_install(python, tmp_path, "-e", str(REPO))
-    help_text = _twistd_help(python, tmp_path)
-    for name in EXPECTED:
-        assert f"    {name} " in help_text, help_text
+    def test_twistd_help_lists_every_plugin_after_a_fresh_install(self) -> None:
+        """pip install into a new virtualenv, then ``twistd --help`` from elsewhere lists our plugins."""
+        tmp_path = Path(self.mktemp()).resolve()
+        tmp_path.mkdir(parents=True)
+        python = _fresh_env(tmp_path / "venv")
+        _pip_install(python, tmp_path, str(REPO))
+        help_text = _twistd_help(python, tmp_path)
+        for name in EXPECTED:
+            self.assertIn(f"    {name} ", help_text, help_text)
+        clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        where = subprocess.run(
+            [str(python), "-c",
+             "import twisted.plugins.voiceedge_plugins as p, voiceedge; print(p.__file__); print(voiceedge.__file__)"],
+            check=True, capture_output=True, text=True, cwd=tmp_path, env=clean_env,
+        ).stdout.split()
+        self.assertTrue(all(path.startswith(str(tmp_path / "venv")) for path in where), where)
+
+    def test_twistd_help_lists_every_plugin_after_an_editable_install(self) -> None:
+        """``pip install -e .`` must leave twisted/plugins on the path twistd scans."""
+        tmp_path = Path(self.mktemp()).resolve()
+        tmp_path.mkdir(parents=True)
+        python = _fresh_env(tmp_path / "venv")
+        _pip_install(python, tmp_path, "-e", str(REPO))
+        help_text = _twistd_help(python, tmp_path)
+        for name in EXPECTED:
+            self.assertIn(f"    {name} ", help_text, help_text)
