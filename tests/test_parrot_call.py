@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import array
 import asyncio
+import functools
 import math
 import shutil
 import subprocess
+import tempfile
 import wave
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support import free_tcp_port, free_udp_port, health_sessions, running_service, write_allinone_config
-
-pytestmark = pytest.mark.integration
 
 RATE = 48000
 FRAME = RATE // 50
@@ -69,129 +69,144 @@ def bursts(times: list[float], gap: float = 0.3) -> list[tuple[float, float]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def utterances(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """The two utterances, made once."""
+@functools.cache
+def make_utterances() -> dict[str, bytes]:
+    """The two utterances, made once per process (in a directory of their own, removed after)."""
     if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
-        pytest.skip("espeak-ng and sox are needed to make speech")
-    tmp = tmp_path_factory.mktemp("parrot-speech")
-    return {"first": speech(tmp, "first", FIRST), "second": speech(tmp, "second", SECOND)}
+        raise SkipTest("espeak-ng and sox are needed to make speech")
+    with tempfile.TemporaryDirectory(prefix="parrot-speech-") as directory:
+        tmp = Path(directory)
+        return {"first": speech(tmp, "first", FIRST), "second": speech(tmp, "second", SECOND)}
 
 
-@pytest.fixture
-def parrot_service(tmp_path: Path) -> Iterator[str]:
-    """The all-in-one with the parrot agent, on free loopback ports."""
-    http_port, media_port = free_tcp_port(), free_udp_port()
-    ini = write_allinone_config(
-        tmp_path,
-        http_port,
-        media_port,
-        agent={"name": "parrot"},
-        # These calls check the silence-timer rule itself; tests/test_turn_taking.py checks silero's.
-        speech={"detector": "energy", "silence_ms": SILENCE_MS, "max_wait_ms": 20000},
-        **{"agent.parrot": {"prefix_padding_ms": 100}},
-    )
-    base = f"http://127.0.0.1:{http_port}"
-    with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp_path):
-        yield base
+@pytest.mark.integration
+class ParrotCallTests(TestCase):
+    """aiortc speaks espeak-ng utterances to the parrot: it answers after the turn, stops when barged in, and takes session.update."""
 
+    timeout = 120
 
-def test_turn_comes_back_after_the_end_of_the_turn(parrot_service: str, utterances: dict[str, bytes]) -> None:
-    """One utterance: its echo starts only after the turn and silence_ms, and lasts as long as the turn."""
-    from tests.aiortc_peer import scripted_call
+    def start_parrot_service(self) -> str:
+        """The all-in-one with the parrot agent, on free loopback ports, stopped at cleanup; its base URL."""
+        tmp_path = Path(self.mktemp()).resolve()
+        tmp_path.mkdir(parents=True)
+        http_port, media_port = free_tcp_port(), free_udp_port()
+        ini = write_allinone_config(
+            tmp_path,
+            http_port,
+            media_port,
+            agent={"name": "parrot"},
+            # These calls check the silence-timer rule itself; tests/test_turn_taking.py checks silero's.
+            speech={"detector": "energy", "silence_ms": SILENCE_MS, "max_wait_ms": 20000},
+            **{"agent.parrot": {"prefix_padding_ms": 100}},
+        )
+        base = f"http://127.0.0.1:{http_port}"
+        service = running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp_path)
+        service.__enter__()
+        self.addCleanup(service.__exit__, None, None, None)
+        return base
 
-    first = utterances["first"]
-    duration = seconds_of(first)
-    assert 2.0 < duration < 6.0, duration
-    result = asyncio.run(scripted_call(parrot_service, [(1.0, first)], seconds=1.0 + 2 * duration + 2.5))
-    assert result.delete_status == 204
-    said_at = result.segment_started_at[0]
-    assert said_at is not None
-    turn_end = said_at + duration
+    def test_turn_comes_back_after_the_end_of_the_turn(self) -> None:
+        """One utterance: its echo starts only after the turn and silence_ms, and lasts as long as the turn."""
+        utterances = make_utterances()
+        parrot_service = self.start_parrot_service()
+        from tests.aiortc_peer import scripted_call
 
-    loud = result.loud(VOICED_DB)
-    assert loud, f"nothing came back: {len(result.received)} packets received"
-    # Nothing during the turn or the silence that ends it.
-    first_back = loud[0]
-    assert first_back >= turn_end + SILENCE_MS / 1000 - 0.1, (first_back - turn_end, result.events)
-    assert first_back <= turn_end + SILENCE_MS / 1000 + 0.5, (first_back - turn_end, result.events)
-    # One answer, about as long as the turn (its voiced part: the padding is quiet).
-    answer = bursts(loud, gap=0.5)
-    assert len(answer) == 1, (answer, result.events)
-    back = answer[0][1] - answer[0][0] + 0.02
-    assert back == pytest.approx(duration, abs=0.25), (back, duration)
+        first = utterances["first"]
+        duration = seconds_of(first)
+        self.assertLess(2.0, duration, duration)
+        self.assertLess(duration, 6.0, duration)
+        result = asyncio.run(scripted_call(parrot_service, [(1.0, first)], seconds=1.0 + 2 * duration + 2.5))
+        self.assertEqual(result.delete_status, 204)
+        said_at = result.segment_started_at[0]
+        self.assertIsNotNone(said_at)
+        turn_end = said_at + duration
 
-    if result.channel_opened:
-        types = [e.get("type") for e in result.events]
-        for kind in ("parrot.turn_ended", "parrot.speaking", "parrot.done"):
-            assert types.count(kind) == 1, types
-        ended = next(e for e in result.events if e.get("type") == "parrot.turn_ended")
-        assert ended["duration_ms"] == pytest.approx(duration * 1000, abs=250)
-    assert health_sessions(parrot_service + "/healthz") == 0
+        loud = result.loud(VOICED_DB)
+        self.assertTrue(loud, f"nothing came back: {len(result.received)} packets received")
+        # Nothing during the turn or the silence that ends it.
+        first_back = loud[0]
+        self.assertGreaterEqual(first_back, turn_end + SILENCE_MS / 1000 - 0.1, (first_back - turn_end, result.events))
+        self.assertLessEqual(first_back, turn_end + SILENCE_MS / 1000 + 0.5, (first_back - turn_end, result.events))
+        # One answer, about as long as the turn (its voiced part: the padding is quiet).
+        answer = bursts(loud, gap=0.5)
+        self.assertEqual(len(answer), 1, (answer, result.events))
+        back = answer[0][1] - answer[0][0] + 0.02
+        self.assertLessEqual(abs(back - duration), 0.25, (back, duration))
 
+        if result.channel_opened:
+            types = [e.get("type") for e in result.events]
+            for kind in ("parrot.turn_ended", "parrot.speaking", "parrot.done"):
+                self.assertEqual(types.count(kind), 1, types)
+            ended = next(e for e in result.events if e.get("type") == "parrot.turn_ended")
+            self.assertLessEqual(abs(ended["duration_ms"] - duration * 1000), 250, (ended, duration))
+        self.assertEqual(health_sessions(parrot_service + "/healthz"), 0)
 
-def test_second_utterance_barges_in(parrot_service: str, utterances: dict[str, bytes]) -> None:
-    """Speaking while the parrot plays stops it within 60 ms at the transceiver; the new turn comes back."""
-    from tests.aiortc_peer import scripted_call
+    def test_second_utterance_barges_in(self) -> None:
+        """Speaking while the parrot plays stops it within 60 ms at the transceiver; the new turn comes back."""
+        utterances = make_utterances()
+        parrot_service = self.start_parrot_service()
+        from tests.aiortc_peer import scripted_call
 
-    first, second = utterances["first"], utterances["second"]
-    duration, second_duration = seconds_of(first), seconds_of(second)
-    # Barge in about 1.2 s into the parrot's answer.
-    second_at = 1.0 + duration + SILENCE_MS / 1000 + 1.2
-    length = second_at + second_duration + SILENCE_MS / 1000 + second_duration + 2.0
-    result = asyncio.run(scripted_call(parrot_service, [(1.0, first), (second_at, second)], seconds=length))
-    assert result.delete_status == 204
-    assert result.stats_status == 200, result.stats_status
+        first, second = utterances["first"], utterances["second"]
+        duration, second_duration = seconds_of(first), seconds_of(second)
+        # Barge in about 1.2 s into the parrot's answer.
+        second_at = 1.0 + duration + SILENCE_MS / 1000 + 1.2
+        length = second_at + second_duration + SILENCE_MS / 1000 + second_duration + 2.0
+        result = asyncio.run(scripted_call(parrot_service, [(1.0, first), (second_at, second)], seconds=length))
+        self.assertEqual(result.delete_status, 204)
+        self.assertEqual(result.stats_status, 200, result.stats_status)
 
-    # The transceiver's own measure: first voiced packet in -> last agent packet out.
-    barge_in_ms = result.stats.get("barge_in_ms")
-    assert barge_in_ms, result.stats
-    assert len(barge_in_ms) == 1, barge_in_ms
-    assert barge_in_ms[0] <= 60, barge_in_ms
+        # The transceiver's own measure: first voiced packet in -> last agent packet out.
+        barge_in_ms = result.stats.get("barge_in_ms")
+        self.assertTrue(barge_in_ms, result.stats)
+        self.assertEqual(len(barge_in_ms), 1, barge_in_ms)
+        self.assertLessEqual(barge_in_ms[0], 60, barge_in_ms)
 
-    # The client's: the answer was playing when the second utterance began, and stopped soon after.
-    first_at, barge_at = result.segment_started_at
-    assert first_at is not None and barge_at is not None
-    loud = result.loud(VOICED_DB)
-    assert result.loud(VOICED_DB, barge_at - 0.3, barge_at), "the parrot was not playing when the caller spoke"
-    during = result.loud(VOICED_DB, barge_at, barge_at + second_duration + SILENCE_MS / 1000 - 0.1)
-    assert during, "no audio at all after the barge-in started"
-    stopped_after = during[-1] - barge_at
-    assert stopped_after <= 0.15, (stopped_after, bursts(during, 0.1))
+        # The client's: the answer was playing when the second utterance began, and stopped soon after.
+        first_at, barge_at = result.segment_started_at
+        self.assertIsNotNone(first_at)
+        self.assertIsNotNone(barge_at)
+        loud = result.loud(VOICED_DB)
+        self.assertTrue(result.loud(VOICED_DB, barge_at - 0.3, barge_at), "the parrot was not playing when the caller spoke")
+        during = result.loud(VOICED_DB, barge_at, barge_at + second_duration + SILENCE_MS / 1000 - 0.1)
+        self.assertTrue(during, "no audio at all after the barge-in started")
+        stopped_after = during[-1] - barge_at
+        self.assertLessEqual(stopped_after, 0.15, (stopped_after, bursts(during, 0.1)))
 
-    # Then the second turn comes back, about as long as it was.
-    second_end = barge_at + second_duration
-    answer = bursts(result.loud(VOICED_DB, second_end), gap=0.5)
-    assert len(answer) == 1, (answer, result.events)
-    assert answer[0][0] >= second_end + SILENCE_MS / 1000 - 0.1, answer[0][0] - second_end
-    assert answer[0][1] - answer[0][0] + 0.02 == pytest.approx(second_duration, abs=0.25)
+        # Then the second turn comes back, about as long as it was.
+        second_end = barge_at + second_duration
+        answer = bursts(result.loud(VOICED_DB, second_end), gap=0.5)
+        self.assertEqual(len(answer), 1, (answer, result.events))
+        self.assertGreaterEqual(answer[0][0], second_end + SILENCE_MS / 1000 - 0.1, answer[0][0] - second_end)
+        self.assertLessEqual(abs(answer[0][1] - answer[0][0] + 0.02 - second_duration), 0.25, (answer, second_duration))
 
-    if result.channel_opened:
-        types = [e.get("type") for e in result.events]
-        assert types.count("parrot.interrupted") == 1, types
-        assert types.count("parrot.speaking") == 2, types
-    assert loud
-    assert health_sessions(parrot_service + "/healthz") == 0
+        if result.channel_opened:
+            types = [e.get("type") for e in result.events]
+            self.assertEqual(types.count("parrot.interrupted"), 1, types)
+            self.assertEqual(types.count("parrot.speaking"), 2, types)
+        self.assertTrue(loud)
+        self.assertEqual(health_sessions(parrot_service + "/healthz"), 0)
 
+    def test_session_update_over_the_data_channel(self) -> None:
+        """session.update on oai-events sets the silence; session.updated answers, and the turn waits that long."""
+        utterances = make_utterances()
+        parrot_service = self.start_parrot_service()
+        from tests.aiortc_peer import scripted_call
 
-def test_session_update_over_the_data_channel(parrot_service: str, utterances: dict[str, bytes]) -> None:
-    """session.update on oai-events sets the silence; session.updated answers, and the turn waits that long."""
-    from tests.aiortc_peer import scripted_call
-
-    second = utterances["second"]
-    duration = seconds_of(second)
-    detection = {"type": "server_vad", "silence_duration_ms": 1500}
-    update = {"type": "session.update", "session": {"audio": {"input": {"turn_detection": detection}}}}
-    result = asyncio.run(
-        scripted_call(parrot_service, [(1.5, second)], seconds=1.5 + 2 * duration + 3.0, events=[update])
-    )
-    if not result.channel_opened:
-        pytest.fail(f"the oai-events channel never opened: {result.events}")
-    updated = [e for e in result.events if e.get("type") == "session.updated"]
-    assert updated, result.events
-    assert updated[0]["session"]["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 1500
-    said_at = result.segment_started_at[0]
-    assert said_at is not None
-    loud = result.loud(VOICED_DB)
-    assert loud
-    assert loud[0] >= said_at + duration + 1.4, loud[0] - said_at - duration
+        second = utterances["second"]
+        duration = seconds_of(second)
+        detection = {"type": "server_vad", "silence_duration_ms": 1500}
+        update = {"type": "session.update", "session": {"audio": {"input": {"turn_detection": detection}}}}
+        result = asyncio.run(
+            scripted_call(parrot_service, [(1.5, second)], seconds=1.5 + 2 * duration + 3.0, events=[update])
+        )
+        if not result.channel_opened:
+            self.fail(f"the oai-events channel never opened: {result.events}")
+        updated = [e for e in result.events if e.get("type") == "session.updated"]
+        self.assertTrue(updated, result.events)
+        self.assertEqual(updated[0]["session"]["audio"]["input"]["turn_detection"]["silence_duration_ms"], 1500)
+        said_at = result.segment_started_at[0]
+        self.assertIsNotNone(said_at)
+        loud = result.loud(VOICED_DB)
+        self.assertTrue(loud)
+        self.assertGreaterEqual(loud[0], said_at + duration + 1.4, loud[0] - said_at - duration)
