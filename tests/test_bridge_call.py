@@ -10,13 +10,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
-import pytest_twisted
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from tests.support import (
@@ -38,8 +38,6 @@ from voiceedge.agents.bridge import (
 )
 from voiceedge.agents.interfaces import AudioFrame, IAgentSession
 
-pytestmark = pytest.mark.integration
-
 BACKEND = REPO_ROOT / "tests" / "fixtures" / "bridge" / "echo_backend.py"
 reactor: Any = global_reactor
 
@@ -58,27 +56,24 @@ class Backend:
         self.process.wait(timeout=5)
 
 
-@pytest.fixture
-def backend() -> Iterator[Backend]:
-    """The echo backend on a free loopback port, killed after the test."""
+def start_backend(testcase: TestCase) -> Backend:
+    """The echo backend on a free loopback port, killed at the test's cleanup."""
     process = subprocess.Popen(
         [sys.executable, str(BACKEND), "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
+    testcase.addCleanup(Backend("", process).kill)
     assert process.stdout is not None
-    try:
-        deadline = time.monotonic() + 15
-        line = b""
-        while not line.startswith(b"listening"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([process.stdout], [], [], remaining)[0]:
-                pytest.fail("echo backend did not start within 15 s")
-            line = process.stdout.readline()
-            if not line:
-                pytest.fail(f"echo backend exited with {process.wait()}")
-        port = int(line.split()[1])
-        yield Backend(f"ws://127.0.0.1:{port}/agent", process)
-    finally:
-        Backend("", process).kill()
+    deadline = time.monotonic() + 15
+    line = b""
+    while not line.startswith(b"listening"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([process.stdout], [], [], remaining)[0]:
+            testcase.fail("echo backend did not start within 15 s")
+        line = process.stdout.readline()
+        if not line:
+            testcase.fail(f"echo backend exited with {process.wait()}")
+    port = int(line.split()[1])
+    return Backend(f"ws://127.0.0.1:{port}/agent", process)
 
 
 # -- the agent alone, on the real reactor --------------------------------------------
@@ -145,131 +140,145 @@ def no_timers_left(agent: BridgeAgent) -> bool:
     return agent._timer is None and agent._connecting is None
 
 
-@pytest_twisted.inlineCallbacks
-def test_agent_and_backend_talk_then_backend_dies(backend: Backend) -> Any:
-    """Audio and events round-trip through the echo backend; its death ends the session."""
-    agent, session = start_agent(backend.url)
-    yield wait_until(lambda: agent.state is LinkState.OPEN)
-    pcm = b"\x10\x27" * 480
-    for i in range(5):
-        agent.audio_received(AudioFrame(pcm, 24000, i * 960, reactor.seconds()))
-    agent.event_received({"type": "ping", "n": 1})
-    agent.speech_started(reactor.seconds())
-    yield wait_until(lambda: len(session.audio) == 5 and len(session.events) == 2)
-    assert session.audio == [pcm] * 5
-    assert {"type": "backend.echo", "event": {"type": "ping", "n": 1}} in session.events
-    assert {"type": "backend.heard_speech"} in session.events
-    backend.kill()
-    yield wait_until(lambda: bool(session.ended))
-    assert session.events[-1]["type"] == "error"
-    assert session.events[-1]["error"]["code"] == "backend_unavailable"
-    assert session.ended[0].startswith("backend_unavailable")
-    assert no_timers_left(agent)
+@pytest.mark.integration
+class BridgeAgentTests(TestCase):
+    """The bridge agent alone on the real reactor, against the echo backend, a closed port and a silent server."""
 
+    timeout = 30
 
-@pytest_twisted.inlineCallbacks
-def test_backend_hangs_up(backend: Backend) -> Any:
-    """The backend's session.end hangs up the session with its reason, no error."""
-    agent, session = start_agent(backend.url)
-    yield wait_until(lambda: agent.state is LinkState.OPEN)
-    agent.event_received({"type": "hangup"})
-    yield wait_until(lambda: bool(session.ended))
-    assert session.ended == ["the caller asked"] and session.events == []
-    assert no_timers_left(agent)
-
-
-@pytest_twisted.inlineCallbacks
-def test_connection_refused_ends_at_once() -> Any:
-    """Nothing listening: an error event and the end, well before the timeout."""
-    started = reactor.seconds()
-    agent, session = start_agent(f"ws://127.0.0.1:{free_tcp_port()}/", connect_timeout=10)
-    yield wait_until(lambda: bool(session.ended))
-    assert reactor.seconds() - started < 5
-    assert session.events[0]["error"]["code"] == "backend_unavailable"
-    assert no_timers_left(agent)
-
-
-@pytest_twisted.inlineCallbacks
-def test_silent_backend_times_out() -> Any:
-    """A server that accepts TCP but never answers the upgrade: connect_timeout ends it."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(4)
-        port = listener.getsockname()[1]
-        started = reactor.seconds()
-        agent, session = start_agent(f"ws://127.0.0.1:{port}/", connect_timeout=0.3)
+    @inlineCallbacks
+    def test_agent_and_backend_talk_then_backend_dies(self) -> Any:
+        """Audio and events round-trip through the echo backend; its death ends the session."""
+        backend = start_backend(self)
+        agent, session = start_agent(backend.url)
+        yield wait_until(lambda: agent.state is LinkState.OPEN)
+        pcm = b"\x10\x27" * 480
+        for i in range(5):
+            agent.audio_received(AudioFrame(pcm, 24000, i * 960, reactor.seconds()))
+        agent.event_received({"type": "ping", "n": 1})
+        agent.speech_started(reactor.seconds())
+        yield wait_until(lambda: len(session.audio) == 5 and len(session.events) == 2)
+        self.assertEqual(session.audio, [pcm] * 5)
+        self.assertIn({"type": "backend.echo", "event": {"type": "ping", "n": 1}}, session.events)
+        self.assertIn({"type": "backend.heard_speech"}, session.events)
+        backend.kill()
         yield wait_until(lambda: bool(session.ended))
-        assert 0.25 <= reactor.seconds() - started < 3
-        assert "within 0.3 s" in session.events[0]["error"]["message"]
-        assert no_timers_left(agent)
+        self.assertEqual(session.events[-1]["type"], "error")
+        self.assertEqual(session.events[-1]["error"]["code"], "backend_unavailable")
+        self.assertTrue(session.ended[0].startswith("backend_unavailable"))
+        self.assertTrue(no_timers_left(agent))
+
+    @inlineCallbacks
+    def test_backend_hangs_up(self) -> Any:
+        """The backend's session.end hangs up the session with its reason, no error."""
+        backend = start_backend(self)
+        agent, session = start_agent(backend.url)
+        yield wait_until(lambda: agent.state is LinkState.OPEN)
+        agent.event_received({"type": "hangup"})
+        yield wait_until(lambda: bool(session.ended))
+        self.assertEqual(session.ended, ["the caller asked"])
+        self.assertEqual(session.events, [])
+        self.assertTrue(no_timers_left(agent))
+
+    @inlineCallbacks
+    def test_connection_refused_ends_at_once(self) -> Any:
+        """Nothing listening: an error event and the end, well before the timeout."""
+        started = reactor.seconds()
+        agent, session = start_agent(f"ws://127.0.0.1:{free_tcp_port()}/", connect_timeout=10)
+        yield wait_until(lambda: bool(session.ended))
+        self.assertLess(reactor.seconds() - started, 5)
+        self.assertEqual(session.events[0]["error"]["code"], "backend_unavailable")
+        self.assertTrue(no_timers_left(agent))
+
+    @inlineCallbacks
+    def test_silent_backend_times_out(self) -> Any:
+        """A server that accepts TCP but never answers the upgrade: connect_timeout ends it."""
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(4)
+            port = listener.getsockname()[1]
+            started = reactor.seconds()
+            agent, session = start_agent(f"ws://127.0.0.1:{port}/", connect_timeout=0.3)
+            yield wait_until(lambda: bool(session.ended))
+            self.assertLessEqual(0.25, reactor.seconds() - started)
+            self.assertLess(reactor.seconds() - started, 3)
+            self.assertIn("within 0.3 s", session.events[0]["error"]["message"])
+            self.assertTrue(no_timers_left(agent))
 
 
 # -- a real call through the all-in-one ----------------------------------------------
 
 
-@pytest.fixture
-def bridged(tmp_path: Path, backend: Backend) -> Iterator[tuple[str, Backend]]:
-    """The all-in-one with the bridge agent pointed at the echo backend."""
-    http_port, media_port = free_tcp_port(), free_udp_port()
-    ini = write_allinone_config(
-        tmp_path,
-        http_port,
-        media_port,
-        agent={"name": "bridge"},
-        **{"agent.bridge": {"url": backend.url, "connect_timeout": 3}},
-    )
-    base = f"http://127.0.0.1:{http_port}"
-    with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp_path):
-        yield base, backend
+@pytest.mark.integration
+class BridgedCallTests(TestCase):
+    """A real aiortc call through the all-in-one whose agent is the bridge to the echo backend."""
 
+    timeout = 120
 
-def test_call_through_the_bridge(bridged: tuple[str, Backend]) -> None:
-    """aiortc talks to the echo backend: its tone comes back, events go both ways,
-    then the backend is killed and the call ends with an error event."""
-    from tests.aiortc_peer import LiveCall, live_call
-
-    base, backend = bridged
-
-    async def script(call: LiveCall) -> None:
-        assert await call.wait_for(call.opened.is_set, 10), "oai-events never opened"
-        call.send_event({"type": "ping", "n": 7})
-        assert await call.wait_for(lambda: call.loud_frames() >= 50, 10), (
-            f"little echoed audio: {call.loud_frames()} loud of {len(call.levels)} frames"
+    def start_bridged(self) -> tuple[str, Backend]:
+        """The all-in-one with the bridge agent pointed at the echo backend, both stopped at cleanup."""
+        backend = start_backend(self)
+        tmp_path = Path(self.mktemp()).resolve()
+        tmp_path.mkdir(parents=True)
+        http_port, media_port = free_tcp_port(), free_udp_port()
+        ini = write_allinone_config(
+            tmp_path,
+            http_port,
+            media_port,
+            agent={"name": "bridge"},
+            **{"agent.bridge": {"url": backend.url, "connect_timeout": 3}},
         )
-        assert await call.wait_for(
-            # Forwarded unchanged, but for the event_id the Realtime layer adds.
-            lambda: any(
-                e.get("type") == "backend.echo" and e.get("event") == {"type": "ping", "n": 7} and "event_id" in e
-                for e in call.events
-            ),
-            5,
-        ), call.events
-        assert health_sessions(base + "/healthz") == 1
-        backend.kill()
-        await call.wait_for(
-            lambda: any(e.get("type") == "error" for e in call.events) and call.ended.is_set(), 10
-        )
+        base = f"http://127.0.0.1:{http_port}"
+        service = running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp_path)
+        service.__enter__()
+        self.addCleanup(service.__exit__, None, None, None)
+        return base, backend
 
-    call = asyncio.run(live_call(base, script))
-    errors = [e for e in call.events if e.get("type") == "error"]
-    assert errors and errors[0]["error"]["code"] == "backend_unavailable", call.events
-    assert call.ended.is_set(), "the server did not end the call"
-    assert health_sessions(base + "/healthz") == 0
-    # An operator sees the backend failure on /metrics.
-    _, metrics = http_get(base + "/metrics")
-    assert b'voiceedge_agent_events_total{agent="bridge",event="backend_unavailable"} 1.0' in metrics, metrics
+    def test_call_through_the_bridge(self) -> None:
+        """aiortc talks to the echo backend: its tone comes back, events go both ways,
+        then the backend is killed and the call ends with an error event."""
+        from tests.aiortc_peer import LiveCall, live_call
 
+        base, backend = self.start_bridged()
 
-def test_caller_hangup_reaches_the_backend(bridged: tuple[str, Backend]) -> None:
-    """A DELETE ends the session and /healthz drops to 0 while the backend lives on."""
-    from tests.aiortc_peer import LiveCall, live_call
+        async def script(call: LiveCall) -> None:
+            self.assertTrue(await call.wait_for(call.opened.is_set, 10), "oai-events never opened")
+            call.send_event({"type": "ping", "n": 7})
+            self.assertTrue(await call.wait_for(lambda: call.loud_frames() >= 50, 10), f"little echoed audio: {call.loud_frames()} loud of {len(call.levels)} frames")
+            self.assertTrue(await call.wait_for(
+                # Forwarded unchanged, but for the event_id the Realtime layer adds.
+                lambda: any(
+                    e.get("type") == "backend.echo" and e.get("event") == {"type": "ping", "n": 7} and "event_id" in e
+                    for e in call.events
+                ),
+                5,
+            ), call.events)
+            self.assertEqual(health_sessions(base + "/healthz"), 1)
+            backend.kill()
+            await call.wait_for(
+                lambda: any(e.get("type") == "error" for e in call.events) and call.ended.is_set(), 10
+            )
 
-    base, backend = bridged
+        call = asyncio.run(live_call(base, script))
+        errors = [e for e in call.events if e.get("type") == "error"]
+        self.assertTrue(errors, call.events)
+        self.assertEqual(errors[0]["error"]["code"], "backend_unavailable", call.events)
+        self.assertTrue(call.ended.is_set(), "the server did not end the call")
+        self.assertEqual(health_sessions(base + "/healthz"), 0)
+        # An operator sees the backend failure on /metrics.
+        _, metrics = http_get(base + "/metrics")
+        self.assertIn(b'voiceedge_agent_events_total{agent="bridge",event="backend_unavailable"} 1.0', metrics, metrics)
 
-    async def script(call: LiveCall) -> None:
-        assert await call.wait_for(lambda: call.loud_frames() >= 10, 10)
+    def test_caller_hangup_reaches_the_backend(self) -> None:
+        """A DELETE ends the session and /healthz drops to 0 while the backend lives on."""
+        from tests.aiortc_peer import LiveCall, live_call
 
-    call = asyncio.run(live_call(base, script))
-    assert call.delete_status == 204
-    assert health_sessions(base + "/healthz") == 0
-    assert backend.process.poll() is None
+        base, backend = self.start_bridged()
+
+        async def script(call: LiveCall) -> None:
+            self.assertTrue(await call.wait_for(lambda: call.loud_frames() >= 10, 10))
+
+        call = asyncio.run(live_call(base, script))
+        self.assertEqual(call.delete_status, 204)
+        self.assertEqual(health_sessions(base + "/healthz"), 0)
+        self.assertIsNone(backend.process.poll())
