@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import struct
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
 
+from tests.cases import case
 from voiceedge.transceiver.dtls import (
     AEAD_AES_128_GCM,
     AES_CM_128_HMAC_SHA1_80,
@@ -24,6 +25,7 @@ SERVER_CERT = DtlsCertificate.generate()
 CLIENT_CERT = DtlsCertificate.generate()
 PROFILES = [AEAD_AES_128_GCM, AES_CM_128_HMAC_SHA1_80]
 _KEYS: dict[str, tuple[SrtpKeys, SrtpKeys]] = {}
+FORGED_POSITIONS = {"timestamp": 5, "payload": 12, "mid": 100, "tag": -1}
 
 
 def handshake_keys(profile: SrtpProfile) -> tuple[SrtpKeys, SrtpKeys]:
@@ -59,145 +61,163 @@ def rtcp_receiver_report(ssrc: int = 0x11223344) -> bytes:
     return struct.pack("!BBHI", 0x81, 201, 7, ssrc) + block
 
 
-@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
-def test_rtp_round_trip_both_ways(profile: SrtpProfile) -> None:
-    """RTP protected by one side unprotects on the other, in both directions."""
-    server, client = pair(profile)
-    for sequence in range(1, 50):
-        packet = rtp(sequence)
-        protected = server.protect_rtp(packet)
-        assert protected != packet and len(protected) > len(packet)
-        assert client.unprotect_rtp(protected) == packet
-        assert server.unprotect_rtp(client.protect_rtp(packet)) == packet
-    assert server.replayed == server.auth_failed == client.replayed == client.auth_failed == 0
+class RoundTripTests(SynchronousTestCase):
+    """Packets protected by one side unprotect on the other, with each profile's tag."""
+
+    def test_rtp_round_trip_both_ways(self) -> None:
+        """RTP protected by one side unprotects on the other, in both directions."""
+        for profile in PROFILES:
+            with case(f"{profile.name}"):
+                server, client = pair(profile)
+                for sequence in range(1, 50):
+                    packet = rtp(sequence)
+                    protected = server.protect_rtp(packet)
+                    self.assertNotEqual(protected, packet)
+                    self.assertGreater(len(protected), len(packet))
+                    self.assertEqual(client.unprotect_rtp(protected), packet)
+                    self.assertEqual(server.unprotect_rtp(client.protect_rtp(packet)), packet)
+                self.assertEqual(server.replayed, server.auth_failed)
+                self.assertEqual(server.auth_failed, client.replayed)
+                self.assertEqual(client.replayed, client.auth_failed)
+                self.assertEqual(client.auth_failed, 0)
+
+    def test_rtcp_round_trip_both_ways(self) -> None:
+        """RTCP protected by one side unprotects on the other, in both directions."""
+        for profile in PROFILES:
+            with case(f"{profile.name}"):
+                server, client = pair(profile)
+                report = rtcp_receiver_report()
+                for _ in range(3):
+                    self.assertEqual(client.unprotect_rtcp(server.protect_rtcp(report)), report)
+                    self.assertEqual(server.unprotect_rtcp(client.protect_rtcp(report)), report)
+
+    def test_tag_lengths(self) -> None:
+        """GCM adds a 16-byte tag, AES_CM_80 a 10-byte tag (SRTCP adds a 4-byte index too)."""
+        for profile in PROFILES:
+            with case(f"{profile.name}"):
+                server, _ = pair(profile)
+                tag = 16 if profile is AEAD_AES_128_GCM else 10
+                self.assertEqual(len(server.protect_rtp(rtp(1))), len(rtp(1)) + tag)
+                self.assertEqual(len(server.protect_rtcp(rtcp_receiver_report())), len(rtcp_receiver_report()) + 4 + tag)
 
 
-@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
-def test_rtcp_round_trip_both_ways(profile: SrtpProfile) -> None:
-    """RTCP protected by one side unprotects on the other, in both directions."""
-    server, client = pair(profile)
-    report = rtcp_receiver_report()
-    for _ in range(3):
-        assert client.unprotect_rtcp(server.protect_rtcp(report)) == report
-        assert server.unprotect_rtcp(client.protect_rtcp(report)) == report
+class ReplayTests(SynchronousTestCase):
+    """Replays are refused and counted; so is protecting one index twice."""
+
+    def test_replayed_packet_is_rejected_and_counted(self) -> None:
+        """The same SRTP/SRTCP packet twice: SrtpReplayError, counted."""
+        for profile in PROFILES:
+            with case(f"{profile.name}"):
+                server, client = pair(profile)
+                protected = server.protect_rtp(rtp(7))
+                client.unprotect_rtp(protected)
+                with self.assertRaises(SrtpReplayError) as caught:
+                    client.unprotect_rtp(protected)
+                self.assertEqual(caught.exception.reason, "replay")
+                self.assertEqual(client.replayed, 1)
+                self.assertEqual(client.auth_failed, 0)
+                protected_rtcp = server.protect_rtcp(rtcp_receiver_report())
+                client.unprotect_rtcp(protected_rtcp)
+                with self.assertRaises(SrtpReplayError):
+                    client.unprotect_rtcp(protected_rtcp)
+                self.assertEqual(client.replayed, 2)
+                # Later packets still pass.
+                self.assertEqual(client.unprotect_rtp(server.protect_rtp(rtp(8))), rtp(8))
+
+    def test_packet_older_than_window_is_replay(self) -> None:
+        """A packet that falls out of the replay window is reported as a replay."""
+        for profile in PROFILES:
+            with case(f"{profile.name}"):
+                server_keys, client_keys = handshake_keys(profile)
+                sender, receiver = SrtpSession(server_keys), SrtpSession(client_keys, replay_window=64)
+                old = sender.protect_rtp(rtp(1))
+                for sequence in range(2, 200):
+                    receiver.unprotect_rtp(sender.protect_rtp(rtp(sequence)))
+                with self.assertRaises(SrtpReplayError):
+                    receiver.unprotect_rtp(old)
+                self.assertEqual(receiver.replayed, 1)
+
+    def test_repeated_protect_is_refused(self) -> None:
+        """Protecting one sequence number twice is refused: with GCM it would reuse a nonce."""
+        server, _ = pair(AEAD_AES_128_GCM)
+        server.protect_rtp(rtp(9))
+        with self.assertRaises(SrtpReplayError):
+            server.protect_rtp(rtp(9, payload=b"other"))
 
 
-@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
-def test_tag_lengths(profile: SrtpProfile) -> None:
-    """GCM adds a 16-byte tag, AES_CM_80 a 10-byte tag (SRTCP adds a 4-byte index too)."""
-    server, _ = pair(profile)
-    tag = 16 if profile is AEAD_AES_128_GCM else 10
-    assert len(server.protect_rtp(rtp(1))) == len(rtp(1)) + tag
-    assert len(server.protect_rtcp(rtcp_receiver_report())) == len(rtcp_receiver_report()) + 4 + tag
+class ForgeryTests(SynchronousTestCase):
+    """Any flipped authenticated bit fails authentication and is counted."""
+
+    def test_forged_rtp_is_rejected_and_counted(self) -> None:
+        """One flipped bit anywhere authenticated: SrtpAuthError, counted; the genuine one passes."""
+        for place, position in FORGED_POSITIONS.items():
+            for profile in PROFILES:
+                with case(f"{profile.name}, bit flipped in the {place}"):
+                    server, client = pair(profile)
+                    protected = server.protect_rtp(rtp(3))
+                    forged = bytearray(protected)
+                    forged[position] ^= 0x01
+                    with self.assertRaises(SrtpAuthError) as caught:
+                        client.unprotect_rtp(bytes(forged))
+                    self.assertEqual(caught.exception.reason, "auth")
+                    self.assertEqual(client.auth_failed, 1)
+                    self.assertEqual(client.replayed, 0)
+                    # A forgery must not consume the genuine packet's index.
+                    self.assertEqual(client.unprotect_rtp(protected), rtp(3))
+
+    def test_forged_rtcp_is_rejected_and_counted(self) -> None:
+        """One flipped bit in an SRTCP packet: SrtpAuthError, counted."""
+        for profile in PROFILES:
+            with case(f"{profile.name}"):
+                server, client = pair(profile)
+                protected = bytearray(server.protect_rtcp(rtcp_receiver_report()))
+                protected[10] ^= 0x80
+                with self.assertRaises(SrtpAuthError):
+                    client.unprotect_rtcp(bytes(protected))
+                self.assertEqual(client.auth_failed, 1)
+
+    def test_wrong_direction_key_fails_auth(self) -> None:
+        """A packet we protected cannot be unprotected by ourselves (directions have distinct keys)."""
+        server, _ = pair(AEAD_AES_128_GCM)
+        with self.assertRaises(SrtpAuthError):
+            server.unprotect_rtp(server.protect_rtp(rtp(1)))
 
 
-@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
-def test_replayed_packet_is_rejected_and_counted(profile: SrtpProfile) -> None:
-    """The same SRTP/SRTCP packet twice: SrtpReplayError, counted."""
-    server, client = pair(profile)
-    protected = server.protect_rtp(rtp(7))
-    client.unprotect_rtp(protected)
-    with pytest.raises(SrtpReplayError) as caught:
-        client.unprotect_rtp(protected)
-    assert caught.value.reason == "replay"
-    assert client.replayed == 1 and client.auth_failed == 0
-    protected_rtcp = server.protect_rtcp(rtcp_receiver_report())
-    client.unprotect_rtcp(protected_rtcp)
-    with pytest.raises(SrtpReplayError):
-        client.unprotect_rtcp(protected_rtcp)
-    assert client.replayed == 2
-    # Later packets still pass.
-    assert client.unprotect_rtp(server.protect_rtp(rtp(8))) == rtp(8)
+class MalformedInputTests(SynchronousTestCase):
+    """Malformed packets and bad keys raise clear errors, and only SrtpError for packets."""
 
+    def test_malformed_packets(self) -> None:
+        """Short or non-RTP input raises SrtpError("malformed"), a WireError, and is counted."""
+        for profile in PROFILES:
+            with case(f"{profile.name}"):
+                server, client = pair(profile)
+                protected = server.protect_rtp(rtp(1))
+                for bad in (b"", b"\x80", protected[:20], b"\x00" * 40):
+                    with self.assertRaises(SrtpError) as caught:
+                        client.unprotect_rtp(bad)
+                    self.assertEqual(caught.exception.reason, "malformed")
+                    self.assertIsInstance(caught.exception, WireError)
+                for bad in (b"", protected[:8], b"\x40" * 40):
+                    with self.assertRaises(SrtpError):
+                        client.unprotect_rtcp(bad)
+                with self.assertRaises(SrtpError):
+                    server.protect_rtp(b"\x80\x00")
+                with self.assertRaises(SrtpError):
+                    server.protect_rtp(rtp(2, payload=b"x" * 2000))
+                self.assertEqual(client.malformed, 7)
 
-@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
-def test_packet_older_than_window_is_replay(profile: SrtpProfile) -> None:
-    """A packet that falls out of the replay window is reported as a replay."""
-    server_keys, client_keys = handshake_keys(profile)
-    sender, receiver = SrtpSession(server_keys), SrtpSession(client_keys, replay_window=64)
-    old = sender.protect_rtp(rtp(1))
-    for sequence in range(2, 200):
-        receiver.unprotect_rtp(sender.protect_rtp(rtp(sequence)))
-    with pytest.raises(SrtpReplayError):
-        receiver.unprotect_rtp(old)
-    assert receiver.replayed == 1
+    def test_bad_keys_raise_value_error(self) -> None:
+        """Keys of the wrong length are a ValueError at construction."""
+        with self.assertRaises(ValueError):
+            SrtpSession(SrtpKeys(AEAD_AES_128_GCM.libsrtp_profile, b"short", b"short"))
 
-
-@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
-@pytest.mark.parametrize("position", [5, 12, 100, -1], ids=["timestamp", "payload", "mid", "tag"])
-def test_forged_rtp_is_rejected_and_counted(profile: SrtpProfile, position: int) -> None:
-    """One flipped bit anywhere authenticated: SrtpAuthError, counted; the genuine one passes."""
-    server, client = pair(profile)
-    protected = server.protect_rtp(rtp(3))
-    forged = bytearray(protected)
-    forged[position] ^= 0x01
-    with pytest.raises(SrtpAuthError) as caught:
-        client.unprotect_rtp(bytes(forged))
-    assert caught.value.reason == "auth"
-    assert client.auth_failed == 1 and client.replayed == 0
-    # A forgery must not consume the genuine packet's index.
-    assert client.unprotect_rtp(protected) == rtp(3)
-
-
-@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
-def test_forged_rtcp_is_rejected_and_counted(profile: SrtpProfile) -> None:
-    """One flipped bit in an SRTCP packet: SrtpAuthError, counted."""
-    server, client = pair(profile)
-    protected = bytearray(server.protect_rtcp(rtcp_receiver_report()))
-    protected[10] ^= 0x80
-    with pytest.raises(SrtpAuthError):
-        client.unprotect_rtcp(bytes(protected))
-    assert client.auth_failed == 1
-
-
-def test_wrong_direction_key_fails_auth() -> None:
-    """A packet we protected cannot be unprotected by ourselves (directions have distinct keys)."""
-    server, _ = pair(AEAD_AES_128_GCM)
-    with pytest.raises(SrtpAuthError):
-        server.unprotect_rtp(server.protect_rtp(rtp(1)))
-
-
-@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
-def test_malformed_packets(profile: SrtpProfile) -> None:
-    """Short or non-RTP input raises SrtpError("malformed"), a WireError, and is counted."""
-    server, client = pair(profile)
-    protected = server.protect_rtp(rtp(1))
-    for bad in (b"", b"\x80", protected[:20], b"\x00" * 40):
-        with pytest.raises(SrtpError) as caught:
-            client.unprotect_rtp(bad)
-        assert caught.value.reason == "malformed"
-        assert isinstance(caught.value, WireError)
-    for bad in (b"", protected[:8], b"\x40" * 40):
-        with pytest.raises(SrtpError):
-            client.unprotect_rtcp(bad)
-    with pytest.raises(SrtpError):
-        server.protect_rtp(b"\x80\x00")
-    with pytest.raises(SrtpError):
-        server.protect_rtp(rtp(2, payload=b"x" * 2000))
-    assert client.malformed == 7
-
-
-def test_repeated_protect_is_refused() -> None:
-    """Protecting one sequence number twice is refused: with GCM it would reuse a nonce."""
-    server, _ = pair(AEAD_AES_128_GCM)
-    server.protect_rtp(rtp(9))
-    with pytest.raises(SrtpReplayError):
-        server.protect_rtp(rtp(9, payload=b"other"))
-
-
-def test_bad_keys_raise_value_error() -> None:
-    """Keys of the wrong length are a ValueError at construction."""
-    with pytest.raises(ValueError):
-        SrtpSession(SrtpKeys(AEAD_AES_128_GCM.libsrtp_profile, b"short", b"short"))
-
-
-@settings(max_examples=300, deadline=None)
-@given(profile=st.sampled_from(PROFILES), data=st.binary(max_size=1600))
-def test_random_bytes_raise_only_srtp_error(profile: SrtpProfile, data: bytes) -> None:
-    """unprotect of random bytes raises SrtpError subclasses only."""
-    _, client = pair(profile)
-    for unprotect in (client.unprotect_rtp, client.unprotect_rtcp):
-        try:
-            unprotect(data)
-        except SrtpError as exc:
-            assert exc.reason in {"replay", "auth", "malformed"}
+    @settings(max_examples=300, deadline=None)
+    @given(profile=st.sampled_from(PROFILES), data=st.binary(max_size=1600))
+    def test_random_bytes_raise_only_srtp_error(self, profile: SrtpProfile, data: bytes) -> None:
+        """unprotect of random bytes raises SrtpError subclasses only."""
+        _, client = pair(profile)
+        for unprotect in (client.unprotect_rtp, client.unprotect_rtcp):
+            try:
+                unprotect(data)
+            except SrtpError as exc:
+                self.assertIn(exc.reason, {"replay", "auth", "malformed"})
