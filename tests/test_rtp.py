@@ -76,14 +76,17 @@ class ParseTests(SynchronousTestCase):
         """A plain 12-byte header followed by a payload parses field by field."""
         data = bytes.fromhex("80e1 1234 0000ea60 deadbeef") + b"opus"
         packet = parse_rtp(data)
-        self.assertEqual(packet, RtpPacket(
-            payload_type=97,
-            sequence_number=0x1234,
-            timestamp=60000,
-            ssrc=0xDEADBEEF,
-            payload=b"opus",
-            marker=True,
-        ))
+        self.assertEqual(
+            packet,
+            RtpPacket(
+                payload_type=97,
+                sequence_number=0x1234,
+                timestamp=60000,
+                ssrc=0xDEADBEEF,
+                payload=b"opus",
+                marker=True,
+            ),
+        )
         self.assertEqual(packet.serialize(), data)
 
     def test_parse_with_csrcs_extension_and_padding(self) -> None:

@@ -445,7 +445,7 @@ class HandshakeTests(SynchronousTestCase):
 
 
 class DataTransferTests(SynchronousTestCase):
-    """Messages arrive whole, ordered per stream or unordered, within the window and the MTU, acknowledged as RFC 4960 §6 says."""
+    """Messages arrive whole, ordered per stream or not, within window and MTU, SACKed as RFC 4960 §6 says."""
 
     def test_messages_arrive_whole_and_in_order(self) -> None:
         """1 B, 1 KiB, 64 KiB and 256 KiB messages arrive whole and in order under loss, reordering, duplication."""
@@ -462,7 +462,8 @@ class DataTransferTests(SynchronousTestCase):
                     server.send(2, 53, m)
                 self.assertTrue(
                     net.run_until(
-                        lambda: len(received(net.events_b)) == len(messages) and len(received(net.events_a)) == len(replies),
+                        lambda: len(received(net.events_b)) == len(messages)
+                        and len(received(net.events_a)) == len(replies),
                         max_time=900,
                     ),
                 )
@@ -517,7 +518,9 @@ class DataTransferTests(SynchronousTestCase):
             client.send(0, 53, m)
             server.send(0, 53, m)
         self.assertTrue(
-            net.run_until(lambda: len(received(net.events_b)) == 10 and len(received(net.events_a)) == 10, max_time=300),
+            net.run_until(
+                lambda: len(received(net.events_b)) == 10 and len(received(net.events_a)) == 10, max_time=300
+            )
         )
         self.assertEqual(received(net.events_b), msgs)
         self.assertEqual(received(net.events_a), msgs)
@@ -716,7 +719,9 @@ class TeardownTests(SynchronousTestCase):
         self.assertLess(max(data), resets[0])
         client.send(3, 51, b"after")
         self.assertTrue(net.run_until(lambda: b"after" in received(net.events_b), max_time=60))
-        ssns = [c.ssn for _, p in net.sent for c in chunks_of(p) if isinstance(c, DataChunk) and c.user_data == b"after"]
+        ssns = [
+            c.ssn for _, p in net.sent for c in chunks_of(p) if isinstance(c, DataChunk) and c.user_data == b"after"
+        ]
         self.assertEqual(set(ssns), {0})
 
     def test_stream_reset_in_progress_when_data_missing(self) -> None:
@@ -753,7 +758,8 @@ class TeardownTests(SynchronousTestCase):
             client.send(1, 53, b"late")
         self.assertTrue(
             net.run_until(
-                lambda: any(isinstance(e, Closed) for e in net.events_a) and any(isinstance(e, Closed) for e in net.events_b),
+                lambda: any(isinstance(e, Closed) for e in net.events_a)
+                and any(isinstance(e, Closed) for e in net.events_b),
                 max_time=300,
             ),
         )

@@ -189,7 +189,7 @@ _line_prefixes = st.sampled_from(
 
 
 class FixtureTests(SynchronousTestCase):
-    """Real offers (Chrome, Firefox, Safari, Pion, aiortc in tests/fixtures/sdp, and a live aiortc one) parse and round-trip."""
+    """Real offers (the fixtures of five clients, and a live aiortc one) parse and round-trip."""
 
     def test_fixture_round_trip(self) -> None:
         """Every client's offer parses, and serialize/parse gives the same description."""

@@ -98,7 +98,8 @@ class RoundTripTests(SynchronousTestCase):
                 server, _ = pair(profile)
                 tag = 16 if profile is AEAD_AES_128_GCM else 10
                 self.assertEqual(len(server.protect_rtp(rtp(1))), len(rtp(1)) + tag)
-                self.assertEqual(len(server.protect_rtcp(rtcp_receiver_report())), len(rtcp_receiver_report()) + 4 + tag)
+                report = rtcp_receiver_report()
+                self.assertEqual(len(server.protect_rtcp(report)), len(report) + 4 + tag)
 
 
 class ReplayTests(SynchronousTestCase):

@@ -415,7 +415,9 @@ class BuildTests(SynchronousTestCase):
             integrity_sha256=True,
         )
         msg = parse_message(data)
-        self.assertEqual([t for t, _ in msg.attributes], [Attr.USERNAME, Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT])
+        self.assertEqual(
+            [t for t, _ in msg.attributes], [Attr.USERNAME, Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT]
+        )
         self.assertEqual(len(msg.get(Attr.MESSAGE_INTEGRITY_SHA256) or b""), 32)
         self.assertTrue(verify_integrity(data, b"pw"))
         self.assertTrue(verify_fingerprint(data))
@@ -574,7 +576,8 @@ class RelayFastPathTests(SynchronousTestCase):
             self.assertEqual(peek_username(data), parse_message(data).username())
         self.assertIsNone(peek_username(raw_message(b"")))
         self.assertIsNone(peek_username(raw_message(ATTR_MI + struct.pack("!HH", 6, 4) + b"a:bc")))
-        for bad in (b"", REQUEST[:-4], with_length(REQUEST, 0x57), raw_message(struct.pack("!HH", 0x8022, 8) + b"abcd")):
+        overrun = raw_message(struct.pack("!HH", 0x8022, 8) + b"abcd")
+        for bad in (b"", REQUEST[:-4], with_length(REQUEST, 0x57), overrun):
             with self.assertRaises(StunError):
                 peek_username(bad)
 
