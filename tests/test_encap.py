@@ -213,7 +213,7 @@ class RejectionTests(SynchronousTestCase):
     def test_encode_rejects(self) -> None:
         """encode raises EncapError for addresses that cannot be encoded."""
         for envelope in UNENCODABLE:
-            with case(f"{envelope}"):
+            with case(str(envelope)):
                 with self.assertRaises(EncapError):
                     encode(envelope, b"")
 

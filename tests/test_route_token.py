@@ -104,7 +104,7 @@ class RoundTripTests(SynchronousTestCase):
     def test_round_trip(self) -> None:
         """decode(issue(route)) gives the route back, IPv4 and IPv6, several clusters."""
         for route in ROUTES:
-            with case(f"{route}"):
+            with case(str(route)):
                 c = codec()
                 token = c.issue(route)
                 self.assertTrue(ICE_CHARS.match(token))
@@ -204,7 +204,7 @@ class TamperingTests(SynchronousTestCase):
     def test_truncated_and_extended_rejected(self) -> None:
         """A token cut short or lengthened, as text or as bytes, is rejected."""
         for route in [ROUTES[0], ROUTES[3]]:
-            with case(f"{route}"):
+            with case(str(route)):
                 c = codec()
                 token = c.issue(route)
                 raw = unb64(token)
@@ -333,7 +333,7 @@ class IssueArgumentTests(SynchronousTestCase):
     def test_issue_rejects_bad_routes(self) -> None:
         """issue raises ValueError for what cannot be a route."""
         for route in BAD_ROUTES:
-            with case(f"{route}"):
+            with case(str(route)):
                 with self.assertRaises(ValueError):
                     codec().issue(route)
 

@@ -243,7 +243,7 @@ class MalformedTests(SynchronousTestCase):
     def test_build_rejects_unencodable_packets(self) -> None:
         """build_rtcp raises RtcpError, never struct.error, for fields that do not fit."""
         for packet in UNENCODABLE:
-            with case(f"{packet}"):
+            with case(str(packet)):
                 with self.assertRaises(RtcpError):
                     build_rtcp([packet])
 

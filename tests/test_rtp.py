@@ -136,7 +136,7 @@ class SerializeTests(SynchronousTestCase):
     def test_serialize_rejects_out_of_range_fields(self) -> None:
         """serialize() raises RtpError, never struct.error, for fields that do not fit."""
         for packet in OUT_OF_RANGE:
-            with case(f"{packet}"):
+            with case(str(packet)):
                 with self.assertRaises(RtpError):
                     packet.serialize()
 

@@ -67,7 +67,7 @@ class RoundTripTests(SynchronousTestCase):
     def test_rtp_round_trip_both_ways(self) -> None:
         """RTP protected by one side unprotects on the other, in both directions."""
         for profile in PROFILES:
-            with case(f"{profile.name}"):
+            with case(profile.name):
                 server, client = pair(profile)
                 for sequence in range(1, 50):
                     packet = rtp(sequence)
@@ -84,7 +84,7 @@ class RoundTripTests(SynchronousTestCase):
     def test_rtcp_round_trip_both_ways(self) -> None:
         """RTCP protected by one side unprotects on the other, in both directions."""
         for profile in PROFILES:
-            with case(f"{profile.name}"):
+            with case(profile.name):
                 server, client = pair(profile)
                 report = rtcp_receiver_report()
                 for _ in range(3):
@@ -94,7 +94,7 @@ class RoundTripTests(SynchronousTestCase):
     def test_tag_lengths(self) -> None:
         """GCM adds a 16-byte tag, AES_CM_80 a 10-byte tag (SRTCP adds a 4-byte index too)."""
         for profile in PROFILES:
-            with case(f"{profile.name}"):
+            with case(profile.name):
                 server, _ = pair(profile)
                 tag = 16 if profile is AEAD_AES_128_GCM else 10
                 self.assertEqual(len(server.protect_rtp(rtp(1))), len(rtp(1)) + tag)
@@ -108,7 +108,7 @@ class ReplayTests(SynchronousTestCase):
     def test_replayed_packet_is_rejected_and_counted(self) -> None:
         """The same SRTP/SRTCP packet twice: SrtpReplayError, counted."""
         for profile in PROFILES:
-            with case(f"{profile.name}"):
+            with case(profile.name):
                 server, client = pair(profile)
                 protected = server.protect_rtp(rtp(7))
                 client.unprotect_rtp(protected)
@@ -128,7 +128,7 @@ class ReplayTests(SynchronousTestCase):
     def test_packet_older_than_window_is_replay(self) -> None:
         """A packet that falls out of the replay window is reported as a replay."""
         for profile in PROFILES:
-            with case(f"{profile.name}"):
+            with case(profile.name):
                 server_keys, client_keys = handshake_keys(profile)
                 sender, receiver = SrtpSession(server_keys), SrtpSession(client_keys, replay_window=64)
                 old = sender.protect_rtp(rtp(1))
@@ -169,7 +169,7 @@ class ForgeryTests(SynchronousTestCase):
     def test_forged_rtcp_is_rejected_and_counted(self) -> None:
         """One flipped bit in an SRTCP packet: SrtpAuthError, counted."""
         for profile in PROFILES:
-            with case(f"{profile.name}"):
+            with case(profile.name):
                 server, client = pair(profile)
                 protected = bytearray(server.protect_rtcp(rtcp_receiver_report()))
                 protected[10] ^= 0x80
@@ -190,7 +190,7 @@ class MalformedInputTests(SynchronousTestCase):
     def test_malformed_packets(self) -> None:
         """Short or non-RTP input raises SrtpError("malformed"), a WireError, and is counted."""
         for profile in PROFILES:
-            with case(f"{profile.name}"):
+            with case(profile.name):
                 server, client = pair(profile)
                 protected = server.protect_rtp(rtp(1))
                 for bad in (b"", b"\x80", protected[:20], b"\x00" * 40):

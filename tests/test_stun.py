@@ -393,7 +393,7 @@ class BuildTests(SynchronousTestCase):
     def test_build_rejects_bad_arguments(self) -> None:
         """Out-of-range arguments are StunErrors, not silently mangled bytes."""
         for kwargs in BAD_BUILD_ARGUMENTS:
-            with case(f"{kwargs}"):
+            with case(str(kwargs)):
                 args: dict[str, object] = {
                     "method": METHOD_BINDING,
                     "message_class": StunClass.REQUEST,
