@@ -1,13 +1,8 @@
-"""Shared pytest fixtures: a working directory outside the checkout, a throwaway redis-server."""
+"""pytest only: a working directory outside the checkout, and trial test cases beside pytest-twisted ones."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
-from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
@@ -27,63 +22,6 @@ def _work_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield
     finally:
         os.chdir(before)
-
-
-@dataclass
-class RedisServer:
-    """A running ``redis-server`` that a test may kill early."""
-
-    host: str
-    port: int
-    process: subprocess.Popen[bytes]
-
-    def kill(self) -> None:
-        """Kill the server (SIGKILL) and reap it; idempotent."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=5)
-
-
-def _free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A real redis-server on 127.0.0.1:<free port>, no persistence; killed after the test."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = _free_tcp_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = RedisServer("127.0.0.1", port, process)
-    try:
-        deadline = time.monotonic() + 10
-        while not _ping(port):
-            if process.poll() is not None:
-                pytest.fail(f"redis-server exited with {process.returncode}")
-            if time.monotonic() > deadline:
-                pytest.fail("redis-server did not answer PING within 10 s")
-            time.sleep(0.02)
-        yield server
-    finally:
-        server.kill()
 
 
 def pytest_configure(config: pytest.Config) -> None:

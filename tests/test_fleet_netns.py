@@ -51,8 +51,9 @@ class TwoRegionFleetTests(TestCase):
     def start_redis(self) -> tuple[Host, Host]:
         core, replica_host = self.net.host("redis", 0, 2), self.net.host("replica", 0, 3)
         for host, extra in ((core, []), (replica_host, ["--replicaof", core.ip, "6379"])):
+            (self.tmp / host.name).mkdir()  # each its own --dir: a full sync writes an RDB file there
             host.start(["redis-server", "--port", "6379", "--bind", host.ip, "--save", "", "--appendonly", "no", "--protected-mode", "no",
-                        "--replica-announce-ip", host.ip, *extra], self.tmp / f"redis-{host.name}.log")
+                        "--replica-announce-ip", host.ip, "--dir", str(self.tmp / host.name), *extra], self.tmp / f"redis-{host.name}.log")
         wait_until(lambda: b"master_link_status:up" in redis_command(6379, "INFO", "replication", host=replica_host.ip),
                    15, "the replica syncs")
         conf = self.write("sentinel.conf",
