@@ -27,7 +27,9 @@ Per side: calls up when the window opened, calls *held* (at least 48 packets/s
 back over the window), the arrival gap p99 over every call (and the worst
 call's), the server's CPU in ms per call-second and as % of one core, and
 RSS per call (``pionpeer load --server-pid``, with the worker processes of
-``--workers``). Then the ratios of CPU per call-second, side by side. Absolute
+``--workers``: RSS at the end of the window less RSS before the load, over
+the calls up, counted after ``--warmup`` calls made and ended first, so that
+what the first calls touch once is not counted per call). Then the ratios of CPU per call-second, side by side. Absolute
 figures depend on the machine's load; ratios within one run much less. Every
 child is bounded and killed at the end.
 
@@ -223,6 +225,11 @@ def measure(name: str, calls: int, args: argparse.Namespace, tmp: Path) -> Side:
     log_dir.mkdir()
     workers = None if name in ("pionecho", "aiortc") else args.workers
     with SERVERS[name](log_dir, workers) as (url, pid):
+        if args.warmup:
+            # What the first calls touch once (imports, library pages, the speech model's
+            # buffers) is not memory per call: RSS is measured from after these.
+            pion_peer.load(url, n=args.warmup, ramp=args.ramp, seconds=2, settle=1, audio=args.audio,
+                           setup_timeout=15.0, log_dir=log_dir)
         summary = pion_peer.load(
             url,
             n=calls,
@@ -315,6 +322,8 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--audio", default="tone", choices=("tone", "speech"))
     parser.add_argument("--workers", default=None, help="[process] workers for the voiceedge sides (default: theirs)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="calls made and ended before each side's load (RSS per call counts from after them)")
     parser.add_argument("--capacity", default="", help="worker counts to find the calls held for, e.g. 1,2")
     parser.add_argument("--step", type=int, default=20, help="calls added per capacity step")
     parser.add_argument("--max", type=int, default=200, help="most calls a capacity search offers")

@@ -247,6 +247,21 @@ class HandshakeTests(SynchronousTestCase):
             [b"x", b"y"],
         )
 
+    def test_idle_connections_release_their_record_buffers(self) -> None:
+        """Every context frees a connection's read and write buffers while empty; data still flows both ways."""
+        from OpenSSL import SSL
+
+        certificate = DtlsCertificate.generate()
+        for role in DtlsRole:
+            context = certificate.ssl_context(role, (AEAD_AES_128_GCM,))
+            # SSL_CTX_set_mode ORs in its argument and returns the mode: 0 reads it.
+            self.assertTrue(context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS, role)
+        server, client = make_pair()
+        connect(server, client)
+        for _ in range(3):
+            self.assertEqual(pump(server, client, client, client.send_application_data(b"ping"), 1.0), [b"ping"])
+            self.assertEqual(pump(server, client, server, server.send_application_data(b"pong"), 1.0), [b"pong"])
+
     def test_fingerprint_mismatch_fails_without_keys(self) -> None:
         """A peer certificate not matching the SDP fingerprint fails the handshake; no keys."""
         for wrong_side in ["server", "client"]:

