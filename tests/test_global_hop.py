@@ -33,6 +33,9 @@ class GlobalHopCallTests(TestCase):
             f"[relay]\npublic_listen = {LOOPBACK}:{public_a}\ncluster = 1\n{common}"
             f"[http]\nlisten = tcp:{http_a}:interface={LOOPBACK}\n"
             f"[global]\nnetworks = 127.0.0.0/8\nrelays = 2={LOOPBACK}:{global_b}\n"
+            # One process: the counts below are read from its /metrics (a second worker
+            # would carry the flow half the time, and worker 0's counters would say 0).
+            "[process]\nworkers = 1\n"
         )
         (tmp / "relay-b.ini").write_text(
             f"[relay]\npublic_listen = {LOOPBACK}:{public_b}\ncluster = 2\n{common}"
