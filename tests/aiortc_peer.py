@@ -11,7 +11,7 @@ import struct
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -26,6 +26,10 @@ SAMPLE_RATE = 48000
 FRAME_SAMPLES = 960
 # How late a paced track may run before it skips frames instead of catching up.
 MAX_LATE = 0.2
+# scripted_call's stay after its ``until`` came true: the last packets of what it waited for.
+UNTIL_GRACE = 0.3
+# A paced track handing out a frame this long after the previous one was held up (on time: 20 ms).
+HOLDUP = 0.1
 
 
 def tone_second(frequency: int = 440, amplitude: int = 8000) -> bytes:
@@ -47,6 +51,9 @@ class PacedTrack(MediaStreamTrack):
         super().__init__()
         self.first_frame_at: float | None = None
         self._pts = 0
+        #: Seconds between this frame's hand-out and the previous one's (20 ms when on time).
+        self.gap = 0.0
+        self._handed_at: float | None = None
 
     def pcm_at(self, pts: int) -> bytes:
         """The 20 ms of PCM that start at sample ``pts``."""
@@ -68,6 +75,9 @@ class PacedTrack(MediaStreamTrack):
                 # not read in time, skip them rather than send a backlog faster than real
                 # time, which the server refuses beyond a second's burst.
                 self._pts += int(-delay * SAMPLE_RATE) // FRAME_SAMPLES * FRAME_SAMPLES
+        now = time.monotonic()
+        self.gap = 0.0 if self._handed_at is None else now - self._handed_at
+        self._handed_at = now
         frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
         frame.planes[0].update(self.pcm_at(self._pts))
         frame.pts = self._pts
@@ -310,12 +320,20 @@ class ScriptedTrack(PacedTrack):
     to 20 ms), PCM16 mono at 48 kHz.  ``started_at[i]`` is the monotonic time
     the first frame of segment ``i`` was handed to the encoder (aiortc
     encodes and sends it at once), ``first_frame_at`` that of the first frame.
+    ``frames_said[i]`` counts the 20 ms frames of segment ``i`` handed out: a
+    starved client skips frames (:data:`MAX_LATE`), so what was said may be
+    less than the segment, and may start after its first frame.
+    ``holdups`` lists ``(segment, seconds)`` for every frame of a segment handed
+    out more than :data:`HOLDUP` after the one before it: the client's own
+    pause in the middle of what it says, which the server hears as silence.
     """
 
     def __init__(self, segments: list[tuple[float, bytes]]) -> None:
         super().__init__()
         self._segments = [(round(start * 50) * FRAME_SAMPLES, pcm) for start, pcm in segments]
         self.started_at: list[float | None] = [None] * len(segments)
+        self.frames_said = [0] * len(segments)
+        self.holdups: list[tuple[int, float]] = []
 
     def pcm_at(self, pts: int) -> bytes:
         """The segments that play at ``pts``; silence elsewhere."""
@@ -325,7 +343,10 @@ class ScriptedTrack(PacedTrack):
             if 0 <= offset < len(segment):
                 piece = segment[offset : offset + len(pcm)]
                 pcm[: len(piece)] = piece
-                if offset == 0:
+                if self.frames_said[index] and self.gap > HOLDUP:
+                    self.holdups.append((index, self.gap))
+                self.frames_said[index] += 1
+                if self.started_at[index] is None:
                     self.started_at[index] = time.monotonic()
         return bytes(pcm)
 
@@ -336,10 +357,14 @@ class TurnCallResult:
 
     location: str
     segment_started_at: list[float | None]
-    # (monotonic arrival, RMS level in dBFS) of every audio packet received, in order
-    # of arrival: measured on the packet, ahead of aiortc's jitter buffer, which
-    # holds the last packets of a burst until the next burst comes.
-    received: list[tuple[float, float]] = field(default_factory=list)
+    # (monotonic arrival, RMS level in dBFS, RTP timestamp unwrapped) of every audio packet
+    # received, in order of arrival: measured on the packet, ahead of aiortc's jitter buffer,
+    # which holds the last packets of a burst until the next burst comes.
+    received: list[tuple[float, float, int]] = field(default_factory=list)
+    # Seconds of each segment the track handed out (ScriptedTrack.frames_said).
+    segment_said: list[float] = field(default_factory=list)
+    # (segment, seconds) of the client's own hold-ups while it talked (ScriptedTrack.holdups).
+    holdups: list[tuple[int, float]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     channel_opened: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
@@ -348,7 +373,36 @@ class TurnCallResult:
 
     def loud(self, threshold_db: float = -45.0, since: float = 0.0, until: float = math.inf) -> list[float]:
         """Arrival times of packets louder than ``threshold_db`` within ``[since, until)``."""
-        return [at for at, level in self.received if level > threshold_db and since <= at < until]
+        return [at for at, level, _ in self.received if level > threshold_db and since <= at < until]
+
+    def loud_sent(self, threshold_db: float = -45.0, since: float = 0.0, until: float = math.inf) -> list[float]:
+        """Like :meth:`loud`, but each packet's time is when the server sent it, on this clock: its RTP
+        time placed by the call's least delayed packet (``arrival - RTP time`` at its smallest).
+        A client too loaded to read its socket on time reads a burst late; these times do not move."""
+        if not self.received:
+            return []
+        offset = min(at - timestamp / SAMPLE_RATE for at, _, timestamp in self.received)
+        sent = (timestamp / SAMPLE_RATE + offset for _, level, timestamp in self.received if level > threshold_db)
+        return [at for at in sent if since <= at < until]
+
+    def talkspurts(self, threshold_db: float = -45.0, since: float = 0.0, gap: float = 0.5) -> list[tuple[float, float]]:
+        """Packets louder than ``threshold_db`` arriving from ``since``, grouped on the sender's clock:
+        ``(first arrival, seconds of the server's audio from the first one's start to the last one's end)``
+        per group, a group ending where more than ``gap`` seconds of RTP time pass between loud packets.
+
+        RTP time is what the server sent; arrival times also hold the client's own stalls (a
+        loaded machine reads a burst late, and its span looks shorter than the audio)."""
+        out: list[list[float]] = []
+        last = 0
+        for at, level, timestamp in self.received:
+            if level <= threshold_db or at < since:
+                continue
+            if out and (timestamp - last) / SAMPLE_RATE <= gap:
+                out[-1][1] += (timestamp - last) / SAMPLE_RATE
+            else:
+                out.append([at, FRAME_SAMPLES / SAMPLE_RATE])
+            last = timestamp
+        return [(first, seconds) for first, seconds in out]
 
 
 def _level_db(pcm: bytes) -> float:
@@ -365,8 +419,14 @@ async def scripted_call(
     segments: list[tuple[float, bytes]],
     seconds: float,
     events: list[dict[str, Any]] | None = None,
+    until: Callable[[TurnCallResult], bool] | None = None,
+    patience: float = 10.0,
 ) -> TurnCallResult:
     """Call voiceedge, say ``segments`` (see :class:`ScriptedTrack`), listen ``seconds`` from the first frame.
+
+    With ``until``, the call goes on after that while ``until(result)`` is false, for at most
+    ``patience`` seconds more, then :data:`UNTIL_GRACE` (a loaded machine may run late; the
+    script still ends).
 
     Every received RTP packet is decoded with our own Opus decoder and its level
     kept with its arrival time.  An ``oai-events`` data channel is opened; the
@@ -415,7 +475,13 @@ async def scripted_call(
                 level = _level_db(decoder.decode(packet.payload))
             except Exception:  # a packet our decoder rejects: note it as silent
                 level = -100.0
-            result.received.append((arrival, level))
+            if result.received:
+                # Unwrapped against the previous packet's (reordering on loopback is a few packets at most).
+                previous = result.received[-1][2]
+                timestamp = previous + ((packet.timestamp - previous + (1 << 31)) % (1 << 32)) - (1 << 31)
+            else:
+                timestamp = packet.timestamp
+            result.received.append((arrival, level, timestamp))
             await handle(packet, arrival_time_ms=arrival_time_ms)
 
         receiver._handle_rtp_packet = measured  # type: ignore[method-assign]
@@ -427,6 +493,13 @@ async def scripted_call(
             await asyncio.sleep(0.01)
         assert track.first_frame_at is not None, "aiortc never pulled a frame"
         await asyncio.sleep(max(0.0, track.first_frame_at + seconds - time.monotonic()))
+        if until is not None:
+            give_up = time.monotonic() + patience
+            while not until(result) and time.monotonic() < give_up:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(UNTIL_GRACE)
+        result.segment_said = [n * FRAME_SAMPLES / SAMPLE_RATE for n in track.frames_said]
+        result.holdups = list(track.holdups)
         status, _, body = await asyncio.to_thread(_http, "GET", base_url + result.location)
         result.stats_status = status
         if status == 200:
