@@ -19,7 +19,11 @@ describes:
   above ``VOICE_DB``) to the end of the last block of the reply heard above
   ``SILENT_DB`` before the next reply can start: a cut syllable that the
   browser's concealment stretches and fades counts until it is below
-  ``SILENT_DB``, whatever pauses the reply had;
+  ``SILENT_DB``, whatever pauses the reply had. The next reply can start once
+  the sentence's turn ends: at the sentence's end, or, when the server heard a
+  pause in it long enough to end a turn (``caller_turns`` > 1: on a loaded
+  machine the browser's audio can be held up on its way), at the end of the
+  first part, which the parrot then answers;
 - **the same span, taken apart**: the server lists its turns and talkspurts on
   its clock (``GET <Location>``: ``speech``, ``playout``); on one machine that is
   the page's wall clock, so they are placed on the AudioContext timeline (the
@@ -410,6 +414,10 @@ class CallerFigures:
     to_last_packet_ms: float | None = None
     last_packet_to_silent_ms: float | None = None
     first_packet_to_heard_ms: float | None = None
+    #: The turns the server heard in the caller's second sentence (one, unless it heard a pause in it
+    #: long enough to end a turn), and the pauses between them on the server's clock (ms).
+    caller_turns: int = 1
+    turn_pauses_ms: list[float] = field(default_factory=list)
 
     @property
     def burst(self) -> bool:
@@ -432,9 +440,20 @@ def caller_figures(timeline: CallerTimeline) -> CallerFigures:
         turn_latency = (times[after_first[0]] - 0.01 - first_end) * 1000
 
     playing = bool(np.any((times > barge_at - 0.3) & (times <= barge_at) & (levels > VOICE_DB)))
+    server = _server_times(timeline)
+    # The server's turns in the second sentence: one, unless it heard a pause in it long enough
+    # to end a turn (the caller's audio held up on its way), and then the next reply (to the
+    # first part) may start before the sentence ends.
+    turns = [] if server is None else [(a, b) for a, b in server[0] if a is not None and a > barge_at - 0.5]
+    pauses = [
+        (b_start - a_end) * 1000 for (_, a_end), (b_start, _) in zip(turns, turns[1:]) if a_end is not None
+    ]
+    next_reply_after = second_end
+    if len(turns) > 1 and turns[0][1] is not None:
+        next_reply_after = min(second_end, turns[0][1])
     # The reply is silent from the end of the last block above SILENT_DB heard
     # after the interruption, before the next reply can start.
-    window = (times > barge_at) & (times <= second_end + NEXT_REPLY_GUARD)
+    window = (times > barge_at) & (times <= next_reply_after + NEXT_REPLY_GUARD)
     loud = np.nonzero(window & (levels > SILENT_DB))[0]
     silent_after = None
     if np.any(window):
@@ -442,7 +461,6 @@ def caller_figures(timeline: CallerTimeline) -> CallerFigures:
 
     silent_at = None if silent_after is None else barge_at + silent_after / 1000
     to_onset = to_last = last_to_silent = natural = None
-    server = _server_times(timeline)
     if server is not None:
         speech, playout = server
         onsets = [start for start, _ in speech if start is not None and start > barge_at - 0.5]
@@ -465,13 +483,15 @@ def caller_figures(timeline: CallerTimeline) -> CallerFigures:
         turn_latency,
         playing,
         silent_after,
-        _concealed_ms(timeline.stats, barge_at, second_end + NEXT_REPLY_GUARD),
+        _concealed_ms(timeline.stats, barge_at, next_reply_after + NEXT_REPLY_GUARD),
         _burst_ms(timeline, barge_at, second_end),
         list(timeline.server.get("barge_in_ms", [])),
         to_onset,
         to_last,
         last_to_silent,
         natural,
+        max(1, len(turns)),
+        pauses,
     )
 
 
