@@ -500,7 +500,7 @@ class EarlyAndHostileTrafficTests(SynchronousTestCase):
         self.assertEqual(transceiver.drops["unknown_ufrag"], 1)
 
     def test_dtls_that_overtakes_the_check_is_held(self) -> None:
-        """A ClientHello that arrives before the first check is processed after it."""
+        """A ClientHello that arrives before the first check is processed once the path is verified."""
         clock = started_clock()
         transceiver, outbox = make_transceiver(clock)
         call = open_call(transceiver, clock, outbox)
@@ -508,8 +508,13 @@ class EarlyAndHostileTrafficTests(SynchronousTestCase):
             call.send(datagram)
         self.assertEqual(call.inbox, [])  # held, not answered
         call.send(binding_request(call.username, call.password, use_candidate=True))
-        self.assertGreaterEqual(len(call.inbox), 2, "the held ClientHello was answered after the check")
-        call.inbox.pop(0)  # the check's response
+        # The check's response and our return check; DTLS waits for the answer to it.
+        response, probe = call.inbox
+        self.assertEqual((response[:2], probe[:2]), (b"\x01\x01", b"\x00\x01"))
+        call.inbox.clear()
+        call.send(answer_probe(probe))
+        self.assertTrue(call.inbox, "the held ClientHello was answered once the path was verified")
+        self.assertTrue(all(20 <= d[0] <= 63 for d in call.inbox))
         for _ in range(10):
             pending, call.inbox[:] = list(call.inbox), []
             for datagram in pending:
@@ -586,6 +591,62 @@ class EarlyAndHostileTrafficTests(SynchronousTestCase):
         clock.advance(6)
         self.assertFalse(transceiver._early_dtls)
         self.assertEqual(transceiver._early_dtls_bytes, 0)
+
+    def test_dtls_from_a_source_that_never_answers_gets_no_dtls(self) -> None:
+        """A caller spoofs valid checks of its own session from a victim's address, then DTLS from it
+        (a ClientHello, a malformed handshake record): the victim gets STUN only, never a flight or
+        an alert, however long the clock runs; the real client's handshake is not disturbed."""
+        clock = started_clock()
+        transceiver, outbox = make_transceiver(clock)
+        call = open_call(transceiver, clock, outbox)
+        victim = ("192.0.2.8", 5001)
+        spoofer = DtlsTransport(OTHER_CERT, DtlsRole.CLIENT, [("sha-256", call.server_fingerprint)])
+        malformed = bytes.fromhex("16fefd000000000000000000" "0c" "010000000000000000000000")
+        sent = [binding_request(call.username, call.password, use_candidate=True)]
+        sent += spoofer.start(clock.seconds())
+        sent += [malformed, binding_request(call.username, call.password)]
+        for datagram in sent:
+            transceiver.datagram_received(datagram, victim)
+        for _ in range(70):  # past every DTLS retransmission and the setup timeout
+            clock.advance(1.0)
+        to_victim = outbox.get(victim, [])
+        self.assertTrue(to_victim)  # check responses and return checks
+        self.assertEqual([d for d in to_victim if d[0] > 3], [])
+        self.assertLessEqual(len(to_victim), 2 * len(sent))
+        session = transceiver.session(call.session_id)
+        self.assertIsNone(session)  # it never connected: the setup timeout ended it
+
+    def test_a_spoofed_path_gets_no_dtls_while_the_call_is_connected(self) -> None:
+        """Once connected, the client's own last flight replayed from an unverified source (which
+        would have the server resend its final flight), a ClientHello, or a stale record are not
+        answered there; the hang-up's close_notify goes to the verified client."""
+        clock = started_clock()
+        transceiver, outbox = make_transceiver(clock)
+        call = open_call(transceiver, clock, outbox)
+        call.check()
+        client_flights: list[bytes] = []
+        send = call.send
+
+        def recording_send(data: bytes) -> None:
+            client_flights.append(data)
+            send(data)
+
+        call.send = recording_send  # type: ignore[method-assign]
+        call.handshake()
+        call.send = send  # type: ignore[method-assign]
+        call.inbox.clear()
+        victim = ("192.0.2.8", 5001)
+        spoofer = DtlsTransport(OTHER_CERT, DtlsRole.CLIENT, [("sha-256", call.server_fingerprint)])
+        transceiver.datagram_received(binding_request(call.username, call.password), victim)
+        clock.advance(0.5)
+        stale = b"\x17\xfe\xfd\x00\x01" + bytes(6) + b"\x00\x10" + bytes(16)
+        for datagram in client_flights[1:] + spoofer.start(clock.seconds()) + [stale]:
+            transceiver.datagram_received(datagram, victim)
+        clock.advance(3.0)
+        transceiver.close_session(call.session_id, "test")
+        to_victim = outbox.get(victim, [])
+        self.assertEqual([d for d in to_victim if d[0] > 3], [])
+        self.assertTrue([d for d in call.inbox if d[0] == 0x15], "no close_notify to the client")
 
     def test_session_ids_are_unguessable_and_never_logged_whole(self) -> None:
         """Ids carry 128 random bits; logs show a 6-character prefix only (issue 9, finding 2)."""

@@ -143,6 +143,66 @@ class SetupTests(SynchronousTestCase):
         self.assertIn(PlayoutStarted(T0 + 0.031), client.events)
         self.assertTrue(session.wants_tick())
 
+    def test_a_client_hello_that_overtakes_the_answer_to_our_check_waits_for_it(self) -> None:
+        """A browser may send its ClientHello before its answer to our return check: DTLS is held
+        until the path is verified, then answered at once (no retransmission to wait for)."""
+        session = new_session()
+        client = Client(session)
+        client.send(binding_request(client.username, client.password, use_candidate=True), T0)
+        for datagram in client.dtls.start(T0):
+            client.send(datagram, T0)
+        self.assertEqual([d for d in client.inbox if d[0] > 3], [])  # STUN only: response, return check
+        client.inbox = [d for d in client.inbox if d[:2] != b"\x01\x01"]  # the response to our check
+        self.assertEqual(client.answer_requests(T0 + 0.001), 1)
+        self.assertTrue(client.inbox and all(20 <= d[0] <= 63 for d in client.inbox), client.inbox)
+        for _ in range(10):
+            pending, client.inbox = client.inbox, []
+            for datagram in pending:
+                for reply in client.dtls.receive(datagram, T0 + 0.002).datagrams:
+                    client.send(reply, T0 + 0.002)
+        self.assertIs(session.state, SessionState.CONNECTED)
+        self.assertAlmostEqual(session.timings["dtls"], 0.002, places=6)
+
+    def test_a_lost_answer_to_our_check_is_asked_again_while_dtls_waits(self) -> None:
+        """The answer to the return check is lost and the client checks no more: the held
+        ClientHello earns its source new return checks on the session's deadline, and the
+        handshake goes on with the first one answered."""
+        session = new_session()
+        client = Client(session)
+        client.send(binding_request(client.username, client.password, use_candidate=True), T0)
+        client.inbox.clear()  # the response and the return check, whose answer is lost
+        for datagram in client.dtls.start(T0 + 0.01):
+            client.send(datagram, T0 + 0.01)
+        self.assertEqual(client.inbox, [])  # the last return check went out 10 ms ago
+        deadline = session.deadline()
+        assert deadline is not None
+        self.assertAlmostEqual(deadline, T0 + 0.5)
+        session.handle_timeout(deadline)
+        client.collect()
+        self.assertEqual(client.answer_requests(deadline + 0.02), 1)
+        self.assertTrue([d for d in client.inbox if 20 <= d[0] <= 63], "the held ClientHello was not answered")
+
+    def test_dtls_from_an_unverified_source_is_held_within_bounds(self) -> None:
+        """A source with valid checks that never answers ours gets no DTLS, whatever it sends, and
+        what is held for it stays within a few datagrams and 16 KiB."""
+        session = new_session()
+        victim = Client(session, ("198.51.100.7", 9))
+        victim.send(binding_request(victim.username, victim.password, use_candidate=True), T0)
+        for datagram in victim.dtls.start(T0):
+            victim.send(datagram, T0)
+        for n in range(20):
+            victim.send(b"\x16\xfe\xfd" + bytes(10) + b"\x0b\xb8" + bytes(3000), T0 + n / 10)
+        now = T0
+        while session.state is not SessionState.CLOSED:
+            deadline = session.deadline()
+            assert deadline is not None
+            now = max(now, deadline)
+            session.handle_timeout(now)
+            victim.collect()
+        self.assertEqual([d for d in victim.inbox if d[0] > 3], [])
+        self.assertEqual(session.end_reason, EndReason.SETUP_TIMEOUT)
+        self.assertGreaterEqual(session.drops["dtls_unverified"], 15)
+
     def test_the_deadline_drives_every_timer(self) -> None:
         """With nothing but handle_timeout at each deadline, consent checks go out and RTCP too."""
         session = new_session()

@@ -87,11 +87,11 @@ class IceLiteAgent:
     It answers binding requests whose USERNAME is ``<local ufrag>:<remote
     ufrag>`` and whose MESSAGE-INTEGRITY checks out under the local password;
     anything else is dropped without a reply, so an attacker learns nothing.
-    A source becomes *valid* with its first good check: its DTLS and media
-    are taken, and it gets a binding request of ours at once (a *return
-    check*), so the path is verified one round trip after the first check
-    and a controlling client that nominates on a triggered check (Pion,
-    libnice) nominates at once.
+    A source becomes *valid* with its first good check: its media is taken
+    (the session holds its DTLS until it is verified, below), and it gets a
+    binding request of ours at once (a *return check*), so the path is
+    verified one round trip after the first check and a controlling client
+    that nominates on a triggered check (Pion, libnice) nominates at once.
 
     Media goes to the client's nominated path (``USE-CANDIDATE``) only once
     that address is *verified*, i.e. shown to receive our packets: it is
@@ -250,6 +250,21 @@ class IceLiteAgent:
             return False
         self.selected = source
         return True
+
+    def probe(self, source: Address, now: float) -> bytes | None:
+        """A return check to valid, unverified ``source``, at most one per :data:`PROBE_INTERVAL`.
+
+        For a source whose DTLS waits for it to be verified, when the answer
+        to the return check of its first check was lost: the client may
+        check no more for a while, but DTLS waits on it.
+        """
+        if source not in self._last_check or source in self._verified:
+            return None
+        return self._probe(source, now)
+
+    def probe_due(self, source: Address) -> float:
+        """When :meth:`probe` may next send a return check to ``source``."""
+        return self._probed_at.get(source, float("-inf")) + PROBE_INTERVAL
 
     def restart(self, local_ufrag: str, local_pwd: str, remote_ufrag: str, remote_pwd: str) -> list[str]:
         """Roll the credentials over (ICE restart); the local ufrags no longer accepted.

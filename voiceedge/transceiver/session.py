@@ -62,6 +62,18 @@ RTCP_INTERVAL = 5.0  # RFC 3550 §6.2 minimum for a two-party session
 # would send more. 10 a second with a burst of 30 covers a stall's backlog.
 RTCP_PACKET_RATE = 10.0
 RTCP_PACKET_BURST = 30.0
+# DTLS from a source that passed a check but has not yet shown it receives
+# (answered a check of ours) is held, not answered: a DTLS answer there would
+# reflect a full handshake flight, retransmitted, to whatever address a caller
+# spoofs checks from. A browser's ClientHello may overtake its answer to our
+# return check by a moment; a flight is a few datagrams.
+HELD_DTLS_DATAGRAMS = 8
+HELD_DTLS_BYTES = 16384
+# Return checks a held DTLS datagram earns its source, sent at once or, while
+# the answers are lost, one per PROBE_INTERVAL: verification does not wait for
+# the client's next check or its DTLS backoff (1, 2, 4 s). Two per datagram
+# keeps a spoofed source within twice the datagrams it sent.
+HELD_DTLS_PROBES = 2
 # Agent audio sent this recently still counts as "playing" for barge-in.
 PLAYING_GRACE = 0.1
 # Agent audio that starts this long after its last packet is a new reply, whose
@@ -183,6 +195,10 @@ class Session:
         self._srtp: SrtpSession | None = None
         self._rtcp_budget = PacketBudget(RTCP_PACKET_RATE, RTCP_PACKET_BURST)
         self._dtls_peer: Address | None = None
+        self._held_dtls: collections.deque[Datagram] = collections.deque()
+        self._held_dtls_bytes = 0
+        # Return checks still owed to sources whose DTLS is held.
+        self._held_probes: dict[Address, int] = {}
         self._inbound: InboundAudio | InboundOpus | None = None
         self._outbound: OutboundAudio | OutboundOpus | None = None
         self.receiver: RtpReceiver | None = None
@@ -260,6 +276,7 @@ class Session:
             self.dtls.deadline(),
             self.ice.deadline(),
             self._sctp_deadline(),
+            self._held_probes_due(),
             self._next_rtcp,
             self.setup_deadline if self.state is not SessionState.CONNECTED else None,
         ):
@@ -313,6 +330,8 @@ class Session:
             if not outcome.consent:
                 self.probes["answered"] += 1
             self._check_destination(before)
+            if self._held_dtls and self.ice.is_verified(source):
+                self._release_dtls(source, now)
             return
         if result is CheckResult.CONSENT_REVOKED:
             self.close(EndReason.CONSENT_REVOKED, now)
@@ -329,6 +348,8 @@ class Session:
             self.probes["sent"] += 1
         for gone in outcome.evicted:
             self._events.append(PathInvalid(gone))
+            if self._held_dtls:
+                self.drops["dtls_unverified"] += len(self._take_held_dtls(gone))
         if outcome.retired_ufrag is not None:
             self._events.append(UfragRetired(outcome.retired_ufrag))
         self._milestone("first_check", now)
@@ -350,6 +371,11 @@ class Session:
         if not self.ice.is_valid(source):
             self.drops["dtls_unvalidated"] += 1
             return
+        if not self.ice.is_verified(source):
+            self._hold_dtls(data, source)
+            self._held_probes[source] = self._held_probes.get(source, 0) + HELD_DTLS_PROBES
+            self._send_held_probes(now)
+            return
         self._dtls_peer = source
         output = self.dtls.receive(data, now)
         for datagram in output.datagrams:
@@ -363,6 +389,58 @@ class Session:
             for packet in output.application_data:
                 events.receive(packet, now)
             self._flush_sctp()
+
+    def _hold_dtls(self, data: bytes, source: Address) -> None:
+        """Keep DTLS from a valid, unverified ``source`` until it answers a check of ours."""
+        held = self._held_dtls
+        held.append((data, source))
+        self._held_dtls_bytes += len(data)
+        while len(held) > HELD_DTLS_DATAGRAMS or self._held_dtls_bytes > HELD_DTLS_BYTES:
+            oldest, _ = held.popleft()
+            self._held_dtls_bytes -= len(oldest)
+            self.drops["dtls_unverified"] += 1
+
+    def _send_held_probes(self, now: float) -> None:
+        """The return checks due to sources whose DTLS is held; one that cannot go gives up."""
+        for source, owed in list(self._held_probes.items()):
+            if now < self.ice.probe_due(source):
+                continue
+            probe = self.ice.probe(source, now)
+            if probe is None or owed <= 1:
+                del self._held_probes[source]
+            else:
+                self._held_probes[source] = owed - 1
+            if probe is not None:
+                self._datagrams.append((probe, source))
+                self.probes["sent"] += 1
+
+    def _held_probes_due(self) -> float | None:
+        if not self._held_probes:
+            return None
+        return min(self.ice.probe_due(source) for source in self._held_probes)
+
+    def _take_held_dtls(self, source: Address) -> list[bytes]:
+        """Take ``source``'s held DTLS datagrams out of the hold, oldest first."""
+        self._held_probes.pop(source, None)
+        taken = [data for data, held_from in self._held_dtls if held_from == source]
+        if taken:
+            self._held_dtls = collections.deque(d for d in self._held_dtls if d[1] != source)
+            self._held_dtls_bytes -= sum(len(data) for data in taken)
+        return taken
+
+    def _release_dtls(self, source: Address, now: float) -> None:
+        """``source`` has shown it receives: its held DTLS goes to the handshake, in order."""
+        for data in self._take_held_dtls(source):
+            if self.state is SessionState.CLOSED:
+                return
+            self._dtls_received(data, source, now)
+
+    def _dtls_destination(self) -> Address | None:
+        """Where DTLS of ours may go: the handshake's source while it is verified, else the media path."""
+        peer = self._dtls_peer
+        if peer is not None and self.ice.is_verified(peer):
+            return peer
+        return self.ice.media_destination()
 
     def _after_dtls(self, now: float) -> None:
         state = self.dtls.state
@@ -652,7 +730,7 @@ class Session:
         self._transport_stale = True
         deadline = self.dtls.deadline()
         if deadline is not None and deadline <= now:
-            destination = self._dtls_peer
+            destination = self._dtls_destination()
             for datagram in self.dtls.handle_timeout(now):
                 if destination is not None:
                     self._datagrams.append((datagram, destination))
@@ -667,6 +745,8 @@ class Session:
         if self.receiver is not None:
             self.receiver.handle_timeout(now)
         self._datagrams.extend(self.ice.handle_timeout(now))
+        if self._held_probes:
+            self._send_held_probes(now)
         if self.state is not SessionState.CONNECTED and now >= self.setup_deadline:
             self.close(EndReason.SETUP_TIMEOUT, now)
             return
@@ -722,7 +802,7 @@ class Session:
         if self.state is SessionState.CLOSED:
             return
         was_connected = self.state is SessionState.CONNECTED
-        destination = self.ice.media_destination() or self._dtls_peer
+        destination = self.ice.media_destination() or self._dtls_destination()
         self.state = SessionState.CLOSED
         self.end_reason = reason
         # Without consent we send nothing more, not even a close_notify.
@@ -736,6 +816,9 @@ class Session:
         self._inbound = None
         self._outbound = None
         self.events_channel = None
+        self._held_dtls.clear()
+        self._held_dtls_bytes = 0
+        self._held_probes.clear()
         self.log.info(
             "session {id} ended: {why} after {secs:.1f} s",
             id=self.log_id,
