@@ -432,14 +432,20 @@ def fuzz_session(data: bytes) -> None:
         elif op < 80:
             if client.dtls.state.name == "NEW":
                 client.start_dtls(now)
-        elif op < 100 and client.srtp is not None:
-            client.send_rtp(source.chunk() or b"\xfc", ssrc=0x1000 + source.byte() % 8)
-        elif op < 110 and client.srtp is not None:
-            payload = source.chunk()
-            if len(payload) >= 8:
-                client.send_rtcp(bytes([0x80 | (payload[0] & 0x1F)]) + payload[1:])
-        elif op < 130 and client.sctp is not None:
-            if client.events_channel is None:
+        # An op whose client is not ready does nothing (it must not fall through to the time
+        # op below, whose (op - 140) would turn the clock back).
+        elif op < 100:
+            if client.srtp is not None:
+                client.send_rtp(source.chunk() or b"\xfc", ssrc=0x1000 + source.byte() % 8)
+        elif op < 110:
+            if client.srtp is not None:
+                payload = source.chunk()
+                if len(payload) >= 8:
+                    client.send_rtcp(bytes([0x80 | (payload[0] & 0x1F)]) + payload[1:])
+        elif op < 130:
+            if client.sctp is None:
+                pass
+            elif client.events_channel is None:
                 client.open_events(now)
             else:
                 message = source.chunk()
@@ -447,11 +453,12 @@ def fuzz_session(data: bytes) -> None:
                     client.send_event(message.decode("utf-8", "replace") if op & 1 else message, now)
                 except ValueError:
                     pass  # the client's own send rules
-        elif op < 140 and client.dtls.state.name == "CONNECTED":
-            packet = source.chunk()
-            if packet:
-                for datagram in client.dtls.send_application_data(packet[:16384]):
-                    client.send(datagram)
+        elif op < 140:
+            if client.dtls.state.name == "CONNECTED":
+                packet = source.chunk()
+                if packet:
+                    for datagram in client.dtls.send_application_data(packet[:16384]):
+                        client.send(datagram)
         else:
             clock.advance((op - 140) / 20)
             client.timers(clock.seconds())
