@@ -1,15 +1,20 @@
-"""A session's agent audio: encoded when sent, a cut that fades into silence, a fresh encoder per talkspurt."""
+"""A session's audio: the agent's encoded when sent, a cut that fades into silence, a fresh encoder per
+talkspurt; the caller's heard by its RTP time."""
 
 from __future__ import annotations
 
 import array
 import math
 
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from voiceedge.agents.interfaces import AudioFrame
 from voiceedge.media.detection import DetectionSettings
 from voiceedge.media.opus import OpusDecoder, OpusEncoder
 from voiceedge.media.speech import SpeechStarted, SpeechStopped, frame_level_db
+from voiceedge.media.timeline import MediaTimeline
 from voiceedge.transceiver.audio import MAX_TRIM_FRAMES, SILENCE_FRAMES, InboundAudio, OutboundAudio
 
 RATE = 24000
@@ -181,3 +186,163 @@ class InboundDetectionTests(SynchronousTestCase):
         self.assertIsNot(inbound._detector, detector)
         self.assertEqual(events[-1], SpeechStopped(0.45, 0.45))
         self.assertEqual(inbound.detection.detector, "silero")
+
+
+class _Call:
+    """An InboundAudio driven as the host drives it: one timer at its deadline, on a Clock."""
+
+    def __init__(self, first_timestamp: int = 0) -> None:
+        self.clock = Clock()
+        self.events: list[object] = []
+        self.frames: list[AudioFrame] = []
+        self.inbound = InboundAudio(RATE, DetectionSettings("energy", silence_ms=500), self.frames.append, self.events.append)
+        self.encoder = OpusEncoder(RATE)
+        self.speech = tone(1)
+        self.first_timestamp = first_timestamp
+        self.timer: IDelayedCall | None = None
+
+    def arm(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        due = self.inbound.deadline()
+        if due is not None:
+            self.timer = self.clock.callLater(max(0.0, due - self.clock.seconds()), self.fire)
+
+    def fire(self) -> None:
+        self.timer = None
+        self.inbound.drain(self.clock.seconds())
+        self.arm()
+
+    def packet(self, sequence: int, frame: int) -> None:
+        """The packet ``sequence`` carrying frame ``frame`` of the caller's audio (its RTP time) comes in now."""
+        timestamp = (self.first_timestamp + frame * 960) & 0xFFFFFFFF
+        # A quiet lead-in first: the detector's noise floor.
+        payload = self.encoder.encode(self.speech if frame >= 10 else bytes(FRAME_BYTES))
+        self.inbound.packet_received(sequence & 0xFFFF, timestamp, payload, self.clock.seconds())
+        self.arm()
+
+    def live(self, sequences: range, frame_offset: int = 0) -> None:
+        """Packets one per 20 ms, as a caller sends them."""
+        for sequence in sequences:
+            self.packet(sequence, sequence + frame_offset)
+            self.clock.advance(0.02)
+
+    def wait(self, seconds: float) -> None:
+        """Time passes, the loop on time: the timer fires when due."""
+        self.clock.pump([0.01] * round(seconds / 0.01))
+
+    def stall(self, seconds: float, backlog: range, frame_offset: int = 0) -> None:
+        """The event loop is held up ``seconds``; then its overdue timer runs, then it reads ``backlog`` at once."""
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+            self.timer = None
+            self.clock.advance(seconds)
+            self.fire()
+        else:
+            self.clock.advance(seconds)
+        for sequence in backlog:
+            self.packet(sequence, sequence + frame_offset)
+        self.clock.advance(0.02)
+
+
+class InboundTimelineTests(SynchronousTestCase):
+    """The detector hears the caller's audio by its RTP time, not by when the event loop got to it."""
+
+    def kinds(self, call: _Call) -> list[type]:
+        return [type(e) for e in call.events]
+
+    def test_a_backlog_read_after_a_stall_is_the_caller_talking_on(self) -> None:
+        # 1 s of speech, the loop stalls 600 ms (longer than silence_ms) with
+        # the caller's next 600 ms queued, then it reads them all at once and
+        # the sentence goes on for 1 s more.
+        call = _Call(first_timestamp=0xFFFFFFFF - 960 * 20)  # and the timestamps wrap mid-sentence
+        call.live(range(50))
+        call.stall(0.58, range(50, 80))
+        self.assertEqual(self.kinds(call), [SpeechStarted])
+        call.live(range(80, 130))
+        self.assertEqual(self.kinds(call), [SpeechStarted])
+        call.wait(1.0)
+        self.assertEqual(self.kinds(call), [SpeechStarted, SpeechStopped])
+        stopped = call.events[-1]
+        assert isinstance(stopped, SpeechStopped)
+        # The turn ends 500 ms after the last voiced frame's end, on the audio's timeline...
+        self.assertAlmostEqual(stopped.time, 130 * 0.02, places=6)
+        self.assertLessEqual(abs(stopped.at - (130 * 0.02 + 0.5)), 0.011)  # the Clock steps 10 ms
+        # ...which is the clock where nothing was late.
+        assert stopped.arrival is not None
+        self.assertAlmostEqual(stopped.arrival, 130 * 0.02, places=6)
+        # The backlog's frames are where they were spoken, and say when they came.
+        self.assertAlmostEqual(call.frames[60].start, 1.2, places=6)
+        self.assertAlmostEqual(call.frames[60].arrival, 1.58, places=6)
+        self.assertEqual(call.inbound.timeline.reanchors, 0)
+
+    def test_a_real_gap_in_the_timestamps_still_ends_the_turn(self) -> None:
+        # The same arrivals, but the packets read after the stall are audio
+        # from 600 ms later: the caller paused.
+        call = _Call()
+        call.live(range(50))
+        call.stall(0.58, range(50, 80), frame_offset=30)
+        self.assertEqual(self.kinds(call)[:2], [SpeechStarted, SpeechStopped])
+        stopped = call.events[1]
+        assert isinstance(stopped, SpeechStopped)
+        self.assertAlmostEqual(stopped.time, 1.0, places=6)
+        call.live(range(80, 130), frame_offset=30)
+        call.wait(1.0)
+        self.assertEqual(self.kinds(call), [SpeechStarted, SpeechStopped] * 2)
+
+    def test_a_stall_with_nothing_queued_ends_the_turn_a_moment_late(self) -> None:
+        call = _Call()
+        call.live(range(50))
+        call.stall(0.58, range(0))
+        self.assertEqual(self.kinds(call), [SpeechStarted, SpeechStopped])
+        stopped = call.events[1]
+        assert isinstance(stopped, SpeechStopped)
+        self.assertAlmostEqual(stopped.time, 1.0, places=6)
+
+
+class MediaTimelineTests(SynchronousTestCase):
+    """RTP timestamps to the audio's timeline."""
+
+    def test_contiguous_frames_read_late_stay_contiguous(self) -> None:
+        timeline = MediaTimeline()
+        self.assertEqual(timeline.place(1000, 10.0), 10.0)
+        self.assertAlmostEqual(timeline.place(1960, 10.02), 10.02)
+        # Two frames read together 100 ms late.
+        self.assertAlmostEqual(timeline.place(2920, 10.14), 10.04)
+        self.assertAlmostEqual(timeline.lag, 0.10)
+        self.assertAlmostEqual(timeline.place(3880, 10.14), 10.06)
+        self.assertAlmostEqual(timeline.lag, 0.08)
+        self.assertAlmostEqual(timeline.media_time(10.2), 10.12)
+        self.assertAlmostEqual(timeline.clock_time(10.5), 10.58)
+
+    def test_the_least_delayed_frame_anchors(self) -> None:
+        timeline = MediaTimeline()
+        timeline.place(0, 5.03)  # the first frame was held up 30 ms
+        self.assertAlmostEqual(timeline.place(960, 5.02), 5.02)
+        self.assertAlmostEqual(timeline.lag, 0.0)
+
+    def test_timestamps_wrap(self) -> None:
+        timeline = MediaTimeline()
+        timeline.place(0xFFFFFC40, 1.0)  # 960 before the wrap
+        self.assertAlmostEqual(timeline.place(0, 1.02), 1.02)
+        self.assertAlmostEqual(timeline.place(960, 1.04), 1.04)
+        self.assertEqual(timeline.reanchors, 0)
+
+    def test_a_sender_restarting_its_timestamps_reanchors(self) -> None:
+        timeline = MediaTimeline()
+        timeline.place(500_000, 1.0)
+        timeline.place(500_960, 1.02)
+        # A new stream whose timestamps start lower: placed at its arrival, not in the past.
+        self.assertEqual(timeline.place(7, 1.5), 1.5)
+        self.assertAlmostEqual(timeline.place(967, 1.52), 1.52)
+        self.assertEqual(timeline.reanchors, 1)
+        # One far behind the clock (a huge jump back, or a new stream with the same timestamps).
+        self.assertEqual(timeline.place(967 + 960, 9.0), 9.0)
+        self.assertEqual(timeline.reanchors, 2)
+
+    def test_a_jump_forward_is_a_gap(self) -> None:
+        timeline = MediaTimeline()
+        timeline.place(0, 1.0)
+        self.assertAlmostEqual(timeline.place(48000 * 3, 1.6), 1.6)
+        self.assertEqual(timeline.reanchors, 0)

@@ -17,7 +17,11 @@ class AudioFrame:
     ``lost`` marks a frame the network lost and the decoder concealed.
     ``rtp_timestamp`` is on the 48 kHz Opus clock; ``arrival`` is the
     transceiver's clock when the packet came in (for a lost frame: when the
-    loss was decided).
+    loss was decided). ``time`` is where the frame's first sample sits on the
+    timeline of the speech events' ``time``/``at`` (the RTP timestamp, anchored
+    to the least-delayed arrival: :mod:`voiceedge.media.timeline`); ``None``
+    from a source that has no such timeline, whose arrival then serves. Use
+    :attr:`start` to time frames against speech events.
     """
 
     pcm: bytes
@@ -25,6 +29,12 @@ class AudioFrame:
     rtp_timestamp: int
     arrival: float
     lost: bool = False
+    time: float | None = None
+
+    @property
+    def start(self) -> float:
+        """The frame's first sample on the speech events' timeline (``time``, else ``arrival``)."""
+        return self.arrival if self.time is None else self.time
 
 
 @dataclass(frozen=True, slots=True)

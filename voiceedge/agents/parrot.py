@@ -67,8 +67,10 @@ RECENT_KEEP_MS = 600
 class ParrotAgent:
     """Records the caller's turn as the session's detector marks it, then says it back.
 
-    Frames are timed by their arrival, the time base of the session's speech
-    events; all time comes from ``session.clock``.
+    Frames are timed by ``AudioFrame.start`` (the RTP-timed place of the
+    frame), the time base of the session's speech events, so a backlog read
+    late after a stall is recorded where it was spoken; the playback's timer
+    runs on ``session.clock``.
     """
 
     def __init__(
@@ -90,9 +92,9 @@ class ParrotAgent:
         self.interruptible = True
         self._seen_turn_detection: Any = _UNSEEN
 
-        # (arrival, pcm) of recent frames, for the turn's prefix padding.
+        # (start, pcm) of recent frames, for the turn's prefix padding.
         self._recent: deque[tuple[float, bytes]] = deque()
-        # (arrival, pcm) of the open turn; None while no turn is open.
+        # (start, pcm) of the open turn; None while no turn is open.
         self._turn: list[tuple[float, bytes]] | None = None
         self._turn_bytes = 0
         self._turn_start = 0.0
@@ -112,7 +114,7 @@ class ParrotAgent:
         """Keep the caller's frame for the open turn, or for the next one's prefix."""
         if self._closed:
             return
-        start, pcm = frame.arrival, frame.pcm
+        start, pcm = frame.start, frame.pcm
         if self._turn is not None:
             self._record(start, pcm)
             return

@@ -30,8 +30,9 @@ How it decides, frame by frame (20 ms each):
   open forever; the next turn needs an unvoiced frame first.
 
 All times are the caller's clock in seconds: ``now`` passed to
-:meth:`~SpeechDetector.feed` is the time of the first sample of the PCM given (best
-derived from the RTP timestamp), so successive 20 ms frames fed at ``t``,
+:meth:`~SpeechDetector.feed` is the time of the first sample of the PCM given
+(derived from the RTP timestamp: :mod:`voiceedge.media.timeline`; arrival times
+would make a backlog read late after a stall look like silence), so successive 20 ms frames fed at ``t``,
 ``t + 0.02``, ... are contiguous; up to one frame of timing jitter is tolerated,
 a longer gap counts as silence.
 """
@@ -41,7 +42,7 @@ from __future__ import annotations
 import array
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Union
 
 import numpy as np
@@ -61,10 +62,18 @@ _log10 = math.log10
 
 @dataclass(slots=True, frozen=True)
 class SpeechStarted:
-    """Speech began at ``time`` (start of its first voiced frame); decided at ``at``."""
+    """Speech began at ``time`` (start of its first voiced frame); decided at ``at``.
+
+    ``time`` and ``at`` are on the audio's timeline (see the module doc).
+    ``arrival`` is ``time`` on the transceiver's clock, when the audio came in,
+    for latency metrics; the detector knows no arrivals and leaves it ``None``
+    (:class:`~voiceedge.transceiver.audio.InboundAudio` sets it). It is not
+    part of the event's identity (equality).
+    """
 
     time: float
     at: float
+    arrival: float | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True, frozen=True)
@@ -72,12 +81,14 @@ class SpeechStopped:
     """Speech ended at ``time`` (end of its last voiced frame); decided at ``at``.
 
     ``reason`` is ``"silence"`` after ``silence_ms`` without speech, or
-    ``"max_wait"`` when the turn reached ``max_wait_ms``.
+    ``"max_wait"`` when the turn reached ``max_wait_ms``. ``arrival`` is as
+    in :class:`SpeechStarted`.
     """
 
     time: float
     at: float
     reason: Literal["silence", "max_wait"] = "silence"
+    arrival: float | None = field(default=None, compare=False)
 
 
 SpeechEvent = Union[SpeechStarted, SpeechStopped]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import array
 import collections
+import dataclasses
 import math
 import sys
 from typing import Callable, Literal
@@ -16,6 +17,7 @@ from voiceedge.media.jitter import JitterBuffer
 from voiceedge.media.opus import CodecError, OpusDecoder, OpusEncoder
 from voiceedge.media.detection import DetectionSettings, make_speech_detector
 from voiceedge.media.speech import SpeechEvent, SpeechStopped
+from voiceedge.media.timeline import MediaTimeline
 from voiceedge.wire.errors import WireError
 from voiceedge.wire.opus import packet_duration
 
@@ -64,6 +66,12 @@ SILENCE_FRAMES = 2
 #: silence still gets its stream going.
 MAX_TRIM_FRAMES = 10
 _BIG_ENDIAN = sys.byteorder == "big"
+#: A speech deadline met this much late means the event loop was held up, and
+#: the caller's packets may be waiting unread: the turn is not ended on the
+#: silence until :data:`RECHECK` later (a reactor runs its late timers before it
+#: reads its sockets).
+LATE_POLL = 0.05
+RECHECK = 0.001
 
 
 class InboundAudio:
@@ -76,6 +84,13 @@ class InboundAudio:
     concealed by the decoder. Every frame goes through the call's one speech
     detector (:func:`~voiceedge.media.detection.make_speech_detector`), whose
     events come out before the frame that completed them.
+
+    The detector runs on the audio's own timeline (:class:`MediaTimeline`:
+    RTP timestamps anchored to the least-delayed arrival), not on arrival
+    times: a backlog read at once after the event loop stalled is the caller
+    talking on, not silence. Frames carry that time (``AudioFrame.time``) as
+    well as their arrival; speech events carry it as ``time``/``at`` and their
+    arrival on the clock as ``arrival``.
     """
 
     def __init__(
@@ -92,6 +107,8 @@ class InboundAudio:
         self._detector = make_speech_detector(detection, sample_rate)
         self._on_frame = on_frame
         self._on_speech = on_speech
+        self.timeline = MediaTimeline()
+        self._recheck_at: float | None = None
         self.frames_decoded = 0
         self.frames_concealed = 0
         self.decode_errors = 0
@@ -103,7 +120,10 @@ class InboundAudio:
 
     def drain(self, now: float) -> None:
         """Decode every frame the jitter buffer releases at ``now``."""
+        timeline = self.timeline
+        released = False
         while (frame := self._jitter.pop(now)) is not None:
+            released = True
             if frame.lost:
                 pcm = self._conceal(frame.next_payload)
             else:
@@ -113,11 +133,22 @@ class InboundAudio:
                 except CodecError:
                     self.decode_errors += 1
                     pcm = self._conceal(None)
-            for event in self._detector.feed(pcm, now):
-                self._on_speech(event)
-            self._on_frame(AudioFrame(pcm, self.sample_rate, frame.timestamp, now, frame.lost))
-        for event in self._detector.poll(now):
-            self._on_speech(event)
+            start = timeline.place(frame.timestamp, now, len(pcm) / 2 / self.sample_rate)
+            self._emit(self._detector.feed(pcm, start))
+            self._on_frame(AudioFrame(pcm, self.sample_rate, frame.timestamp, now, frame.lost, start))
+        if not released and self._recheck_at is None:
+            due = self._speech_deadline()
+            if due is not None and now - due > LATE_POLL:
+                self._recheck_at = now + RECHECK
+                return
+        self._recheck_at = None
+        # Time with no audio, on the timeline: as late as the latest frame came.
+        self._emit(self._detector.poll(timeline.media_time(now)))
+
+    def _emit(self, events: list[SpeechEvent]) -> None:
+        """Hand on the detector's events, with their time on the clock (for latency metrics)."""
+        for event in events:
+            self._on_speech(dataclasses.replace(event, arrival=self.timeline.clock_time(event.time)))
 
     def set_detection(self, settings: DetectionSettings, now: float) -> None:
         """Change the detector's knobs, or the detector (an open turn then ends at ``now``).
@@ -129,7 +160,8 @@ class InboundAudio:
         else:
             detector = make_speech_detector(settings, self.sample_rate)
             if self._detector.speaking:
-                self._on_speech(SpeechStopped(now, now))
+                media = self.timeline.media_time(now)
+                self._on_speech(SpeechStopped(media, media, arrival=now))
             self._detector = detector
         self.detection = settings
 
@@ -141,12 +173,18 @@ class InboundAudio:
 
     def deadline(self) -> float | None:
         """When :meth:`drain` is due: the jitter buffer gives up on a missing packet, or
-        the speech detector ends a turn because no audio came (a sender in DTX)."""
+        the speech detector ends a turn because no audio came (a sender in DTX), or
+        a late deadline's second look (:data:`LATE_POLL`)."""
         jitter = self._jitter.deadline()
-        speech = self._detector.deadline()
+        speech = self._recheck_at if self._recheck_at is not None else self._speech_deadline()
         if jitter is None:
             return speech
         return jitter if speech is None else min(jitter, speech)
+
+    def _speech_deadline(self) -> float | None:
+        """When the detector would end the open turn, on the clock."""
+        speech = self._detector.deadline()
+        return None if speech is None else self.timeline.clock_time(speech)
 
     @property
     def jitter_stats(self) -> object:

@@ -133,7 +133,8 @@ class Conversation:
         # The caller's audio first: fifty of these a second.
         if isinstance(event, AudioFrame):
             if layer is not None:
-                layer.audio_received(event.arrival, len(event.pcm) / 2 / event.sample_rate)
+                # The audio buffer's positions are on the speech events' timeline.
+                layer.audio_received(event.start, len(event.pcm) / 2 / event.sample_rate)
             if agent is not None:
                 agent.audio_received(event)
             return
@@ -146,7 +147,9 @@ class Conversation:
             return
         now = self.clock.seconds()
         if isinstance(event, SpeechStarted):
-            self._speech_from = event.time
+            # Barge-in latency is measured from when the voice arrived, on the
+            # clock (the sender's last_sent_at), not from its RTP-timed place.
+            self._speech_from = event.time if event.arrival is None else event.arrival
             # On the clock, not at the detector's frame time (a frame's end, ahead of now).
             if layer is not None:
                 layer.speech_started(event, self.session.agent_playing(now))

@@ -602,16 +602,24 @@ class Transceiver:
             call.conversation.handle(event)
 
     def _hearing(self, call: Call, event: SessionEvent) -> None:
-        """Barge-in and turn latency, from the speech and playout events of a call."""
+        """Barge-in and turn latency, from the speech and playout events of a call.
+
+        Latency is measured on the transceiver's clock: from when the caller's
+        audio arrived (a speech event's ``arrival``), not from its place on the
+        audio's RTP-timed timeline (``time``), which a backlog read late puts
+        earlier than it reached us.
+        """
         if isinstance(event, SpeechStarted):
-            call.speech_onset = event.time
+            onset = event.time if event.arrival is None else event.arrival
+            call.speech_onset = onset
             call.speech_end = None
-            call.speech_log.append([event.time, None])
+            call.speech_log.append([onset, None])
         elif isinstance(event, SpeechStopped):
+            end = event.time if event.arrival is None else event.arrival
             call.speech_onset = None
-            call.speech_end = event.time
+            call.speech_end = end
             if call.speech_log and call.speech_log[-1][1] is None:
-                call.speech_log[-1][1] = event.time
+                call.speech_log[-1][1] = end
         elif isinstance(event, PlayoutStarted):
             if call.speech_end is not None:
                 self.turn_latency.observe(max(0.0, event.at - call.speech_end))
