@@ -288,6 +288,18 @@ class TurnTakingTests(SynchronousTestCase):
         self.assertFalse(agent.playing)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_a_turn_is_recorded_by_the_frames_rtp_time_not_their_arrival(self) -> None:
+        """A backlog read late (all at 1 s) is recorded where it was spoken, the speech events' time base."""
+        agent, session, caller, clock = make(prefix_padding_ms=0)
+        speech = tone(1000)
+        agent.speech_started(0.0)
+        for n, pcm in enumerate(speech):
+            agent.audio_received(AudioFrame(pcm, RATE, n * 960, 1.0, time=n * 0.02))
+        agent.speech_stopped(0.5)
+        clock.advance(0.02)
+        caller.wait(1.0)
+        self.assertEqual(session.audio(), b"".join(speech[:25]))
+
     def test_playback_is_paced_in_chunks(self) -> None:
         """The parrot keeps only a short lead queued, so stopping is quick."""
         agent, session, caller, clock = make()
