@@ -16,8 +16,10 @@ the service would ask first:
   the mean and worst per-call rate and arrival-gap percentiles;
 * the server's CPU per call-second and in % of one core, and its RSS per call.
 
-The process is single-threaded: when it cannot carry every call at 48
-packets/s, the figures say how many it did carry. Bounded: ``pionpeer`` ends
+The all-in-one runs ``--workers`` processes (default ``auto``, the service's own
+default: one per core); the server's CPU and RSS are the supervisor's and its
+workers'. When it cannot carry every call at 48 packets/s, the figures say how
+many it did carry. Bounded: ``pionpeer`` ends
 every call itself and the server is stopped in ``finally``.
 """
 
@@ -34,10 +36,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests import pion_peer  # noqa: E402
+from voiceedge.workers import parse_workers, process_count  # noqa: E402
 from tests.support import (  # noqa: E402
     free_tcp_port,
     free_udp_port,
     running_service,
+    wait_workers_serving,
     scrape_metrics,
     write_allinone_config,
 )
@@ -50,6 +54,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=90.0, help="the measured window")
     parser.add_argument("--ramp", type=float, default=10.0, help="calls started per second")
     parser.add_argument("--datachannel", default="", help='label for every call, or "" for audio only')
+    parser.add_argument("--workers", default="auto", help="[process] workers of the all-in-one (auto or a count)")
     parser.add_argument("--json", action="store_true", help="also print pionpeer's whole summary")
     args = parser.parse_args()
 
@@ -61,17 +66,22 @@ def main() -> int:
         http_port,
         media_port,
         transceiver={"max_sessions": args.calls + 10},
+        process={"workers": args.workers},
         # Every call comes from this one address: no per-address limits here.
         signaling={"calls_per_minute_per_address": 0, "max_connections_per_address": 0},
     )
     base = f"http://127.0.0.1:{http_port}"
-    with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=logs) as server:
+    count = process_count(parse_workers(args.workers))
+    with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=logs, timeout=60) as server:
+        if count > 1:
+            wait_workers_serving(base, count)
         summary = pion_peer.load(
             base + "/v1/realtime/calls",
             n=args.calls,
             ramp=args.ramp,
             seconds=args.seconds,
             server_pids=[server.pid],
+            server_children=True,
             datachannel=args.datachannel,
             setup_timeout=20.0,
             log_dir=logs,
@@ -87,7 +97,7 @@ def main() -> int:
     ended = metrics.get("voiceedge_transceiver_sessions_ended_total", {})
     pps = summary.get("in_pps_per_call", {})
     gaps = summary.get("gap_ms", {})
-    print(f"{args.calls} Pion calls to the all-in-one (echo agent: Opus decode and re-encode), "
+    print(f"{args.calls} Pion calls to the all-in-one ({count} worker(s); echo agent: Opus decode and re-encode), "
           f"started {args.ramp:g}/s, measured together for {args.seconds:g} s")
     print(f"  up when the window opened: {summary.get('up_at_window')}; ok at the end: {summary.get('ok_calls')}")
     print(f"  ended early: {summary.get('ended_early')} {summary.get('end_reasons') or ''}; "

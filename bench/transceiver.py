@@ -67,6 +67,7 @@ from tests.support import (  # noqa: E402
     free_udp_run,
     http_get,
     running_service,
+    wait_workers_serving,
     write_allinone_config,
 )
 
@@ -118,23 +119,9 @@ def allinone(log_dir: Path, passthrough: bool, workers: str | None) -> Iterator[
     ini = write_allinone_config(log_dir, http_port, media_port, **extra, **_echo_options(passthrough))  # type: ignore[arg-type]
     base = f"http://{LOOPBACK}:{http_port}"
     with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=log_dir, timeout=60) as proc:
-        if workers is not None and int(workers) > 1:
-            _wait_workers(base, int(workers))
+        if workers is not None and process_count(parse_workers(workers)) > 1:
+            wait_workers_serving(base, process_count(parse_workers(workers)))
         yield base + "/v1/realtime/calls", proc.pid
-
-
-def _wait_workers(base: str, count: int, timeout: float = 60.0) -> None:
-    """Until the front door of the workers (all-in-one or transceiver) sees ``count`` of them serving."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            status, body = http_get(base + "/readyz", timeout=1.0)
-            if status == 200 and f"serving={count}" in body.decode():
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{count} workers not serving after {timeout} s")
 
 
 @contextmanager
@@ -161,7 +148,7 @@ def transceiver_direct(log_dir: Path, passthrough: bool, workers: str | None) ->
     base = f"http://{LOOPBACK}:{http_port}"
     with running_service(["voiceedge-transceiver", "--config", str(ini)], base + "/healthz", log_dir=log_dir, timeout=60) as proc:
         if count > 1:
-            _wait_workers(base, count)
+            wait_workers_serving(base, count)
         yield base + "/v1/realtime/calls", proc.pid
 
 

@@ -268,3 +268,17 @@ def _wait_healthy(proc: "subprocess.Popen[bytes]", health_url: str, timeout: flo
         if time.monotonic() >= deadline:
             raise ServiceFailed(f"{health_url} not healthy after {timeout}s: {last}")
         time.sleep(0.1)
+
+
+def wait_workers_serving(base: str, count: int, timeout: float = 60.0) -> None:
+    """Until the front door of the workers (all-in-one or transceiver) sees ``count`` of them serving."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status, body = http_get(base + "/readyz", timeout=1.0)
+            if status == 200 and f"serving={count}" in body.decode():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise ServiceFailed(f"{count} workers not serving after {timeout} s")
