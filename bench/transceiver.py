@@ -101,8 +101,15 @@ class Side:
         return float(value) if value else None
 
 
-def _echo_options(passthrough: bool) -> dict[str, object]:
-    return {"agent.echo": {"passthrough": passthrough}}
+#: ``[speech] detector`` for the voiceedge all-in-one sides (``--detector``); None: its default.
+DETECTOR: str | None = None
+
+
+def _echo_options(passthrough: bool) -> dict[str, dict[str, object]]:
+    options: dict[str, dict[str, object]] = {"agent.echo": {"passthrough": passthrough}}
+    if DETECTOR is not None:
+        options["speech"] = {"detector": DETECTOR}
+    return options
 
 
 @contextmanager
@@ -116,7 +123,7 @@ def allinone(log_dir: Path, passthrough: bool, workers: str | None) -> Iterator[
     }
     if workers is not None:
         extra["process"] = {"workers": workers}
-    ini = write_allinone_config(log_dir, http_port, media_port, **extra, **_echo_options(passthrough))  # type: ignore[arg-type]
+    ini = write_allinone_config(log_dir, http_port, media_port, **extra, **_echo_options(passthrough))
     base = f"http://{LOOPBACK}:{http_port}"
     with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=log_dir, timeout=60) as proc:
         if workers is not None and process_count(parse_workers(workers)) > 1:
@@ -309,12 +316,16 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--audio", default="tone", choices=("tone", "speech"))
     parser.add_argument("--workers", default=None, help="[process] workers for the voiceedge sides (default: theirs)")
+    parser.add_argument("--detector", default=None, choices=("silero", "energy"),
+                        help="[speech] detector of the all-in-one sides (default: the service's, silero)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="calls made and ended before each side's load (RSS per call counts from after them)")
     parser.add_argument("--capacity", default="", help="worker counts to find the calls held for, e.g. 1,2")
     parser.add_argument("--step", type=int, default=20, help="calls added per capacity step")
     parser.add_argument("--max", type=int, default=200, help="most calls a capacity search offers")
     args = parser.parse_args()
+    global DETECTOR
+    DETECTOR = args.detector
     if args.capacity:
         with tempfile.TemporaryDirectory(prefix="voiceedge-bench-") as tmp:
             capacity(args, Path(tmp))
