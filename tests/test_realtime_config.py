@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -56,6 +56,9 @@ updates = st.dictionaries(
 
 
 class MergeTests(SynchronousTestCase):
+    # Nested JSON takes a while to generate when another test runs beside it (trial -j):
+    # the too_slow health check times the generator, not the merge under test.
+    @settings(suppress_health_check=[HealthCheck.too_slow])
     @given(updates)
     def test_any_update_is_merged_or_refused_with_our_error(self, update: dict[str, Any]) -> None:
         """Hostile updates: either a configuration or a SessionConfigError, never anything else."""
