@@ -296,7 +296,7 @@ def null_sound_server(where: Path) -> Iterator[dict[str, str]]:
 def _browser_command(browser: str, url: str, profile: Path) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if browser == "chromium":
-        from tests.test_browser import CHROMIUM_ARGS
+        from tests.chromium_peer import CHROMIUM_ARGS
 
         return [str(CHROMIUM), "--headless", *CHROMIUM_ARGS, f"--user-data-dir={profile}", url], env
     home = profile / "home"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from twisted.trial.unittest import TestCase
 
-from tests.chromium_peer import CHROMIUM, CHROMIUM_ARGS, require_browser
+from tests.chromium_peer import SAMPLE_JS, demo_page, require_browser
 from tests.support import (
     free_tcp_port,
     free_udp_port,
@@ -25,13 +25,6 @@ from tests.support import (
 # heard (silence is not sent: tests/test_silence_playout.py), about 25-30.
 EXPECTED_PPS = (15.0, 52.0)
 SAMPLE_SECONDS = 3.0
-
-# Reads getStats() now; returns the page's clock with the counters.
-_SAMPLE_JS = """async () => {
-  const s = await window.voiceedge.sample();
-  return {at: performance.now(), received: s.inbound.packetsReceived, stats: s};
-}"""
-
 
 def wait_for_sessions(health_url: str, expected: int, timeout: float = 5.0) -> int:
     """Poll /healthz until it reports ``expected`` sessions; the last count seen."""
@@ -48,57 +41,41 @@ def drive_demo_call(sync_api: Any, base_url: str, tmp_path: Path) -> dict[str, A
 
     Returns ``{"connected": stats, "rate": packets/s, "final": stats, "console": [...]}``.
     """
-    console: list[str] = []
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            # The page's CSP forbids eval; playwright's wait_for_function needs it.
-            bypass_csp=True,
+    with demo_page(sync_api, base_url, tmp_path / "chromium-profile") as (page, console):
+        assert page.text_content("#call") == "Call"
+        page.click("#call")
+        page.wait_for_function(
+            "['connected', 'failed'].includes(window.voiceedgeStats.state)", timeout=15_000
         )
-        try:
-            page = context.pages[0] if context.pages else context.new_page()
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-            page.goto(base_url + "/")
-            assert page.text_content("#call") == "Call"
-            page.click("#call")
-            page.wait_for_function(
-                "['connected', 'failed'].includes(window.voiceedgeStats.state)", timeout=15_000
-            )
-            connected = page.evaluate("window.voiceedgeStats")
-            assert connected["state"] == "connected", (connected, console)
-            assert page.text_content("#call") == "Hang up"
-            page.wait_for_function("window.voiceedgeStats.timings.firstAudio !== null", timeout=10_000)
+        connected = page.evaluate("window.voiceedgeStats")
+        assert connected["state"] == "connected", (connected, console)
+        assert page.text_content("#call") == "Hang up"
+        page.wait_for_function("window.voiceedgeStats.timings.firstAudio !== null", timeout=10_000)
 
-            # oai-events: the server's session.created shows up, and an event
-            # typed into the page reaches the agent and comes back.
-            page.wait_for_function(
-                "window.voiceedgeStats.events.some(e => e.type === 'session.created')", timeout=10_000
-            )
-            page.fill("#event-input", '{"type": "ping", "n": 1}')
-            page.click("#event-send")
-            page.wait_for_function(
-                "window.voiceedgeStats.events.some(e => e.type === 'echo' && e.event.n === 1)",
-                timeout=10_000,
-            )
-            shown = page.text_content("#events") or ""
-            assert "session.created" in shown and "ping" in shown, shown
+        # oai-events: the server's session.created shows up, and an event
+        # typed into the page reaches the agent and comes back.
+        page.wait_for_function(
+            "window.voiceedgeStats.events.some(e => e.type === 'session.created')", timeout=10_000
+        )
+        page.fill("#event-input", '{"type": "ping", "n": 1}')
+        page.click("#event-send")
+        page.wait_for_function(
+            "window.voiceedgeStats.events.some(e => e.type === 'echo' && e.event.n === 1)",
+            timeout=10_000,
+        )
+        shown = page.text_content("#events") or ""
+        assert "session.created" in shown and "ping" in shown, shown
 
-            first = page.evaluate(_SAMPLE_JS)
-            page.wait_for_timeout(SAMPLE_SECONDS * 1000)
-            last = page.evaluate(_SAMPLE_JS)
-            rate = (last["received"] - first["received"]) * 1000.0 / (last["at"] - first["at"])
-            page.wait_for_timeout(1200)  # one more tick of the page's own stats loop
-            page.screenshot(path=str(tmp_path / "demo-call.png"), full_page=True)
+        first = page.evaluate(SAMPLE_JS)
+        page.wait_for_timeout(SAMPLE_SECONDS * 1000)
+        last = page.evaluate(SAMPLE_JS)
+        rate = (last["received"] - first["received"]) * 1000.0 / (last["at"] - first["at"])
+        page.wait_for_timeout(1200)  # one more tick of the page's own stats loop
+        page.screenshot(path=str(tmp_path / "demo-call.png"), full_page=True)
 
-            page.click("#call")
-            page.wait_for_function("window.voiceedgeStats.deleteStatus !== null", timeout=5_000)
-            final = page.evaluate("window.voiceedgeStats")
-        finally:
-            context.close()
+        page.click("#call")
+        page.wait_for_function("window.voiceedgeStats.deleteStatus !== null", timeout=5_000)
+        final = page.evaluate("window.voiceedgeStats")
     return {"connected": connected, "rate": rate, "last": last["stats"], "final": final, "console": console}
 
 

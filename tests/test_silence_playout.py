@@ -24,7 +24,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests import speech_corpus
 from tests.caller_view import VOICE_DB, CallerTimeline, _segments, run_caller
 from tests.support import free_tcp_port, free_udp_port, running_service, write_allinone_config
-from tests.test_browser import CHROMIUM
+from tests.chromium_peer import CHROMIUM
 
 RATE = 48000
 SENTENCES = ("Hello, can you hear me?", "I am calling about my order.", "Thank you, goodbye.")
