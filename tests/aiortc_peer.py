@@ -262,6 +262,26 @@ async def echo_call(
             task.cancel()
 
 
+def record_arrivals(pc: RTCPeerConnection, arrivals: list[float]) -> list[asyncio.Task[None]]:
+    """Append the arrival time (monotonic) of every frame of every track ``pc`` receives to
+    ``arrivals``; the reading tasks, to cancel after ``pc.close()``."""
+    consumers: list[asyncio.Task[None]] = []
+
+    async def consume(track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                await track.recv()
+                arrivals.append(time.monotonic())
+        except MediaStreamError:
+            pass
+
+    @pc.on("track")
+    def _track(track: MediaStreamTrack) -> None:
+        consumers.append(asyncio.ensure_future(consume(track)))
+
+    return consumers
+
+
 async def monitored_call(
     base_url: str,
     seconds: float,
@@ -281,19 +301,7 @@ async def monitored_call(
     if arrivals is None:
         arrivals = []
 
-    async def consume(track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                await track.recv()
-                arrivals.append(time.monotonic())
-        except MediaStreamError:
-            pass
-
-    consumers: list[asyncio.Task[None]] = []
-
-    @pc.on("track")
-    def _track(track: MediaStreamTrack) -> None:
-        consumers.append(asyncio.ensure_future(consume(track)))
+    consumers = record_arrivals(pc, arrivals)
 
     pc.addTrack(SineTrack())
     try:

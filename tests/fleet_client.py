@@ -27,9 +27,8 @@ import urllib.request
 from typing import Any
 
 from aiortc import RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from tests.aiortc_peer import SineTrack, new_peer
+from tests.aiortc_peer import SineTrack, new_peer, record_arrivals
 
 
 def say(**fields: Any) -> None:
@@ -59,19 +58,7 @@ async def call(url: str, seconds: float, token: str | None = None, delete: bool 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
 
-    async def consume(track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                await track.recv()
-                arrivals.append(time.monotonic())
-        except MediaStreamError:
-            pass
-
-    consumers: list[asyncio.Task[None]] = []
-
-    @pc.on("track")
-    def _track(track: MediaStreamTrack) -> None:
-        consumers.append(asyncio.ensure_future(consume(track)))
+    consumers = record_arrivals(pc, arrivals)
 
     pc.addTrack(SineTrack())
     started = time.monotonic()
