@@ -15,6 +15,7 @@ from voiceedge.media.detection import DetectionSettings
 from voiceedge.media.opus import OpusDecoder, OpusEncoder
 from voiceedge.media.speech import SpeechStarted, SpeechStopped, frame_level_db
 from voiceedge.media.timeline import MediaTimeline
+from tests.test_opus import speech_like
 from voiceedge.transceiver.audio import MAX_TRIM_FRAMES, SILENCE_FRAMES, InboundAudio, OutboundAudio
 
 RATE = 24000
@@ -299,6 +300,38 @@ class InboundTimelineTests(SynchronousTestCase):
         stopped = call.events[1]
         assert isinstance(stopped, SpeechStopped)
         self.assertAlmostEqual(stopped.time, 1.0, places=6)
+
+
+class InboundLossTests(SynchronousTestCase):
+    """A lost packet is recovered from the next one's in-band FEC when it is already here, concealed otherwise."""
+
+    def inbound(self) -> tuple[InboundAudio, list[AudioFrame]]:
+        frames: list[AudioFrame] = []
+        return InboundAudio(RATE, DetectionSettings("energy"), frames.append, lambda event: None), frames
+
+    def test_a_lost_packet_is_recovered_from_the_next_ones_fec(self) -> None:
+        encoder = OpusEncoder(RATE, packet_loss_percent=20)
+        payloads = [encoder.encode(frame) for frame in speech_like(RATE, 10)]
+        inbound, frames = self.inbound()
+        reference = OpusDecoder(RATE)
+        for sequence in (0, 1, 2, 3, 4, 5, 7):  # 6 is lost; 7 carries its redundant copy
+            inbound.packet_received(sequence, sequence * 960, payloads[sequence], sequence * 0.02)
+        for payload in payloads[:6]:
+            reference.decode(payload)
+        self.assertEqual([f.lost for f in frames], [False] * 6 + [True, False])
+        self.assertEqual(frames[6].pcm, reference.decode_fec(payloads[7]))
+        self.assertNotEqual(frames[6].pcm, OpusDecoder(RATE).conceal())
+        self.assertEqual(frames[7].pcm, reference.decode(payloads[7]))
+        self.assertEqual((inbound.frames_decoded, inbound.frames_concealed, inbound.decode_errors), (7, 1, 0))
+
+    def test_a_malformed_next_packet_leaves_the_loss_concealed(self) -> None:
+        encoder = OpusEncoder(RATE, packet_loss_percent=20)
+        payloads = [encoder.encode(frame) for frame in speech_like(RATE, 4)]
+        inbound, frames = self.inbound()
+        for sequence, payload in ((0, payloads[0]), (1, payloads[1]), (3, b"\x0b\x03" + bytes(10))):
+            inbound.packet_received(sequence, sequence * 960, payload, sequence * 0.02)
+        self.assertEqual([(f.lost, len(f.pcm)) for f in frames], [(False, FRAME_BYTES)] * 2 + [(True, FRAME_BYTES), (False, FRAME_BYTES)])
+        self.assertEqual((inbound.frames_decoded, inbound.frames_concealed, inbound.decode_errors), (2, 2, 1))
 
 
 class MediaTimelineTests(SynchronousTestCase):

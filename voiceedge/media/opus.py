@@ -1,25 +1,34 @@
 # -*- test-case-name: tests.test_opus -*-
-"""Opus decode/encode between RTP payloads and PCM16 mono, on PyAV's bundled libopus.
+"""Opus decode/encode between RTP payloads and PCM16 mono, on libopus directly (ctypes).
 
-Why PyAV (``av``) and not opuslib, measured with ``python bench/codec.py``:
+Why libopus through ``ctypes`` and not PyAV's ``CodecContext`` (what we used
+before) or opuslib, measured with ``python bench/codec.py`` (ours beside PyAV):
 
-- PyAV is maintained (aiortc builds on it) and its wheel bundles a current
-  libopus (1.6.1 in PyAV 18), so a fresh ``pip install`` is enough on any
-  machine; opuslib's last release is from 2018 and it needs the system
-  ``libopus0`` (Debian bookworm ships 1.3.1).
-- Speed is a wash (CPU µs per 20 ms frame, speech-like input, 32 kbit/s, default
-  complexity 10; PyAV / opuslib): encode about 200 / 250 at every rate (~1 % of a
-  core per stream; complexity 5 costs ~150, 0 ~70); decode 47 / 32 at 16 kHz,
-  56 / 55 at 24 kHz, 32 / 64 at 48 kHz.  opuslib wins at 16 kHz only because it
-  decodes at the target rate where PyAV resamples from 48 kHz.
-- What PyAV costs us: FFmpeg's libopus wrapper always decodes at 48 kHz, so lower
-  rates go through swresample (a constant 1 ms delay, which we fill with leading
-  zeros so every call returns exactly the samples of its packet), and it always calls
-  ``opus_decode`` with ``decode_fec=0``, so **Opus in-band FEC is not reachable**:
-  :meth:`OpusDecoder.decode_fec` falls back to concealment
-  (:attr:`OpusDecoder.supports_fec` is ``False``).  Packet loss concealment still
-  works: a TOC-only Opus packet (one frame of length zero) is how RFC 6716 §3.2.1
-  signals a lost or DTX frame, and libopus runs its PLC for it.
+- Under load nearly half of a transcoding transceiver's CPU was the encode
+  path, and a third of that was PyAV, not libopus: an ``AudioFrame`` per frame,
+  an FFmpeg filter-graph resampler per encode, a generator, FFmpeg's
+  multistream encoder.  Here a frame is one ``opus_encode`` call on the bytes
+  we already hold, into a buffer the coder owns: nothing but the returned
+  payload is allocated per call.
+- FFmpeg's decoder always decodes at 48 kHz (lower rates went through
+  swresample, with its delay filled with leading zeros) and always calls
+  ``opus_decode`` with ``decode_fec=0``.  libopus decodes natively at
+  8/12/16/24/48 kHz, and :meth:`OpusDecoder.decode_fec` reaches **Opus in-band
+  FEC** (:attr:`OpusDecoder.supports_fec` is ``True``): the redundant copy of a
+  lost frame that the next packet carries when the sender has FEC on (browsers
+  do when the SDP says ``useinbandfec=1``, which our answers echo).
+- No new dependency: the library is the libopus that PyAV's wheel bundles
+  (``av.libs/libopus-*.so*``, found without importing PyAV: a current 1.5/1.6
+  on any machine after ``pip install``), else the system's (Debian's
+  ``libopus0``), else ``$VOICEEDGE_LIBOPUS`` if set, first.  Neither:
+  :class:`OpusUnavailable` when the first coder is made.
+
+Everything that reaches C is bounded first: a payload's duration is read from
+its TOC (:func:`voiceedge.wire.opus.packet_duration`; over 120 ms, empty, or a
+code 3 packet without frames is refused), every call writes into a
+preallocated buffer of 120 ms with its capacity passed, and a negative libopus
+return code becomes :class:`CodecError` with libopus's own message; the coder
+stays usable.  Coders are freed (``opus_*_destroy``) when garbage collected.
 
 PCM is signed 16-bit little-endian mono at the decoder's or encoder's sample rate.
 Stereo Opus (some browsers send it) is downmixed by libopus itself, since the
@@ -30,16 +39,17 @@ by :data:`RTP_TIMESTAMP_STEP`.
 
 from __future__ import annotations
 
+import array
 import ctypes
+import ctypes.util
+import importlib.util
+import os
 import sys
-from fractions import Fraction
-from typing import ClassVar
-
-import av
-import av.error
-from av import AudioFrame, AudioResampler, CodecContext, Packet
+from pathlib import Path
+from typing import Any, ClassVar
 
 from voiceedge.wire.errors import WireError
+from voiceedge.wire.opus import OpusPacketError, packet_duration
 
 __all__ = [
     "FRAME_MS",
@@ -49,6 +59,9 @@ __all__ = [
     "CodecError",
     "OpusDecoder",
     "OpusEncoder",
+    "OpusUnavailable",
+    "libopus_version",
+    "live_coders",
 ]
 
 #: PCM sample rates Opus encodes and decodes natively.
@@ -60,9 +73,22 @@ FRAME_MS = 20
 #: RTP timestamp increment of one 20 ms Opus frame.
 RTP_TIMESTAMP_STEP = RTP_CLOCK_RATE * FRAME_MS // 1000
 
-_DECODE_RATE = 48000  # FFmpeg's libopus decoder always outputs 48 kHz
-_LITTLE_ENDIAN = sys.byteorder == "little"
-_MAX_CONCEAL_MS = 120  # the longest an Opus packet can be
+_BIG_ENDIAN = sys.byteorder == "big"
+_MAX_PACKET_MS = 120  # the longest an Opus packet can be (RFC 6716 §3.2.5)
+_MAX_PAYLOAD = 1500  # one 20 ms frame is at most 1275 bytes (RFC 6716 §3.2.1), plus its TOC
+
+# From opus_defines.h.
+_OPUS_OK = 0
+_APPLICATIONS = {"voip": 2048, "audio": 2049, "lowdelay": 2051}
+_SET_BITRATE = 4002
+_SET_VBR_CONSTRAINT = 4020
+_SET_COMPLEXITY = 4010
+_SET_INBAND_FEC = 4012
+_SET_PACKET_LOSS_PERC = 4014
+_RESET_STATE = 4028
+
+#: The environment variable that names a libopus to load before any other.
+LIBOPUS_ENV = "VOICEEDGE_LIBOPUS"
 
 
 class CodecError(WireError):
@@ -73,53 +99,110 @@ class CodecError(WireError):
     """
 
 
-def _plc_tocs(toc: int) -> tuple[bytes, bytes]:
-    """Return TOC-only packets (20 ms, 10 ms) in the mode and bandwidth of ``toc``.
+class OpusUnavailable(RuntimeError):
+    """No libopus could be loaded: neither PyAV's bundled one nor the system's."""
 
-    RFC 6716 §3.1: configs 0-11 are SILK (10/20/40/60 ms), 12-15 hybrid (10/20 ms),
-    16-31 CELT (2.5/5/10/20 ms); all have a 10 ms and a 20 ms variant.  Keeping the
-    mode, bandwidth and stereo flag of the last real packet keeps the decoder's state
-    coherent; the code bits are 0 (one frame), and its empty length means "lost".
+
+def libopus_candidates() -> list[str]:
+    """Where to look for libopus, in order: ``$VOICEEDGE_LIBOPUS``, PyAV's wheel, the system."""
+    paths = []
+    if os.environ.get(LIBOPUS_ENV):
+        paths.append(os.environ[LIBOPUS_ENV])
+    # find_spec locates PyAV without importing it (and FFmpeg with it).
+    spec = importlib.util.find_spec("av")
+    if spec is not None and spec.origin:
+        package = Path(spec.origin).resolve().parent
+        for folder, pattern in (
+            (package.parent / "av.libs", "libopus*.so*"),  # Linux wheels (auditwheel)
+            (package / ".dylibs", "libopus*.dylib"),  # macOS wheels (delocate)
+            (package.parent / "av.libs", "opus*.dll"),  # Windows wheels (delvewheel)
+        ):
+            paths += sorted(str(p) for p in folder.glob(pattern))
+    system = ctypes.util.find_library("opus")
+    if system:
+        paths.append(system)
+    return paths
+
+
+class _LibOpus:
+    """The few libopus functions we call, with their C signatures declared."""
+
+    def __init__(self, path: str) -> None:
+        lib = ctypes.CDLL(path)
+        self.path = path
+        c_int, c_int32, c_void_p, c_char_p = ctypes.c_int, ctypes.c_int32, ctypes.c_void_p, ctypes.c_char_p
+        int_p = ctypes.POINTER(ctypes.c_int)
+        pcm_p = ctypes.POINTER(ctypes.c_int16)
+        data_p = ctypes.POINTER(ctypes.c_ubyte)
+
+        def bind(name: str, restype: Any, *argtypes: Any) -> Any:
+            function = getattr(lib, name)
+            function.restype = restype
+            function.argtypes = list(argtypes)
+            return function
+
+        self.get_version_string = bind("opus_get_version_string", c_char_p)
+        self.strerror = bind("opus_strerror", c_char_p, c_int)
+        self.encoder_create = bind("opus_encoder_create", c_void_p, c_int32, c_int, c_int, int_p)
+        self.encoder_destroy = bind("opus_encoder_destroy", None, c_void_p)
+        # opus_int32 opus_encode(OpusEncoder*, const opus_int16*, int frame_size,
+        #                        unsigned char*, opus_int32 max_data_bytes)
+        self.encode = bind("opus_encode", c_int32, c_void_p, c_char_p, c_int, data_p, c_int32)
+        self.decoder_create = bind("opus_decoder_create", c_void_p, c_int32, c_int, int_p)
+        self.decoder_destroy = bind("opus_decoder_destroy", None, c_void_p)
+        # int opus_decode(OpusDecoder*, const unsigned char*, opus_int32 len,
+        #                 opus_int16*, int frame_size, int decode_fec)
+        self.decode = bind("opus_decode", c_int, c_void_p, c_char_p, c_int32, pcm_p, c_int, c_int)
+        # The _ctl functions are variadic: only the fixed arguments are declared,
+        # and ctypes passes the rest as variadic arguments (ffi_prep_cif_var),
+        # each a C int, as the request macros of opus_defines.h do.
+        self.encoder_ctl = bind("opus_encoder_ctl", c_int, c_void_p, c_int)
+        self.decoder_ctl = bind("opus_decoder_ctl", c_int, c_void_p, c_int)
+
+    def error(self, code: int) -> str:
+        """libopus's message for a negative return code."""
+        message = self.strerror(code)
+        return message.decode("ascii", "replace") if message else f"error {code}"
+
+
+_lib: _LibOpus | None = None
+_live = 0  # coders created and not yet destroyed
+
+
+def load_libopus(candidates: list[str] | None = None) -> _LibOpus:
+    """The libopus binding, loaded once from the first of ``candidates`` that loads.
+
+    :class:`OpusUnavailable` names every place tried when none does.
     """
-    config = toc >> 3
-    stereo = toc & 0x04
-    if config < 12:
-        ten = config & ~3
-        twenty = ten + 1
-    elif config < 16:
-        ten = config & ~1
-        twenty = ten + 1
-    else:
-        twenty = config | 3
-        ten = twenty - 1
-    return bytes([twenty << 3 | stereo]), bytes([ten << 3 | stereo])
+    global _lib
+    if _lib is not None and candidates is None:
+        return _lib
+    tried = []
+    for path in libopus_candidates() if candidates is None else candidates:
+        try:
+            lib = _LibOpus(path)
+        except (OSError, AttributeError) as e:
+            tried.append(f"{path}: {e}")
+            continue
+        if candidates is None:
+            _lib = lib
+        return lib
+    raise OpusUnavailable(
+        "no libopus found: install PyAV (its wheel bundles one: pip install av), or the "
+        f"system's (Debian: apt-get install libopus0), or point {LIBOPUS_ENV} at one"
+        + (f"; tried {'; '.join(tried)}" if tried else "")
+    )
 
 
-def single_threaded_ffmpeg() -> bool:
-    """Make FFmpeg's automatic thread count 1 in this process; whether it could.
-
-    PyAV encodes every frame through an ``AudioResampler`` (libopus takes fixed
-    20 ms frames), as our decoder resamples below 48 kHz, and each resampler is
-    an FFmpeg filter graph whose thread count is automatic: a pool of threads
-    per graph, two per encoder on two cores (more on bigger machines), started
-    again with each fresh encoder, to copy 960 samples. ``tests/test_opus.py``
-    counts them; 200 encoders took 71 kB of RSS and 2 threads each, 53 kB and no
-    thread with the count forced to 1. PyAV has no knob for the graphs it
-    makes, so this calls ``av_cpu_force_count(1)`` (what FFmpeg's "auto"
-    reads) in the libavutil PyAV loaded, found in ``/proc/self/maps``. Where
-    that fails (no such file, another build), nothing changes but the cost.
-    """
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            paths = {line.split(None, 5)[-1].strip() for line in maps if "libavutil" in line}
-        path = next(p for p in sorted(paths) if p.startswith("/"))
-        ctypes.CDLL(path).av_cpu_force_count(1)
-    except (OSError, StopIteration, AttributeError):
-        return False
-    return True
+def libopus_version() -> str:
+    """The version string of the libopus in use, e.g. ``libopus 1.6.1``, and its path."""
+    lib = load_libopus()
+    return f"{lib.get_version_string().decode('ascii', 'replace')} ({lib.path})"
 
 
-_SINGLE_THREADED = single_threaded_ffmpeg()
+def live_coders() -> int:
+    """Encoders and decoders created in this process and not yet freed."""
+    return _live
 
 
 def _check_rate(sample_rate: int) -> None:
@@ -127,19 +210,6 @@ def _check_rate(sample_rate: int) -> None:
         raise CodecError(
             f"Opus sample rate must be one of {SUPPORTED_RATES}, not {sample_rate!r}"
         )
-
-
-def _pcm_of(frame: AudioFrame) -> bytes:
-    """Return the s16 mono samples of ``frame`` (its plane may carry padding)."""
-    data = bytes(memoryview(frame.planes[0])[: frame.samples * 2])
-    if not _LITTLE_ENDIAN:
-        # PyAV's s16 is native-endian; the wire and our API are little-endian.
-        import array
-
-        samples = array.array("h", data)
-        samples.byteswap()
-        data = samples.tobytes()
-    return data
 
 
 class OpusDecoder:
@@ -150,39 +220,37 @@ class OpusDecoder:
     decoding is stateful.
     """
 
-    #: Whether :meth:`decode_fec` uses Opus in-band FEC (PyAV cannot: see module doc).
-    supports_fec: ClassVar[bool] = False
+    #: Whether :meth:`decode_fec` uses Opus in-band FEC (it does: libopus directly).
+    supports_fec: ClassVar[bool] = True
 
-    __slots__ = (
-        "sample_rate",
-        "frame_samples",
-        "_codec",
-        "_resampler",
-        "_plc20",
-        "_plc10",
-        "_pending",
-        "_owed",
-    )
+    __slots__ = ("sample_rate", "frame_samples", "_lib", "_state", "_out", "_view", "_capacity")
 
     def __init__(self, sample_rate: int) -> None:
         _check_rate(sample_rate)
+        global _live
+        self._state: int | None = None
+        lib = self._lib = load_libopus()
         self.sample_rate = sample_rate
         #: Samples in one 20 ms frame at ``sample_rate``.
         self.frame_samples = sample_rate * FRAME_MS // 1000
-        codec = CodecContext.create("libopus", "r")
-        codec.sample_rate = _DECODE_RATE
-        codec.layout = "mono"
-        codec.format = "s16"
-        self._codec = codec
-        self._resampler: AudioResampler | None = None
-        if sample_rate != _DECODE_RATE:
-            self._resampler = AudioResampler(format="s16", layout="mono", rate=sample_rate)
-        # Until a real packet tells the mode: CELT fullband, mono.
-        self._plc20, self._plc10 = _plc_tocs(31 << 3)
-        # Resampler output not yet returned, and samples owed to the caller
-        # that the resampler still holds (its filter delay).
-        self._pending = bytearray()
-        self._owed = 0
+        self._capacity = sample_rate * _MAX_PACKET_MS // 1000
+        buffer = bytearray(self._capacity * 2)
+        self._out = (ctypes.c_int16 * self._capacity).from_buffer(buffer)
+        self._view = memoryview(buffer)
+        error = ctypes.c_int(0)
+        state = lib.decoder_create(sample_rate, 1, ctypes.byref(error))
+        if not state or error.value != _OPUS_OK:
+            raise CodecError(f"cannot open the Opus decoder: {lib.error(error.value)}")
+        self._state = state
+        _live += 1
+
+    def __del__(self) -> None:
+        state = getattr(self, "_state", None)
+        if state:
+            global _live
+            self._state = None
+            self._lib.decoder_destroy(state)
+            _live -= 1
 
     def decode(self, payload: bytes) -> bytes:
         """Decode one Opus packet to PCM16 mono little-endian at ``sample_rate``.
@@ -190,84 +258,85 @@ class OpusDecoder:
         Raise :class:`CodecError` for an empty or corrupt payload; the decoder
         stays usable.
         """
-        if not payload:
-            # An empty packet would put FFmpeg's decoder into drain mode.
-            raise CodecError("empty Opus payload")
-        pcm = self._run(payload)
-        toc = payload[0]
-        if toc >> 3 != self._plc20[0] >> 3 or toc & 0x04 != self._plc20[0] & 0x04:
-            self._plc20, self._plc10 = _plc_tocs(toc)
-        return pcm
+        try:
+            packet_duration(payload)  # at most 120 ms: what the buffer holds
+        except OpusPacketError as e:
+            raise CodecError(f"malformed Opus payload ({len(payload)} bytes): {e}") from None
+        samples = self._lib.decode(self._state, payload, len(payload), self._out, self._capacity, 0)
+        if samples < 0:
+            raise CodecError(
+                f"corrupt Opus payload ({len(payload)} bytes): {self._lib.error(samples)}"
+            )
+        return self._pcm(samples)
 
     def conceal(self, samples: int | None = None) -> bytes:
         """Return concealment audio for a lost frame (libopus PLC).
 
         ``samples`` defaults to one 20 ms frame; it must be a positive multiple of
-        10 ms of samples, at most 120 ms.
+        10 ms of samples, at most 120 ms.  Before any packet it is silence.
         """
         step = self.sample_rate // 100
         if samples is None:
             samples = self.frame_samples
-        if samples <= 0 or samples % step or samples > step * _MAX_CONCEAL_MS // 10:
+        if samples <= 0 or samples % step or samples > self._capacity:
             raise CodecError(
-                f"can conceal only multiples of 10 ms up to {_MAX_CONCEAL_MS} ms, "
+                f"can conceal only multiples of 10 ms up to {_MAX_PACKET_MS} ms, "
                 f"not {samples!r} samples at {self.sample_rate} Hz"
             )
-        tens = samples // step
-        parts = [self._run(self._plc20) for _ in range(tens // 2)]
-        if tens % 2:
-            parts.append(self._run(self._plc10))
-        return b"".join(parts)
+        return self._plc(samples)
 
     def decode_fec(self, next_payload: bytes) -> bytes:
-        """Return audio for the frame lost just before ``next_payload``.
+        """Return audio for the 20 ms frame lost just before ``next_payload``.
 
-        With in-band FEC this would decode the redundant copy of the lost frame
-        that ``next_payload`` carries.  PyAV cannot reach it (``supports_fec`` is
-        False), so this is :meth:`conceal` for one 20 ms frame; call
+        Decodes the redundant (LBRR) copy of the lost frame that ``next_payload``
+        carries when its sender has in-band FEC on; libopus conceals (PLC) when
+        it carries none (FEC off, or a CELT-only packet), and so does this when
+        ``next_payload`` is malformed (:meth:`decode` will report it).  Call
         :meth:`decode` on ``next_payload`` afterwards as usual.
         """
-        return self.conceal(self.frame_samples)
-
-    def _run(self, payload: bytes) -> bytes:
-        """Decode ``payload`` at 48 kHz and bring it to ``sample_rate``."""
+        samples = self.frame_samples
         try:
-            frames = self._codec.decode(Packet(payload))
-        except av.error.FFmpegError as e:
-            raise CodecError(f"corrupt Opus payload ({len(payload)} bytes): {e}") from None
-        resampler = self._resampler
-        if resampler is None:
-            if len(frames) == 1:
-                return _pcm_of(frames[0])
-            return b"".join(_pcm_of(frame) for frame in frames)
-        pending = self._pending
-        for frame in frames:
-            # Every Opus frame is a multiple of 2.5 ms, so this divides exactly.
-            self._owed += frame.samples * self.sample_rate // _DECODE_RATE
-            for out in resampler.resample(frame):
-                pending += _pcm_of(out)
-        want = self._owed * 2
-        if len(pending) < want:
-            # Only at the start: the resampler holds back its filter delay.
-            pending[:0] = bytes(want - len(pending))
-        pcm = bytes(pending[:want])
-        del pending[:want]
-        self._owed = 0
-        return pcm
+            packet_duration(next_payload)
+        except OpusPacketError:
+            return self._plc(samples)
+        got = self._lib.decode(self._state, next_payload, len(next_payload), self._out, samples, 1)
+        if got != samples:
+            return self._plc(samples)
+        return self._pcm(got)
+
+    def reset(self) -> None:
+        """Forget the stream so far (``OPUS_RESET_STATE``), as a fresh decoder."""
+        self._lib.decoder_ctl(self._state, _RESET_STATE)
+
+    def _plc(self, samples: int) -> bytes:
+        got = self._lib.decode(self._state, None, 0, self._out, samples, 0)
+        if got != samples:
+            raise CodecError(f"Opus concealment failed: {self._lib.error(got)}")
+        return self._pcm(got)
+
+    def _pcm(self, samples: int) -> bytes:
+        """The first ``samples`` of the output buffer as PCM16 little-endian bytes."""
+        data = self._view[: samples * 2].tobytes()
+        if _BIG_ENDIAN:
+            swapped = array.array("h", data)
+            swapped.byteswap()
+            data = swapped.tobytes()
+        return data
 
 
 class OpusEncoder:
     """Encode 20 ms frames of PCM16 mono at ``sample_rate`` to Opus RTP payloads.
 
-    ``bitrate`` is in bits per second (6000-510000); ``complexity`` is libopus's
-    0-10 CPU/quality trade-off (``None``: libopus's default, 10).  A positive
-    ``packet_loss_percent`` turns on Opus in-band FEC, tuned for that much loss.
-    ``application`` is libopus's ``voip`` (speech, the default), ``audio`` or
-    ``lowdelay``.  Each payload advances the RTP timestamp by
-    :data:`RTP_TIMESTAMP_STEP` (48 kHz clock) whatever ``sample_rate`` is.
+    ``bitrate`` is in bits per second (6000-510000), variable (unconstrained VBR,
+    as FFmpeg's wrapper set it before); ``complexity`` is libopus's 0-10
+    CPU/quality trade-off (``None``: 10).  A positive ``packet_loss_percent``
+    turns on Opus in-band FEC, tuned for that much loss. ``application`` is
+    libopus's ``voip`` (speech, the default), ``audio`` or ``lowdelay``.  Each
+    payload advances the RTP timestamp by :data:`RTP_TIMESTAMP_STEP` (48 kHz
+    clock) whatever ``sample_rate`` is.
     """
 
-    __slots__ = ("sample_rate", "frame_samples", "_frame_bytes", "_codec", "_pts")
+    __slots__ = ("sample_rate", "frame_samples", "_frame_bytes", "_lib", "_state", "_out", "_view")
 
     def __init__(
         self,
@@ -278,6 +347,7 @@ class OpusEncoder:
         packet_loss_percent: int = 0,
         application: str = "voip",
     ) -> None:
+        self._state: int | None = None
         _check_rate(sample_rate)
         if not 6000 <= bitrate <= 510000:
             raise CodecError(f"Opus bitrate must be 6000-510000 bit/s, not {bitrate!r}")
@@ -285,31 +355,41 @@ class OpusEncoder:
             raise CodecError(f"Opus complexity must be 0-10, not {complexity!r}")
         if not 0 <= packet_loss_percent <= 100:
             raise CodecError(f"packet loss must be 0-100 %, not {packet_loss_percent!r}")
-        if application not in ("voip", "audio", "lowdelay"):
+        if application not in _APPLICATIONS:
             raise CodecError(f"unknown Opus application {application!r}")
+        global _live
+        lib = self._lib = load_libopus()
         self.sample_rate = sample_rate
         #: Samples in one 20 ms frame: :meth:`encode` takes exactly this many.
         self.frame_samples = sample_rate * FRAME_MS // 1000
         self._frame_bytes = self.frame_samples * 2
-        codec = CodecContext.create("libopus", "w")
-        codec.sample_rate = sample_rate
-        codec.layout = "mono"
-        codec.format = "s16"
-        codec.bit_rate = bitrate
-        codec.time_base = Fraction(1, sample_rate)
-        options = {"application": application, "frame_duration": str(FRAME_MS)}
-        if complexity is not None:
-            options["compression_level"] = str(complexity)
-        if packet_loss_percent:
-            options["fec"] = "1"
-            options["packet_loss"] = str(packet_loss_percent)
-        codec.options = options
-        try:
-            codec.open()
-        except av.error.FFmpegError as e:
-            raise CodecError(f"cannot open the Opus encoder: {e}") from None
-        self._codec = codec
-        self._pts = 0
+        buffer = bytearray(_MAX_PAYLOAD)
+        self._out = (ctypes.c_ubyte * _MAX_PAYLOAD).from_buffer(buffer)
+        self._view = memoryview(buffer)
+        error = ctypes.c_int(0)
+        state = lib.encoder_create(sample_rate, 1, _APPLICATIONS[application], ctypes.byref(error))
+        if not state or error.value != _OPUS_OK:
+            raise CodecError(f"cannot open the Opus encoder: {lib.error(error.value)}")
+        self._state = state
+        _live += 1
+        for request, value in (
+            (_SET_BITRATE, bitrate),
+            (_SET_VBR_CONSTRAINT, 0),
+            (_SET_COMPLEXITY, 10 if complexity is None else complexity),
+            (_SET_INBAND_FEC, 1 if packet_loss_percent else 0),
+            (_SET_PACKET_LOSS_PERC, packet_loss_percent),
+        ):
+            code = lib.encoder_ctl(state, request, ctypes.c_int(value))
+            if code != _OPUS_OK:
+                raise CodecError(f"cannot set up the Opus encoder ({request}={value}): {lib.error(code)}")
+
+    def __del__(self) -> None:
+        state = getattr(self, "_state", None)
+        if state:
+            global _live
+            self._state = None
+            self._lib.encoder_destroy(state)
+            _live -= 1
 
     def encode(self, pcm: bytes) -> bytes:
         """Encode exactly one 20 ms frame of PCM16 mono little-endian to one payload."""
@@ -318,21 +398,15 @@ class OpusEncoder:
                 f"Opus frame must be {self._frame_bytes} bytes "
                 f"({FRAME_MS} ms at {self.sample_rate} Hz), not {len(pcm)}"
             )
-        if not _LITTLE_ENDIAN:
-            import array
-
+        if _BIG_ENDIAN:
             samples = array.array("h", pcm)
             samples.byteswap()
             pcm = samples.tobytes()
-        frame = AudioFrame(format="s16", layout="mono", samples=self.frame_samples)
-        frame.sample_rate = self.sample_rate
-        frame.pts = self._pts
-        frame.planes[0].update(pcm)
-        self._pts += self.frame_samples
-        try:
-            packets = self._codec.encode(frame)
-        except av.error.FFmpegError as e:
-            raise CodecError(f"Opus encoding failed: {e}") from None
-        if len(packets) != 1:
-            raise CodecError(f"Opus encoder returned {len(packets)} packets for one frame")
-        return bytes(packets[0])
+        size = self._lib.encode(self._state, bytes(pcm), self.frame_samples, self._out, _MAX_PAYLOAD)
+        if size < 0:
+            raise CodecError(f"Opus encoding failed: {self._lib.error(size)}")
+        return self._view[:size].tobytes()
+
+    def reset(self) -> None:
+        """Start over (``OPUS_RESET_STATE``): the next frame is coded as by a fresh encoder."""
+        self._lib.encoder_ctl(self._state, _RESET_STATE)
