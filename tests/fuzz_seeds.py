@@ -131,7 +131,31 @@ def seeds() -> dict[str, list[bytes]]:
         + bytes([63, 3]) + bytes([130, 3]) + chunk(b"\x16" * 20) + bytes([250, 0])
     )
     out["relay"].append(relay)
+    out["opus"] += opus_seeds()
     return out
+
+
+def opus_seeds() -> list[bytes]:
+    """Scripts for the opus target: real payloads (with FEC) decoded, a loss recovered, concealment, encoding."""
+    import math
+
+    from voiceedge.media.opus import OpusEncoder
+
+    scripts = []
+    for index, rate in ((2, 16000), (4, 48000)):
+        encoder = OpusEncoder(rate, packet_loss_percent=10)
+        n = rate // 50
+        payloads = [
+            encoder.encode(struct.pack(f"<{n}h", *(int(8000 * math.sin(2 * math.pi * 220 * (f * n + i) / rate)) for i in range(n))))
+            for f in range(6)
+        ]
+        script = bytes([index])
+        for payload in payloads[:3]:
+            script += b"\x00" + chunk(payload)
+        script += b"\x01" + chunk(payloads[4]) + b"\x00" + chunk(payloads[4]) + bytes([2 | 8 << 2]) + chunk(b"")
+        script += b"\x03" + chunk(bytes(range(256)) * 4) + b"\x00" + chunk(bytes([1 << 3 | 3, 6]))
+        scripts.append(script)
+    return scripts
 
 
 def write(directory: Path = CORPUS) -> int:

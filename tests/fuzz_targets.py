@@ -184,6 +184,56 @@ def fuzz_dcep(data: bytes) -> None:
         pass
 
 
+@target
+def fuzz_opus(data: bytes) -> None:
+    """Opus through libopus (C, via ctypes): one decoder (and encoder) fed a script of hostile packets.
+
+    The first byte picks the rate; then each step is an operation byte and a chunk: decode
+    (raises only CodecError, returns 2.5-120 ms), decode_fec (exactly one 20 ms frame, never
+    an error), conceal (a 10 ms multiple up to 120 ms, CodecError otherwise), or encode the
+    chunk as PCM (padded to one frame) and decode that.
+    """
+    from voiceedge.media.opus import SUPPORTED_RATES, CodecError, OpusDecoder, OpusEncoder
+
+    source = Input(data)
+    rate = SUPPORTED_RATES[source.byte() % len(SUPPORTED_RATES)]
+    decoder = OpusDecoder(rate)
+    encoder: OpusEncoder | None = None
+    frame = rate // 50 * 2
+    for _ in range(64):
+        if not source:
+            break
+        op = source.byte()
+        piece = source.chunk()
+        kind = op % 4
+        if kind == 0:
+            try:
+                pcm = decoder.decode(piece)
+            except CodecError:
+                continue
+            if not 0 < len(pcm) <= frame * 6 or len(pcm) % (rate // 400 * 2):
+                raise InvariantBroken(f"decode returned {len(pcm)} bytes at {rate} Hz")
+        elif kind == 1:
+            if len(decoder.decode_fec(piece)) != frame:
+                raise InvariantBroken("decode_fec did not return one frame")
+        elif kind == 2:
+            samples = (op >> 2) * (rate // 400)  # 2.5 ms steps, some of them illegal
+            try:
+                pcm = decoder.conceal(samples)
+            except CodecError:
+                if samples > 0 and samples % (rate // 100) == 0 and samples <= rate * 120 // 1000:
+                    raise InvariantBroken(f"conceal refused {samples} samples at {rate} Hz") from None
+                continue
+            if len(pcm) != samples * 2:
+                raise InvariantBroken("conceal returned the wrong length")
+        else:
+            if encoder is None:
+                encoder = OpusEncoder(rate, complexity=op >> 4 if op >> 4 <= 10 else None, packet_loss_percent=op & 0x08)
+            payload = encoder.encode((piece + bytes(frame))[:frame])
+            if len(decoder.decode(payload)) != frame:
+                raise InvariantBroken("our own payload did not decode to one frame")
+
+
 _CODEC: Any = None
 
 
