@@ -1,12 +1,15 @@
 # -*- test-case-name: tests.test_opus -*-
-"""Opus codec benchmark: CPU microseconds per 20 ms frame, PyAV (ours) beside opuslib; the complexity sweep.
+"""Opus codec benchmark: CPU microseconds per 20 ms frame, ours (libopus via ctypes) beside PyAV's wrapper; the complexity sweep.
 
 Run ``python bench/codec.py``.  It encodes and decodes the same speech-like signal
 (a 140 Hz voice with harmonics, a vowel-like envelope and some noise) at 16, 24 and
-48 kHz, mono, 32 kbit/s, libopus's default complexity, ``voip`` application, through
-voiceedge's :class:`~voiceedge.media.opus.OpusEncoder` / ``OpusDecoder`` (PyAV) and,
-when it is installed, through opuslib (ctypes over the system libopus), and prints
-the best of a few runs side by side.  It stops itself after about 15 s of work.
+48 kHz, mono, 32 kbit/s, complexity 5 (the default of agent audio), ``voip`` application, through voiceedge's
+:class:`~voiceedge.media.opus.OpusEncoder` / ``OpusDecoder`` (libopus directly,
+through ctypes) and through PyAV's ``CodecContext`` (FFmpeg's libopus wrapper, what
+voiceedge used before: an ``AudioFrame`` per frame, FFmpeg's multistream encoder, a
+decoder at 48 kHz resampled to the rate), both on the same libopus (PyAV's bundled
+one), and prints the best of a few runs side by side with the ratio.  It stops
+itself after about 30 s of work.
 
 ``python bench/codec.py --complexity`` chooses ``[transceiver] opus_complexity``:
 for every libopus complexity 0-10 it encodes espeak-ng speech (three voices,
@@ -27,19 +30,23 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
+from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import av  # noqa: E402
+import av  # noqa: E402 - the reference column only
+from av import AudioFrame, AudioResampler, CodecContext, Packet  # noqa: E402
 
-from voiceedge.media.opus import OpusDecoder, OpusEncoder  # noqa: E402
+from voiceedge.media.opus import OpusDecoder, OpusEncoder, libopus_version  # noqa: E402
 
 RATES = (16000, 24000, 48000)
 FRAMES = 250  # 5 s of audio per measurement
-REPEATS = 3
+REPEATS = 5
 BITRATE = 32000
-BUDGET = 15.0  # seconds of wall time before the remaining runs are skipped
+COMPLEXITY = 5  # [transceiver] opus_complexity's default
+BUDGET = 30.0  # seconds of wall time before the remaining runs are skipped
 
 
 def speech_like(rate: int, frames: int) -> list[bytes]:
@@ -70,88 +77,93 @@ def cpu_us_per_frame(run: Callable[[], int]) -> float:
     return best
 
 
-def measure_pyav(rate: int, pcm: list[bytes]) -> dict[str, float]:
-    """Encode, decode and conceal through voiceedge's PyAV-based codec."""
-    payloads = [OpusEncoder(rate, BITRATE).encode(frame) for frame in pcm]
+class PyAVEncoder:
+    """The reference: encode as voiceedge did through PyAV (an AudioFrame per 20 ms, FFmpeg's libopus wrapper)."""
 
-    def encode() -> int:
-        encoder = OpusEncoder(rate, BITRATE)
-        for frame in pcm:
-            encoder.encode(frame)
-        return len(pcm)
+    def __init__(self, rate: int) -> None:
+        codec = CodecContext.create("libopus", "w")
+        codec.sample_rate = rate
+        codec.layout = "mono"
+        codec.format = "s16"
+        codec.bit_rate = BITRATE
+        codec.time_base = Fraction(1, rate)
+        codec.options = {"application": "voip", "frame_duration": "20", "compression_level": str(COMPLEXITY)}
+        codec.open()
+        self.codec, self.rate, self.samples, self.pts = codec, rate, rate // 50, 0
 
-    def decode() -> int:
+    def encode(self, pcm: bytes) -> bytes:
+        frame = AudioFrame(format="s16", layout="mono", samples=self.samples)
+        frame.sample_rate = self.rate
+        frame.pts = self.pts
+        frame.planes[0].update(pcm)
+        self.pts += self.samples
+        return bytes(self.codec.encode(frame)[0])
+
+
+class PyAVDecoder:
+    """The reference: decode as voiceedge did through PyAV (48 kHz, resampled to the rate)."""
+
+    def __init__(self, rate: int) -> None:
+        codec = CodecContext.create("libopus", "r")
+        codec.sample_rate = 48000
+        codec.layout = "mono"
+        codec.format = "s16"
+        self.codec = codec
+        self.resampler = None if rate == 48000 else AudioResampler(format="s16", layout="mono", rate=rate)
+
+    def decode(self, payload: bytes) -> bytes:
+        out = []
+        for frame in self.codec.decode(Packet(payload)):
+            frames = [frame] if self.resampler is None else self.resampler.resample(frame)
+            out += [bytes(memoryview(f.planes[0])[: f.samples * 2]) for f in frames]
+        return b"".join(out)
+
+
+def measure(rate: int, pcm: list[bytes], coders: dict[str, tuple[Callable[[], Any], Callable[[], Any]]]) -> dict[str, dict[str, float]]:
+    """CPU µs per frame to encode ``pcm`` and to decode its payloads, for each named (encoder, decoder) pair.
+
+    The pairs take turns within every repeat, so load that comes and goes hits them alike.
+    """
+    runs: dict[str, dict[str, Callable[[], int]]] = {}
+    for name, (make_encoder, make_decoder) in coders.items():
+        payloads = [make_encoder().encode(frame) for frame in pcm]
+
+        def encode(make_encoder: Callable[[], Any] = make_encoder) -> int:
+            encoder = make_encoder()
+            for frame in pcm:
+                encoder.encode(frame)
+            return len(pcm)
+
+        def decode(make_decoder: Callable[[], Any] = make_decoder, payloads: list[bytes] = payloads) -> int:
+            decoder = make_decoder()
+            for payload in payloads:
+                decoder.decode(payload)
+            return len(payloads)
+
+        runs[name] = {"encode": encode, "decode": decode}
+    best = {name: {"encode": math.inf, "decode": math.inf} for name in coders}
+    for _ in range(REPEATS):
+        for name, ops in runs.items():
+            for op, run in ops.items():
+                start = time.process_time()
+                count = run()
+                best[name][op] = min(best[name][op], (time.process_time() - start) / count * 1e6)
+    return best
+
+
+def measure_fec(rate: int, pcm: list[bytes]) -> float:
+    """CPU µs per frame of a loss recovered by FEC and the next packet decoded (ours only: PyAV has no FEC)."""
+    encoder = OpusEncoder(rate, BITRATE, COMPLEXITY, packet_loss_percent=10)
+    payloads = [encoder.encode(frame) for frame in pcm]
+
+    def fec() -> int:
         decoder = OpusDecoder(rate)
-        for payload in payloads:
-            decoder.decode(payload)
-        return len(payloads)
+        for i in range(0, len(payloads) - 1, 2):
+            decoder.decode_fec(payloads[i + 1])
+            decoder.decode(payloads[i + 1])
+        return len(payloads) // 2 * 2
 
-    def conceal() -> int:
-        decoder = OpusDecoder(rate)
-        decoder.decode(payloads[10])
-        for _ in payloads:
-            decoder.conceal()
-        return len(payloads)
-
-    return {
-        "encode": cpu_us_per_frame(encode),
-        "decode": cpu_us_per_frame(decode),
-        "conceal": cpu_us_per_frame(conceal),
-    }
-
-
-def measure_opuslib(rate: int, pcm: list[bytes]) -> dict[str, float] | None:
-    """The same through opuslib, or None if it (or libopus) is not installed."""
-    try:
-        import opuslib
-        import opuslib.api.decoder
-    except Exception:  # opuslib raises a bare Exception when libopus is missing
-        return None
-    n = rate // 50
-
-    def make_encoder() -> opuslib.Encoder:
-        encoder = opuslib.Encoder(rate, 1, opuslib.APPLICATION_VOIP)
-        encoder.bitrate = BITRATE
-        return encoder
-
-    first = make_encoder()
-    payloads = [first.encode(frame, n) for frame in pcm]
-
-    def encode() -> int:
-        encoder = make_encoder()
-        for frame in pcm:
-            encoder.encode(frame, n)
-        return len(pcm)
-
-    def decode() -> int:
-        decoder = opuslib.Decoder(rate, 1)
-        for payload in payloads:
-            decoder.decode(payload, n)
-        return len(payloads)
-
-    def conceal() -> int:
-        decoder = opuslib.Decoder(rate, 1)
-        decoder.decode(payloads[10], n)
-        for _ in payloads:
-            opuslib.api.decoder.decode(decoder.decoder_state, None, 0, n, False, 1)
-        return len(payloads)
-
-    return {
-        "encode": cpu_us_per_frame(encode),
-        "decode": cpu_us_per_frame(decode),
-        "conceal": cpu_us_per_frame(conceal),
-    }
-
-
-def opuslib_version() -> str:
-    """The libopus version opuslib loaded, or why there is none."""
-    try:
-        import opuslib.api.info
-
-        version = opuslib.api.info.get_version_string()
-        return version.decode() if isinstance(version, bytes) else str(version)
-    except Exception as e:
-        return f"not available ({e})"
+    return cpu_us_per_frame(fec)
 
 
 def espeak_speech(rate: int) -> list[bytes]:
@@ -249,27 +261,26 @@ def main() -> None:
         return
     began = time.monotonic()
     avcodec = ".".join(map(str, av.library_versions["libavcodec"]))
-    print(f"PyAV {av.__version__} (bundled libopus, libavcodec {avcodec})")
-    print(f"opuslib: {opuslib_version()}")
-    print(f"{FRAMES} frames of 20 ms, mono, {BITRATE // 1000} kbit/s, best of {REPEATS}")
-    print("CPU µs per frame; the last column is PyAV's share of one core for one stream")
+    print(f"ours: {libopus_version()}")
+    print(f"reference: PyAV {av.__version__} (libavcodec {avcodec}, its bundled libopus)")
+    print(f"{FRAMES} frames of 20 ms, mono, {BITRATE // 1000} kbit/s, complexity {COMPLEXITY}, best of {REPEATS}")
+    print("CPU µs per frame; the last column is our share of one core for one stream")
     print()
-    print(f"{'rate':>6}  {'op':<8}{'PyAV':>9}{'opuslib':>10}{'PyAV/opuslib':>14}{'core':>9}")
+    print(f"{'rate':>6}  {'op':<18}{'ours':>9}{'PyAV':>9}{'ours/PyAV':>11}{'core':>9}")
     for rate in RATES:
         if time.monotonic() - began > BUDGET:
             print(f"{rate:>6}  (skipped: time budget spent)")
             continue
         pcm = speech_like(rate, FRAMES)
-        ours = measure_pyav(rate, pcm)
-        theirs = measure_opuslib(rate, pcm)
-        for op in ("encode", "decode", "conceal"):
-            mine = ours[op]
-            if theirs is None:
-                other, ratio = "-", "-"
-            else:
-                other, ratio = f"{theirs[op]:.1f}", f"{mine / theirs[op]:.2f}"
-            share = mine / 20000 * 100
-            print(f"{rate:>6}  {op:<8}{mine:>9.1f}{other:>10}{ratio:>14}{share:>8.2f}%")
+        both = measure(rate, pcm, {
+            "ours": (lambda: OpusEncoder(rate, BITRATE, COMPLEXITY), lambda: OpusDecoder(rate)),
+            "PyAV": (lambda: PyAVEncoder(rate), lambda: PyAVDecoder(rate)),
+        })
+        for op in ("encode", "decode"):
+            mine, other = both["ours"][op], both["PyAV"][op]
+            print(f"{rate:>6}  {op:<18}{mine:>9.1f}{other:>9.1f}{mine / other:>11.2f}{mine / 20000 * 100:>8.2f}%")
+        fec = measure_fec(rate, pcm)
+        print(f"{rate:>6}  {'FEC, per frame':<18}{fec:>9.1f}{'-':>9}{'-':>11}{fec / 20000 * 100:>8.2f}%")
     print(f"\ntook {time.monotonic() - began:.1f} s")
 
 
