@@ -26,7 +26,7 @@ from twisted.trial.unittest import TestCase
 from tests.fleet_support import Caller, ready, wait_until
 from tests.netns import Host, Network, require_namespaces
 from tests.redis_support import redis_command
-from tests.support import http_get
+from tests.support import NO_LOAD_LIMITS_INI, http_get
 
 SECRET = "netns-fleet-secret-" + "x" * 24
 HOP_DELAY_MS = 40
@@ -101,7 +101,7 @@ class TwoRegionFleetTests(TestCase):
                 ini = self.write(f"tx-{name}.ini", (
                     "[signaling]\nlisten = tcp:8080:interface=127.0.0.1\n"
                     f"[transceiver]\nmedia_listen = {host.ip}:3479\nadvertised_address = {relays[region].ip}:3478\n"
-                    f"relay_networks = {net.cidr}\n[route]\nkeys = {key}\ncluster = {clusters[region]}\n"
+                    f"relay_networks = {net.cidr}\n{NO_LOAD_LIMITS_INI}[route]\nkeys = {key}\ncluster = {clusters[region]}\n"
                     f"[internal]\nlisten = tcp:8081:interface={host.ip}\nsecret = {SECRET}\n"
                     f"[registry]\nenabled = yes\nid = {name}\nregion = {region}\nheartbeat = 1\nttl = 3\n"
                     f"[redis]\nsentinels = {sentinels}\ntimeout = 0.5\n[drain]\ngrace_period = 120\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import free_tcp_port, free_udp_port, running_service, scrape_metrics
+from tests.support import NO_LOAD_LIMITS_INI, free_tcp_port, free_udp_port, running_service, scrape_metrics
 
 LOOPBACK = "127.0.0.1"
 
@@ -46,7 +46,7 @@ class GlobalHopCallTests(TestCase):
         (tmp / "transceiver.ini").write_text(
             f"[signaling]\nlisten = tcp:{signaling}:interface={LOOPBACK}\n"
             f"[transceiver]\nmedia_listen = {LOOPBACK}:0\nadvertised_address = {LOOPBACK}:{public_a}\n"
-            f"relay_networks = 127.0.0.0/8\n[route]\nkeys = {key}\ncluster = 2\n[process]\nworkers = 1\n"
+            f"relay_networks = 127.0.0.0/8\n{NO_LOAD_LIMITS_INI}[route]\nkeys = {key}\ncluster = 2\n[process]\nworkers = 1\n"
         )
         base = f"http://{LOOPBACK}:{signaling}"
         with running_service(["voiceedge-relay", "--config", str(tmp / "relay-a.ini")],

@@ -25,7 +25,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.fleet_support import Caller, ready, wait_until
 from tests.redis_support import RedisProcess, start_redis
-from tests.support import REPO_ROOT, free_tcp_port, free_udp_port, http_get, running_service
+from tests.support import NO_LOAD_LIMITS_INI, REPO_ROOT, free_tcp_port, free_udp_port, http_get, running_service
 from voiceedge.signaling import keys
 
 FLEET = REPO_ROOT / "etc" / "local-fleet"
@@ -35,7 +35,8 @@ KEY = "sk_" + "k" * 43
 
 
 def moved(text: str, ports: dict[int, int]) -> str:
-    """``text`` with every 127.0.0.1:<port> and tcp:<port>: moved to its free port."""
+    """``text`` with every 127.0.0.1:<port> and tcp:<port>: moved to its free port (and no load limits)."""
+    text = text.replace("[transceiver]\n", "[transceiver]\n" + NO_LOAD_LIMITS_INI)
     text = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{ports.get(int(m.group(1)), int(m.group(1)))}", text)
     return re.sub(r"tcp:(\d+):", lambda m: f"tcp:{ports.get(int(m.group(1)), int(m.group(1)))}:", text)
 

@@ -18,6 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.redis_support import RedisProcess, start_redis
 from tests.support import (
+    NO_LOAD_LIMITS_INI,
     REPO_ROOT,
     ServiceFailed,
     free_tcp_port,
@@ -69,7 +70,7 @@ class Split:
         transceiver.write_text(
             f"[signaling]\nlisten = tcp:{self.signaling_http}:interface=127.0.0.1\n"
             f"[transceiver]\nmedia_listen = 127.0.0.1:{self.transceiver_udp}\n"
-            f"advertised_address = 127.0.0.1:{self.relay_udp}\nrelay_networks = 127.0.0.0/8\n"
+            f"advertised_address = 127.0.0.1:{self.relay_udp}\nrelay_networks = 127.0.0.0/8\n{NO_LOAD_LIMITS_INI}"
             f"[route]\nkeys = {key}\nissuing_key = 1\n"
             # One process: this kills and restarts it whole.
             "[process]\nworkers = 1\n"

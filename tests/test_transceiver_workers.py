@@ -28,7 +28,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.redis_support import start_redis
-from tests.support import free_tcp_port, free_udp_run, http_get, running_service
+from tests.support import NO_LOAD_LIMITS_INI, free_tcp_port, free_udp_run, http_get, running_service
 from tests.test_workers import _alive, _children, _free_tcp_pair, _until
 from voiceedge.fleet.local import INTERNAL_SECRET_ENV
 from voiceedge.fleet.membership import Membership
@@ -210,7 +210,7 @@ def _write(tmp: Path, http_port: int, media_port: int, extra: str = "") -> Path:
     ini = tmp / "transceiver.ini"
     ini.write_text(
         f"[signaling]\nlisten = tcp:{http_port}:interface={LOOPBACK}\ncalls_per_minute_per_address = 0\n"
-        f"[transceiver]\nmedia_listen = {LOOPBACK}:{media_port}\n"
+        f"[transceiver]\nmedia_listen = {LOOPBACK}:{media_port}\n{NO_LOAD_LIMITS_INI}"
         "[speech]\ndetector = energy\n"
         "[process]\nworkers = 2\n" + extra
     )

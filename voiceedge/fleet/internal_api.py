@@ -15,7 +15,7 @@ client's region's relay)::
     DELETE /internal/v1/sessions/<id>     -> 204 | 404
     PATCH  /internal/v1/sessions/<id>     the client's PATCH (ICE restart), passed on as it came
     POST   /internal/v1/drain             -> 202: start draining (as SIGTERM does)
-    GET    /internal/v1/drain             -> 200 JSON: state, sessions, seconds of grace left
+    GET    /internal/v1/drain             -> 200 JSON: state, sessions, seconds of grace left, load
     GET    /healthz                       -> 200 while the process answers (liveness)
     GET    /readyz                        -> 200 serving | 503 draining (readiness)
     GET    /metrics                       -> Prometheus text
@@ -198,6 +198,8 @@ class SessionsResource(_Authenticated):
             status, reason = http.INTERNAL_SERVER_ERROR, "internal error"
         if request._disconnected:
             return
+        if isinstance(failure.value, SessionRefused) and failure.value.retry_after is not None:
+            request.setHeader(b"retry-after", str(failure.value.retry_after).encode("ascii"))
         request.write(_text(request, status, reason))
         request.finish()
 
@@ -258,9 +260,10 @@ class DrainResource(_Authenticated):
 
     isLeaf = True
 
-    def __init__(self, drain: Drain, secret: bytes) -> None:
+    def __init__(self, drain: Drain, secret: bytes, load: Callable[[], Mapping[str, object]] | None = None) -> None:
         super().__init__(secret)
         self.drain = drain
+        self.load = load
 
     def render_POST(self, request: server.Request) -> bytes:
         """202: draining (again or for the first time)."""
@@ -269,15 +272,16 @@ class DrainResource(_Authenticated):
         return self.render_GET(request)
 
     def render_GET(self, request: server.Request) -> bytes:
-        """The drain's state as JSON."""
+        """The drain's state as JSON, with the process's load (``cpu``, ``loop_lag_ms``, ``admitting``) when measured."""
         request.setHeader(b"content-type", b"application/json")
-        return json.dumps(
-            {
-                "state": self.drain.state.value,
-                "sessions": self.drain.session_count(),
-                "grace_remaining": self.drain.remaining(),
-            }
-        ).encode("utf-8")
+        state: dict[str, object] = {
+            "state": self.drain.state.value,
+            "sessions": self.drain.session_count(),
+            "grace_remaining": self.drain.remaining(),
+        }
+        if self.load is not None:
+            state.update(self.load())
+        return json.dumps(state).encode("utf-8")
 
 
 class ProbeResource(resource.Resource):
@@ -314,8 +318,13 @@ def build_internal_site(
     secret: str,
     drain: Drain,
     metrics: Iterable[Callable[[], Iterable[Sample]]] = (),
+    load: Callable[[], Mapping[str, object]] | None = None,
 ) -> server.Site:
-    """The internal API of ``host`` behind ``secret``, with probes, drain and ``/metrics``."""
+    """The internal API of ``host`` behind ``secret``, with probes, drain and ``/metrics``.
+
+    ``load()`` adds the process's load to ``GET /internal/v1/drain`` (what a
+    host's own front door reads of its workers).
+    """
     if not secret:
         raise ValueError("the internal API needs a fleet secret")
     key = secret.encode("ascii")
@@ -325,7 +334,7 @@ def build_internal_site(
     root.putChild(b"internal", internal)
     internal.putChild(b"v1", v1)
     v1.putChild(b"sessions", SessionsResource(host, key))
-    v1.putChild(b"drain", DrainResource(drain, key))
+    v1.putChild(b"drain", DrainResource(drain, key, load))
     root.putChild(b"healthz", ProbeResource(None, host))
     root.putChild(b"readyz", ProbeResource(lambda: not drain.draining, host))
     root.putChild(b"metrics", MetricsResource(make_registry(*metrics)))

@@ -7,7 +7,7 @@ With ``[process] workers`` above one, the process ``twistd voiceedge`` (or
 :func:`build_front_door`) over its own workers, each a transceiver (and, in
 the all-in-one, a relay) with an internal API. :class:`WorkerStore` is the
 registry it reads: every second it asks each worker ``GET /internal/v1/drain``
-(state and sessions) and turns the answers into
+(state, sessions and load: CPU share and whether it admits calls) and turns the answers into
 :class:`~voiceedge.fleet.registry.TransceiverRecord` values; a worker that does
 not answer is left out until it does, so no call is placed on it.
 """
@@ -109,8 +109,9 @@ class WorkerStore:
             media=self.media[index],
             sessions=int(state.get("sessions", 0)),
             capacity=self.capacity,
-            cpu=0.0,
+            cpu=float(state.get("cpu", 0.0)),
             state=SERVING if state.get("state") == "serving" else DRAINING,
+            admitting=state.get("admitting", True) is not False,
         ).to_json()
 
     def put(self, record_id: str, value: str, ttl: float) -> "defer.Deferred[Any]":

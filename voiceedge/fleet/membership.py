@@ -166,8 +166,9 @@ def build_membership(
                 media=media_address(),
                 sessions=transceiver.session_count(),
                 capacity=transceiver.max_sessions,
-                cpu=meter.read(),
+                cpu=transceiver.admission.meter.cpu if transceiver.admission is not None else meter.read(),
                 state=SERVING if drain.state is DrainState.SERVING else DRAINING,
+                admitting=bool(transceiver.load_report().get("admitting", True)),
             )
 
         client = RedisClient(redis)
@@ -184,6 +185,9 @@ def build_membership(
     membership = Membership(transceiver, drain, publisher, clock, client)
     membership.setServiceParent(parent)
     if internal.listen:
-        site = build_internal_site(transceiver, internal.secret, drain, [transceiver.metrics, membership.metrics, *more_metrics])
+        site = build_internal_site(
+            transceiver, internal.secret, drain, [transceiver.metrics, membership.metrics, *more_metrics],
+            load=transceiver.load_report,
+        )
         strports.service(internal.listen, site).setServiceParent(parent)
     return membership

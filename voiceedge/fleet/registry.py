@@ -84,6 +84,8 @@ class TransceiverRecord:
     #: Share of one core its process used over the last heartbeat.
     cpu: float
     state: str = SERVING
+    #: False while its load refuses new sessions (CPU or event-loop lag over its limits).
+    admitting: bool = True
 
     @property
     def serving(self) -> bool:
@@ -109,6 +111,8 @@ class TransceiverRecord:
                 "capacity": self.capacity,
                 "cpu": round(self.cpu, 3),
                 "state": self.state,
+                # Only when refusing: records stay as they were for readers that predate it.
+                **({} if self.admitting else {"admitting": False}),
             },
             separators=(",", ":"),
         )
@@ -135,6 +139,7 @@ class TransceiverRecord:
                 capacity=_typed(d["capacity"], int),
                 cpu=float(_typed(d["cpu"], (int, float))),
                 state=_typed(d["state"], str),
+                admitting=_flag(d.get("admitting", True)),
             )
         except KeyError as e:
             raise ValueError(f"missing {e.args[0]}") from None
@@ -145,6 +150,12 @@ class TransceiverRecord:
         if not math.isfinite(record.cpu) or record.cpu < 0:
             raise ValueError("cpu is not a finite share")
         return record
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
+    return value
 
 
 def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:

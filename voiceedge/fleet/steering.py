@@ -64,7 +64,7 @@ def choose_transceiver(
     rng: random.Random | None = None,
     fallback: Sequence[str] = (),
 ) -> TransceiverRecord | None:
-    """The least-loaded transceiver that is serving, has room and is not overloaded, in ``region``.
+    """The least-loaded transceiver that is serving, admitting, has room and is not overloaded, in ``region``.
 
     A region with none tries the ``fallback`` regions in order; then, with
     ``spill``, the least-loaded such transceiver anywhere (the client's first packet then crosses to its
@@ -74,7 +74,7 @@ def choose_transceiver(
     """
     usable = [
         r for r in records
-        if r.serving and r.sessions < r.capacity and r.cpu <= max_cpu and r.id not in exclude
+        if r.serving and r.admitting and r.sessions < r.capacity and r.cpu <= max_cpu and r.id not in exclude
     ]
     pool = [r for r in usable if r.region == region]
     for other in fallback:

@@ -32,6 +32,7 @@ from voiceedge.signaling.interfaces import (
     PatchedSession,
     SessionRefused,
 )
+from voiceedge.transceiver.admission import Admission
 from voiceedge.transceiver.conversation import Conversation
 from voiceedge.transceiver.credentials import loggable_id, new_credentials, new_session_id, random_ufrag
 from voiceedge.media.speech import SpeechStarted, SpeechStopped
@@ -54,6 +55,8 @@ from voiceedge.wire.errors import WireError
 
 Address = tuple[str, int]
 
+#: Retry-After of a 503 for an overloaded transceiver: about the meter's half-life, twice.
+OVERLOAD_RETRY_AFTER = 2
 TICK = 0.020  # one Opus frame: the pacing grid every session's sender shares
 SWEEP = 0.5  # early DTLS and relay routes
 # DTLS records that arrive from a source before its first valid ICE check
@@ -158,8 +161,11 @@ class Transceiver:
         speech: SpeechSettings = SpeechSettings(),
         make_ufrag: Callable[[], str] = random_ufrag,
         offered_agents: Mapping[str, IAgentFactory] = {},
+        admission: Admission | None = None,
     ) -> None:
         self.clock = clock
+        # Refuses new sessions while the process is overloaded (None: only max_sessions).
+        self.admission = admission
         self.certificate = certificate
         self.settings = settings
         self.advertised = settings.advertised
@@ -206,6 +212,8 @@ class Transceiver:
         self.sessions_opened = 0
         self.ice_restarts = 0
         self.refused: collections.Counter[int] = collections.Counter()
+        # New sessions refused with 503, by why: draining, max_sessions, cpu, loop_lag.
+        self.refused_by: collections.Counter[str] = collections.Counter()
         # The Realtime event layer's events over all sessions (server.<type>, client.<type>, error.<code>).
         self.realtime_events: collections.Counter[str] = collections.Counter()
         self.packets_in = 0
@@ -223,6 +231,8 @@ class Transceiver:
         self.grid_origin = self.clock.seconds()
         self._ticker.start(TICK, now=False)
         self._sweeper.start(SWEEP, now=False)
+        if self.admission is not None:
+            self.admission.meter.start()
 
     def stop(self) -> None:
         """End every session and stop the timers."""
@@ -232,6 +242,8 @@ class Transceiver:
         for loop in (self._ticker, self._sweeper):
             if loop.running:
                 loop.stop()
+        if self.admission is not None:
+            self.admission.meter.stop()
 
     # -- ISessionHost -------------------------------------------------------
 
@@ -254,6 +266,7 @@ class Transceiver:
         """
         if not self.accepting:
             self.refused[503] += 1
+            self.refused_by["draining"] += 1
             raise SessionRefused(503, "this transceiver is draining")
         if session_id is not None and session_id in self._by_id:
             self.refused[409] += 1
@@ -261,7 +274,16 @@ class Transceiver:
         received_at = self.clock.seconds()
         if len(self._by_id) >= self.max_sessions:
             self.refused[503] += 1
+            self.refused_by["max_sessions"] += 1
             raise SessionRefused(503, "this transceiver is at its session limit")
+        if self.admission is not None:
+            overload = self.admission.refusal(len(self._by_id))
+            if overload is not None:
+                self.refused[503] += 1
+                self.refused_by[overload] += 1
+                raise SessionRefused(
+                    503, self.admission.describe(overload, len(self._by_id)), OVERLOAD_RETRY_AFTER
+                )
         try:
             offer = sdp.parse_sdp(offer_sdp)
             summary = summarize_offer(offer)
@@ -333,6 +355,8 @@ class Transceiver:
         self._by_id[session_id] = call
         self._add_ufrag(call, credentials.ufrag)
         self.sessions_opened += 1
+        if self.admission is not None:
+            self.admission.admitted()
         session.mark_answered(self.clock.seconds())
         self._service(call)
         self.log.info("session {id} opened", id=loggable_id(session_id))
@@ -362,6 +386,12 @@ class Transceiver:
     def session_count(self) -> int:
         """How many sessions are open."""
         return len(self._by_id)
+
+    def load_report(self) -> dict[str, object]:
+        """The process's load for front doors (``cpu``, ``loop_lag_ms``, ``admitting``); empty without admission."""
+        if self.admission is None:
+            return {}
+        return self.admission.report(len(self._by_id))
 
     def session_stats(self, session_id: str) -> dict[str, object] | None:
         """Live numbers of one session, or ``None`` if it is not open."""
@@ -796,6 +826,10 @@ class Transceiver:
             yield ("counter", prefix + "sessions_ended", "Sessions ended, by reason.", {"reason": reason}, n)
         for status, n in self.refused.items():
             yield ("counter", prefix + "offers_refused", "Offers refused, by HTTP status.", {"status": str(status)}, n)
+        for reason, n in self.refused_by.items():
+            yield ("counter", prefix + "sessions_refused", "New sessions refused with 503, by reason.", {"reason": reason}, n)
+        if self.admission is not None:
+            yield from self.admission.metrics(len(self._by_id))
         for result, n in self.probes.items():
             yield (
                 "counter",

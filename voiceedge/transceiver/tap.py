@@ -44,6 +44,7 @@ from voiceedge.metrics import MetricsResource, Sample, SnapshotCollector, make_r
 from voiceedge.reactors import service_reactors
 from voiceedge.signaling.resource import build_site
 from voiceedge.signaling.settings import SignalingSettings
+from voiceedge.transceiver.admission import Admission, LoadMeter
 from voiceedge.transceiver.credentials import random_ufrag
 from voiceedge.transceiver.dtls import DtlsCertificate
 from voiceedge.transceiver.host import Address, Transceiver
@@ -184,6 +185,15 @@ def route_ufrags(route: RouteSettings, local_address: Callable[[], Address]) -> 
     return make_ufrag
 
 
+def build_admission(settings: TransceiverSettings, clock: IReactorTime) -> Admission:
+    """Admission by this process's load: ``max_cpu_percent`` and ``max_loop_lag_ms`` (0: no limit)."""
+    return Admission(
+        LoadMeter(clock),
+        settings.max_cpu_percent / 100 if settings.max_cpu_percent else None,
+        settings.max_loop_lag_ms / 1000 if settings.max_loop_lag_ms else None,
+    )
+
+
 def build_transceiver(
     settings: TransceiverSettings,
     route: RouteSettings,
@@ -213,6 +223,7 @@ def build_transceiver(
         # A client secret may name the default agent too.
         offered_agents={agent.kind.name: factory, **agent.make_factories(clock)},
         make_ufrag=route_ufrags(route, lambda: route_address(route, protocols[0])),
+        admission=build_admission(settings, clock),
     )
     protocols.append(SharedSocketProtocol(transceiver))
     media_host, media_port = settings.media_listen
