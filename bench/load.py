@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_long_calls -*-
 """A Pion load on the all-in-one: 100 calls held 90 s; does any end early, and how many keep 48 packets/s?
 
-``python bench/load.py [--calls 100] [--seconds 90] [--ramp 10] [--datachannel ""]``
+``python bench/load.py [--calls 100] [--seconds 90] [--ramp 10] [--datachannel ""] [--workers auto]
+[--max-cpu-percent P] [--max-loop-lag-ms MS]``
 
 Runs ``twistd -n voiceedge`` (relay, transceiver and the echo agent, which
 decodes and re-encodes every frame: a transcoding call) on loopback and loads it
@@ -19,7 +20,11 @@ the service would ask first:
 The all-in-one runs ``--workers`` processes (default ``auto``, the service's own
 default: one per core); the server's CPU and RSS are the supervisor's and its
 workers'. When it cannot carry every call at 48 packets/s, the figures say how
-many it did carry. Bounded: ``pionpeer`` ends
+many it did carry. Each worker refuses calls past its load limits (``[transceiver]
+max_cpu_percent``, ``max_loop_lag_ms``: the service's defaults unless
+``--max-cpu-percent``/``--max-loop-lag-ms`` say otherwise, ``0 0`` for none);
+the refusals are printed, and with one worker its load while calls were up.
+Bounded: ``pionpeer`` ends
 every call itself and the server is stopped in ``finally``.
 """
 
@@ -27,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +54,44 @@ from tests.support import (  # noqa: E402
 )
 
 
+class LoadSampler(threading.Thread):
+    """Reads the transceiver's load gauges from ``/metrics`` every ``period`` seconds until stopped.
+
+    Only a one-process all-in-one shows them there (a supervisor's ``/metrics``
+    is its front door's); with workers the lists stay empty.
+    """
+
+    def __init__(self, base: str, period: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.base = base
+        self.period = period
+        self.done = threading.Event()
+        self.cpu: list[float] = []
+        self.lag_ms: list[float] = []
+
+    def run(self) -> None:
+        """Sample until :attr:`done` is set."""
+        while not self.done.wait(self.period):
+            try:
+                metrics = scrape_metrics(self.base)
+            except Exception:
+                continue
+            cpu = metrics.get("voiceedge_transceiver_cpu_ratio", {}).get("")
+            lag = metrics.get("voiceedge_transceiver_loop_lag_seconds", {}).get("")
+            sessions = metrics.get("voiceedge_transceiver_sessions", {}).get("", 0)
+            if cpu is not None and lag is not None and sessions:
+                self.cpu.append(cpu * 100)
+                self.lag_ms.append(lag * 1000)
+
+    def summary(self) -> str:
+        """Median and largest of what was read while calls were open."""
+        if not self.cpu:
+            return "not shown (workers: see each worker's /metrics)"
+        return (f"CPU % of a core median {statistics.median(self.cpu):.0f} max {max(self.cpu):.0f}; "
+                f"loop lag ms median {statistics.median(self.lag_ms):.1f} max {max(self.lag_ms):.1f} "
+                f"({len(self.cpu)} readings)")
+
+
 def main() -> int:
     """Run the load once and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -55,17 +100,27 @@ def main() -> int:
     parser.add_argument("--ramp", type=float, default=10.0, help="calls started per second")
     parser.add_argument("--datachannel", default="", help='label for every call, or "" for audio only')
     parser.add_argument("--workers", default="auto", help="[process] workers of the all-in-one (auto or a count)")
+    parser.add_argument("--max-cpu-percent", type=float, default=None,
+                        help="[transceiver] max_cpu_percent of each worker (default: the service's; 0: no limit)")
+    parser.add_argument("--max-loop-lag-ms", type=float, default=None,
+                        help="[transceiver] max_loop_lag_ms of each worker (default: the service's; 0: no limit)")
     parser.add_argument("--json", action="store_true", help="also print pionpeer's whole summary")
     args = parser.parse_args()
 
     pion_peer.build()
     logs = Path(tempfile.mkdtemp(prefix="bench-load-"))
     http_port, media_port = free_tcp_port(), free_udp_port()
+    # The service's own load limits unless given (the tests' config helper turns them off; None restores them).
+    transceiver: dict[str, object | None] = {
+        "max_sessions": args.calls + 10,
+        "max_cpu_percent": args.max_cpu_percent,
+        "max_loop_lag_ms": args.max_loop_lag_ms,
+    }
     ini = write_allinone_config(
         logs,
         http_port,
         media_port,
-        transceiver={"max_sessions": args.calls + 10},
+        transceiver=transceiver,
         process={"workers": args.workers},
         # Every call comes from this one address: no per-address limits here.
         signaling={"calls_per_minute_per_address": 0, "max_connections_per_address": 0},
@@ -75,6 +130,8 @@ def main() -> int:
     with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=logs, timeout=60) as server:
         if count > 1:
             wait_workers_serving(base, count)
+        sampler = LoadSampler(base)
+        sampler.start()
         summary = pion_peer.load(
             base + "/v1/realtime/calls",
             n=args.calls,
@@ -86,6 +143,8 @@ def main() -> int:
             setup_timeout=20.0,
             log_dir=logs,
         )
+        sampler.done.set()
+        sampler.join()
         metrics = scrape_metrics(base)
     drops = {
         name.replace("voiceedge_", "").replace("_drops_total", ""): {k: v for k, v in samples.items() if v}
@@ -103,6 +162,10 @@ def main() -> int:
     print(f"  ended early: {summary.get('ended_early')} {summary.get('end_reasons') or ''}; "
           f"errors: {summary.get('errors') or 'none'}")
     print(f"  server-side ends by reason: {ended}")
+    refused = {k: v for k, v in metrics.get("voiceedge_transceiver_sessions_refused_total", {}).items() if v}
+    offers = {k: v for k, v in metrics.get("voiceedge_frontdoor_offers_total", {}).items() if v}
+    print(f"  refused by the transceiver: {refused or 'none'}; front door offers: {offers or '(one process)'}")
+    print(f"  the transceiver's load while calls were up: {sampler.summary()}")
     print(f"  drops: {drops}")
     print(f"  calls at >= 48 packets/s over the window: {summary.get('calls_ge_48pps')} of {args.calls}; "
           f"per-call packets/s mean {pps.get('mean')} min {pps.get('min')}")
