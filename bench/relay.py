@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_relay_protocol -*-
 """CPU cost per forwarded packet: the voiceedge relay beside a plain recvfrom/sendto forwarder; packets per second with 1 and 2 workers.
 
-``python bench/relay.py [--packets 200000] [--rate 60000] [--size 200] [--workers 1,2]``
+``python bench/relay.py [--packets 200000] [--rate 60000] [--size 200] [--workers 1,2] [--worker-backends recvmmsg,python]``
 
 Every variant runs in the same way, in separate processes on loopback: a
 load generator (the client), the forwarder under test, and a sink standing
@@ -14,8 +14,11 @@ SIGUSR1) is read just before and just after the flood and divided by the
 number of packets the sink received. Variants:
 
 * ``plain``: ``while True: sendto(recvfrom())``, the floor for Python.
-* ``relay``: the relay as ``twistd voiceedge-relay`` runs it (ClientPort:
-  ``recvfrom_into`` the relay's buffer, batch reads).
+* ``relay-recvmmsg``: the relay as ``twistd voiceedge-relay`` runs it where
+  the compiled helper is built (ClientPort: ``recvmmsg`` into slots, one
+  ``sendmmsg`` per batch).
+* ``relay-python``: the same relay on its fallback (ClientPort:
+  ``recvfrom_into`` the relay's buffer, one datagram per call).
 * ``relay-stock-port``: the same relay behind Twisted's stock ``udp.Port``
   (``recvfrom`` + ``datagramReceived``), to show what the custom doRead buys.
 
@@ -114,7 +117,7 @@ def run_plain(sink_port: int) -> None:
         sendto(data, dest)
 
 
-def run_relay(secret_hex: str, stock_port: bool, public_port: int = 0) -> None:
+def run_relay(secret_hex: str, stock_port: bool, public_port: int = 0, backend: str | None = None) -> None:
     """The voiceedge relay, no Redis, on the default reactor (a worker sharing ``public_port`` if given)."""
     _report_cpu_on_usr1()
     from twisted.internet import reactor
@@ -135,7 +138,9 @@ def run_relay(secret_hex: str, stock_port: bool, public_port: int = 0) -> None:
         public: Any = reactor.listenUDP(0, ClientProtocol(relay), LOOPBACK, 65536)  # type: ignore[attr-defined]
         internal: Any = reactor.listenUDP(0, TransceiverProtocol(relay), LOOPBACK, 65536)  # type: ignore[attr-defined]
     else:
-        public = listen_client(relay, (LOOPBACK, public_port), reactor, reuse_port=bool(public_port))  # type: ignore[arg-type]
+        public = listen_client(  # type: ignore[arg-type]
+            relay, (LOOPBACK, public_port), reactor, reuse_port=bool(public_port), backend=backend or None
+        )
         internal = listen_transceiver(relay, (LOOPBACK, 0), reactor)  # type: ignore[arg-type]
     for port in (public, internal):
         port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
@@ -246,7 +251,7 @@ def run_flood(target_port: int, sink_port: int, packets: int, size: int, secret_
     print(json.dumps({"sent": sent, "seconds": time.perf_counter() - start}), flush=True)
 
 
-def measure_workers(workers: int, packets: int, size: int, sources: int = 32) -> dict[str, float]:
+def measure_workers(workers: int, packets: int, size: int, backend: str, sources: int = 32) -> dict[str, float]:
     """``workers`` relay processes on one public port: packets per second delivered, CPU µs per packet."""
     secret = os.urandom(32).hex()
     sink = _spawn("--role", "multi-sink", "--packets", str(packets))
@@ -256,7 +261,9 @@ def measure_workers(workers: int, packets: int, size: int, sources: int = 32) ->
         sink_port = int(_line(sink))
         public_port = _free_udp_port()
         for _ in range(workers):
-            relays.append(_spawn("--role", "relay", "--secret", secret, "--public", str(public_port)))
+            relays.append(_spawn(
+                "--role", "relay", "--secret", secret, "--public", str(public_port), "--backend", backend
+            ))
             assert int(_line(relays[-1])) == public_port
         flood = _spawn(
             "--role", "flood", "--target", str(public_port), "--sink", str(sink_port),
@@ -323,9 +330,10 @@ def measure(variant: str, packets: int, rate: float, size: int) -> dict[str, flo
         sink_port = int(_line(sink))
         if variant == "plain":
             forwarder = _spawn("--role", "plain", "--sink", str(sink_port))
+        elif variant == "relay-stock-port":
+            forwarder = _spawn("--role", "relay-stock", "--secret", secret)
         else:
-            role = "relay-stock" if variant == "relay-stock-port" else "relay"
-            forwarder = _spawn("--role", role, "--secret", secret)
+            forwarder = _spawn("--role", "relay", "--secret", secret, "--backend", variant.removeprefix("relay-"))
         port = int(_line(forwarder))
         generator = _spawn(
             "--role", "generator", "--target", str(port), "--sink", str(sink_port),
@@ -362,10 +370,14 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=60_000, help="packets per second sent")
     parser.add_argument("--size", type=int, default=200, help="payload bytes")
-    parser.add_argument("--variants", default="plain,relay,relay-stock-port")
+    parser.add_argument("--variants", default="plain,relay-recvmmsg,relay-python,relay-stock-port")
     parser.add_argument("--workers", default="1,2", help="relay processes for the throughput run (empty: skip)")
     parser.add_argument("--flood", type=int, default=400_000, help="packets for the throughput run")
     parser.add_argument("--public", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker-backends", default="recvmmsg,python", help="relay backends for the throughput run"
+    )
     parser.add_argument("--sources", type=int, default=32, help=argparse.SUPPRESS)
     parser.add_argument("--role", default="driver", help=argparse.SUPPRESS)
     parser.add_argument("--sink", type=int, default=0, help=argparse.SUPPRESS)
@@ -378,7 +390,9 @@ def main() -> None:
     if args.role == "plain":
         return run_plain(args.sink)
     if args.role in ("relay", "relay-stock"):
-        return run_relay(args.secret, stock_port=args.role == "relay-stock", public_port=args.public)
+        return run_relay(
+            args.secret, stock_port=args.role == "relay-stock", public_port=args.public, backend=args.backend
+        )
     if args.role == "multi-sink":
         return run_multi_sink(args.packets)
     if args.role == "flood":
@@ -391,7 +405,7 @@ def main() -> None:
     started = time.monotonic()
     print(
         f"{args.packets} packets of {args.size} bytes at {args.rate:.0f}/s, loopback, "
-        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f}"
     )
     results: dict[str, dict[str, float]] = {}
     for variant in args.variants.split(","):
@@ -406,19 +420,22 @@ def main() -> None:
         for variant, r in results.items():
             if variant != "plain":
                 print(f"  {variant} / plain = {r['us_per_packet'] / base:.2f}x")
-    throughput: dict[int, dict[str, float]] = {}
-    for count in [int(w) for w in args.workers.split(",") if w.strip()]:
-        throughput[count] = r = measure_workers(count, args.flood, args.size)
-        print(
-            f"  {count} worker(s): {r['pps']:9.0f} packets/s delivered ({r['received']}/{r['sent']}),"
-            f" {r['us_per_packet']:.2f} µs relay CPU/packet",
-            flush=True,
-        )
-    if 1 in throughput and len(throughput) > 1:
-        for count, r in throughput.items():
-            if count != 1:
-                print(f"  {count} workers / 1 worker = {r['pps'] / throughput[1]['pps']:.2f}x packets/s")
-    print(f"  total {time.monotonic() - started:.1f} s")
+    for backend in [b for b in args.worker_backends.split(",") if b.strip()]:
+        throughput: dict[int, dict[str, float]] = {}
+        for count in [int(w) for w in args.workers.split(",") if w.strip()]:
+            throughput[count] = r = measure_workers(count, args.flood, args.size, backend)
+            print(
+                f"  {backend:8s} {count} worker(s): {r['pps']:9.0f} packets/s delivered"
+                f" ({r['received']}/{r['sent']}), {r['us_per_packet']:.2f} µs relay CPU/packet",
+                flush=True,
+            )
+        if 1 in throughput and len(throughput) > 1:
+            for count, r in throughput.items():
+                if count != 1:
+                    print(
+                        f"  {backend:8s} {count} workers / 1 worker = {r['pps'] / throughput[1]['pps']:.2f}x packets/s"
+                    )
+    print(f"  total {time.monotonic() - started:.1f} s, load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":

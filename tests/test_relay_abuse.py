@@ -67,6 +67,13 @@ class RelayAbuseTests(TestCase):
     """Forged, random and spoofed traffic at the all-in-one's relay port while a real aiortc call runs."""
 
     timeout = 120
+    backend = "python"  # the relay's public port: VOICEEDGE_RELAY_BATCH_IO (the subclass runs recvmmsg)
+
+    def setUp(self) -> None:
+        """Skip where this backend cannot run."""
+        from tests.test_relay_protocol import require_backend
+
+        require_backend(self.backend)
 
     def start_allinone(self) -> tuple[str, tuple[str, int], int]:
         """The all-in-one with a small flow table, stopped at cleanup: (base URL, relay address, pid)."""
@@ -79,9 +86,13 @@ class RelayAbuseTests(TestCase):
             signaling={"calls_per_minute_per_address": 0},
         )
         base = f"http://127.0.0.1:{http_port}"
-        service = running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp_path)
+        service = running_service(
+            ["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp_path,
+            env={"VOICEEDGE_RELAY_BATCH_IO": self.backend},
+        )
         proc = service.__enter__()
         self.addCleanup(service.__exit__, None, None, None)
+        self.assertEqual(metrics(base)["voiceedge_relay_batch_io"], {f"backend={self.backend}": 1.0})
         return base, ("127.0.0.1", media_port), proc.pid
 
     def test_forged_tokens_and_garbage_reach_no_transceiver_and_get_no_reply(self) -> None:
@@ -193,3 +204,9 @@ class RelayAbuseTests(TestCase):
         self.assertLess(rss_kib(pid) - rss_before, 50 * 1024)
         (result,) = results
         self.assertGreaterEqual(result.packets_received, 0.95 * result.packets_sent, result)
+
+
+class RelayAbuseTestsRecvmmsg(RelayAbuseTests):
+    """The same attacks at a relay reading with recvmmsg/sendmmsg (the compiled helper)."""
+
+    backend = "recvmmsg"

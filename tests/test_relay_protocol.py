@@ -11,15 +11,16 @@ from typing import Any, Iterator
 from prometheus_client import generate_latest
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from voiceedge.metrics import make_registry
-from voiceedge.relay.core import MOVE_IDLE, Relay
+from voiceedge.relay.core import MOVE_IDLE, OFFSET, Relay
 from voiceedge.relay.flows import MAX_FLOWS_PER_UFRAG
 from voiceedge.relay.settings import RelaySettings
 from voiceedge.relay.protocol import (
     ClientProtocol,
     TransceiverProtocol,
+    batch_backend,
     listen_client,
     listen_transceiver,
 )
@@ -67,10 +68,59 @@ def srtp(size: int = 160) -> bytes:
     return b"\x80\x6f" + os.urandom(size - 2)
 
 
-class Harness:
-    """A Relay on a Clock with its two send functions recording into lists."""
+def require_backend(backend: str) -> None:
+    """Skip unless the relay can run ``backend`` here (``python`` always can)."""
+    if backend == "recvmmsg" and batch_backend() != "recvmmsg":
+        raise SkipTest(
+            "voiceedge.relay._batchio is not built (or VOICEEDGE_RELAY_BATCH_IO=python):"
+            " scripts/test builds it"
+        )
 
-    def __init__(self, **kwargs: Any) -> None:
+
+class RecordingBatch:
+    """The compiled :class:`Batch`, whose sends are recorded instead of made.
+
+    The relay's fakes route to addresses no loopback socket reaches, so
+    ``send`` takes the queue (what ``sendmmsg`` would have sent) into a list.
+    Queueing, the slots and the address conversion are the helper's own.
+    """
+
+    count = 4
+
+    def __init__(self, sent: Sent) -> None:
+        from voiceedge.relay._batchio import Batch
+
+        self.sent = sent
+        self.stride = OFFSET + 65536
+        self.headroom = OFFSET
+        self.buffer = bytearray(self.count * self.stride)
+        self.batch = Batch(self.buffer, self.count, self.stride, self.headroom)
+        self.queue = self.batch.queue
+        self.fail = 0  # how many of the next datagrams fail, as a full socket buffer would
+
+    @property
+    def queued(self) -> int:
+        """Datagrams waiting."""
+        return self.batch.queued
+
+    def send(self, fd: int) -> tuple[int, int, int]:
+        """Record the queue as sent (less the first ``fail``): (sent, payload bytes, failed)."""
+        taken = self.batch.take()
+        failed = min(self.fail, len(taken))
+        self.fail -= failed
+        sent = taken[failed:]
+        self.sent.extend(sent)
+        return len(sent), sum(len(d) - encap.peek_client(d)[2] for d, _ in sent), failed
+
+
+class Harness:
+    """A Relay on a Clock with its two send functions recording into lists.
+
+    With ``backend="recvmmsg"`` client datagrams take the batch path, through
+    the compiled helper (:class:`RecordingBatch`).
+    """
+
+    def __init__(self, backend: str = "python", **kwargs: Any) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
         kwargs.setdefault("transceiver_networks", NETS)
@@ -79,6 +129,11 @@ class Harness:
         self.to_client: Sent = []
         self.relay.send_to_transceiver = lambda d, a: self.to_transceiver.append((bytes(d), a))
         self.relay.send_to_client = lambda d, a: self.to_client.append((bytes(d), a))
+        self.batch: RecordingBatch | None = None
+        if backend == "recvmmsg":
+            require_backend(backend)
+            self.batch = RecordingBatch(self.to_transceiver)
+            self.relay.use_batch(self.batch, self.batch.buffer)
 
     def from_client(self, data: bytes, addr: tuple[str, int] = CLIENT) -> None:
         """A datagram arrives on the public socket."""
@@ -100,9 +155,11 @@ class Harness:
 class RoutingTests(SynchronousTestCase):
     """The relay on a Clock: a token routes a flow to its transceiver, which confirms it; media then goes both ways, untouched."""
 
+    backend = "python"
+
     def test_valid_token_is_forwarded_with_header(self) -> None:
         """A Binding request with a valid token goes to its transceiver, encapsulated, untouched."""
-        h = Harness()
+        h = Harness(self.backend)
         request = binding_request(token())
         h.from_client(request)
         self.assertEqual(len(h.to_transceiver), 1)
@@ -116,7 +173,7 @@ class RoutingTests(SynchronousTestCase):
 
     def test_reply_goes_back_untouched_and_confirms(self) -> None:
         """The transceiver's answer reaches the client byte for byte and confirms the flow."""
-        h = Harness()
+        h = Harness(self.backend)
         h.from_client(binding_request(token()))
         answer = b"\x01\x01" + os.urandom(98)
         h.from_transceiver(answer)
@@ -128,7 +185,7 @@ class RoutingTests(SynchronousTestCase):
 
     def test_media_from_pending_flow_is_dropped(self) -> None:
         """DTLS or SRTP before the owner answered goes nowhere."""
-        h = Harness()
+        h = Harness(self.backend)
         h.from_client(binding_request(token()))
         h.to_transceiver.clear()
         h.from_client(b"\x16\xfe\xfd" + os.urandom(100))
@@ -139,7 +196,7 @@ class RoutingTests(SynchronousTestCase):
 
     def test_repeated_checks_on_pending_flow_are_forwarded(self) -> None:
         """Retransmitted checks with the same token go to the same transceiver."""
-        h = Harness()
+        h = Harness(self.backend)
         t = token()
         for _ in range(3):
             h.from_client(binding_request(t))
@@ -148,7 +205,7 @@ class RoutingTests(SynchronousTestCase):
 
     def test_media_both_ways_after_confirmation(self) -> None:
         """Once confirmed, every client datagram goes to the owner and back, untouched."""
-        h = Harness()
+        h = Harness(self.backend)
         h.confirm()
         h.to_transceiver.clear()
         h.to_client.clear()
@@ -169,7 +226,7 @@ class RoutingTests(SynchronousTestCase):
 
     def test_consent_checks_on_confirmed_flow(self) -> None:
         """STUN on a confirmed flow (consent checks) is forwarded to the owner."""
-        h = Harness()
+        h = Harness(self.backend)
         t = token()
         h.from_client(binding_request(t))
         h.from_transceiver(b"\x01\x01\x00\x00")
@@ -180,7 +237,7 @@ class RoutingTests(SynchronousTestCase):
 
     def test_oversized_and_empty_datagrams_are_dropped(self) -> None:
         """Nothing larger than max_payload is forwarded, even on a confirmed flow."""
-        h = Harness(max_payload=1400)
+        h = Harness(self.backend, max_payload=1400)
         h.confirm()
         h.to_transceiver.clear()
         h.from_client(srtp(1401))
@@ -192,7 +249,7 @@ class RoutingTests(SynchronousTestCase):
     def test_every_datagram_a_client_can_send_is_forwarded(self) -> None:
         """By default the relay takes any client datagram one internal datagram can carry: a
         1,408-byte DTLS flight with a post-quantum key share (Firefox ESR), and far larger, fits."""
-        h = Harness()
+        h = Harness(self.backend)
         self.assertTrue(h.relay.max_payload == encap.MAX_CLIENT_PAYLOAD == 65468)
         flight = b"\x16\xfe\xfd" + os.urandom(1405)
         h.from_client(binding_request(token()))
@@ -207,7 +264,7 @@ class RoutingTests(SynchronousTestCase):
 
     def test_tokens_for_other_cluster_or_outside_networks_are_dropped(self) -> None:
         """A valid token is not enough: right cluster, and a hop inside transceiver_networks."""
-        h = Harness()
+        h = Harness(self.backend)
         h.from_client(binding_request(token(cluster=7)))
         h.from_client(binding_request(token(("192.168.1.1", 4000))))
         h.from_client(binding_request(token(("::1", 4000))))
@@ -218,7 +275,7 @@ class RoutingTests(SynchronousTestCase):
 
     def test_internal_side_only_accepts_transceiver_networks(self) -> None:
         """A datagram on the internal socket from outside transceiver_networks is dropped."""
-        h = Harness()
+        h = Harness(self.backend)
         h.confirm()
         h.to_client.clear()
         h.from_transceiver(b"\x80spoofed", source=("192.168.7.7", 4000))
@@ -228,7 +285,7 @@ class RoutingTests(SynchronousTestCase):
 
     def test_transceiver_cannot_spray_or_confirm_foreign_flows(self) -> None:
         """No flow, or a flow owned by another transceiver: nothing goes out."""
-        h = Harness()
+        h = Harness(self.backend)
         h.from_transceiver(b"\x80x", client=("192.0.2.99", 9))
         h.from_client(binding_request(token()))
         h.from_transceiver(b"\x01\x01\x00\x00", source=HOP2)
@@ -242,7 +299,7 @@ class RoutingTests(SynchronousTestCase):
 
     def test_metrics_text(self) -> None:
         """The snapshot renders as Prometheus text with the operator's counters."""
-        h = Harness()
+        h = Harness(self.backend)
         h.confirm()
         h.from_client(b"junk", ("192.0.2.1", 1))
         text = generate_latest(make_registry(h.relay.metrics)).decode()
@@ -255,9 +312,11 @@ class RoutingTests(SynchronousTestCase):
 class MoveTests(SynchronousTestCase):
     """A confirmed flow moves to another transceiver only when idle and answered; a restart on its own transceiver is never busy."""
 
+    backend = "python"
+
     def test_ice_restart_to_another_transceiver(self) -> None:
         """A new token naming another transceiver takes over an idle flow only when that one answers."""
-        h = Harness()
+        h = Harness(self.backend)
         h.confirm()
         h.to_transceiver.clear()
         h.clock.advance(MOVE_IDLE)
@@ -288,7 +347,7 @@ class MoveTests(SynchronousTestCase):
         ICE password); before the idle rule that answer moved the victim's flow
         for good, since the victim's own checks did not move it back.
         """
-        h = Harness()
+        h = Harness(self.backend)
         h.confirm()
         victim_ufrag = h.relay.flows.confirmed[CLIENT].ufrag
         for _ in range(20):  # an active call: media every 20 ms
@@ -311,7 +370,7 @@ class MoveTests(SynchronousTestCase):
 
     def test_busy_check_is_judged_before_it_counts(self) -> None:
         """Idleness is the time since the client's previous packet, not this one's."""
-        h = Harness()
+        h = Harness(self.backend)
         h.confirm()
         h.clock.advance(MOVE_IDLE - 0.5)
         h.from_client(binding_request(token(HOP2)))
@@ -322,7 +381,7 @@ class MoveTests(SynchronousTestCase):
 
     def test_stale_pending_hop_is_ignored(self) -> None:
         """Attack: an answer from the pending transceiver after pending_timeout moves nothing."""
-        h = Harness()
+        h = Harness(self.backend)
         h.confirm()
         h.clock.advance(MOVE_IDLE)
         h.from_client(binding_request(token(HOP2)))
@@ -341,7 +400,7 @@ class MoveTests(SynchronousTestCase):
         """A live call's ICE restart (PATCH) gives it a new token for the same transceiver: from the
         same source the check goes through at once, media and all, and the flow takes the new ufrag;
         from a new source (a browser gathers new ports) it is a new flow like any other."""
-        h = Harness()
+        h = Harness(self.backend)
         h.confirm()
         h.from_client(srtp())  # the call is live: a move elsewhere would be flow_busy
         h.to_transceiver.clear()
@@ -362,13 +421,15 @@ class MoveTests(SynchronousTestCase):
 class FloodTests(SynchronousTestCase):
     """Attacks on the flow table: replayed tokens, forged and random datagrams, a full table."""
 
+    backend = "python"
+
     def test_one_session_cannot_fill_the_table(self) -> None:
         """Attack: one token and password replayed from many spoofed sources confirms at most 8 flows.
 
         Before the per-ufrag bound every such flow was confirmed by the
         attacker's own transceiver and the table was full for everyone else.
         """
-        h = Harness(max_flows=50)
+        h = Harness(self.backend, max_flows=50)
         own = token(HOP)
         for i in range(50):
             source = (f"192.0.2.{i}", 40000)
@@ -395,7 +456,7 @@ class FloodTests(SynchronousTestCase):
 
     def test_hostile_traffic_reaches_nobody_and_gets_nothing_back(self) -> None:
         """Thousands of forged, random and garbage datagrams: nothing forwarded, zero bytes back."""
-        h = Harness()
+        h = Harness(self.backend)
         rng = random.Random(7983)
         for i, data in enumerate(_hostile_datagrams(rng, 7000)):
             h.from_client(data, (f"192.0.2.{i % 200 + 1}", 1024 + i))
@@ -408,7 +469,7 @@ class FloodTests(SynchronousTestCase):
 
     def test_spoofed_flood_keeps_bound_and_confirmed_flows(self) -> None:
         """Valid-looking but never confirmed flows from spoofed sources cannot push out real ones."""
-        h = Harness(max_flows=100)
+        h = Harness(self.backend, max_flows=100)
         real = [(f"198.51.100.{i + 1}", 40000 + i) for i in range(20)]
         for client in real:
             h.confirm(client)
@@ -433,7 +494,7 @@ class FloodTests(SynchronousTestCase):
 
     def test_full_of_confirmed_refuses_new_sessions(self) -> None:
         """With every slot confirmed, a new session is refused and counted."""
-        h = Harness(max_flows=2)
+        h = Harness(self.backend, max_flows=2)
         h.confirm(("198.51.100.1", 1))
         h.confirm(("198.51.100.2", 2))
         h.from_client(binding_request(token()), ("198.51.100.3", 3))
@@ -477,9 +538,11 @@ def _hostile_datagrams(rng: random.Random, count: int) -> Iterator[bytes]:
 class SweepTests(SynchronousTestCase):
     """The sweep timer on the injected clock expires pending and idle flows, not live ones."""
 
+    backend = "python"
+
     def test_sweep_expires_pending_and_idle_flows(self) -> None:
         """The sweep timer (on the injected clock) removes pending flows then idle ones."""
-        h = Harness(pending_timeout=10, flow_idle_timeout=40)
+        h = Harness(self.backend, pending_timeout=10, flow_idle_timeout=40)
         h.relay.start()
         h.confirm()
         h.from_client(binding_request(token()), ("198.51.100.99", 9))
@@ -492,7 +555,7 @@ class SweepTests(SynchronousTestCase):
 
     def test_flow_kept_alive_by_client_traffic(self) -> None:
         """Client packets keep a confirmed flow past the idle timeout."""
-        h = Harness(flow_idle_timeout=40)
+        h = Harness(self.backend, flow_idle_timeout=40)
         h.relay.start()
         h.confirm()
         for _ in range(100):
@@ -538,10 +601,15 @@ class LoopbackSocketTests(TestCase):
     """The relay's two protocols on real loopback sockets, on the reactor."""
 
     timeout = 30
+    backend = "python"
+
+    def setUp(self) -> None:
+        """Skip where this backend cannot run."""
+        require_backend(self.backend)
 
     @defer.inlineCallbacks
     def test_real_loopback_sockets(self) -> Iterator[Any]:
-        """Client -> relay (recvfrom_into port) -> transceiver socket -> relay -> client, for real."""
+        """Client -> relay (public port, this backend) -> transceiver socket -> relay -> client, for real."""
         sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sink.bind(("127.0.0.1", 0))
         sink.setblocking(False)
@@ -553,9 +621,10 @@ class LoopbackSocketTests(TestCase):
             reactor, RouteTokenCodec({1: SECRET}, 1),
             RelaySettings(public_listen=("127.0.0.1", 0), transceiver_networks=(ipaddress.ip_network("127.0.0.0/8"),)),
         )
-        public = listen_client(relay, ("127.0.0.1", 0), reactor)  # type: ignore[arg-type]
+        public = listen_client(relay, ("127.0.0.1", 0), reactor, backend=self.backend)  # type: ignore[arg-type]
         internal = listen_transceiver(relay, ("127.0.0.1", 0), reactor)  # type: ignore[arg-type]
         relay_addr = ("127.0.0.1", public.getHost().port)
+        self.assertEqual(relay.batch is not None, self.backend == "recvmmsg")
 
         def receive(sock: socket.socket) -> list[tuple[bytes, Any]]:
             got = []
@@ -591,3 +660,85 @@ class LoopbackSocketTests(TestCase):
             yield internal.stopListening()
             sink.close()
             client.close()
+
+
+class BatchPathTests(SynchronousTestCase):
+    """What only the recvmmsg backend does: one send per batch, order kept, failures counted."""
+
+    def setUp(self) -> None:
+        """Skip where the helper is not built."""
+        require_backend("recvmmsg")
+
+    def test_batch_keeps_order_around_the_slow_path(self) -> None:
+        """Media queued before a consent check leaves before it; media after it, after it."""
+        h = Harness("recvmmsg")
+        h.confirm()
+        h.to_transceiver.clear()
+        assert h.batch is not None
+        packets, payload = h.relay.to_transceiver_packets, h.relay.to_transceiver_bytes
+        datagrams = [srtp(100), srtp(101), binding_request(token()), srtp(102)]
+        entries = []
+        for i, data in enumerate(datagrams):
+            at = i * h.batch.stride + h.batch.headroom
+            h.batch.buffer[at : at + len(data)] = data
+            entries.append((at, len(data), CLIENT))
+        h.relay.client_batch(entries)
+        self.assertEqual([encap.decode(d)[1] for d, _ in h.to_transceiver], datagrams)
+        self.assertEqual({a for _, a in h.to_transceiver}, {HOP})
+        self.assertEqual(h.relay.to_transceiver_packets - packets, len(datagrams))
+        self.assertEqual(h.relay.to_transceiver_bytes - payload, sum(len(d) for d in datagrams))
+
+    def test_failed_sends_are_counted_and_the_rest_go(self) -> None:
+        """A datagram the kernel refuses is counted as send_failed; the others in its batch still go."""
+        h = Harness("recvmmsg")
+        h.confirm()
+        h.to_transceiver.clear()
+        assert h.batch is not None
+        packets_before = h.relay.to_transceiver_packets
+        datagrams = [srtp(100 + i) for i in range(3)]
+        entries = []
+        for i, data in enumerate(datagrams):
+            at = i * h.batch.stride + h.batch.headroom
+            h.batch.buffer[at : at + len(data)] = data
+            entries.append((at, len(data), CLIENT))
+        h.batch.fail = 1
+        h.relay.client_batch(entries)
+        self.assertEqual([encap.decode(d)[1] for d, _ in h.to_transceiver], datagrams[1:])
+        self.assertEqual(h.relay.drops["send_failed"], 1)
+        self.assertEqual(h.relay.to_transceiver_packets - packets_before, 2)
+
+    def test_metrics_say_which_backend(self) -> None:
+        """/metrics carries voiceedge_relay_batch_io{backend=...}."""
+        for backend in ("python", "recvmmsg"):
+            text = generate_latest(make_registry(Harness(backend).relay.metrics)).decode()
+            self.assertIn(f'voiceedge_relay_batch_io{{backend="{backend}"}} 1.0', text)
+
+
+class RoutingTestsRecvmmsg(RoutingTests):
+    """RoutingTests through the batch backend (the compiled helper)."""
+
+    backend = "recvmmsg"
+
+
+class MoveTestsRecvmmsg(MoveTests):
+    """MoveTests through the batch backend."""
+
+    backend = "recvmmsg"
+
+
+class FloodTestsRecvmmsg(FloodTests):
+    """FloodTests through the batch backend."""
+
+    backend = "recvmmsg"
+
+
+class SweepTestsRecvmmsg(SweepTests):
+    """SweepTests through the batch backend."""
+
+    backend = "recvmmsg"
+
+
+class LoopbackSocketTestsRecvmmsg(LoopbackSocketTests):
+    """The real loopback sockets with recvmmsg/sendmmsg."""
+
+    backend = "recvmmsg"

@@ -4,14 +4,20 @@
 The protocols only move bytes into :class:`~voiceedge.relay.core.Relay` and
 bind its ``send_to_*`` callables to the sockets' own ``sendto`` (skipping
 ``udp.Port.write``'s per-call address checks). :class:`ClientPort` replaces
-``udp.Port.doRead`` for the public socket: it receives with ``recvfrom_into``
-straight into the relay's buffer behind the header slot, so a forwarded
-packet is never copied into a new ``bytes`` (bench/relay.py measures it).
+``udp.Port.doRead`` for the public socket. With the compiled helper
+(:mod:`voiceedge.relay._batchio`, the ``recvmmsg`` backend) it receives up to
+:data:`BATCH_COUNT` datagrams per system call into preallocated slots behind
+header room, and the relay sends what it forwards in one ``sendmmsg``;
+without it (the ``python`` backend) it loops on ``recvfrom_into`` into the
+relay's buffer. Either way a forwarded packet is never copied into a new
+``bytes`` (bench/relay.py measures both).
 """
 
 from __future__ import annotations
 
 import errno
+import mmap
+import os
 import socket
 from typing import Any
 
@@ -20,12 +26,19 @@ from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from voiceedge.relay.core import Relay, not_started
+from voiceedge.relay.core import OFFSET, Relay, not_started
 from voiceedge.relay.flows import Address
 from voiceedge.sockets import enlarge_buffers
 from voiceedge.workers import enable_reuse_port
 
+try:
+    from voiceedge.relay import _batchio
+except ImportError:  # not built (no compiler at install time): the python backend
+    _batchio = None  # type: ignore[assignment]
+
 __all__ = [
+    "BATCH_COUNT",
+    "batch_backend",
     "ClientPort",
     "ClientProtocol",
     "PeerPort",
@@ -42,6 +55,25 @@ log = Logger()
 # Errors that mean "nothing more to read now" or a stale ICMP report.
 _READ_DONE = frozenset((errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR))
 _READ_IGNORE = frozenset((errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH))
+
+# Datagrams per recvmmsg/sendmmsg. Each slot holds any UDP payload behind the
+# header room, so nothing is truncated: 64 slots are about 4 MB of address
+# space per process, in an anonymous mapping of which only the pages datagrams
+# were written to become resident.
+BATCH_COUNT = 64
+_SLOT_PAYLOAD = 65536
+# VOICEEDGE_RELAY_BATCH_IO=python makes the relay read one datagram per call
+# even where the helper is built (the tests run both backends with it); any
+# other value, or none, means the helper where it is built.
+_FORCE_ENV = "VOICEEDGE_RELAY_BATCH_IO"
+_told = False
+
+
+def batch_backend() -> str:
+    """``recvmmsg`` where the compiled helper is built (and not turned off), else ``python``."""
+    if _batchio is None or os.environ.get(_FORCE_ENV, "") == "python":
+        return "python"
+    return "recvmmsg"
 
 
 def _sendto(transport: Any) -> Any:
@@ -82,12 +114,15 @@ class TransceiverProtocol(DatagramProtocol):
         self.relay = relay
 
     def startProtocol(self) -> None:
-        """Bind the relay's send-to-transceiver to this socket."""
+        """Bind the relay's send-to-transceiver (and its batch sends) to this socket."""
         self.relay.send_to_transceiver = _sendto(self.transport)
+        sock = getattr(self.transport, "socket", None)
+        self.relay.transceiver_fd = sock.fileno() if isinstance(sock, socket.socket) else -1
 
     def stopProtocol(self) -> None:
         """Sending to transceivers fails (counted) once the socket is gone."""
         self.relay.send_to_transceiver = not_started
+        self.relay.transceiver_fd = -1
 
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
         """A datagram from a transceiver (or anyone who reached the internal port)."""
@@ -131,14 +166,27 @@ class _BatchPort(udp.Port):
 
 
 class ClientPort(_BatchPort):
-    """The public port: ``recvfrom_into`` the relay's buffer, no bytes object per packet.
+    """The public port: ``recvmmsg`` into the relay's batch slots, or ``recvfrom_into`` its buffer.
 
-    With ``reuse_port`` it binds with ``SO_REUSEPORT``: worker processes
-    share the one public address, the kernel choosing a worker per client
-    address.
+    ``backend`` is ``recvmmsg`` (the compiled helper) or ``python`` (one
+    datagram per call); :func:`batch_backend` picks it. With ``reuse_port``
+    it binds with ``SO_REUSEPORT``: worker processes share the one public
+    address, the kernel choosing a worker per client address.
     """
 
     reuse_port = False
+    backend = "python"
+    _fd = -1
+
+    def startListening(self) -> None:  # noqa: N802 - Twisted's name
+        """Bind, then give the relay its batch slots if the backend is ``recvmmsg``."""
+        super().startListening()
+        self._fd = self.socket.fileno()
+        if self.backend == "recvmmsg":
+            assert _batchio is not None
+            stride = OFFSET + _SLOT_PAYLOAD
+            buffer = mmap.mmap(-1, BATCH_COUNT * stride)
+            self.protocol.relay.use_batch(_batchio.Batch(buffer, BATCH_COUNT, stride, OFFSET), buffer)
 
     def createInternetSocket(self) -> socket.socket:  # noqa: N802 - Twisted's name
         """The socket, shareable with other workers when ``reuse_port``."""
@@ -148,8 +196,26 @@ class ClientPort(_BatchPort):
         return sock
 
     def doRead(self) -> None:
-        """Receive a batch straight into the relay's receive buffer."""
+        """Receive datagrams straight into the relay's buffers, up to ``batch`` per wake-up."""
         relay: Relay = self.protocol.relay
+        batch = relay.batch
+        if batch is not None:
+            recv = batch.recv  # type: ignore[attr-defined]
+            fd = self._fd
+            client_batch = relay.client_batch
+            for _ in range(self.batch // BATCH_COUNT):
+                try:
+                    received = recv(fd)
+                except OSError as e:
+                    if self._read_error(e):
+                        continue
+                    return
+                if not received:
+                    return
+                client_batch(received)
+                if len(received) < BATCH_COUNT:
+                    return  # the socket is (nearly) drained: no recvmmsg just to hear EAGAIN
+            return
         recv_into = self.socket.recvfrom_into
         view = relay.rx_payload
         received = relay.client_received
@@ -224,9 +290,41 @@ def _listen(
     return port
 
 
-def listen_client(relay: Relay, address: Address, reactor: IReactorUDP, reuse_port: bool = False) -> udp.Port:
-    """Open the public UDP port on ``address`` for ``relay`` (shared by workers with ``reuse_port``)."""
-    return _listen(ClientPort, ClientProtocol(relay), address, reactor, reuse_port)
+def listen_client(
+    relay: Relay,
+    address: Address,
+    reactor: IReactorUDP,
+    reuse_port: bool = False,
+    backend: str | None = None,
+) -> udp.Port:
+    """Open the public UDP port on ``address`` for ``relay`` (shared by workers with ``reuse_port``).
+
+    ``backend`` (``recvmmsg`` or ``python``; default :func:`batch_backend`)
+    says how it reads; the first port of a process logs which.
+    """
+    global _told
+    chosen = backend or batch_backend()
+    if chosen not in ("recvmmsg", "python"):
+        raise ValueError(f"unknown relay batch I/O backend {chosen!r}")
+    if chosen == "recvmmsg" and _batchio is None:
+        raise ValueError("the recvmmsg backend needs voiceedge.relay._batchio, which is not built")
+    if not _told:
+        _told = True
+        if chosen == "recvmmsg":
+            log.info("relay: batched datagram I/O (recvmmsg/sendmmsg, {count} per call)", count=BATCH_COUNT)
+        elif _batchio is None:
+            log.warn(
+                "relay: voiceedge.relay._batchio is not built (no C compiler or Python headers at install):"
+                " reading one datagram per call (backend python)"
+            )
+        else:
+            log.info("relay: one datagram per call (backend python, {env}=python)", env=_FORCE_ENV)
+    port = ClientPort(address[1], ClientProtocol(relay), interface=address[0], maxPacketSize=65536, reactor=reactor)
+    port.reuse_port = reuse_port
+    port.backend = chosen
+    port.startListening()
+    enlarge_buffers(port.socket)
+    return port
 
 
 def listen_transceiver(relay: Relay, address: Address, reactor: IReactorUDP) -> udp.Port:

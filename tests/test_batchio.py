@@ -1,0 +1,177 @@
+# -*- test-case-name: tests.test_batchio -*-
+"""The relay's compiled batch I/O helper (voiceedge.relay._batchio) on real loopback sockets."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+try:
+    from voiceedge.relay._batchio import Batch
+except ImportError:  # scripts/test builds it; a bare checkout may not have
+    Batch = None  # type: ignore[assignment,misc]
+
+HEADROOM = 39
+STRIDE = HEADROOM + 65536
+
+
+def udp(family: int = socket.AF_INET) -> socket.socket:
+    """A non-blocking UDP socket on loopback, closed by the caller."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+def drain(sock: socket.socket) -> list[tuple[bytes, Any]]:
+    """Everything waiting on ``sock``."""
+    got = []
+    while True:
+        try:
+            data, addr = sock.recvfrom(65536)
+        except BlockingIOError:
+            return got
+        got.append((data, addr[:2]))
+
+
+class BatchTests(SynchronousTestCase):
+    """recvmmsg into slots, sendmmsg of a queue: addresses, errors, ownership."""
+
+    def setUp(self) -> None:
+        """Skip where the helper is not built."""
+        if Batch is None:
+            raise SkipTest("voiceedge.relay._batchio is not built: scripts/test builds it")
+
+    def sockets(self, family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
+        """(sender, receiver), closed at cleanup."""
+        if family == socket.AF_INET6 and not socket.has_ipv6:
+            raise SkipTest("no IPv6")
+        try:
+            pair = udp(family), udp(family)
+        except OSError as e:
+            raise SkipTest(f"no IPv6 loopback: {e}")
+        for sock in pair:
+            self.addCleanup(sock.close)
+        return pair
+
+    def batch(self, count: int = 8, stride: int = STRIDE) -> tuple[Any, bytearray]:
+        """A Batch over a fresh buffer."""
+        buffer = bytearray(count * stride)
+        return Batch(buffer, count, stride, HEADROOM), buffer
+
+    def check_receives(self, family: int) -> None:
+        """Six datagrams through a batch of four: two calls, slots reused."""
+        sender, receiver = self.sockets(family)
+        batch, buffer = self.batch(count=4)
+        datagrams = [bytes([i]) * (10 + i) for i in range(6)]
+        for data in datagrams:
+            sender.sendto(data, receiver.getsockname())
+        got = batch.recv(receiver.fileno()) + batch.recv(receiver.fileno())
+        self.assertEqual(batch.recv(receiver.fileno()), [])  # drained: EAGAIN is []
+        self.assertEqual(len(got), 6)
+        self.assertEqual({addr for _, _, addr in got}, {sender.getsockname()[:2]})
+        offsets = [at for at, _, _ in got]
+        self.assertEqual(offsets, [HEADROOM, STRIDE + HEADROOM, 2 * STRIDE + HEADROOM, 3 * STRIDE + HEADROOM,
+                                   HEADROOM, STRIDE + HEADROOM])
+        # The second call overwrote slots 0 and 1 with datagrams 4 and 5.
+        self.assertEqual([bytes(buffer[at : at + n]) for at, n, _ in got[4:]], datagrams[4:])
+        self.assertEqual([n for _, n, _ in got], [len(d) for d in datagrams])
+
+    def test_receives_ipv4_with_sources(self) -> None:
+        """Up to count datagrams per call, each in its slot behind the headroom, with its IPv4 source."""
+        self.check_receives(socket.AF_INET)
+
+    def test_receives_ipv6_with_sources(self) -> None:
+        """The same over IPv6: the source as (host, port), like the relay's other path."""
+        self.check_receives(socket.AF_INET6)
+
+    def test_sends_queue_from_the_buffer(self) -> None:
+        """queue() takes ranges of the buffer; send() sends them all in order and counts payload bytes."""
+        for family in (socket.AF_INET, socket.AF_INET6):
+            sender, receiver = self.sockets(family)
+            batch, buffer = self.batch(count=4)
+            dest = receiver.getsockname()[:2]
+            expected = []
+            for i in range(4):
+                at = i * STRIDE + HEADROOM
+                buffer[at - 3 : at + 5] = b"hdr" + bytes([i]) * 5
+                batch.queue(at - 3, at, at + 5, dest)
+                expected.append(b"hdr" + bytes([i]) * 5)
+            self.assertEqual(batch.queued, 4)
+            self.assertEqual(batch.send(sender.fileno()), (4, 20, 0))
+            self.assertEqual(batch.queued, 0)
+            self.assertEqual([d for d, _ in drain(receiver)], expected)
+
+    def test_one_refused_datagram_does_not_stop_the_rest(self) -> None:
+        """EMSGSIZE for one datagram mid-batch: it is counted as failed, the ones after it still go."""
+        sender, receiver = self.sockets()
+        batch, buffer = self.batch(count=4)
+        dest = receiver.getsockname()
+        batch.queue(HEADROOM, HEADROOM, HEADROOM + 10, dest)
+        batch.queue(STRIDE, STRIDE, STRIDE + 65530, dest)  # above IPv4's 65,507: EMSGSIZE
+        batch.queue(2 * STRIDE, 2 * STRIDE, 2 * STRIDE + 11, dest)
+        batch.queue(3 * STRIDE, 3 * STRIDE, 3 * STRIDE + 12, dest)
+        self.assertEqual(batch.send(sender.fileno()), (3, 33, 1))
+        self.assertEqual(batch.last_errno, errno.EMSGSIZE)
+        self.assertEqual([len(d) for d, _ in drain(receiver)], [10, 11, 12])
+
+    def test_send_without_a_socket_fails_every_datagram(self) -> None:
+        """fd -1 (the internal port not started): all counted as failed, the queue emptied."""
+        batch, _ = self.batch(count=2)
+        batch.queue(0, 0, 5, ("127.0.0.1", 9))
+        batch.queue(STRIDE, STRIDE, STRIDE + 5, ("::1", 9))
+        self.assertEqual(batch.send(-1), (0, 0, 2))
+        self.assertEqual(batch.queued, 0)
+
+    def test_queue_refuses_what_it_cannot_send(self) -> None:
+        """Ranges outside the buffer, names instead of addresses, bad ports, a full queue: clear errors."""
+        batch, buffer = self.batch(count=1)
+        with self.assertRaises(ValueError):
+            batch.queue(0, 0, len(buffer) + 1, ("127.0.0.1", 9))
+        with self.assertRaises(ValueError):
+            batch.queue(10, 5, 20, ("127.0.0.1", 9))
+        with self.assertRaises(ValueError):
+            batch.queue(0, 0, 5, ("localhost", 9))
+        with self.assertRaises(TypeError):
+            batch.queue(0, 0, 5, "127.0.0.1")
+        with self.assertRaises(OverflowError):
+            batch.queue(0, 0, 5, ("127.0.0.1", 70000))
+        self.assertEqual(batch.queued, 0)
+        batch.queue(0, 0, 5, ("127.0.0.1", 9))
+        with self.assertRaises(BufferError):
+            batch.queue(0, 0, 5, ("127.0.0.1", 9))
+        self.assertEqual(batch.take(), [(b"\0" * 5, ("127.0.0.1", 9))])
+
+    def test_datagrams_longer_than_a_slot_are_dropped_and_counted(self) -> None:
+        """A datagram that does not fit its slot is not handed over truncated."""
+        sender, receiver = self.sockets()
+        batch, _ = self.batch(count=2, stride=HEADROOM + 100)
+        sender.sendto(b"x" * 101, receiver.getsockname())
+        sender.sendto(b"y" * 100, receiver.getsockname())
+        got = batch.recv(receiver.fileno())
+        self.assertEqual([n for _, n, _ in got], [100])
+        self.assertEqual(batch.truncated, 1)
+
+    def test_buffer_is_held_for_the_batch_life(self) -> None:
+        """The bytearray cannot be resized under the batch (its slots would dangle); it can once the batch is gone."""
+        batch, buffer = self.batch(count=1)
+        with self.assertRaises(BufferError):
+            buffer.extend(b"x")
+        del batch
+        buffer.extend(b"x")
+
+    def test_bad_construction_and_errors_of_recv(self) -> None:
+        """Sizes are checked; recv on something that is not a socket raises OSError."""
+        with self.assertRaises(ValueError):
+            Batch(bytearray(10), 1, 100, 39)
+        with self.assertRaises(ValueError):
+            Batch(bytearray(100), 1, 39, 39)
+        with self.assertRaises(BufferError):
+            Batch(b"read-only", 1, 5, 0)
+        batch, _ = self.batch(count=1)
+        with open("/dev/null", "rb") as f:
+            with self.assertRaises(OSError):
+                batch.recv(f.fileno())

@@ -1,0 +1,404 @@
+/* Batched UDP datagram I/O for the relay: recvmmsg into preallocated slots, sendmmsg of a queue.
+ *
+ * The standard library has no recvmmsg/sendmmsg and no maintained binding
+ * exists, so this small helper wraps them (docs/relay.md, "Batched system
+ * calls"). It is optional: without it the relay reads with recvfrom_into.
+ *
+ * Ownership: a Batch holds a writable buffer export of the bytearray it is
+ * given for its whole life (the bytearray cannot be resized meanwhile) and
+ * never allocates packet memory of its own. Slot i is buffer[i*stride :
+ * (i+1)*stride]; datagram i is received at i*stride + headroom, so the caller
+ * can write a header in front of it in place. queue() records a range of that
+ * same buffer and a destination; send() hands the queue to sendmmsg and
+ * empties it, whatever happened. The queue refers to the buffer, so the caller
+ * sends before the next recv() overwrites the slots.
+ *
+ * Errors: recv() returns [] when nothing is waiting (EAGAIN) and raises
+ * OSError otherwise, having received nothing. send() never raises for a
+ * datagram: one that fails (EAGAIN, ENOBUFS, EMSGSIZE, ECONNREFUSED, ...) is
+ * skipped and counted, and the rest of the queue still goes.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;  /* the caller's bytearray, exported for our whole life */
+    int have_view;
+    Py_ssize_t count, stride, headroom;
+    struct mmsghdr *rx_msgs;
+    struct iovec *rx_iov;
+    struct sockaddr_storage *rx_addrs;
+    struct mmsghdr *tx_msgs;
+    struct iovec *tx_iov;
+    struct sockaddr_storage *tx_addrs;
+    Py_ssize_t *tx_payload;  /* payload bytes of each queued datagram (headers not counted) */
+    Py_ssize_t queued;
+    long long truncated;     /* datagrams larger than a slot, dropped by recv() */
+    int last_errno;          /* errno of the last datagram send() could not send */
+} Batch;
+
+static void
+Batch_dealloc(Batch *self)
+{
+    if (self->have_view) {
+        PyBuffer_Release(&self->view);
+    }
+    PyMem_Free(self->rx_msgs);
+    PyMem_Free(self->rx_iov);
+    PyMem_Free(self->rx_addrs);
+    PyMem_Free(self->tx_msgs);
+    PyMem_Free(self->tx_iov);
+    PyMem_Free(self->tx_addrs);
+    PyMem_Free(self->tx_payload);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Batch_init(Batch *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "count", "stride", "headroom", NULL};
+    PyObject *buffer;
+    Py_ssize_t count, stride, headroom;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onnn", kwlist, &buffer, &count, &stride, &headroom)) {
+        return -1;
+    }
+    if (self->have_view) {
+        PyErr_SetString(PyExc_TypeError, "Batch is already initialised");
+        return -1;
+    }
+    if (count < 1 || count > 1024 || headroom < 0 || stride <= headroom) {
+        PyErr_SetString(PyExc_ValueError, "need 1 <= count <= 1024 and 0 <= headroom < stride");
+        return -1;
+    }
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        return -1;
+    }
+    self->have_view = 1;
+    if (self->view.len / count < stride) {
+        PyErr_SetString(PyExc_ValueError, "buffer is smaller than count * stride");
+        return -1;
+    }
+    self->count = count;
+    self->stride = stride;
+    self->headroom = headroom;
+    self->rx_msgs = PyMem_Calloc(count, sizeof(struct mmsghdr));
+    self->rx_iov = PyMem_Calloc(count, sizeof(struct iovec));
+    self->rx_addrs = PyMem_Calloc(count, sizeof(struct sockaddr_storage));
+    self->tx_msgs = PyMem_Calloc(count, sizeof(struct mmsghdr));
+    self->tx_iov = PyMem_Calloc(count, sizeof(struct iovec));
+    self->tx_addrs = PyMem_Calloc(count, sizeof(struct sockaddr_storage));
+    self->tx_payload = PyMem_Calloc(count, sizeof(Py_ssize_t));
+    if (!self->rx_msgs || !self->rx_iov || !self->rx_addrs || !self->tx_msgs || !self->tx_iov
+        || !self->tx_addrs || !self->tx_payload) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    char *base = self->view.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        self->rx_iov[i].iov_base = base + i * stride + headroom;
+        self->rx_iov[i].iov_len = (size_t)(stride - headroom);
+        self->rx_msgs[i].msg_hdr.msg_iov = &self->rx_iov[i];
+        self->rx_msgs[i].msg_hdr.msg_iovlen = 1;
+        self->rx_msgs[i].msg_hdr.msg_name = &self->rx_addrs[i];
+        self->tx_msgs[i].msg_hdr.msg_iov = &self->tx_iov[i];
+        self->tx_msgs[i].msg_hdr.msg_iovlen = 1;
+        self->tx_msgs[i].msg_hdr.msg_name = &self->tx_addrs[i];
+    }
+    return 0;
+}
+
+/* (host, port) of a received source address, as socket.recvfrom gives it (IPv6: only its first two). */
+static PyObject *
+address_tuple(const struct sockaddr_storage *ss)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        if (!inet_ntop(AF_INET, &sin->sin_addr, host, sizeof host)) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return Py_BuildValue("(si)", host, (int)ntohs(sin->sin_port));
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        if (!inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof host)) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return Py_BuildValue("(si)", host, (int)ntohs(sin6->sin6_port));
+    }
+    PyErr_Format(PyExc_OSError, "unexpected address family %d", (int)ss->ss_family);
+    return NULL;
+}
+
+PyDoc_STRVAR(recv_doc,
+"recv(fd) -> list of (offset, length, (host, port))\n\n"
+"One recvmmsg of up to count datagrams, datagram i into slot i at i*stride + headroom\n"
+"(offset). [] when nothing is waiting; OSError for any other error (nothing received).\n"
+"A datagram longer than a slot is dropped and counted in truncated.");
+
+static PyObject *
+Batch_recv(Batch *self, PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < self->count; i++) {
+        self->rx_msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
+        self->rx_msgs[i].msg_hdr.msg_flags = 0;
+    }
+    int got;
+    do {
+        got = recvmmsg(fd, self->rx_msgs, (unsigned int)self->count, MSG_DONTWAIT, NULL);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            return PyList_New(0);
+        }
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *list = PyList_New(0);
+    if (!list) {
+        return NULL;
+    }
+    for (int i = 0; i < got; i++) {
+        struct mmsghdr *m = &self->rx_msgs[i];
+        if (m->msg_hdr.msg_flags & MSG_TRUNC) {
+            self->truncated++;
+            continue;
+        }
+        PyObject *addr = address_tuple(&self->rx_addrs[i]);
+        if (!addr) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyObject *item = Py_BuildValue("(nIN)", i * self->stride + self->headroom, m->msg_len, addr);
+        if (!item || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return list;
+}
+
+/* Fill *ss from (host, port), host a numeric IPv4 or IPv6 address. */
+static int
+parse_address(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
+{
+    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2) {
+        PyErr_SetString(PyExc_TypeError, "address must be a (host, port) tuple");
+        return -1;
+    }
+    const char *host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(addr, 0));
+    if (!host) {
+        return -1;
+    }
+    long port = PyLong_AsLong(PyTuple_GET_ITEM(addr, 1));
+    if (port == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_OverflowError, "port must be 0-65535");
+        return -1;
+    }
+    memset(ss, 0, sizeof *ss);
+    if (strchr(host, ':') == NULL) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+        if (inet_pton(AF_INET, host, &sin->sin_addr) != 1) {
+            PyErr_Format(PyExc_ValueError, "not a numeric IPv4 address: %s", host);
+            return -1;
+        }
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        *len = sizeof *sin;
+    } else {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+        if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1) {
+            PyErr_Format(PyExc_ValueError, "not a numeric IPv6 address: %s", host);
+            return -1;
+        }
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *sin6;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(queue_doc,
+"queue(start, payload_start, end, addr) -> None\n\n"
+"Queue buffer[start:end] for addr ((host, port), numeric). Its payload, counted by\n"
+"send(), is buffer[payload_start:end]. BufferError when count datagrams are queued.");
+
+static PyObject *
+Batch_queue(Batch *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "queue(start, payload_start, end, addr)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[0]);
+    Py_ssize_t payload_start = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (start < 0 || start > payload_start || payload_start > end || end > self->view.len) {
+        PyErr_SetString(PyExc_ValueError, "range outside the buffer");
+        return NULL;
+    }
+    if (self->queued >= self->count) {
+        PyErr_SetString(PyExc_BufferError, "the send queue is full");
+        return NULL;
+    }
+    Py_ssize_t i = self->queued;
+    socklen_t len;
+    if (parse_address(args[3], &self->tx_addrs[i], &len) < 0) {
+        return NULL;
+    }
+    self->tx_msgs[i].msg_hdr.msg_namelen = len;
+    self->tx_iov[i].iov_base = (char *)self->view.buf + start;
+    self->tx_iov[i].iov_len = (size_t)(end - start);
+    self->tx_payload[i] = end - payload_start;
+    self->queued = i + 1;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(send_doc,
+"send(fd) -> (sent, payload_bytes, failed)\n\n"
+"sendmmsg the queue on fd and empty it. A datagram the kernel refuses is skipped and\n"
+"counted in failed (its errno in last_errno); the rest still go. payload_bytes sums the\n"
+"payloads of the datagrams sent.");
+
+static PyObject *
+Batch_send(Batch *self, PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    Py_ssize_t n = self->queued;
+    self->queued = 0;
+    if (fd < 0) {
+        /* Not a socket (not started): every datagram fails, as sendto would. */
+        PyErr_Clear();
+        self->last_errno = EBADF;
+        return Py_BuildValue("(nnn)", (Py_ssize_t)0, (Py_ssize_t)0, n);
+    }
+    Py_ssize_t at = 0, sent = 0, failed = 0, bytes = 0;
+    while (at < n) {
+        int r = sendmmsg(fd, &self->tx_msgs[at], (unsigned int)(n - at), MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            /* The datagram at `at` failed: skip it, send the rest. */
+            self->last_errno = errno;
+            failed++;
+            at++;
+            continue;
+        }
+        for (int k = 0; k < r; k++) {
+            bytes += self->tx_payload[at + k];
+        }
+        sent += r;
+        at += r;
+    }
+    return Py_BuildValue("(nnn)", sent, bytes, failed);
+}
+
+PyDoc_STRVAR(take_doc,
+"take() -> list of (bytes, (host, port))\n\n"
+"Copies of the queued datagrams and their destinations, and empty the queue (for\n"
+"tests and fakes: what send() would have sent).");
+
+static PyObject *
+Batch_take(Batch *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_ssize_t n = self->queued;
+    self->queued = 0;
+    PyObject *list = PyList_New(0);
+    if (!list) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *addr = address_tuple(&self->tx_addrs[i]);
+        if (!addr) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyObject *item = Py_BuildValue(
+            "(y#N)", (const char *)self->tx_iov[i].iov_base, (Py_ssize_t)self->tx_iov[i].iov_len, addr);
+        if (!item || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return list;
+}
+
+static PyMethodDef Batch_methods[] = {
+    {"recv", (PyCFunction)Batch_recv, METH_O, recv_doc},
+    {"queue", (PyCFunction)(void (*)(void))Batch_queue, METH_FASTCALL, queue_doc},
+    {"send", (PyCFunction)Batch_send, METH_O, send_doc},
+    {"take", (PyCFunction)Batch_take, METH_NOARGS, take_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Batch_members[] = {
+    {"count", T_PYSSIZET, offsetof(Batch, count), READONLY, "datagrams per recv() and per send()"},
+    {"stride", T_PYSSIZET, offsetof(Batch, stride), READONLY, "bytes per slot"},
+    {"headroom", T_PYSSIZET, offsetof(Batch, headroom), READONLY, "bytes in front of each datagram"},
+    {"queued", T_PYSSIZET, offsetof(Batch, queued), READONLY, "datagrams waiting for send()"},
+    {"truncated", T_LONGLONG, offsetof(Batch, truncated), READONLY, "datagrams dropped: longer than a slot"},
+    {"last_errno", T_INT, offsetof(Batch, last_errno), READONLY, "errno of the last datagram send() skipped"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject BatchType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "voiceedge.relay._batchio.Batch",
+    .tp_doc = PyDoc_STR("Batch(buffer, count, stride, headroom): recvmmsg into buffer's slots, sendmmsg from them."),
+    .tp_basicsize = sizeof(Batch),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Batch_init,
+    .tp_dealloc = (destructor)Batch_dealloc,
+    .tp_methods = Batch_methods,
+    .tp_members = Batch_members,
+};
+
+static struct PyModuleDef batchio_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "voiceedge.relay._batchio",
+    .m_doc = "Batched UDP datagram I/O (recvmmsg, sendmmsg) for the relay.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__batchio(void)
+{
+    if (PyType_Ready(&BatchType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&batchio_module);
+    if (!m) {
+        return NULL;
+    }
+    Py_INCREF(&BatchType);
+    if (PyModule_AddObject(m, "Batch", (PyObject *)&BatchType) < 0) {
+        Py_DECREF(&BatchType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
