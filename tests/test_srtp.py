@@ -207,6 +207,22 @@ class MalformedInputTests(SynchronousTestCase):
                     server.protect_rtp(rtp(2, payload=b"x" * 2000))
                 self.assertEqual(client.malformed, 7)
 
+    def test_size_bounds_of_the_session_buffer(self) -> None:
+        """The longest packet the buffer takes round-trips; a longer one is malformed, and the session goes on."""
+        for profile in PROFILES:
+            with case(profile.name):
+                server, client = pair(profile)
+                longest = rtp(1, payload=b"\x55" * (1500 - 144 - 12))
+                self.assertEqual(client.unprotect_rtp(server.protect_rtp(longest)), longest)
+                with self.assertRaises(SrtpError) as caught:
+                    server.protect_rtp(rtp(2, payload=b"\x55" * (1500 - 144 - 11)))
+                self.assertEqual(caught.exception.reason, "malformed")
+                # An offered-and-learned SSRC's packet beyond the buffer: refused before libsrtp.
+                with self.assertRaises(SrtpError) as caught:
+                    client.unprotect_rtp(rtp(3, payload=b"\x55" * 1600))
+                self.assertEqual(caught.exception.reason, "malformed")
+                self.assertEqual(client.unprotect_rtp(server.protect_rtp(rtp(4))), rtp(4))
+
     def test_bad_keys_raise_value_error(self) -> None:
         """Keys of the wrong length are a ValueError at construction."""
         with self.assertRaises(ValueError):

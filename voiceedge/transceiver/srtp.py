@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import pylibsrtp
 from pylibsrtp import Policy, Session
+from pylibsrtp._binding import ffi, lib
 
 from voiceedge.transceiver.dtls import SrtpKeys
 from voiceedge.wire.errors import WireError
@@ -30,6 +31,15 @@ MAX_LEARNED_SSRCS = 4
 _RTP_HEADER = 12
 _RTCP_HEADER = 8
 _SRTCP_INDEX = 4
+# libsrtp works in place: one buffer per session, the size of pylibsrtp's, and
+# the same bounds on what goes in (room for the trailer protection adds).
+_BUFFER_SIZE = 1500
+_MAX_RTP = _BUFFER_SIZE - pylibsrtp.SRTP_MAX_TRAILER_LEN
+_MAX_RTCP = _BUFFER_SIZE - pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN
+_srtp_protect = lib.srtp_protect
+_srtp_unprotect = lib.srtp_unprotect
+_srtp_protect_rtcp = lib.srtp_protect_rtcp
+_srtp_unprotect_rtcp = lib.srtp_unprotect_rtcp
 
 # Authentication tag length by profile; shorter packets cannot be genuine.
 _TAG_LENGTH = {
@@ -116,6 +126,11 @@ class SrtpSession:
     __slots__ = (
         "_tx",
         "_rx",
+        "_tx_ctx",
+        "_rx_ctx",
+        "_cdata",
+        "_buffer",
+        "_length",
         "_profile",
         "_remote_key",
         "_window",
@@ -159,6 +174,14 @@ class SrtpSession:
                 self._inbound_ssrcs.add(ssrc & 0xFFFFFFFF)
         except (pylibsrtp.Error, ValueError, TypeError, OverflowError) as exc:
             raise ValueError(f"bad SRTP keys or profile: {exc}") from exc
+        # libsrtp called directly, fifty times a second each way: pylibsrtp's
+        # Session.protect allocates a length cell per packet and adds two calls.
+        # Its sessions still own the srtp_t (and free it); the buffer is ours.
+        self._tx_ctx = self._tx._srtp[0]
+        self._rx_ctx = self._rx._srtp[0]
+        self._cdata = ffi.new("char[]", _BUFFER_SIZE)
+        self._buffer = ffi.buffer(self._cdata)
+        self._length = ffi.new("int *")
         tag = _TAG_LENGTH.get(keys.profile, 4)
         self._min_rtp = _RTP_HEADER + tag
         self._min_rtcp = _RTCP_HEADER + _SRTCP_INDEX + tag
@@ -182,28 +205,41 @@ class SrtpSession:
         policy.window_size = self._window
         return policy
 
+    def _process(self, packet: bytes, ctx: Any, function: Any, limit: int = _BUFFER_SIZE) -> bytes:
+        """Run one libsrtp function over ``packet`` (at most ``limit`` bytes) in the session's buffer."""
+        size = len(packet)
+        if size > limit:
+            self.malformed += 1
+            raise SrtpError("malformed", "packet is too long")
+        length = self._length
+        length[0] = size
+        buffer = self._buffer
+        buffer[0:size] = packet
+        status = function(ctx, self._cdata, length)
+        if status:
+            raise self._classify_status(status)
+        return buffer[0 : length[0]]
+
     def _unprotect(self, packet: bytes, ssrc: int, rtcp: bool) -> bytes:
         """Unprotect with the stream of ``ssrc``, adding one if the bound allows."""
-        rx = self._rx
+        function = _srtp_unprotect_rtcp if rtcp else _srtp_unprotect
         if ssrc in self._inbound_ssrcs:
-            try:
-                return rx.unprotect_rtcp(packet) if rtcp else rx.unprotect(packet)
-            except (pylibsrtp.Error, ValueError) as exc:
-                raise self._classify(exc) from None
+            return self._process(packet, self._rx_ctx, function)
         if self._learned >= self._max_learned:
             self.ssrc_refused += 1
             raise SrtpError("ssrc", f"SSRC {ssrc:#010x} is not one this session accepts")
+        rx = self._rx
         try:
             rx.add_stream(self._inbound_policy(ssrc))
         except pylibsrtp.Error as exc:
             raise self._classify(exc) from None
         try:
-            plain = rx.unprotect_rtcp(packet) if rtcp else rx.unprotect(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
+            plain = self._process(packet, self._rx_ctx, function)
+        except SrtpError:
             # Only an SSRC whose packet authenticates takes a place: forged
             # packets cannot use up the bound.
             rx.remove_stream(ssrc)
-            raise self._classify(exc) from None
+            raise
         self._inbound_ssrcs.add(ssrc)
         self._learned += 1
         return plain
@@ -213,27 +249,24 @@ class SrtpSession:
         if len(packet) < _RTP_HEADER or packet[0] >> 6 != 2:
             self.malformed += 1
             raise SrtpError("malformed", "not an RTP packet")
-        try:
-            return self._tx.protect(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
-            raise self._classify(exc) from None
+        return self._process(packet, self._tx_ctx, _srtp_protect, _MAX_RTP)
 
     def unprotect_rtp(self, packet: bytes) -> bytes:
         """Verify and decrypt one SRTP packet."""
         if len(packet) < self._min_rtp or packet[0] >> 6 != 2:
             self.malformed += 1
             raise SrtpError("malformed", "too short for SRTP")
-        return self._unprotect(packet, int.from_bytes(packet[8:12], "big"), rtcp=False)
+        ssrc = int.from_bytes(packet[8:12], "big")
+        if ssrc in self._inbound_ssrcs:
+            return self._process(packet, self._rx_ctx, _srtp_unprotect)
+        return self._unprotect(packet, ssrc, rtcp=False)
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """Encrypt and authenticate one (compound) RTCP packet."""
         if len(packet) < _RTCP_HEADER or packet[0] >> 6 != 2:
             self.malformed += 1
             raise SrtpError("malformed", "not an RTCP packet")
-        try:
-            return self._tx.protect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError) as exc:
-            raise self._classify(exc) from None
+        return self._process(packet, self._tx_ctx, _srtp_protect_rtcp, _MAX_RTCP)
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
         """Verify and decrypt one SRTCP packet."""
@@ -241,6 +274,11 @@ class SrtpSession:
             self.malformed += 1
             raise SrtpError("malformed", "too short for SRTCP")
         return self._unprotect(packet, int.from_bytes(packet[4:8], "big"), rtcp=True)
+
+    def _classify_status(self, status: int) -> SrtpError:
+        """Count a libsrtp failure status and turn it into our error type."""
+        message = _ERRORS[status] if 0 <= status < len(_ERRORS) else f"libsrtp status {status}"
+        return self._classify(pylibsrtp.Error(message))
 
     def _classify(self, exc: Exception) -> SrtpError:
         """Count the failure and turn pylibsrtp's message into our error type."""
