@@ -317,6 +317,52 @@ class WholeCallTests(SynchronousTestCase):
         for call in calls:
             self.assertEqual(len(call.received_rtp()), 5)
 
+    def test_the_shared_tick_sends_every_sessions_frames_on_their_slots(self) -> None:
+        """Bursts echoed by three passthrough sessions: the first frame at once, the rest each at
+        its own slot's tick; a talkspurt ends five slots after its last frame, and then (and after
+        a hang-up) the tick holds nothing for the session and it has no timer of its own."""
+        clock = started_clock()
+        transceiver, outbox = make_transceiver(clock, agent_factory=PassthroughEchoAgentFactory())
+        calls = [open_call(transceiver, clock, outbox, source=("127.0.0.1", 42000 + i)) for i in range(3)]
+        for call in calls:
+            call.check()
+            call.handshake()
+            call.inbox.clear()
+        # Step to 3 ms into a slot, then each client sends a burst of 4 at its own phase.
+        origin = transceiver.grid_origin
+        clock.advance(0.020 - (clock.seconds() - origin) % 0.020 + 0.003)
+        start_slot = round((clock.seconds() - origin) / 0.020 - 0.15)
+        arrivals: list[list[float]] = [[] for _ in calls]
+        for step in range(400):  # 0.4 s in 1 ms steps
+            for i, call in enumerate(calls):
+                if step == 4 * i:
+                    for n in range(4):
+                        call.send_rtp(100 + n, TONE[n])
+                while len(arrivals[i]) < len(call.inbox):
+                    arrivals[i].append(clock.seconds())
+            clock.advance(0.001)
+        for i, call in enumerate(calls):
+            self.assertEqual([p.payload for p in call.received_rtp()], TONE[:4])
+            sent_in = start_slot + (1 if 3 + 4 * i >= 20 else 0)
+            expected = [3 + 4 * i] + [(k - start_slot) * 20 for k in range(sent_in + 1, sent_in + 4)]
+            got = [round((t - origin) * 1000) - start_slot * 20 for t in arrivals[i]]
+            # Within the 1 ms step that holds the tick (sums of 0.001 are not exact).
+            self.assertEqual(len(got), 4, f"session {i}: {got}")
+            self.assertTrue(all(0 <= g - e <= 1 for g, e in zip(got, expected)), f"session {i}: {got} {expected}")
+            stats = transceiver.session_stats(call.session_id)
+            assert stats is not None
+            (started, last_packet, reason) = stats["playout"][0]
+            self.assertEqual(reason, "drained")
+            self.assertLessEqual(abs(last_packet - (origin + (sent_in + 3) * 0.020)), 0.0011)
+            self.assertGreater(stats["playout"][0][0], 0)
+        self.assertEqual(transceiver._sending, {})
+        for call in calls:
+            self.assertTrue(transceiver.close_session(call.session_id, "test"))
+        self.assertEqual(transceiver._sending, {})
+        # What is left on the clock is the transceiver's own: its tick and its sweep.
+        left = {c.func for c in clock.getDelayedCalls() if c.active()}
+        self.assertEqual(left, {transceiver._ticker, transceiver._sweeper})
+
     def test_caller_audio_is_decoded_no_faster_than_real_time(self) -> None:
         """Packets beyond real time plus a 1 s burst are dropped before the decoder; so are
         packets claiming more than 60 ms each."""

@@ -155,6 +155,40 @@ class TalkspurtTests(SynchronousTestCase):
         self.assertEqual(s.take_events(), [PlayoutStopped(end, ORIGIN + 0.020, "drained")])
         self.assertFalse(s.wants_tick())
 
+    def test_tick_slot_is_the_first_slot_a_tick_has_work_in(self) -> None:
+        """Every tick while frames wait; then only the slot that ends the talkspurt; then none."""
+        s = sender()
+        self.assertIsNone(s.tick_slot())
+        produce(s, ORIGIN + 0.001, b"a", b"b")
+        self.assertEqual(s.tick_slot(), 0)  # "b" waits for slot 1
+        s.poll(ORIGIN + 0.020)
+        self.assertEqual(s.tick_slot(), 1 + MAX_CATCH_UP + 1)
+        # Polls before that slot find nothing to do; a frame that comes moves it on.
+        for slot in range(2, 1 + MAX_CATCH_UP + 1):
+            self.assertEqual(s.poll(ORIGIN + slot * 0.020), [])
+        self.assertEqual(s.take_events(), [PlayoutStarted(ORIGIN + 0.001)])
+        # In slot 6 (still the same talkspurt), "c" takes the talkspurt's next slot, 2.
+        (packet,) = produce(s, ORIGIN + 0.121, b"c")
+        self.assertEqual(parse_rtp(packet).timestamp, 5000 + 2 * 960)
+        self.assertEqual(s.tick_slot(), 2 + MAX_CATCH_UP + 1)
+        self.assertEqual(s.poll(ORIGIN + (2 + MAX_CATCH_UP) * 0.020), [])
+        self.assertEqual(s.take_events(), [])
+        end = ORIGIN + (2 + MAX_CATCH_UP + 1) * 0.020
+        s.poll(end)
+        self.assertEqual(s.take_events(), [PlayoutStopped(end, ORIGIN + 0.121, "drained")])
+        self.assertIsNone(s.tick_slot())
+
+    def test_tick_slot_while_a_cut_tail_plays(self) -> None:
+        """A cut's silent frames go out on their slots: every tick until they are sent."""
+        s = sender()
+        produce(s, ORIGIN + 0.001, b"a")
+        s.stop(ORIGIN + 0.005)
+        s.poll(ORIGIN + 0.005)  # the fade
+        self.assertEqual(s.tick_slot(), 0)
+        s.poll(ORIGIN + 0.040)
+        s.poll(ORIGIN + 0.060)
+        self.assertIsNone(s.tick_slot())
+
     def test_a_drained_talkspurt_restarts_the_source(self) -> None:
         s = sender()
         produce(s, ORIGIN, b"a")

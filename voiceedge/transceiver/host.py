@@ -14,7 +14,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from voiceedge.agents.interfaces import IAgentCounters, IAgentFactory, IPassthroughAgentFactory
+from voiceedge.agents.interfaces import AudioFrame, IAgentCounters, IAgentFactory, IPassthroughAgentFactory, OpusFrame
 from voiceedge.metrics import Histogram, Sample
 from voiceedge.signaling.answer import (
     AnswerParameters,
@@ -70,6 +70,8 @@ EARLY_DTLS_POOL_BYTES = 1 << 20
 # A session's timer fires at most this much before its deadline is re-read:
 # deadlines that move later (a speech turn going on) do not re-arm it.
 _TIMER_SLACK = 1e-4
+# A tick at a slot's start counts as that slot whatever the float rounding (as RtpSender.slot_at).
+_SLOT_EPSILON = 1e-6
 # After a session ends on our side (hang-up, the agent, shutdown), checks with its
 # credentials are refused (RFC 7675 §5.2: 403 revokes consent) for as long as a
 # client keeps checking before it gives up by itself, so it learns at once.
@@ -193,7 +195,10 @@ class Transceiver:
         self._ended_ufrags: collections.OrderedDict[bytes, tuple[IceLiteAgent, float]] = (
             collections.OrderedDict()
         )
-        self._sending: set[Call] = set()
+        # Sessions with agent audio playing -> the first slot whose tick must
+        # poll them (Session.tick_slot): a talkspurt whose frames went out as
+        # they came is polled only when it would end, not on every tick.
+        self._sending: dict[Call, int] = {}
         self._end_listeners: list[Callable[[str], None]] = []
         self._early_dtls: collections.OrderedDict[Address, tuple[float, list[bytes]]] = (
             collections.OrderedDict()
@@ -606,11 +611,20 @@ class Transceiver:
                     self._handle(call, event)
         finally:
             call.busy = False
-        if session.wants_tick():
-            self._sending.add(call)
+        slot = session.tick_slot()
+        if slot is not None:
+            self._sending[call] = slot
+        elif self._sending:
+            self._sending.pop(call, None)
         self._arm(call)
 
     def _handle(self, call: Call, event: SessionEvent) -> None:
+        kind = type(event)
+        if kind is OpusFrame or kind is AudioFrame:
+            # The caller's audio, fifty a second: straight to the conversation.
+            if call.conversation is not None:
+                call.conversation.handle(event)
+            return
         if isinstance(event, PathValid):
             self._route(call, event.source)
         elif isinstance(event, PathInvalid):
@@ -698,7 +712,7 @@ class Transceiver:
         call.ufrags.clear()
         for source in session.ice.valid_sources:
             self._unroute(call, source)
-        self._sending.discard(call)
+        self._sending.pop(call, None)
         if call.timer is not None and call.timer.active():
             call.timer.cancel()
         call.timer = None
@@ -789,14 +803,21 @@ class Transceiver:
         # One tick for every session with audio playing: a timer per session
         # would cost a heap operation per frame, and they would drift apart.
         now = self.clock.seconds()
-        # A copy: ticking runs agent code, which may add to the set.
-        for call in list(self._sending):
+        slot = int((now - self.grid_origin) / TICK + _SLOT_EPSILON)
+        sending = self._sending
+        # A copy: ticking runs agent code, which may add to the table.
+        for call, due in list(sending.items()):
+            if due > slot:
+                continue
             session = call.session
-            if not session.tick(now):
-                self._sending.discard(call)
-            # Most ticks of a talking session send nothing (its frames went
-            # out as they were produced): then there is nothing to service,
-            # and its deadline has not moved.
+            session.tick(now)
+            following = session.tick_slot()
+            if following is None:
+                sending.pop(call, None)
+            else:
+                sending[call] = following
+            # Many ticks of a talking session send nothing: then there is
+            # nothing to service, and its deadline has not moved.
             if session.has_output():
                 self._service(call)
 

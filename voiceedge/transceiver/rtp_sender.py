@@ -210,6 +210,21 @@ class RtpSender:
         """Whether the shared tick must poll this sender: a backlog, a talkspurt to close, or a cut's tail."""
         return self._talking or bool(self.source) or bool(self._tail)
 
+    def tick_slot(self) -> int | None:
+        """The first slot whose tick must poll this sender; ``None`` while no tick is needed.
+
+        ``0`` (every tick) while frames or a cut's tail wait for their slots.
+        A talkspurt whose frames all went out as they came needs no tick
+        until :data:`MAX_CATCH_UP` slots pass with nothing more, when
+        :meth:`poll` ends it: any frame that comes first moves that slot on.
+        """
+        if self.source or self._tail:
+            return 0
+        last = self._last_slot
+        if self._talking and last is not None:
+            return last + MAX_CATCH_UP + 1
+        return None
+
     # -- sending --------------------------------------------------------------
 
     def poll(self, now: float) -> list[bytes]:

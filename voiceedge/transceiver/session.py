@@ -289,6 +289,14 @@ class Session:
         sender = self.sender
         return sender is not None and sender.wants_tick()
 
+    def tick_slot(self) -> int | None:
+        """The first slot of the shared tick's grid whose tick should call :meth:`tick`; ``None``: none.
+
+        See :meth:`RtpSender.tick_slot`: a tick before that slot would find nothing to do.
+        """
+        sender = self.sender
+        return None if sender is None else sender.tick_slot()
+
     def _milestone(self, name: str, now: float) -> None:
         if name not in self.timings:
             seconds = now - self.created_at
