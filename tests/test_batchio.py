@@ -88,6 +88,27 @@ class BatchTests(SynchronousTestCase):
         """The same over IPv6: the source as (host, port), like the relay's other path."""
         self.check_receives(socket.AF_INET6)
 
+    def test_sources_are_right_for_many_clients_and_shared_per_client(self) -> None:
+        """Forty sources, twice each: every datagram has its own source; one client's share one tuple."""
+        _, receiver = self.sockets()
+        senders = [udp() for _ in range(40)]
+        for sock in senders:
+            self.addCleanup(sock.close)
+        batch, buffer = self.batch(count=64)
+        for _ in range(2):
+            for i, sock in enumerate(senders):
+                sock.sendto(i.to_bytes(2, "big"), receiver.getsockname())
+        by_sender: dict[int, list[Any]] = {}
+        for _ in range(2):  # 64, then 16 (read each before the next recv reuses the slots)
+            for at, n, addr in batch.recv(receiver.fileno()):
+                i = int.from_bytes(buffer[at : at + n], "big")
+                self.assertEqual(addr, senders[i].getsockname())
+                by_sender.setdefault(i, []).append(addr)
+        self.assertEqual(sum(len(v) for v in by_sender.values()), 80)
+        self.assertEqual(len(by_sender), 40)
+        # Most clients' two datagrams share one tuple (the cache is direct-mapped: a few collide).
+        self.assertGreater(sum(first is second for first, second in by_sender.values()), 20)
+
     def test_sends_queue_from_the_buffer(self) -> None:
         """queue() takes ranges of the buffer; send() sends them all in order and counts payload bytes."""
         for family in (socket.AF_INET, socket.AF_INET6):

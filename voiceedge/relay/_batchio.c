@@ -29,6 +29,15 @@
 #include <string.h>
 #include <sys/socket.h>
 
+/* Source addresses recently seen, so a client's datagrams share one (host, port) tuple instead of
+ * formatting a new one per packet: direct-mapped, each entry holding a reference to its tuple. */
+#define ADDRESS_CACHE 256
+
+typedef struct {
+    struct sockaddr_in6 key;  /* sockaddr_in or sockaddr_in6, zero-padded */
+    PyObject *tuple;          /* NULL: empty */
+} CachedAddress;
+
 typedef struct {
     PyObject_HEAD
     Py_buffer view;  /* the caller's bytearray, exported for our whole life */
@@ -44,6 +53,7 @@ typedef struct {
     Py_ssize_t queued;
     long long truncated;     /* datagrams larger than a slot, dropped by recv() */
     int last_errno;          /* errno of the last datagram send() could not send */
+    CachedAddress *addresses; /* ADDRESS_CACHE entries */
 } Batch;
 
 static void
@@ -59,6 +69,12 @@ Batch_dealloc(Batch *self)
     PyMem_Free(self->tx_iov);
     PyMem_Free(self->tx_addrs);
     PyMem_Free(self->tx_payload);
+    if (self->addresses) {
+        for (int i = 0; i < ADDRESS_CACHE; i++) {
+            Py_XDECREF(self->addresses[i].tuple);
+        }
+        PyMem_Free(self->addresses);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -97,8 +113,9 @@ Batch_init(Batch *self, PyObject *args, PyObject *kwds)
     self->tx_iov = PyMem_Calloc(count, sizeof(struct iovec));
     self->tx_addrs = PyMem_Calloc(count, sizeof(struct sockaddr_storage));
     self->tx_payload = PyMem_Calloc(count, sizeof(Py_ssize_t));
+    self->addresses = PyMem_Calloc(ADDRESS_CACHE, sizeof(CachedAddress));
     if (!self->rx_msgs || !self->rx_iov || !self->rx_addrs || !self->tx_msgs || !self->tx_iov
-        || !self->tx_addrs || !self->tx_payload) {
+        || !self->tx_addrs || !self->tx_payload || !self->addresses) {
         PyErr_NoMemory();
         return -1;
     }
@@ -116,6 +133,22 @@ Batch_init(Batch *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+static PyObject *
+make_pair(const char *host, unsigned int port)
+{
+    PyObject *h = PyUnicode_FromString(host);
+    PyObject *p = PyLong_FromUnsignedLong(port);
+    PyObject *pair = (h && p) ? PyTuple_New(2) : NULL;
+    if (!pair) {
+        Py_XDECREF(h);
+        Py_XDECREF(p);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(pair, 0, h);
+    PyTuple_SET_ITEM(pair, 1, p);
+    return pair;
+}
+
 /* (host, port) of a received source address, as socket.recvfrom gives it (IPv6: only its first two). */
 static PyObject *
 address_tuple(const struct sockaddr_storage *ss)
@@ -126,17 +159,55 @@ address_tuple(const struct sockaddr_storage *ss)
         if (!inet_ntop(AF_INET, &sin->sin_addr, host, sizeof host)) {
             return PyErr_SetFromErrno(PyExc_OSError);
         }
-        return Py_BuildValue("(si)", host, (int)ntohs(sin->sin_port));
+        return make_pair(host, ntohs(sin->sin_port));
     }
     if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
         if (!inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof host)) {
             return PyErr_SetFromErrno(PyExc_OSError);
         }
-        return Py_BuildValue("(si)", host, (int)ntohs(sin6->sin6_port));
+        return make_pair(host, ntohs(sin6->sin6_port));
     }
     PyErr_Format(PyExc_OSError, "unexpected address family %d", (int)ss->ss_family);
     return NULL;
+}
+
+/* The (host, port) tuple of a received source, from the cache or made (and cached). New reference. */
+static PyObject *
+source_tuple(Batch *self, const struct sockaddr_storage *ss)
+{
+    struct sockaddr_in6 key;
+    unsigned int slot;
+    memset(&key, 0, sizeof key);
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        struct sockaddr_in *k = (struct sockaddr_in *)&key;
+        k->sin_family = AF_INET;
+        k->sin_port = sin->sin_port;
+        k->sin_addr = sin->sin_addr;
+        slot = (unsigned int)(sin->sin_addr.s_addr * 2654435761u) ^ sin->sin_port;
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        uint32_t words[4];
+        key.sin6_family = AF_INET6;
+        key.sin6_port = sin6->sin6_port;
+        key.sin6_addr = sin6->sin6_addr;
+        memcpy(words, &sin6->sin6_addr, sizeof words);
+        slot = ((words[0] ^ words[1] ^ words[2] ^ words[3]) * 2654435761u) ^ sin6->sin6_port;
+    } else {
+        return address_tuple(ss);
+    }
+    CachedAddress *entry = &self->addresses[(slot ^ (slot >> 16)) % ADDRESS_CACHE];
+    if (entry->tuple != NULL && memcmp(&entry->key, &key, sizeof key) == 0) {
+        Py_INCREF(entry->tuple);
+        return entry->tuple;
+    }
+    PyObject *tuple = address_tuple(ss);
+    if (tuple != NULL) {
+        Py_XSETREF(entry->tuple, Py_NewRef(tuple));
+        entry->key = key;
+    }
+    return tuple;
 }
 
 PyDoc_STRVAR(recv_doc,
@@ -176,14 +247,22 @@ Batch_recv(Batch *self, PyObject *arg)
             self->truncated++;
             continue;
         }
-        PyObject *addr = address_tuple(&self->rx_addrs[i]);
-        if (!addr) {
+        PyObject *addr = source_tuple(self, &self->rx_addrs[i]);
+        PyObject *offset = PyLong_FromSsize_t(i * self->stride + self->headroom);
+        PyObject *length = PyLong_FromUnsignedLong(m->msg_len);
+        PyObject *item = (addr && offset && length) ? PyTuple_New(3) : NULL;
+        if (!item) {
+            Py_XDECREF(addr);
+            Py_XDECREF(offset);
+            Py_XDECREF(length);
             Py_DECREF(list);
             return NULL;
         }
-        PyObject *item = Py_BuildValue("(nIN)", i * self->stride + self->headroom, m->msg_len, addr);
-        if (!item || PyList_Append(list, item) < 0) {
-            Py_XDECREF(item);
+        PyTuple_SET_ITEM(item, 0, offset);
+        PyTuple_SET_ITEM(item, 1, length);
+        PyTuple_SET_ITEM(item, 2, addr);
+        if (PyList_Append(list, item) < 0) {
+            Py_DECREF(item);
             Py_DECREF(list);
             return NULL;
         }
