@@ -204,7 +204,9 @@ class RelayWorkersTests(TestCase):
             # Exactly one packet per moved client: the one that made the survivor look it up.
             self.assertEqual((dropped, found), (len(moved), len(moved)))
             # The supervisor started worker 1 again.
-            new = int(_until("worker 1 back", lambda: _health(http_port + 1).get("pid")))  # type: ignore[arg-type]
+            # restart_delay, doubled when the worker had lived less than the supervisor's
+            # 10 s (its own start can take seconds on a loaded machine), then its start.
+            new = int(_until("worker 1 back", lambda: _health(http_port + 1).get("pid"), timeout=50.0))  # type: ignore[arg-type]
             self.assertNotEqual(new, pids[1])
             survivors = [pids[0], new]
         # Stopping the supervisor stops its workers.
