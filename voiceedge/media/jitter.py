@@ -61,7 +61,7 @@ _MARGIN = 0.005  # seconds added to the observed reorder delay
 _FORGET = 0.0005  # an observed delay decayed below this counts as none
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Frame:
     """One 20 ms frame out of the buffer, or the mark of a lost one.
 

@@ -728,9 +728,11 @@ class Transceiver:
         deadline = call.session.deadline()
         timer = call.timer
         if timer is not None:
+            # call.timer is None once it fires (_timeout) or is cancelled (here, _forget):
+            # one still held is pending.
+            if deadline is not None and timer.getTime() <= deadline + _TIMER_SLACK:
+                return
             if timer.active():
-                if deadline is not None and timer.getTime() <= deadline + _TIMER_SLACK:
-                    return
                 timer.cancel()
             call.timer = None
         if deadline is not None:

@@ -263,7 +263,9 @@ class RealtimeEventLayer:
 
     def take_outputs(self) -> list[Output]:
         """Server events and actions since the last call, in order."""
-        outputs, self._outputs = self._outputs, []
+        outputs = self._outputs
+        if outputs:
+            self._outputs = []
         return outputs
 
     def deadline(self) -> float | None:

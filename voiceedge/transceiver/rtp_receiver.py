@@ -112,7 +112,9 @@ class RtpReceiver:
         if duration > MAX_PACKET_DURATION:
             drops["rtp_opus_too_long"] += 1
             return True
-        credit = min(AUDIO_BURST, self._credit + now - self._credit_at)
+        credit = self._credit + now - self._credit_at
+        if credit > AUDIO_BURST:
+            credit = AUDIO_BURST
         self._credit_at = now
         if credit < duration - 1e-9:  # fifty 20 ms frames fit one second, whatever the rounding
             self._credit = credit

@@ -70,6 +70,7 @@ MAX_CATCH_UP = 5
 # one before it, whatever the float rounding.
 _EPSILON = 1e-6
 _EXT_HEADER = struct.Struct("!HH")
+_header_pack = struct.Struct("!BBHII").pack
 
 
 class AudioSource(Protocol):
@@ -160,6 +161,8 @@ class RtpSender:
         sequence_number: int | None = None,
         timestamp_base: int | None = None,
     ) -> None:
+        if not 0 <= payload_type <= 127:
+            raise ValueError(f"RTP payload type out of range: {payload_type!r}")
         self.payload_type = payload_type
         self.ssrc = ssrc
         self.source = source
@@ -296,8 +299,12 @@ class RtpSender:
         self.stats.on_packet_sent(len(payload))
         extension = self._extension
         if extension:
-            header = build_rtp_header(self.payload_type, sequence, timestamp, self.ssrc, marker)
-            return bytes([header[0] | 0x10]) + header[1:] + extension + payload
+            # The header with its X bit set (RFC 3550 §5.3.1), then the extension block.
+            return (
+                _header_pack(0x90, (0x80 if marker else 0) | self.payload_type, sequence, timestamp, self.ssrc)
+                + extension
+                + payload
+            )
         return build_rtp_header(self.payload_type, sequence, timestamp, self.ssrc, marker) + payload
 
     def stop(self, now: float, reason: StopReason = "stopped") -> int:

@@ -263,9 +263,10 @@ class Session:
             self._transport_due = self._transport_deadline()
             self._transport_stale = False
         earliest = self._transport_due
-        receiver = self.receiver
-        if receiver is not None:
-            due = receiver.deadline()
+        # The receiver's deadline is its sink's (RtpReceiver.deadline): asked directly, per packet.
+        inbound = self._inbound
+        if inbound is not None:
+            due = inbound.deadline()
             if due is not None and (earliest is None or due < earliest):
                 earliest = due
         return earliest
