@@ -602,6 +602,7 @@ class LoopbackSocketTests(TestCase):
 
     timeout = 30
     backend = "python"
+    public_host = "127.0.0.1"  # the clients' side; transceivers stay on IPv4 loopback
 
     def setUp(self) -> None:
         """Skip where this backend cannot run."""
@@ -613,17 +614,21 @@ class LoopbackSocketTests(TestCase):
         sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sink.bind(("127.0.0.1", 0))
         sink.setblocking(False)
-        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        client.bind(("127.0.0.1", 0))
+        family = socket.AF_INET6 if ":" in self.public_host else socket.AF_INET
+        try:
+            client = socket.socket(family, socket.SOCK_DGRAM)
+            client.bind((self.public_host, 0))
+        except OSError as e:
+            raise SkipTest(f"no {self.public_host}: {e}")
         client.setblocking(False)
         hop = sink.getsockname()
         relay = Relay(
             reactor, RouteTokenCodec({1: SECRET}, 1),
-            RelaySettings(public_listen=("127.0.0.1", 0), transceiver_networks=(ipaddress.ip_network("127.0.0.0/8"),)),
+            RelaySettings(public_listen=(self.public_host, 0), transceiver_networks=(ipaddress.ip_network("127.0.0.0/8"),)),
         )
-        public = listen_client(relay, ("127.0.0.1", 0), reactor, backend=self.backend)  # type: ignore[arg-type]
+        public = listen_client(relay, (self.public_host, 0), reactor, backend=self.backend)  # type: ignore[arg-type]
         internal = listen_transceiver(relay, ("127.0.0.1", 0), reactor)  # type: ignore[arg-type]
-        relay_addr = ("127.0.0.1", public.getHost().port)
+        relay_addr = (self.public_host, public.getHost().port)
         self.assertEqual(relay.batch is not None, self.backend == "recvmmsg")
 
         def receive(sock: socket.socket) -> list[tuple[bytes, Any]]:
@@ -643,11 +648,11 @@ class LoopbackSocketTests(TestCase):
             self.assertEqual(len(got), 1)
             envelope, payload = encap.decode(got[0][0])
             self.assertEqual(payload, request)
-            self.assertEqual(envelope.client, client.getsockname())
+            self.assertEqual(envelope.client, client.getsockname()[:2])
             internal_addr = got[0][1]
             sink.sendto(encap.encode(envelope, b"\x01\x01answer"), internal_addr)
             yield deferLater(reactor, 0.05, lambda: None)
-            self.assertEqual(receive(client), [(b"\x01\x01answer", relay_addr)])
+            self.assertEqual([(d, a[:2]) for d, a in receive(client)], [(b"\x01\x01answer", relay_addr)])
             media = [srtp(100 + i) for i in range(20)]
             for m in media:
                 client.sendto(m, relay_addr)
@@ -742,3 +747,16 @@ class LoopbackSocketTestsRecvmmsg(LoopbackSocketTests):
     """The real loopback sockets with recvmmsg/sendmmsg."""
 
     backend = "recvmmsg"
+
+
+class LoopbackSocketTestsIPv6(LoopbackSocketTests):
+    """The real sockets with an IPv6 client on the python backend."""
+
+    public_host = "::1"
+
+
+class LoopbackSocketTestsRecvmmsgIPv6(LoopbackSocketTests):
+    """The real sockets with an IPv6 client through recvmmsg/sendmmsg."""
+
+    backend = "recvmmsg"
+    public_host = "::1"
