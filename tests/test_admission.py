@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.support import http_get
 from tests.test_host import CLIENT_CERT, SERVER, SERVER_CERT, offer_sdp
 from voiceedge.agents.echo import EchoAgentFactory
 from voiceedge.fleet.drain import Drain
@@ -371,3 +373,56 @@ class OverloadedWorkerTests(TestCase):
         else:
             self.fail("placed on an overloaded worker")
         self.assertEqual(self.front.outcomes["no_transceiver"], 1)
+
+
+class OverloadedServiceTests(TestCase):
+    """``twistd voiceedge`` (one process) whose CPU limit is forced to almost nothing: offers get 503."""
+
+    timeout = 90
+
+    def test_refused_with_503_retry_after_and_counted(self) -> None:
+        import urllib.error
+        import urllib.request
+        from pathlib import Path
+
+        from tests.support import free_tcp_port, free_udp_port, running_service, scrape_metrics, write_allinone_config
+
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir(parents=True)
+        http_port, media_port = free_tcp_port(), free_udp_port()
+        # 0.01 % of a core: the idle process's own 20 ms tick is over it.
+        ini = write_allinone_config(
+            tmp, http_port, media_port, transceiver={"max_cpu_percent": 0.01, "max_loop_lag_ms": 0},
+            signaling={"calls_per_minute_per_address": 0},
+        )
+        base = f"http://127.0.0.1:{http_port}"
+
+        def post() -> tuple[int, str | None, bytes]:
+            req = urllib.request.Request(
+                base + "/v1/realtime/calls", data=offer_sdp(CLIENT_CERT.fingerprint).encode(), method="POST",
+                headers={"Content-Type": "application/sdp"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return int(resp.status), resp.headers.get("Retry-After"), bytes(resp.read())
+            except urllib.error.HTTPError as e:
+                return int(e.code), e.headers.get("Retry-After"), bytes(e.read())
+
+        with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp, timeout=60):
+            answered = []
+            # The first reading comes a few timer ticks after start-up: until then an offer may open.
+            for _ in range(50):
+                answered.append(post())
+                if answered[-1][0] == 503:
+                    break
+                time.sleep(0.2)
+            status, retry_after, body = answered[-1]
+            self.assertEqual((status, retry_after), (503, "2"), answered)
+            self.assertIn(b"this transceiver is overloaded: CPU", body)
+            self.assertEqual({s for s, _, _ in answered[:-1]}, {201} if answered[:-1] else set())
+            metrics = scrape_metrics(base)
+            self.assertEqual(metrics["voiceedge_transceiver_sessions_refused_total"], {"reason=cpu": 1.0})
+            self.assertEqual(metrics["voiceedge_transceiver_admitting"], {"": 0.0})
+            self.assertGreater(metrics["voiceedge_transceiver_cpu_ratio"][""], 0.0001)
+            # Still healthy: it carries what it carries.
+            self.assertEqual(http_get(base + "/healthz")[0], 200)
