@@ -57,8 +57,9 @@ from tests.support import (  # noqa: E402
 class LoadSampler(threading.Thread):
     """Reads the transceiver's load gauges from ``/metrics`` every ``period`` seconds until stopped.
 
-    Only a one-process all-in-one shows them there (a supervisor's ``/metrics``
-    is its front door's); with workers the lists stay empty.
+    A one-process all-in-one shows its CPU share and loop lag; a supervisor's
+    ``/metrics`` is its front door's, which shows each worker's CPU share and
+    whether it admits calls, as the worker last reported them.
     """
 
     def __init__(self, base: str, period: float = 2.0) -> None:
@@ -68,6 +69,7 @@ class LoadSampler(threading.Thread):
         self.done = threading.Event()
         self.cpu: list[float] = []
         self.lag_ms: list[float] = []
+        self.refusing = 0
 
     def run(self) -> None:
         """Sample until :attr:`done` is set."""
@@ -82,14 +84,19 @@ class LoadSampler(threading.Thread):
             if cpu is not None and lag is not None and sessions:
                 self.cpu.append(cpu * 100)
                 self.lag_ms.append(lag * 1000)
+            workers = metrics.get("voiceedge_frontdoor_transceiver_cpu_ratio", {})
+            self.cpu.extend(share * 100 for share in workers.values() if share > 0.02)
+            admitting = metrics.get("voiceedge_frontdoor_transceiver_admitting", {})
+            self.refusing += sum(1 for value in admitting.values() if not value)
 
     def summary(self) -> str:
         """Median and largest of what was read while calls were open."""
         if not self.cpu:
-            return "not shown (workers: see each worker's /metrics)"
-        return (f"CPU % of a core median {statistics.median(self.cpu):.0f} max {max(self.cpu):.0f}; "
-                f"loop lag ms median {statistics.median(self.lag_ms):.1f} max {max(self.lag_ms):.1f} "
-                f"({len(self.cpu)} readings)")
+            return "none read"
+        lag = (f"loop lag ms median {statistics.median(self.lag_ms):.1f} max {max(self.lag_ms):.1f}"
+               if self.lag_ms else f"worker readings refusing calls: {self.refusing}")
+        return (f"CPU % of a core (per worker) median {statistics.median(self.cpu):.0f} max {max(self.cpu):.0f}; "
+                f"{lag} ({len(self.cpu)} readings)")
 
 
 def main() -> int:

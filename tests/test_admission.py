@@ -357,6 +357,10 @@ class OverloadedWorkerTests(TestCase):
         state = yield self.client.request(self.apis[0], b"GET", "/internal/v1/drain")
         self.assertEqual(json.loads(state.body)["admitting"], False)
         self.assertEqual(self.view.get("w0").admitting, False)  # type: ignore[union-attr]
+        gauges = {(name, tuple(labels.items())): value for _, name, _, labels, value in self.front.metrics()}
+        self.assertEqual(gauges[("voiceedge_frontdoor_transceiver_admitting", (("transceiver", "w0"),))], 0)
+        self.assertEqual(gauges[("voiceedge_frontdoor_transceiver_admitting", (("transceiver", "w1"),))], 1)
+        self.assertGreater(gauges[("voiceedge_frontdoor_transceiver_cpu_ratio", (("transceiver", "w0"),))], 0.9)
         opened = yield self.front.open_session(offer_sdp(CLIENT_CERT.fingerprint), client="127.0.0.1")
         self.assertTrue(opened.session_id.startswith("w1."))
         self.assertEqual(self.workers[0].refused_by, {"cpu": 2})

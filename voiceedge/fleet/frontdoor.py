@@ -256,6 +256,13 @@ class FleetSessionHost:
             yield ("counter", p + "placed", "Sessions opened, by client region and transceiver region",
                    {"client_region": client_region, "region": region}, n)
         yield ("gauge", p + "avoided", "Transceivers avoided after a failed request", {}, len(self._avoided()))
+        # Each transceiver's load as its record says: with a host's workers, the only place it is seen.
+        for record in sorted(self.view.records.values(), key=lambda r: r.id):
+            labels = {"transceiver": record.id}
+            yield ("gauge", p + "transceiver_cpu_ratio", "A transceiver's share of a core, as its record says",
+                   labels, record.cpu)
+            yield ("gauge", p + "transceiver_admitting", "1 while a transceiver admits calls by its load",
+                   labels, 1 if record.admitting else 0)
 
 
 def _reason(response: InternalResponse) -> str:
