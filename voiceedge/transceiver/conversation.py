@@ -310,9 +310,13 @@ class Conversation:
         if self.ended:
             return
         now = self.clock.seconds()
-        if self.realtime is not None and payload:
-            self.realtime.agent_audio(now)
-            self._run()
+        layer = self.realtime
+        if layer is not None and payload:
+            layer.agent_audio(now)
+            # Fifty a second while the agent talks, and mostly nothing to do:
+            # no outputs, no deadline, and no timer armed for an old one.
+            if not (self._timer is None and layer.idle()):
+                self._run()
         self.session.send_opus(payload, now)
         self._flush()
 

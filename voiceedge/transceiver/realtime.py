@@ -261,6 +261,10 @@ class RealtimeEventLayer:
 
     # -- outputs ----------------------------------------------------------------
 
+    def idle(self) -> bool:
+        """Whether the layer has no outputs waiting and no deadline: then there is nothing to carry out."""
+        return not self._outputs and self._gap_deadline is None
+
     def take_outputs(self) -> list[Output]:
         """Server events and actions since the last call, in order."""
         outputs = self._outputs
