@@ -46,7 +46,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable, Iterator
 
 from voiceedge.wire.errors import WireError
 from voiceedge.wire.opus import OpusPacketError, packet_duration
@@ -103,11 +103,13 @@ class OpusUnavailable(RuntimeError):
     """No libopus could be loaded: neither PyAV's bundled one nor the system's."""
 
 
-def libopus_candidates() -> list[str]:
-    """Where to look for libopus, in order: ``$VOICEEDGE_LIBOPUS``, PyAV's wheel, the system."""
-    paths = []
+def libopus_candidates() -> Iterator[str]:
+    """Where to look for libopus, in order: ``$VOICEEDGE_LIBOPUS``, PyAV's wheel, the system.
+
+    Lazily: the system's is looked up (``ldconfig -p``, a process) only if no other loaded.
+    """
     if os.environ.get(LIBOPUS_ENV):
-        paths.append(os.environ[LIBOPUS_ENV])
+        yield os.environ[LIBOPUS_ENV]
     # find_spec locates PyAV without importing it (and FFmpeg with it).
     spec = importlib.util.find_spec("av")
     if spec is not None and spec.origin:
@@ -117,11 +119,10 @@ def libopus_candidates() -> list[str]:
             (package / ".dylibs", "libopus*.dylib"),  # macOS wheels (delocate)
             (package.parent / "av.libs", "opus*.dll"),  # Windows wheels (delvewheel)
         ):
-            paths += sorted(str(p) for p in folder.glob(pattern))
+            yield from sorted(str(p) for p in folder.glob(pattern))
     system = ctypes.util.find_library("opus")
     if system:
-        paths.append(system)
-    return paths
+        yield system
 
 
 class _LibOpus:
@@ -169,7 +170,7 @@ _lib: _LibOpus | None = None
 _live = 0  # coders created and not yet destroyed
 
 
-def load_libopus(candidates: list[str] | None = None) -> _LibOpus:
+def load_libopus(candidates: Iterable[str] | None = None) -> _LibOpus:
     """The libopus binding, loaded once from the first of ``candidates`` that loads.
 
     :class:`OpusUnavailable` names every place tried when none does.
