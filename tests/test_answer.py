@@ -45,13 +45,13 @@ PARAMS_SERVED = AnswerParameters(
     track_id="agent-audio",
 )
 
-# (opus pt, echoed fmtp or None, rtcp-rsize offered) per fixture
+# (opus pt, answered fmtp, rtcp-rsize offered) per fixture: minptime echoed, useinbandfec=1 always
 OPUS = {
     "chrome": (111, "minptime=10;useinbandfec=1", True),
     "firefox": (109, "useinbandfec=1", False),
     "safari": (111, "minptime=10;useinbandfec=1", True),
     "pion": (111, "minptime=10;useinbandfec=1", True),
-    "aiortc": (96, None, False),
+    "aiortc": (96, "useinbandfec=1", False),
 }
 # The id each fixture gives the sdes:mid header extension (Pion's offer has none).
 MID_EXTENSION = {"chrome": 4, "firefox": 3, "safari": 4, "pion": None, "aiortc": 1}

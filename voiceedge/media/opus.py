@@ -16,7 +16,7 @@ before) or opuslib, measured with ``python bench/codec.py`` (ours beside PyAV):
   8/12/16/24/48 kHz, and :meth:`OpusDecoder.decode_fec` reaches **Opus in-band
   FEC** (:attr:`OpusDecoder.supports_fec` is ``True``): the redundant copy of a
   lost frame that the next packet carries when the sender has FEC on (browsers
-  do when the SDP says ``useinbandfec=1``, which our answers echo).
+  do when the SDP says ``useinbandfec=1``, which every answer of ours does).
 - No new dependency: the library is the libopus that PyAV's wheel bundles
   (``av.libs/libopus-*.so*``, found without importing PyAV: a current 1.5/1.6
   on any machine after ``pip install``), else the system's (Debian's

@@ -39,7 +39,10 @@ VERIFIABLE_FINGERPRINT_HASHES = frozenset({"sha-256", "sha-384", "sha-512"})
 # The answerer's direction for each offered direction (RFC 3264 section 6.1).
 _MIRROR = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
 # Opus fmtp parameters echoed back when the client offered them.
-_ECHOED_OPUS_PARAMS = ("minptime", "useinbandfec")
+_ECHOED_OPUS_PARAMS = ("minptime",)
+#: Opus fmtp parameters of every answer, about what we receive (RFC 7587 §6.1):
+#: we decode in-band FEC (voiceedge.media.opus), so the caller should send it.
+ANSWER_OPUS_PARAMS = {"useinbandfec": "1"}
 # Host candidate priority for the one local candidate (RFC 8445 5.1.2.1, type pref 126).
 _HOST_PRIORITY = 2130706431
 #: The RTP header extension that carries the m-line's MID (RFC 8843 §15).
@@ -307,6 +310,7 @@ def build_answer(offer: SessionDescription, summary: OfferSummary, params: Answe
                 for k, v in opus.parameters.items()
                 if k.lower() == wanted
             }
+            echoed.update(ANSWER_OPUS_PARAMS)
             direction = _MIRROR[offered.direction or "sendrecv"]
             audio = MediaDescription(
                 kind="audio",
