@@ -69,6 +69,7 @@ class LoadSampler(threading.Thread):
         self.done = threading.Event()
         self.cpu: list[float] = []
         self.lag_ms: list[float] = []
+        self.wait: list[float] = []
         self.refusing = 0
 
     def run(self) -> None:
@@ -84,6 +85,7 @@ class LoadSampler(threading.Thread):
             if cpu is not None and lag is not None and sessions:
                 self.cpu.append(cpu * 100)
                 self.lag_ms.append(lag * 1000)
+                self.wait.append(metrics.get("voiceedge_transceiver_cpu_wait_ratio", {}).get("", 0.0) * 100)
             workers = metrics.get("voiceedge_frontdoor_transceiver_cpu_ratio", {})
             self.cpu.extend(share * 100 for share in workers.values() if share > 0.02)
             admitting = metrics.get("voiceedge_frontdoor_transceiver_admitting", {})
@@ -93,7 +95,8 @@ class LoadSampler(threading.Thread):
         """Median and largest of what was read while calls were open."""
         if not self.cpu:
             return "none read"
-        lag = (f"loop lag ms median {statistics.median(self.lag_ms):.1f} max {max(self.lag_ms):.1f}"
+        lag = (f"waited for a core % median {statistics.median(self.wait):.0f}; "
+               f"loop lag ms median {statistics.median(self.lag_ms):.1f} max {max(self.lag_ms):.1f}"
                if self.lag_ms else f"worker readings refusing calls: {self.refusing}")
         return (f"CPU % of a core (per worker) median {statistics.median(self.cpu):.0f} max {max(self.cpu):.0f}; "
                 f"{lag} ({len(self.cpu)} readings)")

@@ -23,7 +23,7 @@ from voiceedge.fleet.registry import RegistryView, TransceiverRecord
 from voiceedge.fleet.settings import FleetSettings, RegionSettings
 from voiceedge.fleet.steering import RegionMap, choose_transceiver
 from voiceedge.signaling.interfaces import SessionRefused
-from voiceedge.transceiver.admission import CPU, LOOP_LAG, Admission, LoadMeter
+from voiceedge.transceiver.admission import CPU, LOOP_LAG, Admission, LoadMeter, run_queue_wait
 from voiceedge.transceiver.host import OVERLOAD_RETRY_AFTER, Transceiver
 from voiceedge.transceiver.settings import TransceiverSettings
 
@@ -56,7 +56,7 @@ def run(clock: Clock, seconds: float, step: float = 0.1) -> None:
 def metered(share: float = 0.0, interval: float = 0.1, halflife: float = 1.0) -> tuple[Clock, FakeCpu, LoadMeter]:
     clock = Clock()
     cpu = FakeCpu(clock, share)
-    meter = LoadMeter(clock, cpu, interval=interval, halflife=halflife)
+    meter = LoadMeter(clock, cpu, interval=interval, halflife=halflife, wait_time=lambda: 0.0)
     meter.start()
     return clock, cpu, meter
 
@@ -145,7 +145,7 @@ class AdmissionTests(SynchronousTestCase):
         cpu.share = 0.6
         run(clock, 12)
         self.assertIsNone(admission.refusal(10))
-        self.assertEqual(admission.report(10), {"cpu": 0.6, "loop_lag_ms": 0.0, "admitting": True})
+        self.assertEqual(admission.report(10), {"cpu": 0.6, "cpu_wait": 0.0, "loop_lag_ms": 0.0, "admitting": True})
 
     def test_loop_lag_over_its_limit_refuses(self) -> None:
         clock, _, meter = metered(0.2)
@@ -158,6 +158,29 @@ class AdmissionTests(SynchronousTestCase):
         self.assertIn("runs 50 ms late, over its limit of 40 ms", admission.describe(LOOP_LAG, 3))
         run(clock, 10)
         self.assertIsNone(admission.refusal(3))
+
+    def test_time_waited_for_a_core_counts(self) -> None:
+        """A process that gets 40 % of a core and waits for one half the time is as full as one at 90 %."""
+        clock = Clock()
+        cpu, waited = FakeCpu(clock, 0.4), FakeCpu(clock, 0.1)
+        meter = LoadMeter(clock, cpu, wait_time=waited)
+        meter.start()
+        admission = Admission(meter, 0.8, None)
+        run(clock, 10)
+        self.assertIsNone(admission.refusal(10))
+        waited.share = 0.5
+        run(clock, 10)
+        self.assertAlmostEqual(meter.demand, 0.9, places=2)
+        self.assertEqual(admission.refusal(10), CPU)
+        self.assertIn("CPU 90 % of a core (it used 40 % and waited for a core 50 % of the time) is over its limit",
+                      admission.describe(CPU, 10))
+        self.assertEqual(admission.report(10)["cpu_wait"], 0.5)
+
+    def test_the_run_queue_wait_of_this_process(self) -> None:
+        """Linux says how long this thread waited for a core; elsewhere it reads 0."""
+        first = run_queue_wait()
+        self.assertGreaterEqual(first, 0.0)
+        self.assertGreaterEqual(run_queue_wait(), first)
 
     def test_no_limits_never_refuse(self) -> None:
         clock, cpu, meter = metered(5.0)
@@ -216,7 +239,7 @@ def overloadable(clock: Clock, *, max_sessions: int = 10) -> tuple[Transceiver, 
     cpu = FakeCpu(clock, 0.1)
     transceiver = Transceiver(
         clock, SERVER_CERT, EchoAgentFactory(), TransceiverSettings(advertised_address=SERVER, max_sessions=max_sessions),
-        admission=Admission(LoadMeter(clock, cpu), 0.5, 0.2),
+        admission=Admission(LoadMeter(clock, cpu, wait_time=lambda: 0.0), 0.5, 0.2),
     )
     transceiver.write = lambda data, dest: None
     transceiver.start()

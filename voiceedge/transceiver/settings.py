@@ -37,7 +37,9 @@ class TransceiverSettings:
     )
     max_sessions: int = setting(c.integer(1, 1_000_000), "1000", "sessions beyond this get 503")
     max_cpu_percent: float = setting(
-        c.number(0, 6400), "80", "new sessions get 503 while this process uses more of a core (smoothed); 0: no limit"
+        c.number(0, 6400),
+        "80",
+        "new sessions get 503 while this process uses or waits for more of a core (smoothed); 0: no limit",
     )
     max_loop_lag_ms: float = setting(
         c.number(0, 60_000), "25", "new sessions get 503 while the event loop runs this late (smoothed); 0: no limit"
