@@ -81,7 +81,7 @@ class TransceiverRecord:
     media: Address
     sessions: int
     capacity: int
-    #: Share of one core its process used over the last heartbeat.
+    #: Share of one core its process used, smoothed over about a second (over the last heartbeat without admission).
     cpu: float
     state: str = SERVING
     #: False while its load refuses new sessions (CPU or event-loop lag over its limits).
