@@ -57,6 +57,35 @@ class MembershipTests(SynchronousTestCase):
         # The internal API listens too.
         self.assertEqual(sum(1 for s in top if isinstance(s, internet.StreamServerEndpointService)), 2)
 
+    def test_the_record_says_whether_it_admits_calls(self) -> None:
+        """[transceiver] max_cpu_percent and max_loop_lag_ms become the admission's limits; the record carries its decision."""
+        options = self.options(
+            "[transceiver]\nmedia_listen = 127.0.0.1:0\nmax_cpu_percent = 50\nmax_loop_lag_ms = 40\n"
+            "[route]\naddress = 10.0.0.5:3479\n"
+            f"[internal]\nlisten = tcp:0:interface=127.0.0.1\naddress = 10.0.0.5:8081\nsecret = {SECRET}\n"
+            "[registry]\nenabled = yes\nid = tx-a\n"
+        )
+        top = transceiver_tap.makeService(options, MemoryReactorClock())
+        membership = next(s for s in top if isinstance(s, Membership))
+        assert membership.publisher is not None
+        admission = membership.transceiver.admission
+        assert admission is not None
+        self.assertEqual((admission.max_cpu, admission.max_loop_lag), (0.5, 0.04))
+        self.assertTrue(membership.publisher.describe().admitting)
+        admission.meter.cpu = 0.7  # as a reading over the limit would leave it
+        record = membership.publisher.describe()
+        self.assertEqual((record.admitting, record.cpu), (False, 0.7))
+        self.assertIn('"admitting":false', record.to_json())
+
+    def test_no_limits(self) -> None:
+        top = transceiver_tap.makeService(
+            self.options("[transceiver]\nmedia_listen = 127.0.0.1:0\nmax_cpu_percent = 0\nmax_loop_lag_ms = 0\n"),
+            MemoryReactorClock(),
+        )
+        admission = next(s for s in top if isinstance(s, Membership)).transceiver.admission
+        assert admission is not None
+        self.assertEqual((admission.max_cpu, admission.max_loop_lag), (None, None))
+
     def test_registry_needs_a_reachable_internal_api(self) -> None:
         with self.assertRaisesRegex(usage.UsageError, r"\[registry\] enabled: the registry needs"):
             self.options("[registry]\nenabled = yes\n")
