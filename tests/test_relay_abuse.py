@@ -71,7 +71,7 @@ class RelayAbuseTests(TestCase):
 
     def setUp(self) -> None:
         """Skip where this backend cannot run."""
-        from tests.test_relay_protocol import require_backend
+        from tests.relay_support import require_backend
 
         require_backend(self.backend)
 

@@ -14,16 +14,16 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from voiceedge.metrics import make_registry
-from voiceedge.relay.core import MOVE_IDLE, OFFSET, Relay
+from voiceedge.relay.core import MOVE_IDLE, Relay
 from voiceedge.relay.flows import MAX_FLOWS_PER_UFRAG
 from voiceedge.relay.settings import RelaySettings
 from voiceedge.relay.protocol import (
     ClientProtocol,
     TransceiverProtocol,
-    batch_backend,
     listen_client,
     listen_transceiver,
 )
+from tests.relay_support import RecordingBatch, require_backend
 from voiceedge.wire import encap
 from voiceedge.wire.encap import Envelope
 from voiceedge.wire.route_token import Route, RouteTokenCodec
@@ -66,51 +66,6 @@ def binding_request(ufrag: str | bytes, client_ufrag: bytes = b"abcd") -> bytes:
 def srtp(size: int = 160) -> bytes:
     """Something shaped like SRTP: first byte 0x80."""
     return b"\x80\x6f" + os.urandom(size - 2)
-
-
-def require_backend(backend: str) -> None:
-    """Skip unless the relay can run ``backend`` here (``python`` always can)."""
-    if backend == "recvmmsg" and batch_backend() != "recvmmsg":
-        raise SkipTest(
-            "voiceedge.relay._batchio is not built (or VOICEEDGE_RELAY_BATCH_IO=python):"
-            " scripts/test builds it"
-        )
-
-
-class RecordingBatch:
-    """The compiled :class:`Batch`, whose sends are recorded instead of made.
-
-    The relay's fakes route to addresses no loopback socket reaches, so
-    ``send`` takes the queue (what ``sendmmsg`` would have sent) into a list.
-    Queueing, the slots and the address conversion are the helper's own.
-    """
-
-    count = 4
-
-    def __init__(self, sent: Sent) -> None:
-        from voiceedge.relay._batchio import Batch
-
-        self.sent = sent
-        self.stride = OFFSET + 65536
-        self.headroom = OFFSET
-        self.buffer = bytearray(self.count * self.stride)
-        self.batch = Batch(self.buffer, self.count, self.stride, self.headroom)
-        self.queue = self.batch.queue
-        self.fail = 0  # how many of the next datagrams fail, as a full socket buffer would
-
-    @property
-    def queued(self) -> int:
-        """Datagrams waiting."""
-        return self.batch.queued
-
-    def send(self, fd: int) -> tuple[int, int, int]:
-        """Record the queue as sent (less the first ``fail``): (sent, payload bytes, failed)."""
-        taken = self.batch.take()
-        failed = min(self.fail, len(taken))
-        self.fail -= failed
-        sent = taken[failed:]
-        self.sent.extend(sent)
-        return len(sent), sum(len(d) - encap.peek_client(d)[2] for d, _ in sent), failed
 
 
 class Harness:
