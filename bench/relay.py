@@ -136,7 +136,7 @@ def run_relay(secret_hex: str, stock_port: bool, public_port: int = 0, backend: 
 
     codec = RouteTokenCodec({1: bytes.fromhex(secret_hex)}, 1)
     relay = Relay(reactor, codec, RelaySettings(public_listen=(LOOPBACK, 3478)))
-    _report_cpu_on_usr1(lambda: relay.to_transceiver_packets)
+    _report_cpu_on_usr1(lambda: relay.to_transceiver_packets + relay.to_client_packets)
     if stock_port:
         public: Any = reactor.listenUDP(0, ClientProtocol(relay), LOOPBACK, 65536)  # type: ignore[attr-defined]
         internal: Any = reactor.listenUDP(0, TransceiverProtocol(relay), LOOPBACK, 65536)  # type: ignore[attr-defined]
@@ -145,12 +145,76 @@ def run_relay(secret_hex: str, stock_port: bool, public_port: int = 0, backend: 
             relay, (LOOPBACK, public_port), reactor,  # type: ignore[arg-type]
             reuse_port=bool(public_port), backend=backend or None,
         )
-        internal = listen_transceiver(relay, (LOOPBACK, 0), reactor)  # type: ignore[arg-type]
+        internal = listen_transceiver(relay, (LOOPBACK, 0), reactor, backend=backend or None)  # type: ignore[arg-type]
     for port in (public, internal):
         port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
     relay.start()
     print(public.getHost().port, flush=True)
     reactor.run()
+
+
+def run_return_source(packets: int, rate: float, size: int, relayed: bool) -> None:
+    """Stand-in transceiver for the return direction: answer the client's check, then flood it on "go <port>"."""
+    from voiceedge.wire import encap
+
+    signal.alarm(int(CHILD_DEADLINE))
+    sock = _udp()
+    print(sock.getsockname()[1], flush=True)
+    payload = b"\x80\x6f" + os.urandom(size - 2)
+    if relayed:
+        sock.settimeout(CHILD_DEADLINE)
+        data, relay = sock.recvfrom(65536)
+        envelope, check = encap.decode(data)
+        assert check[:2] == b"\x00\x01", check
+        sock.sendto(encap.encode(envelope, b"\x01\x01\x00\x00answer"), relay)
+        datagram = encap.encode(envelope, payload)
+    line = sys.stdin.readline().split()
+    target = relay if relayed else (LOOPBACK, int(line[1]))
+    if not relayed:
+        datagram = payload
+    sendto = sock.sendto
+    burst, sent = 50, 0
+    start = time.perf_counter()
+    while sent < packets:
+        for _ in range(min(burst, packets - sent)):
+            sendto(datagram, target)
+        sent += burst
+        delay = start + sent / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    print(json.dumps({"sent": packets, "seconds": time.perf_counter() - start}), flush=True)
+
+
+def run_return_client(source_port: int, secret_hex: str) -> None:
+    """The client for the return direction: make a flow if relayed (target port on stdin), then count arrivals."""
+    signal.alarm(int(CHILD_DEADLINE))
+    sock = _udp()
+    print(sock.getsockname()[1], flush=True)
+    target = (LOOPBACK, int(sys.stdin.readline()))
+    sock.settimeout(5)
+    if secret_hex:
+        from voiceedge.wire.route_token import Route, RouteTokenCodec
+        from voiceedge.wire.stun import Attr, StunClass, build_message
+
+        codec = RouteTokenCodec({1: bytes.fromhex(secret_hex)}, 1)
+        ufrag = codec.issue(Route(0, (LOOPBACK, source_port))).encode()
+        request = build_message(0x001, StunClass.REQUEST, os.urandom(12), [(Attr.USERNAME, ufrag + b":bnch")])
+        sock.sendto(request, target)
+        answer, _ = sock.recvfrom(65536)
+        assert answer.startswith(b"\x01\x01"), answer
+    print("ready", flush=True)
+    count = 0
+    sock.settimeout(CHILD_DEADLINE)
+    recv = sock.recv
+    while True:
+        try:
+            recv(65536)
+        except socket.timeout:
+            break
+        if not count:
+            sock.settimeout(1.0)  # once the flood started, 1 s of silence ends it
+        count += 1
+    print(json.dumps({"received": count}), flush=True)
 
 
 def run_generator(
@@ -376,6 +440,53 @@ def measure(variant: str, packets: int, rate: float, size: int) -> dict[str, flo
     }
 
 
+def measure_return(variant: str, packets: int, rate: float, size: int) -> dict[str, float]:
+    """The return direction (transceiver -> relay -> client): CPU per packet forwarded, as :func:`measure`."""
+    secret = os.urandom(32).hex()
+    relayed = variant != "plain"
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        source = _spawn("--role", "return-source", "--packets", str(packets), "--rate", str(rate),
+                        "--size", str(size), "--secret", secret if relayed else "")
+        procs.append(source)
+        source_port = int(_line(source))
+        client = _spawn("--role", "return-client", "--sink", str(source_port), "--secret", secret if relayed else "")
+        procs.append(client)
+        client_port = int(_line(client))
+        if not relayed:
+            forwarder = _spawn("--role", "plain", "--sink", str(client_port))
+        elif variant == "relay-stock-port":
+            forwarder = _spawn("--role", "relay-stock", "--secret", secret)
+        else:
+            forwarder = _spawn("--role", "relay", "--secret", secret, "--backend", variant.removeprefix("relay-"))
+        procs.append(forwarder)
+        port = int(_line(forwarder))
+        assert client.stdin is not None and source.stdin is not None
+        client.stdin.write(f"{port}\n")
+        client.stdin.flush()
+        assert _line(client) == "ready"
+        before = _usage_of(forwarder)
+        source.stdin.write(f"go {port}\n")
+        source.stdin.flush()
+        sent = json.loads(_line(source))
+        received = json.loads(_line(client))["received"]
+        after = _usage_of(forwarder)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    cpu = after["cpu"] - before["cpu"]
+    forwarded = int(after["forwarded"] - before["forwarded"])
+    return {
+        "cpu_s": cpu,
+        "sent": sent["sent"],
+        "forwarded": forwarded,
+        "received": received,
+        "us_per_packet": cpu / max(forwarded, 1) * 1e6,
+    }
+
+
 def main() -> None:
     """Parse arguments; run a child role or the whole comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -385,6 +496,10 @@ def main() -> None:
     parser.add_argument("--variants", default="plain,relay-recvmmsg,relay-python,relay-stock-port")
     parser.add_argument("--workers", default="1,2", help="relay processes for the throughput run (empty: skip)")
     parser.add_argument("--flood", type=int, default=400_000, help="packets for the throughput run")
+    parser.add_argument(
+        "--directions", default="to_transceiver,to_client",
+        help="to_transceiver: client -> relay -> transceiver; to_client: transceiver -> relay -> client",
+    )
     parser.add_argument("--public", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -409,6 +524,10 @@ def main() -> None:
         return run_multi_sink(args.packets)
     if args.role == "flood":
         return run_flood(args.target, args.sink, args.packets, args.size, args.secret, args.sources)
+    if args.role == "return-source":
+        return run_return_source(args.packets, args.rate, args.size, relayed=bool(args.secret))
+    if args.role == "return-client":
+        return run_return_client(args.sink, args.secret)
     if args.role == "generator":
         return run_generator(
             args.target, args.sink, args.packets, args.rate, args.size, args.secret
@@ -419,19 +538,22 @@ def main() -> None:
         f"{args.packets} packets of {args.size} bytes at {args.rate:.0f}/s, loopback, "
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f}"
     )
-    results: dict[str, dict[str, float]] = {}
-    for variant in args.variants.split(","):
-        results[variant] = r = measure(variant, args.packets, args.rate, args.size)
-        print(
-            f"  {variant:18s} {r['us_per_packet']:6.2f} µs CPU/packet   "
-            f"({r['cpu_s']:.2f} s CPU, {r['forwarded']} forwarded, {r['received']}/{r['sent']} delivered)",
-            flush=True,
-        )
-    if "plain" in results:
-        base = results["plain"]["us_per_packet"]
-        for variant, r in results.items():
-            if variant != "plain":
-                print(f"  {variant} / plain = {r['us_per_packet'] / base:.2f}x")
+    for direction in [d for d in args.directions.split(",") if d.strip()]:
+        print(f"  {direction}:")
+        run = measure if direction == "to_transceiver" else measure_return
+        results: dict[str, dict[str, float]] = {}
+        for variant in args.variants.split(","):
+            results[variant] = r = run(variant, args.packets, args.rate, args.size)
+            print(
+                f"    {variant:18s} {r['us_per_packet']:6.2f} µs CPU/packet   "
+                f"({r['cpu_s']:.2f} s CPU, {r['forwarded']} forwarded, {r['received']}/{r['sent']} delivered)",
+                flush=True,
+            )
+        if "plain" in results:
+            base = results["plain"]["us_per_packet"]
+            for variant, r in results.items():
+                if variant != "plain":
+                    print(f"    {variant} / plain = {r['us_per_packet'] / base:.2f}x")
     for backend in [b for b in args.worker_backends.split(",") if b.strip()]:
         throughput: dict[int, dict[str, float]] = {}
         for count in [int(w) for w in args.workers.split(",") if w.strip()]:

@@ -559,6 +559,8 @@ def fuzz_relay(data: bytes) -> None:
         # Half the inputs take the recvmmsg backend's path (the compiled helper's queue).
         batch = RecordingBatch(to_hops)
         relay.use_batch(batch, batch.buffer)
+        return_batch = RecordingBatch(to_clients, headroom=0)
+        relay.use_return_batch(return_batch, return_batch.buffer)
     relay.start()
     clients = [(f"198.51.100.{n}", 10000 + n) for n in range(12)]
     tokens = [codec.issue(Route(0, hop), nonce=bytes([n]) * 8) for n, hop in enumerate(hops)]
@@ -585,7 +587,11 @@ def fuzz_relay(data: bytes) -> None:
                 datagram = encap.encode(encap.Envelope(client, ingress), payload)
             else:
                 datagram = payload
-            relay.transceiver_datagram(datagram, hop)
+            if relay.return_batch is not None:
+                at, n = return_batch.put(0, datagram)
+                relay.transceiver_batch([(at, n, hop)])
+            else:
+                relay.transceiver_datagram(datagram, hop)
             for _, address in to_clients[before:]:
                 if hop == outsider:
                     raise InvariantBroken("a datagram from outside the transceiver networks reached a client")

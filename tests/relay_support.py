@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 from twisted.trial.unittest import SkipTest
 
 from voiceedge.relay.core import OFFSET
@@ -30,13 +32,14 @@ class RecordingBatch:
 
     count = 4
 
-    def __init__(self, sent: Sent) -> None:
+    def __init__(self, sent: Sent, headroom: int = OFFSET) -> None:
+        """Client datagrams (header room, headers counted out of the payload); ``headroom=0``: the return path's."""
         from voiceedge.relay._batchio import Batch
 
         self.sent = sent
         self.stride = OFFSET + 65536
-        self.headroom = OFFSET
-        self.buffer = bytearray(self.count * self.stride)
+        self.headroom = headroom
+        self.buffer = mmap.mmap(-1, self.count * self.stride)  # as the ports allocate theirs
         self.batch = Batch(self.buffer, self.count, self.stride, self.headroom)
         self.queue = self.batch.queue
         self.fail = 0  # how many of the next datagrams fail, as a full socket buffer would
@@ -53,4 +56,12 @@ class RecordingBatch:
         self.fail -= failed
         sent = taken[failed:]
         self.sent.extend(sent)
-        return len(sent), sum(len(d) - encap.peek_client(d)[2] for d, _ in sent), failed
+        if self.headroom:  # to transceivers: the encapsulation header is not payload
+            return len(sent), sum(len(d) - encap.peek_client(d)[2] for d, _ in sent), failed
+        return len(sent), sum(len(d) for d, _ in sent), failed
+
+    def put(self, slot: int, data: bytes) -> tuple[int, int]:
+        """Write ``data`` where a recv() would have put datagram ``slot``: (offset, length)."""
+        at = slot * self.stride + self.headroom
+        self.buffer[at : at + len(data)] = data
+        return at, len(data)

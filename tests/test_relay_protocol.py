@@ -85,10 +85,13 @@ class Harness:
         self.relay.send_to_transceiver = lambda d, a: self.to_transceiver.append((bytes(d), a))
         self.relay.send_to_client = lambda d, a: self.to_client.append((bytes(d), a))
         self.batch: RecordingBatch | None = None
+        self.return_batch: RecordingBatch | None = None
         if backend == "recvmmsg":
             require_backend(backend)
             self.batch = RecordingBatch(self.to_transceiver)
             self.relay.use_batch(self.batch, self.batch.buffer)
+            self.return_batch = RecordingBatch(self.to_client, headroom=0)
+            self.relay.use_return_batch(self.return_batch, self.return_batch.buffer)
 
     def from_client(self, data: bytes, addr: tuple[str, int] = CLIENT) -> None:
         """A datagram arrives on the public socket."""
@@ -97,8 +100,13 @@ class Harness:
     def from_transceiver(
         self, payload: bytes, client: tuple[str, int] = CLIENT, source: tuple[str, int] = HOP
     ) -> None:
-        """A transceiver sends ``payload`` for ``client`` to the internal socket."""
-        self.relay.transceiver_datagram(encap.encode(Envelope(client, INGRESS), payload), source)
+        """A transceiver sends ``payload`` for ``client`` to the internal socket (through this backend's path)."""
+        datagram = encap.encode(Envelope(client, INGRESS), payload)
+        if self.return_batch is None:
+            self.relay.transceiver_datagram(datagram, source)
+        else:
+            at, n = self.return_batch.put(0, datagram)
+            self.relay.transceiver_batch([(at, n, source)])
 
     def confirm(self, client: tuple[str, int] = CLIENT, hop: tuple[str, int] = HOP) -> None:
         """Route ``client`` by token to ``hop`` and have ``hop`` answer."""
@@ -582,9 +590,10 @@ class LoopbackSocketTests(TestCase):
             RelaySettings(public_listen=(self.public_host, 0), transceiver_networks=(ipaddress.ip_network("127.0.0.0/8"),)),
         )
         public = listen_client(relay, (self.public_host, 0), reactor, backend=self.backend)  # type: ignore[arg-type]
-        internal = listen_transceiver(relay, ("127.0.0.1", 0), reactor)  # type: ignore[arg-type]
+        internal = listen_transceiver(relay, ("127.0.0.1", 0), reactor, backend=self.backend)  # type: ignore[arg-type]
         relay_addr = (self.public_host, public.getHost().port)
         self.assertEqual(relay.batch is not None, self.backend == "recvmmsg")
+        self.assertEqual(relay.return_batch is not None, self.backend == "recvmmsg")
 
         def receive(sock: socket.socket) -> list[tuple[bytes, Any]]:
             got = []
@@ -666,6 +675,40 @@ class BatchPathTests(SynchronousTestCase):
         self.assertEqual([encap.decode(d)[1] for d, _ in h.to_transceiver], datagrams[1:])
         self.assertEqual(h.relay.drops["send_failed"], 1)
         self.assertEqual(h.relay.to_transceiver_packets - packets_before, 2)
+
+    def test_return_batch_sends_in_place_and_leaves_the_rest_to_the_checks(self) -> None:
+        """Answers for a confirmed flow go out of their slots in one send; others take every check, in order."""
+        h = Harness("recvmmsg")
+        h.confirm()
+        h.to_client.clear()
+        one_by_one: Sent = []
+        h.relay.send_to_client = lambda d, a: one_by_one.append((bytes(d), a))
+        assert h.return_batch is not None
+        packets, payload = h.relay.to_client_packets, h.relay.to_client_bytes
+        drops = dict(h.relay.drops)
+        other_client = ("198.51.100.8", 1)
+        datagrams = [
+            (encap.encode(Envelope(CLIENT, INGRESS), b"\x80one"), HOP),
+            (encap.encode(Envelope(CLIENT, INGRESS), b"\x80two"), ("192.0.2.1", 4000)),  # outside the networks
+            (b"\x80not encapsulated", HOP),
+            (encap.encode(Envelope(other_client, INGRESS), b"\x80three"), HOP),  # no flow
+            (encap.encode(Envelope(CLIENT, INGRESS), b"\x80four"), HOP2),  # not the owner
+            (encap.encode(Envelope(CLIENT, INGRESS), b""), HOP),  # an empty payload goes, as on the other path
+        ]
+        entries = [(*h.return_batch.put(i % 4, d), source) for i, (d, source) in enumerate(datagrams[:4])]
+        h.relay.transceiver_batch(entries)
+        entries = [(*h.return_batch.put(i, d), source) for i, (d, source) in enumerate(datagrams[4:])]
+        h.relay.transceiver_batch(entries)
+        self.assertEqual(h.to_client, [(b"\x80one", CLIENT), (b"", CLIENT)])
+        self.assertEqual(one_by_one, [])  # all through the batch
+        self.assertEqual((h.relay.to_client_packets - packets, h.relay.to_client_bytes - payload), (2, 4))
+        grown = {k: v - drops[k] for k, v in h.relay.drops.items() if v != drops[k]}
+        self.assertEqual(grown, {"outside_transceiver_networks": 1, "bad_header": 1, "no_flow": 1,
+                                 "wrong_transceiver": 1})
+        h.return_batch.fail = 1
+        at, n = h.return_batch.put(0, datagrams[0][0])
+        h.relay.transceiver_batch([(at, n, HOP)])
+        self.assertEqual(h.relay.drops["send_failed"], 1)
 
     def test_metrics_say_which_backend(self) -> None:
         """/metrics carries voiceedge_relay_batch_io{backend=...}."""

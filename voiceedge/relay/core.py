@@ -40,9 +40,11 @@ from voiceedge.relay.flows import Address, Flow, FlowTable
 from voiceedge.relay.router import IRouter, NextHop, Router
 from voiceedge.relay.settings import RelaySettings
 from voiceedge.wire.encap import (
+    FIRST_BYTE,
     MAX_HEADER_SIZE,
     MAX_HOPS,
     EncapError,
+    header_length,
     hops,
     pack_header_into,
     peek_addresses,
@@ -60,6 +62,10 @@ log = Logger()
 OFFSET = MAX_HEADER_SIZE
 _BUFFER_SIZE = OFFSET + 65536  # larger than any UDP payload: never truncates
 _SOURCE_CACHE_MAX = 4096
+# Header length and client IP length by flags byte, for headers without a hop
+# count (what transceivers send): the return batch path reads them in place.
+_RETURN_SIZES = tuple(header_length(bytes((FIRST_BYTE, flags)) + bytes(MAX_HEADER_SIZE)) for flags in range(4))
+_RETURN_IP_LEN = (4, 16, 4, 16)
 
 # A confirmed flow moves to another transceiver (a check whose token names
 # it) only when its client has sent nothing for this long. A call in progress
@@ -177,6 +183,10 @@ class Relay:
         self.batch_rx: bytearray | mmap.mmap = bytearray()
         self.batch_view = memoryview(self.batch_rx)
         self.transceiver_fd = -1
+        # The same for the internal socket's reads (use_return_batch), sent on the public socket.
+        self.return_batch: BatchIO | None = None
+        self.return_rx: mmap.mmap | None = None
+        self.client_fd = -1
 
         self.send_to_transceiver: SendTo = not_started
         self.send_to_client: SendTo = not_started
@@ -469,6 +479,61 @@ class Relay:
         return bytes(self._header_buffer[:size])
 
     # -- transceiver -> client ------------------------------------------------
+
+    def use_return_batch(self, batch: BatchIO, buffer: mmap.mmap) -> None:
+        """Take transceiver datagrams from ``batch`` (received into ``buffer``'s slots): see :meth:`transceiver_batch`."""
+        self.return_batch = batch
+        self.return_rx = buffer
+
+    def transceiver_batch(self, received: list[tuple[int, int, Address]]) -> None:
+        """Datagrams ``(offset, length, source)`` a :class:`BatchIO` received into ``return_rx``.
+
+        The return hot path of the batch backend: a known transceiver's
+        datagram for a confirmed flow it owns (and whose client talks to this
+        relay) has its payload queued where it lies, and the queue goes to the
+        clients in one ``sendmmsg`` at the end. Anything else is flushed
+        behind the queue and taken as ``bytes`` by :meth:`transceiver_datagram`,
+        which makes every check. Each datagram's exceptions are caught.
+        """
+        batch = self.return_batch
+        rx = self.return_rx
+        assert batch is not None and rx is not None
+        queue = batch.queue
+        sources_get = self._sources.get
+        by_packed_get = self._by_packed_get
+        for at, n, addr in received:
+            try:
+                if n >= 2 and rx[at] == FIRST_BYTE and sources_get(addr[0]):
+                    flags = rx[at + 1]
+                    if flags < 4:
+                        size = _RETURN_SIZES[flags]
+                        if n >= size:
+                            ip = rx[at + 6 : at + 6 + _RETURN_IP_LEN[flags]]  # bytes: an mmap slice
+                            flow = by_packed_get((ip, (rx[at + 2] << 8) | rx[at + 3]))
+                            if (
+                                flow is not None
+                                and flow.confirmed
+                                and flow.next_hop == addr
+                                and flow.return_via is None
+                            ):
+                                queue(at + size, at + size, at + n, flow.client)
+                                continue
+                if batch.queued:
+                    self.flush_return_batch()
+                self.transceiver_datagram(rx[at : at + n], addr)
+            except Exception:
+                log.failure("relay: internal datagram from {addr} failed", addr=addr)
+        if batch.queued:
+            self.flush_return_batch()
+
+    def flush_return_batch(self) -> None:
+        """Send the return queue to the clients from the public socket, and count what went and what failed."""
+        assert self.return_batch is not None
+        sent, payload_bytes, failed = self.return_batch.send(self.client_fd)
+        self.to_client_packets += sent
+        self.to_client_bytes += payload_bytes
+        if failed:
+            self.drops["send_failed"] += failed
 
     def transceiver_datagram(self, data: bytes, addr: Address) -> None:
         """An encapsulated datagram from a transceiver on the internal socket.

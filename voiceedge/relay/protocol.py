@@ -93,12 +93,15 @@ class ClientProtocol(DatagramProtocol):
         self.relay = relay
 
     def startProtocol(self) -> None:
-        """Bind the relay's send-to-client to this socket."""
+        """Bind the relay's send-to-client (and its batch sends) to this socket."""
         self.relay.send_to_client = _sendto(self.transport)
+        sock = getattr(self.transport, "socket", None)
+        self.relay.client_fd = sock.fileno() if isinstance(sock, socket.socket) else -1
 
     def stopProtocol(self) -> None:
         """Sending to clients fails (counted) once the socket is gone."""
         self.relay.send_to_client = not_started
+        self.relay.client_fd = -1
 
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
         """A client datagram (only used where ClientPort's doRead is not)."""
@@ -238,15 +241,50 @@ class ClientPort(_BatchPort):
 
 
 class TransceiverPort(_BatchPort):
-    """The internal port: a plain ``recvfrom`` loop without udp.Port's per-datagram extras."""
+    """The internal port: ``recvmmsg`` into the relay's return slots, or a plain ``recvfrom`` loop.
+
+    ``backend`` as for :class:`ClientPort`; without the helper, the loop has
+    none of udp.Port's per-datagram extras.
+    """
+
+    backend = "python"
+    _fd = -1
+
+    def startListening(self) -> None:  # noqa: N802 - Twisted's name
+        """Bind, then give the relay its return slots if the backend is ``recvmmsg``."""
+        super().startListening()
+        self._fd = self.socket.fileno()
+        if self.backend == "recvmmsg":
+            assert _batchio is not None
+            stride = OFFSET + _SLOT_PAYLOAD
+            buffer = mmap.mmap(-1, BATCH_COUNT * stride)
+            self.protocol.relay.use_return_batch(_batchio.Batch(buffer, BATCH_COUNT, stride, 0), buffer)
 
     def received(self, relay: Relay) -> Any:
         """Where each datagram goes."""
         return relay.transceiver_datagram
 
     def doRead(self) -> None:
-        """Receive a batch and hand each datagram to the relay."""
+        """Receive datagrams and hand them to the relay, up to ``batch`` per wake-up."""
         relay: Relay = self.protocol.relay
+        batch = relay.return_batch
+        if batch is not None and self.backend == "recvmmsg":
+            recv = batch.recv  # type: ignore[attr-defined]
+            fd = self._fd
+            transceiver_batch = relay.transceiver_batch
+            for _ in range(self.batch // BATCH_COUNT):
+                try:
+                    received_batch = recv(fd)
+                except OSError as e:
+                    if self._read_error(e):
+                        continue
+                    return
+                if not received_batch:
+                    return
+                transceiver_batch(received_batch)
+                if len(received_batch) < BATCH_COUNT:
+                    return  # the socket is (nearly) drained: no recvmmsg just to hear EAGAIN
+            return
         recv = self.socket.recvfrom
         size = self.maxPacketSize
         received = self.received(relay)
@@ -327,9 +365,23 @@ def listen_client(
     return port
 
 
-def listen_transceiver(relay: Relay, address: Address, reactor: IReactorUDP) -> udp.Port:
-    """Open the internal UDP port on ``address`` (port 0: any free one) for ``relay``."""
-    return _listen(TransceiverPort, TransceiverProtocol(relay), address, reactor)
+def listen_transceiver(
+    relay: Relay, address: Address, reactor: IReactorUDP, backend: str | None = None
+) -> udp.Port:
+    """Open the internal UDP port on ``address`` (port 0: any free one) for ``relay``.
+
+    ``backend`` as for :func:`listen_client` (default :func:`batch_backend`).
+    """
+    chosen = backend or batch_backend()
+    if chosen not in ("recvmmsg", "python"):
+        raise ValueError(f"unknown relay batch I/O backend {chosen!r}")
+    if chosen == "recvmmsg" and _batchio is None:
+        raise ValueError("the recvmmsg backend needs voiceedge.relay._batchio, which is not built")
+    port = TransceiverPort(address[1], TransceiverProtocol(relay), interface=address[0], maxPacketSize=65536, reactor=reactor)
+    port.backend = chosen
+    port.startListening()
+    enlarge_buffers(port.socket)
+    return port
 
 
 def listen_peer(relay: Relay, address: Address, reactor: IReactorUDP) -> udp.Port:
