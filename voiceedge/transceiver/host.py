@@ -445,7 +445,8 @@ class Transceiver:
         if data and data[0] >= encap.FIRST_BYTE_MIN:
             self._relayed_datagram_received(data, source)
             return
-        call = self._call_for(data, source)
+        # A routed source first (every media packet): _call_for for the rest.
+        call = self._by_address.get(source) or self._call_for(data, source)
         if call is not None:
             call.session.receive(data, source, self.clock.seconds())
             self._service(call)
