@@ -605,9 +605,9 @@ class Transceiver:
                     self.transmit(data, destination)
                 events = session.take_events()
                 if not events:
-                    if not datagrams:
-                        break
-                    continue
+                    # Sending feeds nothing back into the session: only handling
+                    # an event can have produced more.
+                    break
                 for event in events:
                     self._handle(call, event)
         finally:
