@@ -20,6 +20,9 @@ of what a listener gets, and both relative to complexity 10. With
 ``--instructions`` the CPU column is instructions per frame instead, counted
 by ``valgrind --tool=callgrind`` (a long and a short run per complexity,
 subtracted), which a loaded machine does not change.
+
+``python bench/codec.py --instructions`` prints the first table in instructions per
+frame instead (callgrind, encode and decode at 16 and 48 kHz, ours and PyAV).
 """
 
 from __future__ import annotations
@@ -185,8 +188,8 @@ def espeak_speech(rate: int) -> list[bytes]:
     return [x[i : i + size] for i in range(0, len(x) - size + 1, size)]
 
 
-def instructions_per_frame(complexity: int, frames: int) -> float:
-    """Encoder instructions per frame at ``complexity``: two callgrind runs, subtracted."""
+def callgrind_per_frame(args: list[str], frames: int) -> float:
+    """Instructions per frame of ``bench/codec.py ARGS N``: callgrind runs at N = 10 and 10 + ``frames``, subtracted."""
     import re
     import shutil
     import subprocess
@@ -198,7 +201,7 @@ def instructions_per_frame(complexity: int, frames: int) -> float:
     for n in (10, 10 + frames):
         proc = subprocess.run(
             [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-             "--encode-only", str(complexity), str(n)],
+             *args, str(n)],
             capture_output=True, text=True, check=False,
         )
         match = re.search(r"Collected : (\d+)", proc.stderr)
@@ -206,6 +209,38 @@ def instructions_per_frame(complexity: int, frames: int) -> float:
             raise SystemExit(f"callgrind failed:\n{proc.stderr[-2000:]}")
         counts.append(int(match.group(1)))
     return (counts[1] - counts[0]) / frames
+
+
+def instructions_per_frame(complexity: int, frames: int) -> float:
+    """Encoder instructions per frame at ``complexity`` (the sweep's speech)."""
+    return callgrind_per_frame(["--encode-only", str(complexity)], frames)
+
+
+def run_only(coder: str, op: str, rate: int, frames: int) -> None:
+    """Encode or decode ``frames`` frames of the table's signal with one coder (what callgrind counts)."""
+    pcm = speech_like(rate, 40)
+    if coder == "ours":
+        encoder: Any = OpusEncoder(rate, BITRATE, COMPLEXITY)
+        decoder: Any = OpusDecoder(rate)
+    else:
+        encoder, decoder = PyAVEncoder(rate), PyAVDecoder(rate)
+    payloads = [OpusEncoder(rate, BITRATE, COMPLEXITY).encode(frame) for frame in pcm]
+    for i in range(frames):
+        if op == "encode":
+            encoder.encode(pcm[i % len(pcm)])
+        else:
+            decoder.decode(payloads[i % len(payloads)])
+
+
+def instruction_table() -> None:
+    """Instructions per frame, ours beside PyAV, encode and decode at 16 and 48 kHz (load does not change them)."""
+    print(f"ours: {libopus_version()}; reference: PyAV {av.__version__}")
+    print(f"instructions per 20 ms frame (callgrind), {BITRATE // 1000} kbit/s, complexity {COMPLEXITY}")
+    print(f"{'rate':>6}  {'op':<8}{'ours k':>9}{'PyAV k':>9}{'ours/PyAV':>11}")
+    for rate in (16000, 48000):
+        for op in ("encode", "decode"):
+            ours, theirs = (callgrind_per_frame(["--run-only", coder, op, str(rate)], 200) / 1000 for coder in ("ours", "pyav"))
+            print(f"{rate:>6}  {op:<8}{ours:>9.1f}{theirs:>9.1f}{ours / theirs:>11.2f}")
 
 
 def encode_only(complexity: int, frames: int) -> None:
@@ -255,6 +290,12 @@ def main() -> None:
     """Measure and print the table (or the complexity sweep, with ``--complexity``)."""
     if sys.argv[1:2] == ["--encode-only"]:
         encode_only(int(sys.argv[2]), int(sys.argv[3]))
+        return
+    if sys.argv[1:2] == ["--run-only"]:
+        run_only(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        return
+    if "--complexity" not in sys.argv[1:] and "--instructions" in sys.argv[1:]:
+        instruction_table()
         return
     if "--complexity" in sys.argv[1:]:
         complexity_sweep("--instructions" in sys.argv[1:])
