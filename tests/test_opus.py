@@ -158,6 +158,20 @@ class EncodeDecodeTests(SynchronousTestCase):
         self.assertEqual(RTP_TIMESTAMP_STEP, RTP_CLOCK_RATE * 20 // 1000)
         self.assertEqual(RTP_CLOCK_RATE * 20 // 1000, 960)
 
+    def test_reset_is_a_fresh_coder(self) -> None:
+        """After reset() an encoder codes, and a decoder decodes and conceals, as freshly made ones do."""
+        frames = speech_like(16000, 6)
+        used, fresh = OpusEncoder(16000), OpusEncoder(16000)
+        payloads = [used.encode(frame) for frame in frames]
+        used.reset()
+        self.assertEqual([used.encode(frame) for frame in frames[:3]], [fresh.encode(frame) for frame in frames[:3]])
+        decoder = OpusDecoder(16000)
+        for payload in payloads:
+            decoder.decode(payload)
+        decoder.reset()
+        self.assertEqual(decoder.conceal(), bytes(640))
+        self.assertEqual(decoder.decode(payloads[0]), OpusDecoder(16000).decode(payloads[0]))
+
     def test_stereo_payload_is_downmixed(self) -> None:
         """A stereo Opus stream (as browsers may send) decodes to mono PCM."""
         encoder = CodecContext.create("libopus", "w")

@@ -307,7 +307,9 @@ class OpusDecoder:
 
     def reset(self) -> None:
         """Forget the stream so far (``OPUS_RESET_STATE``), as a fresh decoder."""
-        self._lib.decoder_ctl(self._state, _RESET_STATE)
+        code = self._lib.decoder_ctl(self._state, _RESET_STATE)
+        if code != _OPUS_OK:
+            raise CodecError(f"cannot reset the Opus decoder: {self._lib.error(code)}")
 
     def _plc(self, samples: int) -> bytes:
         got = self._lib.decode(self._state, None, 0, self._out, samples, 0)
@@ -410,4 +412,6 @@ class OpusEncoder:
 
     def reset(self) -> None:
         """Start over (``OPUS_RESET_STATE``): the next frame is coded as by a fresh encoder."""
-        self._lib.encoder_ctl(self._state, _RESET_STATE)
+        code = self._lib.encoder_ctl(self._state, _RESET_STATE)
+        if code != _OPUS_OK:
+            raise CodecError(f"cannot reset the Opus encoder: {self._lib.error(code)}")
