@@ -102,7 +102,7 @@ class Side:
         return float(value) if value else None
 
 
-#: ``[speech] detector`` for the voiceedge all-in-one sides (``--detector``); None: its default.
+#: ``[speech] detector`` for the voiceedge sides (``--detector``); None: its default.
 DETECTOR: str | None = None
 
 
@@ -150,6 +150,8 @@ def transceiver_direct(log_dir: Path, passthrough: bool, workers: str | None) ->
             "agent.echo": {"passthrough": "yes" if passthrough else "no"},
         }
     )
+    if DETECTOR is not None:
+        parser["speech"] = {"detector": DETECTOR}
     parser["process"] = {"workers": workers}
     ini = log_dir / "transceiver.ini"
     with ini.open("w") as f:
@@ -319,7 +321,7 @@ def main() -> None:
     parser.add_argument("--audio", default="tone", choices=("tone", "speech"))
     parser.add_argument("--workers", default=None, help="[process] workers for the voiceedge sides (default: theirs)")
     parser.add_argument("--detector", default=None, choices=("silero", "energy"),
-                        help="[speech] detector of the all-in-one sides (default: the service's, silero)")
+                        help="[speech] detector of the voiceedge sides (default: the service's, silero)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="calls made and ended before each side's load (RSS per call counts from after them)")
     parser.add_argument("--capacity", default="", help="worker counts to find the calls held for, e.g. 1,2")
