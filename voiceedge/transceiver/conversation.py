@@ -299,9 +299,12 @@ class Conversation:
         if self.ended:
             return
         now = self.clock.seconds()
-        if self.realtime is not None and pcm:
-            self.realtime.agent_audio(now)
-            self._run()
+        layer = self.realtime
+        if layer is not None and pcm:
+            layer.agent_audio(now)
+            # As for send_opus: the layer's loop only when it has something to carry out.
+            if not (self._timer is None and layer.idle()):
+                self._run()
         self.session.send_audio(pcm, now)
         self._flush()
 
