@@ -63,6 +63,26 @@ class ReceiverTests(SynchronousTestCase):
         self.assertEqual(self.receiver.remote_ssrc, 7)
         self.assertEqual(self.receiver.first_packet_at, 0.0)
 
+    def test_every_header_shape_reaches_the_sink_alike(self) -> None:
+        """A plain header (the receiver's own fast path), a marker, CSRCs, a header extension
+        (a browser's MID) and padding: the same fields reach the sink."""
+        shapes = [
+            RtpPacket(111, 1, 960, 7, OPUS_20MS),
+            RtpPacket(111, 2, 1920, 7, OPUS_20MS, marker=True),
+            RtpPacket(111, 3, 2880, 7, OPUS_20MS, csrcs=(1, 2)),
+            RtpPacket(111, 4, 3840, 7, OPUS_20MS, extension_profile=0xBEDE, extension=b"\x10\x30\x00\x00"),
+            RtpPacket(111, 5, 4800, 7, OPUS_20MS, padding_size=4),
+        ]
+        for n, packet in enumerate(shapes):
+            self.assertTrue(self.receiver.receive(self.client.protect_rtp(packet.serialize()), n * 0.02))
+        self.assertEqual(self.sink.packets, [(n + 1, (n + 1) * 960, OPUS_20MS, n * 0.02) for n in range(5)])
+        self.assertEqual(self.drops, {})
+        # Another payload type is dropped on either path.
+        self.assertTrue(self.send(6, 0.1, pt=0))
+        packet = RtpPacket(0, 7, 6720, 7, OPUS_20MS, csrcs=(1,)).serialize()
+        self.assertTrue(self.receiver.receive(self.client.protect_rtp(packet), 0.12))
+        self.assertEqual(self.drops, {"rtp_other_payload": 2})
+
     def test_forged_packets_are_not_liveness(self) -> None:
         forged = bytearray(self.client.protect_rtp(RtpPacket(111, 1, 0, 7, OPUS_20MS).serialize()))
         forged[-1] ^= 1

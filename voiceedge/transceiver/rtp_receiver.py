@@ -15,6 +15,7 @@ counter the owner passes in.
 from __future__ import annotations
 
 import collections
+import struct
 from typing import Protocol
 
 from voiceedge.transceiver.rtp_stats import ReceiveStatistics
@@ -22,6 +23,9 @@ from voiceedge.transceiver.srtp import PacketBudget, SrtpError, SrtpSession
 from voiceedge.wire.errors import WireError
 from voiceedge.wire.opus import packet_duration
 from voiceedge.wire.rtp import parse_rtp
+
+# The fixed header, for the common packet (version 2, no padding, extension or CSRC: first byte 0x80).
+_header_unpack_from = struct.Struct("!BBHII").unpack_from
 
 __all__ = [
     "AUDIO_BURST",
@@ -96,16 +100,24 @@ class RtpReceiver:
         except SrtpError as e:
             drops["srtp_" + e.reason] += 1
             return False
-        try:
-            packet = parse_rtp(plain)
-        except WireError:
-            drops["rtp_malformed"] += 1
-            return True
-        if packet.payload_type != self.payload_type:
+        if len(plain) >= 12 and plain[0] == 0x80:
+            # What parse_rtp would make of it, without an RtpPacket per packet.
+            _, second, sequence_number, timestamp, ssrc = _header_unpack_from(plain)
+            payload_type = second & 0x7F
+            payload = plain[12:]
+        else:
+            try:
+                packet = parse_rtp(plain)
+            except WireError:
+                drops["rtp_malformed"] += 1
+                return True
+            payload_type, sequence_number, timestamp = packet.payload_type, packet.sequence_number, packet.timestamp
+            ssrc, payload = packet.ssrc, packet.payload
+        if payload_type != self.payload_type:
             drops["rtp_other_payload"] += 1
             return True
         try:
-            duration = packet_duration(packet.payload)
+            duration = packet_duration(payload)
         except WireError:
             drops["rtp_opus_malformed"] += 1
             return True
@@ -121,15 +133,15 @@ class RtpReceiver:
             drops["rtp_over_real_time"] += 1
             return True
         self._credit = credit - duration
-        if self.remote_ssrc != packet.ssrc:
+        if self.remote_ssrc != ssrc:
             if self.remote_ssrc is not None:
                 self.stats = ReceiveStatistics(OPUS_CLOCK_RATE)
-            self.remote_ssrc = packet.ssrc
-        self.stats.on_packet(packet.sequence_number, packet.timestamp, now)
+            self.remote_ssrc = ssrc
+        self.stats.on_packet(sequence_number, timestamp, now)
         if self.first_packet_at is None:
             self.first_packet_at = now
         self.last_packet_at = now
-        self.sink.packet_received(packet.sequence_number, packet.timestamp, packet.payload, now)
+        self.sink.packet_received(sequence_number, timestamp, payload, now)
         return True
 
     def deadline(self) -> float | None:
