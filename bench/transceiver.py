@@ -38,6 +38,11 @@ holds with 1 and with 2 ``[process] workers``: for each, calls are offered in
 steps of ``--step`` until a step fails the quality bar (at least 95 % of the
 calls at 48 packets/s or more, arrival gap p99 at most 40 ms); the calls held
 are the last step that passed. It prints both and their ratio.
+``--capacity-side transcoding-direct`` does the same for the transceiver
+service alone, whose workers each have their own media socket; in the
+all-in-one every worker's relay shares the one public port, so the kernel hands
+about half the calls' packets to a worker that does not own the call, and they
+take a hop between processes.
 """
 
 from __future__ import annotations
@@ -284,13 +289,13 @@ def holds(side: Side) -> bool:
 
 
 def capacity(args: argparse.Namespace, tmp: Path) -> None:
-    """Calls held by the transcoding all-in-one with each worker count, and the ratio."""
+    """Calls held by the transcoding echo (``--capacity-side``) with each worker count, and the ratio."""
     held: dict[str, int] = {}
     for workers in args.capacity.split(","):
         args.workers = workers
         best = 0
         for calls in range(args.step, args.max + 1, args.step):
-            side = measure("transcoding", calls, args, tmp)
+            side = measure(args.capacity_side, calls, args, tmp)
             ok = holds(side)
             print(
                 f"  workers={workers} calls={calls}: {side.get('calls_ge_48pps')} at >= 48 pps,"
@@ -325,6 +330,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2,
                         help="calls made and ended before each side's load (RSS per call counts from after them)")
     parser.add_argument("--capacity", default="", help="worker counts to find the calls held for, e.g. 1,2")
+    parser.add_argument("--capacity-side", default="transcoding", choices=("transcoding", "transcoding-direct"),
+                        help="what --capacity loads: the all-in-one (one public port: a call whose packets the"
+                        " kernel hands to another worker's relay takes a hop between processes) or the"
+                        " transceiver service alone (each worker its own media socket)")
     parser.add_argument("--step", type=int, default=20, help="calls added per capacity step")
     parser.add_argument("--max", type=int, default=200, help="most calls a capacity search offers")
     args = parser.parse_args()
