@@ -1,13 +1,15 @@
 # -*- test-case-name: tests.test_long_calls -*-
 """A Pion load on the all-in-one: 100 calls held 90 s; does any end early, and how many keep 48 packets/s?
 
-``python bench/load.py [--calls 100] [--seconds 90] [--ramp 10] [--datachannel ""] [--workers auto]
+``python bench/load.py [--calls 100] [--seconds 90] [--ramp 10] [--audio tone] [--datachannel ""] [--workers auto]
 [--max-cpu-percent P] [--max-loop-lag-ms MS]``
 
 Runs ``twistd -n voiceedge`` (relay, transceiver and the echo agent, which
 decodes and re-encodes every frame: a transcoding call) on loopback and loads it
 with ``pionpeer load`` (Pion, built by ``tests/pion_peer.py``): ``--calls``
-calls started ``--ramp`` a second, each sending a real Opus frame every 20 ms,
+calls started ``--ramp`` a second, each sending a real Opus frame every 20 ms
+(``--audio tone`` by default: continuous sound, every frame echoed; ``speech``
+has pauses the echo does not send back, so its calls stay under 48 packets/s),
 measured together for ``--seconds`` once all are up. It prints what a user of
 the service would ask first:
 
@@ -108,6 +110,10 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=90.0, help="the measured window")
     parser.add_argument("--ramp", type=float, default=10.0, help="calls started per second")
+    parser.add_argument("--audio", default="tone", choices=("tone", "speech"),
+                        help="what each call sends: a continuous tone (every frame echoed, so 48 packets/s"
+                        " is what a call that keeps up gets back) or speech (its pauses are not sent back:"
+                        " no call reaches 48 packets/s, and its gaps are the pauses)")
     parser.add_argument("--datachannel", default="", help='label for every call, or "" for audio only')
     parser.add_argument("--workers", default="auto", help="[process] workers of the all-in-one (auto or a count)")
     parser.add_argument("--max-cpu-percent", type=float, default=None,
@@ -150,6 +156,7 @@ def main() -> int:
             server_pids=[server.pid],
             server_children=True,
             datachannel=args.datachannel,
+            audio=args.audio,
             setup_timeout=20.0,
             log_dir=logs,
         )
