@@ -19,14 +19,14 @@ import errno
 import mmap
 import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import udp
 from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from voiceedge.relay.core import OFFSET, Relay, not_started
+from voiceedge.relay.core import OFFSET, BatchIO, Relay, not_started
 from voiceedge.relay.flows import Address
 from voiceedge.sockets import enlarge_buffers
 from voiceedge.workers import enable_reuse_port
@@ -157,6 +157,7 @@ class _BatchPort(udp.Port):
     """A udp.Port that reads up to ``batch`` datagrams per wake-up with its own loop."""
 
     batch = 512
+    _fd = -1  # the socket's descriptor, for the helper's system calls
 
     def _read_error(self, e: OSError) -> bool:
         """True to keep reading after ``e``, False to stop this round."""
@@ -166,6 +167,30 @@ class _BatchPort(udp.Port):
             return True
         log.error("relay socket {port} read failed: {e}", port=self.getHost(), e=e)
         return False
+
+    def _new_batch(self, headroom: int) -> tuple[BatchIO, mmap.mmap]:
+        """``BATCH_COUNT`` full-size slots (an anonymous mapping, resident as used) and their Batch."""
+        assert _batchio is not None
+        stride = OFFSET + _SLOT_PAYLOAD
+        buffer = mmap.mmap(-1, BATCH_COUNT * stride)
+        return _batchio.Batch(buffer, BATCH_COUNT, stride, headroom), buffer
+
+    def _read_batches(self, batch: BatchIO, handle: Callable[[list[tuple[int, int, Address]]], None]) -> None:
+        """``recvmmsg`` rounds into ``batch``'s slots, each handed to ``handle``, up to ``self.batch`` datagrams."""
+        recv = batch.recv  # type: ignore[attr-defined]
+        fd = self._fd
+        for _ in range(self.batch // BATCH_COUNT):
+            try:
+                received = recv(fd)
+            except OSError as e:
+                if self._read_error(e):
+                    continue
+                return
+            if not received:
+                return
+            handle(received)
+            if len(received) < BATCH_COUNT:
+                return  # the socket is (nearly) drained: no recvmmsg just to hear EAGAIN
 
 
 class ClientPort(_BatchPort):
@@ -179,17 +204,13 @@ class ClientPort(_BatchPort):
 
     reuse_port = False
     backend = "python"
-    _fd = -1
 
     def startListening(self) -> None:  # noqa: N802 - Twisted's name
         """Bind, then give the relay its batch slots if the backend is ``recvmmsg``."""
         super().startListening()
         self._fd = self.socket.fileno()
         if self.backend == "recvmmsg":
-            assert _batchio is not None
-            stride = OFFSET + _SLOT_PAYLOAD
-            buffer = mmap.mmap(-1, BATCH_COUNT * stride)
-            self.protocol.relay.use_batch(_batchio.Batch(buffer, BATCH_COUNT, stride, OFFSET), buffer)
+            self.protocol.relay.use_batch(*self._new_batch(OFFSET))
 
     def createInternetSocket(self) -> socket.socket:  # noqa: N802 - Twisted's name
         """The socket, shareable with other workers when ``reuse_port``."""
@@ -203,21 +224,7 @@ class ClientPort(_BatchPort):
         relay: Relay = self.protocol.relay
         batch = relay.batch
         if batch is not None:
-            recv = batch.recv  # type: ignore[attr-defined]
-            fd = self._fd
-            client_batch = relay.client_batch
-            for _ in range(self.batch // BATCH_COUNT):
-                try:
-                    received = recv(fd)
-                except OSError as e:
-                    if self._read_error(e):
-                        continue
-                    return
-                if not received:
-                    return
-                client_batch(received)
-                if len(received) < BATCH_COUNT:
-                    return  # the socket is (nearly) drained: no recvmmsg just to hear EAGAIN
+            self._read_batches(batch, relay.client_batch)
             return
         recv_into = self.socket.recvfrom_into
         view = relay.rx_payload
@@ -248,17 +255,13 @@ class TransceiverPort(_BatchPort):
     """
 
     backend = "python"
-    _fd = -1
 
     def startListening(self) -> None:  # noqa: N802 - Twisted's name
         """Bind, then give the relay its return slots if the backend is ``recvmmsg``."""
         super().startListening()
         self._fd = self.socket.fileno()
         if self.backend == "recvmmsg":
-            assert _batchio is not None
-            stride = OFFSET + _SLOT_PAYLOAD
-            buffer = mmap.mmap(-1, BATCH_COUNT * stride)
-            self.protocol.relay.use_return_batch(_batchio.Batch(buffer, BATCH_COUNT, stride, 0), buffer)
+            self.protocol.relay.use_return_batch(*self._new_batch(0))
 
     def received(self, relay: Relay) -> Any:
         """Where each datagram goes."""
@@ -269,21 +272,7 @@ class TransceiverPort(_BatchPort):
         relay: Relay = self.protocol.relay
         batch = relay.return_batch
         if batch is not None and self.backend == "recvmmsg":
-            recv = batch.recv  # type: ignore[attr-defined]
-            fd = self._fd
-            transceiver_batch = relay.transceiver_batch
-            for _ in range(self.batch // BATCH_COUNT):
-                try:
-                    received_batch = recv(fd)
-                except OSError as e:
-                    if self._read_error(e):
-                        continue
-                    return
-                if not received_batch:
-                    return
-                transceiver_batch(received_batch)
-                if len(received_batch) < BATCH_COUNT:
-                    return  # the socket is (nearly) drained: no recvmmsg just to hear EAGAIN
+            self._read_batches(batch, relay.transceiver_batch)
             return
         recv = self.socket.recvfrom
         size = self.maxPacketSize
