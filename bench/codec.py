@@ -27,9 +27,7 @@ frame instead (callgrind, encode and decode at 16 and 48 kHz, ours and PyAV).
 
 from __future__ import annotations
 
-import array
 import math
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import av  # noqa: E402 - the reference column only
 from av import AudioFrame, AudioResampler, CodecContext, Packet  # noqa: E402
 
+from tests.signals import speech_like  # noqa: E402
 from voiceedge.media.opus import OpusDecoder, OpusEncoder, libopus_version  # noqa: E402
 
 RATES = (16000, 24000, 48000)
@@ -50,24 +49,6 @@ REPEATS = 5
 BITRATE = 32000
 COMPLEXITY = 5  # [transceiver] opus_complexity's default
 BUDGET = 30.0  # seconds of wall time before the remaining runs are skipped
-
-
-def speech_like(rate: int, frames: int) -> list[bytes]:
-    """20 ms frames of a voiced, vowel-like signal with pauses and background noise."""
-    rng = random.Random(42)
-    n = rate // 50
-    out = []
-    for f in range(frames):
-        samples = array.array("h")
-        for i in range(n):
-            t = (f * n + i) / rate
-            envelope = max(0.0, math.sin(2 * math.pi * 1.5 * t)) ** 0.5  # syllables and pauses
-            pitch = 140 * (1 + 0.05 * math.sin(2 * math.pi * 3 * t))
-            voice = sum(math.sin(2 * math.pi * pitch * h * t) / h for h in range(1, 12))
-            x = 6000 * envelope * voice + rng.gauss(0.0, 60.0)
-            samples.append(max(-32768, min(32767, int(x))))
-        out.append(samples.tobytes())
-    return out
 
 
 def cpu_us_per_frame(run: Callable[[], int]) -> float:
@@ -218,7 +199,7 @@ def instructions_per_frame(complexity: int, frames: int) -> float:
 
 def run_only(coder: str, op: str, rate: int, frames: int) -> None:
     """Encode or decode ``frames`` frames of the table's signal with one coder (what callgrind counts)."""
-    pcm = speech_like(rate, 40)
+    pcm = speech_like(rate, 40, pauses=True)
     if coder == "ours":
         encoder: Any = OpusEncoder(rate, BITRATE, COMPLEXITY)
         decoder: Any = OpusDecoder(rate)
@@ -312,7 +293,7 @@ def main() -> None:
         if time.monotonic() - began > BUDGET:
             print(f"{rate:>6}  (skipped: time budget spent)")
             continue
-        pcm = speech_like(rate, FRAMES)
+        pcm = speech_like(rate, FRAMES, pauses=True)
         both = measure(rate, pcm, {
             "ours": (lambda: OpusEncoder(rate, BITRATE, COMPLEXITY), lambda: OpusDecoder(rate)),
             "PyAV": (lambda: PyAVEncoder(rate), lambda: PyAVDecoder(rate)),

@@ -15,7 +15,7 @@ from voiceedge.media.detection import DetectionSettings
 from voiceedge.media.opus import OpusDecoder, OpusEncoder
 from voiceedge.media.speech import SpeechStarted, SpeechStopped, frame_level_db
 from voiceedge.media.timeline import MediaTimeline
-from tests.test_opus import speech_like
+from tests.signals import speech_like
 from voiceedge.transceiver.audio import MAX_TRIM_FRAMES, SILENCE_FRAMES, InboundAudio, OutboundAudio
 
 RATE = 24000

@@ -7,7 +7,6 @@ import array
 import gc
 import math
 import os
-import random
 import subprocess
 import sys
 from fractions import Fraction
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.cases import case, rel
+from tests.signals import speech_like
 
 from voiceedge.media.opus import (
     RTP_CLOCK_RATE,
@@ -57,23 +57,6 @@ def zero_crossing_frequency(samples: array.array[int], rate: int) -> float:
     """Frequency of a pure tone estimated from its upward zero crossings."""
     ups = [i for i in range(1, len(samples)) if samples[i - 1] < 0 <= samples[i]]
     return (len(ups) - 1) * rate / (ups[-1] - ups[0])
-
-
-def speech_like(rate: int, frames: int) -> list[bytes]:
-    """20 ms frames of a voiced, vowel-like signal (a gliding 140 Hz voice, 11 harmonics, some noise)."""
-    rng = random.Random(42)
-    n = rate // 50
-    out = []
-    for f in range(frames):
-        samples = array.array("h")
-        for i in range(n):
-            t = (f * n + i) / rate
-            pitch = 140 * (1 + 0.05 * math.sin(2 * math.pi * 3 * t))
-            voice = sum(math.sin(2 * math.pi * pitch * h * t) / h for h in range(1, 12))
-            envelope = 0.5 + 0.5 * math.sin(2 * math.pi * 4 * t)  # syllable-like, never silent
-            samples.append(max(-32768, min(32767, int(6000 * envelope * voice + rng.gauss(0.0, 60.0)))))
-        out.append(samples.tobytes())
-    return out
 
 
 def snr(reference: bytes, signal: bytes) -> float:
