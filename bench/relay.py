@@ -477,14 +477,18 @@ def measure(variant: str, packets: int, rate: float, size: int) -> dict[str, flo
                 proc.kill()
             if proc is not None:
                 proc.wait()
+    return {**_forwarder_cost(before, after, sent["sent"], received), "send_s": sent["seconds"]}
+
+
+def _forwarder_cost(before: dict[str, float], after: dict[str, float], sent: int, received: int) -> dict[str, float]:
+    """CPU, packets and CPU per packet the forwarder itself forwarded between two usage readings."""
     cpu = after["cpu"] - before["cpu"]
     forwarded = int(after["forwarded"] - before["forwarded"])
     return {
         "cpu_s": cpu,
-        "sent": sent["sent"],
+        "sent": sent,
         "forwarded": forwarded,
         "received": received,
-        "send_s": sent["seconds"],
         # Per packet the forwarder sent: the sink's losses on a loaded machine do not count against it.
         "us_per_packet": cpu / max(forwarded, 1) * 1e6,
     }
@@ -526,15 +530,7 @@ def measure_return(variant: str, packets: int, rate: float, size: int) -> dict[s
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-    cpu = after["cpu"] - before["cpu"]
-    forwarded = int(after["forwarded"] - before["forwarded"])
-    return {
-        "cpu_s": cpu,
-        "sent": sent["sent"],
-        "forwarded": forwarded,
-        "received": received,
-        "us_per_packet": cpu / max(forwarded, 1) * 1e6,
-    }
+    return _forwarder_cost(before, after, sent["sent"], received)
 
 
 def main() -> None:
