@@ -169,6 +169,9 @@ class PionEchoCallTests(unittest.TestCase):
             extra_args=["--ice-keepalive", "300ms"],
             log_dir=self.logs,
         )
+        # Without a rebind record, say why the call did not get there (it failed once
+        # in a whole-suite run as a KeyError, and passed alone).
+        self.assertIn("rebind", result, (result.get("error"), result.get("ended")))
         rebind = result["rebind"]
         self.assertNotEqual(rebind["new_port"], rebind["old_port"])
         self.assertGreater(rebind["sent_from_new_port"], 0)
