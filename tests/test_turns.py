@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,7 +16,8 @@ from voiceedge.media.detection import (
     parse_detector,
 )
 from voiceedge.media.speech import SpeechDetector, SpeechEvent, SpeechStarted, SpeechStopped
-from voiceedge.media.turns import ProbabilityTurnDetector, frame_pitch
+from voiceedge.media.turns import ProbabilityTurnDetector, _median, frame_pitch
+from tests.signals import speech_like
 
 RATE = 16000
 FRAME = RATE // 50
@@ -24,35 +26,39 @@ FRAME = RATE // 50
 class ScriptedProbability:
     """A voice-probability source that says 1.0 for frames louder than -60 dBFS: the rules, not a model."""
 
-    sample_rate = RATE
+    def __init__(self, sample_rate: int = RATE) -> None:
+        self.sample_rate = sample_rate
 
     def feed_frame(self, pcm: bytes) -> float:
         x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
         return 1.0 if np.sqrt(np.mean(x**2)) > 32 else 0.0
 
 
-def voice(seconds: float, start_hz: float, end_hz: float | None = None) -> bytes:
+def voice(seconds: float, start_hz: float, end_hz: float | None = None, rate: int = RATE) -> bytes:
     """A buzzy voice-like tone gliding from ``start_hz`` to ``end_hz`` over its last 200 ms."""
-    n = int(seconds * RATE)
+    n = int(seconds * rate)
     end_hz = start_hz if end_hz is None else end_hz
-    t = np.arange(n) / RATE
+    t = np.arange(n) / rate
     glide = np.clip((t - (seconds - 0.2)) / 0.2, 0, 1)
     f = start_hz + (end_hz - start_hz) * glide
-    phase = 2 * np.pi * np.cumsum(f) / RATE
+    phase = 2 * np.pi * np.cumsum(f) / rate
     x = sum(np.sin(h * phase) / h for h in range(1, 6))
     return (3000 * x).astype("<i2").tobytes()
 
 
-def silence(seconds: float) -> bytes:
+def silence(seconds: float, rate: int = RATE) -> bytes:
     """Digital silence."""
-    return bytes(int(seconds * RATE) * 2)
+    return bytes(int(seconds * rate) * 2)
 
 
-def run(detector: ProbabilityTurnDetector | SpeechDetector, pcm: bytes, start: float = 0.0) -> list[SpeechEvent]:
+def run(
+    detector: ProbabilityTurnDetector | SpeechDetector, pcm: bytes, start: float = 0.0, rate: int = RATE
+) -> list[SpeechEvent]:
     """Feed ``pcm`` in 20 ms frames from ``start``."""
     events: list[SpeechEvent] = []
-    for i in range(0, len(pcm) - FRAME * 2 + 1, FRAME * 2):
-        events += detector.feed(pcm[i : i + FRAME * 2], start + i / 2 / RATE)
+    frame = rate // 50
+    for i in range(0, len(pcm) - frame * 2 + 1, frame * 2):
+        events += detector.feed(pcm[i : i + frame * 2], start + i / 2 / rate)
     return events
 
 
@@ -86,6 +92,44 @@ class PitchTests(SynchronousTestCase):
         rng = np.random.default_rng(1)
         self.assertEqual(frame_pitch(rng.normal(0, 1000, 640).astype(np.float32), RATE), 0.0)
         self.assertEqual(frame_pitch(np.zeros(640, dtype=np.float32), RATE), 0.0)
+
+    def test_the_short_fft_gives_the_full_autocorrelation_s_answer(self) -> None:
+        """The FFT is only as long as the lags searched need: the same pitch as the linear autocorrelation's."""
+
+        def reference(x: np.ndarray, rate: int) -> float:
+            x = x - x.mean()
+            if float(np.dot(x, x)) <= 0:
+                return 0.0
+            n = len(x)
+            ac = np.correlate(x, x, "full")[n - 1 :]
+            low, high = max(1, int(rate / 400)), min(n - 1, int(rate / 70))
+            window = ac[low:high] / (ac[0] * (n - np.arange(low, high)) / n)
+            peak = float(window.max())
+            if peak < 0.45:
+                return 0.0
+            best = int(np.argmax(window))
+            for i in np.nonzero(window[1:-1] >= 0.85 * peak)[0] + 1:
+                if window[i] >= window[i - 1] and window[i] >= window[i + 1]:
+                    best = int(i)
+                    break
+            return rate / (best + low)
+
+        rng = np.random.default_rng(2)
+        for rate in (8000, 12000, 16000):
+            frames = [np.frombuffer(f, dtype="<i2").astype(np.float32) for f in speech_like(rate, 40, pauses=True)]
+            windows = [np.concatenate(pair) for pair in zip(frames, frames[1:])]
+            windows += [rng.normal(0, 300, rate // 25).astype(np.float32) + w for w in windows[:5]]
+            pitched = 0
+            for window in windows:
+                self.assertAlmostEqual(frame_pitch(window, rate), reference(window, rate), places=6)
+                pitched += frame_pitch(window, rate) > 0
+            self.assertGreater(pitched, 10)
+
+    def test_median(self) -> None:
+        rng = np.random.default_rng(3)
+        for n in range(1, 12):
+            values = sorted(float(v) for v in rng.uniform(70, 400, n))
+            self.assertEqual(_median(values), statistics.median(values))
 
 
 class EndOfTurnTests(SynchronousTestCase):
@@ -179,6 +223,26 @@ class EndOfTurnTests(SynchronousTestCase):
         """PCM16 has an even number of bytes."""
         with self.assertRaises(ValueError):
             detector().feed(b"\x00", 0.0)
+
+
+class SessionRateTests(SynchronousTestCase):
+    """At 24 and 48 kHz the pitch is tracked at 12 and 16 kHz: the same end rules as at 16 kHz."""
+
+    def test_final_fall_and_level_end_at_every_rate(self) -> None:
+        for rate in (24000, 48000):
+            for end_hz, kind in ((110.0, "final"), (160.0, "neutral"), (200.0, "neutral")):
+                d = ProbabilityTurnDetector(
+                    ScriptedProbability(rate),
+                    min_speech_ms=60,
+                    final_silence_ms=200,
+                    neutral_silence_ms=600,
+                    hesitation_silence_ms=1200,
+                    short_phrase_ms=500,
+                )
+                pcm = silence(0.5, rate) + voice(1.2, 160, end_hz, rate) + silence(1.5, rate)
+                events = run(d, pcm, rate=rate)
+                self.assertEqual([type(e) for e in events], [SpeechStarted, SpeechStopped], (rate, end_hz))
+                self.assertEqual(d.last_end, kind, (rate, end_hz))
 
 
 class InterfaceTests(SynchronousTestCase):
