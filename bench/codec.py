@@ -11,12 +11,14 @@ decoder at 48 kHz resampled to the rate), both on the same libopus (PyAV's bundl
 one), and prints the best of a few runs side by side with the ratio.  It stops
 itself after about 30 s of work.
 
-``python bench/codec.py --complexity`` chooses ``[transceiver] opus_complexity``:
-for every libopus complexity 0-10 it encodes espeak-ng speech (three voices,
-48 kHz, 32 kbit/s, ``voip``), decodes it, and prints the encoder's CPU µs per
-frame (best of a few runs, all complexities in one run so load hits them alike)
-beside the wideband PESQ score (ITU-T P.862.2, via the ``pesq`` package, 1-4.6)
-of what a listener gets, and both relative to complexity 10. With
+``python bench/codec.py --complexity`` chooses ``[transceiver] opus_complexity``
+and ``opus_application``: for libopus's ``voip`` (SILK or hybrid for speech) and
+``lowdelay`` (CELT only) applications and every complexity 0-10 it encodes
+espeak-ng speech (three voices, 48 kHz, 32 kbit/s target, unconstrained VBR),
+decodes it, and prints the encoder's CPU µs per frame (best of a few runs, all
+in one run so load hits them alike), the bit rate it chose, and the wideband
+PESQ score (ITU-T P.862.2, via the ``pesq`` package, 1-4.6) of what a listener
+gets, the CPU and score relative to ``voip`` at complexity 10. With
 ``--instructions`` the CPU column is instructions per frame instead, counted
 by ``valgrind --tool=callgrind`` (a long and a short run per complexity,
 subtracted), which a loaded machine does not change.
@@ -48,6 +50,7 @@ FRAMES = 250  # 5 s of audio per measurement
 REPEATS = 5
 BITRATE = 32000
 COMPLEXITY = 5  # [transceiver] opus_complexity's default
+APPLICATIONS = ("voip", "lowdelay")  # the sweep's: SILK/hybrid for speech, and CELT only
 BUDGET = 30.0  # seconds of wall time before the remaining runs are skipped
 
 
@@ -192,9 +195,9 @@ def callgrind_per_frame(args: list[str], frames: int) -> float:
     return (counts[1] - counts[0]) / frames
 
 
-def instructions_per_frame(complexity: int, frames: int) -> float:
-    """Encoder instructions per frame at ``complexity`` (the sweep's speech)."""
-    return callgrind_per_frame(["--encode-only", str(complexity)], frames)
+def instructions_per_frame(application: str, complexity: int, frames: int) -> float:
+    """Encoder instructions per frame with ``application`` at ``complexity`` (the sweep's speech)."""
+    return callgrind_per_frame(["--encode-only", application, str(complexity)], frames)
 
 
 def run_only(coder: str, op: str, rate: int, frames: int) -> None:
@@ -224,15 +227,15 @@ def instruction_table() -> None:
             print(f"{rate:>6}  {op:<8}{ours:>9.1f}{theirs:>9.1f}{ours / theirs:>11.2f}")
 
 
-def encode_only(complexity: int, frames: int) -> None:
+def encode_only(application: str, complexity: int, frames: int) -> None:
     """Encode ``frames`` frames of the sweep's speech (what callgrind counts)."""
-    encoder = OpusEncoder(48000, BITRATE, complexity)
+    encoder = OpusEncoder(48000, BITRATE, complexity, application=application)
     for frame in espeak_speech(48000)[:frames]:
         encoder.encode(frame)
 
 
 def complexity_sweep(instructions: bool) -> None:
-    """CPU per encoded frame (or instructions) and PESQ-WB of the decoded speech, for complexity 0-10."""
+    """CPU per encoded frame (or instructions), bit rate and PESQ-WB of the decoded speech, per application and complexity."""
     import numpy as np
 
     try:
@@ -242,35 +245,44 @@ def complexity_sweep(instructions: bool) -> None:
     rate = 48000
     pcm = espeak_speech(rate)
     reference = np.frombuffer(b"".join(pcm), dtype="<i2").astype(np.float64)[::3]  # 16 kHz for PESQ-WB
-    print(f"{len(pcm)} frames of espeak-ng speech, 48 kHz mono, {BITRATE // 1000} kbit/s, voip; best of {REPEATS}")
+    print(f"{len(pcm)} frames of espeak-ng speech, 48 kHz mono, {BITRATE // 1000} kbit/s target; best of {REPEATS}")
     unit = "k instr" if instructions else "encode µs"
-    print(f"{'complexity':>10} {unit:>10} {'vs 10':>7} {'PESQ-WB':>8} {'vs 10':>7}")
+    print(f"{'application':>11} {'complexity':>10} {unit:>10} {'vs voip 10':>10} {'kbit/s':>7} {'PESQ-WB':>8} {'vs voip 10':>10}")
     rows = []
-    for complexity in range(11):
-        def encode(c: int = complexity) -> int:
-            encoder = OpusEncoder(rate, BITRATE, c)
-            for frame in pcm:
-                encoder.encode(frame)
-            return len(pcm)
+    for application in APPLICATIONS:
+        for complexity in range(11):
+            def encode(a: str = application, c: int = complexity) -> int:
+                encoder = OpusEncoder(rate, BITRATE, c, application=a)
+                for frame in pcm:
+                    encoder.encode(frame)
+                return len(pcm)
 
-        us = instructions_per_frame(complexity, 400) / 1000 if instructions else cpu_us_per_frame(encode)
-        encoder, decoder = OpusEncoder(rate, BITRATE, complexity), OpusDecoder(rate)
-        decoded = b"".join(decoder.decode(encoder.encode(frame)) for frame in pcm)
-        degraded = np.frombuffer(decoded, dtype="<i2").astype(np.float64)
-        # Opus delays by its lookahead (6.5 ms at 48 kHz): align before scoring.
-        lag = 312
-        degraded = np.concatenate([degraded[lag:], np.zeros(lag)])[::3]
-        score = pesq(16000, reference / 32768, degraded / 32768, "wb")
-        rows.append((complexity, us, score))
-    base_us, base_score = rows[-1][1], rows[-1][2]
-    for complexity, us, score in rows:
-        print(f"{complexity:>10} {us:>10.1f} {us / base_us:>7.2f} {score:>8.2f} {score / base_score:>7.2f}")
+            if instructions:
+                us = instructions_per_frame(application, complexity, 400) / 1000
+            else:
+                us = cpu_us_per_frame(encode)
+            encoder, decoder = OpusEncoder(rate, BITRATE, complexity, application=application), OpusDecoder(rate)
+            payloads = [encoder.encode(frame) for frame in pcm]
+            kbps = sum(map(len, payloads)) * 8 / (len(payloads) * 20)
+            decoded = b"".join(decoder.decode(payload) for payload in payloads)
+            degraded = np.frombuffer(decoded, dtype="<i2").astype(np.float64)
+            # Opus delays by its lookahead (6.5 ms at 48 kHz; 2.5 ms for lowdelay): align before scoring.
+            lag = 312 if application != "lowdelay" else 120
+            degraded = np.concatenate([degraded[lag:], np.zeros(lag)])[::3]
+            score = pesq(16000, reference / 32768, degraded / 32768, "wb")
+            rows.append((application, complexity, us, kbps, score))
+    base_us, base_score = next((us, score) for a, c, us, _, score in rows if (a, c) == ("voip", 10))
+    for application, complexity, us, kbps, score in rows:
+        print(
+            f"{application:>11} {complexity:>10} {us:>10.1f} {us / base_us:>10.2f} {kbps:>7.1f}"
+            f" {score:>8.2f} {score / base_score:>10.2f}"
+        )
 
 
 def main() -> None:
     """Measure and print the table (or the complexity sweep, with ``--complexity``)."""
     if sys.argv[1:2] == ["--encode-only"]:
-        encode_only(int(sys.argv[2]), int(sys.argv[3]))
+        encode_only(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         return
     if sys.argv[1:2] == ["--run-only"]:
         run_only(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))

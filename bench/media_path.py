@@ -78,12 +78,16 @@ def make_agent_factory(agent: str, complexity: int | None) -> IAgentFactory:
 class MemoryBench:
     """Sessions connected in memory, their packets ready; :meth:`run` echoes them for real."""
 
-    def __init__(self, sessions: int, frames: int, agent: str, complexity: int | None) -> None:
+    def __init__(
+        self, sessions: int, frames: int, agent: str, complexity: int | None, application: str | None = None
+    ) -> None:
         self.clock = Clock()
         self.clock.advance(1_000_000)
         kwargs: dict[str, Any] = {"max_sessions": sessions + 1}
         if complexity is not None:
             kwargs["opus_complexity"] = complexity
+        if application is not None:
+            kwargs["opus_application"] = application
         self.transceiver, self.written = mc.make_transceiver(
             self.clock, make_agent_factory(agent, complexity), **kwargs
         )
@@ -141,7 +145,7 @@ class MemoryBench:
 def measure(args: argparse.Namespace) -> None:
     """Set up, run once, print µs per echoed frame (and the profile, if asked)."""
     frames = int(args.seconds / FRAME)
-    bench = MemoryBench(args.sessions, frames, args.agent, args.complexity)
+    bench = MemoryBench(args.sessions, frames, args.agent, args.complexity, args.application)
     profiler = cProfile.Profile() if args.profile else None
     cpu0 = time.process_time()
     if profiler is not None:
@@ -178,6 +182,8 @@ def callgrind(args: argparse.Namespace) -> None:
             ]
             if args.complexity is not None:
                 argv += ["--complexity", str(args.complexity)]
+            if args.application is not None:
+                argv += ["--application", args.application]
             proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=dict(os.environ, PYTHONHASHSEED="0"))
             match = re.search(r"Collected : (\d+)", proc.stderr)
             if proc.returncode != 0 or match is None:
@@ -197,6 +203,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds of audio per session")
     parser.add_argument("--agent", default="echo", choices=("echo", "passthrough"))
     parser.add_argument("--complexity", type=int, default=None, help="[transceiver] opus_complexity")
+    parser.add_argument("--application", default=None, help="[transceiver] opus_application")
     parser.add_argument("--profile", action="store_true", help="cProfile the run")
     parser.add_argument("--sort", default="tottime", help="cProfile sort key")
     parser.add_argument("--top", type=int, default=30)

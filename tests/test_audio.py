@@ -16,7 +16,13 @@ from voiceedge.media.opus import OpusDecoder, OpusEncoder
 from voiceedge.media.speech import SpeechStarted, SpeechStopped, frame_level_db
 from voiceedge.media.timeline import MediaTimeline
 from tests.signals import speech_like
-from voiceedge.transceiver.audio import MAX_TRIM_FRAMES, SILENCE_FRAMES, InboundAudio, OutboundAudio
+from voiceedge.transceiver.audio import (
+    DEFAULT_APPLICATION,
+    MAX_TRIM_FRAMES,
+    SILENCE_FRAMES,
+    InboundAudio,
+    OutboundAudio,
+)
 
 RATE = 24000
 FRAME_BYTES = RATE // 50 * 2
@@ -38,27 +44,30 @@ class OutboundAudioTests(SynchronousTestCase):
     """Encode on pop; cut; trim; restart."""
 
     def test_a_cut_fades_the_next_frame_into_silence(self) -> None:
-        audio = OutboundAudio(RATE, stop_tail="silence")
-        audio.add(tone(10))
-        decoder = OpusDecoder(RATE)
-        for _ in range(3):
-            self.assertGreater(level(decoder.decode(audio.pop() or b"")), -20)
-        dropped, frames = audio.cut(True)
-        self.assertEqual(dropped, 140)
-        self.assertEqual(len(frames), 1 + SILENCE_FRAMES)
-        # Three frames heard and one faded: the other six were never encoded.
-        self.assertEqual(audio.frames_encoded, 3 + 1 + SILENCE_FRAMES)
-        fade = decoder.decode(frames[0])
-        # The fade's first milliseconds are the word going on (no click), its end is near silence.
-        quarter = len(fade) // 4
-        self.assertGreater(level(fade[:quarter]), -20)
-        self.assertLess(level(fade[-quarter:]), -40)
-        for frame in frames[1:]:
-            self.assertLess(level(decoder.decode(frame)), -55)
-        # What the caller's decoder conceals after it is silence, not a stretched syllable.
-        self.assertLess(level(decoder.conceal()), -80)
-        self.assertFalse(audio)
-        self.assertEqual(audio.queued_ms(), 0)
+        # What the caller's decoder conceals after the ending is silence, not a
+        # stretched syllable (the abrupt cut below: above -30 dB). CELT's decoder
+        # fades out through its own floor, about -65 to -70 dBFS; SILK's is exact.
+        for application, concealed_below in (("lowdelay", -65), ("voip", -80)):
+            audio = OutboundAudio(RATE, application=application, stop_tail="silence")
+            audio.add(tone(10))
+            decoder = OpusDecoder(RATE)
+            for _ in range(3):
+                self.assertGreater(level(decoder.decode(audio.pop() or b"")), -20)
+            dropped, frames = audio.cut(True)
+            self.assertEqual(dropped, 140)
+            self.assertEqual(len(frames), 1 + SILENCE_FRAMES)
+            # Three frames heard and one faded: the other six were never encoded.
+            self.assertEqual(audio.frames_encoded, 3 + 1 + SILENCE_FRAMES)
+            fade = decoder.decode(frames[0])
+            # The fade's first milliseconds are the word going on (no click), its end is near silence.
+            quarter = len(fade) // 4
+            self.assertGreater(level(fade[:quarter]), -20)
+            self.assertLess(level(fade[-quarter:]), -40)
+            for frame in frames[1:]:
+                self.assertLess(level(decoder.decode(frame)), -55)
+            self.assertLess(level(decoder.conceal()), concealed_below, application)
+            self.assertFalse(audio)
+            self.assertEqual(audio.queued_ms(), 0)
 
     def test_the_abrupt_cut_leaves_the_decoder_concealing_a_word(self) -> None:
         """For comparison: what a cut without an ending leaves the caller's decoder with."""
@@ -103,34 +112,76 @@ class OutboundAudioTests(SynchronousTestCase):
     def test_every_talkspurt_starts_from_a_fresh_encoder(self) -> None:
         """The burst: an encoder kept across a cut starts the next reply with the cut word's last milliseconds."""
         loud = tone(10)
-        # Kept: the first frame of silence after the cut still carries the tone (the look-ahead).
-        kept, decoder = OpusEncoder(RATE, complexity=5), OpusDecoder(RATE)
-        for n in range(10):
-            decoder.decode(kept.encode(loud[n * FRAME_BYTES : (n + 1) * FRAME_BYTES]))
-        decoder.conceal(RATE // 50 * 3)  # the caller's decoder conceals through the gap
-        burst = level(decoder.decode(kept.encode(bytes(FRAME_BYTES))))
-        # Ours: the queue's encoder is replaced when the talkspurt is cut.
-        audio, decoder = OutboundAudio(RATE, stop_tail="abrupt"), OpusDecoder(RATE)
-        audio.add(loud)
-        for _ in range(10):
-            decoder.decode(audio.pop() or b"")
-        audio.cut(True)
-        decoder.conceal(RATE // 50 * 3)
-        audio.add(bytes(FRAME_BYTES))
-        clean = level(decoder.decode(audio.pop() or b""))
-        self.assertEqual(audio.encoders_opened, 2)
-        self.assertGreater(burst, -40)
-        self.assertLess(clean, burst - 20)
+        # The first 5 ms of the first frame after a gap are the caller's decoder
+        # overlapping what it concealed, whatever the encoder did: compared after them.
+        after_overlap = RATE // 200 * 2
+        for application in ("lowdelay", "voip"):
+            # Kept: the first frame of silence after the cut still carries the tone.
+            kept, decoder = OpusEncoder(RATE, complexity=5, application=application), OpusDecoder(RATE)
+            for n in range(10):
+                decoder.decode(kept.encode(loud[n * FRAME_BYTES : (n + 1) * FRAME_BYTES]))
+            decoder.conceal(RATE // 50 * 3)  # the caller's decoder conceals through the gap
+            burst = level(decoder.decode(kept.encode(bytes(FRAME_BYTES)))[after_overlap:])
+            # Ours: the queue's encoder starts over when the talkspurt is cut.
+            audio = OutboundAudio(RATE, application=application, stop_tail="abrupt")
+            decoder = OpusDecoder(RATE)
+            audio.add(loud)
+            for _ in range(10):
+                decoder.decode(audio.pop() or b"")
+            audio.cut(True)
+            decoder.conceal(RATE // 50 * 3)
+            audio.add(bytes(FRAME_BYTES))
+            clean = level(decoder.decode(audio.pop() or b"")[after_overlap:])
+            self.assertEqual(audio.encoder_starts, 2)
+            self.assertGreater(burst, -55, application)
+            self.assertLess(clean, burst - 20, application)
 
-    def test_restart_opens_a_new_encoder_only_when_audio_comes(self) -> None:
+    def test_restart_starts_the_encoder_over_only_when_audio_comes(self) -> None:
         audio = OutboundAudio(RATE)
         audio.add(tone(1))
         audio.pop()
+        encoder = audio._encoder
         audio.restart()
-        self.assertEqual(audio.encoders_opened, 1)
+        self.assertEqual(audio.encoder_starts, 1)
         audio.add(tone(1))
         audio.pop()
-        self.assertEqual(audio.encoders_opened, 2)
+        self.assertEqual(audio.encoder_starts, 2)
+        # One encoder for the call, reset per talkspurt rather than opened again.
+        self.assertIs(audio._encoder, encoder)
+
+    def test_a_restarted_encoder_codes_as_a_fresh_one(self) -> None:
+        speech = speech_like(RATE, 20)
+        audio = OutboundAudio(RATE)
+        for frame in speech[:10]:
+            audio.add(frame)
+            audio.pop()
+        audio.restart()
+        fresh = OutboundAudio(RATE)
+        for frame in speech[10:]:
+            audio.add(frame)
+            fresh.add(frame)
+            self.assertEqual(audio.pop(), fresh.pop())
+
+    def test_the_application_decides_the_opus_mode(self) -> None:
+        """``lowdelay`` (the default) codes speech with CELT alone; ``voip`` with SILK or hybrid (RFC 6716 §3.1)."""
+        speech = speech_like(RATE, 25)
+
+        def configs(audio: OutboundAudio) -> set[int]:
+            seen = set()
+            for frame in speech:
+                audio.add(frame)
+                payload = audio.pop()
+                assert payload
+                seen.add(payload[0] >> 3)
+            return seen
+
+        self.assertEqual(OutboundAudio(RATE).application, "lowdelay")
+        self.assertTrue(all(config >= 16 for config in configs(OutboundAudio(RATE))))
+        self.assertTrue(all(config < 16 for config in configs(OutboundAudio(RATE, application="voip"))))
+
+    def test_bad_application(self) -> None:
+        with self.assertRaises(ValueError):
+            OutboundAudio(RATE, application="music")
 
     def test_leading_silence_is_trimmed_at_the_start_of_a_talkspurt_only(self) -> None:
         audio = OutboundAudio(RATE)

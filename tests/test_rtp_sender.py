@@ -280,7 +280,7 @@ class CleanStopTests(SynchronousTestCase):
         fade, new = s.poll(ORIGIN + 0.021) + s.poll(ORIGIN + 0.040)
         self.assertEqual([parse_rtp(p).marker for p in (fade, new)], [False, True])
         # The new talkspurt has an encoder of its own.
-        self.assertEqual(audio.encoders_opened, 2)
+        self.assertEqual(audio.encoder_starts, 2)
 
 
 class SilenceTests(SynchronousTestCase):

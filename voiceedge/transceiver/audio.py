@@ -30,6 +30,13 @@ MAX_QUEUED_FRAMES = 3000
 #: score 1.0 for 1.0; 0-3 are cheaper (0.39 at 0) but lose 0.7-0.9 PESQ.
 #: Measured again on libopus directly (no PyAV): 4-5 0.73-0.74, 6 0.79, the same scores.
 DEFAULT_COMPLEXITY = 5
+#: libopus application of agent audio unless configured: ``lowdelay`` codes
+#: with CELT alone, about a third of the CPU of ``voip``'s SILK or hybrid modes
+#: for speech, for more bits at the same PESQ-WB (``bench/codec.py
+#: --complexity``).
+DEFAULT_APPLICATION = "lowdelay"
+#: The applications ``[transceiver] opus_application`` accepts.
+APPLICATIONS = ("lowdelay", "voip", "audio")
 #: A frame of agent audio whose RMS is below this (dBFS) is inaudible: after
 #: the first one it is neither encoded nor sent (the caller's jitter buffer
 #: plays silence through the gap, as for Opus DTX).
@@ -217,23 +224,32 @@ class OutboundAudio:
     over :data:`FADE_MS`, then comes one silent frame and an Opus DTX frame
     (``stop_tail = "dtx"``, the default) or encoded silence (``"silence"``), so
     the caller's decoder plays a fade into silence instead of concealing a word
-    cut mid-syllable. Every talkspurt starts from a fresh encoder
-    (:meth:`restart`): none opens with the last milliseconds of the one before,
-    which the old encoder's look-ahead still held. ``trim`` drops whole
+    cut mid-syllable. Every talkspurt starts from a fresh encoder state
+    (:meth:`restart`, ``OPUS_RESET_STATE`` on the one encoder): none opens with
+    the last milliseconds of the one before, which the look-ahead still held. ``trim`` drops whole
     inaudible frames at the start of a talkspurt, so a reply's silent lead-in
     is not sent as a delay (at most :data:`MAX_TRIM_FRAMES`).
     """
 
     def __init__(
-        self, sample_rate: int, complexity: int = DEFAULT_COMPLEXITY, *, stop_tail: StopTail = "dtx"
+        self,
+        sample_rate: int,
+        complexity: int = DEFAULT_COMPLEXITY,
+        *,
+        application: str = DEFAULT_APPLICATION,
+        stop_tail: StopTail = "dtx",
     ) -> None:
         if stop_tail not in STOP_TAILS:
             raise ValueError(f"stop_tail must be one of {', '.join(STOP_TAILS)}, not {stop_tail!r}")
+        if application not in APPLICATIONS:
+            raise ValueError(f"application must be one of {', '.join(APPLICATIONS)}, not {application!r}")
         self.sample_rate = sample_rate
         self.complexity = complexity
+        self.application = application
         self.stop_tail = stop_tail
         self._frame_bytes = sample_rate // 50 * 2
         self._encoder: OpusEncoder | None = None
+        self._fresh = True  # the next frame opens a talkspurt: the encoder starts over
         self._pcm = bytearray()
         self._frames: collections.deque[bytes] = collections.deque()
         self._quiet = False  # the last frame taken was inaudible and was sent
@@ -243,7 +259,7 @@ class OutboundAudio:
         self.frames_encoded = 0
         self.frames_silent = 0
         self.frames_trimmed = 0
-        self.encoders_opened = 0
+        self.encoder_starts = 0
 
     def add(self, pcm: bytes, *, trim: bool = False) -> None:
         """Queue PCM16 mono; odd trailing bytes wait for the rest of their frame.
@@ -284,9 +300,16 @@ class OutboundAudio:
 
     def _encode(self, pcm: bytes) -> bytes:
         encoder = self._encoder
-        if encoder is None:
-            encoder = self._encoder = OpusEncoder(self.sample_rate, complexity=self.complexity)
-            self.encoders_opened += 1
+        if self._fresh:
+            if encoder is None:
+                encoder = self._encoder = OpusEncoder(
+                    self.sample_rate, complexity=self.complexity, application=self.application
+                )
+            else:
+                encoder.reset()
+            self._fresh = False
+            self.encoder_starts += 1
+        assert encoder is not None
         self.frames_encoded += 1
         return encoder.encode(pcm)
 
@@ -298,8 +321,8 @@ class OutboundAudio:
         return len(self._frames) * 20 + len(self._pcm) * 1000 // (2 * self.sample_rate)
 
     def restart(self) -> None:
-        """The talkspurt is over: the next frame is encoded by a fresh encoder (opened when needed)."""
-        self._encoder = None
+        """The talkspurt is over: the next frame is encoded as by a fresh encoder (reset when needed)."""
+        self._fresh = True
         self._quiet = False
         self._trimmed = 0
 
@@ -319,7 +342,7 @@ class OutboundAudio:
         self._frames.clear()
         self._pcm.clear()
         frames: list[bytes] = []
-        if ending and self._encoder is not None and self.stop_tail != "abrupt":
+        if ending and not self._fresh and self.stop_tail != "abrupt":
             following += bytes(self._frame_bytes - len(following))
             samples = array.array("h", following)
             if _BIG_ENDIAN:

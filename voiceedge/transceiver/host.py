@@ -341,6 +341,7 @@ class Transceiver:
             setup_timeout=self.setup_timeout,
             speech=self.speech,
             opus_complexity=self.settings.opus_complexity,
+            opus_application=self.settings.opus_application,
             passthrough=IPassthroughAgentFactory.providedBy(self.agent_factory),
             stop_tail=self.settings.stop_tail,
             data_channel=summary.datachannel_mid is not None,

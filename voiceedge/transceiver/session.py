@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from voiceedge.media.detection import DetectionSettings, DetectorUnavailable, make_speech_detector
 from voiceedge.transceiver.audio import (
+    DEFAULT_APPLICATION,
     DEFAULT_COMPLEXITY,
     InboundAudio,
     InboundOpus,
@@ -163,6 +164,7 @@ class Session:
         setup_timeout: float = 15.0,
         speech: SpeechSettings = SpeechSettings(),
         opus_complexity: int = DEFAULT_COMPLEXITY,
+        opus_application: str = DEFAULT_APPLICATION,
         passthrough: bool = False,
         stop_tail: StopTail = "dtx",
         data_channel: bool = False,
@@ -181,6 +183,7 @@ class Session:
         self.grid_origin = grid_origin
         self.speech = speech
         self.opus_complexity = opus_complexity
+        self.opus_application = opus_application
         self.passthrough = passthrough
         self.stop_tail = stop_tail
         #: How the call's speech detector runs now: ``[speech]``, then per call (:meth:`set_speech_detection`).
@@ -486,7 +489,9 @@ class Session:
             self._outbound = OutboundOpus()
         else:
             self._inbound = InboundAudio(self.sample_rate, self.speech_detection, self._emit, self._emit)
-            self._outbound = OutboundAudio(self.sample_rate, self.opus_complexity, stop_tail=self.stop_tail)
+            self._outbound = OutboundAudio(
+                self.sample_rate, self.opus_complexity, application=self.opus_application, stop_tail=self.stop_tail
+            )
         self.receiver = RtpReceiver(srtp, self.audio.payload_type, self._inbound, now, self.drops)
         audio = self.audio
         extension = b""

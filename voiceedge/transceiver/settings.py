@@ -12,7 +12,7 @@ from voiceedge.config import Address, SettingError, section, setting
 from voiceedge.fleet.settings import DrainSettings, InternalApiSettings, RegistrySettings
 from voiceedge.redis_connection import RedisConnectionSettings
 from voiceedge.media.detection import DetectionSettings, DetectorName, parse_detector
-from voiceedge.transceiver.audio import StopTail, parse_stop_tail
+from voiceedge.transceiver.audio import APPLICATIONS, DEFAULT_APPLICATION, StopTail, parse_stop_tail
 from voiceedge.signaling.settings import SignalingSettings
 from voiceedge.workers import ProcessSettings
 
@@ -51,6 +51,12 @@ class TransceiverSettings:
     )
     opus_complexity: int = setting(
         c.integer(0, 10), "5", "libopus complexity of agent audio (0-10: CPU against quality)"
+    )
+    opus_application: str = setting(
+        c.word(*APPLICATIONS),
+        DEFAULT_APPLICATION,
+        "libopus application of agent audio: lowdelay (CELT only: about a third of the CPU, more bits), "
+        "voip (SILK or hybrid for speech: fewer bits at the same PESQ-WB) or audio",
     )
     stop_tail: StopTail = setting(
         parse_stop_tail,
