@@ -262,6 +262,7 @@ def fuzz_encap(data: bytes) -> None:
             call(data)
         except encap.EncapError:
             pass
+    _same_header_verdict(data)
     try:
         envelope, payload = encap.decode(data)
     except encap.EncapError:
@@ -522,6 +523,26 @@ def fuzz_session(data: bytes) -> None:
     transceiver.stop()
 
 
+def _same_header_verdict(datagram: bytes) -> None:
+    """The compiled helper's header parser (where built) agrees with voiceedge.wire.encap on ``datagram``."""
+    from voiceedge.wire import encap
+
+    try:
+        from voiceedge.relay import _batchio
+    except ImportError:
+        return
+    try:
+        expected: object = encap.peek_client(datagram)
+    except encap.EncapError as e:
+        expected = str(e)
+    try:
+        got: object = _batchio.peek_client(datagram)
+    except ValueError as e:
+        got = str(e)
+    if got != expected:
+        raise InvariantBroken(f"the helper reads header {datagram[:40]!r} as {got!r}, encap as {expected!r}")
+
+
 @target
 def fuzz_relay(data: bytes) -> None:
     """A relay on a Clock: client datagrams (hostile, or checks with valid tokens) and transceiver
@@ -587,9 +608,10 @@ def fuzz_relay(data: bytes) -> None:
                 datagram = encap.encode(encap.Envelope(client, ingress), payload)
             else:
                 datagram = payload
+            _same_header_verdict(datagram)
             if relay.return_batch is not None:
                 at, n = return_batch.put(0, datagram)
-                relay.transceiver_batch([(at, n, hop)])
+                relay.transceiver_batch([return_batch.route(at, n, hop)])
             else:
                 relay.transceiver_datagram(datagram, hop)
             for _, address in to_clients[before:]:

@@ -42,6 +42,8 @@ class RecordingBatch:
         self.buffer = mmap.mmap(-1, self.count * self.stride)  # as the ports allocate theirs
         self.batch = Batch(self.buffer, self.count, self.stride, self.headroom)
         self.queue = self.batch.queue
+        self.route_by = self.batch.route_by
+        self.route = self.batch.route
         self.fail = 0  # how many of the next datagrams fail, as a full socket buffer would
 
     @property

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Any
+from typing import Any, Iterator
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from voiceedge.wire import encap
 
 try:
     from voiceedge.relay._batchio import Batch
@@ -196,3 +198,127 @@ class BatchTests(SynchronousTestCase):
         with open("/dev/null", "rb") as f:
             with self.assertRaises(OSError):
                 batch.recv(f.fileno())
+
+
+class DestinationCacheTests(SynchronousTestCase):
+    """queue() converts a destination tuple once and reuses it: never the wrong address."""
+
+    def setUp(self) -> None:
+        """Skip where the helper is not built."""
+        if Batch is None:
+            raise SkipTest("voiceedge.relay._batchio is not built: scripts/test builds it")
+
+    def test_many_destinations_each_get_their_own_address(self) -> None:
+        """600 tuples (more than the cache holds, so entries collide), each queued twice: every datagram to its own."""
+        batch = Batch(bytearray(64 * 16), 64, 16, 0)
+        destinations = [(f"10.0.{i // 250}.{i % 250}", 1000 + i) for i in range(300)]
+        destinations += [(f"2001:db8::{i + 1:x}", 2000 + i) for i in range(300)]
+        order = destinations + destinations[::-1]
+        got = []
+        for start in range(0, len(order), 64):
+            for addr in order[start : start + 64]:
+                batch.queue(0, 0, 1, addr)
+            got += [addr for _, addr in batch.take()]
+        self.assertEqual(got, order)
+
+    def test_a_refused_destination_is_not_remembered(self) -> None:
+        """A tuple that failed to convert fails again (and a good one after it still goes)."""
+        batch = Batch(bytearray(16), 1, 16, 0)
+        bad = ("not an address", 9)
+        for _ in range(2):
+            with self.assertRaises(ValueError):
+                batch.queue(0, 0, 1, bad)
+        batch.queue(0, 0, 1, ("127.0.0.1", 9))
+        self.assertEqual(batch.take(), [(b"\0", ("127.0.0.1", 9))])
+
+
+def _headers() -> Iterator[tuple[str, bytes]]:
+    """Well-formed headers of every layout, and one malformed datagram of each kind encap refuses."""
+    for client, ingress in (
+        (("198.51.100.7", 50000), ("203.0.113.1", 3478)),
+        (("2001:db8::7", 50001), ("203.0.113.1", 3478)),
+        (("198.51.100.7", 1), ("2001:db8::1", 3478)),
+        (("2001:db8::7", 65535), ("2001:db8::1", 3478)),
+    ):
+        datagram = encap.encode(encap.Envelope(client, ingress), b"\x80payload")
+        yield "good", datagram
+        buffer = bytearray(encap.MAX_HEADER_SIZE)
+        client_ip = socket.inet_pton(socket.AF_INET6 if ":" in client[0] else socket.AF_INET, client[0])
+        ingress_ip = socket.inet_pton(socket.AF_INET6 if ":" in ingress[0] else socket.AF_INET, ingress[0])
+        size = encap.pack_header_into(buffer, client_ip, client[1], ingress_ip, ingress[1], 3)
+        yield "hops", bytes(buffer[:size]) + b"\x80payload"
+        yield "truncated", datagram[: size - 2]
+        yield "hop count too high", bytes(buffer[: size - 1]) + bytes([encap.MAX_HOPS + 1])
+    yield "empty", b""
+    yield "one byte", b"\xf1"
+    yield "not encapsulated", b"\x80\x00" + bytes(40)
+    yield "version 2", b"\xf2\x00" + bytes(40)
+    yield "reserved flags", b"\xf1\x08" + bytes(40)
+
+
+class HeaderParserTests(SynchronousTestCase):
+    """The helper's header parser says what voiceedge.wire.encap says, and recv_routed() uses it."""
+
+    def setUp(self) -> None:
+        """Skip where the helper is not built."""
+        if Batch is None:
+            raise SkipTest("voiceedge.relay._batchio is not built: scripts/test builds it")
+
+    def test_peek_client_agrees_with_encap(self) -> None:
+        """Every layout reads the same; every malformed header fails with encap's message."""
+        from voiceedge.relay._batchio import peek_client
+
+        kinds = set()
+        for kind, datagram in _headers():
+            kinds.add(kind)
+            try:
+                expected: object = encap.peek_client(datagram)
+            except encap.EncapError as e:
+                expected = str(e)
+                with self.assertRaises(ValueError) as raised:
+                    peek_client(datagram)
+                self.assertEqual(str(raised.exception), expected, kind)
+                continue
+            self.assertEqual(peek_client(datagram), expected, kind)
+            self.assertEqual(peek_client(bytearray(datagram)), expected, kind)
+        self.assertEqual(len(kinds), 9)
+
+    def test_recv_routed_gives_payloads_of_known_clients_and_the_rest_whole(self) -> None:
+        """A known client's datagram: its payload and its table entry; anything else whole, with None."""
+        sender, receiver = udp(), udp()
+        for sock in (sender, receiver):
+            self.addCleanup(sock.close)
+        buffer = bytearray(16 * 2048)
+        batch = Batch(buffer, 16, 2048, 0)
+        with self.assertRaises(TypeError):
+            batch.recv_routed(receiver.fileno())  # no table yet
+        known = ("198.51.100.7", 50000)
+        table = {(socket.inet_pton(socket.AF_INET, known[0]), known[1]): "the flow"}
+        batch.route_by(table)
+        ingress = ("203.0.113.1", 3478)
+        datagrams = [
+            encap.encode(encap.Envelope(known, ingress), b"\x80one"),
+            encap.encode(encap.Envelope(("198.51.100.8", 50000), ingress), b"\x80unknown"),
+            encap.encode(encap.Envelope(known, ingress), b""),
+            b"\x80not encapsulated",
+            encap.encode(encap.Envelope(known, ingress), b"\x80two")[:10],  # truncated
+        ] + [d for kind, d in _headers() if kind == "hops"]
+        for data in datagrams:
+            sender.sendto(data, receiver.getsockname())
+        got = batch.recv_routed(receiver.fileno())
+        self.assertEqual(len(got), len(datagrams))
+        for i, ((at, end, source, flow), data) in enumerate(zip(got, datagrams)):
+            self.assertEqual(source, sender.getsockname())
+            self.assertEqual(end, i * 2048 + len(data))
+            if i in (0, 2):
+                self.assertEqual(flow, "the flow")
+                self.assertEqual(bytes(buffer[at:end]), data[14:])
+            else:
+                self.assertIsNone(flow)
+                self.assertEqual(bytes(buffer[at:end]), data)
+        # route() reads a datagram already in the buffer the same way.
+        self.assertEqual(batch.route(0, len(datagrams[0]), known), (14, len(datagrams[0]), known, "the flow"))
+        with self.assertRaises(ValueError):
+            batch.route(len(buffer) - 2, 3, known)
+        with self.assertRaises(TypeError):
+            batch.route_by([])

@@ -106,7 +106,7 @@ class Harness:
             self.relay.transceiver_datagram(datagram, source)
         else:
             at, n = self.return_batch.put(0, datagram)
-            self.relay.transceiver_batch([(at, n, source)])
+            self.relay.transceiver_batch([self.return_batch.route(at, n, source)])
 
     def confirm(self, client: tuple[str, int] = CLIENT, hop: tuple[str, int] = HOP) -> None:
         """Route ``client`` by token to ``hop`` and have ``hop`` answer."""
@@ -695,9 +695,10 @@ class BatchPathTests(SynchronousTestCase):
             (encap.encode(Envelope(CLIENT, INGRESS), b"\x80four"), HOP2),  # not the owner
             (encap.encode(Envelope(CLIENT, INGRESS), b""), HOP),  # an empty payload goes, as on the other path
         ]
-        entries = [(*h.return_batch.put(i % 4, d), source) for i, (d, source) in enumerate(datagrams[:4])]
+        batch = h.return_batch
+        entries = [batch.route(*batch.put(i % 4, d), source) for i, (d, source) in enumerate(datagrams[:4])]
         h.relay.transceiver_batch(entries)
-        entries = [(*h.return_batch.put(i, d), source) for i, (d, source) in enumerate(datagrams[4:])]
+        entries = [batch.route(*batch.put(i, d), source) for i, (d, source) in enumerate(datagrams[4:])]
         h.relay.transceiver_batch(entries)
         self.assertEqual(h.to_client, [(b"\x80one", CLIENT), (b"", CLIENT)])
         self.assertEqual(one_by_one, [])  # all through the batch
@@ -707,7 +708,7 @@ class BatchPathTests(SynchronousTestCase):
                                  "wrong_transceiver": 1})
         h.return_batch.fail = 1
         at, n = h.return_batch.put(0, datagrams[0][0])
-        h.relay.transceiver_batch([(at, n, HOP)])
+        h.relay.transceiver_batch([h.return_batch.route(at, n, HOP)])
         self.assertEqual(h.relay.drops["send_failed"], 1)
 
     def test_metrics_say_which_backend(self) -> None:

@@ -17,6 +17,16 @@
  * OSError otherwise, having received nothing. send() never raises for a
  * datagram: one that fails (EAGAIN, ENOBUFS, EMSGSIZE, ECONNREFUSED, ...) is
  * skipped and counted, and the rest of the queue still goes.
+ *
+ * The return direction (recv_routed, route): each received datagram's
+ * encapsulation header is checked here, with the same rules and messages as
+ * voiceedge.wire.encap (peek_client() is this parser's Python entry, which the
+ * relay fuzz target compares with encap's), and its route key (client IP
+ * packed, client port) looked up in the caller's dict (route_by). The caller
+ * gets the payload's offset and the dict's entry; the flow table and every
+ * decision about the datagram stay in Python. A header that does not parse, or
+ * carries a hop count, or whose key is not in the dict, comes back whole with
+ * None, for the caller's own checks.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -26,6 +36,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -37,6 +49,29 @@ typedef struct {
     struct sockaddr_in6 key;  /* sockaddr_in or sockaddr_in6, zero-padded */
     PyObject *tuple;          /* NULL: empty */
 } CachedAddress;
+
+/* Destinations recently queued, by the identity of their (host, port) tuple: a flow's destination is one
+ * tuple for the flow's life, so its sockaddr is converted once instead of per packet. Direct-mapped; each
+ * entry holds a reference to its tuple, so the pointer cannot be reused by another object while cached
+ * (and a tuple of a str and an int cannot change). */
+#define DESTINATION_CACHE 256
+
+typedef struct {
+    PyObject *tuple;          /* NULL: empty */
+    struct sockaddr_storage addr; /* a sockaddr_in or sockaddr_in6 */
+    socklen_t len;
+} CachedDestination;
+
+/* Route keys (client IP packed, client port) recently parsed from encapsulation headers, so a client's
+ * datagrams share one key tuple (whose bytes keep their hash) instead of a new one per packet. */
+#define KEY_CACHE 256
+
+typedef struct {
+    unsigned char ip[16];
+    Py_ssize_t ip_len;
+    unsigned int port;
+    PyObject *key;  /* NULL: empty */
+} CachedKey;
 
 typedef struct {
     PyObject_HEAD
@@ -54,6 +89,9 @@ typedef struct {
     long long truncated;     /* datagrams larger than a slot, dropped by recv() */
     int last_errno;          /* errno of the last datagram send() could not send */
     CachedAddress *addresses; /* ADDRESS_CACHE entries */
+    CachedDestination *destinations; /* DESTINATION_CACHE entries */
+    CachedKey *keys;         /* KEY_CACHE entries */
+    PyObject *table;         /* route_by()'s dict, or NULL */
 } Batch;
 
 static void
@@ -74,6 +112,19 @@ Batch_dealloc(Batch *self)
             Py_XDECREF(self->addresses[i].tuple);
         }
         PyMem_Free(self->addresses);
+    }
+    if (self->keys) {
+        for (int i = 0; i < KEY_CACHE; i++) {
+            Py_XDECREF(self->keys[i].key);
+        }
+        PyMem_Free(self->keys);
+    }
+    Py_XDECREF(self->table);
+    if (self->destinations) {
+        for (int i = 0; i < DESTINATION_CACHE; i++) {
+            Py_XDECREF(self->destinations[i].tuple);
+        }
+        PyMem_Free(self->destinations);
     }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -114,8 +165,10 @@ Batch_init(Batch *self, PyObject *args, PyObject *kwds)
     self->tx_addrs = PyMem_Calloc(count, sizeof(struct sockaddr_storage));
     self->tx_payload = PyMem_Calloc(count, sizeof(Py_ssize_t));
     self->addresses = PyMem_Calloc(ADDRESS_CACHE, sizeof(CachedAddress));
+    self->destinations = PyMem_Calloc(DESTINATION_CACHE, sizeof(CachedDestination));
+    self->keys = PyMem_Calloc(KEY_CACHE, sizeof(CachedKey));
     if (!self->rx_msgs || !self->rx_iov || !self->rx_addrs || !self->tx_msgs || !self->tx_iov
-        || !self->tx_addrs || !self->tx_payload || !self->addresses) {
+        || !self->tx_addrs || !self->tx_payload || !self->addresses || !self->destinations || !self->keys) {
         PyErr_NoMemory();
         return -1;
     }
@@ -210,6 +263,186 @@ source_tuple(Batch *self, const struct sockaddr_storage *ss)
     return tuple;
 }
 
+
+/* -- the encapsulation header (docs/encapsulation.md), as voiceedge.wire.encap reads it ------------ */
+
+#define FIRST_BYTE_MIN 0xF0
+#define FIRST_BYTE 0xF1
+#define FLAG_HOPS 0x04
+#define KNOWN_FLAGS 0x07
+#define MAX_HOPS 8
+
+static const Py_ssize_t header_sizes[8] = {14, 26, 26, 38, 15, 27, 27, 39};
+static const Py_ssize_t client_ip_lens[8] = {4, 16, 4, 16, 4, 16, 4, 16};
+
+/* Check the header at p[0:n] as encap.header_length does. 0 and *size, *ip_len on success; else -1 and
+ * the same message encap.EncapError would carry, in why. */
+static int
+parse_header(const unsigned char *p, Py_ssize_t n, Py_ssize_t *size, Py_ssize_t *ip_len, char *why, size_t why_len)
+{
+    if (n < 2) {
+        snprintf(why, why_len, "datagram too short for an encapsulation header");
+        return -1;
+    }
+    if (p[0] != FIRST_BYTE) {
+        if (p[0] < FIRST_BYTE_MIN) {
+            snprintf(why, why_len, "first byte 0x%02x is not an encapsulation header", p[0]);
+        } else {
+            snprintf(why, why_len, "unsupported encapsulation version %d", p[0] & 0x0F);
+        }
+        return -1;
+    }
+    unsigned int flags = p[1];
+    if (flags & ~KNOWN_FLAGS) {
+        snprintf(why, why_len, "reserved encapsulation flags set: 0x%02x", flags);
+        return -1;
+    }
+    if (n < header_sizes[flags]) {
+        snprintf(why, why_len, "truncated encapsulation header");
+        return -1;
+    }
+    if ((flags & FLAG_HOPS) && p[header_sizes[flags] - 1] > MAX_HOPS) {
+        snprintf(why, why_len, "hop count %d is over %d", p[header_sizes[flags] - 1], MAX_HOPS);
+        return -1;
+    }
+    *size = header_sizes[flags];
+    *ip_len = client_ip_lens[flags];
+    return 0;
+}
+
+PyDoc_STRVAR(peek_client_doc,
+"peek_client(data) -> (client ip packed, client port, header length)\n\n"
+"What voiceedge.wire.encap.peek_client returns, from the parser route() and recv_routed() use;\n"
+"ValueError with encap's message for a malformed header (the fuzz target compares the two).");
+
+static PyObject *
+batchio_peek_client(PyObject *module, PyObject *arg)
+{
+    Py_buffer data;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const unsigned char *p = data.buf;
+    Py_ssize_t size, ip_len;
+    char why[80];
+    PyObject *result = NULL;
+    if (parse_header(p, data.len, &size, &ip_len, why, sizeof why) < 0) {
+        PyErr_SetString(PyExc_ValueError, why);
+    } else {
+        result = Py_BuildValue("(y#In)", (const char *)p + 6, ip_len, ((unsigned int)p[2] << 8) | p[3], size);
+    }
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* The route key (client ip packed, client port) of a parsed header at p, from the cache or made. New reference. */
+static PyObject *
+route_key(Batch *self, const unsigned char *p, Py_ssize_t ip_len)
+{
+    unsigned int port = ((unsigned int)p[2] << 8) | p[3];
+    const unsigned char *ip = p + 6;
+    uint32_t h = 2166136261u;
+    for (Py_ssize_t k = 0; k < ip_len; k++) {
+        h = (h ^ ip[k]) * 16777619u;
+    }
+    h = (h ^ port) * 16777619u;
+    CachedKey *entry = &self->keys[(h ^ (h >> 16)) % KEY_CACHE];
+    if (entry->key != NULL && entry->ip_len == ip_len && entry->port == port && memcmp(entry->ip, ip, ip_len) == 0) {
+        return Py_NewRef(entry->key);
+    }
+    PyObject *key = Py_BuildValue("(y#I)", (const char *)ip, ip_len, port);
+    if (key != NULL) {
+        Py_XSETREF(entry->key, Py_NewRef(key));
+        memcpy(entry->ip, ip, ip_len);
+        entry->ip_len = ip_len;
+        entry->port = port;
+    }
+    return key;
+}
+
+/* (payload offset, end, source, flow) for the datagram at buffer[at:at+n] from source (borrowed). A
+ * version 1 header without a hop count, whose key is in the table: the payload's offset and that
+ * entry. Anything else: (at, at+n, source, None), for the caller's own checks. */
+static PyObject *
+routed_item(Batch *self, Py_ssize_t at, Py_ssize_t n, PyObject *source)
+{
+    const unsigned char *p = (const unsigned char *)self->view.buf + at;
+    Py_ssize_t size, ip_len;
+    char why[80];
+    PyObject *flow = Py_None;
+    Py_ssize_t payload = at;
+    if (parse_header(p, n, &size, &ip_len, why, sizeof why) == 0 && !(p[1] & FLAG_HOPS)) {
+        PyObject *key = route_key(self, p, ip_len);
+        if (key == NULL) {
+            return NULL;
+        }
+        PyObject *found = PyDict_GetItemWithError(self->table, key);
+        Py_DECREF(key);
+        if (found != NULL) {
+            flow = found;
+            payload = at + size;
+        } else if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    PyObject *start = PyLong_FromSsize_t(payload);
+    PyObject *end = PyLong_FromSsize_t(at + n);
+    PyObject *item = (start && end) ? PyTuple_New(4) : NULL;
+    if (!item) {
+        Py_XDECREF(start);
+        Py_XDECREF(end);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(item, 0, start);
+    PyTuple_SET_ITEM(item, 1, end);
+    PyTuple_SET_ITEM(item, 2, Py_NewRef(source));
+    PyTuple_SET_ITEM(item, 3, Py_NewRef(flow));
+    return item;
+}
+
+PyDoc_STRVAR(route_by_doc,
+"route_by(table) -> None\n\n"
+"The dict recv_routed() and route() look route keys (client ip packed, client port) up in.\n"
+"It stays the caller's: the batch only reads it.");
+
+static PyObject *
+Batch_route_by(Batch *self, PyObject *table)
+{
+    if (!PyDict_Check(table)) {
+        PyErr_SetString(PyExc_TypeError, "route_by() needs a dict");
+        return NULL;
+    }
+    Py_XSETREF(self->table, Py_NewRef(table));
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(route_doc,
+"route(offset, length, source) -> (payload offset, end, source, flow)\n\n"
+"What recv_routed() gives for a datagram already at buffer[offset:offset+length] (tests, fakes).");
+
+static PyObject *
+Batch_route(Batch *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "route(offset, length, source)");
+        return NULL;
+    }
+    if (self->table == NULL) {
+        PyErr_SetString(PyExc_TypeError, "route() before route_by()");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[0]);
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (at < 0 || n < 0 || at > self->view.len - n) {
+        PyErr_SetString(PyExc_ValueError, "range outside the buffer");
+        return NULL;
+    }
+    return routed_item(self, at, n, args[2]);
+}
+
 PyDoc_STRVAR(recv_doc,
 "recv(fd) -> list of (offset, length, (host, port))\n\n"
 "One recvmmsg of up to count datagrams, datagram i into slot i at i*stride + headroom\n"
@@ -217,10 +450,14 @@ PyDoc_STRVAR(recv_doc,
 "A datagram longer than a slot is dropped and counted in truncated.");
 
 static PyObject *
-Batch_recv(Batch *self, PyObject *arg)
+receive(Batch *self, PyObject *arg, int routed)
 {
     int fd = PyObject_AsFileDescriptor(arg);
     if (fd < 0) {
+        return NULL;
+    }
+    if (routed && self->table == NULL) {
+        PyErr_SetString(PyExc_TypeError, "recv_routed() before route_by()");
         return NULL;
     }
     for (Py_ssize_t i = 0; i < self->count; i++) {
@@ -248,19 +485,33 @@ Batch_recv(Batch *self, PyObject *arg)
             continue;
         }
         PyObject *addr = source_tuple(self, &self->rx_addrs[i]);
-        PyObject *offset = PyLong_FromSsize_t(i * self->stride + self->headroom);
-        PyObject *length = PyLong_FromUnsignedLong(m->msg_len);
-        PyObject *item = (addr && offset && length) ? PyTuple_New(3) : NULL;
-        if (!item) {
-            Py_XDECREF(addr);
-            Py_XDECREF(offset);
-            Py_XDECREF(length);
+        if (!addr) {
             Py_DECREF(list);
             return NULL;
         }
-        PyTuple_SET_ITEM(item, 0, offset);
-        PyTuple_SET_ITEM(item, 1, length);
-        PyTuple_SET_ITEM(item, 2, addr);
+        Py_ssize_t at = i * self->stride + self->headroom;
+        PyObject *item;
+        if (routed) {
+            item = routed_item(self, at, (Py_ssize_t)m->msg_len, addr);
+            Py_DECREF(addr);
+        } else {
+            PyObject *offset = PyLong_FromSsize_t(at);
+            PyObject *length = PyLong_FromUnsignedLong(m->msg_len);
+            item = (offset && length) ? PyTuple_New(3) : NULL;
+            if (!item) {
+                Py_XDECREF(offset);
+                Py_XDECREF(length);
+                Py_DECREF(addr);
+            } else {
+                PyTuple_SET_ITEM(item, 0, offset);
+                PyTuple_SET_ITEM(item, 1, length);
+                PyTuple_SET_ITEM(item, 2, addr);
+            }
+        }
+        if (!item) {
+            Py_DECREF(list);
+            return NULL;
+        }
         if (PyList_Append(list, item) < 0) {
             Py_DECREF(item);
             Py_DECREF(list);
@@ -269,6 +520,26 @@ Batch_recv(Batch *self, PyObject *arg)
         Py_DECREF(item);
     }
     return list;
+}
+
+static PyObject *
+Batch_recv(Batch *self, PyObject *arg)
+{
+    return receive(self, arg, 0);
+}
+
+PyDoc_STRVAR(recv_routed_doc,
+"recv_routed(fd) -> list of (payload offset, end, (host, port), flow)\n\n"
+"recv() for encapsulated datagrams (the relay's return direction): each header is checked as\n"
+"voiceedge.wire.encap checks it. A version 1 header without a hop count whose route key\n"
+"(client ip packed, client port) is in route_by()'s table gives the payload's offset and the\n"
+"table's entry; any other datagram gives its own offset (its slot's start plus headroom) and\n"
+"None. end is where the datagram ends. Errors as recv().");
+
+static PyObject *
+Batch_recv_routed(Batch *self, PyObject *arg)
+{
+    return receive(self, arg, 1);
 }
 
 /* Fill *ss from (host, port), host a numeric IPv4 or IPv6 address. */
@@ -341,8 +612,20 @@ Batch_queue(Batch *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_ssize_t i = self->queued;
+    PyObject *addr = args[3];
     socklen_t len;
-    if (parse_address(args[3], &self->tx_addrs[i], &len) < 0) {
+    if (PyTuple_CheckExact(addr)) {
+        CachedDestination *entry = &self->destinations[((uintptr_t)addr >> 4) % DESTINATION_CACHE];
+        if (entry->tuple != addr) {
+            if (parse_address(addr, &entry->addr, &entry->len) < 0) {
+                Py_CLEAR(entry->tuple);
+                return NULL;
+            }
+            Py_XSETREF(entry->tuple, Py_NewRef(addr));
+        }
+        len = entry->len;
+        memcpy(&self->tx_addrs[i], &entry->addr, len);
+    } else if (parse_address(addr, &self->tx_addrs[i], &len) < 0) {
         return NULL;
     }
     self->tx_msgs[i].msg_hdr.msg_namelen = len;
@@ -427,6 +710,9 @@ Batch_take(Batch *self, PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef Batch_methods[] = {
     {"recv", (PyCFunction)Batch_recv, METH_O, recv_doc},
+    {"recv_routed", (PyCFunction)Batch_recv_routed, METH_O, recv_routed_doc},
+    {"route_by", (PyCFunction)Batch_route_by, METH_O, route_by_doc},
+    {"route", (PyCFunction)(void (*)(void))Batch_route, METH_FASTCALL, route_doc},
     {"queue", (PyCFunction)(void (*)(void))Batch_queue, METH_FASTCALL, queue_doc},
     {"send", (PyCFunction)Batch_send, METH_O, send_doc},
     {"take", (PyCFunction)Batch_take, METH_NOARGS, take_doc},
@@ -456,11 +742,17 @@ static PyTypeObject BatchType = {
     .tp_members = Batch_members,
 };
 
+static PyMethodDef module_methods[] = {
+    {"peek_client", batchio_peek_client, METH_O, peek_client_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef batchio_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "voiceedge.relay._batchio",
     .m_doc = "Batched UDP datagram I/O (recvmmsg, sendmmsg) for the relay.",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC

@@ -40,11 +40,9 @@ from voiceedge.relay.flows import Address, Flow, FlowTable
 from voiceedge.relay.router import IRouter, NextHop, Router
 from voiceedge.relay.settings import RelaySettings
 from voiceedge.wire.encap import (
-    FIRST_BYTE,
     MAX_HEADER_SIZE,
     MAX_HOPS,
     EncapError,
-    header_length,
     hops,
     pack_header_into,
     peek_addresses,
@@ -53,7 +51,7 @@ from voiceedge.wire.encap import (
 from voiceedge.wire.route_token import RouteTokenCodec, TokenError
 from voiceedge.wire.stun import StunError, is_stun, peek_username
 
-__all__ = ["DROP_REASONS", "MOVE_IDLE", "OFFSET", "BatchIO", "Relay", "not_started"]
+__all__ = ["DROP_REASONS", "MOVE_IDLE", "OFFSET", "BatchIO", "Relay", "ReturnBatchIO", "not_started"]
 
 log = Logger()
 
@@ -62,10 +60,6 @@ log = Logger()
 OFFSET = MAX_HEADER_SIZE
 _BUFFER_SIZE = OFFSET + 65536  # larger than any UDP payload: never truncates
 _SOURCE_CACHE_MAX = 4096
-# Header length and client IP length by flags byte, for headers without a hop
-# count (what transceivers send): the return batch path reads them in place.
-_RETURN_SIZES = tuple(header_length(bytes((FIRST_BYTE, flags)) + bytes(MAX_HEADER_SIZE)) for flags in range(4))
-_RETURN_IP_LEN = (4, 16, 4, 16)
 
 # A confirmed flow moves to another transceiver (a check whose token names
 # it) only when its client has sent nothing for this long. A call in progress
@@ -91,6 +85,17 @@ class BatchIO(Protocol):
 
     def send(self, fd: int) -> tuple[int, int, int]:
         """Send the queue on ``fd`` and empty it: (sent, payload bytes sent, failed)."""
+
+
+class ReturnBatchIO(BatchIO, Protocol):
+    """A :class:`BatchIO` that also reads encapsulation headers and finds their flows (the return direction)."""
+
+    def route_by(self, table: dict[tuple[bytes, int], Flow]) -> None:
+        """Look route keys ``(client ip packed, client port)`` up in ``table`` (read only)."""
+
+    def route(self, offset: int, length: int, source: Address) -> tuple[int, int, Address, Flow | None]:
+        """What a receive gives for the datagram at ``buffer[offset:offset + length]``."""
+
 
 DROP_REASONS = (
     # client side (public socket)
@@ -184,7 +189,7 @@ class Relay:
         self.batch_view = memoryview(self.batch_rx)
         self.transceiver_fd = -1
         # The same for the internal socket's reads (use_return_batch), sent on the public socket.
-        self.return_batch: BatchIO | None = None
+        self.return_batch: ReturnBatchIO | None = None
         self.return_rx: mmap.mmap | None = None
         self.client_fd = -1
 
@@ -480,47 +485,53 @@ class Relay:
 
     # -- transceiver -> client ------------------------------------------------
 
-    def use_return_batch(self, batch: BatchIO, buffer: mmap.mmap) -> None:
-        """Take transceiver datagrams from ``batch`` (received into ``buffer``'s slots): see :meth:`transceiver_batch`."""
+    def use_return_batch(self, batch: ReturnBatchIO, buffer: mmap.mmap) -> None:
+        """Take transceiver datagrams from ``batch`` (received into ``buffer``'s slots): see :meth:`transceiver_batch`.
+
+        ``batch`` looks route keys up in the flow table's ``by_packed`` (it only reads it).
+        """
+        if batch.headroom:
+            raise ValueError("the return slots have no header room")
+        batch.route_by(self.flows.by_packed)
         self.return_batch = batch
         self.return_rx = buffer
 
-    def transceiver_batch(self, received: list[tuple[int, int, Address]]) -> None:
-        """Datagrams ``(offset, length, source)`` a :class:`BatchIO` received into ``return_rx``.
+    def transceiver_batch(self, received: list[tuple[int, int, Address, Flow | None]]) -> None:
+        """Datagrams ``(offset, end, source, flow)`` a :class:`ReturnBatchIO` received into ``return_rx``.
 
-        The return hot path of the batch backend: a known transceiver's
-        datagram for a confirmed flow it owns (and whose client talks to this
-        relay) has its payload queued where it lies, and the queue goes to the
-        clients in one ``sendmmsg`` at the end. Anything else is flushed
-        behind the queue and taken as ``bytes`` by :meth:`transceiver_datagram`,
-        which makes every check. Each datagram's exceptions are caught.
+        The helper has checked each header (as :mod:`voiceedge.wire.encap`
+        does) and looked its client up in ``flows.by_packed``: for a version 1
+        header without a hop count whose client has a flow, ``offset`` is the
+        payload's and ``flow`` that flow; otherwise ``offset`` is the
+        datagram's and ``flow`` None. The return hot path of the batch
+        backend: a known transceiver's datagram for a confirmed flow it owns
+        (and whose client talks to this relay) has its payload queued where
+        it lies, and the queue goes to the clients in one ``sendmmsg`` at the
+        end. Anything else is flushed behind the queue and taken whole as
+        ``bytes`` by :meth:`transceiver_datagram`, which makes every check.
+        Each datagram's exceptions are caught.
         """
         batch = self.return_batch
         rx = self.return_rx
         assert batch is not None and rx is not None
         queue = batch.queue
+        stride = batch.stride
         sources_get = self._sources.get
-        by_packed_get = self._by_packed_get
-        for at, n, addr in received:
+        for at, end, addr, flow in received:
             try:
-                if n >= 2 and rx[at] == FIRST_BYTE and sources_get(addr[0]):
-                    flags = rx[at + 1]
-                    if flags < 4:
-                        size = _RETURN_SIZES[flags]
-                        if n >= size:
-                            ip = rx[at + 6 : at + 6 + _RETURN_IP_LEN[flags]]  # bytes: an mmap slice
-                            flow = by_packed_get((ip, (rx[at + 2] << 8) | rx[at + 3]))
-                            if (
-                                flow is not None
-                                and flow.confirmed
-                                and flow.next_hop == addr
-                                and flow.return_via is None
-                            ):
-                                queue(at + size, at + size, at + n, flow.client)
-                                continue
+                if (
+                    flow is not None
+                    and flow.next_hop == addr
+                    and flow.confirmed
+                    and flow.return_via is None
+                    and sources_get(addr[0])
+                ):
+                    queue(at, at, end, flow.client)
+                    continue
                 if batch.queued:
                     self.flush_return_batch()
-                self.transceiver_datagram(rx[at : at + n], addr)
+                # The datagram starts at its slot's start (the return slots have no header room).
+                self.transceiver_datagram(rx[at - at % stride : end], addr)
             except Exception:
                 log.failure("relay: internal datagram from {addr} failed", addr=addr)
         if batch.queued:

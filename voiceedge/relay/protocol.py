@@ -175,9 +175,8 @@ class _BatchPort(udp.Port):
         buffer = mmap.mmap(-1, BATCH_COUNT * stride)
         return _batchio.Batch(buffer, BATCH_COUNT, stride, headroom), buffer
 
-    def _read_batches(self, batch: BatchIO, handle: Callable[[list[tuple[int, int, Address]]], None]) -> None:
-        """``recvmmsg`` rounds into ``batch``'s slots, each handed to ``handle``, up to ``self.batch`` datagrams."""
-        recv = batch.recv  # type: ignore[attr-defined]
+    def _read_batches(self, recv: Callable[[int], list[Any]], handle: Callable[[list[Any]], None]) -> None:
+        """``recv`` rounds (a batch's ``recvmmsg`` into its slots), each handed to ``handle``, up to ``self.batch`` datagrams."""
         fd = self._fd
         for _ in range(self.batch // BATCH_COUNT):
             try:
@@ -224,7 +223,7 @@ class ClientPort(_BatchPort):
         relay: Relay = self.protocol.relay
         batch = relay.batch
         if batch is not None:
-            self._read_batches(batch, relay.client_batch)
+            self._read_batches(batch.recv, relay.client_batch)  # type: ignore[attr-defined]
             return
         recv_into = self.socket.recvfrom_into
         view = relay.rx_payload
@@ -272,7 +271,7 @@ class TransceiverPort(_BatchPort):
         relay: Relay = self.protocol.relay
         batch = relay.return_batch
         if batch is not None and self.backend == "recvmmsg":
-            self._read_batches(batch, relay.transceiver_batch)
+            self._read_batches(batch.recv_routed, relay.transceiver_batch)  # type: ignore[attr-defined]
             return
         recv = self.socket.recvfrom
         size = self.maxPacketSize
