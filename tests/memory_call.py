@@ -220,3 +220,75 @@ def open_client(
     fingerprint = audio.fingerprints[0].value
     dtls = DtlsTransport(certificate, DtlsRole.CLIENT, [("sha-256", fingerprint)])
     return MemoryClient(opened.session_id, f"{ufrag}:{CLIENT_UFRAG}", pwd, send, dtls)
+
+
+def tone_packets(count: int = 50) -> list[bytes]:
+    """Opus packets of a continuous 440 Hz tone, 20 ms each (every frame is sound: an echo sends each back)."""
+    import math
+
+    from voiceedge.media.opus import OpusEncoder
+
+    encoder = OpusEncoder(48000)
+    packets = []
+    for n in range(count):
+        samples = [int(8000 * math.sin(2 * math.pi * 440 * (n * 960 + i) / 48000)) for i in range(960)]
+        packets.append(encoder.encode(b"".join(s.to_bytes(2, "little", signed=True) for s in samples)))
+    return packets
+
+
+class ConnectedCalls:
+    """``count`` clients connected in memory (ICE, DTLS, SRTP for real) to one transceiver on a Clock.
+
+    :meth:`feed` sends each client's audio with the event loop on time or late,
+    as a saturated process's is: what the clients sent meanwhile arrives at once.
+    """
+
+    def __init__(self, transceiver: Transceiver, clock: Clock, written: list[tuple[bytes, Address]], count: int) -> None:
+        self.transceiver = transceiver
+        self.clock = clock
+        self.written = written
+        self.addresses: list[Address] = [("127.0.0.1", 40000 + i) for i in range(count)]
+        self.clients = [self._connect(address) for address in self.addresses]
+        written.clear()
+
+    def _connect(self, address: Address) -> MemoryClient:
+        transceiver, clock = self.transceiver, self.clock
+        client = open_client(transceiver, lambda d: transceiver.datagram_received(d, address))
+        client.check()
+        client.start_dtls(clock.seconds())
+        for _ in range(50):
+            batch = [d for d, dest in self.written if dest == address]
+            self.written.clear()
+            for datagram in batch:
+                client.deliver(datagram, clock.seconds())
+            if client.srtp is not None and not batch:
+                break
+            clock.advance(0.001)
+        if client.srtp is None:
+            raise AssertionError("an in-memory client did not connect")
+        return client
+
+    def feed(self, payloads: list[bytes], frames: int, late: float = 0.0) -> None:
+        """``frames`` packets from every client, one per 20 ms; the loop runs every ``late`` seconds (0: every 20 ms).
+
+        The transceiver's datagrams are dropped, not delivered: only the server's side is exercised.
+        """
+        receive = self.transceiver.datagram_received
+        per_step = max(1, round(late / 0.020))
+        packets = []
+        for client in self.clients:
+            sent: list[bytes] = []
+            client.send = sent.append
+            for i in range(frames):
+                client.send_rtp(payloads[i % len(payloads)])
+            packets.append(sent)
+        for start in range(0, frames, per_step):
+            self.clock.advance(0.020 * per_step)
+            for sent, address in zip(packets, self.addresses):
+                for packet in sent[start : start + per_step]:
+                    receive(packet, address)
+            self.written.clear()
+
+    def queued_ms(self) -> list[int]:
+        """Agent audio waiting in each session's outbound queue."""
+        return [call.session.queued_audio_ms() for call in self.transceiver._by_id.values()]

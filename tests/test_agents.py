@@ -115,3 +115,27 @@ class EchoAgentTests(SynchronousTestCase):
         agent.audio_received(frame(2))
         agent.session_ended("hangup")
         self.assertEqual(session.clock.getDelayedCalls(), [])
+
+    def test_echo_drops_and_counts_what_would_wait_past_max_lag(self) -> None:
+        """At most max_lag_ms waits to be sent (the fake queues all it is given); the rest is counted, in ms."""
+        session = FakeSession()
+        options = c.load_config({"agent.echo": agent_type("echo").options}, text="[agent.echo]\nmax_lag_ms = 60\n")
+        factory = agent_type("echo").make_factory(options["agent.echo"], session.clock)
+        agent = factory.agent_for(session)
+        for n in range(5):
+            agent.audio_received(frame(n))
+        self.assertEqual(session.audio, [frame(n).pcm for n in range(3)])
+        self.assertEqual(factory.counters, {"late_audio_dropped_ms": 40})
+        session.audio.clear()  # sent: the next frame fits again
+        agent.audio_received(frame(5))
+        self.assertEqual(session.audio, [frame(5).pcm])
+
+    def test_echo_max_lag_zero_is_no_bound(self) -> None:
+        """max_lag_ms = 0: everything is queued, nothing counted."""
+        session = FakeSession()
+        factory = EchoAgentFactory(max_lag_ms=0)
+        agent = factory.agent_for(session)
+        for n in range(20):
+            agent.audio_received(frame(n))
+        self.assertEqual(len(session.audio), 20)
+        self.assertEqual(factory.counters["late_audio_dropped_ms"], 0)

@@ -911,18 +911,20 @@ class Transceiver:
                 n,
             )
         factories = [self.agent_factory, *(f for f in self.offered_agents.values() if f is not self.agent_factory)]
+        # Summed by name: factories of one agent (an echo offered at two rates) are one series.
+        agent_events: collections.Counter[tuple[str, str]] = collections.Counter()
         for factory in factories:
-            if not IAgentCounters.providedBy(factory):
-                continue
-            agent = factory.name
-            for event, n in factory.counters.items():
-                yield (
-                    "counter",
-                    "voiceedge_agent_events",
-                    "Agent events (backend failures, dropped audio...), by agent and event.",
-                    {"agent": agent, "event": event},
-                    n,
-                )
+            if IAgentCounters.providedBy(factory):
+                for event, n in factory.counters.items():
+                    agent_events[factory.name, event] += n
+        for (agent, event), n in agent_events.items():
+            yield (
+                "counter",
+                "voiceedge_agent_events",
+                "Agent events (backend failures, dropped audio...), by agent and event.",
+                {"agent": agent, "event": event},
+                n,
+            )
 
 
 def _new_etag() -> str:
