@@ -42,7 +42,7 @@ def calls(count: int, factory: IAgentFactory) -> mc.ConnectedCalls:
 def agent_events(transceiver: Transceiver) -> dict[str, float]:
     """``voiceedge_agent_events`` of the echo, by event."""
     return {
-        labels["event"]: value
+        labels["event"]: float(value)  # type: ignore[arg-type]
         for _, name, _, labels, value in transceiver.metrics()
         if name == "voiceedge_agent_events" and labels.get("agent") == "echo"
     }
