@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_memory -*-
+# -*- test-case-name: tests.test_memory,tests.test_bench_scripts -*-
 """Memory per call on the transceiver's media path, in memory: what a session holds, on time and with the loop late.
 
 ``python bench/memory.py [--sessions 30] [--seconds 10] [--detector energy] [--late-ms 0,200,1000] [--top 12]``

@@ -50,6 +50,21 @@ class MediaPathTests(unittest.TestCase):
             self.assertGreater(float(match.group(4)), 0.0)
 
 
+class MemoryBenchTests(unittest.TestCase):
+    """``bench/memory.py`` prints memory per session on time and with the loop late."""
+
+    def test_on_time_and_late(self) -> None:
+        out = run_bench("bench/memory.py", "--sessions", "2", "--seconds", "1", "--late-ms", "0,200", "--top", "3",
+                        timeout=120)
+        for late in (0, 200):
+            match = re.search(rf"late {late} ms, 2 sessions, energy: RSS growth (-?[\d.]+) kB per session.*"
+                              rf"Python heap ([\d.]+) kB .* libopus states ([\d.]+) kB", out)
+            assert match is not None, out
+            self.assertGreater(float(match.group(2)), 0.0, out)
+            self.assertGreater(float(match.group(3)), 0.0, out)
+        self.assertRegex(out, r"agent audio queued: mean \d+ ms, largest \d+ ms")
+
+
 @pytest.mark.integration
 class TransceiverBenchTests(unittest.TestCase):
     """``bench/transceiver.py`` loads both voiceedge sides with Pion's client and prints the table."""
