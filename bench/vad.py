@@ -19,11 +19,20 @@ prints, per detector:
 
 then the ratios against ``energy`` (today's detector, 500 ms silence).  The
 machine's load changes CPU figures; the ratios of one run are what to compare.
+
+``python bench/vad.py --resampling`` measures Silero's own stream per 20 ms
+frame at 48 and 24 kHz, the old way (:class:`tests.silero_reference.ReferenceSileroStream`:
+a full-rate low-pass, then interpolation) beside today's (the low-pass computed
+only at the samples kept): the resampling alone, and the whole frame with the
+model, in µs of process time (old and new alternate, in one run, with the load
+average) and, with ``--instructions``, in instructions counted by
+``valgrind --tool=callgrind`` (which load does not change).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -132,12 +141,96 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def silero_streams(which: str, rate: int) -> tuple[Callable[[bytes], object], Callable[[bytes], object]]:
+    """``(resample, feed_frame)`` of a new old-way (``"old"``) or today's (``"new"``) Silero stream."""
+    from tests.silero_reference import ReferenceSileroStream
+    from voiceedge.media.silero import SileroStream
+
+    stream = ReferenceSileroStream(rate) if which == "old" else SileroStream(rate)
+    return stream.resample, stream.feed_frame
+
+
+def speech_frames(rate: int) -> list[bytes]:
+    """Ten seconds or so of labelled speech in noise at ``rate``, in 20 ms frames."""
+    return make_recording(voice="en-us", level_db=-26, noise="pinknoise", snr_db=15, rate=rate, seed=1).frames()
+
+
+def run_only(which: str, part: str, rate: int, frames: int) -> None:
+    """Run ``frames`` frames through one stream's ``part`` (``resample`` or ``frame``): what callgrind counts."""
+    speech = speech_frames(rate)
+    resample, feed = silero_streams(which, rate)
+    call = resample if part == "resample" else feed
+    for i in range(frames):
+        call(speech[i % len(speech)])
+
+
+def callgrind_per_frame(args: list[str], frames: int) -> float:
+    """Instructions per frame of ``bench/vad.py --run-only ARGS N``: runs at N = 20 and 20 + ``frames``, subtracted."""
+    import re
+    import shutil
+    import subprocess
+
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    counts = []
+    for n in (20, 20 + frames):
+        proc = subprocess.run(
+            [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+             "--run-only", *args, str(n)],
+            capture_output=True, text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+        )
+        match = re.search(r"Collected : (\d+)", proc.stderr)
+        if proc.returncode or match is None:
+            raise SystemExit(f"callgrind failed:\n{proc.stderr[-2000:]}")
+        counts.append(int(match.group(1)))
+    return (counts[1] - counts[0]) / frames
+
+
+def resampling(instructions: bool) -> None:
+    """Silero's stream per frame, the old way beside today's, at 48 and 24 kHz (see the module doc)."""
+    print(f"Silero per 20 ms frame, old (full-rate low-pass + interpolation) and new (strided low-pass); load {os.getloadavg()[0]:.2f}")
+    unit = "k instr" if instructions else "µs"
+    print(f"{'rate':>6} {'part':<9} {'old ' + unit:>11} {'new ' + unit:>11} {'new/old':>8}")
+    for rate in (48000, 24000):
+        speech = speech_frames(rate)
+        for part in ("resample", "frame"):
+            if instructions:
+                frames = 500 if part == "resample" else 200
+                old, new = (callgrind_per_frame([which, part, str(rate)], frames) / 1000 for which in ("old", "new"))
+            else:
+                spent = {"old": 0.0, "new": 0.0}
+                for _ in range(5):  # alternate, so load changes both sides alike
+                    for which in ("old", "new"):
+                        resample, feed = silero_streams(which, rate)
+                        call = resample if part == "resample" else feed
+                        started = time.process_time()
+                        for frame in speech:
+                            call(frame)
+                        spent[which] += time.process_time() - started
+                old, new = (spent[w] / (5 * len(speech)) * 1e6 for w in ("old", "new"))
+            print(f"{rate:>6} {part:<9} {old:>11.1f} {new:>11.1f} {new / old:>8.2f}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
 def main() -> int:
     """Run the benchmark; print the table."""
+    if sys.argv[1:2] == ["--run-only"]:
+        which, part, rate, frames = sys.argv[2:6]
+        run_only(which, part, int(rate), int(frames))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 recordings instead of 18")
     parser.add_argument("--rate", type=int, default=24000, help="session PCM rate (16000, 24000, 48000)")
+    parser.add_argument("--resampling", action="store_true", help="Silero's stream per frame, old beside new")
+    parser.add_argument("--instructions", action="store_true", help="with --resampling: callgrind instructions")
     args = parser.parse_args()
+    if args.resampling:
+        if not available():
+            print("espeak-ng and sox are needed to make the recordings")
+            return 1
+        resampling(args.instructions)
+        return 0
     if not available():
         print("espeak-ng and sox are needed to make the recordings")
         return 1

@@ -22,6 +22,7 @@ without upstream's PyTorch requirement), or upstream's ``silero-vad``,
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import threading
@@ -126,6 +127,38 @@ def _lowpass(rate: int) -> np.ndarray:
     return (h / h.sum()).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=None)
+def _polyphase(rate: int) -> tuple[int, int, np.ndarray]:
+    """The low-pass and the 16 kHz resampling of one frame at ``rate`` > 16 kHz as one strided product.
+
+    The filter runs only where an output sample is wanted: a frame of ``N`` input
+    samples and ``taps - 1`` of history gives 320 outputs in ``g`` blocks of ``L``
+    (``g = gcd(320, N)``), block ``b`` reading the ``W`` inputs from ``b * M``
+    (``M = N / g``) through the kernel matrix ``(W, L)`` returned with ``M`` and
+    ``W``. The kernel is the full-rate filter followed by linear interpolation
+    at each output's position (what the stream did before, one sample at a time),
+    folded into one matrix with the PCM16 scale, so the result is the same to
+    float32 rounding.
+    """
+    frame = rate // 50
+    out = MODEL_RATE // 50
+    blocks = math.gcd(out, frame)
+    phases, step = out // blocks, frame // blocks
+    h = _lowpass(rate).astype(np.float64)
+    taps = len(h)
+    width = step + taps - 1  # the last block ends at the frame's last sample
+    kernel = np.zeros((width, phases))
+    for phase in range(phases):
+        position = phase * frame / out
+        first = int(position)
+        frac = position - first
+        for index, weight in ((first, 1.0 - frac), (first + 1, frac)):
+            if weight:
+                # y[index] = sum_j input[index + j] * h[taps - 1 - j] (np.convolve's "valid" flip).
+                kernel[index : index + taps, phase] += weight * h[::-1]
+    return step, width, (kernel / 32768).astype(np.float32)
+
+
 class SileroStream:
     """One caller's Silero state: 20 ms PCM16 frames in, a voice probability per frame out."""
 
@@ -135,12 +168,14 @@ class SileroStream:
         "windows_run",
         "_model",
         "_frame_samples",
-        "_filter",
         "_history",
+        "_input",
+        "_view",
+        "_kernel",
         "_positions",
-        "_buffer",
+        "_samples",
+        "_fill",
         "_state",
-        "_context",
     )
 
     def __init__(self, sample_rate: int, model: SileroModel | None = None) -> None:
@@ -148,50 +183,73 @@ class SileroStream:
             raise ValueError(f"sample rate must be a multiple of 50 Hz from 8 kHz up, not {sample_rate!r}")
         self.sample_rate = sample_rate
         self._model = model if model is not None else SileroModel.shared()
-        self._frame_samples = sample_rate // 50
+        frame = self._frame_samples = sample_rate // 50
         out = MODEL_RATE // 50
-        if sample_rate == MODEL_RATE:
-            self._filter: np.ndarray | None = None
-            self._positions: np.ndarray | None = None
+        self._positions: np.ndarray | None = None
+        self._kernel: np.ndarray | None = None
+        if sample_rate > MODEL_RATE:
+            # Above 16 kHz: keep under 8 kHz, computing only the samples kept.
+            step, width, self._kernel = _polyphase(sample_rate)
+            self._history = width - step
+            self._input = np.zeros(self._history + frame, dtype=np.float32)
+            blocks = frame // step
+            self._view = np.lib.stride_tricks.as_strided(
+                self._input, (blocks, width), (step * 4, 4), writeable=False
+            )
         else:
-            # Below 16 kHz there is nothing to remove; above, keep under 8 kHz.
-            self._filter = _lowpass(sample_rate) if sample_rate > MODEL_RATE else None
-            self._positions = np.arange(out) * (sample_rate / MODEL_RATE)
-        taps = 0 if self._filter is None else len(self._filter)
-        self._history = np.zeros(max(0, taps - 1), dtype=np.float32)
-        self._buffer = np.zeros(0, dtype=np.float32)
+            # At 16 kHz nothing to do; below, nothing to remove: interpolate.
+            self._history = 0
+            self._input = np.zeros(frame, dtype=np.float32)
+            self._view = self._input
+            if sample_rate != MODEL_RATE:
+                self._positions = np.arange(out) * (sample_rate / MODEL_RATE)
+        # The model's next input: CONTEXT samples of the previous window, then
+        # what has come since (a window runs as soon as WINDOW have).
+        self._samples = np.zeros(CONTEXT + WINDOW + out, dtype=np.float32)
+        self._fill = CONTEXT
         self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
-        self._context = np.zeros(CONTEXT, dtype=np.float32)
         self.probability = 0.0
         self.windows_run = 0
 
     def reset(self) -> None:
         """Forget the stream (a new, unrelated one follows)."""
-        self._history[:] = 0
-        self._buffer = np.zeros(0, dtype=np.float32)
+        self._input[:] = 0
+        self._samples[:] = 0
+        self._fill = CONTEXT
         self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
-        self._context = np.zeros(CONTEXT, dtype=np.float32)
         self.probability = 0.0
+
+    def resample(self, pcm: bytes) -> np.ndarray:
+        """One 20 ms frame of PCM16 mono little-endian as 320 float samples at 16 kHz (the filter's state advances)."""
+        if len(pcm) != self._frame_samples * 2:
+            raise ValueError(f"a frame is {self._frame_samples * 2} bytes at {self.sample_rate} Hz, not {len(pcm)}")
+        buffer = self._input
+        history = self._history
+        buffer[history:] = np.frombuffer(pcm, dtype="<i2")
+        if self._kernel is not None:
+            x = np.dot(self._view, self._kernel).reshape(-1)
+            buffer[:history] = buffer[len(buffer) - history :]
+            return x
+        x = buffer * (1 / 32768)
+        if self._positions is not None:
+            x = np.interp(self._positions, np.arange(len(x)), x).astype(np.float32)
+        return x
 
     def feed_frame(self, pcm: bytes) -> float:
         """Take one 20 ms frame of PCM16 mono little-endian; return the latest voice probability."""
-        if len(pcm) != self._frame_samples * 2:
-            raise ValueError(f"a frame is {self._frame_samples * 2} bytes at {self.sample_rate} Hz, not {len(pcm)}")
-        x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) * (1 / 32768)
-        if self._filter is not None:
-            joined = np.concatenate((self._history, x))
-            self._history = joined[len(joined) - len(self._history) :]
-            x = np.convolve(joined, self._filter, mode="valid")
-        if self._positions is not None:
-            x = np.interp(self._positions, np.arange(len(x)), x).astype(np.float32)
-        buffer = np.concatenate((self._buffer, x)) if len(self._buffer) else x
-        while len(buffer) >= WINDOW:
-            window, buffer = buffer[:WINDOW], buffer[WINDOW:]
-            joined = np.concatenate((self._context, window))[np.newaxis, :]
-            self.probability, self._state = self._model.run(joined, self._state)
-            self._context = window[-CONTEXT:]
+        x = self.resample(pcm)
+        samples = self._samples
+        fill = self._fill
+        samples[fill : fill + len(x)] = x
+        fill += len(x)
+        run = CONTEXT + WINDOW
+        while fill >= run:
+            self.probability, self._state = self._model.run(samples[np.newaxis, :run], self._state)
+            # The window's last CONTEXT samples and what followed it move to the front.
+            samples[: fill - WINDOW] = samples[WINDOW:fill]
+            fill -= WINDOW
             self.windows_run += 1
-        self._buffer = buffer
+        self._fill = fill
         if not math.isfinite(self.probability):
             self.probability = 0.0
         return self.probability
