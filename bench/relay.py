@@ -410,6 +410,153 @@ def measure_workers(workers: int, packets: int, size: int, backend: str, sources
     }
 
 
+def run_return_multi_source(packets: int, size: int, sources: int) -> None:
+    """Stand-in transceiver for the return workers run: answer ``sources`` checks, then flood their clients.
+
+    Each client's flow lives in the worker that took its check, so each
+    answer and each flood datagram goes to the internal address that check
+    came from. With the compiled helper it floods with sendmmsg, 64 datagrams
+    per call, so it takes as little of the two cores as it can.
+    """
+    from voiceedge.wire import encap
+
+    signal.alarm(int(CHILD_DEADLINE))
+    sock = _udp()
+    print(sock.getsockname()[1], flush=True)
+    sock.settimeout(CHILD_DEADLINE)
+    flows: list[tuple[Any, tuple[str, int]]] = []
+    while len(flows) < sources:
+        data, relay = sock.recvfrom(65536)
+        envelope, check = encap.decode(data)
+        if check[:2] == b"\x00\x01":
+            sock.sendto(encap.encode(envelope, b"\x01\x01\x00\x00answer"), relay)
+            flows.append((envelope, relay))
+    sys.stdin.readline()
+    payload = b"\x80\x6f" + os.urandom(size - 2)
+    datagrams = [(encap.encode(envelope, payload), relay) for envelope, relay in flows]
+    start = time.perf_counter()
+    sent = attempted = 0
+    batch_class = _batch_io()
+    if batch_class is not None:
+        length = len(datagrams[0][0])
+        buffer = bytearray(b"".join(datagrams[i % len(datagrams)][0] for i in range(64)))
+        batch = batch_class(buffer, 64, length, 0)
+        fd = sock.fileno()
+        while attempted < packets:
+            for i in range(64):
+                batch.queue(i * length, i * length, (i + 1) * length, datagrams[i % len(datagrams)][1])
+            sent += batch.send(fd)[0]
+            attempted += 64
+    else:
+        sock.setblocking(False)
+        while attempted < packets:
+            for data, relay in datagrams:
+                try:
+                    sock.sendto(data, relay)
+                    sent += 1
+                except OSError:
+                    pass
+            attempted += len(datagrams)
+    print(json.dumps({"sent": sent, "seconds": time.perf_counter() - start}), flush=True)
+
+
+def run_return_clients(target_port: int, source_port: int, secret_hex: str, sources: int, expected: int) -> None:
+    """``sources`` clients: a flow each through the relay workers to the source, then count what arrives."""
+    import select
+
+    from voiceedge.wire.route_token import Route, RouteTokenCodec
+    from voiceedge.wire.stun import Attr, StunClass, build_message
+
+    signal.alarm(int(CHILD_DEADLINE))
+    codec = RouteTokenCodec({1: bytes.fromhex(secret_hex)}, 1)
+    target = (LOOPBACK, target_port)
+    socks = []
+    for _ in range(sources):
+        sock = _udp()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.settimeout(5)
+        ufrag = codec.issue(Route(0, (LOOPBACK, source_port))).encode()
+        request = build_message(0x001, StunClass.REQUEST, os.urandom(12), [(Attr.USERNAME, ufrag + b":bnch")])
+        sock.sendto(request, target)
+        answer, _ = sock.recvfrom(65536)
+        assert answer.startswith(b"\x01\x01"), answer
+        sock.setblocking(False)
+        socks.append(sock)
+    print("ready", flush=True)
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock.fileno(), select.POLLIN)
+    batch_class = _batch_io()
+    batch = batch_class(bytearray(64 * 2048), 64, 2048, 0) if batch_class is not None else None
+    by_fd = {sock.fileno(): sock for sock in socks}
+    count, first, last = 0, 0.0, 0.0
+    timeout_ms = CHILD_DEADLINE * 1000
+    while count < expected:
+        ready = poller.poll(timeout_ms)
+        if not ready:
+            break
+        for fd, _ in ready:
+            if batch is not None:
+                got = len(batch.recv(fd))
+            else:
+                got = 0
+                while True:
+                    try:
+                        by_fd[fd].recv(65536)
+                    except BlockingIOError:
+                        break
+                    got += 1
+            if got:
+                if not count:
+                    first = time.perf_counter()
+                    timeout_ms = 1000.0  # once the flood started, 1 s of silence ends it
+                count += got
+                last = time.perf_counter()
+    print(json.dumps({"received": count, "seconds": last - first}), flush=True)
+
+
+def measure_workers_return(workers: int, packets: int, size: int, backend: str, sources: int = 32) -> dict[str, float]:
+    """The return direction with ``workers`` relay processes: a transceiver floods ``sources`` clients through them."""
+    secret = os.urandom(32).hex()
+    source = _spawn("--role", "return-multi-source", "--packets", str(packets), "--size", str(size),
+                    "--sources", str(sources))
+    relays: list[subprocess.Popen[str]] = []
+    clients: subprocess.Popen[str] | None = None
+    try:
+        source_port = int(_line(source))
+        public_port = _free_udp_port()
+        for _ in range(workers):
+            relays.append(_spawn(
+                "--role", "relay", "--secret", secret, "--public", str(public_port), "--backend", backend
+            ))
+            assert int(_line(relays[-1])) == public_port
+        clients = _spawn(
+            "--role", "return-clients", "--target", str(public_port), "--sink", str(source_port),
+            "--secret", secret, "--sources", str(sources), "--packets", str(packets),
+        )
+        assert _line(clients) == "ready"
+        before = sum(_cpu_of(r) for r in relays)
+        assert source.stdin is not None
+        source.stdin.write("go\n")
+        source.stdin.flush()
+        sent = json.loads(_line(source))
+        received = json.loads(_line(clients))
+        after = sum(_cpu_of(r) for r in relays)
+    finally:
+        for proc in (clients, *relays, source):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            if proc is not None:
+                proc.wait()
+    seconds = max(received["seconds"], 1e-6)
+    return {
+        "pps": received["received"] / seconds,
+        "received": received["received"],
+        "sent": sent["sent"],
+        "us_per_packet": (after - before) / max(received["received"], 1) * 1e6,
+    }
+
+
 def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((LOOPBACK, 0))
@@ -533,6 +680,135 @@ def measure_return(variant: str, packets: int, rate: float, size: int) -> dict[s
     return _forwarder_cost(before, after, sent["sent"], received)
 
 
+def run_instructions(direction: str, variant: str, rounds: int) -> None:
+    """The forwarding work alone, in one process, for callgrind: ``rounds`` of 64 datagrams through it.
+
+    A relay on a Clock with a confirmed flow between real loopback sockets
+    (``client``, the public and internal sockets, ``hop`` for the
+    transceiver). Each round the sender puts 64 datagrams on the socket the
+    forwarder reads (one sendmmsg), the forwarder moves them, and the
+    receiver drains them (one recvmmsg). Variants: ``relay`` (the recvmmsg
+    backend's batch methods, as ClientPort/TransceiverPort call them),
+    ``plain`` (recvfrom/sendto per datagram) and ``floor`` (recvmmsg, a queue
+    and sendmmsg with no Python per datagram). The sender's and receiver's
+    instructions are in every variant alike. As in the timed runs the plain
+    loop gets the bare payload and forwards it as it is.
+    """
+    import ipaddress
+    import mmap
+
+    from twisted.internet.task import Clock
+
+    from voiceedge.relay._batchio import Batch
+    from voiceedge.relay.core import OFFSET, Relay
+    from voiceedge.relay.settings import RelaySettings
+    from voiceedge.wire import encap
+    from voiceedge.wire.route_token import Route, RouteTokenCodec
+    from voiceedge.wire.stun import Attr, StunClass, build_message
+
+    def udp() -> socket.socket:
+        sock = _udp()
+        sock.setblocking(False)
+        return sock
+
+    client, public, internal, hop = udp(), udp(), udp(), udp()
+    codec = RouteTokenCodec({1: os.urandom(32)}, 1)
+    clock = Clock()
+    settings = RelaySettings(
+        public_listen=(LOOPBACK, public.getsockname()[1]),
+        transceiver_networks=(ipaddress.ip_network("127.0.0.0/8"),),
+    )
+    relay = Relay(clock, codec, settings)
+    relay.send_to_transceiver = internal.sendto
+    relay.send_to_client = public.sendto
+    ufrag = codec.issue(Route(0, hop.getsockname())).encode()
+    request = build_message(0x001, StunClass.REQUEST, os.urandom(12), [(Attr.USERNAME, ufrag + b":bnch")])
+    caddr = client.getsockname()
+    relay.client_datagram(request, caddr)
+    time.sleep(0.05)
+    envelope, _ = encap.decode(hop.recv(65536))
+    hop_addr = hop.getsockname()
+    relay.transceiver_datagram(encap.encode(envelope, b"\x01\x01\x00\x00answer"), hop_addr)
+    assert caddr in relay.flows.confirmed
+    relay.client_fd, relay.transceiver_fd = public.fileno(), internal.fileno()
+    stride = OFFSET + 65536
+    payload = b"\x80\x6f" + os.urandom(198)
+    if direction == "to_client":
+        datagram, sender, source_to, reader, dest, drain_sock = encap.encode(envelope, payload), hop, internal, internal, caddr, client
+        buffer = mmap.mmap(-1, 64 * stride)
+        batch = Batch(buffer, 64, stride, 0)
+        relay.use_return_batch(batch, buffer)
+        recv, handle, writer = batch.recv_routed, relay.transceiver_batch, public
+    else:
+        datagram, sender, source_to, reader, dest, drain_sock = payload, client, public, public, hop_addr, hop
+        buffer = mmap.mmap(-1, 64 * stride)
+        batch = Batch(buffer, 64, stride, OFFSET)
+        relay.use_batch(batch, buffer)
+        recv, handle, writer = batch.recv, relay.client_batch, internal  # type: ignore[assignment]
+    if variant == "plain":
+        datagram = payload  # the plain loop forwards datagrams as they are, as in the timed runs
+    size = len(datagram)
+    send_buffer = bytearray(datagram * 64)
+    send_batch = Batch(send_buffer, 64, size, 0)
+    drain = Batch(bytearray(64 * 2048), 64, 2048, 0)
+    target = source_to.getsockname()
+    sender_fd, reader_fd, drain_fd, writer_fd = sender.fileno(), reader.fileno(), drain_sock.fileno(), writer.fileno()
+    recvfrom, sendto = reader.recvfrom, writer.sendto
+    delivered = 0
+    for _ in range(rounds):
+        for i in range(64):
+            send_batch.queue(i * size, i * size, (i + 1) * size, target)
+        send_batch.send(sender_fd)
+        if variant == "relay":
+            handle(recv(reader_fd))
+        elif variant == "plain":
+            for _ in range(64):
+                data, _ = recvfrom(65536)
+                sendto(data, dest)
+        else:
+            for at, n, _ in batch.recv(reader_fd):
+                batch.queue(at, at, at + n, dest)
+            batch.send(writer_fd)
+        delivered += len(drain.recv(drain_fd))
+    print(json.dumps({"delivered": delivered}), flush=True)
+
+
+def instructions(rounds: int) -> None:
+    """Instructions per forwarded datagram under callgrind (load does not change them): long run minus short."""
+    import re
+    import shutil
+    import tempfile
+
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    print(f"instructions per forwarded datagram (callgrind, {rounds} minus {rounds // 2} rounds of 64)")
+    for direction in ("to_transceiver", "to_client"):
+        counts = {}
+        for variant in ("plain", "relay", "floor"):
+            totals = []
+            for n in (rounds // 2, rounds):
+                with tempfile.TemporaryDirectory() as tmp:
+                    proc = subprocess.run(
+                        [valgrind, "--tool=callgrind", f"--callgrind-out-file={tmp}/out", sys.executable,
+                         os.path.abspath(__file__), "--role", "instructions", "--directions", direction,
+                         "--variants", variant, "--packets", str(n)],
+                        capture_output=True, text=True, timeout=300,
+                    )
+                match = re.search(r"Collected : (\d+)", proc.stderr)
+                delivered = json.loads(proc.stdout.strip().splitlines()[-1])["delivered"] if proc.stdout else 0
+                if proc.returncode != 0 or match is None or delivered != n * 64:
+                    raise SystemExit(f"callgrind run failed ({delivered} delivered):\n{proc.stdout}\n{proc.stderr[-2000:]}")
+                totals.append(int(match.group(1)))
+            counts[variant] = (totals[1] - totals[0]) / ((rounds - rounds // 2) * 64)
+        print(
+            f"  {direction:14s} plain loop {counts['plain']:7.0f}, relay (recvmmsg backend) {counts['relay']:7.0f},"
+            f" C floor {counts['floor']:7.0f}; relay above the floor {counts['relay'] - counts['floor']:5.0f},"
+            f" plain above it {counts['plain'] - counts['floor']:5.0f}",
+            flush=True,
+        )
+
+
 def main() -> None:
     """Parse arguments; run a child role or the whole comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -552,12 +828,20 @@ def main() -> None:
         "--worker-backends", default="recvmmsg,python", help="relay backends for the throughput run"
     )
     parser.add_argument("--sources", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--callgrind", type=int, default=0, metavar="ROUNDS",
+        help="instead: instructions per datagram under valgrind, ROUNDS of 64 (e.g. 200)",
+    )
     parser.add_argument("--role", default="driver", help=argparse.SUPPRESS)
     parser.add_argument("--sink", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--target", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--secret", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.role == "instructions":
+        return run_instructions(args.directions, args.variants, args.packets)
+    if args.callgrind:
+        return instructions(args.callgrind)
     if args.role == "sink":
         return run_sink(args.packets)
     if args.role == "plain":
@@ -574,6 +858,10 @@ def main() -> None:
         return run_return_source(args.packets, args.rate, args.size, relayed=bool(args.secret))
     if args.role == "return-client":
         return run_return_client(args.sink, args.secret)
+    if args.role == "return-multi-source":
+        return run_return_multi_source(args.packets, args.size, args.sources)
+    if args.role == "return-clients":
+        return run_return_clients(args.target, args.sink, args.secret, args.sources, args.packets)
     if args.role == "generator":
         return run_generator(
             args.target, args.sink, args.packets, args.rate, args.size, args.secret
@@ -584,7 +872,9 @@ def main() -> None:
         f"{args.packets} packets of {args.size} bytes at {args.rate:.0f}/s, loopback, "
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f}"
     )
-    for direction in [d for d in args.directions.split(",") if d.strip()]:
+    directions = [d for d in args.directions.split(",") if d.strip()]
+    ratios: dict[tuple[str, str], float] = {}
+    for direction in directions:
         print(f"  {direction}:")
         run = measure if direction == "to_transceiver" else measure_return
         results: dict[str, dict[str, float]] = {}
@@ -592,29 +882,56 @@ def main() -> None:
             results[variant] = r = run(variant, args.packets, args.rate, args.size)
             print(
                 f"    {variant:18s} {r['us_per_packet']:6.2f} µs CPU/packet   "
-                f"({r['cpu_s']:.2f} s CPU, {r['forwarded']} forwarded, {r['received']}/{r['sent']} delivered)",
+                f"({r['cpu_s']:.2f} s CPU, {r['forwarded']} forwarded, {r['received']}/{r['sent']} delivered)"
+                f"   load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
         if "plain" in results:
             base = results["plain"]["us_per_packet"]
             for variant, r in results.items():
                 if variant != "plain":
-                    print(f"    {variant} / plain = {r['us_per_packet'] / base:.2f}x")
-    for backend in [b for b in args.worker_backends.split(",") if b.strip()]:
-        throughput: dict[int, dict[str, float]] = {}
-        for count in [int(w) for w in args.workers.split(",") if w.strip()]:
-            throughput[count] = r = measure_workers(count, args.flood, args.size, backend)
-            print(
-                f"  {backend:8s} {count} worker(s): {r['pps']:9.0f} packets/s delivered"
-                f" ({r['received']}/{r['sent']}), {r['us_per_packet']:.2f} µs relay CPU/packet",
-                flush=True,
+                    ratios[(direction, variant)] = ratio = r["us_per_packet"] / base
+                    print(f"    {variant} / plain = {ratio:.2f}x")
+    worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    backends = [b for b in args.worker_backends.split(",") if b.strip()]
+    throughput: dict[tuple[str, str, int], dict[str, float]] = {}
+    for direction in directions:
+        run_workers = measure_workers if direction == "to_transceiver" else measure_workers_return
+        for backend in backends:
+            for count in worker_counts:
+                throughput[(direction, backend, count)] = r = run_workers(count, args.flood, args.size, backend)
+                print(
+                    f"  {direction:14s} {backend:8s} {count} worker(s): {r['pps']:9.0f} packets/s delivered"
+                    f" ({r['received']}/{r['sent']}), {r['us_per_packet']:.2f} µs relay CPU/packet"
+                    f"   load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+    # Side by side: the same figures as above, one row per direction.
+    print(f"  summary, load average {os.getloadavg()[0]:.2f}:")
+    header = f"    {'direction':14s}"
+    relay_variants = [v for v in args.variants.split(",") if v != "plain"]
+    header += "".join(f" {v.removeprefix('relay-') + '/plain':>18s}" for v in relay_variants)
+    header += "".join(
+        f" {f'{b} {c}w k/s':>15s}" for b in backends for c in worker_counts
+    )
+    if 1 in worker_counts and len(worker_counts) > 1:
+        header += "".join(f" {f'{b} {c}w/1w':>13s}" for b in backends for c in worker_counts if c != 1)
+    print(header)
+    for direction in directions:
+        row = f"    {direction:14s}"
+        row += "".join(
+            f" {ratios[(direction, v)]:17.2f}x" if (direction, v) in ratios else f" {'-':>18s}"
+            for v in relay_variants
+        )
+        row += "".join(f" {throughput[(direction, b, c)]['pps'] / 1000:15.0f}" for b in backends for c in worker_counts)
+        if 1 in worker_counts and len(worker_counts) > 1:
+            row += "".join(
+                f" {throughput[(direction, b, c)]['pps'] / throughput[(direction, b, 1)]['pps']:12.2f}x"
+                for b in backends
+                for c in worker_counts
+                if c != 1
             )
-        if 1 in throughput and len(throughput) > 1:
-            for count, r in throughput.items():
-                if count != 1:
-                    print(
-                        f"  {backend:8s} {count} workers / 1 worker = {r['pps'] / throughput[1]['pps']:.2f}x packets/s"
-                    )
+        print(row)
     print(f"  total {time.monotonic() - started:.1f} s, load average {os.getloadavg()[0]:.2f} at the end")
 
 

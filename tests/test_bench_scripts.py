@@ -87,3 +87,23 @@ class TransceiverBenchTests(unittest.TestCase):
             self.assertGreater(float(row.group(3)), 0.0, out)
             self.assertRegex(out, rf"done {side}@2: held \d/2, [\d.]+ CPU ms/call-s")
         self.assertIn("CPU per call-second, row / column (same run)", out)
+
+
+class RelayBenchTests(unittest.TestCase):
+    """``bench/relay.py`` forwards both directions, through one and two workers, and prints its summary."""
+
+    def test_both_directions_and_workers(self) -> None:
+        from voiceedge.relay.protocol import batch_backend
+
+        if batch_backend() != "recvmmsg":
+            raise unittest.SkipTest("voiceedge.relay._batchio is not built: scripts/test builds it")
+        out = run_bench(
+            "bench/relay.py", "--packets", "2000", "--flood", "4000", "--variants", "plain,relay-recvmmsg",
+            "--worker-backends", "recvmmsg", timeout=150,
+        )
+        for direction in ("to_transceiver", "to_client"):
+            self.assertRegex(out, rf"\n    {direction} +[\d.]+x +\d+ +\d+ +[\d.]+x\n", out)
+            for workers in (1, 2):
+                match = re.search(rf"{direction} +recvmmsg {workers} worker\(s\): +\d+ packets/s delivered \((\d+)/", out)
+                assert match is not None, out
+                self.assertGreater(int(match.group(1)), 0, out)

@@ -35,6 +35,11 @@ try:
     from voiceedge.relay import _batchio
 except ImportError:  # not built (no compiler at install time): the python backend
     _batchio = None  # type: ignore[assignment]
+# A helper built from an older _batchio.c (an editable install not reinstalled since) lacks the
+# return path's recv_routed: the relay says so and takes the python backend rather than fail per read.
+_stale = _batchio is not None and not hasattr(_batchio.Batch, "recv_routed")
+if _stale:
+    _batchio = None  # type: ignore[assignment]
 
 __all__ = [
     "BATCH_COUNT",
@@ -338,6 +343,11 @@ def listen_client(
         _told = True
         if chosen == "recvmmsg":
             log.info("relay: batched datagram I/O (recvmmsg/sendmmsg, {count} per call)", count=BATCH_COUNT)
+        elif _stale:
+            log.warn(
+                "relay: voiceedge.relay._batchio is older than its source (reinstall: pip install -e .):"
+                " reading one datagram per call (backend python)"
+            )
         elif _batchio is None:
             log.warn(
                 "relay: voiceedge.relay._batchio is not built (no C compiler or Python headers at install):"
