@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.cases import case, rel
 from voiceedge.media.opus import OpusEncoder
-from voiceedge.wire.opus import OpusPacketError, packet_duration
+from voiceedge.wire.opus import SINGLE_FRAME_SECONDS, OpusPacketError, packet_duration
 
 DURATIONS = [
     (bytes([0 << 3 | 0]), 0.010),  # SILK 10 ms, one frame
@@ -48,3 +48,11 @@ class PacketDurationTests(SynchronousTestCase):
         except OpusPacketError:
             return
         self.assertTrue(0 < duration <= 0.12, duration)
+
+
+    def test_single_frame_seconds_is_packet_duration_of_code_0(self) -> None:
+        """The table the receive path reads inline agrees with packet_duration for every one-frame TOC."""
+        self.assertEqual(len(SINGLE_FRAME_SECONDS), 32)
+        for config in range(32):
+            with case(f"configuration {config}"):
+                self.assertEqual(SINGLE_FRAME_SECONDS[config], packet_duration(bytes([config << 3, 0])))

@@ -181,7 +181,10 @@ class JitterBuffer:
             nxt = self._advance_window(seq)
         slots[seq] = (timestamp, payload)
         highest = self._highest
-        if seq > highest:
+        if seq == highest + 1:
+            # The common packet: the one after the highest, no hole to mark.
+            self._highest = seq
+        elif seq > highest:
             holes = self._holes
             for missing in range(max(highest + 1, nxt), seq):
                 holes[missing] = now
@@ -199,8 +202,15 @@ class JitterBuffer:
             return None
         slot = self._slots.pop(nxt, None)
         if slot is not None:
-            self._step(nxt)
-            self._played.add(nxt)
+            # _step, inline: once per frame.
+            self._next = nxt + 1
+            gone = nxt - self.capacity
+            holes = self._holes
+            if holes:
+                holes.pop(gone, None)
+            played = self._played
+            played.discard(gone)
+            played.add(nxt)
             self._last_timestamp = slot[0]
             self.stats.played += 1
             return Frame(nxt % _SEQ_MOD, slot[0], slot[1])

@@ -101,6 +101,8 @@ class Conversation:
         self._agent_factory = agent_factory
         self._flush = flush
         self.agent: IAgent | None = None
+        # The same agent as an IPassthroughAgent, for opus_frame (no cast per frame).
+        self._opus_agent: IPassthroughAgent | None = None
         self.barge_in_ms: list[float] = []
         self.ended = False
         speech = session.speech
@@ -126,6 +128,16 @@ class Conversation:
 
     # -- session events in --------------------------------------------------------
 
+    def opus_frame(self, frame: OpusFrame) -> None:
+        """One frame of the caller's Opus for a passthrough agent (the driver's shortcut past :meth:`handle`)."""
+        # The payload as it came, nothing decoded.
+        layer = self.realtime
+        if layer is not None:
+            layer.audio_received(frame.arrival, 0.02)
+        agent = self._opus_agent
+        if agent is not None:
+            agent.opus_received(frame)
+
     def handle(self, event: SessionEvent) -> None:
         """One conversation event from the session (transport events are ignored)."""
         agent = self.agent
@@ -139,11 +151,7 @@ class Conversation:
                 agent.audio_received(event)
             return
         if isinstance(event, OpusFrame):
-            # A passthrough agent's audio: the payload as it came, nothing decoded.
-            if layer is not None:
-                layer.audio_received(event.arrival, 0.02)
-            if agent is not None:
-                cast(IPassthroughAgent, agent).opus_received(event)
+            self.opus_frame(event)
             return
         now = self.clock.seconds()
         if isinstance(event, SpeechStarted):
@@ -179,6 +187,8 @@ class Conversation:
                 self._run()
         elif isinstance(event, Connected):
             self.agent = self._agent_factory.agent_for(self)
+            # Only a passthrough session emits OpusFrame: its agent is one.
+            self._opus_agent = cast(IPassthroughAgent, self.agent)
             if layer is not None:
                 layer.agent_ready(_turn_mode(self.agent))
                 self._run()
@@ -215,6 +225,7 @@ class Conversation:
         self.ended = True
         self._cancel_timer()
         agent, self.agent = self.agent, None
+        self._opus_agent = None
         try:
             if agent is not None:
                 agent.session_ended(reason.value)

@@ -105,6 +105,7 @@ class Call:
         "session",
         "conversation",
         "timer",
+        "timer_at",
         "busy",
         "ufrags",
         "answered",
@@ -123,6 +124,7 @@ class Call:
         self.etag = _new_etag()
         self.conversation: Conversation | None = None
         self.timer: IDelayedCall | None = None
+        self.timer_at = 0.0  # when the timer fires (its getTime(), without the call per packet)
         self.busy = False  # its outputs are being handled: a re-entrant flush waits for that loop
         self.ufrags: set[bytes] = set()
         # The open turn's first voiced frame; the last turn's end while no reply has started.
@@ -354,7 +356,7 @@ class Transceiver:
             session,
             agent_factory,
             self.clock,
-            lambda: self._service(call),
+            self._flusher(call),
             barge_in=self.speech.barge_in,
             realtime_counters=self.realtime_events,
         )
@@ -620,10 +622,28 @@ class Transceiver:
             self._sending.pop(call, None)
         self._arm(call)
 
+    def _flusher(self, call: Call) -> Callable[[], None]:
+        """The conversation's flush: :meth:`_service`, skipped at once while it is running.
+
+        An agent answering a frame flushes from inside :meth:`_service`, whose
+        loop picks up what it produced: the check here saves a call per frame.
+        """
+        service = self._service
+
+        def flush() -> None:
+            if not call.busy:
+                service(call)
+
+        return flush
+
     def _handle(self, call: Call, event: SessionEvent) -> None:
         kind = type(event)
-        if kind is OpusFrame or kind is AudioFrame:
+        if kind is OpusFrame:
             # The caller's audio, fifty a second: straight to the conversation.
+            if call.conversation is not None:
+                call.conversation.opus_frame(event)  # type: ignore[arg-type]
+            return
+        if kind is AudioFrame:
             if call.conversation is not None:
                 call.conversation.handle(event)
             return
@@ -732,14 +752,15 @@ class Transceiver:
         if timer is not None:
             # call.timer is None once it fires (_timeout) or is cancelled (here, _forget):
             # one still held is pending.
-            if deadline is not None and timer.getTime() <= deadline + _TIMER_SLACK:
+            if deadline is not None and call.timer_at <= deadline + _TIMER_SLACK:
                 return
             if timer.active():
                 timer.cancel()
             call.timer = None
         if deadline is not None:
             delay = max(0.0, deadline - self.clock.seconds())
-            call.timer = self.clock.callLater(delay, self._timeout, call)
+            timer = call.timer = self.clock.callLater(delay, self._timeout, call)
+            call.timer_at = timer.getTime()
 
     def _timeout(self, call: Call) -> None:
         call.timer = None

@@ -37,6 +37,9 @@ class SharedSocketProtocol(DatagramProtocol):
             self.transceiver.write = sock.sendto  # type: ignore[assignment]
         else:
             self.transceiver.write = self.transport.write
+        # The port calls protocol.datagramReceived for every datagram: the
+        # transceiver's own method, bound once, saves a call per packet.
+        self.datagramReceived = self.transceiver.datagram_received  # type: ignore[method-assign, assignment]
 
     def local_address(self) -> Address:
         """The address the socket is bound to."""

@@ -21,7 +21,7 @@ from typing import Protocol
 from voiceedge.transceiver.rtp_stats import ReceiveStatistics
 from voiceedge.transceiver.srtp import PacketBudget, SrtpError, SrtpSession
 from voiceedge.wire.errors import WireError
-from voiceedge.wire.opus import packet_duration
+from voiceedge.wire.opus import SINGLE_FRAME_SECONDS, packet_duration
 from voiceedge.wire.rtp import parse_rtp
 
 # The fixed header, for the common packet (version 2, no padding, extension or CSRC: first byte 0x80).
@@ -116,11 +116,15 @@ class RtpReceiver:
         if payload_type != self.payload_type:
             drops["rtp_other_payload"] += 1
             return True
-        try:
-            duration = packet_duration(payload)
-        except WireError:
-            drops["rtp_opus_malformed"] += 1
-            return True
+        if payload and not payload[0] & 3:
+            # One frame (code 0), what browsers send: packet_duration without the call.
+            duration = SINGLE_FRAME_SECONDS[payload[0] >> 3]
+        else:
+            try:
+                duration = packet_duration(payload)
+            except WireError:
+                drops["rtp_opus_malformed"] += 1
+                return True
         if duration > MAX_PACKET_DURATION:
             drops["rtp_opus_too_long"] += 1
             return True

@@ -45,7 +45,6 @@ from collections import deque
 from typing import Literal, Protocol
 
 from voiceedge.transceiver.rtp_stats import SendStatistics
-from voiceedge.wire.rtp import build_rtp_header
 
 __all__ = [
     "FRAME_SECONDS",
@@ -163,6 +162,8 @@ class RtpSender:
     ) -> None:
         if not 0 <= payload_type <= 127:
             raise ValueError(f"RTP payload type out of range: {payload_type!r}")
+        if not 0 <= ssrc <= 0xFFFFFFFF:
+            raise ValueError(f"RTP SSRC out of range: {ssrc!r}")
         self.payload_type = payload_type
         self.ssrc = ssrc
         self.source = source
@@ -232,7 +233,7 @@ class RtpSender:
 
     def poll(self, now: float) -> list[bytes]:
         """The RTP packets due by ``now``, oldest first (see the module docstring)."""
-        slot = self.slot_at(now)
+        slot = int((now - self.grid_origin) / FRAME_SECONDS + _EPSILON)  # slot_at, inline
         source = self.source
         packets: list[bytes] = []
         if self._ready:
@@ -305,7 +306,10 @@ class RtpSender:
                 + extension
                 + payload
             )
-        return build_rtp_header(self.payload_type, sequence, timestamp, self.ssrc, marker) + payload
+        # build_rtp_header without its checks: __init__ checked the payload type
+        # and SSRC, and the sequence number and timestamp are masked.
+        second = (0x80 if marker else 0) | self.payload_type
+        return _header_pack(0x80, second, sequence, timestamp, self.ssrc) + payload
 
     def stop(self, now: float, reason: StopReason = "stopped") -> int:
         """Cut the agent's audio now (barge-in, a cancel); the milliseconds of queued audio dropped.

@@ -16,6 +16,10 @@ _FRAME_TENTHS_MS = (
     [100, 200, 400, 600] * 3 + [100, 200] * 2 + [25, 50, 100, 200] * 4
 )
 
+#: Seconds of audio in a code-0 packet (one frame; TOC ``& 3 == 0``), by the TOC's top five bits:
+#: what :func:`packet_duration` returns for it, for a caller that takes that case inline.
+SINGLE_FRAME_SECONDS = tuple(tenths / 10000 for tenths in _FRAME_TENTHS_MS)
+
 
 def packet_duration(payload: bytes) -> float:
     """Seconds of audio in one Opus packet.
