@@ -29,7 +29,11 @@ call's), the server's CPU in ms per call-second and as % of one core, and
 RSS per call (``pionpeer load --server-pid``, with the worker processes of
 ``--workers``: RSS at the end of the window less RSS before the load, over
 the calls up, counted after ``--warmup`` calls made and ended first, so that
-what the first calls touch once is not counted per call). Then the ratios of CPU per call-second, side by side. Absolute
+what the first calls touch once is not counted per call). Then the ratios of CPU per call-second, side by side.
+``--detector silero,energy`` and ``--echo-max-lag-ms 0,100`` run every voiceedge
+side with each value, one after the other in the same run (``[agent.echo]
+max_lag_ms = 0``: the echo's backlog after a late loop stays queued, as before
+the bound). Absolute
 figures depend on the machine's load; ratios within one run much less. Every
 child is bounded and killed at the end.
 
@@ -109,10 +113,15 @@ class Side:
 
 #: ``[speech] detector`` for the voiceedge sides (``--detector``); None: its default.
 DETECTOR: str | None = None
+#: ``[agent.echo] max_lag_ms`` for the voiceedge sides (``--echo-max-lag-ms``); None: its default.
+ECHO_MAX_LAG_MS: int | None = None
 
 
 def _echo_options(passthrough: bool) -> dict[str, dict[str, object]]:
-    options: dict[str, dict[str, object]] = {"agent.echo": {"passthrough": passthrough}}
+    echo: dict[str, object] = {"passthrough": passthrough}
+    if ECHO_MAX_LAG_MS is not None:
+        echo["max_lag_ms"] = ECHO_MAX_LAG_MS
+    options: dict[str, dict[str, object]] = {"agent.echo": echo}
     if DETECTOR is not None:
         options["speech"] = {"detector": DETECTOR}
     return options
@@ -155,6 +164,8 @@ def transceiver_direct(log_dir: Path, passthrough: bool, workers: str | None) ->
             "agent.echo": {"passthrough": "yes" if passthrough else "no"},
         }
     )
+    if ECHO_MAX_LAG_MS is not None:
+        parser["agent.echo"]["max_lag_ms"] = str(ECHO_MAX_LAG_MS)
     if DETECTOR is not None:
         parser["speech"] = {"detector": DETECTOR}
     parser["process"] = {"workers": workers}
@@ -222,9 +233,9 @@ SERVERS: dict[str, Callable[[Path, str | None], Any]] = {
 }
 
 
-def measure(name: str, calls: int, args: argparse.Namespace, tmp: Path) -> Side:
-    """Start ``name``'s server, load it with ``calls`` Pion calls, stop it."""
-    log_dir = tmp / f"{name}-{calls}-w{args.workers or 0}"
+def measure(name: str, calls: int, args: argparse.Namespace, tmp: Path, variant: str = "") -> Side:
+    """Start ``name``'s server, load it with ``calls`` Pion calls, stop it (``variant``: a label for its logs)."""
+    log_dir = tmp / f"{name}-{calls}-w{args.workers or 0}{variant}"
     log_dir.mkdir()
     workers = None if name in ("pionecho", "aiortc") else args.workers
     with SERVERS[name](log_dir, workers) as (url, pid):
@@ -253,13 +264,13 @@ def measure(name: str, calls: int, args: argparse.Namespace, tmp: Path) -> Side:
 def print_sides(sides: list[Side]) -> None:
     """The table, then CPU per call-second as ratios between the sides."""
     print(
-        f"  {'side':20s} {'N':>4s} {'up':>4s} {'held':>5s} {'pps mean':>8s} {'gap p99':>8s} {'worst':>7s}"
+        f"  {'side':30s} {'N':>4s} {'up':>4s} {'held':>5s} {'pps mean':>8s} {'gap p99':>8s} {'worst':>7s}"
         f" {'CPU ms/call-s':>13s} {'CPU %':>6s} {'RSS kB/call':>11s} {'client %':>8s}"
     )
     for s in sides:
         cpu = s.cpu_per_call_s
         print(
-            f"  {s.name:20s} {s.calls:4d} {s.get('up_at_window', default=0):4d}"
+            f"  {s.name:30s} {s.calls:4d} {s.get('up_at_window', default=0):4d}"
             f" {s.get('calls_ge_48pps', default=0):5d} {s.get('in_pps_per_call', 'mean', default=0):8.1f}"
             f" {s.get('gap_ms', 'p99', default=0):8.1f} {s.get('gap_p99_ms_worst_call', default=0):7.1f}"
             f" {cpu if cpu is not None else float('nan'):13.2f} {s.get('server', 'cpu_pct', default=0):6.1f}"
@@ -270,11 +281,11 @@ def print_sides(sides: list[Side]) -> None:
             print(f"      errors: {dict(list(errors.items())[:3])}")
     print("  CPU per call-second, row / column (same run):")
     named = [s for s in sides if s.cpu_per_call_s]
-    header = "".join(f" {f'{s.name}@{s.calls}':>22s}" for s in named)
-    print(f"  {'':24s}{header}")
+    header = "".join(f" {f'{s.name}@{s.calls}':>34s}" for s in named)
+    print(f"  {'':36s}{header}")
     for row in named:
-        cells = "".join(f" {row.cpu_per_call_s / col.cpu_per_call_s:22.2f}" for col in named)  # type: ignore[operator]
-        print(f"  {f'{row.name}@{row.calls}':24s}{cells}")
+        cells = "".join(f" {row.cpu_per_call_s / col.cpu_per_call_s:34.2f}" for col in named)  # type: ignore[operator]
+        print(f"  {f'{row.name}@{row.calls}':36s}{cells}")
 
 
 GOOD_SHARE = 0.95
@@ -325,8 +336,13 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--audio", default="tone", choices=("tone", "speech"))
     parser.add_argument("--workers", default=None, help="[process] workers for the voiceedge sides (default: theirs)")
-    parser.add_argument("--detector", default=None, choices=("silero", "energy"),
-                        help="[speech] detector of the voiceedge sides (default: the service's, silero)")
+    parser.add_argument("--detector", default=None,
+                        help="[speech] detector of the voiceedge sides: silero or energy, or both (silero,energy:"
+                        " every voiceedge side with each, side by side; default: the service's, silero)")
+    parser.add_argument("--echo-max-lag-ms", default=None,
+                        help="[agent.echo] max_lag_ms of the voiceedge sides, or a comma list (0,100: every"
+                        " voiceedge side with each, side by side; default: the service's; 0: no bound, a late"
+                        " worker's backlog stays queued)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="calls made and ended before each side's load (RSS per call counts from after them)")
     parser.add_argument("--capacity", default="", help="worker counts to find the calls held for, e.g. 1,2")
@@ -337,8 +353,12 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=20, help="calls added per capacity step")
     parser.add_argument("--max", type=int, default=200, help="most calls a capacity search offers")
     args = parser.parse_args()
-    global DETECTOR
-    DETECTOR = args.detector
+    global DETECTOR, ECHO_MAX_LAG_MS
+    detectors: list[str | None] = [None] if args.detector is None else list(args.detector.split(","))
+    if not set(detectors) <= {None, "silero", "energy"}:
+        parser.error(f"--detector: silero, energy or both, not {args.detector!r}")
+    lags: list[int | None] = [None] if args.echo_max_lag_ms is None else [int(x) for x in args.echo_max_lag_ms.split(",")]
+    DETECTOR, ECHO_MAX_LAG_MS = detectors[0], lags[0]
     if args.capacity:
         with tempfile.TemporaryDirectory(prefix="voiceedge-bench-") as tmp:
             capacity(args, Path(tmp))
@@ -357,14 +377,25 @@ def main() -> None:
     sides: list[Side] = []
     with tempfile.TemporaryDirectory(prefix="voiceedge-bench-") as tmp:
         for name in args.sides.split(","):
-            for calls in [args.aiortc_calls] if name == "aiortc" else counts:
-                side = measure(name, calls, args, Path(tmp))
-                sides.append(side)
-                print(
-                    f"  done {name}@{calls}: held {side.get('calls_ge_48pps')}/{calls},"
-                    f" {side.cpu_per_call_s} CPU ms/call-s",
-                    flush=True,
-                )
+            # The variants (detector, echo bound) apply to voiceedge's sides only.
+            ours = name not in ("pionecho", "aiortc")
+            variants = [(d, lag) for d in detectors for lag in lags] if ours else [(None, None)]
+            for detector, lag in variants:
+                DETECTOR, ECHO_MAX_LAG_MS = detector, lag
+                label = name
+                if ours and len(detectors) > 1:
+                    label += f" {detector}"
+                if ours and len(lags) > 1:
+                    label += f" lag={lag}"
+                for calls in [args.aiortc_calls] if name == "aiortc" else counts:
+                    side = measure(name, calls, args, Path(tmp), label[len(name):].replace(" ", "-"))
+                    side.name = label
+                    sides.append(side)
+                    print(
+                        f"  done {label}@{calls}: held {side.get('calls_ge_48pps')}/{calls},"
+                        f" {side.cpu_per_call_s} CPU ms/call-s, RSS {side.get('server', 'rss_kb_per_call')} kB/call",
+                        flush=True,
+                    )
     print_sides(sides)
     try:
         load2 = os.getloadavg()[0]
