@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from voiceedge.wire import stun
 from voiceedge.wire.errors import WireError
 
+#: The consent checks' timing jitter, unless a test injects its own: one generator for every
+#: session (a ``random.Random`` holds 2.5 kB of state; bench/memory.py counts them per call).
+_SHARED_RNG = random.Random()
+
 Address = tuple[str, int]
 
 # A lite agent is always controlled (RFC 8445 §6.1.1), so a peer that says it is
@@ -132,7 +136,7 @@ class IceLiteAgent:
         self._previous: tuple[bytes, bytes, str] | None = None
         self._tie_breaker = int.from_bytes(os.urandom(8), "big")
         self._consent_timeout = consent_timeout
-        self._rng = rng or random.Random()
+        self._rng = rng or _SHARED_RNG
         # Valid sources, least recently checked first.
         self._last_check: collections.OrderedDict[Address, float] = collections.OrderedDict()
         self._verified: set[Address] = set()

@@ -49,6 +49,10 @@ from voiceedge.transceiver.srtp import PacketBudget, SrtpError, SrtpSession
 from voiceedge.wire import rtcp
 from voiceedge.wire.errors import WireError
 
+#: The RTCP reports' timing jitter, unless a test injects its own: one generator for every
+#: session (a ``random.Random`` holds 2.5 kB of state; bench/memory.py counts them per call).
+_SHARED_RNG = random.Random()
+
 __all__ = ["AudioStream", "EndReason", "Session", "SessionState"]
 
 Address = tuple[str, int]
@@ -192,7 +196,7 @@ class Session:
         self.end_reason: EndReason | None = None
         self.drops: collections.Counter[str] = collections.Counter() if drops is None else drops
         self.probes: collections.Counter[str] = collections.Counter() if probes is None else probes
-        self._rng = rng or random.Random()
+        self._rng = rng or _SHARED_RNG
         self._datagrams: list[Datagram] = []
         self._events: list[SessionEvent] = []
         self._srtp: SrtpSession | None = None
