@@ -4,6 +4,7 @@ talkspurt; the caller's heard by its RTP time."""
 from __future__ import annotations
 
 import array
+import collections
 import math
 
 from twisted.internet.interfaces import IDelayedCall
@@ -374,6 +375,26 @@ class InboundLossTests(SynchronousTestCase):
         self.assertNotEqual(frames[6].pcm, OpusDecoder(RATE).conceal())
         self.assertEqual(frames[7].pcm, reference.decode(payloads[7]))
         self.assertEqual((inbound.frames_decoded, inbound.frames_concealed, inbound.decode_errors), (7, 1, 0))
+        if reference.carries_fec(payloads[7]) is None:  # a libopus before 1.5
+            self.assertEqual((inbound.frames_recovered, inbound.repairs), (0, {"fec_or_plc": 1}))
+        else:
+            self.assertEqual((inbound.frames_recovered, inbound.repairs), (1, {"fec": 1}))
+
+    def test_a_loss_with_no_fec_in_the_next_packet_is_concealed_and_counted(self) -> None:
+        encoder = OpusEncoder(RATE)  # FEC off, as a sender may have it
+        payloads = [encoder.encode(frame) for frame in speech_like(RATE, 4)]
+        repairs: collections.Counter[str] = collections.Counter()
+        frames: list[AudioFrame] = []
+        inbound = InboundAudio(RATE, DetectionSettings("energy"), frames.append, lambda event: None, repairs)
+        for sequence in (0, 1, 3):
+            inbound.packet_received(sequence, sequence * 960, payloads[sequence], sequence * 0.02)
+        reference = OpusDecoder(RATE)
+        for payload in payloads[:2]:
+            reference.decode(payload)
+        self.assertEqual(frames[2].pcm, reference.conceal())
+        expected = "plc" if reference.carries_fec(payloads[3]) is False else "fec_or_plc"
+        # The process's counter (shared by its sessions) is the one handed in.
+        self.assertEqual((inbound.frames_recovered, repairs), (0, {expected: 1}))
 
     def test_a_malformed_next_packet_leaves_the_loss_concealed(self) -> None:
         encoder = OpusEncoder(RATE, packet_loss_percent=20)
@@ -383,6 +404,9 @@ class InboundLossTests(SynchronousTestCase):
             inbound.packet_received(sequence, sequence * 960, payload, sequence * 0.02)
         self.assertEqual([(f.lost, len(f.pcm)) for f in frames], [(False, FRAME_BYTES)] * 2 + [(True, FRAME_BYTES), (False, FRAME_BYTES)])
         self.assertEqual((inbound.frames_decoded, inbound.frames_concealed, inbound.decode_errors), (2, 2, 1))
+        # The loss before the malformed packet, and the malformed packet itself.
+        self.assertEqual(sum(inbound.repairs.values()), 2)
+        self.assertEqual(inbound.repairs["fec"], 0)
 
 
 class MediaTimelineTests(SynchronousTestCase):

@@ -17,7 +17,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests import memory_call as mc
 from tests.audio_samples import opus_tone_frame
 from tests.impair import ImpairedPath, Impairment
-from tests.support import REPO_ROOT, free_tcp_port, free_udp_port, running_service, write_allinone_config
+from tests.support import (
+    REPO_ROOT,
+    free_tcp_port,
+    free_udp_port,
+    running_service,
+    scrape_metrics,
+    write_allinone_config,
+)
 from voiceedge.transceiver.dtls import DtlsState
 
 
@@ -397,6 +404,8 @@ class ImpairedBrowserCallTests(TestCase):
             finally:
                 context.close()
         counters = self._stop(shim)
+        # The caller's packets the way up lost, as the transceiver filled them in.
+        repairs = scrape_metrics(base).get("voiceedge_transceiver_frames_lost_total", {})
         first, last = samples[0]["inbound"], samples[-1]["inbound"]
         assert isinstance(first, dict) and isinstance(last, dict), samples
         delta = {k: float(last.get(k, 0) or 0) - float(first.get(k, 0) or 0) for k in CONCEALMENT_COUNTERS}
@@ -418,7 +427,8 @@ class ImpairedBrowserCallTests(TestCase):
             f"{delta['concealmentEvents']:.0f} concealment events; jitter buffer {buffer_ms:.0f} ms; "
             f"accelerated {delta['removedSamplesForAcceleration'] / 48:.0f} ms, "
             f"decelerated {delta['insertedSamplesForDeceleration'] / 48:.0f} ms; "
-            f"packets/s per 2 s window {windows}; shim {counters}"
+            f"packets/s per 2 s window {windows}; shim {counters}; "
+            f"the way up's losses filled in by {repairs}"
         )
         self.assertTrue(all(s["state"] == "connected" for s in samples), [s["state"] for s in samples])
         self.assertEqual(delete_status, 204)
@@ -437,3 +447,6 @@ class ImpairedBrowserCallTests(TestCase):
         # NetEq's buffer follows the jitter it meets (77-262 ms seen here, more on a loaded
         # machine, whose scheduling adds its own); a second would be a call nobody can talk in.
         self.assertLess(buffer_ms, 1000)
+        # The way up lost packets too: each was filled in (from Chromium's in-band FEC when the
+        # next packet carried a copy, else by concealment) and counted.
+        self.assertGreater(sum(repairs.values()), 0, repairs)

@@ -14,7 +14,7 @@ from fractions import Fraction
 from av import AudioFrame, CodecContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.cases import case, rel
 from tests.signals import speech_like
@@ -27,6 +27,7 @@ from voiceedge.media.opus import (
     OpusDecoder,
     OpusEncoder,
     OpusUnavailable,
+    libopus_version,
     live_coders,
     load_libopus,
 )
@@ -272,6 +273,23 @@ class ConcealmentTests(SynchronousTestCase):
             with_plc.decode(payload)
         self.assertEqual(with_fec.decode_fec(payloads[11]), with_plc.conceal())
 
+    def test_carries_fec_tells_whether_a_packet_has_the_copy(self) -> None:
+        """libopus 1.5+ (PyAV's) tells a packet with an LBRR copy from one without; older ones cannot (None)."""
+        frames = speech_like(16000, 4)
+        with_fec, without = OpusEncoder(16000, packet_loss_percent=20), OpusEncoder(16000)
+        decoder = OpusDecoder(16000)
+        if decoder._lib.packet_has_lbrr is None:
+            self.assertIsNone(decoder.carries_fec(without.encode(frames[0])))
+            raise SkipTest(f"{libopus_version()} cannot tell (libopus 1.5 and later can)")
+        fec = [with_fec.encode(frame) for frame in frames]
+        plain = [without.encode(frame) for frame in frames]
+        # The first packet has no frame before it to carry.
+        self.assertEqual([decoder.carries_fec(p) for p in fec[1:]], [True] * 3)
+        self.assertEqual([decoder.carries_fec(p) for p in plain], [False] * 4)
+        celt = OpusEncoder(48000, application="lowdelay", packet_loss_percent=20).encode(bytes(1920))
+        for payload in (celt, b"", b"\x03\x00", b"\x0b\x03" + bytes(10)):
+            self.assertIs(decoder.carries_fec(payload), False)
+
     def test_decode_fec_of_a_malformed_next_packet_conceals(self) -> None:
         """A malformed next payload is not this frame's problem: it is concealed, and decode() reports the payload."""
         for bad in (b"", b"\x03\x00", b"\x1b\x03" + bytes(10), b"\x0b\x03" + bytes(10)):
@@ -406,11 +424,13 @@ class LibopusTests(SynchronousTestCase):
             "e, d = OpusEncoder(16000, packet_loss_percent=10), OpusDecoder(16000)\n"
             "p = [e.encode(bytes(640)) for _ in range(3)]\n"
             "d.decode(p[0])\n"
-            "print(len(d.decode_fec(p[2])), len(d.decode(p[2])), len(d.conceal()), libopus_version())\n"
+            "print(len(d.decode_fec(p[2])), len(d.decode(p[2])), len(d.conceal()), d.carries_fec(p[2]) is not False,"
+            " libopus_version())\n"
         )
         env = dict(os.environ, VOICEEDGE_LIBOPUS=system)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
-        self.assertTrue(out.startswith(f"640 640 640 libopus "), out)
+        # carries_fec: True from 1.5 (the packet has the copy), None before (cannot tell); never False here.
+        self.assertTrue(out.startswith(f"640 640 640 True libopus "), out)
         self.assertIn(f"({system})", out)
 
     def test_no_libopus_is_a_clear_error(self) -> None:

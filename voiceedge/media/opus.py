@@ -159,6 +159,10 @@ class _LibOpus:
         # each a C int, as the request macros of opus_defines.h do.
         self.encoder_ctl = bind("opus_encoder_ctl", c_int, c_void_p, c_int)
         self.decoder_ctl = bind("opus_decoder_ctl", c_int, c_void_p, c_int)
+        # int opus_packet_has_lbrr(const unsigned char*, opus_int32 len): libopus 1.5 and later.
+        self.packet_has_lbrr = (
+            bind("opus_packet_has_lbrr", c_int, c_char_p, c_int32) if hasattr(lib, "opus_packet_has_lbrr") else None
+        )
 
     def error(self, code: int) -> str:
         """libopus's message for a negative return code."""
@@ -304,6 +308,17 @@ class OpusDecoder:
         if got != samples:
             return self._plc(samples)
         return self._pcm(got)
+
+    def carries_fec(self, payload: bytes) -> bool | None:
+        """Whether ``payload`` carries an in-band FEC (LBRR) copy of the frame before it.
+
+        ``None`` when this libopus (before 1.5) cannot tell; ``False`` for a
+        malformed payload.
+        """
+        has_lbrr = self._lib.packet_has_lbrr
+        if has_lbrr is None:
+            return None
+        return bool(has_lbrr(payload, len(payload)) == 1)
 
     def reset(self) -> None:
         """Forget the stream so far (``OPUS_RESET_STATE``), as a fresh decoder."""

@@ -44,6 +44,12 @@ SILENCE_DB = -70.0
 # The same as a sum of squares over one 20 ms frame at 48 kHz (scaled per rate).
 _SILENCE_MEAN_SQUARE = 32768.0**2 * 10 ** (SILENCE_DB / 10)
 _PCM16 = np.dtype("<i2")
+#: How a lost caller frame is filled in (``InboundAudio.repairs``' keys):
+#: ``fec`` from the next packet's in-band FEC copy, ``plc`` by libopus's
+#: concealment (no next packet in time, or it carried no FEC), ``fec_or_plc``
+#: the former tried where libopus (before 1.5) cannot tell which it did,
+#: ``backend`` left to a passthrough agent's decoder.
+REPAIRS = ("fec", "plc", "fec_or_plc", "backend")
 #: What :meth:`OutboundAudio.pop` returns for a slot of silence: send nothing.
 SILENT = b""
 #: How a cut talkspurt ends for the caller's decoder: a fade, a silent frame
@@ -107,6 +113,7 @@ class InboundAudio:
         detection: DetectionSettings,
         on_frame: Callable[[AudioFrame], None],
         on_speech: Callable[[SpeechEvent], None],
+        repairs: collections.Counter[str] | None = None,
     ) -> None:
         self.sample_rate = sample_rate
         self._jitter = JitterBuffer()
@@ -118,8 +125,11 @@ class InboundAudio:
         self.timeline = MediaTimeline()
         self._recheck_at: float | None = None
         self.frames_decoded = 0
-        self.frames_concealed = 0
+        self.frames_concealed = 0  # every frame lost or undecodable, however it was filled in
+        self.frames_recovered = 0  # of those, decoded from the next packet's in-band FEC
         self.decode_errors = 0
+        #: Lost frames by how they were filled in, shared by a process's sessions (:data:`REPAIRS`).
+        self.repairs: collections.Counter[str] = collections.Counter() if repairs is None else repairs
 
     def packet_received(self, sequence_number: int, timestamp: int, payload: bytes, now: float) -> None:
         """One Opus packet arrived."""
@@ -175,9 +185,16 @@ class InboundAudio:
 
     def _conceal(self, next_payload: bytes | None) -> bytes:
         self.frames_concealed += 1
-        if next_payload is not None and self._decoder.supports_fec:
-            return self._decoder.decode_fec(next_payload)
-        return self._decoder.conceal()
+        decoder = self._decoder
+        if next_payload is not None and decoder.supports_fec:
+            carried = decoder.carries_fec(next_payload)
+            if carried is not False:
+                if carried:
+                    self.frames_recovered += 1
+                self.repairs["fec" if carried else "fec_or_plc"] += 1
+                return decoder.decode_fec(next_payload)
+        self.repairs["plc"] += 1
+        return decoder.conceal()
 
     def deadline(self) -> float | None:
         """When :meth:`drain` is due: the jitter buffer gives up on a missing packet, or
@@ -386,11 +403,14 @@ class InboundOpus:
     lost (an empty payload) for the backend's decoder to conceal.
     """
 
-    def __init__(self, on_frame: Callable[[OpusFrame], None]) -> None:
+    def __init__(
+        self, on_frame: Callable[[OpusFrame], None], repairs: collections.Counter[str] | None = None
+    ) -> None:
         self._jitter = JitterBuffer()
         self._on_frame = on_frame
         self.frames_passed = 0
         self.frames_concealed = 0  # lost, left to the backend's decoder
+        self.repairs: collections.Counter[str] = collections.Counter() if repairs is None else repairs
 
     def packet_received(self, sequence_number: int, timestamp: int, payload: bytes, now: float) -> None:
         """One Opus packet arrived."""
@@ -402,6 +422,7 @@ class InboundOpus:
         while (frame := self._jitter.pop(now)) is not None:
             if frame.lost:
                 self.frames_concealed += 1
+                self.repairs["backend"] += 1
                 self._on_frame(OpusFrame(b"", frame.timestamp, now, True))
             else:
                 self.frames_passed += 1

@@ -214,6 +214,7 @@ class Transceiver:
 
         self.drops: collections.Counter[str] = collections.Counter()
         self.probes: collections.Counter[str] = collections.Counter()
+        self.repairs: collections.Counter[str] = collections.Counter()
         self.consent: collections.Counter[str] = collections.Counter()
         self.ended: collections.Counter[str] = collections.Counter()
         self.sessions_opened = 0
@@ -349,6 +350,7 @@ class Transceiver:
             data_channel=summary.datachannel_mid is not None,
             drops=self.drops,
             probes=self.probes,
+            repairs=self.repairs,
         )
         session.settings = dict(settings) if settings else {}
         call = Call(session, summary, params)
@@ -895,6 +897,16 @@ class Transceiver:
         yield ("counter", prefix + "ice_restarts", "ICE restarts (PATCH).", {}, self.ice_restarts)
         for reason, n in self.drops.items():
             yield ("counter", prefix + "drops", "Datagrams dropped, by reason.", {"reason": reason}, n)
+        for repair, n in self.repairs.items():
+            yield (
+                "counter",
+                prefix + "frames_lost",
+                "Caller audio frames lost on the way in, by how they were filled in (fec: the next packet's "
+                "in-band FEC; plc: libopus concealment; fec_or_plc: a libopus before 1.5 cannot tell; "
+                "backend: left to a passthrough agent).",
+                {"repair": repair},
+                n,
+            )
         yield ("counter", prefix + "packets_in", "Datagrams received.", {}, self.packets_in)
         yield ("counter", prefix + "bytes_in", "Bytes received.", {}, self.bytes_in)
         yield ("counter", prefix + "packets_out", "Datagrams sent.", {}, self.packets_out)

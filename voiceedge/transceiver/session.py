@@ -174,6 +174,7 @@ class Session:
         data_channel: bool = False,
         drops: collections.Counter[str] | None = None,
         probes: collections.Counter[str] | None = None,
+        repairs: collections.Counter[str] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.session_id = session_id
@@ -195,6 +196,8 @@ class Session:
         self.state = SessionState.WAITING
         self.end_reason: EndReason | None = None
         self.drops: collections.Counter[str] = collections.Counter() if drops is None else drops
+        # Lost caller frames by how they were filled in (audio.REPAIRS), shared by the process's sessions.
+        self.repairs: collections.Counter[str] = collections.Counter() if repairs is None else repairs
         self.probes: collections.Counter[str] = collections.Counter() if probes is None else probes
         self._rng = rng or _SHARED_RNG
         self._datagrams: list[Datagram] = []
@@ -489,10 +492,12 @@ class Session:
         )
         if self.passthrough:
             # The agent speaks Opus: payloads both ways, no codec, no speech detection.
-            self._inbound = InboundOpus(self._emit)
+            self._inbound = InboundOpus(self._emit, self.repairs)
             self._outbound = OutboundOpus()
         else:
-            self._inbound = InboundAudio(self.sample_rate, self.speech_detection, self._emit, self._emit)
+            self._inbound = InboundAudio(
+                self.sample_rate, self.speech_detection, self._emit, self._emit, self.repairs
+            )
             self._outbound = OutboundAudio(
                 self.sample_rate, self.opus_complexity, application=self.opus_application, stop_tail=self.stop_tail
             )
@@ -870,6 +875,7 @@ class Session:
             "rtt_ms": None if self.round_trip_time is None else round(self.round_trip_time * 1000, 2),
             "queued_audio_ms": self.queued_audio_ms(),
             "frames_concealed": self._inbound.frames_concealed if self._inbound else 0,
+            "frames_recovered_fec": getattr(self._inbound, "frames_recovered", 0),
             "events_channel_open": bool(self.events_channel and self.events_channel.is_open),
             "consent": {
                 "checks_sent": self.ice.consent_checks_sent,
