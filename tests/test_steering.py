@@ -82,6 +82,14 @@ class ChooseTests(SynchronousTestCase):
         ]
         self.assertEqual(choose_transceiver(records, "eu").id, "b")  # type: ignore[union-attr]
 
+    def test_the_limit_nearest_decides(self) -> None:
+        """Fewer sessions on a busier core lose to more sessions on an idle one: load is the nearer limit."""
+        records = [record("a", sessions=5, cpu=0.8), record("b", sessions=40, cpu=0.2)]
+        self.assertEqual(choose_transceiver(records, "eu").id, "b")  # type: ignore[union-attr]
+        # Nearly full of sessions, the CPU no longer saves it.
+        records = [record("a", sessions=5, cpu=0.8), record("b", sessions=95, cpu=0.2)]
+        self.assertEqual(choose_transceiver(records, "eu").id, "a")  # type: ignore[union-attr]
+
     def test_skips_draining_full_overloaded_and_excluded(self) -> None:
         records = [
             record("a", state=DRAINING, sessions=0),

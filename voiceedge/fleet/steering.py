@@ -68,9 +68,11 @@ def choose_transceiver(
 
     A region with none tries the ``fallback`` regions in order; then, with
     ``spill``, the least-loaded such transceiver anywhere (the client's first packet then crosses to its
-    region through the global relay hop). Load is sessions over capacity,
-    then CPU; ties are broken at random so front doors do not all pick the
-    same one.
+    region through the global relay hop). Load is whichever is nearer its
+    limit, sessions over capacity or CPU over ``max_cpu`` (a few transcoding
+    calls with Silero can fill a core that many passthrough calls would not),
+    then sessions, then CPU; ties are broken at random so front doors do not
+    all pick the same one.
     """
     usable = [
         r for r in records
@@ -85,6 +87,9 @@ def choose_transceiver(
         pool = usable
     if not pool:
         return None
-    best = min((r.load, round(r.cpu, 1)) for r in pool)
-    tied = [r for r in pool if (r.load, round(r.cpu, 1)) == best]
+    def rank(r: TransceiverRecord) -> tuple[float, float, float]:
+        return (round(max(r.load, r.cpu / max_cpu), 2), r.load, round(r.cpu, 1))
+
+    best = min(map(rank, pool))
+    tied = [r for r in pool if rank(r) == best]
     return (rng or random).choice(tied)
