@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 
+from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.audio_samples import tone_pcm
@@ -358,3 +359,38 @@ class MidExtensionTests(SynchronousTestCase):
         for ext_id, mid in ((0, "0"), (256, "0"), (1, ""), (1, "x" * 256)):
             with self.assertRaises(ValueError):
                 mid_extension(ext_id, mid)
+
+
+class ShortcutTests(SynchronousTestCase):
+    """poll's shortcut for a frame in time sends what the general path (poll_slot) sends."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["frame", "silence", "two", "none", "stop"]),
+                st.floats(min_value=0.0, max_value=0.15),
+            ),
+            max_size=60,
+        )
+    )
+    def test_same_packets_events_and_state(self, steps: list[tuple[str, float]]) -> None:
+        """Random producers, gaps and stops: both senders agree on every packet, event and slot."""
+        fast, general = sender(), sender()
+        now = ORIGIN + 0.003
+        for i, (what, gap) in enumerate(steps):
+            now += gap
+            out = []
+            for s, poll in ((fast, fast.poll), (general, lambda t, s=general: s.poll_slot(s.slot_at(t), t))):
+                if what == "stop":
+                    s.stop(now)
+                source = s.source
+                assert isinstance(source, FrameQueue)
+                if what == "frame":
+                    source.add(b"f%d" % i)
+                elif what == "silence":
+                    source.add(b"")
+                elif what == "two":
+                    source.add(b"a%d" % i, b"b%d" % i)
+                out.append((poll(now), s.take_events(), s.tick_slot(), s.talking, s.last_sent_at))
+            self.assertEqual(out[0], out[1])

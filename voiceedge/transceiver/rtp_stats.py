@@ -139,13 +139,21 @@ class ReceiveStatistics:
 
     def on_packet(self, sequence_number: int, timestamp: int, now: float) -> None:
         """Account one received RTP packet from this source, arriving at ``now``."""
-        if not self._started:
-            self._started = True
-            self._init_seq(sequence_number)
-            self._max_seq = (sequence_number - 1) & 0xFFFF
-            self._probation = MIN_SEQUENTIAL
-        if not self._update_seq(sequence_number):
-            return
+        max_seq = self._max_seq
+        if sequence_number == (max_seq + 1) & 0xFFFF and not self._probation and self._started:
+            # The common packet, the next one: _update_seq's in-order branch, inline.
+            if sequence_number < max_seq:
+                self._cycles += RTP_SEQ_MOD
+            self._max_seq = sequence_number
+            self._received += 1
+        else:
+            if not self._started:
+                self._started = True
+                self._init_seq(sequence_number)
+                self._max_seq = (sequence_number - 1) & 0xFFFF
+                self._probation = MIN_SEQUENTIAL
+            if not self._update_seq(sequence_number):
+                return
         # A.8 interarrival jitter, with the timestamp difference taken modulo 2**32.
         last_arrival = self._last_arrival
         if last_arrival is not None:

@@ -109,7 +109,9 @@ class PacketBudget:
         """Take one packet's token at ``now``; False (and counted) when there is none."""
         at = self._at
         elapsed = 0.0 if at is None or now < at else now - at
-        tokens = min(self.burst, self._tokens + elapsed * self.rate)
+        tokens = self._tokens + elapsed * self.rate
+        if tokens > self.burst:  # min(), without the call: once per packet
+            tokens = self.burst
         self._at = now
         if tokens < 1.0:
             self._tokens = tokens
