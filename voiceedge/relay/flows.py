@@ -163,6 +163,7 @@ class FlowTable:
         self.pending_timeout = pending_timeout
         self.confirmed: dict[Address, Flow] = {}
         self.pending: dict[Address, Flow] = {}
+        # Never rebound: the relay's batch helper holds this dict (Batch.route_by) and reads it live.
         self.by_packed: dict[tuple[bytes, int], Flow] = {}
         self.max_per_ufrag = max_per_ufrag
         self.per_ufrag: dict[bytes, int] = {}
