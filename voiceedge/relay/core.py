@@ -40,9 +40,12 @@ from voiceedge.relay.flows import Address, Flow, FlowTable
 from voiceedge.relay.router import IRouter, NextHop, Router
 from voiceedge.relay.settings import RelaySettings
 from voiceedge.wire.encap import (
+    FIRST_BYTE,
+    FLAG_HOPS,
     MAX_HEADER_SIZE,
     MAX_HOPS,
     EncapError,
+    header_length,
     hops,
     pack_header_into,
     peek_addresses,
@@ -60,6 +63,10 @@ log = Logger()
 OFFSET = MAX_HEADER_SIZE
 _BUFFER_SIZE = OFFSET + 65536  # larger than any UDP payload: never truncates
 _SOURCE_CACHE_MAX = 4096
+# Header length and client IP length by flags byte, for headers without a hop count (what
+# transceivers send): the python backend's return path reads them inline.
+_RETURN_SIZES = tuple(header_length(bytes((FIRST_BYTE, flags)) + bytes(MAX_HEADER_SIZE)) for flags in range(4))
+_RETURN_IP_LEN = (4, 16, 4, 16)
 
 # A confirmed flow moves to another transceiver (a check whose token names
 # it) only when its client has sent nothing for this long. A call in progress
@@ -558,11 +565,19 @@ class Relay:
         if not allowed:
             self._drop("outside_transceiver_networks")
             return
-        try:
-            ip, port, size = peek_client(data)
-        except EncapError:
-            self._drop("bad_header")
-            return
+        # What transceivers send (version 1, no hop count) is read here, as peek_client would;
+        # anything else goes through peek_client, which checks it all and says what is wrong.
+        flags = data[1] if len(data) >= 2 and data[0] == FIRST_BYTE else FLAG_HOPS
+        if flags < FLAG_HOPS and len(data) >= _RETURN_SIZES[flags]:
+            size = _RETURN_SIZES[flags]
+            ip = data[6 : 6 + _RETURN_IP_LEN[flags]]
+            port = (data[2] << 8) | data[3]
+        else:
+            try:
+                ip, port, size = peek_client(data)
+            except EncapError:
+                self._drop("bad_header")
+                return
         flow = self._by_packed_get((ip, port))
         if flow is None or not flow.confirmed or flow.next_hop != addr:
             self._transceiver_slow(data, addr, flow, ip, port, size)
