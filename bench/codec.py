@@ -3,7 +3,7 @@
 
 Run ``python bench/codec.py``.  It encodes and decodes the same speech-like signal
 (a 140 Hz voice with harmonics, a vowel-like envelope and some noise) at 16, 24 and
-48 kHz, mono, 32 kbit/s, complexity 5 (the default of agent audio), ``voip`` application, through voiceedge's
+48 kHz, mono, 32 kbit/s, complexity 5, ``voip`` application (as PyAV's wrapper is set up), through voiceedge's
 :class:`~voiceedge.media.opus.OpusEncoder` / ``OpusDecoder`` (libopus directly,
 through ctypes) and through PyAV's ``CodecContext`` (FFmpeg's libopus wrapper, what
 voiceedge used before: an ``AudioFrame`` per frame, FFmpeg's multistream encoder, a

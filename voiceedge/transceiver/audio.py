@@ -25,15 +25,15 @@ from voiceedge.wire.opus import packet_duration
 # that a runaway agent cannot eat the process: 60 s.
 MAX_QUEUED_FRAMES = 3000
 #: libopus complexity of agent audio unless configured. Measured with
-#: ``python bench/codec.py --complexity --instructions`` against 10: 4 and 5
-#: cost 0.72 and score the same PESQ-WB (0.94); 6 costs 0.76 (0.98); 8-10
-#: score 1.0 for 1.0; 0-3 are cheaper (0.39 at 0) but lose 0.7-0.9 PESQ.
-#: Measured again on libopus directly (no PyAV): 4-5 0.73-0.74, 6 0.79, the same scores.
+#: ``python bench/codec.py --complexity --instructions`` (espeak-ng speech, 48 kHz,
+#: 32 kbit/s target): with ``lowdelay`` complexity 5 costs 0.56 M instructions per
+#: frame for PESQ-WB 3.67; 7 costs 0.75 M for 3.79; 8-10 0.8 M for 3.96; 1-4
+#: 0.36-0.43 M for 3.4. With ``voip``, 5 costs 1.48 M for 3.77 and 10 2.03 M for 4.02.
 DEFAULT_COMPLEXITY = 5
 #: libopus application of agent audio unless configured: ``lowdelay`` codes
-#: with CELT alone, about a third of the CPU of ``voip``'s SILK or hybrid modes
-#: for speech, for more bits at the same PESQ-WB (``bench/codec.py
-#: --complexity``).
+#: with CELT alone, 0.38 of the instructions of ``voip``'s hybrid mode for
+#: speech at complexity 5, spending 54 kbit/s for PESQ-WB 3.67 where ``voip``
+#: spends 31 for 3.77 (``bench/codec.py --complexity``).
 DEFAULT_APPLICATION = "lowdelay"
 #: The applications ``[transceiver] opus_application`` accepts.
 APPLICATIONS = ("lowdelay", "voip", "audio")
