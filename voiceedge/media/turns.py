@@ -29,6 +29,13 @@ turns that into :class:`~voiceedge.media.speech.SpeechStarted` and
 Times are the caller's clock in seconds (``now`` given to :meth:`feed` is the
 time of the frame's first sample); no audio at all counts as silence
 (:meth:`poll` at :meth:`deadline`).
+
+A source may give a frame's probability later (:class:`DeferredVoiceProbability`,
+a Silero stream that batches its windows with other streams'): frames then wait
+in order, and the events they cause come out of the first :meth:`feed` or
+:meth:`poll` after their probabilities are in. Meanwhile :meth:`deadline` is the
+start of the oldest waiting frame (already past: poll me as soon as you can),
+and :meth:`poll` counts no silence, since audio is there.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from typing import Literal, Protocol
+from collections import deque
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 from zope.interface import implementer
@@ -44,7 +52,7 @@ from zope.interface import implementer
 from voiceedge.media.detection import ISpeechDetector
 from voiceedge.media.speech import SpeechEvent, SpeechStarted, SpeechStopped
 
-__all__ = ["EndKind", "ProbabilityTurnDetector", "VoiceProbability", "frame_pitch"]
+__all__ = ["DeferredVoiceProbability", "EndKind", "ProbabilityTurnDetector", "VoiceProbability", "frame_pitch"]
 
 _FRAME = 0.02
 _HYSTERESIS = 0.15
@@ -112,6 +120,22 @@ class VoiceProbability(Protocol):
 
     def feed_frame(self, pcm: bytes) -> float:
         """The voice probability (0..1) after this frame."""
+
+
+@runtime_checkable
+class DeferredVoiceProbability(Protocol):
+    """A source whose probabilities may come after the frame (:class:`~voiceedge.media.silero.SileroStream`)."""
+
+    sample_rate: int
+
+    def push_frame(self, pcm: bytes) -> int:
+        """Take a frame; its ticket."""
+
+    def ready(self, ticket: int) -> bool:
+        """Whether the ticket's probability is in."""
+
+    def take(self, ticket: int) -> float:
+        """The ticket's probability (0..1), once ready."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -203,6 +227,9 @@ class ProbabilityTurnDetector:
         self.short_phrase_ms = short_phrase_ms
         self.max_wait_ms = max_wait_ms
         self._source = source
+        self._deferred = source if isinstance(source, DeferredVoiceProbability) else None
+        # Frames waiting for their probability: (pcm, start, ticket), oldest first.
+        self._waiting: deque[tuple[bytes, float, int]] = deque()
         self._frame_bytes = self.sample_rate // 50 * 2
         self._pending = bytearray()
         self._pitch_step = _pitch_step(self.sample_rate)
@@ -253,15 +280,35 @@ class ProbabilityTurnDetector:
         events: list[SpeechEvent] = []
         size = self._frame_bytes
         usable = len(pending) - len(pending) % size
+        deferred = self._deferred
         for offset in range(0, usable, size):
-            self._frame(bytes(pending[offset : offset + size]), start, events)
+            pcm = bytes(pending[offset : offset + size])
+            if deferred is None:
+                self._frame(pcm, self._source.feed_frame(pcm), start, events)
+            else:
+                self._waiting.append((pcm, start, deferred.push_frame(pcm)))
             start += _FRAME
         del pending[:usable]
+        if self._waiting:
+            self._release(events)
         return events
+
+    def _release(self, events: list[SpeechEvent]) -> None:
+        """Run the waiting frames whose probabilities are in, in order."""
+        waiting = self._waiting
+        source = self._deferred
+        assert source is not None
+        while waiting and source.ready(waiting[0][2]):
+            pcm, start, ticket = waiting.popleft()
+            self._frame(pcm, source.take(ticket), start, events)
 
     def poll(self, now: float) -> list[SpeechEvent]:
         """Apply the passage of time with no audio up to ``now``."""
         events: list[SpeechEvent] = []
+        if self._waiting:
+            self._release(events)
+            if self._waiting:
+                return events  # audio is still there: no silence to count
         if self._speaking and (self._audio_end is None or now >= self._audio_end):
             if self._in_voice:
                 self._pause_began()
@@ -269,7 +316,10 @@ class ProbabilityTurnDetector:
         return events
 
     def deadline(self) -> float | None:
-        """When :meth:`poll` would end the open turn if no more voice came."""
+        """When :meth:`poll` would end the open turn if no more voice came; while frames wait for their
+        probabilities, the start of the oldest (at once)."""
+        if self._waiting:
+            return self._waiting[0][1]
         if not self._speaking:
             return None
         when = self._voiced_end + (self._end_rule()[1] if self._in_voice else self._wait)
@@ -279,7 +329,7 @@ class ProbabilityTurnDetector:
 
     # -- frames ---------------------------------------------------------------
 
-    def _frame(self, pcm: bytes, start: float, events: list[SpeechEvent]) -> None:
+    def _frame(self, pcm: bytes, p: float, start: float, events: list[SpeechEvent]) -> None:
         end = start + _FRAME
         if self._audio_end is not None and start > self._audio_end + _FRAME:
             self._run_start = None
@@ -287,7 +337,6 @@ class ProbabilityTurnDetector:
                 self._pause_began()
                 self._check_stop(start, events)
         self._audio_end = end
-        p = self._source.feed_frame(pcm)
         self.voice_probability = p
         samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
         if self._pitch_step > 1:

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from voiceedge.agents.interfaces import AudioFrame, IAgentCounters, IAgentFactory, IPassthroughAgentFactory, OpusFrame
+from voiceedge.media.silero_batch import SileroBatcher
 from voiceedge.metrics import Histogram, Sample
 from voiceedge.signaling.answer import (
     AnswerParameters,
@@ -231,6 +232,8 @@ class Transceiver:
         self.setup = {name: Histogram(SETUP_BUCKETS) for name in SETUP_MILESTONES}
         self.barge_in = Histogram(BARGE_IN_BUCKETS)
         self.turn_latency = Histogram(TURN_BUCKETS)
+        # Every call's Silero windows of one loop turn in one inference.
+        self.silero_batcher = SileroBatcher(clock)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -351,6 +354,7 @@ class Transceiver:
             drops=self.drops,
             probes=self.probes,
             repairs=self.repairs,
+            silero_batcher=self.silero_batcher,
         )
         session.settings = dict(settings) if settings else {}
         call = Call(session, summary, params)
@@ -934,6 +938,13 @@ class Transceiver:
             "to the first packet of the reply.",
             {},
             self.turn_latency,
+        )
+        yield (
+            "histogram",
+            prefix + "silero_batch_windows",
+            "Silero VAD: windows (calls) per inference; all 1 means no batching happened.",
+            {},
+            self.silero_batcher.batch_sizes,
         )
         for event, n in self.realtime_events.items():
             yield (

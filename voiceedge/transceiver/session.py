@@ -14,6 +14,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from voiceedge.media.detection import DetectionSettings, DetectorUnavailable, make_speech_detector
+from voiceedge.media.silero_batch import SileroBatcher, batching
 from voiceedge.transceiver.audio import (
     DEFAULT_APPLICATION,
     DEFAULT_COMPLEXITY,
@@ -176,8 +177,11 @@ class Session:
         probes: collections.Counter[str] | None = None,
         repairs: collections.Counter[str] | None = None,
         rng: random.Random | None = None,
+        silero_batcher: SileroBatcher | None = None,
     ) -> None:
         self.session_id = session_id
+        # Where the call's Silero windows run with other calls' (None: each at once).
+        self.silero_batcher = silero_batcher
         self.log_id = loggable_id(session_id)
         # The session configuration a client secret carried (see ISessionHost.open_session).
         self.settings: dict[str, Any] = {}
@@ -495,9 +499,10 @@ class Session:
             self._inbound = InboundOpus(self._emit, self.repairs)
             self._outbound = OutboundOpus()
         else:
-            self._inbound = InboundAudio(
-                self.sample_rate, self.speech_detection, self._emit, self._emit, self.repairs
-            )
+            with batching(self.silero_batcher):
+                self._inbound = InboundAudio(
+                    self.sample_rate, self.speech_detection, self._emit, self._emit, self.repairs
+                )
             self._outbound = OutboundAudio(
                 self.sample_rate, self.opus_complexity, application=self.opus_application, stop_tail=self.stop_tail
             )
@@ -656,7 +661,8 @@ class Session:
         inbound = self._inbound
         try:
             if isinstance(inbound, InboundAudio):
-                inbound.set_detection(settings, now)
+                with batching(self.silero_batcher):
+                    inbound.set_detection(settings, now)
             elif inbound is None:
                 make_speech_detector(settings, self.sample_rate)  # checks every knob
             # A passthrough session detects no speech (its backend does): nothing to retune.

@@ -1,0 +1,218 @@
+"""Tests for voiceedge.media.silero_batch: Silero windows of many streams in one inference, on a Clock."""
+
+from __future__ import annotations
+
+import numpy as np
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests import speech_corpus
+from tests.test_silero import require_silero
+
+
+class CountingModel:
+    """A stand-in network with a batch axis: the probability depends on the window and the stream's
+    own state, which counts that stream's windows (so a state mixed up between streams shows)."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def run(self, window: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
+        p, s = self.run_batch(window, state)
+        return float(p[0]), s
+
+    def run_batch(self, windows: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.batches.append(len(windows))
+        count = states[0, :, 0] + 1
+        p = (np.abs(windows).mean(axis=1) * 100 + count) % 1
+        new = states.copy()
+        new[0, :, 0] = count
+        return p.astype(np.float32), new
+
+
+def frames(rate: int, seed: int, n: int) -> list[bytes]:
+    """``n`` 20 ms frames of different noise per seed."""
+    x = np.random.default_rng(seed).normal(0, 3000, rate // 50 * n).clip(-32768, 32767).astype("<i2").tobytes()
+    size = rate // 50 * 2
+    return [x[i : i + size] for i in range(0, len(x), size)]
+
+
+class BatcherTests(SynchronousTestCase):
+    """Streams' windows wait for one turn of the clock, run together, and come back to each in order."""
+
+    def setUp(self) -> None:
+        from voiceedge.media.silero import SileroStream
+        from voiceedge.media.silero_batch import SileroBatcher
+
+        self.clock = Clock()
+        self.model = CountingModel()
+        self.batcher = SileroBatcher(self.clock)
+        self.make = lambda rate=48000, batcher=self.batcher: SileroStream(rate, self.model, batcher)  # type: ignore[arg-type]
+
+    def solo(self, rate: int, audio: list[bytes]) -> list[float]:
+        from voiceedge.media.silero import SileroStream
+
+        stream = SileroStream(rate, CountingModel())  # type: ignore[arg-type]
+        return [stream.feed_frame(f) for f in audio]
+
+    def test_one_inference_per_turn_results_in_order(self) -> None:
+        """Three streams at 48, 24 and 16 kHz fed frame by frame: nothing runs until the clock turns (delay
+        0), then one inference takes every ready window; each stream's probabilities are its solo ones."""
+        rates = (48000, 24000, 16000)
+        streams = [self.make(rate) for rate in rates]
+        audio = [frames(rate, seed, 16) for seed, rate in enumerate(rates)]
+        got: list[list[float]] = [[] for _ in rates]
+        for i in range(16):
+            tickets = [s.push_frame(a[i]) for s, a in zip(streams, audio)]
+            if tickets[0] > streams[0].windows_run:
+                self.assertFalse(streams[0].ready(tickets[0]))
+            self.clock.advance(0)
+            for stream, ticket, out in zip(streams, tickets, got):
+                self.assertTrue(stream.ready(ticket))
+                out.append(stream.take(ticket))
+            self.assertEqual(self.batcher.pending, 0)
+        for rate, a, out in zip(rates, audio, got):
+            self.assertEqual(out, self.solo(rate, a))
+        # 16 frames = 10 windows per stream, all three ready in the same turns: 10 inferences of 3.
+        self.assertEqual(self.model.batches, [3] * 10)
+        self.assertEqual((self.batcher.inferences, self.batcher.windows), (10, 30))
+        self.assertEqual(self.batcher.batch_sizes.count, 10)
+
+    def test_a_backlog_runs_in_order_one_window_per_inference(self) -> None:
+        """A stream fed a second of frames in one turn gets its 31 windows in order (each from the state the
+        one before left), alongside another stream's single window; max_batch caps each inference."""
+        from voiceedge.media.silero_batch import SileroBatcher
+
+        batcher = SileroBatcher(self.clock, max_batch=2)
+        backlog, lone, third = (self.make(48000, batcher) for _ in range(3))
+        audio = frames(48000, 7, 50)
+        tickets = [backlog.push_frame(f) for f in audio]
+        lone_ticket = [lone.push_frame(f) for f in frames(48000, 8, 2)][-1]
+        third_ticket = [third.push_frame(f) for f in frames(48000, 9, 2)][-1]
+        self.assertEqual(batcher.pending, 3)
+        self.clock.advance(0)
+        self.assertEqual(batcher.pending, 0)
+        self.assertTrue(lone.ready(lone_ticket) and third.ready(third_ticket))
+        self.assertEqual([backlog.take(t) for t in tickets], self.solo(48000, audio))
+        self.assertLessEqual(max(self.model.batches), 2)
+        self.assertEqual(sum(self.model.batches), 31 + 1 + 1)
+
+    def test_a_stream_that_ends_mid_batch_is_dropped(self) -> None:
+        """A stream closed (or reset) with a window queued is forgotten: the others still get theirs, and the
+        batcher holds nothing after the turn."""
+        ending, resetting, staying = self.make(), self.make(), self.make()
+        audio = frames(48000, 3, 2)
+        for stream in (ending, resetting, staying):
+            ticket = [stream.push_frame(f) for f in audio][-1]
+        ending.close()
+        resetting.reset()
+        self.assertEqual(self.batcher.pending, 1)
+        self.clock.advance(0)
+        self.assertEqual(self.model.batches, [1])
+        self.assertTrue(staying.ready(ticket))
+        self.assertFalse(ending.ready(ticket))
+        self.assertEqual(ending.windows_run, 0)
+        ending.close()  # twice is fine
+        # The reset stream starts again as a new one: its first window waits for the next turn.
+        self.assertEqual([resetting.feed_frame(f) for f in audio], [0.0, 0.0])
+        self.assertEqual(self.batcher.pending, 1)
+        self.clock.advance(0)
+        self.assertEqual(self.batcher.pending, 0)
+
+    def test_delay_holds_a_lone_window_that_long(self) -> None:
+        """With a delay, a window runs exactly that late on the clock, with those that came meanwhile."""
+        from voiceedge.media.silero_batch import SileroBatcher
+
+        batcher = SileroBatcher(self.clock, delay=0.005)
+        first, second = self.make(48000, batcher), self.make(48000, batcher)
+        t1 = [first.push_frame(f) for f in frames(48000, 1, 2)][-1]
+        self.clock.advance(0.004)
+        t2 = [second.push_frame(f) for f in frames(48000, 2, 2)][-1]
+        self.assertFalse(first.ready(t1))
+        self.clock.advance(0.001)
+        self.assertTrue(first.ready(t1) and second.ready(t2))
+        self.assertEqual(self.model.batches, [2])
+
+    def test_odd_input(self) -> None:
+        """A wrong frame length queues nothing; a run with nothing queued is a no-op; bad knobs are refused."""
+        from voiceedge.media.silero_batch import SileroBatcher
+
+        stream = self.make()
+        with self.assertRaises(ValueError):
+            stream.push_frame(bytes(7))
+        self.assertEqual(self.batcher.pending, 0)
+        self.batcher.run()
+        self.assertEqual(self.model.batches, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        for bad in ({"delay": -1.0}, {"delay": 1.0}, {"max_batch": 0}, {"max_batch": 10**6}):
+            with self.assertRaises(ValueError):
+                SileroBatcher(self.clock, **bad)  # type: ignore[arg-type]
+
+
+class BatchedSileroTests(SynchronousTestCase):
+    """The real network, batched: each stream's probabilities are its solo ones; the turn detector's events too."""
+
+    TOLERANCE = 1e-5
+
+    def setUp(self) -> None:
+        require_silero()
+
+    def audio(self, rate: int, which: int) -> list[bytes]:
+        if speech_corpus.available():
+            return speech_corpus.make_recording(
+                speech_corpus.TURNS[which : which + 2], rate=rate, noise="pinknoise", snr_db=10
+            ).frames()
+        return frames(rate, which, 300)
+
+    def test_batched_equals_solo(self) -> None:
+        """Two streams of different speech batched together: probabilities within TOLERANCE of each alone."""
+        from voiceedge.media.silero import SileroStream
+        from voiceedge.media.silero_batch import SileroBatcher
+
+        clock = Clock()
+        batcher = SileroBatcher(clock)
+        a_audio, b_audio = self.audio(48000, 0), self.audio(24000, 3)
+        n = min(len(a_audio), len(b_audio))
+        a, b = SileroStream(48000, batcher=batcher), SileroStream(24000, batcher=batcher)
+        pa, pb = [], []
+        for i in range(n):
+            ta, tb = a.push_frame(a_audio[i]), b.push_frame(b_audio[i])
+            clock.advance(0)
+            pa.append(a.take(ta))
+            pb.append(b.take(tb))
+        solo_a = [s.feed_frame(f) for s in [SileroStream(48000)] for f in a_audio[:n]]
+        solo_b = [s.feed_frame(f) for s in [SileroStream(24000)] for f in b_audio[:n]]
+        self.assertLess(float(np.abs(np.subtract(pa, solo_a)).max()), self.TOLERANCE)
+        self.assertLess(float(np.abs(np.subtract(pb, solo_b)).max()), self.TOLERANCE)
+        self.assertGreater(batcher.windows, batcher.inferences)
+
+    def test_turn_events_unchanged(self) -> None:
+        """A turn detector on a batched stream gives the synchronous detector's events (the same times), each
+        out of the first poll after the clock turned; while frames wait, its deadline is already due."""
+        if not speech_corpus.available():
+            raise SkipTest("espeak-ng and sox are needed")
+        from voiceedge.media.detection import DetectionSettings, make_speech_detector
+        from voiceedge.media.silero_batch import SileroBatcher, batching
+
+        clock = Clock()
+        batcher = SileroBatcher(clock)
+        settings = DetectionSettings("silero")
+        audio = self.audio(48000, 0)
+        solo = make_speech_detector(settings, 48000)
+        with batching(batcher):
+            batched = make_speech_detector(settings, 48000)
+        expected, got = [], []
+        for i, frame in enumerate(audio):
+            now = i * 0.02
+            expected += solo.feed(frame, now)
+            got += batched.feed(frame, now)
+            due = batched.deadline()
+            if batcher.pending:
+                self.assertIsNotNone(due)
+                self.assertLessEqual(due, now)  # type: ignore[operator]
+                self.assertEqual(batched.poll(now + 0.01), [])  # no silence counted while audio waits
+            clock.advance(0)
+            got += batched.poll(now)
+            expected += solo.poll(now)
+        self.assertTrue(expected)
+        self.assertEqual(got, expected)
