@@ -17,6 +17,11 @@ prints, per detector:
   detector ended the turn, cutting the caller off;
 - **CPU**: microseconds per 20 ms frame (process time, all work included);
 
+and ``silero adaptive, batched ×N`` feeds every recording at once, as calls on
+one transceiver, one event-loop turn per 20 ms step (a ``task.Clock``), so each
+turn's Silero windows run in one inference of N windows on average
+(:mod:`voiceedge.media.silero_batch`): the same decisions, less CPU per frame;
+
 then the ratios against ``energy`` (today's detector, 500 ms silence).  The
 machine's load changes CPU figures; the ratios of one run are what to compare.
 
@@ -93,13 +98,13 @@ class Score:
     pauses: int = 0
     pauses_cut: int = 0
     false_starts: int = 0
+    batch: float = 1.0  # windows per Silero inference
 
 
 def score_recording(recording: Recording, make: Callable[[], ISpeechDetector], score: Score) -> None:
     """Feed ``recording`` to a new detector; add what it did to ``score``."""
     detector = make()
     events = []
-    labels = recording.voiced
     frames = recording.frames()
     started = time.process_time()
     calls = []
@@ -107,6 +112,41 @@ def score_recording(recording: Recording, make: Callable[[], ISpeechDetector], s
         events += detector.feed(frame, i * 0.02)
         calls.append(detector.voice_probability >= 0.5)
     score.cpu += time.process_time() - started
+    tally(recording, events, calls, score)
+
+
+def score_batched(recordings: list[Recording], settings: DetectionSettings, rate: int, score: Score) -> None:
+    """Every recording at once, as calls on one transceiver: each frame step one turn of a (fake) event
+    loop, whose Silero windows run in one inference (voiceedge.media.silero_batch); add to ``score``."""
+    from twisted.internet.task import Clock
+
+    from voiceedge.media.silero_batch import SileroBatcher, batching
+
+    clock = Clock()
+    batcher = SileroBatcher(clock)
+    with batching(batcher):
+        detectors = [make_speech_detector(settings, rate) for _ in recordings]
+    frames = [r.frames() for r in recordings]
+    events: list[list[object]] = [[] for _ in recordings]
+    calls: list[list[bool]] = [[] for _ in recordings]
+    started = time.process_time()
+    for i in range(max(map(len, frames))):
+        live = [n for n, f in enumerate(frames) if i < len(f)]
+        for n in live:
+            events[n] += detectors[n].feed(frames[n][i], i * 0.02)
+        clock.advance(0)
+        for n in live:
+            events[n] += detectors[n].poll(i * 0.02)  # the frames' probabilities are in: no time passes
+            calls[n].append(detectors[n].voice_probability >= 0.5)
+    score.cpu += time.process_time() - started
+    for recording, e, c in zip(recordings, events, calls):
+        tally(recording, e, c, score)
+    score.batch = batcher.windows / max(1, batcher.inferences)
+
+
+def tally(recording: Recording, events: list[object], calls: list[bool], score: Score) -> None:
+    """Add one recording's events and per-frame calls to ``score``."""
+    labels = recording.voiced
     for predicted, label in zip(calls, labels):
         score.frames += 1
         score.correct += predicted == label
@@ -257,15 +297,19 @@ def main() -> int:
         for recording in recordings:
             score_recording(recording, lambda: make_speech_detector(settings, args.rate), score)
         scores[name] = score
+        if settings.detector == "silero" and name == "silero adaptive":
+            batched = Score()
+            score_batched(recordings, settings, args.rate, batched)
+            scores[f"{name}, batched ×{batched.batch:.0f}"] = batched
 
     header = (
-        f"{'detector':<16} {'frame acc':>9} {'voiced':>7} {'start p50':>9} {'end p50':>8} {'end p90':>8}"
+        f"{'detector':<26} {'frame acc':>9} {'voiced':>7} {'start p50':>9} {'end p50':>8} {'end p90':>8}"
         f" {'missed':>6} {'cut':>9} {'false st':>8} {'CPU/frame':>10}"
     )
     print(header)
     for name, s in scores.items():
         print(
-            f"{name:<16} {s.correct / s.frames:>9.1%} {s.voiced_found / max(1, s.voiced):>7.1%}"
+            f"{name:<26} {s.correct / s.frames:>9.1%} {s.voiced_found / max(1, s.voiced):>7.1%}"
             f" {statistics.median(s.starts) * 1000:>7.0f}ms {statistics.median(s.ends) * 1000:>6.0f}ms"
             f" {percentile(s.ends, 0.9) * 1000:>6.0f}ms {s.ends_missed:>6}"
             f" {f'{s.pauses_cut}/{s.pauses}':>9}"
@@ -279,7 +323,7 @@ def main() -> int:
             end = statistics.median(s.ends) / statistics.median(reference.ends)
             cut = s.pauses_cut / max(1, reference.pauses_cut)
             cpu = (s.cpu / s.frames) / (reference.cpu / reference.frames)
-            print(f"  {name:<16} end p50 ×{end:.2f}   pauses cut ×{cut:.2f}   CPU per frame ×{cpu:.1f}")
+            print(f"  {name:<26} end p50 ×{end:.2f}   pauses cut ×{cut:.2f}   CPU per frame ×{cpu:.1f}")
     return 0
 
 
