@@ -216,3 +216,26 @@ class BatchedSileroTests(SynchronousTestCase):
             expected += solo.poll(now)
         self.assertTrue(expected)
         self.assertEqual(got, expected)
+
+
+class DeferredTurnTests(SynchronousTestCase):
+    """A turn detector on a batched stream: frames wait without counting silence, due when the batch runs."""
+
+    def test_deadline_is_when_the_batch_runs(self) -> None:
+        from voiceedge.media.silero import SileroStream
+        from voiceedge.media.silero_batch import SileroBatcher
+        from voiceedge.media.turns import ProbabilityTurnDetector
+
+        clock = Clock()
+        batcher = SileroBatcher(clock, delay=0.005)
+        detector = ProbabilityTurnDetector(SileroStream(48000, CountingModel(), batcher))  # type: ignore[arg-type]
+        first, second = frames(48000, 1, 2)
+        self.assertEqual(detector.feed(first, 10.0), [])
+        self.assertIsNone(detector.deadline())  # no window yet, nothing waits, no turn open
+        detector.feed(second, 10.02)
+        self.assertEqual(detector.deadline(), 10.02 + 0.005)
+        self.assertEqual(detector.poll(11.0), [])
+        self.assertEqual(detector.deadline(), 10.02 + 0.005)  # still waiting: a poll changed nothing
+        clock.advance(0.005)
+        detector.poll(10.04)
+        self.assertNotEqual(detector.deadline(), 10.02 + 0.005)

@@ -61,8 +61,8 @@ class ISpeechDetector(Interface):
         """When :meth:`poll` would end the open turn if nothing more came; None if none is open.
 
         A detector whose frames wait for a result computed later (Silero's
-        batched windows) gives a time already past while they wait: poll it
-        as soon as the loop can."""
+        batched windows) gives when that result is due while they wait
+        (already past when the batch runs at the loop's next turn)."""
 
     def update(**params: float | None) -> None:
         """Change knobs at run time (:meth:`DetectionSettings.parameters` gives them); ``ValueError``

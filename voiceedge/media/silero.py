@@ -243,6 +243,11 @@ class SileroStream:
         self._taken = 0
 
     @property
+    def wait(self) -> float:
+        """How long after a frame its probability may take (the batcher's delay; 0 without one)."""
+        return 0.0 if self._batcher is None else self._batcher.delay
+
+    @property
     def model(self) -> SileroModel:
         """The network this stream runs on."""
         return self._model

@@ -34,8 +34,9 @@ A source may give a frame's probability later (:class:`DeferredVoiceProbability`
 a Silero stream that batches its windows with other streams'): frames then wait
 in order, and the events they cause come out of the first :meth:`feed` or
 :meth:`poll` after their probabilities are in. Meanwhile :meth:`deadline` is the
-start of the oldest waiting frame (already past: poll me as soon as you can),
-and :meth:`poll` counts no silence, since audio is there.
+start of the oldest waiting frame plus the source's ``wait`` (when the
+probability will be in: at once when the wait is 0), and :meth:`poll` counts no
+silence, since audio is there.
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ class DeferredVoiceProbability(Protocol):
     """A source whose probabilities may come after the frame (:class:`~voiceedge.media.silero.SileroStream`)."""
 
     sample_rate: int
+    #: How long after a frame its probability may take to come (seconds).
+    wait: float
 
     def push_frame(self, pcm: bytes) -> int:
         """Take a frame; its ticket."""
@@ -319,7 +322,8 @@ class ProbabilityTurnDetector:
         """When :meth:`poll` would end the open turn if no more voice came; while frames wait for their
         probabilities, the start of the oldest (at once)."""
         if self._waiting:
-            return self._waiting[0][1]
+            assert self._deferred is not None
+            return self._waiting[0][1] + self._deferred.wait
         if not self._speaking:
             return None
         when = self._voiced_end + (self._end_rule()[1] if self._in_voice else self._wait)
