@@ -3,6 +3,7 @@
 
 ``python bench/media_path.py [--sessions 10] [--seconds 20] [--agent echo] [--profile]``
 ``python bench/media_path.py --callgrind``  (instructions per echoed frame, under valgrind)
+``--silero-batch off``: each session runs its Silero windows alone (before batching), for a side-by-side
 
 A :class:`~voiceedge.transceiver.host.Transceiver` on a ``task.Clock`` with
 ``--sessions`` in-memory clients (ICE, DTLS and SRTP done for real). Every
@@ -79,7 +80,13 @@ class MemoryBench:
     """Sessions connected in memory, their packets ready; :meth:`run` echoes them for real."""
 
     def __init__(
-        self, sessions: int, frames: int, agent: str, complexity: int | None, application: str | None = None
+        self,
+        sessions: int,
+        frames: int,
+        agent: str,
+        complexity: int | None,
+        application: str | None = None,
+        silero_batch: bool = True,
     ) -> None:
         self.clock = Clock()
         self.clock.advance(1_000_000)
@@ -91,6 +98,8 @@ class MemoryBench:
         self.transceiver, self.written = mc.make_transceiver(
             self.clock, make_agent_factory(agent, complexity), **kwargs
         )
+        if not silero_batch:
+            self.transceiver.silero_batcher = None  # type: ignore[assignment]  # sessions opened now run alone
         self.addresses = [("127.0.0.1", 40000 + i) for i in range(sessions)]
         self.clients: list[mc.MemoryClient] = []
         for address in self.addresses:
@@ -145,7 +154,9 @@ class MemoryBench:
 def measure(args: argparse.Namespace) -> None:
     """Set up, run once, print µs per echoed frame (and the profile, if asked)."""
     frames = int(args.seconds / FRAME)
-    bench = MemoryBench(args.sessions, frames, args.agent, args.complexity, args.application)
+    bench = MemoryBench(
+        args.sessions, frames, args.agent, args.complexity, args.application, args.silero_batch == "on"
+    )
     profiler = cProfile.Profile() if args.profile else None
     cpu0 = time.process_time()
     if profiler is not None:
@@ -156,7 +167,8 @@ def measure(args: argparse.Namespace) -> None:
     cpu = time.process_time() - cpu0
     print(
         f"{args.agent}: {args.sessions} sessions x {frames} frames: {echoed} echoed, "
-        f"{cpu / max(echoed, 1) * 1e6:.1f} µs CPU per echoed frame{' (profiled)' if profiler else ''}"
+        f"{cpu / max(echoed, 1) * 1e6:.1f} µs CPU per echoed frame{' (profiled)' if profiler else ''},"
+        f" Silero batching {args.silero_batch}"
     )
     if profiler is not None:
         out = io.StringIO()
@@ -184,6 +196,7 @@ def callgrind(args: argparse.Namespace) -> None:
                 argv += ["--complexity", str(args.complexity)]
             if args.application is not None:
                 argv += ["--application", args.application]
+            argv += ["--silero-batch", args.silero_batch]
             proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=dict(os.environ, PYTHONHASHSEED="0"))
             match = re.search(r"Collected : (\d+)", proc.stderr)
             if proc.returncode != 0 or match is None:
@@ -193,7 +206,10 @@ def callgrind(args: argparse.Namespace) -> None:
                 shutil.copy(out, ROOT / "build" / out.name)
     echoed = args.sessions * round(args.seconds / FRAME)
     per_frame = (totals[1] - totals[0]) / echoed
-    print(f"{args.agent}: {per_frame / 1000:.1f} k instructions per echoed frame ({args.sessions} sessions, {echoed} frames)")
+    print(
+        f"{args.agent}: {per_frame / 1000:.1f} k instructions per echoed frame ({args.sessions} sessions, {echoed} frames),"
+        f" Silero batching {args.silero_batch}"
+    )
 
 
 def main() -> None:
@@ -209,6 +225,10 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--callgrind", action="store_true", help="instructions per frame under valgrind")
     parser.add_argument("--keep", action="store_true", help="keep the callgrind files in build/")
+    parser.add_argument(
+        "--silero-batch", default="on", choices=("on", "off"),
+        help="off: each session runs its Silero windows alone (the transceiver batches them: on)",
+    )
     args = parser.parse_args()
     if args.callgrind:
         callgrind(args)
