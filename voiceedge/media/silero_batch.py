@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from voiceedge.metrics import Histogram
 
@@ -46,7 +47,9 @@ MAX_BATCH = 64
 class SileroBatcher:
     """Windows from many :class:`~voiceedge.media.silero.SileroStream` s, run together (see the module doc)."""
 
-    __slots__ = ("clock", "delay", "max_batch", "_waiting", "_call", "inferences", "windows", "batch_sizes")
+    __slots__ = ("clock", "delay", "max_batch", "_waiting", "_call", "inferences", "windows", "errors", "batch_sizes")
+
+    log = Logger()
 
     def __init__(self, clock: IReactorTime, delay: float = 0.0, max_batch: int = MAX_BATCH) -> None:
         if not 0.0 <= delay <= 0.02:
@@ -62,6 +65,8 @@ class SileroBatcher:
         #: Inferences run, and windows they ran (their ratio: windows per inference).
         self.inferences = 0
         self.windows = 0
+        #: Inferences that failed (their windows counted as no voice).
+        self.errors = 0
         #: Windows per inference.
         self.batch_sizes = Histogram(BATCH_BUCKETS)
 
@@ -113,7 +118,16 @@ class SileroBatcher:
             window, state = stream._next_window()  # type: ignore[misc]  # every waiting stream has one
             windows.append(window)
             states.append(state)
-        probabilities, new_states = model.run_batch(np.stack(windows), np.concatenate(states, axis=1))
+        try:
+            probabilities, new_states = model.run_batch(np.stack(windows), np.concatenate(states, axis=1))
+        except Exception:
+            # onnxruntime's errors are untyped. The windows are lost, not the calls: each gets
+            # "no voice" and keeps its state, so its frames go on and the next window may run.
+            self.errors += 1
+            self.log.failure("Silero inference over {n} windows failed", n=len(streams))
+            for stream in streams:
+                stream._window_done(0.0, states.pop(0))
+            return
         for i, stream in enumerate(streams):
             stream._window_done(float(probabilities[i]), new_states[:, i : i + 1, :])
         self.inferences += 1

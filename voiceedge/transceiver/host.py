@@ -946,6 +946,13 @@ class Transceiver:
             {},
             self.silero_batcher.batch_sizes,
         )
+        yield (
+            "counter",
+            prefix + "silero_errors",
+            "Silero VAD inferences that failed (their windows counted as no voice).",
+            {},
+            self.silero_batcher.errors,
+        )
         for event, n in self.realtime_events.items():
             yield (
                 "counter",
