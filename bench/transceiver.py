@@ -30,6 +30,15 @@ RSS per call (``pionpeer load --server-pid``, with the worker processes of
 ``--workers``: RSS at the end of the window less RSS before the load, over
 the calls up, counted after ``--warmup`` calls made and ended first, so that
 what the first calls touch once is not counted per call). Then the ratios of CPU per call-second, side by side.
+RSS per call is memory the calls hold, not the allocator's slack: in a 30- and a
+50-call transcoding run glibc's free lists held 0.1-0.6 MB of the process's 80-92 MB
+and ``malloc_trim`` gave back less than 0.3 MB; but it is read once, at the end
+of the window, so it includes what was queued at that moment (before ``[agent.echo]
+max_lag_ms``, a late worker's echo backlog: up to 1.2 s of PCM per call), and it is
+divided by the calls up when the window opened, so calls whose setup failed but
+whose sessions still exist raise it. With Silero it reads low: the warm-up calls
+leave about 4.5 MB free in glibc's heap, which the first calls reuse without
+growing RSS (up to 90 kB per call at 50 calls).
 ``--detector silero,energy`` and ``--echo-max-lag-ms 0,100`` run every voiceedge
 side with each value, one after the other in the same run (``[agent.echo]
 max_lag_ms = 0``: the echo's backlog after a late loop stays queued, as before
