@@ -273,6 +273,18 @@ class ConcealmentTests(SynchronousTestCase):
             with_plc.decode(payload)
         self.assertEqual(with_fec.decode_fec(payloads[11]), with_plc.conceal())
 
+    def test_decoders_share_their_output_buffer_and_keep_their_own_audio(self) -> None:
+        """Two streams decoded in turn through the one buffer per rate: each gets exactly what it would alone."""
+        rate = 48000
+        a = [OpusEncoder(rate).encode(frame) for frame in speech_like(rate, 5)]
+        b = [OpusEncoder(rate).encode(sine(rate, 440.0, 0.02)) for _ in range(5)]
+        alone_a, alone_b = OpusDecoder(rate), OpusDecoder(rate)
+        expected = [(alone_a.decode(x), alone_b.decode(y)) for x, y in zip(a, b)]
+        one, other = OpusDecoder(rate), OpusDecoder(rate)
+        self.assertIs(one._view, other._view)
+        got = [(one.decode(x), other.decode(y)) for x, y in zip(a, b)]
+        self.assertEqual(got, expected)
+
     def test_carries_fec_tells_whether_a_packet_has_the_copy(self) -> None:
         """libopus 1.5+ (PyAV's) tells a packet with an LBRR copy from one without; older ones cannot (None)."""
         frames = speech_like(16000, 4)

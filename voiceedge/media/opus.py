@@ -42,6 +42,7 @@ from __future__ import annotations
 import array
 import ctypes
 import ctypes.util
+import functools
 import importlib.util
 import os
 import sys
@@ -217,12 +218,21 @@ def _check_rate(sample_rate: int) -> None:
         )
 
 
+@functools.lru_cache(maxsize=None)
+def _decode_buffer(capacity: int) -> tuple[Any, memoryview]:
+    """The output buffer decoders of ``capacity`` samples share: libopus writes it, :meth:`OpusDecoder._pcm` copies out."""
+    buffer = bytearray(capacity * 2)
+    return (ctypes.c_int16 * capacity).from_buffer(buffer), memoryview(buffer)
+
+
 class OpusDecoder:
     """Decode Opus RTP payloads to PCM16 mono at ``sample_rate``.
 
     Every call returns exactly the audio its packet (or concealment) stands for:
     ``sample_rate / 50`` samples for a 20 ms frame.  One decoder per stream: Opus
-    decoding is stateful.
+    decoding is stateful.  Decoders at one rate share one output buffer (11 kB
+    at 48 kHz, copied out before a call returns), so a process's decoders are
+    used from one thread, as the reactor's are.
     """
 
     #: Whether :meth:`decode_fec` uses Opus in-band FEC (it does: libopus directly).
@@ -239,9 +249,7 @@ class OpusDecoder:
         #: Samples in one 20 ms frame at ``sample_rate``.
         self.frame_samples = sample_rate * FRAME_MS // 1000
         self._capacity = sample_rate * _MAX_PACKET_MS // 1000
-        buffer = bytearray(self._capacity * 2)
-        self._out = (ctypes.c_int16 * self._capacity).from_buffer(buffer)
-        self._view = memoryview(buffer)
+        self._out, self._view = _decode_buffer(self._capacity)
         error = ctypes.c_int(0)
         state = lib.decoder_create(sample_rate, 1, ctypes.byref(error))
         if not state or error.value != _OPUS_OK:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import array
 import collections
 import dataclasses
+import functools
 import math
 import sys
 from typing import Callable, Literal
@@ -383,11 +384,15 @@ class OutboundAudio:
         return self.cut(False)[0]
 
 
-def _fade_out(sample_rate: int) -> list[float]:
-    """Gains for one 20 ms frame: a half-cosine from 1 to 0 over FADE_MS, then 0."""
+@functools.lru_cache(maxsize=None)
+def _fade_out(sample_rate: int) -> tuple[float, ...]:
+    """Gains for one 20 ms frame: a half-cosine from 1 to 0 over FADE_MS, then 0.
+
+    One per rate for the process (13 kB at 48 kHz), not one per call.
+    """
     n = sample_rate * FADE_MS // 1000
     ramp = [0.5 + 0.5 * math.cos(math.pi * (i + 1) / (n + 1)) for i in range(n)]
-    return ramp + [0.0] * (sample_rate // 50 - n)
+    return tuple(ramp + [0.0] * (sample_rate // 50 - n))
 
 
 def _scale(sample: int, gain: float) -> int:
