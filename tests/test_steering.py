@@ -86,6 +86,9 @@ class ChooseTests(SynchronousTestCase):
         """Fewer sessions on a busier core lose to more sessions on an idle one: load is the nearer limit."""
         records = [record("a", sessions=5, cpu=0.8), record("b", sessions=40, cpu=0.2)]
         self.assertEqual(choose_transceiver(records, "eu").id, "b")  # type: ignore[union-attr]
+        # Idle, the CPU's small wander does not outweigh a session.
+        records = [record("a", sessions=1, cpu=0.01), record("b", sessions=0, cpu=0.04)]
+        self.assertEqual(choose_transceiver(records, "eu").id, "b")  # type: ignore[union-attr]
         # Nearly full of sessions, the CPU no longer saves it.
         records = [record("a", sessions=5, cpu=0.8), record("b", sessions=95, cpu=0.2)]
         self.assertEqual(choose_transceiver(records, "eu").id, "a")  # type: ignore[union-attr]

@@ -88,7 +88,9 @@ def choose_transceiver(
     if not pool:
         return None
     def rank(r: TransceiverRecord) -> tuple[float, float, float]:
-        return (round(max(r.load, r.cpu / max_cpu), 2), r.load, round(r.cpu, 1))
+        # In tenths: an idle process's CPU wanders by a few hundredths, which
+        # must not outweigh the sessions each already has.
+        return (round(max(r.load, r.cpu / max_cpu), 1), r.load, round(r.cpu, 1))
 
     best = min(map(rank, pool))
     tied = [r for r in pool if rank(r) == best]
