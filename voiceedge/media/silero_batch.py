@@ -9,9 +9,10 @@ own recurrent state, for much less than ``B`` calls.
 A :class:`SileroBatcher` belongs to one event loop (its clock is passed in).
 A :class:`~voiceedge.media.silero.SileroStream` made with it queues each window
 it completes and :meth:`SileroBatcher.submit` s itself; the batcher runs what is
-queued ``delay`` seconds later (0 by default: at the loop's next turn, so the
-windows of every packet read in the same turn go together, and a lone window
-waits only for the rest of that turn). A run takes the oldest window of each
+queued ``delay`` seconds after the first window came (0 by default: at the
+loop's next turn, so the windows of every packet read in the same turn go
+together; the transceiver waits 5 ms, ``SILERO_BATCH_DELAY``, for more calls'
+windows). A lone window waits no longer than that. A run takes the oldest window of each
 queued stream, up to ``max_batch`` streams per inference, and repeats while
 windows remain: a stream's windows run in order, one per inference, because
 each starts from the state the previous one left. Each stream gets its

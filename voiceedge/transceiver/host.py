@@ -71,6 +71,12 @@ EARLY_DTLS_POOL_BYTES = 1 << 20
 # A session's timer fires at most this much before its deadline is re-read:
 # deadlines that move later (a speech turn going on) do not re-arm it.
 _TIMER_SLACK = 1e-4
+#: How long a Silero window waits for other calls' before one inference runs them all: 5 ms.
+#: Measured with 20 Pion calls on one worker (load 1-1.6): CPU per call-second 28-30 ms
+#: against 33-35 unbatched and 33 at 0 (the next loop turn: about 2 windows per inference,
+#: against 5-6 at 5 ms). The caller's speech events come out at most this much later; their
+#: times on the audio's timeline do not change.
+SILERO_BATCH_DELAY = 0.005
 # A tick at a slot's start counts as that slot whatever the float rounding (as RtpSender.slot_at).
 _SLOT_EPSILON = 1e-6
 # After a session ends on our side (hang-up, the agent, shutdown), checks with its
@@ -233,7 +239,7 @@ class Transceiver:
         self.barge_in = Histogram(BARGE_IN_BUCKETS)
         self.turn_latency = Histogram(TURN_BUCKETS)
         # Every call's Silero windows of one loop turn in one inference.
-        self.silero_batcher = SileroBatcher(clock)
+        self.silero_batcher = SileroBatcher(clock, delay=SILERO_BATCH_DELAY)
 
     # -- lifecycle ----------------------------------------------------------
 
