@@ -130,7 +130,8 @@ class SileroBatcher:
                 stream._window_done(0.0, states.pop(0))
             return
         for i, stream in enumerate(streams):
-            stream._window_done(float(probabilities[i]), new_states[:, i : i + 1, :])
+            # A copy: a view would keep the whole batch's states alive per stream (B kB each).
+            stream._window_done(float(probabilities[i]), new_states[:, i : i + 1, :].copy())
         self.inferences += 1
         self.windows += len(streams)
         self.batch_sizes.observe(len(streams))
