@@ -45,7 +45,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -369,34 +369,43 @@ def run_flood(target_port: int, sink_port: int, packets: int, size: int, secret_
     print(json.dumps({"sent": sent, "seconds": time.perf_counter() - start}), flush=True)
 
 
-def measure_workers(workers: int, packets: int, size: int, backend: str, sources: int = 32) -> dict[str, float]:
-    """``workers`` relay processes on one public port: packets per second delivered, CPU µs per packet."""
-    secret = os.urandom(32).hex()
-    sink = _spawn("--role", "multi-sink", "--packets", str(packets), "--sources", str(sources))
+def _through_workers(
+    workers: int,
+    backend: str,
+    secret: str,
+    first: subprocess.Popen[str],
+    spawn_second: Callable[[int, int], subprocess.Popen[str]],
+    first_sends: bool,
+) -> dict[str, float]:
+    """``workers`` relay processes on one public port between ``first`` and a second process: one floods, the other counts.
+
+    ``first`` is already started and prints its port; ``spawn_second(first_port,
+    public_port)`` starts the other, which prints ``ready``. The sender (``first``
+    if ``first_sends``) floods on ``go``. Packets per second delivered, CPU µs per
+    packet of the relays together.
+    """
     relays: list[subprocess.Popen[str]] = []
-    flood: subprocess.Popen[str] | None = None
+    second: subprocess.Popen[str] | None = None
     try:
-        sink_port = int(_line(sink))
+        first_port = int(_line(first))
         public_port = _free_udp_port()
         for _ in range(workers):
             relays.append(_spawn(
                 "--role", "relay", "--secret", secret, "--public", str(public_port), "--backend", backend
             ))
             assert int(_line(relays[-1])) == public_port
-        flood = _spawn(
-            "--role", "flood", "--target", str(public_port), "--sink", str(sink_port),
-            "--packets", str(packets), "--size", str(size), "--secret", secret, "--sources", str(sources),
-        )
-        assert _line(flood) == "ready"
+        second = spawn_second(first_port, public_port)
+        assert _line(second) == "ready"
+        sender, receiver = (first, second) if first_sends else (second, first)
         before = sum(_cpu_of(r) for r in relays)
-        assert flood.stdin is not None
-        flood.stdin.write("go\n")
-        flood.stdin.flush()
-        sent = json.loads(_line(flood))
-        received = json.loads(_line(sink))
+        assert sender.stdin is not None
+        sender.stdin.write("go\n")
+        sender.stdin.flush()
+        sent = json.loads(_line(sender))
+        received = json.loads(_line(receiver))
         after = sum(_cpu_of(r) for r in relays)
     finally:
-        for proc in (flood, *relays, sink):
+        for proc in (second, *relays, first):
             if proc is not None and proc.poll() is None:
                 proc.kill()
             if proc is not None:
@@ -408,6 +417,20 @@ def measure_workers(workers: int, packets: int, size: int, backend: str, sources
         "sent": sent["sent"],
         "us_per_packet": (after - before) / max(received["received"], 1) * 1e6,
     }
+
+
+def measure_workers(workers: int, packets: int, size: int, backend: str, sources: int = 32) -> dict[str, float]:
+    """``workers`` relay processes on one public port: packets per second delivered, CPU µs per packet."""
+    secret = os.urandom(32).hex()
+    sink = _spawn("--role", "multi-sink", "--packets", str(packets), "--sources", str(sources))
+    return _through_workers(
+        workers, backend, secret, sink,
+        lambda sink_port, public_port: _spawn(
+            "--role", "flood", "--target", str(public_port), "--sink", str(sink_port),
+            "--packets", str(packets), "--size", str(size), "--secret", secret, "--sources", str(sources),
+        ),
+        first_sends=False,
+    )
 
 
 def run_return_multi_source(packets: int, size: int, sources: int) -> None:
@@ -520,41 +543,14 @@ def measure_workers_return(workers: int, packets: int, size: int, backend: str, 
     secret = os.urandom(32).hex()
     source = _spawn("--role", "return-multi-source", "--packets", str(packets), "--size", str(size),
                     "--sources", str(sources))
-    relays: list[subprocess.Popen[str]] = []
-    clients: subprocess.Popen[str] | None = None
-    try:
-        source_port = int(_line(source))
-        public_port = _free_udp_port()
-        for _ in range(workers):
-            relays.append(_spawn(
-                "--role", "relay", "--secret", secret, "--public", str(public_port), "--backend", backend
-            ))
-            assert int(_line(relays[-1])) == public_port
-        clients = _spawn(
+    return _through_workers(
+        workers, backend, secret, source,
+        lambda source_port, public_port: _spawn(
             "--role", "return-clients", "--target", str(public_port), "--sink", str(source_port),
             "--secret", secret, "--sources", str(sources), "--packets", str(packets),
-        )
-        assert _line(clients) == "ready"
-        before = sum(_cpu_of(r) for r in relays)
-        assert source.stdin is not None
-        source.stdin.write("go\n")
-        source.stdin.flush()
-        sent = json.loads(_line(source))
-        received = json.loads(_line(clients))
-        after = sum(_cpu_of(r) for r in relays)
-    finally:
-        for proc in (clients, *relays, source):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-            if proc is not None:
-                proc.wait()
-    seconds = max(received["seconds"], 1e-6)
-    return {
-        "pps": received["received"] / seconds,
-        "received": received["received"],
-        "sent": sent["sent"],
-        "us_per_packet": (after - before) / max(received["received"], 1) * 1e6,
-    }
+        ),
+        first_sends=True,
+    )
 
 
 def _free_udp_port() -> int:
