@@ -118,21 +118,7 @@ class MemoryBench:
         self.frames = frames
 
     def _connect(self, address: tuple[str, int]) -> mc.MemoryClient:
-        transceiver, clock = self.transceiver, self.clock
-        client = mc.open_client(transceiver, lambda d: transceiver.datagram_received(d, address))
-        client.check()
-        client.start_dtls(clock.seconds())
-        for _ in range(50):
-            batch = [d for d, dest in self.written if dest == address]
-            self.written.clear()
-            for datagram in batch:
-                client.deliver(datagram, clock.seconds())
-            if client.srtp is not None and not batch:
-                break
-            clock.advance(0.001)
-        if client.srtp is None:
-            raise SystemExit("an in-memory client did not connect")
-        return client
+        return mc.connect_client(self.transceiver, self.clock, self.written, address)
 
     def run(self) -> int:
         """Feed every packet on the 20 ms grid; the RTP datagrams the transceiver sent back."""

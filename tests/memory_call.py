@@ -236,6 +236,30 @@ def tone_packets(count: int = 50) -> list[bytes]:
     return packets
 
 
+def connect_client(
+    transceiver: Transceiver, clock: Clock, written: list[tuple[bytes, Address]], address: Address
+) -> MemoryClient:
+    """A client at ``address`` through ICE and DTLS with ``transceiver`` (whose writes go to ``written``), SRTP keyed.
+
+    The clock moves 1 ms a round until the handshake is done; ``AssertionError``
+    if it is not within 50 rounds.
+    """
+    client = open_client(transceiver, lambda d: transceiver.datagram_received(d, address))
+    client.check()
+    client.start_dtls(clock.seconds())
+    for _ in range(50):
+        batch = [d for d, dest in written if dest == address]
+        written.clear()
+        for datagram in batch:
+            client.deliver(datagram, clock.seconds())
+        if client.srtp is not None and not batch:
+            break
+        clock.advance(0.001)
+    if client.srtp is None:
+        raise AssertionError("an in-memory client did not connect")
+    return client
+
+
 class ConnectedCalls:
     """``count`` clients connected in memory (ICE, DTLS, SRTP for real) to one transceiver on a Clock.
 
@@ -252,21 +276,7 @@ class ConnectedCalls:
         written.clear()
 
     def _connect(self, address: Address) -> MemoryClient:
-        transceiver, clock = self.transceiver, self.clock
-        client = open_client(transceiver, lambda d: transceiver.datagram_received(d, address))
-        client.check()
-        client.start_dtls(clock.seconds())
-        for _ in range(50):
-            batch = [d for d, dest in self.written if dest == address]
-            self.written.clear()
-            for datagram in batch:
-                client.deliver(datagram, clock.seconds())
-            if client.srtp is not None and not batch:
-                break
-            clock.advance(0.001)
-        if client.srtp is None:
-            raise AssertionError("an in-memory client did not connect")
-        return client
+        return connect_client(self.transceiver, self.clock, self.written, address)
 
     def feed(self, payloads: list[bytes], frames: int, late: float = 0.0) -> None:
         """``frames`` packets from every client, one per 20 ms; the loop runs every ``late`` seconds (0: every 20 ms).
