@@ -174,25 +174,9 @@ def espeak_speech(rate: int) -> list[bytes]:
 
 def callgrind_per_frame(args: list[str], frames: int) -> float:
     """Instructions per frame of ``bench/codec.py ARGS N``: callgrind runs at N = 10 and 10 + ``frames``, subtracted."""
-    import re
-    import shutil
-    import subprocess
+    from callgrind import per_unit
 
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
-    counts = []
-    for n in (10, 10 + frames):
-        proc = subprocess.run(
-            [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-             *args, str(n)],
-            capture_output=True, text=True, check=False,
-        )
-        match = re.search(r"Collected : (\d+)", proc.stderr)
-        if proc.returncode or match is None:
-            raise SystemExit(f"callgrind failed:\n{proc.stderr[-2000:]}")
-        counts.append(int(match.group(1)))
-    return (counts[1] - counts[0]) / frames
+    return per_unit(lambda n: [sys.executable, __file__, *args, str(n)], 10, 10 + frames)
 
 
 def instructions_per_frame(application: str, complexity: int, frames: int) -> float:

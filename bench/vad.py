@@ -214,25 +214,10 @@ def run_only(which: str, part: str, rate: int, frames: int) -> None:
 
 def callgrind_per_frame(args: list[str], frames: int) -> float:
     """Instructions per frame of ``bench/vad.py --run-only ARGS N``: runs at N = 20 and 20 + ``frames``, subtracted."""
-    import re
-    import shutil
-    import subprocess
+    from callgrind import per_unit
 
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
-    counts = []
-    for n in (20, 20 + frames):
-        proc = subprocess.run(
-            [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-             "--run-only", *args, str(n)],
-            capture_output=True, text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
-        )
-        match = re.search(r"Collected : (\d+)", proc.stderr)
-        if proc.returncode or match is None:
-            raise SystemExit(f"callgrind failed:\n{proc.stderr[-2000:]}")
-        counts.append(int(match.group(1)))
-    return (counts[1] - counts[0]) / frames
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    return per_unit(lambda n: [sys.executable, __file__, "--run-only", *args, str(n)], 20, 20 + frames, env)
 
 
 def resampling(instructions: bool) -> None:
