@@ -320,24 +320,38 @@ def run_multi_sink(expected: int, sources: int) -> None:
     print(json.dumps({"received": count, "seconds": last - first}), flush=True)
 
 
-def run_flood(target_port: int, sink_port: int, packets: int, size: int, secret_hex: str, sources: int) -> None:
-    """Many clients: a flow each through the relay, then a flood from all of them, round robin."""
+def _open_flows(
+    secret_hex: str, target: tuple[str, int], transceiver_port: int, sources: int, receive_buffer: int = 0
+) -> list[socket.socket]:
+    """``sources`` client sockets, each with a flow through the relay at ``target`` to ``transceiver_port``.
+
+    Each sends a STUN check whose ufrag carries the route token and waits for the
+    answer (5 s), as a client's first packet opens its flow.
+    """
     from voiceedge.wire.route_token import Route, RouteTokenCodec
     from voiceedge.wire.stun import Attr, StunClass, build_message
 
-    signal.alarm(int(CHILD_DEADLINE))
     codec = RouteTokenCodec({1: bytes.fromhex(secret_hex)}, 1)
-    target = (LOOPBACK, target_port)
     socks = []
     for _ in range(sources):
         sock = _udp()
+        if receive_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sock.settimeout(5)
-        ufrag = codec.issue(Route(0, (LOOPBACK, sink_port))).encode()
+        ufrag = codec.issue(Route(0, (LOOPBACK, transceiver_port))).encode()
         request = build_message(0x001, StunClass.REQUEST, os.urandom(12), [(Attr.USERNAME, ufrag + b":bnch")])
         sock.sendto(request, target)
         answer, _ = sock.recvfrom(65536)
         assert answer.startswith(b"\x01\x01"), answer
         socks.append(sock)
+    return socks
+
+
+def run_flood(target_port: int, sink_port: int, packets: int, size: int, secret_hex: str, sources: int) -> None:
+    """Many clients: a flow each through the relay, then a flood from all of them, round robin."""
+    signal.alarm(int(CHILD_DEADLINE))
+    target = (LOOPBACK, target_port)
+    socks = _open_flows(secret_hex, target, sink_port, sources)
     print("ready", flush=True)
     sys.stdin.readline()
     payload = b"\x80\x6f" + os.urandom(size - 2)
@@ -487,24 +501,11 @@ def run_return_clients(target_port: int, source_port: int, secret_hex: str, sour
     """``sources`` clients: a flow each through the relay workers to the source, then count what arrives."""
     import select
 
-    from voiceedge.wire.route_token import Route, RouteTokenCodec
-    from voiceedge.wire.stun import Attr, StunClass, build_message
-
     signal.alarm(int(CHILD_DEADLINE))
-    codec = RouteTokenCodec({1: bytes.fromhex(secret_hex)}, 1)
     target = (LOOPBACK, target_port)
-    socks = []
-    for _ in range(sources):
-        sock = _udp()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.settimeout(5)
-        ufrag = codec.issue(Route(0, (LOOPBACK, source_port))).encode()
-        request = build_message(0x001, StunClass.REQUEST, os.urandom(12), [(Attr.USERNAME, ufrag + b":bnch")])
-        sock.sendto(request, target)
-        answer, _ = sock.recvfrom(65536)
-        assert answer.startswith(b"\x01\x01"), answer
+    socks = _open_flows(secret_hex, target, source_port, sources, receive_buffer=4 << 20)
+    for sock in socks:
         sock.setblocking(False)
-        socks.append(sock)
     print("ready", flush=True)
     poller = select.poll()
     for sock in socks:
