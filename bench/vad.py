@@ -121,12 +121,11 @@ def score_batched(recordings: list[Recording], settings: DetectionSettings, rate
     loop, whose Silero windows run in one inference (voiceedge.media.silero_batch); add to ``score``."""
     from twisted.internet.task import Clock
 
-    from voiceedge.media.silero_batch import SileroBatcher, batching
+    from voiceedge.media.silero_batch import SileroBatcher
 
     clock = Clock()
     batcher = SileroBatcher(clock)
-    with batching(batcher):
-        detectors = [make_speech_detector(settings, rate) for _ in recordings]
+    detectors = [make_speech_detector(settings, rate, batcher) for _ in recordings]
     frames = [r.frames() for r in recordings]
     events: list[list[object]] = [[] for _ in recordings]
     calls: list[list[bool]] = [[] for _ in recordings]

@@ -215,15 +215,14 @@ class BatchedSileroTests(SynchronousTestCase):
         if not speech_corpus.available():
             raise SkipTest("espeak-ng and sox are needed")
         from voiceedge.media.detection import DetectionSettings, make_speech_detector
-        from voiceedge.media.silero_batch import SileroBatcher, batching
+        from voiceedge.media.silero_batch import SileroBatcher
 
         clock = Clock()
         batcher = SileroBatcher(clock)
         settings = DetectionSettings("silero")
         audio = self.audio(48000, 0)
         solo = make_speech_detector(settings, 48000)
-        with batching(batcher):
-            batched = make_speech_detector(settings, 48000)
+        batched = make_speech_detector(settings, 48000, batcher)
         expected, got = [], []
         for i, frame in enumerate(audio):
             now = i * 0.02

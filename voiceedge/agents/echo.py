@@ -28,7 +28,7 @@ from voiceedge.agents.interfaces import (
 #: a network stall), and sending all of it would add its length to every later
 #: frame's delay for the rest of the call, and hold its PCM meanwhile (measured with
 #: ``bench/memory.py``: 2.6 s of it per call after 5 s of a loop 200 ms late, 96 kB
-#: a second at 48 kHz). As long as the sender's catch-up
+#: a second at 48 kHz). 100 ms is the sender's own catch-up
 #: (:data:`~voiceedge.transceiver.rtp_sender.MAX_CATCH_UP` frames).
 DEFAULT_MAX_LAG_MS = 100
 #: The counter (``voiceedge_agent_events{agent="echo"}``) of audio not echoed because

@@ -22,9 +22,12 @@ detector runs.  :func:`make_speech_detector` builds one from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from voiceedge.media.silero_batch import SileroBatcher
 
 __all__ = [
     "DETECTORS",
@@ -126,8 +129,13 @@ class DetectionSettings:
         }
 
 
-def make_speech_detector(settings: DetectionSettings, sample_rate: int) -> ISpeechDetector:
+def make_speech_detector(
+    settings: DetectionSettings, sample_rate: int, batcher: SileroBatcher | None = None
+) -> ISpeechDetector:
     """A new detector for one stream at ``sample_rate``, as ``settings`` choose.
+
+    A Silero detector runs its windows with ``batcher``'s other streams (the
+    transceiver's: one inference for many calls), or alone without one.
 
     Raises :class:`DetectorUnavailable` when the detector's packages are not
     installed, and ``ValueError`` for a bad setting or rate.
@@ -147,12 +155,10 @@ def make_speech_detector(settings: DetectionSettings, sample_rate: int) -> ISpee
         from voiceedge.media.silero import ModelUnavailable, SileroStream
     except ImportError as e:  # numpy missing
         raise DetectorUnavailable(f"the silero detector needs numpy and onnxruntime: {e}") from None
-    from voiceedge.media.silero_batch import installed
     from voiceedge.media.turns import ProbabilityTurnDetector
 
     try:
-        # With the process's batcher (the transceiver installs one), windows of every stream run together.
-        source = SileroStream(sample_rate, batcher=installed())
+        source = SileroStream(sample_rate, batcher=batcher)
     except ModelUnavailable as e:
         raise DetectorUnavailable(str(e)) from None
     return ProbabilityTurnDetector(

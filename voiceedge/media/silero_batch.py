@@ -24,8 +24,7 @@ global reactor.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -36,7 +35,7 @@ from voiceedge.metrics import Histogram
 if TYPE_CHECKING:
     from voiceedge.media.silero import SileroModel, SileroStream
 
-__all__ = ["BATCH_BUCKETS", "SileroBatcher", "batching", "installed"]
+__all__ = ["BATCH_BUCKETS", "SileroBatcher"]
 
 #: Upper bounds of the windows-per-inference histogram.
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64)
@@ -104,11 +103,9 @@ class SileroBatcher:
             for model, group in by_model.items():
                 self._infer(model, group)
             for stream in streams:
-                if stream._next_window() is None:
-                    del self._waiting[stream]
-                else:
-                    # Its next window waits for the others' next round: to the end.
-                    del self._waiting[stream]
+                # A stream with another window goes to the end: it waits for the others' next round.
+                del self._waiting[stream]
+                if stream._next_window() is not None:
                     self._waiting[stream] = None
 
     def _infer(self, model: SileroModel, streams: list[SileroStream]) -> None:
@@ -126,8 +123,8 @@ class SileroBatcher:
             # "no voice" and keeps its state, so its frames go on and the next window may run.
             self.errors += 1
             self.log.failure("Silero inference over {n} windows failed", n=len(streams))
-            for stream in streams:
-                stream._window_done(0.0, states.pop(0))
+            for stream, state in zip(streams, states):
+                stream._window_done(0.0, state)
             return
         for i, stream in enumerate(streams):
             # A copy: a view would keep the whole batch's states alive per stream (B kB each).
@@ -135,27 +132,3 @@ class SileroBatcher:
         self.inferences += 1
         self.windows += len(streams)
         self.batch_sizes.observe(len(streams))
-
-
-# The batchers of the callers now making detectors, innermost last: the factory
-# that makes a session's detector takes no clock, so the transceiver's session
-# says which batcher while it makes one (batching).
-_installed: list[SileroBatcher] = []
-
-
-@contextmanager
-def batching(batcher: SileroBatcher | None) -> Iterator[None]:
-    """Silero streams made inside (``make_speech_detector``) batch with ``batcher`` (``None``: none)."""
-    if batcher is None:
-        yield
-        return
-    _installed.append(batcher)
-    try:
-        yield
-    finally:
-        _installed.pop()
-
-
-def installed() -> SileroBatcher | None:
-    """The batcher of the innermost :func:`batching`, or ``None``: streams then run their windows at once."""
-    return _installed[-1] if _installed else None

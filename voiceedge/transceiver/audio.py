@@ -18,6 +18,7 @@ from voiceedge.media.jitter import JitterBuffer
 from voiceedge.media.opus import CodecError, OpusDecoder, OpusEncoder
 from voiceedge.media.detection import DetectionSettings, make_speech_detector
 from voiceedge.media.speech import SpeechEvent, SpeechStopped
+from voiceedge.media.silero_batch import SileroBatcher
 from voiceedge.media.timeline import MediaTimeline
 from voiceedge.wire.errors import WireError
 from voiceedge.wire.opus import packet_duration
@@ -115,12 +116,15 @@ class InboundAudio:
         on_frame: Callable[[AudioFrame], None],
         on_speech: Callable[[SpeechEvent], None],
         repairs: collections.Counter[str] | None = None,
+        batcher: SileroBatcher | None = None,
     ) -> None:
         self.sample_rate = sample_rate
+        self._batcher = batcher  # the transceiver's: Silero windows run with other calls'
+
         self._jitter = JitterBuffer()
         self._decoder = OpusDecoder(sample_rate)
         self.detection = detection
-        self._detector = make_speech_detector(detection, sample_rate)
+        self._detector = make_speech_detector(detection, sample_rate, batcher)
         self._on_frame = on_frame
         self._on_speech = on_speech
         self.timeline = MediaTimeline()
@@ -177,7 +181,7 @@ class InboundAudio:
         if settings.detector == self.detection.detector:
             self._detector.update(**settings.parameters())
         else:
-            detector = make_speech_detector(settings, self.sample_rate)
+            detector = make_speech_detector(settings, self.sample_rate, self._batcher)
             if self._detector.speaking:
                 media = self.timeline.media_time(now)
                 self._on_speech(SpeechStopped(media, media, arrival=now))

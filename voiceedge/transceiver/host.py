@@ -238,7 +238,7 @@ class Transceiver:
         self.setup = {name: Histogram(SETUP_BUCKETS) for name in SETUP_MILESTONES}
         self.barge_in = Histogram(BARGE_IN_BUCKETS)
         self.turn_latency = Histogram(TURN_BUCKETS)
-        # Every call's Silero windows of one loop turn in one inference.
+        # Every call's Silero windows ready within SILERO_BATCH_DELAY in one inference.
         self.silero_batcher = SileroBatcher(clock, delay=SILERO_BATCH_DELAY)
 
     # -- lifecycle ----------------------------------------------------------

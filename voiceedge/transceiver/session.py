@@ -14,7 +14,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from voiceedge.media.detection import DetectionSettings, DetectorUnavailable, make_speech_detector
-from voiceedge.media.silero_batch import SileroBatcher, batching
+from voiceedge.media.silero_batch import SileroBatcher
 from voiceedge.transceiver.audio import (
     DEFAULT_APPLICATION,
     DEFAULT_COMPLEXITY,
@@ -499,10 +499,9 @@ class Session:
             self._inbound = InboundOpus(self._emit, self.repairs)
             self._outbound = OutboundOpus()
         else:
-            with batching(self.silero_batcher):
-                self._inbound = InboundAudio(
-                    self.sample_rate, self.speech_detection, self._emit, self._emit, self.repairs
-                )
+            self._inbound = InboundAudio(
+                self.sample_rate, self.speech_detection, self._emit, self._emit, self.repairs, self.silero_batcher
+            )
             self._outbound = OutboundAudio(
                 self.sample_rate, self.opus_complexity, application=self.opus_application, stop_tail=self.stop_tail
             )
@@ -661,8 +660,7 @@ class Session:
         inbound = self._inbound
         try:
             if isinstance(inbound, InboundAudio):
-                with batching(self.silero_batcher):
-                    inbound.set_detection(settings, now)
+                inbound.set_detection(settings, now)
             elif inbound is None:
                 make_speech_detector(settings, self.sample_rate)  # checks every knob
             # A passthrough session detects no speech (its backend does): nothing to retune.
