@@ -56,6 +56,20 @@ service alone, whose workers each have their own media socket; in the
 all-in-one every worker's relay shares the one public port, so the kernel hands
 about half the calls' packets to a worker that does not own the call, and they
 take a hop between processes.
+
+``--worker-cpu 0.6`` gives every voiceedge worker process at most 0.6 of a core
+(``bench/cpu_budget.py``: a cgroup per worker, CFS bandwidth with a 10 ms
+period, made for the run and removed at its end, on Ctrl-C and SIGTERM too; it
+needs root and the cgroup CPU controller, and says so otherwise). On 2 cores one
+unbounded worker takes a whole core while two share what the load client leaves;
+at the same budget per worker, with room for the client at both counts, ``--capacity
+1,2`` compares like for like. With ``--capacity`` or ``--worker-cpu`` each step
+also prints, over the load's window, every worker's calls (from the sessions'
+public ids), CPU % of a core and its system part, CPU ms per call-second,
+calls whose own gap p99 exceeded 40 ms and, with a budget, the share of periods
+it was throttled in and the time it waited; the supervisor's CPU (signaling, with
+2 workers; with 1 it is inside the worker and its budget), the machine's busy
+share (system, softirq, steal), the client's CPU and the load average.
 """
 
 from __future__ import annotations
@@ -64,12 +78,13 @@ import argparse
 import configparser
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -91,6 +106,16 @@ from tests.support import (  # noqa: E402
 )
 
 from voiceedge.workers import parse_workers, process_count  # noqa: E402
+
+from cpu_budget import (  # noqa: E402
+    CgroupUnavailable,
+    CpuBudget,
+    cgroup_base,
+    CpuSampler,
+    WindowFigures,
+    find_cpu_controller,
+    worker_pids,
+)
 
 LOOPBACK = "127.0.0.1"
 CHILD_DEADLINE = 600  # seconds: no server outlives this
@@ -243,16 +268,35 @@ SERVERS: dict[str, Callable[[Path, str | None], Any]] = {
 
 
 def measure(name: str, calls: int, args: argparse.Namespace, tmp: Path, variant: str = "") -> Side:
-    """Start ``name``'s server, load it with ``calls`` Pion calls, stop it (``variant``: a label for its logs)."""
+    """Start ``name``'s server, load it with ``calls`` Pion calls, stop it (``variant``: a label for its logs).
+
+    With ``--worker-cpu`` (voiceedge sides) each worker process runs in its own
+    cgroup at that share of a core; with it or ``--capacity``, each process's
+    CPU is sampled and cut to the load's window (:attr:`Side.processes`).
+    """
     log_dir = tmp / f"{name}-{calls}-w{args.workers or 0}{variant}"
     log_dir.mkdir()
-    workers = None if name in ("pionecho", "aiortc") else args.workers
-    with SERVERS[name](log_dir, workers) as (url, pid):
+    ours = name not in ("pionecho", "aiortc")
+    workers = args.workers if ours else None
+    with SERVERS[name](log_dir, workers) as (url, pid), ExitStack() as stack:
+        sampler: CpuSampler | None = None
+        budget: CpuBudget | None = None
+        if ours and (args.worker_cpu or args.capacity):
+            by_index = worker_pids(pid)
+            if args.worker_cpu:
+                budget = stack.enter_context(CpuBudget(args.worker_cpu, args.worker_cpu_period_us))
+                for index, worker in by_index.items():
+                    budget.place(index, worker)
+            processes = {f"w{index}": worker for index, worker in sorted(by_index.items())}
+            if pid not in by_index.values():
+                processes["supervisor"] = pid
+            sampler = stack.enter_context(CpuSampler(processes, budget))
         if args.warmup:
             # What the first calls touch once (imports, library pages, the speech model's
             # buffers) is not memory per call: RSS is measured from after these.
             pion_peer.load(url, n=args.warmup, ramp=args.ramp, seconds=2, settle=1, audio=args.audio,
                            setup_timeout=15.0, log_dir=log_dir)
+        launched = time.monotonic()
         summary = pion_peer.load(
             url,
             n=calls,
@@ -262,12 +306,92 @@ def measure(name: str, calls: int, args: argparse.Namespace, tmp: Path, variant:
             server_pids=[pid],
             server_children=True,
             audio=args.audio,
+            per_call=sampler is not None,
             setup_timeout=max(15.0, calls / args.ramp),
             log_dir=log_dir,
         )
+        if sampler is not None:
+            # Stop sampling now, so that the window's end has a sample after it.
+            stack.pop_all().close()
+            start = launched + float(summary.get("setup_wait_s", 0.0))
+            figures = sampler.window(start, start + float(summary.get("window_s", args.seconds)))
+            summary["processes"] = process_figures(figures, summary.pop("calls", None) or [], budget)
     summary.pop("pion_problems", None)
     (log_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return Side(name, calls, summary)
+
+
+_WORKER_OF_LOCATION = re.compile(r"/(w\d+)\.[^/]*$")
+
+
+def process_figures(figures: WindowFigures, calls: list[dict[str, Any]], budget: CpuBudget | None) -> dict[str, Any]:
+    """Per process over the load's window: CPU % of a core (and its system part), calls placed on it, throttling.
+
+    ``calls`` are pionpeer's per-call results: a call's ``location``
+    (``.../calls/w<i>.<id>``) names the worker that holds it; a service of one
+    process gives plain ids, all worker 0's.
+    """
+    window = figures.seconds or 1.0
+    placed: dict[str, list[dict[str, Any]]] = {}
+    for call in calls:
+        match = _WORKER_OF_LOCATION.search(str(call.get("location") or ""))
+        if call.get("location"):
+            placed.setdefault(match.group(1) if match else "w0", []).append(call)
+    names = sorted({key.split(".", 1)[0] for key in figures.deltas} - {"machine"})
+    out: dict[str, Any] = {}
+    for name in names:
+        cpu = figures.get(f"{name}.user") + figures.get(f"{name}.system")
+        row: dict[str, Any] = {
+            "cpu_pct": round(100 * cpu / window, 1),
+            "system_pct": round(100 * figures.get(f"{name}.system") / window, 1),
+        }
+        if name != "supervisor":
+            mine = placed.get(name, [])
+            row["calls"] = len(mine)
+            row["cpu_ms_per_call_s"] = round(1000 * cpu / window / len(mine), 2) if mine else None
+            row["calls_gap_p99_over_40ms"] = sum(1 for c in mine if float(c.get("gap_p99_ms") or 0) > 40.0)
+            if budget is not None:
+                periods = figures.get(f"{name}.nr_periods")
+                row["throttled_periods_pct"] = round(100 * figures.get(f"{name}.nr_throttled") / periods, 1) if periods else 0.0
+                row["throttled_ms_per_s"] = round(figures.get(f"{name}.throttled_ms") / window, 1)
+        out[name] = row
+    machine = {key.split(".", 1)[1]: value for key, value in figures.deltas.items() if key.startswith("machine.")}
+    total = sum(machine.values()) or 1.0
+    out["machine"] = {
+        "busy_pct": round(100 * (total - machine.get("idle", 0.0) - machine.get("iowait", 0.0)) / window, 1),
+        "system_pct": round(100 * machine.get("system", 0.0) / window, 1),
+        "softirq_pct": round(100 * (machine.get("softirq", 0.0) + machine.get("irq", 0.0)) / window, 1),
+        "steal_pct": round(100 * machine.get("steal", 0.0) / window, 1),
+    }
+    return out
+
+
+def describe_processes(side: Side) -> str:
+    """One line: each worker's calls, CPU and throttling; the supervisor; the machine and the client."""
+    processes = side.get("processes") or {}
+    parts = []
+    for name, row in processes.items():
+        if name.startswith("w"):
+            text = (f"{name}: {row['calls']} calls, {row['cpu_pct']:.1f} % CPU (system {row['system_pct']:.1f}),"
+                    f" {row['cpu_ms_per_call_s'] if row['cpu_ms_per_call_s'] is not None else '-'} ms/call-s,"
+                    f" {row['calls_gap_p99_over_40ms']} calls gap p99 > 40 ms")
+            if "throttled_periods_pct" in row:
+                text += f", throttled {row['throttled_periods_pct']:.1f} % of periods ({row['throttled_ms_per_s']:.1f} ms/s)"
+            parts.append(text)
+        elif name == "supervisor":
+            parts.append(f"supervisor {row['cpu_pct']:.1f} %")
+    machine = processes.get("machine")
+    if machine:
+        parts.append(
+            f"machine {machine['busy_pct']:.0f} % busy (system {machine['system_pct']:.0f}, softirq"
+            f" {machine['softirq_pct']:.0f}, steal {machine['steal_pct']:.0f})"
+        )
+    parts.append(f"client {side.get('client', 'cpu_pct', default=0):.0f} %")
+    parts.append(
+        f"load average {side.get('client', 'loadavg_1m_start', default=0):.1f}"
+        f"-{side.get('client', 'loadavg_1m_end', default=0):.1f}"
+    )
+    return "; ".join(parts)
 
 
 def print_sides(sides: list[Side]) -> None:
@@ -311,9 +435,11 @@ def holds(side: Side) -> bool:
 def capacity(args: argparse.Namespace, tmp: Path) -> None:
     """Calls held by the transcoding echo (``--capacity-side``) with each worker count, and the ratio."""
     held: dict[str, int] = {}
+    at_best: dict[str, Side | None] = {}
     for workers in args.capacity.split(","):
         args.workers = workers
-        best = 0
+        best: int = 0
+        best_side: Side | None = None
         for calls in range(args.step, args.max + 1, args.step):
             side = measure(args.capacity_side, calls, args, tmp)
             ok = holds(side)
@@ -323,15 +449,23 @@ def capacity(args: argparse.Namespace, tmp: Path) -> None:
                 f" CPU {side.get('server', 'cpu_pct')} % -> {'holds' if ok else 'does not hold'}",
                 flush=True,
             )
+            print(f"      {describe_processes(side)}", flush=True)
             if not ok:
                 break
-            best = calls
-        held[workers] = best
+            best, best_side = calls, side
+        held[workers], at_best[workers] = best, best_side
+    budget = f"each worker at most {args.worker_cpu:g} of a core" if args.worker_cpu else "no CPU budget"
+    print(f"  calls held ({budget}):")
     for workers, calls in held.items():
-        print(f"  {workers} worker(s): {calls} calls held")
+        text = f"  {workers} worker(s): {calls} calls held"
+        held_side = at_best[workers]
+        if held_side is not None:
+            text += f" ({held_side.cpu_per_call_s} CPU ms/call-s; {describe_processes(held_side)})"
+        print(text)
     counts = list(held.values())
-    if len(counts) == 2 and counts[0]:
-        print(f"  {list(held)[1]} workers / {list(held)[0]} worker(s) = {counts[1] / counts[0]:.2f}x calls held")
+    if len(counts) == 2:
+        ratio = f"{counts[1] / counts[0]:.2f}x" if counts[0] else "n/a (the first held none)"
+        print(f"  {list(held)[1]} workers / {list(held)[0]} worker(s) = {ratio} calls held")
 
 
 def main() -> None:
@@ -361,7 +495,28 @@ def main() -> None:
                         " transceiver service alone (each worker its own media socket)")
     parser.add_argument("--step", type=int, default=20, help="calls added per capacity step")
     parser.add_argument("--max", type=int, default=200, help="most calls a capacity search offers")
+    parser.add_argument("--worker-cpu", type=float, default=None,
+                        help="each voiceedge worker process at most this share of a core (0.6: 60 %%), in a cgroup of"
+                        " its own made for the run and removed after it (root, cgroup v1 cpu or v2): 1 and 2 workers"
+                        " at the same budget each, with room left for the load client")
+    parser.add_argument("--worker-cpu-period-ms", type=float, default=10.0,
+                        help="the budget's period: a worker over its share waits at most this long (default 10)")
     args = parser.parse_args()
+    args.worker_cpu_period_us = round(args.worker_cpu_period_ms * 1000)
+    if args.worker_cpu is not None:
+        if not 0.05 <= args.worker_cpu <= 64 or not 1_000 <= args.worker_cpu_period_us <= 1_000_000:
+            parser.error("--worker-cpu: a share of one core, 0.05 to 64; --worker-cpu-period-ms: 1 to 1000")
+        try:
+            find_cpu_controller()
+        except CgroupUnavailable as e:
+            raise SystemExit(f"bench/transceiver.py: {e}") from None
+        # SIGTERM ends the run through the context managers, which remove the cgroups.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        print(
+            f"worker CPU budget: {args.worker_cpu:g} of a core per worker, period {args.worker_cpu_period_ms:g} ms,"
+            f" groups under {cgroup_base()}",
+            flush=True,
+        )
     global DETECTOR, ECHO_MAX_LAG_MS
     detectors: list[str | None] = [None] if args.detector is None else list(args.detector.split(","))
     if not set(detectors) <= {None, "silero", "energy"}:

@@ -319,6 +319,11 @@ class RunningCall:
             self.process.kill()
             self.process.communicate()
             raise PionPeerFailed(f"pionpeer still running after {self.timeout:.0f} s; stderr in {self.stderr_path}")
+        except BaseException:
+            # Ctrl-C or SIGTERM in the caller: the calls end with it, none is left running.
+            self.process.kill()
+            self.process.communicate()
+            raise
         finally:
             self._stderr.close()
         return _parse(stdout, self.stderr_path, self.process.returncode)

@@ -8,11 +8,15 @@ prints the figures it promises.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.trial import unittest
@@ -31,6 +35,16 @@ def run_bench(*argv: str, timeout: float) -> str:
     if proc.returncode != 0:
         raise AssertionError(f"{argv} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-3000:]}")
     return proc.stdout
+
+
+def _load_bench_module(name: str) -> Any:
+    """``bench/<name>.py`` as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 class MediaPathTests(unittest.TestCase):
@@ -87,6 +101,75 @@ class TransceiverBenchTests(unittest.TestCase):
             self.assertGreater(float(row.group(3)), 0.0, out)
             self.assertRegex(out, rf"done {side}@2: held \d/2, [\d.]+ CPU ms/call-s")
         self.assertIn("CPU per call-second, row / column (same run)", out)
+
+    def test_worker_cpu_budget(self) -> None:
+        """``--worker-cpu``: 1 and 2 workers each in a cgroup of their own, figures per worker, groups removed."""
+        budget = _load_bench_module("cpu_budget")
+        try:
+            controller = budget.find_cpu_controller()
+        except budget.CgroupUnavailable as e:
+            raise unittest.SkipTest(str(e))
+        out = run_bench(
+            "bench/transceiver.py", "--capacity", "1,2", "--capacity-side", "transcoding-direct",
+            "--worker-cpu", "0.6", "--step", "2", "--max", "2", "--seconds", "2", "--ramp", "10",
+            "--settle", "1", "--warmup", "0", "--detector", "energy",
+            timeout=300,
+        )
+        for workers, names in (("1", ["w0"]), ("2", ["w0", "w1"])):
+            line = re.search(rf"workers={workers} calls=2: .*\n\s+(.*)\n", out)
+            assert line is not None, out
+            placed = 0
+            for name in names:
+                row = re.search(rf"{name}: (\d+) calls, ([\d.]+) % CPU .* throttled ([\d.]+) % of periods", line.group(1))
+                assert row is not None, out
+                placed += int(row.group(1))
+            # Every call is on one of the workers; the supervisor is there only with workers.
+            self.assertEqual(placed, 2, out)
+            self.assertEqual("supervisor" in line.group(1), workers == "2", out)
+        self.assertIn("calls held (each worker at most 0.6 of a core):", out)
+        self.assertRegex(out, r"2 workers / 1 worker\(s\) = ([\d.]+x|n/a)")
+        base = re.search(r"groups under (\S+)", out)
+        assert base is not None, out
+        self.assertTrue(base.group(1).startswith(str(controller.root)), out)
+        self.assertFalse(Path(base.group(1)).exists(), f"{base.group(1)} left behind")
+
+    def test_worker_cpu_budget_removed_on_ctrl_c(self) -> None:
+        """Ctrl-C during a load: the run's cgroups are removed and its server stopped."""
+        budget = _load_bench_module("cpu_budget")
+        try:
+            controller = budget.find_cpu_controller()
+        except budget.CgroupUnavailable as e:
+            raise unittest.SkipTest(str(e))
+        proc = subprocess.Popen(
+            [sys.executable, "bench/transceiver.py", "--capacity", "2", "--capacity-side", "transcoding-direct",
+             "--worker-cpu", "0.5", "--step", "2", "--max", "2", "--seconds", "60", "--warmup", "0",
+             "--detector", "energy"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        base = controller.root / f"{budget.PREFIX}{proc.pid}"
+        deadline = time.monotonic() + 120
+        # Until both workers are in their groups (the load has started), bounded.
+        while not all((base / f"w{i}" / "cgroup.procs").exists() and (base / f"w{i}" / "cgroup.procs").read_text().strip()
+                      for i in (0, 1)):
+            self.assertIsNone(proc.poll(), "the bench ended before its workers were placed")
+            self.assertLess(time.monotonic(), deadline, "the workers were not placed within 120 s")
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        self.assertFalse(base.exists(), f"{base} left behind:\n{out}")
+
+
+class CpuBudgetTests(unittest.SynchronousTestCase):
+    """``bench/cpu_budget.py`` says why when it cannot set a budget."""
+
+    def test_worker_cpu_refused_without_cgroups(self) -> None:
+        """Without a writable CPU controller, ``--worker-cpu`` stops at once with the reason."""
+        budget = _load_bench_module("cpu_budget")
+        mounts = Path(self.mktemp())
+        mounts.write_text("proc /proc proc rw 0 0\n")
+        with self.assertRaisesRegex(budget.CgroupUnavailable, "no cgroup v1 'cpu' hierarchy is mounted"):
+            budget.find_cpu_controller(mounts)
 
 
 class RelayBenchTests(unittest.TestCase):

@@ -1,0 +1,397 @@
+# -*- test-case-name: tests.test_bench_scripts -*-
+"""A CPU budget per worker process for a benchmark: one cgroup each, made for the run and removed after it.
+
+``bench/transceiver.py --worker-cpu 0.6`` gives every voiceedge worker process
+at most 0.6 of a core, so that 1 and 2 workers are compared at the same budget
+per worker while the machine keeps room for the load client (on 2 cores, one
+unbounded worker takes a whole core, two share what the client leaves).
+
+The budget is the CPU controller's bandwidth limit: cgroup v1's
+``cpu.cfs_quota_us``/``cpu.cfs_period_us`` or cgroup v2's ``cpu.max``, with a
+short period (10 ms) so that a throttled worker waits a few milliseconds, not
+a gap of 100 ms. Each worker gets its own group (``voiceedge-bench-<pid>/w<i>``
+under the controller's root); :class:`CpuBudget` is a context manager that
+moves the processes back where they were and removes the groups when it
+exits, on an error or Ctrl-C too; groups a killed run left behind are removed
+by the next one. :class:`CpuSampler` reads each process's CPU (user and
+system), each group's throttling (``cpu.stat``) and the machine's
+``/proc/stat`` a few times a second, so figures can be cut to a load's
+measurement window afterwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping
+
+__all__ = [
+    "CgroupUnavailable",
+    "CpuBudget",
+    "CpuSampler",
+    "WindowFigures",
+    "cgroup_base",
+    "find_cpu_controller",
+    "worker_pids",
+]
+
+PREFIX = "voiceedge-bench-"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class CgroupUnavailable(RuntimeError):
+    """No CPU controller this process may write to: the budget cannot be set."""
+
+
+@dataclass(frozen=True)
+class Controller:
+    """Where the CPU controller is mounted, and which cgroup version it is (1 or 2)."""
+
+    root: Path
+    version: int
+
+
+def _mounts(mounts: Path) -> Iterator[tuple[str, str, list[str]]]:
+    for line in mounts.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 4:
+            yield fields[1].replace("\\040", " "), fields[2], fields[3].split(",")
+
+
+def find_cpu_controller(mounts: Path = Path("/proc/self/mounts")) -> Controller:
+    """The writable CPU controller: v1's ``cpu`` hierarchy, else a v2 tree whose root offers ``cpu``.
+
+    Raises :class:`CgroupUnavailable` saying what is missing.
+    """
+    found: list[Controller] = []
+    v2_without_cpu: list[str] = []
+    for where, kind, options in _mounts(mounts):
+        if kind == "cgroup" and "cpu" in options:
+            found.append(Controller(Path(where), 1))
+        elif kind == "cgroup2":
+            controllers = Path(where, "cgroup.controllers")
+            try:
+                offered = controllers.read_text().split()
+            except OSError:
+                offered = []
+            if "cpu" in offered:
+                found.append(Controller(Path(where), 2))
+            else:
+                v2_without_cpu.append(where)
+    if not found:
+        why = "no cgroup v1 'cpu' hierarchy is mounted"
+        if v2_without_cpu:
+            why += f" and the cgroup v2 tree ({', '.join(v2_without_cpu)}) does not offer the cpu controller"
+        raise CgroupUnavailable(f"--worker-cpu needs the cgroup CPU controller: {why}")
+    # v1 first: a controller bound to a v1 hierarchy is not available in v2 anyway.
+    controller = sorted(found, key=lambda c: c.version)[0]
+    if not os.access(controller.root, os.W_OK):
+        raise CgroupUnavailable(
+            f"--worker-cpu needs to create cgroups under {controller.root} (run as root, or delegate it to this user)"
+        )
+    return controller
+
+
+def cgroup_base(controller: Controller | None = None) -> Path:
+    """The directory this process's budgets make their groups in."""
+    return (controller or find_cpu_controller()).root / f"{PREFIX}{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _original_group(pid: int, version: int) -> str:
+    """The cgroup path ``pid`` is in, in the hierarchy of ``version`` ("/" when unknown)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return "/"
+    for line in lines:
+        number, controllers, path = line.split(":", 2)
+        if version == 2 and number == "0" and controllers == "":
+            return path
+        if version == 1 and "cpu" in controllers.split(","):
+            return path
+    return "/"
+
+
+class CpuBudget:
+    """One cgroup per worker, each at most ``share`` of a core; removed on exit.
+
+    ``place(index, pid)`` moves a process (all its threads) into worker
+    ``index``'s group; ``throttling(index)`` reads that group's ``cpu.stat``.
+    """
+
+    def __init__(self, share: float, period_us: int = 10_000, controller: Controller | None = None) -> None:
+        if not 0.01 <= share <= 64:
+            raise ValueError("a worker's CPU budget is a share of one core, 0.01 to 64")
+        if not 1_000 <= period_us <= 1_000_000:
+            raise ValueError("the period is 1 ms to 1 s")
+        self.share = share
+        self.period_us = period_us
+        self.quota_us = max(1_000, round(share * period_us))
+        self.controller = controller or find_cpu_controller()
+        self.base = cgroup_base(self.controller)
+        self.groups: dict[int, Path] = {}
+        #: Each placed pid's cgroup before, to move it back.
+        self.came_from: dict[int, str] = {}
+
+    def __enter__(self) -> CpuBudget:
+        remove_stale(self.controller)
+        try:
+            self.base.mkdir()
+        except OSError as e:
+            raise CgroupUnavailable(f"--worker-cpu could not create {self.base}: {e}") from None
+        if self.controller.version == 2:
+            self._write(self.base / "cgroup.subtree_control", "+cpu")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def group(self, index: int) -> Path:
+        """Worker ``index``'s group, created with the budget on first use."""
+        path = self.groups.get(index)
+        if path is None:
+            path = self.base / f"w{index}"
+            path.mkdir()
+            self.groups[index] = path
+            if self.controller.version == 1:
+                # The period first: a quota above the old period's would be refused.
+                self._write(path / "cpu.cfs_period_us", str(self.period_us))
+                self._write(path / "cpu.cfs_quota_us", str(self.quota_us))
+            else:
+                self._write(path / "cpu.max", f"{self.quota_us} {self.period_us}")
+        return path
+
+    def place(self, index: int, pid: int) -> None:
+        """Move ``pid`` (every thread of it) into worker ``index``'s group."""
+        path = self.group(index)
+        self.came_from.setdefault(pid, _original_group(pid, self.controller.version))
+        self._write(path / "cgroup.procs", str(pid))
+
+    def throttling(self, index: int) -> dict[str, float]:
+        """Worker ``index``'s ``cpu.stat``: ``nr_periods``, ``nr_throttled``, ``throttled_ms``."""
+        path = self.groups.get(index)
+        return read_cpu_stat(path) if path is not None else {}
+
+    def close(self) -> None:
+        """Move every process still in a group back to its own cgroup, then remove the groups (bounded)."""
+        for path in self.groups.values():
+            _empty(path, self.controller, self.came_from)
+        for path in [*self.groups.values(), self.base]:
+            _rmdir(path)
+        self.groups.clear()
+
+    @staticmethod
+    def _write(path: Path, value: str) -> None:
+        try:
+            path.write_text(value)
+        except OSError as e:
+            raise CgroupUnavailable(f"--worker-cpu could not write {value!r} to {path}: {e}") from None
+
+
+def _empty(path: Path, controller: Controller, came_from: Mapping[int, str]) -> None:
+    try:
+        pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+    except OSError:
+        return
+    for pid in pids:
+        home = controller.root / came_from.get(pid, "/").lstrip("/")
+        for target in (home, controller.root):
+            try:
+                (target / "cgroup.procs").write_text(str(pid))
+                break
+            except OSError:
+                continue
+
+
+def _rmdir(path: Path) -> None:
+    """Remove an empty cgroup; a process exiting just now may hold it for a moment (bounded retry)."""
+    for _ in range(50):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            time.sleep(0.02)
+    raise CgroupUnavailable(f"--worker-cpu could not remove {path}: it still holds processes")
+
+
+def remove_stale(controller: Controller) -> None:
+    """Remove the groups of earlier runs whose process is gone (a run killed with SIGKILL)."""
+    for base in controller.root.glob(f"{PREFIX}*"):
+        match = re.fullmatch(rf"{PREFIX}(\d+)", base.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        for group in base.glob("w*"):
+            _empty(group, controller, {})
+            _rmdir(group)
+        _rmdir(base)
+
+
+def read_cpu_stat(group: Path) -> dict[str, float]:
+    """``nr_periods``, ``nr_throttled`` and ``throttled_ms`` of a group (v1 ``throttled_time`` ns, v2 ``throttled_usec``)."""
+    out: dict[str, float] = {}
+    try:
+        text = (group / "cpu.stat").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key in ("nr_periods", "nr_throttled"):
+            out[key] = float(value)
+        elif key == "throttled_time":
+            out["throttled_ms"] = float(value) / 1e6
+        elif key == "throttled_usec":
+            out["throttled_ms"] = float(value) / 1e3
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+            out.append(int(stat.parent.name))
+    return sorted(out)
+
+
+def worker_pids(service_pid: int) -> dict[int, int]:
+    """The worker processes of a service by index (``--worker <i>`` in their command line).
+
+    A service with no worker children (``[process] workers = 1``) is its own
+    worker 0.
+    """
+    workers: dict[int, int] = {}
+    for child in _children(service_pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--worker" in argv:
+            at = argv.index(b"--worker")
+            if at + 1 < len(argv) and argv[at + 1].isdigit():
+                workers[int(argv[at + 1])] = child
+    return workers or {0: service_pid}
+
+
+def _proc_cpu(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of ``pid``, every thread."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def _machine_cpu() -> dict[str, float]:
+    """The machine's CPU seconds by kind, over every core (``/proc/stat``'s first line)."""
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return {name: int(value) / CLOCK_TICKS for name, value in zip(names, fields)}
+
+
+@dataclass
+class Sample:
+    """One reading: when (monotonic seconds), and every counter at that moment."""
+
+    at: float
+    values: dict[str, float]
+
+
+@dataclass
+class WindowFigures:
+    """What each counter grew by over a window, and the window's length."""
+
+    seconds: float
+    deltas: dict[str, float] = field(default_factory=dict)
+
+    def get(self, key: str) -> float:
+        """A counter's growth over the window (0 when never read)."""
+        return self.deltas.get(key, 0.0)
+
+
+class CpuSampler:
+    """Reads processes' CPU, groups' throttling and the machine's CPU every ``interval`` seconds in a thread.
+
+    ``processes`` names each process (``w0``, ``supervisor``); ``budget``
+    (optional) adds each worker group's ``cpu.stat`` as ``w<i>.nr_throttled``
+    and so on. :meth:`window` interpolates every counter at a window's ends.
+    """
+
+    def __init__(
+        self, processes: Mapping[str, int], budget: CpuBudget | None = None, interval: float = 0.2
+    ) -> None:
+        self.processes = dict(processes)
+        self.budget = budget
+        self.interval = interval
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self.samples.append(self._read())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.samples.append(self._read())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append(self._read())
+
+    def _read(self) -> Sample:
+        values: dict[str, float] = {}
+        at = time.monotonic()
+        for name, pid in self.processes.items():
+            cpu = _proc_cpu(pid)
+            if cpu is not None:
+                values[f"{name}.user"], values[f"{name}.system"] = cpu
+        if self.budget is not None:
+            for index in self.budget.groups:
+                for key, value in self.budget.throttling(index).items():
+                    values[f"w{index}.{key}"] = value
+        for key, value in _machine_cpu().items():
+            values[f"machine.{key}"] = value
+        return Sample(at, values)
+
+    def window(self, start: float, end: float) -> WindowFigures:
+        """Each counter's growth from ``start`` to ``end`` (monotonic seconds), interpolated between samples."""
+        keys: set[str] = set()
+        for sample in self.samples:
+            keys.update(sample.values)
+        return WindowFigures(end - start, {key: self._at(key, end) - self._at(key, start) for key in keys})
+
+    def _at(self, key: str, when: float) -> float:
+        points = [(s.at, s.values[key]) for s in self.samples if key in s.values]
+        if not points:
+            return 0.0
+        if when <= points[0][0]:
+            return points[0][1]
+        for (t0, v0), (t1, v1) in zip(points, points[1:]):
+            if t0 <= when <= t1:
+                return v0 + (v1 - v0) * ((when - t0) / (t1 - t0) if t1 > t0 else 0.0)
+        return points[-1][1]
