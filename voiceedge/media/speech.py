@@ -222,6 +222,9 @@ class SpeechDetector:
         """The current noise floor in dBFS (``min_floor_db`` before any audio)."""
         return max(self.min_floor_db, min(self._window_min, self._block_min))
 
+    def close(self) -> None:
+        """Nothing is held elsewhere: nothing to do."""
+
     def update(self, **params: float | None) -> None:
         """Change parameters (the constructor's keywords but ``sample_rate``) at run time.
 

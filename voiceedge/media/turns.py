@@ -35,7 +35,9 @@ a Silero stream that batches its windows with other streams'): frames then wait
 in order, and the events they cause come out of the first :meth:`feed` or
 :meth:`poll` after their probabilities are in. Meanwhile :meth:`deadline` is the
 start of the oldest waiting frame plus the source's ``wait`` (when the
-probability will be in: at once when the wait is 0), and :meth:`poll` counts no
+probability will be in: at once when the wait is 0), or ``None`` when the source
+says itself when they are in (its ``wait`` is ``None``: a Silero stream with an
+``on_results`` callback, whose owner polls then), and :meth:`poll` counts no
 silence, since audio is there.
 """
 
@@ -128,8 +130,9 @@ class DeferredVoiceProbability(Protocol):
     """A source whose probabilities may come after the frame (:class:`~voiceedge.media.silero.SileroStream`)."""
 
     sample_rate: int
-    #: How long after a frame its probability may take to come (seconds).
-    wait: float
+    #: How long after a frame its probability may take to come (seconds); ``None`` when the
+    #: source tells its owner when it comes (nothing to poll for meanwhile).
+    wait: float | None
 
     def push_frame(self, pcm: bytes) -> int:
         """Take a frame; its ticket."""
@@ -139,6 +142,9 @@ class DeferredVoiceProbability(Protocol):
 
     def take(self, ticket: int) -> float:
         """The ticket's probability (0..1), once ready."""
+
+    def close(self) -> None:
+        """No more frames come: forget those waiting."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -258,6 +264,12 @@ class ProbabilityTurnDetector:
         """Whether a turn is open."""
         return self._speaking
 
+    def close(self) -> None:
+        """The stream ended: its source lets go of what it holds elsewhere (a batcher's queue)."""
+        if self._deferred is not None:
+            self._deferred.close()
+        self._waiting.clear()
+
     def update(self, **params: float | None) -> None:
         """Change knobs (the constructor's keywords but ``source``) at run time.
 
@@ -320,10 +332,12 @@ class ProbabilityTurnDetector:
 
     def deadline(self) -> float | None:
         """When :meth:`poll` would end the open turn if no more voice came; while frames wait for their
-        probabilities, the start of the oldest (at once)."""
+        probabilities, when the oldest's is due (``None`` if the source tells when: nothing ends a turn
+        while audio waits)."""
         if self._waiting:
             assert self._deferred is not None
-            return self._waiting[0][1] + self._deferred.wait
+            wait = self._deferred.wait
+            return None if wait is None else self._waiting[0][1] + wait
         if not self._speaking:
             return None
         when = self._voiced_end + (self._end_rule()[1] if self._in_voice else self._wait)

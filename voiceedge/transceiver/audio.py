@@ -107,6 +107,13 @@ class InboundAudio:
     talking on, not silence. Frames carry that time (``AudioFrame.time``) as
     well as their arrival; speech events carry it as ``time``/``at`` and their
     arrival on the clock as ``arrival``.
+
+    With a Silero ``batcher``, a frame's voice probability comes when the
+    batcher has run its window with other calls'. Given ``on_results``, the
+    batcher calls it then (once per batch for this call), and the owner calls
+    :meth:`drain` at once: the frames waiting for it need no timer of their
+    own (:meth:`deadline` leaves them out). Without it, :meth:`deadline` is
+    when the batch is due.
     """
 
     def __init__(
@@ -117,14 +124,16 @@ class InboundAudio:
         on_speech: Callable[[SpeechEvent], None],
         repairs: collections.Counter[str] | None = None,
         batcher: SileroBatcher | None = None,
+        on_results: Callable[[], None] | None = None,
     ) -> None:
         self.sample_rate = sample_rate
         self._batcher = batcher  # the transceiver's: Silero windows run with other calls'
+        self._on_results = on_results
 
         self._jitter = JitterBuffer()
         self._decoder = OpusDecoder(sample_rate)
         self.detection = detection
-        self._detector = make_speech_detector(detection, sample_rate, batcher)
+        self._detector = make_speech_detector(detection, sample_rate, batcher, on_results)
         self._on_frame = on_frame
         self._on_speech = on_speech
         self.timeline = MediaTimeline()
@@ -181,12 +190,17 @@ class InboundAudio:
         if settings.detector == self.detection.detector:
             self._detector.update(**settings.parameters())
         else:
-            detector = make_speech_detector(settings, self.sample_rate, self._batcher)
+            detector = make_speech_detector(settings, self.sample_rate, self._batcher, self._on_results)
             if self._detector.speaking:
                 media = self.timeline.media_time(now)
                 self._on_speech(SpeechStopped(media, media, arrival=now))
+            self._detector.close()
             self._detector = detector
         self.detection = settings
+
+    def close(self) -> None:
+        """The call ended: its detector lets go of what it holds elsewhere (windows queued in the batcher)."""
+        self._detector.close()
 
     def _conceal(self, next_payload: bytes | None) -> bytes:
         self.frames_concealed += 1
@@ -440,6 +454,9 @@ class InboundOpus:
     def deadline(self) -> float | None:
         """When :meth:`drain` is due: the jitter buffer gives up on a missing packet."""
         return self._jitter.deadline()
+
+    def close(self) -> None:
+        """The call ended: nothing is held elsewhere."""
 
 
 class OutboundOpus:

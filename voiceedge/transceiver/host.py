@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import ipaddress
 import secrets
 from typing import Any, Callable, Iterator, Mapping
@@ -361,6 +362,7 @@ class Transceiver:
             probes=self.probes,
             repairs=self.repairs,
             silero_batcher=self.silero_batcher,
+            on_detection=functools.partial(self._detected, session_id),
         )
         session.settings = dict(settings) if settings else {}
         call = Call(session, summary, params)
@@ -773,6 +775,14 @@ class Transceiver:
             delay = max(0.0, deadline - self.clock.seconds())
             timer = call.timer = self.clock.callLater(delay, self._timeout, call)
             call.timer_at = timer.getTime()
+
+    def _detected(self, session_id: str) -> None:
+        """The Silero batcher has run this session's windows: its speech events now, in the batch's
+        one wake-up (no timer of the session's own)."""
+        call = self._by_id.get(session_id)
+        if call is not None:
+            call.session.handle_detection(self.clock.seconds())
+            self._service(call)
 
     def _timeout(self, call: Call) -> None:
         call.timer = None

@@ -9,7 +9,7 @@ import enum
 import os
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from twisted.logger import Logger
 
@@ -178,10 +178,13 @@ class Session:
         repairs: collections.Counter[str] | None = None,
         rng: random.Random | None = None,
         silero_batcher: SileroBatcher | None = None,
+        on_detection: Callable[[], None] | None = None,
     ) -> None:
         self.session_id = session_id
         # Where the call's Silero windows run with other calls' (None: each at once).
         self.silero_batcher = silero_batcher
+        # Called when the batcher has run this call's windows: the host calls handle_detection then.
+        self.on_detection = on_detection
         self.log_id = loggable_id(session_id)
         # The session configuration a client secret carried (see ISessionHost.open_session).
         self.settings: dict[str, Any] = {}
@@ -500,7 +503,13 @@ class Session:
             self._outbound = OutboundOpus()
         else:
             self._inbound = InboundAudio(
-                self.sample_rate, self.speech_detection, self._emit, self._emit, self.repairs, self.silero_batcher
+                self.sample_rate,
+                self.speech_detection,
+                self._emit,
+                self._emit,
+                self.repairs,
+                self.silero_batcher,
+                self.on_detection,
             )
             self._outbound = OutboundAudio(
                 self.sample_rate, self.opus_complexity, application=self.opus_application, stop_tail=self.stop_tail
@@ -787,6 +796,13 @@ class Session:
             self._send_rtcp(now)
             self._next_rtcp = now + RTCP_INTERVAL * self._rng.uniform(0.5, 1.5)
 
+    def handle_detection(self, now: float) -> None:
+        """The speech detector's batched results are in (``on_detection`` said so): take its events."""
+        inbound = self._inbound
+        if inbound is not None and self.state is not SessionState.CLOSED:
+            self._now = now
+            inbound.drain(now)
+
     def _send_rtcp(self, now: float) -> None:
         srtp = self._srtp
         destination = self.ice.media_destination()
@@ -840,6 +856,8 @@ class Session:
         self._srtp = None
         self.receiver = None
         self.sender = None
+        if self._inbound is not None:
+            self._inbound.close()
         self._inbound = None
         self._outbound = None
         self.events_channel = None
