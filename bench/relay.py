@@ -18,6 +18,10 @@ sink's losses on a loaded machine do not count against a forwarder). Variants:
 * ``relay-recvmmsg``: the relay as ``twistd voiceedge-relay`` runs it where
   the compiled helper is built (ClientPort: ``recvmmsg`` into slots, one
   ``sendmmsg`` per batch).
+* ``relay-recvmmsg-nogso``: the same with ``VOICEEDGE_RELAY_GSO=off``: each
+  datagram its own message in the ``sendmmsg``, where by default a run of
+  equal datagrams to one destination leaves as one ``UDP_SEGMENT`` (GSO)
+  message (the flood here is all one size to one sink: every batch is a run).
 * ``relay-python``: the same relay on its fallback (ClientPort:
   ``recvfrom_into`` the relay's buffer, one datagram per call).
 * ``relay-stock-port``: the same relay behind Twisted's stock ``udp.Port``
@@ -65,7 +69,11 @@ def _report_cpu_on_usr1(forwarded: Any = lambda: 0) -> None:
     """Print this process's CPU seconds and ``forwarded()`` packets on stdout at every SIGUSR1."""
 
     def handler(signum: int, frame: Any) -> None:
-        sys.stdout.write(json.dumps({"cpu": _cpu(), "forwarded": forwarded()}) + "\n")
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        sys.stdout.write(
+            json.dumps({"cpu": _cpu(), "user": usage.ru_utime, "system": usage.ru_stime, "forwarded": forwarded()})
+            + "\n"
+        )
         sys.stdout.flush()
 
     signal.signal(signal.SIGUSR1, handler)
@@ -134,6 +142,10 @@ def run_relay(secret_hex: str, stock_port: bool, public_port: int = 0, backend: 
     )
     from voiceedge.wire.route_token import RouteTokenCodec
 
+    if backend == "recvmmsg-nogso":
+        # The recvmmsg backend with every datagram its own message (no UDP_SEGMENT runs).
+        os.environ["VOICEEDGE_RELAY_GSO"] = "off"
+        backend = "recvmmsg"
     codec = RouteTokenCodec({1: bytes.fromhex(secret_hex)}, 1)
     relay = Relay(reactor, codec, RelaySettings(public_listen=(LOOPBACK, 3478)))
     _report_cpu_on_usr1(lambda: relay.to_transceiver_packets + relay.to_client_packets)
@@ -630,6 +642,9 @@ def _forwarder_cost(before: dict[str, float], after: dict[str, float], sent: int
     forwarded = int(after["forwarded"] - before["forwarded"])
     return {
         "cpu_s": cpu,
+        # User space (Python, the helper) against the kernel (the system calls, loopback delivery).
+        "user_us": (after["user"] - before["user"]) / max(forwarded, 1) * 1e6,
+        "system_us": (after["system"] - before["system"]) / max(forwarded, 1) * 1e6,
         "sent": sent,
         "forwarded": forwarded,
         "received": received,
@@ -878,7 +893,8 @@ def main() -> None:
         for variant in args.variants.split(","):
             results[variant] = r = run(variant, args.packets, args.rate, args.size)
             print(
-                f"    {variant:18s} {r['us_per_packet']:6.2f} µs CPU/packet   "
+                f"    {variant:18s} {r['us_per_packet']:6.2f} µs CPU/packet"
+                f" (user {r['user_us']:.2f} + system {r['system_us']:.2f})   "
                 f"({r['cpu_s']:.2f} s CPU, {r['forwarded']} forwarded, {r['received']}/{r['sent']} delivered)"
                 f"   load {os.getloadavg()[0]:.1f}",
                 flush=True,

@@ -141,6 +141,45 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual(batch.last_errno, errno.EMSGSIZE)
         self.assertEqual([len(d) for d, _ in drain(receiver)], [10, 11, 12])
 
+    def queue_all(self, batch: Any, buffer: bytearray, datagrams: list[tuple[bytes, Any]]) -> None:
+        """Queue each (payload, destination) from its own slot (behind a 3-byte header)."""
+        for i, (data, dest) in enumerate(datagrams):
+            at = i * STRIDE + HEADROOM
+            buffer[at - 3 : at + len(data)] = b"hdr" + data
+            batch.queue(at - 3, at, at + len(data), dest)
+
+    def test_runs_to_one_destination_leave_as_udp_segment_sends(self) -> None:
+        """Equal datagrams to one address go as one GSO message; they arrive as they were, in order.
+
+        A shorter datagram ends a run (it may be the run's last), a longer one or another
+        destination starts a new one; what arrives, and where, is the same as without GSO.
+        """
+        sender, first = self.sockets()
+        _, second = self.sockets()
+        a, b = first.getsockname(), second.getsockname()
+        sizes_and_dests = [(20, a), (20, a), (20, a), (7, a), (20, a), (30, a), (20, b), (20, b), (20, a)]
+        datagrams = [(bytes([i]) * size, dest) for i, (size, dest) in enumerate(sizes_and_dests)]
+        for segment in (1, 0):
+            batch, buffer = self.batch(count=len(datagrams))
+            batch.segment = segment
+            self.queue_all(batch, buffer, datagrams)
+            self.assertEqual(batch.send(sender.fileno()), (9, 177, 0))
+            # Runs: [20 20 20 7] [20] [30] [20 20 -> b] [20]: six datagrams inside GSO sends.
+            self.assertEqual(batch.segmented, 6 if segment else 0)
+            self.assertEqual([d for d, _ in drain(first)], [b"hdr" + d for d, dest in datagrams if dest == a])
+            self.assertEqual([d for d, _ in drain(second)], [b"hdr" + d for d, dest in datagrams if dest == b])
+
+    def test_a_run_the_kernel_refuses_goes_a_datagram_at_a_time(self) -> None:
+        """A socket that cannot segment (UDP checksums off: EINVAL): each datagram still goes, none lost."""
+        sender, receiver = self.sockets()
+        sender.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK: the kernel refuses UDP_SEGMENT
+        batch, buffer = self.batch(count=4)
+        datagrams = [(bytes([i]) * 16, receiver.getsockname()) for i in range(4)]
+        self.queue_all(batch, buffer, datagrams)
+        self.assertEqual(batch.send(sender.fileno()), (4, 64, 0))
+        self.assertEqual(batch.segmented, 0)
+        self.assertEqual([d for d, _ in drain(receiver)], [b"hdr" + d for d, _ in datagrams])
+
     def test_send_without_a_socket_fails_every_datagram(self) -> None:
         """fd -1 (the internal port not started): all counted as failed, the queue emptied."""
         batch, _ = self.batch(count=2)

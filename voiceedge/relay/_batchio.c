@@ -36,10 +36,25 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103  /* linux/udp.h: the size of each datagram of one GSO send */
+#endif
+
+/* One UDP_SEGMENT (GSO) send carries at most this many datagrams (the kernel's UDP_MAX_SEGMENTS is 64
+ * or more) and this many payload bytes in all (under IPv4's 65,507, with room to spare). */
+#define GSO_MAX_SEGMENTS 64
+#define GSO_MAX_BYTES 60000
+
+typedef union {
+    struct cmsghdr header;
+    char space[CMSG_SPACE(sizeof(uint16_t))];
+} SegmentControl;
 
 /* Source addresses recently seen, so a client's datagrams share one (host, port) tuple instead of
  * formatting a new one per packet: direct-mapped, each entry holding a reference to its tuple. */
@@ -85,6 +100,11 @@ typedef struct {
     struct iovec *tx_iov;
     struct sockaddr_storage *tx_addrs;
     Py_ssize_t *tx_payload;  /* payload bytes of each queued datagram (headers not counted) */
+    struct mmsghdr *gso_msgs; /* send(): one message per run of the queue (a GSO send, or one datagram) */
+    SegmentControl *gso_control;
+    Py_ssize_t *gso_first;   /* the queue index each message starts at */
+    int segment;             /* 1: runs to one destination go as one UDP_SEGMENT send */
+    long long segmented;     /* datagrams sent inside UDP_SEGMENT sends */
     Py_ssize_t queued;
     long long truncated;     /* datagrams larger than a slot, dropped by recv() */
     int last_errno;          /* errno of the last datagram send() could not send */
@@ -107,6 +127,9 @@ Batch_dealloc(Batch *self)
     PyMem_Free(self->tx_iov);
     PyMem_Free(self->tx_addrs);
     PyMem_Free(self->tx_payload);
+    PyMem_Free(self->gso_msgs);
+    PyMem_Free(self->gso_control);
+    PyMem_Free(self->gso_first);
     if (self->addresses) {
         for (int i = 0; i < ADDRESS_CACHE; i++) {
             Py_XDECREF(self->addresses[i].tuple);
@@ -164,11 +187,16 @@ Batch_init(Batch *self, PyObject *args, PyObject *kwds)
     self->tx_iov = PyMem_Calloc(count, sizeof(struct iovec));
     self->tx_addrs = PyMem_Calloc(count, sizeof(struct sockaddr_storage));
     self->tx_payload = PyMem_Calloc(count, sizeof(Py_ssize_t));
+    self->gso_msgs = PyMem_Calloc(count, sizeof(struct mmsghdr));
+    self->gso_control = PyMem_Calloc(count, sizeof(SegmentControl));
+    self->gso_first = PyMem_Calloc(count + 1, sizeof(Py_ssize_t));
+    self->segment = 1;
     self->addresses = PyMem_Calloc(ADDRESS_CACHE, sizeof(CachedAddress));
     self->destinations = PyMem_Calloc(DESTINATION_CACHE, sizeof(CachedDestination));
     self->keys = PyMem_Calloc(KEY_CACHE, sizeof(CachedKey));
     if (!self->rx_msgs || !self->rx_iov || !self->rx_addrs || !self->tx_msgs || !self->tx_iov
-        || !self->tx_addrs || !self->tx_payload || !self->addresses || !self->destinations || !self->keys) {
+        || !self->tx_addrs || !self->tx_payload || !self->gso_msgs
+        || !self->gso_control || !self->gso_first || !self->addresses || !self->destinations || !self->keys) {
         PyErr_NoMemory();
         return -1;
     }
@@ -640,7 +668,91 @@ PyDoc_STRVAR(send_doc,
 "send(fd) -> (sent, payload_bytes, failed)\n\n"
 "sendmmsg the queue on fd and empty it. A datagram the kernel refuses is skipped and\n"
 "counted in failed (its errno in last_errno); the rest still go. payload_bytes sums the\n"
-"payloads of the datagrams sent.");
+"payloads of the datagrams sent. With segment set (the default), consecutive datagrams of\n"
+"one length to one destination (the last of a run may be shorter) leave as one UDP_SEGMENT\n"
+"(GSO) message of the same sendmmsg; a run the kernel refuses is sent again a datagram at\n"
+"a time, and where the socket cannot segment (EIO, EOPNOTSUPP, ENOPROTOOPT) segment is\n"
+"turned off.");
+
+/* sendmmsg queue entries [at, n) a datagram per message; add to *sent, *bytes, *failed. */
+static void
+send_each(Batch *self, int fd, Py_ssize_t at, Py_ssize_t n, Py_ssize_t *sent, Py_ssize_t *bytes, Py_ssize_t *failed)
+{
+    while (at < n) {
+        int r = sendmmsg(fd, &self->tx_msgs[at], (unsigned int)(n - at), MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            /* The datagram at `at` failed: skip it, send the rest. */
+            self->last_errno = errno;
+            (*failed)++;
+            at++;
+            continue;
+        }
+        for (int k = 0; k < r; k++) {
+            *bytes += self->tx_payload[at + k];
+        }
+        *sent += r;
+        at += r;
+    }
+}
+
+/* Whether queue entries i and j go to the same address. */
+static int
+same_destination(const Batch *self, Py_ssize_t i, Py_ssize_t j)
+{
+    socklen_t len = self->tx_msgs[i].msg_hdr.msg_namelen;
+    return len == self->tx_msgs[j].msg_hdr.msg_namelen && memcmp(&self->tx_addrs[i], &self->tx_addrs[j], len) == 0;
+}
+
+/* Queue entries [0, n) as messages: a run of datagrams of one length to one destination (the last may be
+ * shorter) is one message with UDP_SEGMENT, anything else one message per datagram. The count. */
+static Py_ssize_t
+segment_runs(Batch *self, Py_ssize_t n)
+{
+    Py_ssize_t messages = 0;
+    for (Py_ssize_t i = 0; i < n;) {
+        size_t size = self->tx_iov[i].iov_len;
+        size_t total = size;
+        Py_ssize_t j = i + 1;
+        if (size > 0) {
+            while (j < n && j - i < GSO_MAX_SEGMENTS && same_destination(self, i, j)) {
+                size_t next = self->tx_iov[j].iov_len;
+                if (next == 0 || next > size || total + next > GSO_MAX_BYTES) {
+                    break;
+                }
+                total += next;
+                j++;
+                if (next < size) {
+                    break;  /* only the last datagram of a run may be shorter */
+                }
+            }
+        }
+        struct msghdr *m = &self->gso_msgs[messages].msg_hdr;
+        *m = self->tx_msgs[i].msg_hdr;
+        m->msg_iovlen = (size_t)(j - i);
+        if (j - i > 1) {
+            SegmentControl *control = &self->gso_control[messages];
+            memset(control, 0, sizeof *control);
+            m->msg_control = control->space;
+            m->msg_controllen = sizeof control->space;
+            struct cmsghdr *c = CMSG_FIRSTHDR(m);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t segment_size = (uint16_t)size;
+            memcpy(CMSG_DATA(c), &segment_size, sizeof segment_size);
+        } else {
+            m->msg_control = NULL;
+            m->msg_controllen = 0;
+        }
+        self->gso_first[messages++] = i;
+        i = j;
+    }
+    self->gso_first[messages] = n;
+    return messages;
+}
 
 static PyObject *
 Batch_send(Batch *self, PyObject *arg)
@@ -654,24 +766,45 @@ Batch_send(Batch *self, PyObject *arg)
         self->last_errno = EBADF;
         return Py_BuildValue("(nnn)", (Py_ssize_t)0, (Py_ssize_t)0, n);
     }
-    Py_ssize_t at = 0, sent = 0, failed = 0, bytes = 0;
-    while (at < n) {
-        int r = sendmmsg(fd, &self->tx_msgs[at], (unsigned int)(n - at), MSG_DONTWAIT);
+    Py_ssize_t sent = 0, failed = 0, bytes = 0;
+    if (!self->segment || n < 2) {
+        send_each(self, fd, 0, n, &sent, &bytes, &failed);
+        return Py_BuildValue("(nnn)", sent, bytes, failed);
+    }
+    Py_ssize_t messages = segment_runs(self, n);
+    Py_ssize_t g = 0;
+    while (g < messages) {
+        int r = sendmmsg(fd, &self->gso_msgs[g], (unsigned int)(messages - g), MSG_DONTWAIT);
         if (r < 0) {
             if (errno == EINTR) {
                 continue;
             }
-            /* The datagram at `at` failed: skip it, send the rest. */
-            self->last_errno = errno;
-            failed++;
-            at++;
+            Py_ssize_t first = self->gso_first[g], end = self->gso_first[g + 1];
+            if (end - first > 1) {
+                /* A run refused whole (a full buffer, a segment above the path's MTU, no checksum offload):
+                 * a datagram at a time instead, each failing or not as it would have without GSO. */
+                if (errno == EIO || errno == EOPNOTSUPP || errno == ENOPROTOOPT) {
+                    self->segment = 0;
+                }
+                send_each(self, fd, first, end, &sent, &bytes, &failed);
+            } else {
+                self->last_errno = errno;
+                failed++;
+            }
+            g++;
             continue;
         }
         for (int k = 0; k < r; k++) {
-            bytes += self->tx_payload[at + k];
+            Py_ssize_t first = self->gso_first[g + k], end = self->gso_first[g + k + 1];
+            for (Py_ssize_t d = first; d < end; d++) {
+                bytes += self->tx_payload[d];
+            }
+            sent += end - first;
+            if (end - first > 1) {
+                self->segmented += end - first;
+            }
         }
-        sent += r;
-        at += r;
+        g += r;
     }
     return Py_BuildValue("(nnn)", sent, bytes, failed);
 }
@@ -726,6 +859,9 @@ static PyMemberDef Batch_members[] = {
     {"queued", T_PYSSIZET, offsetof(Batch, queued), READONLY, "datagrams waiting for send()"},
     {"truncated", T_LONGLONG, offsetof(Batch, truncated), READONLY, "datagrams dropped: longer than a slot"},
     {"last_errno", T_INT, offsetof(Batch, last_errno), READONLY, "errno of the last datagram send() skipped"},
+    {"segment", T_INT, offsetof(Batch, segment), 0,
+     "1: send() sends runs of equal datagrams to one destination as one UDP_SEGMENT (GSO) message"},
+    {"segmented", T_LONGLONG, offsetof(Batch, segmented), READONLY, "datagrams send() sent inside UDP_SEGMENT messages"},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -850,6 +850,10 @@ class Relay:
                {"direction": "to_relay"}, self.to_peer_packets)
         yield ("gauge", p + "batch_io", "How the public socket reads: recvmmsg/sendmmsg, or one datagram per call",
                {"backend": "python" if self.batch is None else "recvmmsg"}, 1)
+        for direction, batch in (("to_transceiver", self.batch), ("to_client", self.return_batch)):
+            yield ("counter", p + "gso_datagrams",
+                   "Datagrams forwarded inside UDP_SEGMENT (GSO) sends: runs of equal datagrams to one address",
+                   {"direction": direction}, getattr(batch, "segmented", 0))
         yield ("gauge", p + "flows", "Flows in the table", {"state": "pending"}, len(flows.pending))
         yield ("gauge", p + "flows", "Flows in the table",
                {"state": "confirmed"}, len(flows.confirmed))

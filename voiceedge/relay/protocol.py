@@ -71,6 +71,9 @@ _SLOT_PAYLOAD = 65536
 # even where the helper is built (the tests run both backends with it); any
 # other value, or none, means the helper where it is built.
 _FORCE_ENV = "VOICEEDGE_RELAY_BATCH_IO"
+# VOICEEDGE_RELAY_GSO=off sends every datagram as its own message; by default a run of equal
+# datagrams to one destination in a batch leaves as one UDP_SEGMENT (GSO) message (docs/relay.md).
+_SEGMENT_ENV = "VOICEEDGE_RELAY_GSO"
 _told = False
 
 
@@ -178,7 +181,10 @@ class _BatchPort(udp.Port):
         assert _batchio is not None
         stride = OFFSET + _SLOT_PAYLOAD
         buffer = mmap.mmap(-1, BATCH_COUNT * stride)
-        return _batchio.Batch(buffer, BATCH_COUNT, stride, headroom), buffer
+        batch = _batchio.Batch(buffer, BATCH_COUNT, stride, headroom)
+        if os.environ.get(_SEGMENT_ENV, "") == "off":
+            batch.segment = 0
+        return batch, buffer
 
     def _read_batches(self, recv: Callable[[int], list[Any]], handle: Callable[[list[Any]], None]) -> None:
         """``recv`` rounds (a batch's ``recvmmsg`` into its slots), each handed to ``handle``, up to ``self.batch`` datagrams."""
