@@ -4,6 +4,10 @@
 ``python bench/media_path.py [--sessions 10] [--seconds 20] [--agent echo] [--profile]``
 ``python bench/media_path.py --callgrind``  (instructions per echoed frame, under valgrind)
 ``--silero-batch off``: each session runs its Silero windows alone (before batching), for a side-by-side
+``--spread``: the sessions' packets come spread over each 20 ms (the clock moves between them), as
+calls' packets reach a real process, instead of all in one turn; ``--silero-delay-ms``: the batcher's
+wait (the transceiver's 5 ms by default). Both print the windows per Silero inference and the
+session timer wake-ups per inference.
 
 A :class:`~voiceedge.transceiver.host.Transceiver` on a ``task.Clock`` with
 ``--sessions`` in-memory clients (ICE, DTLS and SRTP done for real). Every
@@ -87,7 +91,10 @@ class MemoryBench:
         complexity: int | None,
         application: str | None = None,
         silero_batch: bool = True,
+        spread: bool = False,
+        silero_delay: float | None = None,
     ) -> None:
+        self.spread = spread
         self.clock = Clock()
         self.clock.advance(1_000_000)
         kwargs: dict[str, Any] = {"max_sessions": sessions + 1}
@@ -100,6 +107,17 @@ class MemoryBench:
         )
         if not silero_batch:
             self.transceiver.silero_batcher = None  # type: ignore[assignment]  # sessions opened now run alone
+        elif silero_delay is not None:
+            self.transceiver.silero_batcher.delay = silero_delay
+        # Session timers that fire (each a wake-up of the event loop for one call).
+        self.timeouts = 0
+        timeout = self.transceiver._timeout
+
+        def counted(call: Any) -> None:
+            self.timeouts += 1
+            timeout(call)
+
+        self.transceiver._timeout = counted  # type: ignore[method-assign]
         self.addresses = [("127.0.0.1", 40000 + i) for i in range(sessions)]
         self.clients: list[mc.MemoryClient] = []
         for address in self.addresses:
@@ -126,10 +144,17 @@ class MemoryBench:
         written = self.written
         echoed = 0
         pairs = list(zip(self.packets, self.addresses))
+        advance = self.clock.advance
+        step = FRAME / len(pairs)
         for i in range(self.frames):
-            for packets, address in pairs:
-                receive(packets[i], address)
-            self.clock.advance(FRAME)
+            if self.spread:
+                for packets, address in pairs:
+                    receive(packets[i], address)
+                    advance(step)
+            else:
+                for packets, address in pairs:
+                    receive(packets[i], address)
+                advance(FRAME)
             for data, _ in written:
                 if 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
                     echoed += 1
@@ -140,9 +165,13 @@ class MemoryBench:
 def measure(args: argparse.Namespace) -> None:
     """Set up, run once, print µs per echoed frame (and the profile, if asked)."""
     frames = int(args.seconds / FRAME)
+    delay = None if args.silero_delay_ms is None else args.silero_delay_ms / 1000
     bench = MemoryBench(
-        args.sessions, frames, args.agent, args.complexity, args.application, args.silero_batch == "on"
+        args.sessions, frames, args.agent, args.complexity, args.application, args.silero_batch == "on",
+        args.spread, delay,
     )
+    batcher = bench.transceiver.silero_batcher
+    inferences0, windows0, timeouts0 = (batcher.inferences, batcher.windows, bench.timeouts) if batcher else (0, 0, 0)
     profiler = cProfile.Profile() if args.profile else None
     cpu0 = time.process_time()
     if profiler is not None:
@@ -156,6 +185,13 @@ def measure(args: argparse.Namespace) -> None:
         f"{cpu / max(echoed, 1) * 1e6:.1f} µs CPU per echoed frame{' (profiled)' if profiler else ''},"
         f" Silero batching {args.silero_batch}"
     )
+    if batcher is not None:
+        inferences = max(batcher.inferences - inferences0, 1)
+        print(
+            f"batches: {(batcher.windows - windows0) / inferences:.1f} windows per Silero inference"
+            f" (delay {batcher.delay * 1000:g} ms{', packets spread' if args.spread else ''}),"
+            f" {(bench.timeouts - timeouts0) / inferences:.2f} session timer wake-ups per inference"
+        )
     if profiler is not None:
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
@@ -183,11 +219,16 @@ def callgrind(args: argparse.Namespace) -> None:
             if args.application is not None:
                 argv += ["--application", args.application]
             argv += ["--silero-batch", args.silero_batch]
+            if args.spread:
+                argv.append("--spread")
+            if args.silero_delay_ms is not None:
+                argv += ["--silero-delay-ms", str(args.silero_delay_ms)]
             proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=dict(os.environ, PYTHONHASHSEED="0"))
             match = re.search(r"Collected : (\d+)", proc.stderr)
             if proc.returncode != 0 or match is None:
                 raise SystemExit(f"callgrind run failed:\n{proc.stdout}\n{proc.stderr[-2000:]}")
             totals.append(int(match.group(1)))
+            batches = [line for line in proc.stdout.splitlines() if line.startswith("batches:")]
             if args.keep:
                 shutil.copy(out, ROOT / "build" / out.name)
     echoed = args.sessions * round(args.seconds / FRAME)
@@ -196,6 +237,8 @@ def callgrind(args: argparse.Namespace) -> None:
         f"{args.agent}: {per_frame / 1000:.1f} k instructions per echoed frame ({args.sessions} sessions, {echoed} frames),"
         f" Silero batching {args.silero_batch}"
     )
+    for line in batches:  # the long run's
+        print(line)
 
 
 def main() -> None:
@@ -215,6 +258,8 @@ def main() -> None:
         "--silero-batch", default="on", choices=("on", "off"),
         help="off: each session runs its Silero windows alone (the transceiver batches them: on)",
     )
+    parser.add_argument("--spread", action="store_true", help="the sessions' packets spread over each 20 ms")
+    parser.add_argument("--silero-delay-ms", type=float, default=None, help="the Silero batcher's wait (default 5)")
     args = parser.parse_args()
     if args.callgrind:
         callgrind(args)
