@@ -54,7 +54,7 @@ from voiceedge.wire.encap import (
 from voiceedge.wire.route_token import RouteTokenCodec, TokenError
 from voiceedge.wire.stun import StunError, is_stun, peek_username
 
-__all__ = ["DROP_REASONS", "MOVE_IDLE", "OFFSET", "BatchIO", "Relay", "ReturnBatchIO", "not_started"]
+__all__ = ["DROP_REASONS", "MOVE_IDLE", "OFFSET", "BatchIO", "Relay", "ReturnBatchIO", "Steering", "not_started"]
 
 log = Logger()
 
@@ -102,6 +102,26 @@ class ReturnBatchIO(BatchIO, Protocol):
 
     def route(self, offset: int, length: int, source: Address) -> tuple[int, int, Address, Flow | None]:
         """What a receive gives for the datagram at ``buffer[offset:offset + length]``."""
+
+
+class Steering(Protocol):
+    """What the relay needs of :class:`voiceedge.relay.reuseport.OwnerSteering` (the workers' shared steering map).
+
+    Every method may raise ``OSError`` (a ``bpf()`` call refused): the relay
+    counts it and goes on without steering that flow.
+    """
+
+    def owner_of(self, hop: Address) -> int | None:
+        """The index of the worker whose transceiver is at ``hop``, or None."""
+
+    def steer(self, client: Address, owner: int, taken: bool) -> None:
+        """Send ``client``'s datagrams to worker ``owner`` (``taken``: this is the owner's relay)."""
+
+    def entry(self, client: Address) -> tuple[int, bool] | None:
+        """``client``'s owner and whether the owner's relay took it, or None."""
+
+    def unsteer(self, client: Address) -> bool:
+        """Leave ``client`` to the kernel's hash again."""
 
 
 DROP_REASONS = (
@@ -214,6 +234,14 @@ class Relay:
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._sources: dict[str, bool] = {}
 
+        # Workers of the all-in-one (use_steering): this worker's index, its own transceiver's
+        # address, and the steering map shared with the other workers (None: steering is off).
+        self.worker = 0
+        self.own_hop: Address | None = None
+        self.steering: Steering | None = None
+        self.cross_worker_packets = 0
+        self.steering_events: dict[str, int] = dict.fromkeys(("written", "taken", "removed", "error"), 0)
+
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
@@ -283,6 +311,7 @@ class Relay:
         rx = self.batch_rx
         max_payload = self.max_payload
         now = self.now
+        crossed = 0
         for at, n, addr in received:
             try:
                 flow = confirmed_get(addr)
@@ -292,6 +321,8 @@ class Relay:
                     rx[start:at] = header
                     queue(start, at, at + n, flow.next_hop)
                     flow.last_seen = now
+                    if flow.foreign:
+                        crossed += 1
                     continue
                 if batch.queued:
                     self.flush_batch()
@@ -301,6 +332,8 @@ class Relay:
                 now = self.now
             except Exception:
                 log.failure("relay: client datagram from {addr} failed", addr=addr)
+        if crossed:
+            self.cross_worker_packets += crossed
         if batch.queued:
             self.flush_batch()
 
@@ -332,6 +365,8 @@ class Relay:
             flow.last_seen = self.now
             self.to_transceiver_packets += 1
             self.to_transceiver_bytes += n
+            if flow.foreign:
+                self.cross_worker_packets += 1
             return
         self._client_slow(n, addr, flow)
 
@@ -347,6 +382,8 @@ class Relay:
             return
         self.to_transceiver_packets += 1
         self.to_transceiver_bytes += n
+        if self.own_hop is not None and hop != self.own_hop:
+            self.cross_worker_packets += 1
 
     def _client_slow(self, n: int, addr: Address, flow: Flow | None) -> None:
         """Everything but media on a confirmed flow: STUN, unknown and pending sources."""
@@ -362,6 +399,11 @@ class Relay:
             self._confirmed_stun(flow, data, n, now)
             return
         pending = self.flows.pending.get(addr)
+        if pending is None and self.steering is not None:
+            steered = self._steered_here(addr, now)
+            if steered is not None:
+                self._confirmed_stun(steered, data, n, now)
+                return
         if not is_stun(data):
             if pending is not None:
                 self._drop("pending_media")
@@ -394,6 +436,7 @@ class Relay:
                 self._drop("too_many_sources")
                 return
             pending.next_hop = hop.address
+            self._mark_foreign(pending)
             pending.cluster = hop.cluster
             pending.header = self._header(pending.client_packed, pending.client_port, hop.via_relay)
             self._send_received(pending, n, hop.address)
@@ -480,6 +523,7 @@ class Relay:
         header = self._header(packed, client[1], hop.via_relay)
         flow = Flow(client, packed, hop.address, now, ufrag, header)
         flow.cluster = hop.cluster
+        self._mark_foreign(flow)
         return flow
 
     def _header(self, client_packed: bytes, client_port: int, via_relay: bool) -> bytes:
@@ -616,6 +660,7 @@ class Relay:
                 self.flows.confirm(flow, now)
                 if self.cache is not None and flow.return_via is None:
                     self.cache.store_flow(flow, now)
+                self._steer(flow)
         elif flow.pending_hop == addr:
             # The move completes only within pending_timeout of the check
             # that started it, and takes that check's ufrag, so the client's
@@ -631,6 +676,7 @@ class Relay:
                 self._drop("too_many_sources")
                 return
             flow.next_hop = addr
+            self._mark_foreign(flow)
             route = flow.pending_route
             flow.pending_route = None
             if route is not None:
@@ -641,6 +687,7 @@ class Relay:
                 flows.confirm(flow, now)
             if self.cache is not None and flow.return_via is None:
                 self.cache.store_flow(flow, now)
+            self._steer(flow)
         else:
             self._drop("wrong_transceiver")
             return
@@ -809,6 +856,95 @@ class Relay:
         flow.stored_at = now  # it is in the cache already
         if not self.flows.add_confirmed(flow):
             self._drop("table_full")
+            return
+        self._steer(flow)
+
+    # -- steering (the all-in-one's workers) ------------------------------------
+
+    def use_steering(self, steering: Steering | None, worker: int, own_hop: Address) -> None:
+        """Be worker ``worker``, whose own transceiver is at ``own_hop``; steer with ``steering`` (None: off).
+
+        Without steering the relay only counts the datagrams it forwards to
+        another worker's transceiver (``cross_worker_packets``). With it,
+        each local client's flow, once confirmed, gets an entry naming the
+        worker that owns its next hop, so the kernel sends the client's next
+        datagrams to that worker's public socket; that worker's relay takes
+        the flow from the entry when the first of them arrives
+        (:meth:`_steered_here`). An entry goes when the owner's relay forgets
+        the flow, or when a relay that wrote it forgets its flow before the
+        owner took it.
+        """
+        self.worker = worker
+        self.own_hop = own_hop
+        self.steering = steering
+        self.flows.on_forget = self._forget_steered if steering is not None else None
+        for flow in self.flows:
+            self._mark_foreign(flow)
+
+    def _mark_foreign(self, flow: Flow) -> None:
+        own = self.own_hop
+        flow.foreign = own is not None and flow.next_hop != own
+
+    def _steer(self, flow: Flow) -> None:
+        """Write the entry of a local client's confirmed ``flow``: its packets go to its owner's worker."""
+        steering = self.steering
+        if steering is None or flow.return_via is not None:
+            return
+        try:
+            owner = steering.owner_of(flow.next_hop)
+            if owner is None:
+                return
+            steering.steer(flow.client, owner, owner == self.worker)
+        except OSError:
+            self.steering_events["error"] += 1
+            return
+        flow.steered = True
+        self.steering_events["written"] += 1
+
+    def _steered_here(self, client: Address, now: float) -> Flow | None:
+        """A confirmed flow to this worker's transceiver, if the steering map sends ``client`` here."""
+        steering = self.steering
+        own = self.own_hop
+        assert steering is not None
+        try:
+            entry = steering.entry(client)
+        except OSError:
+            self.steering_events["error"] += 1
+            return None
+        if entry is None or entry[0] != self.worker or own is None:
+            return None
+        flow = self._new_flow(client, NextHop(own, cluster=self.cluster), now, b"")
+        if not self.flows.add_confirmed(flow, steered=True):
+            self._drop("table_full")
+            return None
+        flow.steered = True
+        self.steering_events["taken"] += 1
+        if not entry[1]:
+            try:
+                steering.steer(client, self.worker, True)
+            except OSError:
+                self.steering_events["error"] += 1
+        return flow
+
+    def _forget_steered(self, flow: Flow) -> None:
+        """The table let a steered flow go: remove its entry if it is the owner's, or was never taken."""
+        steering = self.steering
+        if steering is None:
+            return
+        try:
+            entry = steering.entry(flow.client)
+            if entry is not None and (entry[0] == self.worker or not entry[1]):
+                steering.unsteer(flow.client)
+                self.steering_events["removed"] += 1
+        except OSError:
+            self.steering_events["error"] += 1
+
+    def release_steering(self) -> None:
+        """Remove the entries this worker's flows hold (it stops); the kernel's hash takes their clients."""
+        for flow in self.flows:
+            if flow.steered:
+                self._forget_steered(flow)
+                flow.steered = False
 
     # -- checks --------------------------------------------------------------
 
@@ -862,6 +998,8 @@ class Relay:
                {"origin": "token"}, flows.created_pending)
         yield ("counter", p + "flows_created", "New flows",
                {"origin": "cache"}, flows.created_restored)
+        yield ("counter", p + "flows_created", "New flows",
+               {"origin": "steering"}, flows.created_steered)
         yield ("counter", p + "flows_confirmed", "Pending flows confirmed by their transceiver",
                {}, flows.confirmed_total)
         yield ("counter", p + "flows_ended", "Flows removed",
@@ -870,6 +1008,13 @@ class Relay:
                {"reason": "idle_expired"}, flows.expired_confirmed)
         yield ("counter", p + "flows_ended", "Flows removed",
                {"reason": "pending_evicted"}, flows.evicted_pending)
+        yield ("gauge", p + "steering", "Whether client datagrams are steered to the worker owning their call",
+               {"state": "on" if self.steering is not None else "off"}, 1)
+        yield ("counter", p + "cross_worker_packets", "Client datagrams forwarded to another worker's transceiver",
+               {}, self.cross_worker_packets)
+        for event, count in self.steering_events.items():
+            yield ("counter", p + "steering_entries", "Steering map entries this worker wrote, took, removed (or failed to)",
+                   {"event": event}, count)
         for reason, count in self.drops.items():
             yield ("counter", p + "drops", "Datagrams dropped, by reason", {"reason": reason}, count)
         cache = self.cache

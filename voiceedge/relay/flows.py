@@ -32,7 +32,7 @@ alive: a client that went away must let its flow go).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 __all__ = ["MAX_FLOWS_PER_UFRAG", "Address", "Flow", "FlowTable"]
 
@@ -59,7 +59,10 @@ class Flow:
     the cache (``-inf``: never, or a write was skipped and is owed).
     ``return_via`` is set for a client that talks to another cluster's relay:
     the flow came from that relay over the global hop, and answers go back
-    to it.
+    to it. ``foreign`` says its next hop is another worker's transceiver
+    (the all-in-one's workers: its packets cross between processes);
+    ``steered`` that this relay wrote or took the client's entry in the
+    workers' steering map (:mod:`voiceedge.relay.reuseport`).
     """
 
     __slots__ = (
@@ -79,6 +82,8 @@ class Flow:
         "cluster",
         "stored_at",
         "return_via",
+        "foreign",
+        "steered",
     )
 
     def __init__(
@@ -111,6 +116,8 @@ class Flow:
         # The relay this flow's client talks to, when it reached us through the
         # global hop: answers go back to it, encapsulated, not to the client.
         self.return_via: Address | None = None
+        self.foreign = False
+        self.steered = False
 
     def __repr__(self) -> str:
         state = "confirmed" if self.confirmed else "pending"
@@ -126,6 +133,8 @@ class FlowTable:
     insertion (= creation) order, which is the eviction and expiry order.
     ``per_ufrag`` counts the flows of each (non-empty) ufrag; change a
     flow's ufrag only through :meth:`set_ufrag` so it stays right.
+    ``on_forget`` is called with every ``steered`` flow the table lets go
+    (expiry, eviction, removal).
     """
 
     __slots__ = (
@@ -140,11 +149,13 @@ class FlowTable:
         "refused_ufrag",
         "created_pending",
         "created_restored",
+        "created_steered",
         "confirmed_total",
         "evicted_pending",
         "refused_full",
         "expired_pending",
         "expired_confirmed",
+        "on_forget",
     )
 
     def __init__(
@@ -170,11 +181,13 @@ class FlowTable:
         self.refused_ufrag = 0
         self.created_pending = 0
         self.created_restored = 0
+        self.created_steered = 0
         self.confirmed_total = 0
         self.evicted_pending = 0
         self.refused_full = 0
         self.expired_pending = 0
         self.expired_confirmed = 0
+        self.on_forget: Callable[[Flow], None] | None = None
 
     def __len__(self) -> int:
         return len(self.confirmed) + len(self.pending)
@@ -238,6 +251,8 @@ class FlowTable:
         if self.by_packed.get(key) is flow:
             del self.by_packed[key]
         self._uncount(flow.ufrag)
+        if flow.steered and self.on_forget is not None:
+            self.on_forget(flow)
 
     def add_pending(self, flow: Flow) -> bool:
         """Insert a new pending ``flow`` (its client must have no flow); False if refused.
@@ -251,11 +266,14 @@ class FlowTable:
         self.created_pending += 1
         return True
 
-    def add_confirmed(self, flow: Flow) -> bool:
-        """Insert a flow already known to be confirmed (restored from the cache); False if refused."""
+    def add_confirmed(self, flow: Flow, steered: bool = False) -> bool:
+        """Insert a flow already known to be confirmed (restored from the cache, or ``steered`` here); False if refused."""
         if not self._insert(flow, confirmed=True):
             return False
-        self.created_restored += 1
+        if steered:
+            self.created_steered += 1
+        else:
+            self.created_restored += 1
         return True
 
     def _insert(self, flow: Flow, confirmed: bool) -> bool:
