@@ -214,8 +214,9 @@ def running_service(
     env: Mapping[str, str] | None = None,
     stop_grace: float = 10.0,
     may_exit: bool = False,
+    wrapper: Sequence[str] = (),
 ) -> Iterator["subprocess.Popen[bytes]"]:
-    """Run ``twistd -n --pidfile= <args>`` until the block ends.
+    """Run ``twistd -n --pidfile= <args>`` until the block ends (behind ``wrapper``, a command that execs it).
 
     Output goes to ``<log_dir>/<plugin>.log`` (pass pytest's ``tmp_path``; a
     temporary directory otherwise). Yields the Popen once ``health_url``
@@ -231,7 +232,7 @@ def running_service(
     log_path = directory / f"{name}.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            twistd_command(args),
+            [*wrapper, *twistd_command(args)],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

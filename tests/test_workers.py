@@ -15,16 +15,27 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.redis_support import start_redis
-from tests.support import free_tcp_port, free_udp_port, http_get, running_service, write_allinone_config
+from tests.support import (
+    free_tcp_port,
+    free_udp_port,
+    http_get,
+    running_service,
+    wait_workers_serving,
+    write_allinone_config,
+)
 from tests.test_relay_protocol import binding_request
 from voiceedge.wire import encap
 from voiceedge.wire.route_token import Route, RouteTokenCodec
@@ -379,3 +390,151 @@ def _owners(results: list[dict[str, object]]) -> set[str]:
     if not all(r.get("ok") for r in results):
         return set()
     return {str(r["location"]).rsplit("/", 1)[-1].split(".")[0] for r in results}
+
+
+def _worker_metrics(pid: int) -> dict[str, dict[str, float]]:
+    """A worker's ``/metrics`` from its internal API (its argv's ``--internal``, its environment's secret)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from voiceedge.fleet.local import INTERNAL_SECRET_ENV
+
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    address = argv[argv.index(b"--internal") + 1].decode()
+    environ = dict(
+        item.partition(b"=")[::2] for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if item
+    )
+    secret = environ[INTERNAL_SECRET_ENV.encode()].decode()
+    request = urllib.request.Request(f"http://{address}/metrics", headers={"Authorization": f"Bearer {secret}"})
+    with urllib.request.urlopen(request, timeout=2.0) as response:
+        body = response.read().decode()
+    result: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            key = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            result.setdefault(sample.name, {})[key] = sample.value
+    return result
+
+
+def _relay_counts(pids: list[int]) -> dict[str, float]:
+    """The workers' relay counters that show steering, summed over the workers."""
+    total = {"to_transceiver": 0.0, "cross_worker": 0.0, "written": 0.0, "taken": 0.0, "on": 0.0}
+    for pid in pids:
+        m = _worker_metrics(pid)
+        total["to_transceiver"] += m["voiceedge_relay_packets_total"]["direction=to_transceiver"]
+        total["cross_worker"] += m["voiceedge_relay_cross_worker_packets_total"][""]
+        total["written"] += m["voiceedge_relay_steering_entries_total"]["event=written"]
+        total["taken"] += m["voiceedge_relay_steering_entries_total"]["event=taken"]
+        total["on"] += m["voiceedge_relay_steering"].get("state=on", 0.0)
+    return total
+
+
+@pytest.mark.integration
+class AllInOneSteeringTests(TestCase):
+    """``twistd voiceedge`` with two workers steering by owner: after a call's first packets none crosses workers."""
+
+    def test_steered_calls_packets_reach_their_owner(self) -> None:
+        from tests import pion_peer
+        from voiceedge.relay.bpf import bpf_available
+
+        why = bpf_available()
+        if why is not None:
+            raise unittest.SkipTest(f"no steering here: {why}")
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir(parents=True)
+        http_port, media_port = free_tcp_port(), free_udp_port()
+        ini = write_allinone_config(
+            tmp, http_port, media_port, process={"workers": 2}, relay={"steer_by_owner": "yes"},
+            signaling={"calls_per_minute_per_address": 0},
+        )
+        base = f"http://{LOOPBACK}:{http_port}"
+        calls = 8  # each first hashes to its owner's worker with odds 1/2: all 8 with odds 1/256
+        with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp, timeout=60) as proc:
+            pids = _until("two workers", lambda: (lambda c: c if len(c) == 2 else None)(_children(proc.pid)))
+            assert isinstance(pids, list)
+            _until("both workers steering", lambda: _relay_counts(pids)["on"] == 2)
+            wait_workers_serving(base, 2)  # the front door places calls on both (503 before)
+            running = [
+                pion_peer.spawn_call(base + "/v1/realtime/calls", seconds=8, datachannel="", audio="tone", log_dir=tmp)
+                for _ in range(calls)
+            ]
+            for call in running:
+                self.addCleanup(call.stop)
+            # Every call's flow confirmed and steered, then a second of media after that: the first packets are past.
+            seen: list[dict[str, float]] = []
+
+            def all_steered() -> dict[str, float] | None:
+                counts = _relay_counts(pids)
+                seen.append(counts)
+                ended = [call for call in running if call.process.poll() is not None]
+                if ended:  # not an AssertionError: _until stops at once
+                    raise RuntimeError(f"a call ended before steady media: {ended[0].wait()}")
+                return counts if counts["written"] >= calls else None
+
+            try:
+                steered = _until("every flow steered", all_steered, timeout=40)
+            except AssertionError:
+                raise unittest.FailTest(f"not every flow steered: {seen[-1:]}") from None
+            assert isinstance(steered, dict)
+            first = _until("media after steering", lambda: (lambda t: t if t["to_transceiver"] >= steered["to_transceiver"] + calls * 50 else None)(_relay_counts(pids)), timeout=20)
+            assert isinstance(first, dict)
+            second = _until("two more seconds of media", lambda: (lambda t: t if t["to_transceiver"] >= first["to_transceiver"] + calls * 100 else None)(_relay_counts(pids)), timeout=20)
+            assert isinstance(second, dict)
+            results = [call.wait() for call in running]
+        for result in results:
+            self.assertTrue(result["ok"], result["error"])
+        print(f"\nsteering: {first['written']:.0f} entries written, {first['taken']:.0f} flows taken by their owner"
+              f" from the other worker; {first['cross_worker']:.0f} datagrams crossed workers before steering,"
+              f" {second['cross_worker'] - first['cross_worker']:.0f} of"
+              f" {second['to_transceiver'] - first['to_transceiver']:.0f} after")
+        self.assertEqual(second["cross_worker"] - first["cross_worker"], 0)
+
+    def test_without_bpf_auto_runs_as_before_and_yes_refuses_to_start(self) -> None:
+        """Without CAP_BPF (setpriv drops it): ``auto`` serves calls by the hash, says so once; ``yes`` does not start."""
+        from tests import pion_peer
+        from tests.support import REPO_ROOT, twistd_command
+
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            raise unittest.SkipTest("no setpriv (util-linux) to drop CAP_BPF")
+        wrapper = [setpriv, "--bounding-set=-bpf,-sys_admin,-perfmon"]
+        probe = subprocess.run(
+            [*wrapper, sys.executable, "-c", "from voiceedge.relay.bpf import bpf_available; print(bpf_available())"],
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
+        )
+        if probe.stdout.strip() == "None":
+            raise unittest.SkipTest("bpf() is allowed even without CAP_BPF here (unprivileged BPF)")
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir(parents=True)
+        http_port, media_port = free_tcp_port(), free_udp_port()
+
+        ini = write_allinone_config(
+            tmp, http_port, media_port, process={"workers": 2}, relay={"steer_by_owner": "yes"},
+            signaling={"calls_per_minute_per_address": 0},
+        )
+        refused = subprocess.run(
+            [*wrapper, *twistd_command(["voiceedge", "--config", str(ini)])],
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
+        )
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("[relay] steer_by_owner = yes, but bpf() refused it: Operation not permitted",
+                      refused.stdout + refused.stderr)
+
+        ini = write_allinone_config(
+            tmp, http_port, media_port, process={"workers": 2}, signaling={"calls_per_minute_per_address": 0},
+        )
+        base = f"http://{LOOPBACK}:{http_port}"
+        with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp, timeout=60,
+                             wrapper=wrapper) as proc:
+            pids = _until("two workers", lambda: (lambda c: c if len(c) == 2 else None)(_children(proc.pid)))
+            assert isinstance(pids, list)
+            offs = _until("both workers report steering off", lambda: [
+                m["voiceedge_relay_steering"] for m in map(_worker_metrics, pids)
+            ])
+            self.assertEqual(offs, [{"state=off": 1.0}] * 2)
+            wait_workers_serving(base, 2)
+            result = pion_peer.call(base + "/v1/realtime/calls", seconds=2, datachannel="", audio="tone", log_dir=tmp)
+            self.assertTrue(result["ok"], result["error"])
+        log = (tmp / "voiceedge.log").read_text()
+        self.assertEqual(log.count("packets are not steered to the worker owning their call"), 1, log[-3000:])

@@ -7,7 +7,10 @@ signaling only (``/readyz`` says how many workers serve), as the front door of i
 sharing the public port (``SO_REUSEPORT``) and a transceiver with its own
 media socket, its own id in the route tokens it issues, and an internal API on
 loopback. The fleet key and the internal API's secret are made in memory by
-the supervisor and given to its workers in their environment.
+the supervisor and given to its workers in their environment. Where
+``bpf()`` allows it (``[relay] steer_by_owner``), the supervisor also loads
+the program that steers each client's datagrams to the worker owning its
+call (:mod:`voiceedge.relay.reuseport`), and its workers inherit it.
 """
 
 from __future__ import annotations
@@ -19,16 +22,24 @@ import os
 import secrets
 from dataclasses import dataclass
 
+from typing import Any, Callable
+
 from twisted.application import service
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python import usage
 
 from voiceedge import config as c
-from voiceedge.config import SettingError, section
+from voiceedge.config import SettingError, section, setting
 from voiceedge.fleet.local import INTERNAL_SECRET_ENV
 from voiceedge.reactors import service_reactors
 from voiceedge.relay import tap as relay_tap
+from voiceedge.relay.bpf import BpfError
+from voiceedge.relay.core import Relay, Steering
+from voiceedge.relay.flows import Address
+from voiceedge.relay.reuseport import STEERING_ENV, OwnerSteering
 from voiceedge.relay.settings import RedisSettings, RelaySettings, TokenSettings
+from voiceedge.wire.route_token import RouteTokenCodec
 from voiceedge.signaling.settings import SignalingSettings
 from voiceedge.transceiver import tap as transceiver_tap
 from voiceedge.transceiver.settings import (
@@ -42,7 +53,21 @@ from voiceedge.workers import ParentWatch, ProcessSettings, WorkerSupervisor, of
 #: Where a worker finds the fleet key its supervisor made (the internal API's secret: INTERNAL_SECRET_ENV).
 FLEET_KEY_ENV = "VOICEEDGE_WORKER_FLEET_KEY"
 
-__all__ = ["AllInOneSettings", "Options", "makeService"]
+__all__ = ["AllInOneRelaySettings", "AllInOneSettings", "Options", "WorkerSteering", "makeService"]
+
+log = Logger()
+
+
+@dataclass(frozen=True, slots=True)
+class AllInOneRelaySettings(RelaySettings):
+    """``[relay]`` of the all-in-one: the relay's settings, and whether its workers steer by owner."""
+
+    steer_by_owner: str = setting(
+        c.word("auto", "yes", "no"), "auto",
+        "with workers, send each client's datagrams to the worker whose transceiver holds its call"
+        " (an SO_REUSEPORT eBPF program, Linux): auto (where bpf() is allowed), yes (start-up fails"
+        " where it is not), no",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +80,7 @@ class AllInOneSettings:
     """
 
     signaling: SignalingSettings = section(SignalingSettings, demo_page="yes")
-    relay: RelaySettings = section(RelaySettings)
+    relay: AllInOneRelaySettings = section(AllInOneRelaySettings)
     transceiver: TransceiverSettings = section(
         TransceiverSettings, media_listen="127.0.0.1:0", relay_networks="127.0.0.0/8"
     )
@@ -129,13 +154,22 @@ def makeService(config: Options, clock: IReactorTime | None = None) -> service.M
         )
 
     top = service.MultiService()
-    relay_tap.RelayService(
+    relay_service = relay_tap.RelayService(
         relay, relay_settings.public_listen, relay_settings.internal_listen, udp_reactor,
         reuse_port=worker is not None,
-    ).setServiceParent(top)
+    )
+    relay_service.setServiceParent(top)
     transceiver = transceiver_tap.build_transceiver(
         transceiver_settings, route, settings.speech, config.agent, clock, top
     )
+    if worker is not None:
+        # The address this worker's transceiver puts in its route tokens, read back from one.
+        codec = RouteTokenCodec(keys, 1)
+
+        def own_hop() -> Address:
+            return codec.decode(transceiver.make_ufrag()).transceiver
+
+        WorkerSteering(relay, relay_service, own_hop, index, os.environ.get(STEERING_ENV, "")).setServiceParent(top)
     if worker is None:
         transceiver_tap.build_signaling(settings.signaling, transceiver, top, [relay.metrics], clock)
         return top
@@ -178,8 +212,16 @@ def _supervisor(
     def argv(i: int) -> list[str]:
         return twistd_argv("voiceedge", [*options, "--internal", f"{apis[i][0]}:{apis[i][1]}"], i)
 
+    steering, why = _steering(settings.relay, count)
+    inherit: dict[int, int] = {}
+    if steering is None:
+        env[STEERING_ENV] = f"off: {why}"
+    else:
+        inherit, env[STEERING_ENV] = steering.inheritable()
     top = service.MultiService()
-    WorkerSupervisor(reactor, count, argv, env, restart_delay=settings.process.restart_delay).setServiceParent(top)
+    WorkerSupervisor(
+        reactor, count, argv, env, restart_delay=settings.process.restart_delay, inherit=inherit
+    ).setServiceParent(top)
     relay = settings.relay.ingress
     # Clients reach every worker through the one relay address, the only candidate in answers.
     build_front_door(
@@ -187,6 +229,82 @@ def _supervisor(
         settings.transceiver.max_sessions, clock, top, relay=relay,
     )
     return top
+
+
+def _steering(settings: AllInOneRelaySettings, count: int) -> tuple[OwnerSteering | None, str]:
+    """The program and maps for ``count`` workers, or None and why not (logged; an error with ``yes``)."""
+    if settings.steer_by_owner == "no":
+        return None, "[relay] steer_by_owner = no"
+    try:
+        # Each worker's flow table is bounded by max_flows; the map holds every worker's clients.
+        steering = OwnerSteering.create(count, min(settings.max_flows * count, 1 << 24))
+    except BpfError as e:
+        why = f"bpf() refused it: {e.strerror or e}"
+        if settings.steer_by_owner == "yes":
+            raise c.ConfigError(f"[relay] steer_by_owner = yes, but {why}") from None
+        log.warn("relay: packets are not steered to the worker owning their call ({why});"
+                 " each worker takes the clients the kernel's hash gives it", why=why)
+        return None, why
+    log.info("relay: each client's packets are steered to the worker owning its call (SO_REUSEPORT eBPF)")
+    return steering, ""
+
+
+class WorkerSteering(service.Service):
+    """Worker ``index`` of the all-in-one: its relay knows its own transceiver, and steers if it inherited steering.
+
+    ``description`` is :data:`~voiceedge.relay.reuseport.STEERING_ENV`'s
+    value. On start (after the relay's public socket is bound) the worker
+    removes the entries naming its index (its predecessor's calls died with
+    it), puts its socket in the program's sockarray, attaches the program to
+    the port's group and publishes its transceiver's address; on stop it
+    removes its flows' entries and its address. A step that fails leaves
+    steering off in this worker (logged; its packets go by the hash).
+    """
+
+    def __init__(
+        self,
+        relay: Relay,
+        relay_service: relay_tap.RelayService,
+        own_hop: Callable[[], Address],
+        index: int,
+        description: str,
+    ) -> None:
+        self.relay = relay
+        self.relay_service = relay_service
+        self.own_hop = own_hop
+        self.index = index
+        self.description = description
+        self.steering: OwnerSteering | None = None
+
+    def startService(self) -> None:
+        """Join the steering group (or only learn the own transceiver's address)."""
+        super().startService()
+        own = self.own_hop()
+        steering: Steering | None = None
+        if self.description and not self.description.startswith("off"):
+            port = self.relay_service.public_port
+            try:
+                inherited = OwnerSteering.inherited(self.description)
+                assert port is not None
+                inherited.purge(self.index)
+                inherited.join(self.index, port.socket)
+                inherited.publish(self.index, own)
+            except (OSError, ValueError) as e:
+                log.error("relay worker {index}: steering off: {e}", index=self.index, e=e)
+            else:
+                self.steering = steering = inherited
+        self.relay.use_steering(steering, self.index, own)
+
+    def stopService(self) -> Any:
+        """Leave: this worker's entries and address go, its clients fall to the hash."""
+        super().stopService()
+        if self.steering is not None:
+            self.relay.release_steering()
+            try:
+                self.steering.publish(self.index, None)
+            except OSError:
+                pass
+        return None
 
 
 def _stop_reactor() -> None:

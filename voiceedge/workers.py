@@ -146,7 +146,8 @@ class WorkerSupervisor(service.Service):
     of its start), unless the supervisor drains (:meth:`drain`). Stopping
     sends every worker ``stop_signal`` (SIGTERM) and waits for them (SIGKILL
     after ``stop_grace`` seconds). Workers' output goes where the supervisor's
-    goes.
+    goes; ``inherit`` maps more of each worker's descriptors to the
+    supervisor's (child fd -> this process's fd).
     """
 
     def __init__(
@@ -160,6 +161,7 @@ class WorkerSupervisor(service.Service):
         stable: float = 10.0,
         stop_grace: float = 10.0,
         stop_signal: int = signal.SIGTERM,
+        inherit: Mapping[int, int] | None = None,
     ) -> None:
         if not IReactorProcess.providedBy(reactor):
             raise TypeError("the supervisor needs a reactor that can spawn processes")
@@ -172,6 +174,7 @@ class WorkerSupervisor(service.Service):
         self.stable = stable
         self.stop_grace = stop_grace
         self.stop_signal = stop_signal
+        self.inherit = dict(inherit or {})
         self.draining = False
         self.processes: dict[int, _WorkerProcess] = {}
         self.started_at: dict[int, float] = {}
@@ -203,7 +206,8 @@ class WorkerSupervisor(service.Service):
         env[SUPERVISOR_PID] = str(os.getpid())
         proc = _WorkerProcess(self, index)
         # Workers write to the supervisor's own stdout and stderr (its log).
-        self.reactor.spawnProcess(proc, argv[0], argv, env=env, childFDs={0: "w", 1: 1, 2: 2})
+        child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2, **self.inherit}
+        self.reactor.spawnProcess(proc, argv[0], argv, env=env, childFDs=child_fds)
         self.processes[index] = proc
         self.started_at[index] = self.clock.seconds()
         log.info("worker {index} started: pid {pid}", index=index, pid=proc.transport.pid if proc.transport else None)
