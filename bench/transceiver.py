@@ -39,6 +39,10 @@ divided by the calls up when the window opened, so calls whose setup failed but
 whose sessions still exist raise it. With Silero it reads low: the warm-up calls
 leave about 4.5 MB free in glibc's heap, which the first calls reuse without
 growing RSS (up to 90 kB per call at 50 calls).
+``--steer-by-owner auto,no`` runs every all-in-one side (``transcoding``,
+``passthrough``) with each ``[relay] steer_by_owner``, one after the other in
+the same run: with workers, each call's packets steered to the worker that owns
+the call, or left to the kernel's hash (docs/relay.md).
 ``--detector silero,energy`` and ``--echo-max-lag-ms 0,100`` run every voiceedge
 side with each value, one after the other in the same run (``[agent.echo]
 max_lag_ms = 0``: the echo's backlog after a late loop stays queued, as before
@@ -53,9 +57,10 @@ calls at 48 packets/s or more, arrival gap p99 at most 40 ms); the calls held
 are the last step that passed. It prints both and their ratio.
 ``--capacity-side transcoding-direct`` does the same for the transceiver
 service alone, whose workers each have their own media socket; in the
-all-in-one every worker's relay shares the one public port, so the kernel hands
-about half the calls' packets to a worker that does not own the call, and they
-take a hop between processes.
+all-in-one every worker's relay shares the one public port, and without
+steering (``[relay] steer_by_owner = no``, or where ``bpf()`` is refused) the
+kernel hands about half the calls' packets to a worker that does not own the
+call, and they take a hop between processes.
 
 ``--worker-cpu 0.6`` gives every voiceedge worker process at most 0.6 of a core
 (``bench/cpu_budget.py``: a cgroup per worker, CFS bandwidth with a 10 ms
@@ -149,6 +154,10 @@ class Side:
 DETECTOR: str | None = None
 #: ``[agent.echo] max_lag_ms`` for the voiceedge sides (``--echo-max-lag-ms``); None: its default.
 ECHO_MAX_LAG_MS: int | None = None
+#: ``[relay] steer_by_owner`` for the all-in-one sides (``--steer-by-owner``); None: its default.
+STEER_BY_OWNER: str | None = None
+#: The sides that run the all-in-one (where ``--steer-by-owner`` applies).
+ALLINONE_SIDES = ("transcoding", "passthrough")
 
 
 def _echo_options(passthrough: bool) -> dict[str, dict[str, object]]:
@@ -172,6 +181,8 @@ def allinone(log_dir: Path, passthrough: bool, workers: str | None) -> Iterator[
     }
     if workers is not None:
         extra["process"] = {"workers": workers}
+    if STEER_BY_OWNER is not None:
+        extra["relay"] = {"steer_by_owner": STEER_BY_OWNER}
     ini = write_allinone_config(log_dir, http_port, media_port, **extra, **_echo_options(passthrough))
     base = f"http://{LOOPBACK}:{http_port}"
     with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=log_dir, timeout=60) as proc:
@@ -486,6 +497,9 @@ def main() -> None:
                         help="[agent.echo] max_lag_ms of the voiceedge sides, or a comma list (0,100: every"
                         " voiceedge side with each, side by side; default: the service's; 0: no bound, a late"
                         " worker's backlog stays queued)")
+    parser.add_argument("--steer-by-owner", default=None,
+                        help="[relay] steer_by_owner of the all-in-one sides, or a comma list (auto,no: each such"
+                        " side with each, side by side; default: the service's, auto)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="calls made and ended before each side's load (RSS per call counts from after them)")
     parser.add_argument("--capacity", default="", help="worker counts to find the calls held for, e.g. 1,2")
@@ -517,12 +531,15 @@ def main() -> None:
             f" groups under {cgroup_base()}",
             flush=True,
         )
-    global DETECTOR, ECHO_MAX_LAG_MS
+    global DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER
     detectors: list[str | None] = [None] if args.detector is None else list(args.detector.split(","))
     if not set(detectors) <= {None, "silero", "energy"}:
         parser.error(f"--detector: silero, energy or both, not {args.detector!r}")
     lags: list[int | None] = [None] if args.echo_max_lag_ms is None else [int(x) for x in args.echo_max_lag_ms.split(",")]
-    DETECTOR, ECHO_MAX_LAG_MS = detectors[0], lags[0]
+    steers: list[str | None] = [None] if args.steer_by_owner is None else list(args.steer_by_owner.split(","))
+    if not set(steers) <= {None, "auto", "yes", "no"}:
+        parser.error(f"--steer-by-owner: auto, yes, no or a comma list of them, not {args.steer_by_owner!r}")
+    DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER = detectors[0], lags[0], steers[0]
     if args.capacity:
         with tempfile.TemporaryDirectory(prefix="voiceedge-bench-") as tmp:
             capacity(args, Path(tmp))
@@ -541,16 +558,22 @@ def main() -> None:
     sides: list[Side] = []
     with tempfile.TemporaryDirectory(prefix="voiceedge-bench-") as tmp:
         for name in args.sides.split(","):
-            # The variants (detector, echo bound) apply to voiceedge's sides only.
+            # The variants (detector, echo bound) apply to voiceedge's sides only, steering to the all-in-one's.
             ours = name not in ("pionecho", "aiortc")
-            variants = [(d, lag) for d in detectors for lag in lags] if ours else [(None, None)]
-            for detector, lag in variants:
-                DETECTOR, ECHO_MAX_LAG_MS = detector, lag
+            steered = name in ALLINONE_SIDES
+            variants = (
+                [(d, lag, st) for d in detectors for lag in lags for st in (steers if steered else [None])]
+                if ours else [(None, None, None)]
+            )
+            for detector, lag, steer in variants:
+                DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER = detector, lag, steer
                 label = name
                 if ours and len(detectors) > 1:
                     label += f" {detector}"
                 if ours and len(lags) > 1:
                     label += f" lag={lag}"
+                if steered and len(steers) > 1:
+                    label += f" steer={steer}"
                 for calls in [args.aiortc_calls] if name == "aiortc" else counts:
                     side = measure(name, calls, args, Path(tmp), label[len(name):].replace(" ", "-"))
                     side.name = label
