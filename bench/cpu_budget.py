@@ -128,13 +128,18 @@ def _original_group(pid: int, version: int) -> str:
 
 
 class CpuBudget:
-    """One cgroup per worker, each at most ``share`` of a core; removed on exit.
+    """One cgroup per worker, each at most ``share`` of a core, and one for the load; removed on exit.
 
     ``place(index, pid)`` moves a process (all its threads) into worker
-    ``index``'s group; ``throttling(index)`` reads that group's ``cpu.stat``.
+    ``index``'s group (``w<index>``), ``place_load(pid)`` into the ``load``
+    group; ``throttling(name)`` reads a group's ``cpu.stat``. Every group
+    weighs ``weight`` default processes, so that on a machine others load
+    too, the budget is what a worker gets, not only what it may take.
     """
 
-    def __init__(self, share: float, period_us: int = 10_000, controller: Controller | None = None) -> None:
+    def __init__(
+        self, share: float, period_us: int = 10_000, controller: Controller | None = None, weight: int = 100
+    ) -> None:
         if not 0.01 <= share <= 64:
             raise ValueError("a worker's CPU budget is a share of one core, 0.01 to 64")
         if not 1_000 <= period_us <= 1_000_000:
@@ -142,9 +147,11 @@ class CpuBudget:
         self.share = share
         self.period_us = period_us
         self.quota_us = max(1_000, round(share * period_us))
+        #: The groups' weight against everything else, in multiples of a default process's.
+        self.weight = max(1, min(weight, 100))
         self.controller = controller or find_cpu_controller()
         self.base = cgroup_base(self.controller)
-        self.groups: dict[int, Path] = {}
+        self.groups: dict[str, Path] = {}
         #: Each placed pid's cgroup before, to move it back.
         self.came_from: dict[int, str] = {}
 
@@ -161,30 +168,45 @@ class CpuBudget:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def group(self, index: int) -> Path:
-        """Worker ``index``'s group, created with the budget on first use."""
-        path = self.groups.get(index)
+    def group(self, name: str, quota: bool = True) -> Path:
+        """Group ``name`` (``w0``, ``load``), created on first use with the weight and, with ``quota``, the budget."""
+        path = self.groups.get(name)
         if path is None:
-            path = self.base / f"w{index}"
+            path = self.base / name
             path.mkdir()
-            self.groups[index] = path
+            self.groups[name] = path
             if self.controller.version == 1:
-                # The period first: a quota above the old period's would be refused.
-                self._write(path / "cpu.cfs_period_us", str(self.period_us))
-                self._write(path / "cpu.cfs_quota_us", str(self.quota_us))
+                if quota:
+                    # The period first: a quota above the old period's would be refused.
+                    self._write(path / "cpu.cfs_period_us", str(self.period_us))
+                    self._write(path / "cpu.cfs_quota_us", str(self.quota_us))
+                self._write(path / "cpu.shares", str(1024 * self.weight))
             else:
-                self._write(path / "cpu.max", f"{self.quota_us} {self.period_us}")
+                if quota:
+                    self._write(path / "cpu.max", f"{self.quota_us} {self.period_us}")
+                self._write(path / "cpu.weight", str(min(10_000, 100 * self.weight)))
         return path
 
     def place(self, index: int, pid: int) -> None:
-        """Move ``pid`` (every thread of it) into worker ``index``'s group."""
-        path = self.group(index)
+        """Move worker ``index``'s process (every thread of it) into its own group, at the budget."""
+        self._move(self.group(f"w{index}"), pid)
+
+    def place_load(self, pid: int) -> None:
+        """Move ``pid`` into the ``load`` group: the weight, no budget; what it starts later starts there.
+
+        The benchmark puts itself there first, so its load client and a
+        supervisor (signaling) get the CPU they need on a busy machine too,
+        and are not counted against any worker's budget.
+        """
+        self._move(self.group("load", quota=False), pid)
+
+    def _move(self, path: Path, pid: int) -> None:
         self.came_from.setdefault(pid, _original_group(pid, self.controller.version))
         self._write(path / "cgroup.procs", str(pid))
 
-    def throttling(self, index: int) -> dict[str, float]:
-        """Worker ``index``'s ``cpu.stat``: ``nr_periods``, ``nr_throttled``, ``throttled_ms``."""
-        path = self.groups.get(index)
+    def throttling(self, name: str) -> dict[str, float]:
+        """Group ``name``'s ``cpu.stat``: ``nr_periods``, ``nr_throttled``, ``throttled_ms``."""
+        path = self.groups.get(name)
         return read_cpu_stat(path) if path is not None else {}
 
     def close(self) -> None:
@@ -304,6 +326,14 @@ def _proc_cpu(pid: int) -> tuple[float, float] | None:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
+def _run_queue_wait(pid: int) -> float | None:
+    """Seconds ``pid``'s main thread waited, runnable, for a core (``/proc/PID/schedstat``; throttling included)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _machine_cpu() -> dict[str, float]:
     """The machine's CPU seconds by kind, over every core (``/proc/stat``'s first line)."""
     names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -370,10 +400,13 @@ class CpuSampler:
             cpu = _proc_cpu(pid)
             if cpu is not None:
                 values[f"{name}.user"], values[f"{name}.system"] = cpu
+            wait = _run_queue_wait(pid)
+            if wait is not None:
+                values[f"{name}.wait"] = wait
         if self.budget is not None:
-            for index in self.budget.groups:
-                for key, value in self.budget.throttling(index).items():
-                    values[f"w{index}.{key}"] = value
+            for name in self.budget.groups:
+                for key, value in self.budget.throttling(name).items():
+                    values[f"{name}.{key}"] = value
         for key, value in _machine_cpu().items():
             values[f"machine.{key}"] = value
         return Sample(at, values)

@@ -291,11 +291,10 @@ def measure(name: str, calls: int, args: argparse.Namespace, tmp: Path, variant:
     workers = args.workers if ours else None
     with SERVERS[name](log_dir, workers) as (url, pid), ExitStack() as stack:
         sampler: CpuSampler | None = None
-        budget: CpuBudget | None = None
-        if ours and (args.worker_cpu or args.capacity):
+        budget: CpuBudget | None = args.budget
+        if ours and (budget is not None or args.capacity):
             by_index = worker_pids(pid)
-            if args.worker_cpu:
-                budget = stack.enter_context(CpuBudget(args.worker_cpu, args.worker_cpu_period_us))
+            if budget is not None:
                 for index, worker in by_index.items():
                     budget.place(index, worker)
             processes = {f"w{index}": worker for index, worker in sorted(by_index.items())}
@@ -323,7 +322,7 @@ def measure(name: str, calls: int, args: argparse.Namespace, tmp: Path, variant:
         )
         if sampler is not None:
             # Stop sampling now, so that the window's end has a sample after it.
-            stack.pop_all().close()
+            stack.close()
             start = launched + float(summary.get("setup_wait_s", 0.0))
             figures = sampler.window(start, start + float(summary.get("window_s", args.seconds)))
             summary["processes"] = process_figures(figures, summary.pop("calls", None) or [], budget)
@@ -348,20 +347,21 @@ def process_figures(figures: WindowFigures, calls: list[dict[str, Any]], budget:
         match = _WORKER_OF_LOCATION.search(str(call.get("location") or ""))
         if call.get("location"):
             placed.setdefault(match.group(1) if match else "w0", []).append(call)
-    names = sorted({key.split(".", 1)[0] for key in figures.deltas} - {"machine"})
+    names = sorted(key.split(".", 1)[0] for key in figures.deltas if key.endswith(".user"))
     out: dict[str, Any] = {}
     for name in names:
         cpu = figures.get(f"{name}.user") + figures.get(f"{name}.system")
         row: dict[str, Any] = {
             "cpu_pct": round(100 * cpu / window, 1),
             "system_pct": round(100 * figures.get(f"{name}.system") / window, 1),
+            "wait_ms_per_s": round(1000 * figures.get(f"{name}.wait") / window, 1),
         }
         if name != "supervisor":
             mine = placed.get(name, [])
             row["calls"] = len(mine)
             row["cpu_ms_per_call_s"] = round(1000 * cpu / window / len(mine), 2) if mine else None
             row["calls_gap_p99_over_40ms"] = sum(1 for c in mine if float(c.get("gap_p99_ms") or 0) > 40.0)
-            if budget is not None:
+            if budget is not None and figures.get(f"{name}.nr_periods"):
                 periods = figures.get(f"{name}.nr_periods")
                 row["throttled_periods_pct"] = round(100 * figures.get(f"{name}.nr_throttled") / periods, 1) if periods else 0.0
                 row["throttled_ms_per_s"] = round(figures.get(f"{name}.throttled_ms") / window, 1)
@@ -383,7 +383,8 @@ def describe_processes(side: Side) -> str:
     parts = []
     for name, row in processes.items():
         if name.startswith("w"):
-            text = (f"{name}: {row['calls']} calls, {row['cpu_pct']:.1f} % CPU (system {row['system_pct']:.1f}),"
+            text = (f"{name}: {row['calls']} calls, {row['cpu_pct']:.1f} % CPU (system {row['system_pct']:.1f},"
+                    f" waited {row['wait_ms_per_s']:.0f} ms/s),"
                     f" {row['cpu_ms_per_call_s'] if row['cpu_ms_per_call_s'] is not None else '-'} ms/call-s,"
                     f" {row['calls_gap_p99_over_40ms']} calls gap p99 > 40 ms")
             if "throttled_periods_pct" in row:
@@ -447,11 +448,15 @@ def capacity(args: argparse.Namespace, tmp: Path) -> None:
     """Calls held by the transcoding echo (``--capacity-side``) with each worker count, and the ratio."""
     held: dict[str, int] = {}
     at_best: dict[str, Side | None] = {}
-    for workers in args.capacity.split(","):
+    counts = args.capacity.split(",")
+    starts = [int(n) for n in args.start.split(",")] if args.start else [args.step]
+    if len(starts) not in (1, len(counts)):
+        raise SystemExit("--start: one value, or one per --capacity count")
+    for workers, first in zip(counts, starts * len(counts) if len(starts) == 1 else starts):
         args.workers = workers
         best: int = 0
         best_side: Side | None = None
-        for calls in range(args.step, args.max + 1, args.step):
+        for calls in range(first, args.max + 1, args.step):
             side = measure(args.capacity_side, calls, args, tmp)
             ok = holds(side)
             print(
@@ -468,14 +473,14 @@ def capacity(args: argparse.Namespace, tmp: Path) -> None:
     budget = f"each worker at most {args.worker_cpu:g} of a core" if args.worker_cpu else "no CPU budget"
     print(f"  calls held ({budget}):")
     for workers, calls in held.items():
-        text = f"  {workers} worker(s): {calls} calls held"
+        text = f"  {workers} worker(s): {calls} calls held" if calls else f"  {workers} worker(s): none held (the first step failed)"
         held_side = at_best[workers]
         if held_side is not None:
             text += f" ({held_side.cpu_per_call_s} CPU ms/call-s; {describe_processes(held_side)})"
         print(text)
-    counts = list(held.values())
-    if len(counts) == 2:
-        ratio = f"{counts[1] / counts[0]:.2f}x" if counts[0] else "n/a (the first held none)"
+    held_counts = list(held.values())
+    if len(held_counts) == 2:
+        ratio = f"{held_counts[1] / held_counts[0]:.2f}x" if held_counts[0] else "n/a (the first held none)"
         print(f"  {list(held)[1]} workers / {list(held)[0]} worker(s) = {ratio} calls held")
 
 
@@ -509,10 +514,17 @@ def main() -> None:
                         " transceiver service alone (each worker its own media socket)")
     parser.add_argument("--step", type=int, default=20, help="calls added per capacity step")
     parser.add_argument("--max", type=int, default=200, help="most calls a capacity search offers")
+    parser.add_argument("--start", default="",
+                        help="first step of each capacity search (one value, or one per --capacity count, e.g."
+                        " 40,80; default --step): a search that fails its first step reports 0 held")
     parser.add_argument("--worker-cpu", type=float, default=None,
                         help="each voiceedge worker process at most this share of a core (0.6: 60 %%), in a cgroup of"
                         " its own made for the run and removed after it (root, cgroup v1 cpu or v2): 1 and 2 workers"
                         " at the same budget each, with room left for the load client")
+    parser.add_argument("--worker-cpu-weight", type=int, default=100,
+                        help="the weight of the workers' groups and of the load's (this process, the load client,"
+                        " a supervisor), in default processes (cpu.shares 1024 each): 100 makes the budget what a"
+                        " worker gets on a machine others load too, not only what it may take")
     parser.add_argument("--worker-cpu-period-ms", type=float, default=10.0,
                         help="the budget's period: a worker over its share waits at most this long (default 10)")
     args = parser.parse_args()
@@ -528,9 +540,23 @@ def main() -> None:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         print(
             f"worker CPU budget: {args.worker_cpu:g} of a core per worker, period {args.worker_cpu_period_ms:g} ms,"
+            f" weight {args.worker_cpu_weight}x a default process's,"
             f" groups under {cgroup_base()}",
             flush=True,
         )
+    with ExitStack() as stack:
+        args.budget = None
+        if args.worker_cpu is not None:
+            args.budget = stack.enter_context(
+                CpuBudget(args.worker_cpu, args.worker_cpu_period_us, weight=args.worker_cpu_weight)
+            )
+            # This process, its load client and a supervisor: in the load group, outside every budget.
+            args.budget.place_load(os.getpid())
+        run(parser, args)
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every side (or the capacity search) as ``args`` say."""
     global DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER
     detectors: list[str | None] = [None] if args.detector is None else list(args.detector.split(","))
     if not set(detectors) <= {None, "silero", "energy"}:
