@@ -24,11 +24,12 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 __all__ = [
     "CgroupUnavailable",
@@ -210,12 +211,28 @@ class CpuBudget:
         return read_cpu_stat(path) if path is not None else {}
 
     def close(self) -> None:
-        """Move every process still in a group back to its own cgroup, then remove the groups (bounded)."""
-        for path in self.groups.values():
-            _empty(path, self.controller, self.came_from)
-        for path in [*self.groups.values(), self.base]:
-            _rmdir(path)
-        self.groups.clear()
+        """Move every process still in a group back to its own cgroup, then remove the groups (bounded).
+
+        A second Ctrl-C (or a SIGTERM) does not cut this short: they wait until the groups are gone.
+        """
+        previous = _ignore_signals()
+        try:
+            left = [*self.groups.values(), self.base]
+            for _ in range(50):
+                # Again each round: a process that was starting in a group as it was emptied.
+                for path in left:
+                    _empty(path, self.controller, self.came_from)
+                left = [p for p in left if not _rmdir(p, tries=1)]
+                if not left:
+                    break
+                time.sleep(0.02)
+            self.groups.clear()
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        if left:
+            held = {str(p): _procs(p) for p in left}
+            raise CgroupUnavailable(f"--worker-cpu could not remove {held} (group: the processes still in it)")
 
     @staticmethod
     def _write(path: Path, value: str) -> None:
@@ -223,6 +240,13 @@ class CpuBudget:
             path.write_text(value)
         except OSError as e:
             raise CgroupUnavailable(f"--worker-cpu could not write {value!r} to {path}: {e}") from None
+
+
+def _procs(path: Path) -> list[int]:
+    try:
+        return [int(p) for p in (path / "cgroup.procs").read_text().split()]
+    except OSError:
+        return []
 
 
 def _empty(path: Path, controller: Controller, came_from: Mapping[int, str]) -> None:
@@ -240,28 +264,35 @@ def _empty(path: Path, controller: Controller, came_from: Mapping[int, str]) -> 
                 continue
 
 
-def _rmdir(path: Path) -> None:
-    """Remove an empty cgroup; a process exiting just now may hold it for a moment (bounded retry)."""
-    for _ in range(50):
+def _ignore_signals() -> dict[int, Any]:
+    """Ignore SIGINT and SIGTERM (in the main thread only); the handlers they had."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _rmdir(path: Path, tries: int = 50) -> bool:
+    """Remove an empty cgroup (True when it is gone); a process exiting just now may hold it a moment."""
+    for _ in range(tries):
         try:
             path.rmdir()
-            return
+            return True
         except FileNotFoundError:
-            return
+            return True
         except OSError as e:
             if e.errno != errno.EBUSY:
-                raise
+                return False
             time.sleep(0.02)
-    raise CgroupUnavailable(f"--worker-cpu could not remove {path}: it still holds processes")
+    return False
 
 
 def remove_stale(controller: Controller) -> None:
-    """Remove the groups of earlier runs whose process is gone (a run killed with SIGKILL)."""
+    """Remove, as far as it can, the groups of earlier runs whose process is gone (a run killed with SIGKILL)."""
     for base in controller.root.glob(f"{PREFIX}*"):
         match = re.fullmatch(rf"{PREFIX}(\d+)", base.name)
-        if match is None or _pid_alive(int(match.group(1))):
+        if match is None or not base.is_dir() or _pid_alive(int(match.group(1))):
             continue
-        for group in base.glob("w*"):
+        for group in [p for p in base.iterdir() if p.is_dir()]:
             _empty(group, controller, {})
             _rmdir(group)
         _rmdir(base)

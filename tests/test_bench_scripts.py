@@ -149,9 +149,15 @@ class TransceiverBenchTests(unittest.TestCase):
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
         base = controller.root / f"{budget.PREFIX}{proc.pid}"
         deadline = time.monotonic() + 120
-        # Until both workers are in their groups (the load has started), bounded.
-        while not all((base / f"w{i}" / "cgroup.procs").exists() and (base / f"w{i}" / "cgroup.procs").read_text().strip()
-                      for i in (0, 1)):
+
+        def procs(group: str) -> list[str]:
+            try:
+                return (base / group / "cgroup.procs").read_text().split()
+            except OSError:
+                return []
+
+        # Until both workers are in their groups and the load client runs (bench, supervisor, client), bounded.
+        while not (procs("w0") and procs("w1") and len(procs("load")) >= 3):
             self.assertIsNone(proc.poll(), "the bench ended before its workers were placed")
             self.assertLess(time.monotonic(), deadline, "the workers were not placed within 120 s")
             time.sleep(0.2)
