@@ -121,9 +121,11 @@ class SileroModel:
         libonnxruntime's code paged in, 1 MB of heap); batches of up to
         :data:`~voiceedge.media.silero_batch.MAX_BATCH` windows 1.5-2.5 MB more over
         the next few hundred inferences, nearly all of it heap that glibc keeps
-        after onnxruntime frees its scratch (live heap +140 kB). After these two
-        runs, a thousand inferences at batch sizes 1..64 grow RSS by 32 kB of
-        heap: what a worker's calls would otherwise have seemed to take.
+        after onnxruntime frees its scratch (live heap +140 kB); in the
+        transceiver's process, 0.8 MB at the first inference and 0.5 MB at the
+        first batch of 64. After these two runs, a thousand inferences at batch
+        sizes 1..64 grow RSS by 32 kB of heap: what a worker's calls would
+        otherwise have seemed to take.
         """
         from voiceedge.media.silero_batch import MAX_BATCH
 
