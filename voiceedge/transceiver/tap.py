@@ -48,6 +48,7 @@ from voiceedge.transceiver.admission import Admission, LoadMeter
 from voiceedge.transceiver.credentials import random_ufrag
 from voiceedge.transceiver.dtls import DtlsCertificate
 from voiceedge.transceiver.host import Address, Transceiver
+from voiceedge.transceiver.media_port import MediaServer
 from voiceedge.transceiver.protocol import MAX_DATAGRAM, SharedSocketProtocol
 from voiceedge.transceiver.settings import (
     RouteSettings,
@@ -228,9 +229,7 @@ def build_transceiver(
     protocols.append(SharedSocketProtocol(transceiver))
     media_host, media_port = settings.media_listen
     # Twisted reads 8 KiB by default and would truncate a larger datagram.
-    udp = internet.UDPServer(
-        media_port, protocols[0], interface=media_host, maxPacketSize=MAX_DATAGRAM
-    )
+    udp = MediaServer(media_port, protocols[0], interface=media_host, maxPacketSize=MAX_DATAGRAM)
     udp.setServiceParent(parent)
     TransceiverService(transceiver).setServiceParent(parent)
     return transceiver
