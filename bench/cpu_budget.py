@@ -9,7 +9,9 @@ unbounded worker takes a whole core, two share what the client leaves).
 The budget is the CPU controller's bandwidth limit: cgroup v1's
 ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` or cgroup v2's ``cpu.max``, with a
 short period (10 ms) so that a throttled worker waits a few milliseconds, not
-a gap of 100 ms. Each worker gets its own group (``voiceedge-bench-<pid>/w<i>``
+a gap of 100 ms, and a burst of one period's quota (``cpu.cfs_burst_us``,
+``cpu.max.burst``): what a worker left unused it may spend in a burst, so its
+20 ms tick is not throttled while its average is under the budget. Each worker gets its own group (``voiceedge-bench-<pid>/w<i>``
 under the controller's root); :class:`CpuBudget` is a context manager that
 moves the processes back where they were and removes the groups when it
 exits, on an error or Ctrl-C too; groups a killed run left behind are removed
@@ -139,7 +141,12 @@ class CpuBudget:
     """
 
     def __init__(
-        self, share: float, period_us: int = 10_000, controller: Controller | None = None, weight: int = 100
+        self,
+        share: float,
+        period_us: int = 10_000,
+        controller: Controller | None = None,
+        weight: int = 100,
+        burst_us: int | None = None,
     ) -> None:
         if not 0.01 <= share <= 64:
             raise ValueError("a worker's CPU budget is a share of one core, 0.01 to 64")
@@ -148,6 +155,10 @@ class CpuBudget:
         self.share = share
         self.period_us = period_us
         self.quota_us = max(1_000, round(share * period_us))
+        #: Unused quota a group may save for a burst (None: one period's quota). A worker's work comes in
+        #: bursts (the 20 ms tick encodes every call's frame at once); without it a worker whose average
+        #: is well under its share is still throttled inside such a burst.
+        self.burst_us = self.quota_us if burst_us is None else max(0, min(burst_us, self.quota_us))
         #: The groups' weight against everything else, in multiples of a default process's.
         self.weight = max(1, min(weight, 100))
         self.controller = controller or find_cpu_controller()
@@ -181,10 +192,14 @@ class CpuBudget:
                     # The period first: a quota above the old period's would be refused.
                     self._write(path / "cpu.cfs_period_us", str(self.period_us))
                     self._write(path / "cpu.cfs_quota_us", str(self.quota_us))
+                    if self.burst_us:
+                        self._write(path / "cpu.cfs_burst_us", str(self.burst_us))
                 self._write(path / "cpu.shares", str(1024 * self.weight))
             else:
                 if quota:
                     self._write(path / "cpu.max", f"{self.quota_us} {self.period_us}")
+                    if self.burst_us:
+                        self._write(path / "cpu.max.burst", str(self.burst_us))
                 self._write(path / "cpu.weight", str(min(10_000, 100 * self.weight)))
         return path
 

@@ -449,14 +449,20 @@ def capacity(args: argparse.Namespace, tmp: Path) -> None:
     held: dict[str, int] = {}
     at_best: dict[str, Side | None] = {}
     counts = args.capacity.split(",")
-    starts = [int(n) for n in args.start.split(",")] if args.start else [args.step]
-    if len(starts) not in (1, len(counts)):
-        raise SystemExit("--start: one value, or one per --capacity count")
-    for workers, first in zip(counts, starts * len(counts) if len(starts) == 1 else starts):
+    steps = [int(n) for n in str(args.step).split(",")]
+    starts = [int(n) for n in args.start.split(",")] if args.start else steps
+    for name, values in (("--start", starts), ("--step", steps)):
+        if len(values) not in (1, len(counts)) or min(values) < 1:
+            raise SystemExit(f"{name}: a count, or one per --capacity count")
+
+    def each(values: list[int]) -> list[int]:
+        return values * len(counts) if len(values) == 1 else values
+
+    for workers, first, step in zip(counts, each(starts), each(steps)):
         args.workers = workers
         best: int = 0
         best_side: Side | None = None
-        for calls in range(first, args.max + 1, args.step):
+        for calls in range(first, args.max + 1, step):
             side = measure(args.capacity_side, calls, args, tmp)
             ok = holds(side)
             print(
@@ -512,7 +518,9 @@ def main() -> None:
                         help="what --capacity loads: the all-in-one (one public port: a call whose packets the"
                         " kernel hands to another worker's relay takes a hop between processes) or the"
                         " transceiver service alone (each worker its own media socket)")
-    parser.add_argument("--step", type=int, default=20, help="calls added per capacity step")
+    parser.add_argument("--step", default="20",
+                        help="calls added per capacity step (one value, or one per --capacity count: 10,20 offers"
+                        " the same calls per worker at each step)")
     parser.add_argument("--max", type=int, default=200, help="most calls a capacity search offers")
     parser.add_argument("--start", default="",
                         help="first step of each capacity search (one value, or one per --capacity count, e.g."
@@ -525,6 +533,9 @@ def main() -> None:
                         help="the weight of the workers' groups and of the load's (this process, the load client,"
                         " a supervisor), in default processes (cpu.shares 1024 each): 100 makes the budget what a"
                         " worker gets on a machine others load too, not only what it may take")
+    parser.add_argument("--worker-cpu-burst-ms", type=float, default=None,
+                        help="unused budget a worker may save for a burst (default: one period's; 0: none, every period"
+                        " at most the share)")
     parser.add_argument("--worker-cpu-period-ms", type=float, default=10.0,
                         help="the budget's period: a worker over its share waits at most this long (default 10)")
     args = parser.parse_args()
@@ -540,6 +551,7 @@ def main() -> None:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         print(
             f"worker CPU budget: {args.worker_cpu:g} of a core per worker, period {args.worker_cpu_period_ms:g} ms,"
+            f" burst {'one period' if args.worker_cpu_burst_ms is None else f'{args.worker_cpu_burst_ms:g} ms'},"
             f" weight {args.worker_cpu_weight}x a default process's,"
             f" groups under {cgroup_base()}",
             flush=True,
@@ -548,7 +560,8 @@ def main() -> None:
         args.budget = None
         if args.worker_cpu is not None:
             args.budget = stack.enter_context(
-                CpuBudget(args.worker_cpu, args.worker_cpu_period_us, weight=args.worker_cpu_weight)
+                CpuBudget(args.worker_cpu, args.worker_cpu_period_us, weight=args.worker_cpu_weight,
+                          burst_us=None if args.worker_cpu_burst_ms is None else round(args.worker_cpu_burst_ms * 1000))
             )
             # This process, its load client and a supervisor: in the load group, outside every budget.
             args.budget.place_load(os.getpid())
