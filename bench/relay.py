@@ -733,30 +733,35 @@ def run_instructions(direction: str, variant: str, rounds: int) -> None:
     relay = Relay(clock, codec, settings)
     relay.send_to_transceiver = internal.sendto
     relay.send_to_client = public.sendto
-    ufrag = codec.issue(Route(0, hop.getsockname())).encode()
-    request = build_message(0x001, StunClass.REQUEST, os.urandom(12), [(Attr.USERNAME, ufrag + b":bnch")])
-    caddr = client.getsockname()
-    relay.client_datagram(request, caddr)
-    time.sleep(0.05)
-    envelope, _ = encap.decode(hop.recv(65536))
-    hop_addr = hop.getsockname()
-    relay.transceiver_datagram(encap.encode(envelope, b"\x01\x01\x00\x00answer"), hop_addr)
-    assert caddr in relay.flows.confirmed
     relay.client_fd, relay.transceiver_fd = public.fileno(), internal.fileno()
     stride = OFFSET + 65536
+    client_buffer, return_buffer = mmap.mmap(-1, 64 * stride), mmap.mmap(-1, 64 * stride)
+    client_batch, return_batch = Batch(client_buffer, 64, stride, OFFSET), Batch(return_buffer, 64, stride, 0)
+    relay.use_batch(client_batch, client_buffer)
+    relay.use_return_batch(return_batch, return_buffer)
+    # The flow is made as in the running relay: the check and its answer through both batch paths.
+    ufrag = codec.issue(Route(0, hop.getsockname())).encode()
+    request = build_message(0x001, StunClass.REQUEST, os.urandom(12), [(Attr.USERNAME, ufrag + b":bnch")])
+    caddr, hop_addr = client.getsockname(), hop.getsockname()
+    client.sendto(request, public.getsockname())
+    time.sleep(0.05)
+    relay.client_batch(relay.read_client_batch(public.fileno()))
+    time.sleep(0.05)
+    envelope, _ = encap.decode(hop.recv(65536))
+    hop.sendto(encap.encode(envelope, b"\x01\x01\x00\x00answer"), internal.getsockname())
+    time.sleep(0.05)
+    relay.transceiver_batch(relay.read_return_batch(internal.fileno()))
+    time.sleep(0.05)
+    assert caddr in relay.flows.confirmed and client.recv(65536).startswith(b"\x01\x01")
     payload = b"\x80\x6f" + os.urandom(198)
     if direction == "to_client":
         datagram, sender, source_to, reader, dest, drain_sock = encap.encode(envelope, payload), hop, internal, internal, caddr, client
-        buffer = mmap.mmap(-1, 64 * stride)
-        batch = Batch(buffer, 64, stride, 0)
-        relay.use_return_batch(batch, buffer)
-        recv, handle, writer = batch.recv_routed, relay.transceiver_batch, public
+        batch = return_batch
+        recv, handle, writer = relay.read_return_batch, relay.transceiver_batch, public
     else:
         datagram, sender, source_to, reader, dest, drain_sock = payload, client, public, public, hop_addr, hop
-        buffer = mmap.mmap(-1, 64 * stride)
-        batch = Batch(buffer, 64, stride, OFFSET)
-        relay.use_batch(batch, buffer)
-        recv, handle, writer = batch.recv, relay.client_batch, internal  # type: ignore[assignment]
+        batch = client_batch
+        recv, handle, writer = relay.read_client_batch, relay.client_batch, internal  # type: ignore[assignment]
     if variant == "plain":
         datagram = payload  # the plain loop forwards datagrams as they are, as in the timed runs
     size = len(datagram)

@@ -611,7 +611,7 @@ def fuzz_relay(data: bytes) -> None:
             _same_header_verdict(datagram)
             if relay.return_batch is not None:
                 at, n = return_batch.put(0, datagram)
-                relay.transceiver_batch([return_batch.route(at, n, hop)])
+                relay.transceiver_slot(at, n, hop)
             else:
                 relay.transceiver_datagram(datagram, hop)
             for _, address in to_clients[before:]:

@@ -44,12 +44,24 @@ class RecordingBatch:
         self.queue = self.batch.queue
         self.route_by = self.batch.route_by
         self.route = self.batch.route
+        self.media = self.batch.media
+        self.forward = self.batch.forward
         self.fail = 0  # how many of the next datagrams fail, as a full socket buffer would
 
     @property
     def queued(self) -> int:
         """Datagrams waiting."""
         return self.batch.queued
+
+    @property
+    def foreign(self) -> int:
+        """Media the helper queued for flows marked foreign."""
+        return self.batch.foreign
+
+    @property
+    def received(self) -> int:
+        """Datagrams the last receive took (none: this batch's datagrams are put, not received)."""
+        return self.batch.received
 
     def send(self, fd: int) -> tuple[int, int, int]:
         """Record the queue as sent (less the first ``fail``): (sent, payload bytes, failed)."""

@@ -361,3 +361,116 @@ class HeaderParserTests(SynchronousTestCase):
             batch.route(len(buffer) - 2, 3, known)
         with self.assertRaises(TypeError):
             batch.route_by([])
+
+
+class ForwardingFastPathTests(SynchronousTestCase):
+    """recv_media and recv_returns queue exactly what the relay's Python hot path would, and leave the rest in order."""
+
+    def setUp(self) -> None:
+        """Skip where the helper is not built; two loopback sockets."""
+        if Batch is None:
+            raise SkipTest("voiceedge.relay._batchio is not built: scripts/test builds it")
+        self.sender, self.receiver = udp(), udp()
+        for sock in (self.sender, self.receiver):
+            self.addCleanup(sock.close)
+
+    def flow(self, client: tuple[str, int], hop: tuple[str, int]) -> Any:
+        """A confirmed Flow from ``client`` to ``hop``, with a 14-byte header."""
+        from voiceedge.relay.flows import Flow
+
+        packed = socket.inet_pton(socket.AF_INET, client[0])
+        header = encap.encode(encap.Envelope(client, ("203.0.113.1", 3478)), b"")
+        return Flow(client, packed, hop, 0.0, b"u", header, confirmed=True)
+
+    def test_recv_media_queues_media_on_confirmed_flows_until_the_first_it_leaves(self) -> None:
+        """Media from a confirmed client: header in front, queued for its hop, last_seen stamped; from a check on, all returned."""
+        buffer = bytearray(8 * STRIDE)
+        batch = Batch(buffer, 8, STRIDE, HEADROOM)
+        source = self.sender.getsockname()
+        hop = ("127.0.0.9", 4000)
+        flow = self.flow(source, hop)
+        table = {source: flow}
+        datagrams = [b"\x80one", b"\x17two", b"\x00\x01check", b"\x80three"]
+        for data in datagrams:
+            self.sender.sendto(data, self.receiver.getsockname())
+        rest = batch.recv_media(self.receiver.fileno(), table, 12.5, 1500)
+        self.assertEqual(batch.received, 4)
+        self.assertEqual([bytes(buffer[at : at + n]) for at, n, _ in rest], datagrams[2:])
+        self.assertEqual([addr for _, _, addr in rest], [source, source])
+        self.assertEqual(flow.last_seen, 12.5)
+        self.assertEqual(batch.take(), [(flow.header + d, hop) for d in datagrams[:2]])
+
+    def test_media_leaves_what_python_would_not_forward(self) -> None:
+        """Unknown source, empty, STUN-range first byte, above max_payload: not queued, last_seen untouched."""
+        buffer = bytearray(2 * STRIDE)
+        batch = Batch(buffer, 2, STRIDE, HEADROOM)
+        client = ("198.51.100.7", 5000)
+        flow = self.flow(client, ("127.0.0.9", 4000))
+        table = {client: flow}
+        cases = [(b"\x80media", ("198.51.100.8", 5000), 1500), (b"", client, 1500), (b"\x03x", client, 1500),
+                 (b"\x80" * 101, client, 100)]
+        for data, source, max_payload in cases:
+            buffer[HEADROOM : HEADROOM + len(data)] = data
+            self.assertFalse(batch.media(HEADROOM, len(data), source, table, 9.0, max_payload), (data, source))
+        self.assertEqual(batch.queued, 0)
+        self.assertEqual(flow.last_seen, 0.0)
+        self.assertTrue(batch.media(HEADROOM, 5, client, table, 9.0, 1500))
+        self.assertEqual(flow.last_seen, 9.0)
+        self.assertEqual(batch.foreign, 0)
+        flow.foreign = True  # to another worker's transceiver: counted for cross_worker_packets
+        self.assertTrue(batch.media(HEADROOM, 5, client, table, 9.5, 1500))
+        self.assertEqual(batch.foreign, 1)
+        with self.assertRaises(ValueError):
+            batch.media(0, 5, client, table, 9.0, 1500)  # no header room in front
+
+    def test_recv_returns_queues_owned_answers_until_the_first_it_leaves(self) -> None:
+        """An answer from a confirmed flow's own, allowed hop: its payload queued for the client; from another sender on, all returned."""
+        buffer = bytearray(8 * 2048)
+        batch = Batch(buffer, 8, 2048, 0)
+        client = ("198.51.100.7", 50000)
+        hop = self.sender.getsockname()
+        flow = self.flow(client, hop)
+        batch.route_by({flow.route_key: flow})
+        ingress = ("203.0.113.1", 3478)
+        datagrams = [encap.encode(encap.Envelope(client, ingress), b"\x80%d" % i) for i in range(4)]
+        datagrams[2] = b"\x80not encapsulated"
+        for data in datagrams:
+            self.sender.sendto(data, self.receiver.getsockname())
+        rest = batch.recv_returns(self.receiver.fileno(), {hop[0]: True})
+        self.assertEqual(batch.received, 4)
+        self.assertEqual(batch.take(), [(b"\x800", client), (b"\x801", client)])
+        self.assertEqual([(bytes(buffer[at:end]), f) for at, end, _, f in rest],
+                         [(datagrams[2], None), (b"\x803", flow)])
+
+    def test_forward_leaves_what_python_would_not_forward(self) -> None:
+        """Pending flow, another owner, a global-hop flow, a sender not allowed, a hop count: not queued."""
+        buffer = bytearray(2 * 2048)
+        batch = Batch(buffer, 2, 2048, 0)
+        client, hop, ingress = ("198.51.100.7", 50000), ("127.0.0.9", 4000), ("203.0.113.1", 3478)
+        flow = self.flow(client, hop)
+        batch.route_by({flow.route_key: flow})
+        allowed = {hop[0]: True, "127.0.0.10": True}
+        data = encap.encode(encap.Envelope(client, ingress), b"\x80x")
+        buffer[: len(data)] = data
+
+        def forwarded(source: tuple[str, int] = hop, sources: dict[str, bool] = allowed) -> bool:
+            return batch.forward(0, len(data), source, sources) is None
+
+        self.assertTrue(forwarded())
+        self.assertEqual(batch.take(), [(b"\x80x", client)])
+        self.assertFalse(forwarded(("127.0.0.10", 4000)))  # not the owner
+        self.assertFalse(forwarded(sources={}))  # the sender not (yet) judged
+        self.assertFalse(forwarded(sources={hop[0]: False}))
+        flow.return_via = ("192.0.2.5", 3479)
+        self.assertFalse(forwarded())
+        flow.return_via = None
+        flow.confirmed = False
+        self.assertFalse(forwarded())
+        flow.confirmed = True
+        header = bytearray(encap.MAX_HEADER_SIZE)
+        size = encap.pack_header_into(header, flow.client_packed, client[1], socket.inet_pton(socket.AF_INET, ingress[0]),
+                                      ingress[1], 1)
+        hopped = bytes(header[:size]) + b"\x80x"
+        buffer[: len(hopped)] = hopped
+        self.assertIsNotNone(batch.forward(0, len(hopped), hop, allowed))
+        self.assertEqual(batch.queued, 0)

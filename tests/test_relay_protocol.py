@@ -106,7 +106,7 @@ class Harness:
             self.relay.transceiver_datagram(datagram, source)
         else:
             at, n = self.return_batch.put(0, datagram)
-            self.relay.transceiver_batch([self.return_batch.route(at, n, source)])
+            self.relay.transceiver_slot(at, n, source)
 
     def confirm(self, client: tuple[str, int] = CLIENT, hop: tuple[str, int] = HOP) -> None:
         """Route ``client`` by token to ``hop`` and have ``hop`` answer."""

@@ -112,7 +112,15 @@ typedef struct {
     CachedDestination *destinations; /* DESTINATION_CACHE entries */
     CachedKey *keys;         /* KEY_CACHE entries */
     PyObject *table;         /* route_by()'s dict, or NULL */
+    Py_ssize_t received;     /* datagrams the last recv*() took from the socket */
+    long long foreign;       /* media recv_media()/media() queued for flows whose foreign is true */
 } Batch;
+
+static int queue_one(Batch *self, Py_ssize_t start, Py_ssize_t payload_start, Py_ssize_t end, PyObject *addr);
+
+/* The attributes of the relay's Flow (voiceedge.relay.flows) the forwarding fast paths read (interned). */
+static PyObject *str_header, *str_next_hop, *str_last_seen, *str_confirmed, *str_return_via, *str_client,
+    *str_route_key, *str_foreign;
 
 static void
 Batch_dealloc(Batch *self)
@@ -363,9 +371,10 @@ batchio_peek_client(PyObject *module, PyObject *arg)
     return result;
 }
 
-/* The route key (client ip packed, client port) of a parsed header at p, from the cache or made. New reference. */
+/* The route key (client ip packed, client port) of a parsed header at p, from the cache or made. New reference;
+ * *cached says which, *slot is its cache entry. */
 static PyObject *
-route_key(Batch *self, const unsigned char *p, Py_ssize_t ip_len)
+route_key(Batch *self, const unsigned char *p, Py_ssize_t ip_len, int *cached, CachedKey **slot)
 {
     unsigned int port = ((unsigned int)p[2] << 8) | p[3];
     const unsigned char *ip = p + 6;
@@ -375,7 +384,10 @@ route_key(Batch *self, const unsigned char *p, Py_ssize_t ip_len)
     }
     h = (h ^ port) * 16777619u;
     CachedKey *entry = &self->keys[(h ^ (h >> 16)) % KEY_CACHE];
-    if (entry->key != NULL && entry->ip_len == ip_len && entry->port == port && memcmp(entry->ip, ip, ip_len) == 0) {
+    *slot = entry;
+    *cached = entry->key != NULL && entry->ip_len == ip_len && entry->port == port
+        && memcmp(entry->ip, ip, ip_len) == 0;
+    if (*cached) {
         return Py_NewRef(entry->key);
     }
     PyObject *key = Py_BuildValue("(y#I)", (const char *)ip, ip_len, port);
@@ -386,6 +398,33 @@ route_key(Batch *self, const unsigned char *p, Py_ssize_t ip_len)
         entry->port = port;
     }
     return key;
+}
+
+/* The table's entry for the route key of the parsed header at p (borrowed), or NULL (an exception set or
+ * not). A key made afresh whose flow is found is replaced in the cache by the flow's own route_key (the
+ * table's key object, equal to it), so the client's next lookups match the table's key by identity
+ * instead of comparing tuples. */
+static PyObject *
+lookup_flow(Batch *self, const unsigned char *p, Py_ssize_t ip_len)
+{
+    int cached;
+    CachedKey *entry;
+    PyObject *key = route_key(self, p, ip_len, &cached, &entry);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *flow = PyDict_GetItemWithError(self->table, key);
+    if (flow != NULL && !cached) {
+        PyObject *own = PyObject_GetAttr(flow, str_route_key);
+        if (own != NULL && PyTuple_CheckExact(own) && own != key && PyObject_RichCompareBool(own, key, Py_EQ) == 1) {
+            Py_SETREF(entry->key, own);
+        } else {
+            Py_XDECREF(own);
+            PyErr_Clear();
+        }
+    }
+    Py_DECREF(key);
+    return flow;
 }
 
 /* (payload offset, end, source, flow) for the datagram at buffer[at:at+n] from source (borrowed). A
@@ -400,12 +439,7 @@ routed_item(Batch *self, Py_ssize_t at, Py_ssize_t n, PyObject *source)
     PyObject *flow = Py_None;
     Py_ssize_t payload = at;
     if (parse_header(p, n, &size, &ip_len, why, sizeof why) == 0 && !(p[1] & FLAG_HOPS)) {
-        PyObject *key = route_key(self, p, ip_len);
-        if (key == NULL) {
-            return NULL;
-        }
-        PyObject *found = PyDict_GetItemWithError(self->table, key);
-        Py_DECREF(key);
+        PyObject *found = lookup_flow(self, p, ip_len);
         if (found != NULL) {
             flow = found;
             payload = at + size;
@@ -477,14 +511,125 @@ PyDoc_STRVAR(recv_doc,
 "(offset). [] when nothing is waiting; OSError for any other error (nothing received).\n"
 "A datagram longer than a slot is dropped and counted in truncated.");
 
+/* -- the forwarding fast paths: media on a confirmed flow, queued without a Python call per datagram ----
+ *
+ * Each reads the relay's own objects (its flow table's dicts and the Flow found there) and decides exactly
+ * as the relay's Python hot path (Relay.client_batch, Relay.transceiver_batch) does; whatever it does not
+ * queue (0) is left to that Python, which makes every check and every decision beyond it. They never
+ * raise: an error is cleared and the datagram left to Python, whose own attempt logs it. */
+
+/* The client datagram at buffer[at:at+n] from source: if table (the relay's confirmed flows, by client
+ * address) has its flow, it is not STUN-range (first byte above 3), 1..max_payload bytes long, write the
+ * flow's header in front of it, queue it for the flow's next hop and stamp the flow's last_seen with now. */
+static int
+queue_media(Batch *self, Py_ssize_t at, Py_ssize_t n, PyObject *source, PyObject *table, PyObject *now,
+            Py_ssize_t max_payload)
+{
+    unsigned char *p = (unsigned char *)self->view.buf + at;
+    if (n == 0 || n > max_payload || p[0] <= 3 || self->queued >= self->count) {
+        return 0;
+    }
+    PyObject *flow = PyDict_GetItemWithError(table, source);
+    if (flow == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_INCREF(flow);
+    int queued = 0;
+    PyObject *header = PyObject_GetAttr(flow, str_header);
+    PyObject *hop = header ? PyObject_GetAttr(flow, str_next_hop) : NULL;
+    if (hop != NULL && PyBytes_CheckExact(header) && PyBytes_GET_SIZE(header) <= self->headroom) {
+        Py_ssize_t start = at - PyBytes_GET_SIZE(header);
+        memcpy(p - PyBytes_GET_SIZE(header), PyBytes_AS_STRING(header), (size_t)PyBytes_GET_SIZE(header));
+        if (queue_one(self, start, at, at + n, hop) == 0) {
+            queued = 1;
+            if (PyObject_SetAttr(flow, str_last_seen, now) < 0) {
+                PyErr_Clear();
+            }
+            /* Counted for the relay's cross_worker_packets (a flow to another worker's transceiver). */
+            PyObject *foreign = PyObject_GetAttr(flow, str_foreign);
+            if (foreign != NULL && PyObject_IsTrue(foreign) == 1) {
+                self->foreign++;
+            }
+            Py_XDECREF(foreign);
+        }
+    }
+    PyErr_Clear();
+    Py_XDECREF(hop);
+    Py_XDECREF(header);
+    Py_DECREF(flow);
+    return queued;
+}
+
+/* The transceiver datagram at buffer[at:at+n] from source: a version 1 header without a hop count whose
+ * route key is in route_by()'s table, for a flow that is confirmed, whose next hop is source, whose client
+ * talks to this relay (return_via None) and whose source host sources (the relay's cache of allowed
+ * senders) holds as allowed: queue its payload, where it lies, for the flow's client. */
+static int
+queue_return(Batch *self, Py_ssize_t at, Py_ssize_t n, PyObject *source, PyObject *sources)
+{
+    const unsigned char *p = (const unsigned char *)self->view.buf + at;
+    Py_ssize_t size, ip_len;
+    char why[80];
+    if (self->queued >= self->count || !PyTuple_Check(source) || PyTuple_GET_SIZE(source) < 1
+        || parse_header(p, n, &size, &ip_len, why, sizeof why) < 0 || (p[1] & FLAG_HOPS)) {
+        return 0;
+    }
+    PyObject *flow = lookup_flow(self, p, ip_len);
+    if (flow == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_INCREF(flow);
+    int queued = 0;
+    PyObject *hop = NULL, *confirmed = NULL, *via = NULL, *client = NULL;
+    hop = PyObject_GetAttr(flow, str_next_hop);
+    if (hop == NULL || PyObject_RichCompareBool(hop, source, Py_EQ) != 1) {
+        goto done;
+    }
+    confirmed = PyObject_GetAttr(flow, str_confirmed);
+    if (confirmed == NULL || PyObject_IsTrue(confirmed) != 1) {
+        goto done;
+    }
+    via = PyObject_GetAttr(flow, str_return_via);
+    if (via != Py_None) {
+        goto done;
+    }
+    PyObject *allowed = PyDict_GetItemWithError(sources, PyTuple_GET_ITEM(source, 0));
+    if (allowed == NULL || PyObject_IsTrue(allowed) != 1) {
+        goto done;
+    }
+    client = PyObject_GetAttr(flow, str_client);
+    if (client != NULL && queue_one(self, at + size, at + size, at + n, client) == 0) {
+        queued = 1;
+    }
+done:
+    PyErr_Clear();
+    Py_XDECREF(client);
+    Py_XDECREF(via);
+    Py_XDECREF(confirmed);
+    Py_XDECREF(hop);
+    Py_DECREF(flow);
+    return queued;
+}
+
+enum { RECV_PLAIN, RECV_ROUTED, RECV_MEDIA, RECV_RETURNS };
+
+typedef struct {
+    PyObject *table;  /* RECV_MEDIA: the confirmed flows */
+    PyObject *now;
+    Py_ssize_t max_payload;
+    PyObject *sources;  /* RECV_RETURNS */
+} FastArgs;
+
 static PyObject *
-receive(Batch *self, PyObject *arg, int routed)
+receive(Batch *self, PyObject *arg, int mode, const FastArgs *fast_args)
 {
     int fd = PyObject_AsFileDescriptor(arg);
     if (fd < 0) {
         return NULL;
     }
-    if (routed && self->table == NULL) {
+    if ((mode == RECV_ROUTED || mode == RECV_RETURNS) && self->table == NULL) {
         PyErr_SetString(PyExc_TypeError, "recv_routed() before route_by()");
         return NULL;
     }
@@ -493,6 +638,7 @@ receive(Batch *self, PyObject *arg, int routed)
         self->rx_msgs[i].msg_hdr.msg_flags = 0;
     }
     int got;
+    self->received = 0;
     do {
         got = recvmmsg(fd, self->rx_msgs, (unsigned int)self->count, MSG_DONTWAIT, NULL);
     } while (got < 0 && errno == EINTR);
@@ -502,10 +648,14 @@ receive(Batch *self, PyObject *arg, int routed)
         }
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    self->received = got;
     PyObject *list = PyList_New(0);
     if (!list) {
         return NULL;
     }
+    /* The fast paths take datagrams until the first they leave: that one and every one after it go to the
+     * caller, in order, so nothing overtakes a datagram the relay's Python handles. */
+    int fast = mode == RECV_MEDIA || mode == RECV_RETURNS;
     for (int i = 0; i < got; i++) {
         struct mmsghdr *m = &self->rx_msgs[i];
         if (m->msg_hdr.msg_flags & MSG_TRUNC) {
@@ -518,13 +668,24 @@ receive(Batch *self, PyObject *arg, int routed)
             return NULL;
         }
         Py_ssize_t at = i * self->stride + self->headroom;
+        Py_ssize_t n = (Py_ssize_t)m->msg_len;
+        if (fast) {
+            int queued = mode == RECV_MEDIA
+                ? queue_media(self, at, n, addr, fast_args->table, fast_args->now, fast_args->max_payload)
+                : queue_return(self, at, n, addr, fast_args->sources);
+            if (queued) {
+                Py_DECREF(addr);
+                continue;
+            }
+            fast = 0;
+        }
         PyObject *item;
-        if (routed) {
-            item = routed_item(self, at, (Py_ssize_t)m->msg_len, addr);
+        if (mode == RECV_ROUTED || mode == RECV_RETURNS) {
+            item = routed_item(self, at, n, addr);
             Py_DECREF(addr);
         } else {
             PyObject *offset = PyLong_FromSsize_t(at);
-            PyObject *length = PyLong_FromUnsignedLong(m->msg_len);
+            PyObject *length = PyLong_FromSsize_t(n);
             item = (offset && length) ? PyTuple_New(3) : NULL;
             if (!item) {
                 Py_XDECREF(offset);
@@ -553,7 +714,126 @@ receive(Batch *self, PyObject *arg, int routed)
 static PyObject *
 Batch_recv(Batch *self, PyObject *arg)
 {
-    return receive(self, arg, 0);
+    return receive(self, arg, RECV_PLAIN, NULL);
+}
+
+PyDoc_STRVAR(recv_media_doc,
+"recv_media(fd, table, now, max_payload) -> list of (offset, length, (host, port))\n\n"
+"recv() for client datagrams that queues media on confirmed flows itself (the relay's hot path):\n"
+"a datagram whose source is in table (the relay's confirmed flows, by client address), whose\n"
+"first byte is above 3 (not STUN) and whose length is 1..max_payload gets its flow's header\n"
+"written in front of it, is queued for the flow's next_hop, and the flow's last_seen is set to\n"
+"now (and foreign counts it if the flow's foreign is true). From the first datagram it does not queue on, every datagram is returned as recv() would,\n"
+"in order, for the caller. received says how many the call took.");
+
+static int
+parse_fast(PyObject *const *args, Py_ssize_t first, FastArgs *out)
+{
+    out->table = args[first];
+    out->now = args[first + 1];
+    out->max_payload = PyLong_AsSsize_t(args[first + 2]);
+    if (out->max_payload == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!PyDict_Check(out->table)) {
+        PyErr_SetString(PyExc_TypeError, "table must be a dict");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Batch_recv_media(Batch *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    FastArgs fast_args = {0};
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "recv_media(fd, table, now, max_payload)");
+        return NULL;
+    }
+    if (parse_fast(args, 1, &fast_args) < 0) {
+        return NULL;
+    }
+    return receive(self, args[0], RECV_MEDIA, &fast_args);
+}
+
+PyDoc_STRVAR(media_doc,
+"media(offset, length, source, table, now, max_payload) -> bool\n\n"
+"What recv_media() does with a datagram already at buffer[offset:offset+length]: True if it\n"
+"queued it (tests, fakes, and the relay's datagrams that did not come through recv_media).");
+
+static PyObject *
+Batch_media(Batch *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    FastArgs fast_args = {0};
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "media(offset, length, source, table, now, max_payload)");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[0]);
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    if ((at == -1 || n == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (parse_fast(args, 3, &fast_args) < 0) {
+        return NULL;
+    }
+    if (at < self->headroom || n < 0 || at > self->view.len - n) {
+        PyErr_SetString(PyExc_ValueError, "range outside the buffer (or without its header room)");
+        return NULL;
+    }
+    return PyBool_FromLong(queue_media(self, at, n, args[2], fast_args.table, fast_args.now, fast_args.max_payload));
+}
+
+PyDoc_STRVAR(recv_returns_doc,
+"recv_returns(fd, sources) -> list of (payload offset, end, (host, port), flow)\n\n"
+"recv_routed() that queues transceivers' answers itself (the relay's return hot path): a datagram\n"
+"whose flow recv_routed() would give is queued, its payload where it lies, for the flow's client\n"
+"when the flow is confirmed, its next_hop is the source, its return_via is None and sources\n"
+"(the relay's dict of senders it allows, by host) holds the source's host as allowed. From the\n"
+"first datagram it does not queue on, every datagram is returned as recv_routed() would, in\n"
+"order, for the caller. received says how many the call took.");
+
+static PyObject *
+Batch_recv_returns(Batch *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    FastArgs fast_args = {0};
+    if (nargs != 2 || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "recv_returns(fd, sources: dict)");
+        return NULL;
+    }
+    fast_args.sources = args[1];
+    return receive(self, args[0], RECV_RETURNS, &fast_args);
+}
+
+PyDoc_STRVAR(forward_doc,
+"forward(offset, length, source, sources) -> None, or what route() gives\n\n"
+"What recv_returns() does with a datagram already at buffer[offset:offset+length]: None if it\n"
+"queued it, else route()'s item for the caller (tests, fakes).");
+
+static PyObject *
+Batch_forward(Batch *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "forward(offset, length, source, sources: dict)");
+        return NULL;
+    }
+    if (self->table == NULL) {
+        PyErr_SetString(PyExc_TypeError, "forward() before route_by()");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[0]);
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    if ((at == -1 || n == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (at < 0 || n < 0 || at > self->view.len - n) {
+        PyErr_SetString(PyExc_ValueError, "range outside the buffer");
+        return NULL;
+    }
+    if (queue_return(self, at, n, args[2], args[3])) {
+        Py_RETURN_NONE;
+    }
+    return routed_item(self, at, n, args[2]);
 }
 
 PyDoc_STRVAR(recv_routed_doc,
@@ -567,7 +847,7 @@ PyDoc_STRVAR(recv_routed_doc,
 static PyObject *
 Batch_recv_routed(Batch *self, PyObject *arg)
 {
-    return receive(self, arg, 1);
+    return receive(self, arg, RECV_ROUTED, NULL);
 }
 
 /* Fill *ss from (host, port), host a numeric IPv4 or IPv6 address. */
@@ -613,6 +893,42 @@ parse_address(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
     return 0;
 }
 
+/* Queue buffer[start:end] (payload from payload_start) for addr; -1 with an exception set if it cannot. */
+static int
+queue_one(Batch *self, Py_ssize_t start, Py_ssize_t payload_start, Py_ssize_t end, PyObject *addr)
+{
+    if (start < 0 || start > payload_start || payload_start > end || end > self->view.len) {
+        PyErr_SetString(PyExc_ValueError, "range outside the buffer");
+        return -1;
+    }
+    if (self->queued >= self->count) {
+        PyErr_SetString(PyExc_BufferError, "the send queue is full");
+        return -1;
+    }
+    Py_ssize_t i = self->queued;
+    socklen_t len;
+    if (PyTuple_CheckExact(addr)) {
+        CachedDestination *entry = &self->destinations[((uintptr_t)addr >> 4) % DESTINATION_CACHE];
+        if (entry->tuple != addr) {
+            if (parse_address(addr, &entry->addr, &entry->len) < 0) {
+                Py_CLEAR(entry->tuple);
+                return -1;
+            }
+            Py_XSETREF(entry->tuple, Py_NewRef(addr));
+        }
+        len = entry->len;
+        memcpy(&self->tx_addrs[i], &entry->addr, len);
+    } else if (parse_address(addr, &self->tx_addrs[i], &len) < 0) {
+        return -1;
+    }
+    self->tx_msgs[i].msg_hdr.msg_namelen = len;
+    self->tx_iov[i].iov_base = (char *)self->view.buf + start;
+    self->tx_iov[i].iov_len = (size_t)(end - start);
+    self->tx_payload[i] = end - payload_start;
+    self->queued = i + 1;
+    return 0;
+}
+
 PyDoc_STRVAR(queue_doc,
 "queue(start, payload_start, end, addr) -> None\n\n"
 "Queue buffer[start:end] for addr ((host, port), numeric). Its payload, counted by\n"
@@ -631,36 +947,9 @@ Batch_queue(Batch *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    if (start < 0 || start > payload_start || payload_start > end || end > self->view.len) {
-        PyErr_SetString(PyExc_ValueError, "range outside the buffer");
+    if (queue_one(self, start, payload_start, end, args[3]) < 0) {
         return NULL;
     }
-    if (self->queued >= self->count) {
-        PyErr_SetString(PyExc_BufferError, "the send queue is full");
-        return NULL;
-    }
-    Py_ssize_t i = self->queued;
-    PyObject *addr = args[3];
-    socklen_t len;
-    if (PyTuple_CheckExact(addr)) {
-        CachedDestination *entry = &self->destinations[((uintptr_t)addr >> 4) % DESTINATION_CACHE];
-        if (entry->tuple != addr) {
-            if (parse_address(addr, &entry->addr, &entry->len) < 0) {
-                Py_CLEAR(entry->tuple);
-                return NULL;
-            }
-            Py_XSETREF(entry->tuple, Py_NewRef(addr));
-        }
-        len = entry->len;
-        memcpy(&self->tx_addrs[i], &entry->addr, len);
-    } else if (parse_address(addr, &self->tx_addrs[i], &len) < 0) {
-        return NULL;
-    }
-    self->tx_msgs[i].msg_hdr.msg_namelen = len;
-    self->tx_iov[i].iov_base = (char *)self->view.buf + start;
-    self->tx_iov[i].iov_len = (size_t)(end - start);
-    self->tx_payload[i] = end - payload_start;
-    self->queued = i + 1;
     Py_RETURN_NONE;
 }
 
@@ -844,6 +1133,10 @@ Batch_take(Batch *self, PyObject *Py_UNUSED(ignored))
 static PyMethodDef Batch_methods[] = {
     {"recv", (PyCFunction)Batch_recv, METH_O, recv_doc},
     {"recv_routed", (PyCFunction)Batch_recv_routed, METH_O, recv_routed_doc},
+    {"recv_media", (PyCFunction)(void (*)(void))Batch_recv_media, METH_FASTCALL, recv_media_doc},
+    {"media", (PyCFunction)(void (*)(void))Batch_media, METH_FASTCALL, media_doc},
+    {"recv_returns", (PyCFunction)(void (*)(void))Batch_recv_returns, METH_FASTCALL, recv_returns_doc},
+    {"forward", (PyCFunction)(void (*)(void))Batch_forward, METH_FASTCALL, forward_doc},
     {"route_by", (PyCFunction)Batch_route_by, METH_O, route_by_doc},
     {"route", (PyCFunction)(void (*)(void))Batch_route, METH_FASTCALL, route_doc},
     {"queue", (PyCFunction)(void (*)(void))Batch_queue, METH_FASTCALL, queue_doc},
@@ -857,6 +1150,9 @@ static PyMemberDef Batch_members[] = {
     {"stride", T_PYSSIZET, offsetof(Batch, stride), READONLY, "bytes per slot"},
     {"headroom", T_PYSSIZET, offsetof(Batch, headroom), READONLY, "bytes in front of each datagram"},
     {"queued", T_PYSSIZET, offsetof(Batch, queued), READONLY, "datagrams waiting for send()"},
+    {"received", T_PYSSIZET, offsetof(Batch, received), READONLY, "datagrams the last recv call took from the socket"},
+    {"foreign", T_LONGLONG, offsetof(Batch, foreign), READONLY,
+     "media recv_media() and media() queued for flows whose foreign attribute is true"},
     {"truncated", T_LONGLONG, offsetof(Batch, truncated), READONLY, "datagrams dropped: longer than a slot"},
     {"last_errno", T_INT, offsetof(Batch, last_errno), READONLY, "errno of the last datagram send() skipped"},
     {"segment", T_INT, offsetof(Batch, segment), 0,
@@ -896,6 +1192,16 @@ PyInit__batchio(void)
 {
     if (PyType_Ready(&BatchType) < 0) {
         return NULL;
+    }
+    struct { PyObject **name; const char *text; } names[] = {
+        {&str_header, "header"}, {&str_next_hop, "next_hop"}, {&str_last_seen, "last_seen"},
+        {&str_confirmed, "confirmed"}, {&str_return_via, "return_via"}, {&str_client, "client"},
+        {&str_route_key, "route_key"}, {&str_foreign, "foreign"},
+    };
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        if (*names[k].name == NULL && (*names[k].name = PyUnicode_InternFromString(names[k].text)) == NULL) {
+            return NULL;
+        }
     }
     PyObject *m = PyModule_Create(&batchio_module);
     if (!m) {

@@ -87,6 +87,24 @@ class BatchIO(Protocol):
     def queued(self) -> int:
         """Datagrams waiting for :meth:`send`."""
 
+    @property
+    def received(self) -> int:
+        """Datagrams the last receive took from the socket (queued or returned)."""
+
+    @property
+    def foreign(self) -> int:
+        """Media :meth:`recv_media` and :meth:`media` queued for flows whose ``foreign`` is true (ever)."""
+
+    def recv_media(
+        self, fd: int, table: dict[Address, Flow], now: float, max_payload: int
+    ) -> list[tuple[int, int, Address]]:
+        """Receive; queue media on ``table``'s flows as :meth:`Relay.client_batch` would; return the rest."""
+
+    def media(
+        self, offset: int, length: int, source: Address, table: dict[Address, Flow], now: float, max_payload: int
+    ) -> bool:
+        """What :meth:`recv_media` does with the datagram at ``buffer[offset:offset + length]``: True if queued."""
+
     def queue(self, start: int, payload_start: int, end: int, addr: Address) -> None:
         """Queue ``buffer[start:end]`` (payload from ``payload_start``) for ``addr``."""
 
@@ -102,6 +120,14 @@ class ReturnBatchIO(BatchIO, Protocol):
 
     def route(self, offset: int, length: int, source: Address) -> tuple[int, int, Address, Flow | None]:
         """What a receive gives for the datagram at ``buffer[offset:offset + length]``."""
+
+    def recv_returns(self, fd: int, sources: dict[str, bool]) -> list[tuple[int, int, Address, Flow | None]]:
+        """Receive; queue answers as :meth:`Relay.transceiver_batch` would; return the rest as :meth:`route` gives them."""
+
+    def forward(
+        self, offset: int, length: int, source: Address, sources: dict[str, bool]
+    ) -> tuple[int, int, Address, Flow | None] | None:
+        """What :meth:`recv_returns` does with one datagram: None if queued, else :meth:`route`'s item."""
 
 
 class Steering(Protocol):
@@ -240,6 +266,7 @@ class Relay:
         self.own_hop: Address | None = None
         self.steering: Steering | None = None
         self.cross_worker_packets = 0
+        self._foreign_counted = 0  # the batch's foreign count already in cross_worker_packets
         self.steering_events: dict[str, int] = dict.fromkeys(("written", "taken", "removed", "error"), 0)
 
     # -- lifecycle -----------------------------------------------------------
@@ -274,6 +301,7 @@ class Relay:
     def use_batch(self, batch: BatchIO, buffer: bytearray | mmap.mmap) -> None:
         """Take client datagrams from ``batch`` (received into ``buffer``'s slots): see :meth:`client_batch`."""
         self.batch = batch
+        self._foreign_counted = batch.foreign
         self.batch_rx = buffer
         self.batch_view = memoryview(buffer)
 
@@ -287,13 +315,38 @@ class Relay:
                 return
             at = batch.headroom
             self.batch_view[at : at + n] = data
-            self.client_batch([(at, n, addr)])
+            queued = batch.media(at, n, addr, self.flows.confirmed, self.now, self.max_payload)
+            if queued:
+                self._count_crossed(batch)
+            self.client_batch([] if queued else [(at, n, addr)])
             return
         if n > len(self.rx_payload):
             self._drop("too_big")
             return
         self.rx_payload[:n] = data
         self.client_received(n, addr)
+
+    def read_client_batch(self, fd: int) -> list[tuple[int, int, Address]]:
+        """One ``recvmmsg`` on the public socket ``fd``: media on confirmed flows queued by the helper, the rest returned.
+
+        The helper queues a datagram exactly when :meth:`client_batch` would (a
+        confirmed flow, not STUN, 1..``max_payload`` bytes), with the flow's
+        header in front and ``last_seen`` stamped; from the first datagram it
+        leaves, it returns that one and all after it, in order, for
+        :meth:`client_batch`, which sends the queue first.
+        """
+        batch = self.batch
+        assert batch is not None
+        rest = batch.recv_media(fd, self.flows.confirmed, self.now, self.max_payload)
+        if batch.foreign != self._foreign_counted:
+            self._count_crossed(batch)
+        return rest
+
+    def _count_crossed(self, batch: BatchIO) -> None:
+        """Add the media the helper queued to other workers' transceivers to ``cross_worker_packets``."""
+        crossed = batch.foreign - self._foreign_counted
+        self._foreign_counted = batch.foreign
+        self.cross_worker_packets += crossed
 
     def client_batch(self, received: list[tuple[int, int, Address]]) -> None:
         """Datagrams ``(offset, length, source)`` a :class:`BatchIO` received into ``batch_rx``.
@@ -547,6 +600,24 @@ class Relay:
         self.return_batch = batch
         self.return_rx = buffer
 
+    def read_return_batch(self, fd: int) -> list[tuple[int, int, Address, Flow | None]]:
+        """One ``recvmmsg`` on the internal socket ``fd``: answers on owned, confirmed flows queued by the helper, the rest returned.
+
+        The helper queues a datagram exactly when :meth:`transceiver_batch`
+        would (its flow confirmed, its next hop the sender, its client talking
+        to this relay, the sender's host allowed in ``_sources``); from the
+        first datagram it leaves, it returns that one and all after it, in
+        order, for :meth:`transceiver_batch`, which sends the queue first.
+        """
+        assert self.return_batch is not None
+        return self.return_batch.recv_returns(fd, self._sources)
+
+    def transceiver_slot(self, at: int, n: int, addr: Address) -> None:
+        """A transceiver datagram already at ``return_rx[at:at + n]``, through the helper's check as a receive would take it (tests, fakes)."""
+        assert self.return_batch is not None
+        item = self.return_batch.forward(at, n, addr, self._sources)
+        self.transceiver_batch([] if item is None else [item])
+
     def transceiver_batch(self, received: list[tuple[int, int, Address, Flow | None]]) -> None:
         """Datagrams ``(offset, end, source, flow)`` a :class:`ReturnBatchIO` received into ``return_rx``.
 
@@ -657,6 +728,9 @@ class Relay:
             return
         if flow.next_hop == addr:
             if not flow.confirmed:
+                # The same address, as the receive's own tuple: the batch helper's source tuples are
+                # shared per sender, so its check of later answers matches by identity.
+                flow.next_hop = addr
                 self.flows.confirm(flow, now)
                 if self.cache is not None and flow.return_via is None:
                     self.cache.store_flow(flow, now)

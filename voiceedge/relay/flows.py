@@ -84,6 +84,7 @@ class Flow:
         "return_via",
         "foreign",
         "steered",
+        "route_key",
     )
 
     def __init__(
@@ -99,6 +100,9 @@ class Flow:
         self.client = client
         self.client_packed = client_packed
         self.client_port = client[1]
+        # Its key in the table's by_packed: one object for the flow's life, which the relay's batch helper
+        # reuses for its lookups, so they match by identity instead of comparing tuples.
+        self.route_key = (client_packed, client[1])
         self.next_hop = next_hop
         self.confirmed = confirmed
         self.created = now
@@ -247,7 +251,7 @@ class FlowTable:
 
     def _drop(self, flow: Flow) -> None:
         """Forget a flow just taken out of ``pending`` or ``confirmed``."""
-        key = (flow.client_packed, flow.client_port)
+        key = flow.route_key
         if self.by_packed.get(key) is flow:
             del self.by_packed[key]
         self._uncount(flow.ufrag)
@@ -287,7 +291,7 @@ class FlowTable:
         self._count(flow.ufrag)
         flow.confirmed = confirmed
         (self.confirmed if confirmed else self.pending)[flow.client] = flow
-        self.by_packed[(flow.client_packed, flow.client_port)] = flow
+        self.by_packed[flow.route_key] = flow
         return True
 
     def confirm(self, flow: Flow, now: float) -> None:

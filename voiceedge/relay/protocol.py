@@ -37,7 +37,7 @@ except ImportError:  # not built (no compiler at install time): the python backe
     _batchio = None  # type: ignore[assignment]
 # A helper built from an older _batchio.c (an editable install not reinstalled since) lacks the
 # return path's recv_routed: the relay says so and takes the python backend rather than fail per read.
-_stale = _batchio is not None and not hasattr(_batchio.Batch, "recv_routed")
+_stale = _batchio is not None and not hasattr(_batchio.Batch, "recv_returns")
 if _stale:
     _batchio = None  # type: ignore[assignment]
 
@@ -186,20 +186,27 @@ class _BatchPort(udp.Port):
             batch.segment = 0
         return batch, buffer
 
-    def _read_batches(self, recv: Callable[[int], list[Any]], handle: Callable[[list[Any]], None]) -> None:
-        """``recv`` rounds (a batch's ``recvmmsg`` into its slots), each handed to ``handle``, up to ``self.batch`` datagrams."""
+    def _read_batches(
+        self, batch: BatchIO, recv: Callable[[int], list[Any]], handle: Callable[[list[Any]], None]
+    ) -> None:
+        """``recv`` rounds (a batch's ``recvmmsg`` into its slots), each handed to ``handle``, up to ``self.batch`` datagrams.
+
+        ``recv`` queues what the helper forwards itself and returns the rest;
+        ``handle`` takes the rest and sends the queue.
+        """
         fd = self._fd
         for _ in range(self.batch // BATCH_COUNT):
             try:
-                received = recv(fd)
+                rest = recv(fd)
             except OSError as e:
                 if self._read_error(e):
                     continue
                 return
+            received = batch.received
             if not received:
                 return
-            handle(received)
-            if len(received) < BATCH_COUNT:
+            handle(rest)
+            if received < BATCH_COUNT:
                 return  # the socket is (nearly) drained: no recvmmsg just to hear EAGAIN
 
 
@@ -234,7 +241,7 @@ class ClientPort(_BatchPort):
         relay: Relay = self.protocol.relay
         batch = relay.batch
         if batch is not None:
-            self._read_batches(batch.recv, relay.client_batch)  # type: ignore[attr-defined]
+            self._read_batches(batch, relay.read_client_batch, relay.client_batch)
             return
         recv_into = self.socket.recvfrom_into
         view = relay.rx_payload
@@ -282,7 +289,7 @@ class TransceiverPort(_BatchPort):
         relay: Relay = self.protocol.relay
         batch = relay.return_batch
         if batch is not None and self.backend == "recvmmsg":
-            self._read_batches(batch.recv_routed, relay.transceiver_batch)  # type: ignore[attr-defined]
+            self._read_batches(batch, relay.read_return_batch, relay.transceiver_batch)
             return
         recv = self.socket.recvfrom
         size = self.maxPacketSize
