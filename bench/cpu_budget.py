@@ -380,6 +380,19 @@ def _run_queue_wait(pid: int) -> float | None:
         return None
 
 
+def _switches(pid: int) -> tuple[float, float] | None:
+    """(voluntary, involuntary) context switches of ``pid``'s main thread: involuntary ones are preemptions."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = dict(
+        (key, float(value)) for key, _, value in (line.partition(":") for line in text.splitlines())
+        if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
+    )
+    return found.get("voluntary_ctxt_switches", 0.0), found.get("nonvoluntary_ctxt_switches", 0.0)
+
+
 def _machine_cpu() -> dict[str, float]:
     """The machine's CPU seconds by kind, over every core (``/proc/stat``'s first line)."""
     names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -449,6 +462,9 @@ class CpuSampler:
             wait = _run_queue_wait(pid)
             if wait is not None:
                 values[f"{name}.wait"] = wait
+            switches = _switches(pid)
+            if switches is not None:
+                values[f"{name}.voluntary"], values[f"{name}.preempted"] = switches
         if self.budget is not None:
             for name in self.budget.groups:
                 for key, value in self.budget.throttling(name).items():

@@ -64,17 +64,23 @@ call, and they take a hop between processes.
 
 ``--worker-cpu 0.6`` gives every voiceedge worker process at most 0.6 of a core
 (``bench/cpu_budget.py``: a cgroup per worker, CFS bandwidth with a 10 ms
-period, made for the run and removed at its end, on Ctrl-C and SIGTERM too; it
-needs root and the cgroup CPU controller, and says so otherwise). On 2 cores one
-unbounded worker takes a whole core while two share what the load client leaves;
-at the same budget per worker, with room for the client at both counts, ``--capacity
-1,2`` compares like for like. With ``--capacity`` or ``--worker-cpu`` each step
-also prints, over the load's window, every worker's calls (from the sessions'
-public ids), CPU % of a core and its system part, CPU ms per call-second,
-calls whose own gap p99 exceeded 40 ms and, with a budget, the share of periods
-it was throttled in and the time it waited; the supervisor's CPU (signaling, with
-2 workers; with 1 it is inside the worker and its budget), the machine's busy
-share (system, softirq, steal), the client's CPU and the load average.
+period and a burst of one period's quota, made for the run and removed at its
+end, on Ctrl-C and SIGTERM too; it needs root and the cgroup CPU controller,
+and says so otherwise). The worker groups and a ``load`` group (this process,
+the load client, a supervisor) weigh 100 default processes, so that on a
+shared machine the budget is what a worker may get, not only what it may take.
+On 2 cores one unbounded worker takes a whole core while two share what the
+load client leaves; at the same budget per worker, with room for the client at
+both counts, ``--capacity 1,2 --step 5,10`` compares like for like (the same
+calls per worker at each step; ``--start 40,80`` skips the first steps). With
+``--capacity`` or ``--worker-cpu`` each step also prints, over the load's
+window, every worker's calls (from the sessions' public ids), CPU % of a core
+and its system part, CPU ms per call-second, its wait for a core, sleeps and
+preemptions per second, calls whose own gap p99 exceeded 40 ms and, with a
+budget, the share of periods it was throttled in and the time it waited; the
+supervisor's CPU (signaling, with 2 workers; with 1 it is inside the worker and
+its budget), the machine's busy share (system, softirq, steal), the client's CPU
+and the load average.
 """
 
 from __future__ import annotations
@@ -355,6 +361,8 @@ def process_figures(figures: WindowFigures, calls: list[dict[str, Any]], budget:
             "cpu_pct": round(100 * cpu / window, 1),
             "system_pct": round(100 * figures.get(f"{name}.system") / window, 1),
             "wait_ms_per_s": round(1000 * figures.get(f"{name}.wait") / window, 1),
+            "preempted_per_s": round(figures.get(f"{name}.preempted") / window),
+            "wakeups_per_s": round(figures.get(f"{name}.voluntary") / window),
         }
         if name != "supervisor":
             mine = placed.get(name, [])
@@ -384,7 +392,8 @@ def describe_processes(side: Side) -> str:
     for name, row in processes.items():
         if name.startswith("w"):
             text = (f"{name}: {row['calls']} calls, {row['cpu_pct']:.1f} % CPU (system {row['system_pct']:.1f},"
-                    f" waited {row['wait_ms_per_s']:.0f} ms/s),"
+                    f" waited {row['wait_ms_per_s']:.0f} ms/s, {row['wakeups_per_s']} sleeps/s,"
+                    f" {row['preempted_per_s']} preempted/s),"
                     f" {row['cpu_ms_per_call_s'] if row['cpu_ms_per_call_s'] is not None else '-'} ms/call-s,"
                     f" {row['calls_gap_p99_over_40ms']} calls gap p99 > 40 ms")
             if "throttled_periods_pct" in row:
