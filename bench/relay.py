@@ -701,8 +701,10 @@ def run_instructions(direction: str, variant: str, rounds: int) -> None:
     forwarder reads (one sendmmsg), the forwarder moves them, and the
     receiver drains them (one recvmmsg). Variants: ``relay`` (the recvmmsg
     backend's batch methods, as ClientPort/TransceiverPort call them),
-    ``plain`` (recvfrom/sendto per datagram) and ``floor`` (recvmmsg, a queue
-    and sendmmsg with no Python per datagram). The sender's and receiver's
+    ``plain`` (recvfrom/sendto per datagram) and ``floor`` (recvmmsg, a Python
+    ``queue()`` call per datagram and sendmmsg, no relay logic: the floor of
+    the design before the helper queued hot-path datagrams itself; the relay
+    now goes below it). The sender's and receiver's
     instructions are in every variant alike. As in the timed runs the plain
     loop gets the bare payload and forwards it as it is.
     """
@@ -820,8 +822,8 @@ def instructions(rounds: int) -> None:
             counts[variant] = (totals[1] - totals[0]) / ((rounds - rounds // 2) * 64)
         print(
             f"  {direction:14s} plain loop {counts['plain']:7.0f}, relay (recvmmsg backend) {counts['relay']:7.0f},"
-            f" C floor {counts['floor']:7.0f}; relay above the floor {counts['relay'] - counts['floor']:5.0f},"
-            f" plain above it {counts['plain'] - counts['floor']:5.0f}",
+            f" recv/queue/send loop {counts['floor']:7.0f}; relay minus that {counts['relay'] - counts['floor']:5.0f},"
+            f" plain minus it {counts['plain'] - counts['floor']:5.0f}",
             flush=True,
         )
 
