@@ -435,6 +435,7 @@ class AllInOneSteeringTests(TestCase):
     """``twistd voiceedge`` with two workers steering by owner: after a call's first packets none crosses workers."""
 
     def test_steered_calls_packets_reach_their_owner(self) -> None:
+        """After each flow's first packets none crosses workers; a killed worker's replacement steers again, the other's calls go on."""
         from tests import pion_peer
         from voiceedge.relay.bpf import bpf_available
 
@@ -456,7 +457,7 @@ class AllInOneSteeringTests(TestCase):
             _until("both workers steering", lambda: _relay_counts(pids)["on"] == 2)
             wait_workers_serving(base, 2)  # the front door places calls on both (503 before)
             running = [
-                pion_peer.spawn_call(base + "/v1/realtime/calls", seconds=8, datachannel="", audio="tone", log_dir=tmp)
+                pion_peer.spawn_call(base + "/v1/realtime/calls", seconds=14, datachannel="", audio="tone", log_dir=tmp)
                 for _ in range(calls)
             ]
             for call in running:
@@ -481,8 +482,17 @@ class AllInOneSteeringTests(TestCase):
             assert isinstance(first, dict)
             second = _until("two more seconds of media", lambda: (lambda t: t if t["to_transceiver"] >= first["to_transceiver"] + calls * 100 else None)(_relay_counts(pids)), timeout=20)
             assert isinstance(second, dict)
+            # Worker 1 dies mid-call: its socket leaves the sockarray (its clients fall to the hash; their
+            # calls died with its transceiver), worker 0's clients stay steered to worker 0.
+            killed = _worker(proc.pid, 1)
+            os.kill(killed, signal.SIGKILL)
+            replaced = _until("worker 1 replaced", lambda: (lambda c: c if len(c) == 2 and killed not in c else None)(_children(proc.pid)), timeout=40)
+            assert isinstance(replaced, list)
+            _until("the new worker 1 steering", lambda: _relay_counts(replaced)["on"] == 2, timeout=30)
             results = [call.wait() for call in running]
-        for result in results:
+        on_w0 = [r for r in results if str(r.get("location") or "").rsplit("/", 1)[-1].startswith("w0.")]
+        self.assertTrue(on_w0, results)
+        for result in on_w0:
             self.assertTrue(result["ok"], result["error"])
         print(f"\nsteering: {first['written']:.0f} entries written, {first['taken']:.0f} flows taken by their owner"
               f" from the other worker; {first['cross_worker']:.0f} datagrams crossed workers before steering,"
