@@ -423,6 +423,25 @@ class ForwardingFastPathTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             batch.media(0, 5, client, table, 9.0, 1500)  # no header room in front
 
+    def test_flows_of_any_type_are_read_as_getattr_reads_them(self) -> None:
+        """The slots are read through Flow's descriptors; an object keeping them in its __dict__ works the same."""
+        import types
+
+        buffer = bytearray(2 * STRIDE)
+        batch = Batch(buffer, 2, STRIDE, HEADROOM)
+        client, hop = ("198.51.100.7", 5000), ("127.0.0.9", 4000)
+        loose = types.SimpleNamespace(header=b"H" * 14, next_hop=hop, last_seen=0.0, foreign=False)
+        slotted = self.flow(client, hop)
+        for flow in (loose, slotted, loose):
+            buffer[HEADROOM : HEADROOM + 5] = b"\x80abcd"
+            self.assertTrue(batch.media(HEADROOM, 5, client, {client: flow}, 7.0, 1500))
+            self.assertEqual(flow.last_seen, 7.0)
+            self.assertEqual(batch.take(), [(flow.header + b"\x80abcd", hop)])
+            flow.last_seen = 0.0
+        del slotted.header  # an unset slot: left to Python (whose own read would raise), nothing queued
+        self.assertFalse(batch.media(HEADROOM, 5, client, {client: slotted}, 7.0, 1500))
+        self.assertEqual(batch.queued, 0)
+
     def test_recv_returns_queues_owned_answers_until_the_first_it_leaves(self) -> None:
         """An answer from a confirmed flow's own, allowed hop: its payload queued for the client; from another sender on, all returned."""
         buffer = bytearray(8 * 2048)

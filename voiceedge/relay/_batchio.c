@@ -122,6 +122,63 @@ static int queue_one(Batch *self, Py_ssize_t start, Py_ssize_t payload_start, Py
 static PyObject *str_header, *str_next_hop, *str_last_seen, *str_confirmed, *str_return_via, *str_client,
     *str_route_key, *str_foreign;
 
+/* Those attributes read through their type's data descriptors (a __slots__ class's member descriptors),
+ * found once per type: what PyObject_GetAttr and PyObject_SetAttr do for such a type (a data descriptor
+ * on the type wins over anything else), without the type lookup per access. A type whose getattr or
+ * setattr is not the generic one, or whose attribute is not a data descriptor, takes PyObject_GetAttr. */
+enum { A_HEADER, A_NEXT_HOP, A_LAST_SEEN, A_CONFIRMED, A_RETURN_VIA, A_CLIENT, A_FOREIGN, A_COUNT };
+static PyObject **attribute_names[A_COUNT] = {
+    &str_header, &str_next_hop, &str_last_seen, &str_confirmed, &str_return_via, &str_client, &str_foreign,
+};
+static PyTypeObject *flow_type;             /* the type the descriptors below are of (a reference) */
+static PyObject *flow_descriptors[A_COUNT]; /* NULL: use PyObject_GetAttr / PyObject_SetAttr */
+
+static void
+learn_flow_type(PyTypeObject *type)
+{
+    int generic = type->tp_getattro == PyObject_GenericGetAttr && type->tp_setattro == PyObject_GenericSetAttr;
+    for (int k = 0; k < A_COUNT; k++) {
+        PyObject *d = generic ? PyObject_GetAttr((PyObject *)type, *attribute_names[k]) : NULL;
+        if (d != NULL && (Py_TYPE(d)->tp_descr_get == NULL || Py_TYPE(d)->tp_descr_set == NULL)) {
+            Py_CLEAR(d);  /* not a data descriptor: an instance could shadow it */
+        }
+        PyErr_Clear();
+        Py_XSETREF(flow_descriptors[k], d);
+    }
+    Py_INCREF(type);
+    Py_XSETREF(flow_type, type);
+}
+
+/* flow.<attribute k>: a new reference, or NULL with an exception set. */
+static PyObject *
+flow_get(PyObject *flow, int k)
+{
+    PyTypeObject *type = Py_TYPE(flow);
+    if (type != flow_type) {
+        learn_flow_type(type);
+    }
+    PyObject *d = flow_descriptors[k];
+    if (d != NULL) {
+        return Py_TYPE(d)->tp_descr_get(d, flow, (PyObject *)type);
+    }
+    return PyObject_GetAttr(flow, *attribute_names[k]);
+}
+
+/* flow.<attribute k> = value: 0, or -1 with an exception set. */
+static int
+flow_set(PyObject *flow, int k, PyObject *value)
+{
+    PyTypeObject *type = Py_TYPE(flow);
+    if (type != flow_type) {
+        learn_flow_type(type);
+    }
+    PyObject *d = flow_descriptors[k];
+    if (d != NULL) {
+        return Py_TYPE(d)->tp_descr_set(d, flow, value);
+    }
+    return PyObject_SetAttr(flow, *attribute_names[k], value);
+}
+
 static void
 Batch_dealloc(Batch *self)
 {
@@ -536,18 +593,18 @@ queue_media(Batch *self, Py_ssize_t at, Py_ssize_t n, PyObject *source, PyObject
     }
     Py_INCREF(flow);
     int queued = 0;
-    PyObject *header = PyObject_GetAttr(flow, str_header);
-    PyObject *hop = header ? PyObject_GetAttr(flow, str_next_hop) : NULL;
+    PyObject *header = flow_get(flow, A_HEADER);
+    PyObject *hop = header ? flow_get(flow, A_NEXT_HOP) : NULL;
     if (hop != NULL && PyBytes_CheckExact(header) && PyBytes_GET_SIZE(header) <= self->headroom) {
         Py_ssize_t start = at - PyBytes_GET_SIZE(header);
         memcpy(p - PyBytes_GET_SIZE(header), PyBytes_AS_STRING(header), (size_t)PyBytes_GET_SIZE(header));
         if (queue_one(self, start, at, at + n, hop) == 0) {
             queued = 1;
-            if (PyObject_SetAttr(flow, str_last_seen, now) < 0) {
+            if (flow_set(flow, A_LAST_SEEN, now) < 0) {
                 PyErr_Clear();
             }
             /* Counted for the relay's cross_worker_packets (a flow to another worker's transceiver). */
-            PyObject *foreign = PyObject_GetAttr(flow, str_foreign);
+            PyObject *foreign = flow_get(flow, A_FOREIGN);
             if (foreign != NULL && PyObject_IsTrue(foreign) == 1) {
                 self->foreign++;
             }
@@ -583,15 +640,15 @@ queue_return(Batch *self, Py_ssize_t at, Py_ssize_t n, PyObject *source, PyObjec
     Py_INCREF(flow);
     int queued = 0;
     PyObject *hop = NULL, *confirmed = NULL, *via = NULL, *client = NULL;
-    hop = PyObject_GetAttr(flow, str_next_hop);
+    hop = flow_get(flow, A_NEXT_HOP);
     if (hop == NULL || PyObject_RichCompareBool(hop, source, Py_EQ) != 1) {
         goto done;
     }
-    confirmed = PyObject_GetAttr(flow, str_confirmed);
+    confirmed = flow_get(flow, A_CONFIRMED);
     if (confirmed == NULL || PyObject_IsTrue(confirmed) != 1) {
         goto done;
     }
-    via = PyObject_GetAttr(flow, str_return_via);
+    via = flow_get(flow, A_RETURN_VIA);
     if (via != Py_None) {
         goto done;
     }
@@ -599,7 +656,7 @@ queue_return(Batch *self, Py_ssize_t at, Py_ssize_t n, PyObject *source, PyObjec
     if (allowed == NULL || PyObject_IsTrue(allowed) != 1) {
         goto done;
     }
-    client = PyObject_GetAttr(flow, str_client);
+    client = flow_get(flow, A_CLIENT);
     if (client != NULL && queue_one(self, at + size, at + size, at + n, client) == 0) {
         queued = 1;
     }
