@@ -442,3 +442,5 @@ class TransceiverWakeUpTests(SynchronousTestCase):
         self.assertEqual(batcher.pending, 2)
         clock.advance(0.02)
         self.assertEqual((batcher.inferences - inferences, batcher.windows - windows), (1, 2))
+        exported = {name: value for _, name, _, _, value in transceiver.metrics()}
+        self.assertEqual(exported["voiceedge_transceiver_silero_callback_errors"], 0)

@@ -969,6 +969,13 @@ class Transceiver:
             {},
             self.silero_batcher.errors,
         )
+        yield (
+            "counter",
+            prefix + "silero_callback_errors",
+            "Silero VAD: handing a call its batch's results raised (logged; the other calls got theirs).",
+            {},
+            self.silero_batcher.callback_errors,
+        )
         for event, n in self.realtime_events.items():
             yield (
                 "counter",
