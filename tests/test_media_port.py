@@ -10,7 +10,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial import unittest
 
-from voiceedge.relay.protocol import BATCH_COUNT, _batchio
+from voiceedge.relay.protocol import BATCH_COUNT, _batchio, batch_backend
 from voiceedge.transceiver.media_port import MediaPort, MediaServer
 
 
@@ -148,11 +148,11 @@ class MediaServerTests(unittest.SynchronousTestCase):
         self.assertEqual(calls, [((0, protocol), {"interface": "127.0.0.1", "maxPacketSize": 65536})])
 
     def test_real_reactor_gets_a_media_port(self) -> None:
-        """On the real reactor the service listens with a :class:`MediaPort` of the chosen backend."""
+        """On the real reactor the service listens with a :class:`MediaPort` of the relay's backend (VOICEEDGE_RELAY_BATCH_IO)."""
         server = MediaServer(0, Recorder(), interface="127.0.0.1", maxPacketSize=65536, reactor=reactor)
         server.privilegedStartService()
         try:
             self.assertIsInstance(server._port, MediaPort)
-            self.assertEqual(server._port.backend, "python" if _batchio is None else "recvmmsg")
+            self.assertEqual(server._port.backend, batch_backend())
         finally:
             server._port.stopListening()

@@ -43,6 +43,7 @@ if _stale:
 
 __all__ = [
     "BATCH_COUNT",
+    "BatchReadPort",
     "batch_backend",
     "ClientPort",
     "ClientProtocol",
@@ -161,8 +162,8 @@ class PeerProtocol(DatagramProtocol):
         self.relay.peer_datagram(datagram, addr[:2])
 
 
-class _BatchPort(udp.Port):
-    """A udp.Port that reads up to ``batch`` datagrams per wake-up with its own loop."""
+class BatchReadPort(udp.Port):
+    """A udp.Port that reads up to ``batch`` datagrams per wake-up with its own loop (the relay's ports, the transceiver's media port)."""
 
     batch = 512
     _fd = -1  # the socket's descriptor, for the helper's system calls
@@ -173,8 +174,28 @@ class _BatchPort(udp.Port):
             return False
         if e.errno in _READ_IGNORE:
             return True
-        log.error("relay socket {port} read failed: {e}", port=self.getHost(), e=e)
+        log.error("socket {port} read failed: {e}", port=self.getHost(), e=e)
         return False
+
+    def _read_each(self, received: Callable[[bytes, Address], None], what: str) -> None:
+        """``recvfrom`` up to ``self.batch`` datagrams, each handed to ``received``; ``what`` names them in a failure's log."""
+        recv = self.socket.recvfrom
+        size = self.maxPacketSize
+        v6 = self.addressFamily == socket.AF_INET6
+        for _ in range(self.batch):
+            try:
+                data, addr = recv(size)
+            except OSError as e:
+                if self._read_error(e):
+                    continue
+                return
+            if v6:
+                addr = addr[:2]
+            try:
+                received(data, addr)
+            except Exception:
+                # A bug, not traffic: keep the port alive rather than let Twisted close it.
+                log.failure("{what} from {addr} failed", what=what, addr=addr)
 
     def _new_batch(self, headroom: int) -> tuple[BatchIO, mmap.mmap]:
         """``BATCH_COUNT`` full-size slots (an anonymous mapping, resident as used) and their Batch."""
@@ -210,7 +231,7 @@ class _BatchPort(udp.Port):
                 return  # the socket is (nearly) drained: no recvmmsg just to hear EAGAIN
 
 
-class ClientPort(_BatchPort):
+class ClientPort(BatchReadPort):
     """The public port: ``recvmmsg`` into the relay's batch slots, or ``recvfrom_into`` its buffer.
 
     ``backend`` is ``recvmmsg`` (the compiled helper) or ``python`` (one
@@ -264,7 +285,7 @@ class ClientPort(_BatchPort):
                 log.failure("relay: client datagram from {addr} failed", addr=addr)
 
 
-class TransceiverPort(_BatchPort):
+class TransceiverPort(BatchReadPort):
     """The internal port: ``recvmmsg`` into the relay's return slots, or a plain ``recvfrom`` loop.
 
     ``backend`` as for :class:`ClientPort`; without the helper, the loop has
@@ -291,23 +312,7 @@ class TransceiverPort(_BatchPort):
         if batch is not None and self.backend == "recvmmsg":
             self._read_batches(batch, relay.read_return_batch, relay.transceiver_batch)
             return
-        recv = self.socket.recvfrom
-        size = self.maxPacketSize
-        received = self.received(relay)
-        v6 = self.addressFamily == socket.AF_INET6
-        for _ in range(self.batch):
-            try:
-                data, addr = recv(size)
-            except OSError as e:
-                if self._read_error(e):
-                    continue
-                return
-            if v6:
-                addr = addr[:2]
-            try:
-                received(data, addr)
-            except Exception:
-                log.failure("relay: internal datagram from {addr} failed", addr=addr)
+        self._read_each(self.received(relay), "relay: internal datagram")
 
 
 class PeerPort(TransceiverPort):

@@ -5,19 +5,17 @@
 so a wake-up for one datagram (most wake-ups, below saturation) costs a
 second system call and a Python exception; it also counts bytes and calls
 through the protocol. :class:`MediaPort` reads with ``recvmmsg`` through the
-relay's compiled helper (:mod:`voiceedge.relay._batchio`): one system call
-gives every datagram waiting, and a short batch means the socket is drained.
-Without the helper it loops on ``recvfrom`` as Twisted does, minus the extras.
-Under callgrind, 6 % fewer instructions per received packet for a live
-transceiver with eight passthrough calls (bench/media_path.py measures the
-rest of the path).
+relay's compiled helper (:mod:`voiceedge.relay._batchio`), as the relay's
+ports do: one system call gives every datagram waiting, and a short batch
+means the socket is drained. Without the helper it loops on ``recvfrom`` as
+Twisted does, minus the extras. Under callgrind, a live transceiver with
+eight passthrough calls spends about 6 % fewer instructions per received
+packet (README, "What the event loop costs per packet").
 """
 
 from __future__ import annotations
 
-import errno
 import mmap
-import socket
 from typing import Any
 
 from twisted.application import internet
@@ -25,19 +23,15 @@ from twisted.internet import udp
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 
-from voiceedge.relay.protocol import BATCH_COUNT, _batchio, batch_backend
+from voiceedge.relay.protocol import BATCH_COUNT, BatchReadPort, _batchio, batch_backend
 
 __all__ = ["MediaPort", "MediaServer"]
 
 log = Logger()
 
-# Errors that end this round of reading, and stale ICMP reports to read past.
-_READ_DONE = frozenset((errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR))
-_READ_IGNORE = frozenset((errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH))
 
-
-class MediaPort(udp.Port):
-    """A udp.Port whose reads hand each datagram to ``protocol.datagramReceived`` and nothing more.
+class MediaPort(BatchReadPort):
+    """A port whose reads hand each datagram to ``protocol.datagramReceived`` and nothing more.
 
     ``backend`` is ``recvmmsg`` (the compiled helper: :data:`BATCH_COUNT`
     datagrams per system call into one preallocated mapping) or ``python``
@@ -46,8 +40,6 @@ class MediaPort(udp.Port):
     """
 
     backend = "python"
-    batch = 512
-    _fd = -1
     _slots: mmap.mmap | None = None
     _batch: Any = None
 
@@ -66,60 +58,31 @@ class MediaPort(udp.Port):
         self._slots = None
         super().connectionLost(reason)
 
-    def _keep_reading(self, e: OSError) -> bool:
-        """True to read on after ``e``; False to end this wake-up (and log what is unexpected)."""
-        if e.errno in _READ_IGNORE:
-            return True
-        if e.errno not in _READ_DONE:
-            log.error("media socket {port} read failed: {e}", port=self.getHost(), e=e)
-        return False
+    def _hand_on(self, got: list[tuple[int, int, Any]]) -> None:
+        """Each datagram of a ``recvmmsg`` round, copied out of its slot, to the protocol."""
+        received = self.protocol.datagramReceived
+        slots: Any = self._slots
+        for at, n, addr in got:
+            try:
+                received(slots[at : at + n], addr)
+            except Exception:
+                # A bug, not traffic: keep the socket open rather than let Twisted close it.
+                log.failure("media datagram from {addr} failed", addr=addr)
 
     def doRead(self) -> None:
         """Hand every waiting datagram to the protocol, up to ``batch`` of them."""
-        received = self.protocol.datagramReceived
         batch = self._batch
         if batch is not None:
-            slots: Any = self._slots
-            fd = self._fd
-            for _ in range(self.batch // BATCH_COUNT):
-                try:
-                    got = batch.recv(fd)
-                except OSError as e:
-                    if self._keep_reading(e):
-                        continue
-                    return
-                for at, n, addr in got:
-                    try:
-                        received(slots[at : at + n], addr)
-                    except Exception:
-                        # A bug, not traffic: keep the socket open rather than let Twisted close it.
-                        log.failure("media datagram from {addr} failed", addr=addr)
-                if len(got) < BATCH_COUNT:
-                    return  # drained: no system call just to hear EAGAIN
-            return
-        recv = self.socket.recvfrom
-        size = self.maxPacketSize
-        v6 = self.addressFamily == socket.AF_INET6
-        for _ in range(self.batch):
-            try:
-                data, addr = recv(size)
-            except OSError as e:
-                if self._keep_reading(e):
-                    continue
-                return
-            if v6:
-                addr = addr[:2]
-            try:
-                received(data, addr)
-            except Exception:
-                log.failure("media datagram from {addr} failed", addr=addr)
+            self._read_batches(batch, batch.recv, self._hand_on)
+        else:
+            self._read_each(self.protocol.datagramReceived, "media datagram")
 
 
 class MediaServer(internet.UDPServer):
     """``internet.UDPServer`` that listens with a :class:`MediaPort` on a real reactor.
 
-    On a reactor without file descriptors (a ``MemoryReactor`` in tests) it
-    listens as ``UDPServer`` does.
+    On a reactor without file descriptors (a test's fake) it listens as
+    ``UDPServer`` does.
     """
 
     def _getPort(self) -> udp.Port:  # noqa: N802 - Twisted's name
