@@ -114,6 +114,20 @@ def key_address(key: bytes) -> Address:
     return host, struct.unpack(">H", key[16:18])[0]
 
 
+def _source_address(offset: int, to: int, size: int) -> list[bpf.Instruction | str]:
+    """Copy ``size`` bytes at ``offset`` in the network header to the stack at R10 + ``to`` (R6: ctx); else to "pass"."""
+    return [
+        mov_reg(R1, R6),                                 # arg 1: ctx
+        mov_imm(R2, offset),                             # arg 2: where the source address is in the IP header
+        mov_reg(R3, R10),                                #
+        add_imm(R3, to),                                 # arg 3: its place in the key
+        mov_imm(R4, size),                               # arg 4: its length
+        mov_imm(R5, _HDR_START_NET),                     # arg 5: from the network header
+        call(_HELPER_SKB_LOAD_BYTES_RELATIVE),           # bpf_skb_load_bytes_relative()
+        jump_ne(R0, 0, "pass"),                          # could not read it: the hash
+    ]
+
+
 def steering_program(clients_fd: int, sockets_fd: int) -> list[bpf.Instruction | str]:
     """The reuseport program: the client's owner's socket from ``sockets_fd``, if ``clients_fd`` names one.
 
@@ -130,24 +144,10 @@ def steering_program(clients_fd: int, sockets_fd: int) -> list[bpf.Instruction |
         jump_eq(R7, _ETH_IPV6, "ipv6"),                  # IPv6: its own 16 bytes
         jump_ne(R7, _ETH_IP, "pass"),                    # neither IPv4 nor IPv6: the hash
         store_imm(2, R10, -14, 0xFFFF),                  # IPv4: key[10:12] = ff ff (::ffff:a.b.c.d)
-        mov_reg(R1, R6),                                 # arg 1: ctx
-        mov_imm(R2, 12),                                 # arg 2: offset of the IPv4 source address
-        mov_reg(R3, R10),                                #
-        add_imm(R3, -12),                                # arg 3: to key[12:16]
-        mov_imm(R4, 4),                                  # arg 4: 4 bytes
-        mov_imm(R5, _HDR_START_NET),                     # arg 5: from the network header
-        call(_HELPER_SKB_LOAD_BYTES_RELATIVE),           # bpf_skb_load_bytes_relative()
-        jump_ne(R0, 0, "pass"),                          # could not read it: the hash
+        *_source_address(12, -12, 4),                    # IPv4: its source address to key[12:16]
         jump("port"),                                    #
         "ipv6",
-        mov_reg(R1, R6),                                 # arg 1: ctx
-        mov_imm(R2, 8),                                  # arg 2: offset of the IPv6 source address
-        mov_reg(R3, R10),                                #
-        add_imm(R3, -24),                                # arg 3: to key[0:16]
-        mov_imm(R4, 16),                                 # arg 4: 16 bytes
-        mov_imm(R5, _HDR_START_NET),                     # arg 5: from the network header
-        call(_HELPER_SKB_LOAD_BYTES_RELATIVE),           # bpf_skb_load_bytes_relative()
-        jump_ne(R0, 0, "pass"),                          # could not read it: the hash
+        *_source_address(8, -24, 16),                    # IPv6: its source address to key[0:16]
         "port",
         mov_reg(R1, R6),                                 # arg 1: ctx
         mov_imm(R2, 0),                                  # arg 2: offset 0 of the data, the UDP header's source port
