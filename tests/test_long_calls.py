@@ -34,6 +34,7 @@ from tests.support import (
     health_sessions,
     running_service,
     scrape_metrics,
+    wait_workers_serving,
     write_allinone_config,
 )
 
@@ -78,6 +79,8 @@ class EveryClientHoldsTheCallTests(unittest.TestCase):
     """Pion, aiortc and Chromium each hold a minute, restarting ICE or moving on the way."""
 
     timeout = SECONDS + 120
+    #: Worker processes of the all-in-one (more than one: steering by owner, as the default workers = auto).
+    workers = 1
 
     def test_every_client_holds_a_minute(self) -> None:
         """No call ends early; audio comes at ~50 packets/s; restarts and moves resume audio."""
@@ -89,10 +92,12 @@ class EveryClientHoldsTheCallTests(unittest.TestCase):
         except stdlib_unittest.SkipTest:
             sync_api = None
         http_port, media_port = free_tcp_port(), free_udp_port()
-        ini = write_allinone_config(tmp, http_port, media_port)
+        ini = write_allinone_config(tmp, http_port, media_port, process={"workers": self.workers})
         base = f"http://127.0.0.1:{http_port}"
         url = base + "/v1/realtime/calls"
         with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=tmp):
+            if self.workers > 1:
+                wait_workers_serving(base, self.workers)
             pion = {
                 "events": pion_peer.spawn_call(url, seconds=SECONDS, events=EVENTS, log_dir=tmp),
                 # A tone: every frame audible, so every frame comes back (silence would not).
@@ -172,6 +177,14 @@ class EveryClientHoldsTheCallTests(unittest.TestCase):
             self.assertGreaterEqual(server["consent"]["checks_answered"], 8, server)
             self.assertEqual(chromium["final"]["deleteStatus"], 204)
 
+        self.assertEqual(remaining, 0)
+        if self.workers > 1:
+            from voiceedge.relay.bpf import bpf_available
+
+            if bpf_available() is None:
+                log = (tmp / "voiceedge.log").read_text(errors="replace")
+                self.assertIn("steered to the worker owning its call (SO_REUSEPORT eBPF)", log)
+            return  # the transceivers' metrics are each worker's own, not the supervisor's
         restarts = metrics["voiceedge_transceiver_ice_restarts_total"][""]
         self.assertEqual(restarts, 3 if chromium is not None else 2)
         ended = metrics.get("voiceedge_transceiver_sessions_ended_total", {})
@@ -180,7 +193,13 @@ class EveryClientHoldsTheCallTests(unittest.TestCase):
         drops = metrics.get("voiceedge_transceiver_drops_total", {})
         self.assertNotIn("reason=rtp_over_rate", drops, drops)
         self.assertNotIn("reason=rtcp_over_rate", drops, drops)
-        self.assertEqual(remaining, 0)
+
+
+class EveryClientHoldsTheCallOnTwoWorkersTests(EveryClientHoldsTheCallTests):
+    """The same minute on two workers, each client's packets steered to the worker owning its call
+    (where bpf() is allowed; else the kernel's hash), ICE restarts and moves included."""
+
+    workers = 2
 
 
 class FirefoxTests(unittest.TestCase):
