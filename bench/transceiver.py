@@ -160,6 +160,8 @@ class Side:
 DETECTOR: str | None = None
 #: ``[agent.echo] max_lag_ms`` for the voiceedge sides (``--echo-max-lag-ms``); None: its default.
 ECHO_MAX_LAG_MS: int | None = None
+#: ``[transceiver] media_poll_ms`` for the voiceedge sides (``--media-poll-ms``); None: its default.
+MEDIA_POLL_MS: float | None = None
 #: ``[relay] steer_by_owner`` for the all-in-one sides (``--steer-by-owner``); None: its default.
 STEER_BY_OWNER: str | None = None
 #: The sides that run the all-in-one (where ``--steer-by-owner`` applies).
@@ -185,6 +187,8 @@ def allinone(log_dir: Path, passthrough: bool, workers: str | None) -> Iterator[
         "transceiver": {"max_sessions": 10000},
         "signaling": {"calls_per_minute_per_address": 0},
     }
+    if MEDIA_POLL_MS is not None:
+        extra["transceiver"]["media_poll_ms"] = MEDIA_POLL_MS
     if workers is not None:
         extra["process"] = {"workers": workers}
     if STEER_BY_OWNER is not None:
@@ -217,6 +221,8 @@ def transceiver_direct(log_dir: Path, passthrough: bool, workers: str | None) ->
     )
     if ECHO_MAX_LAG_MS is not None:
         parser["agent.echo"]["max_lag_ms"] = str(ECHO_MAX_LAG_MS)
+    if MEDIA_POLL_MS is not None:
+        parser["transceiver"]["media_poll_ms"] = str(MEDIA_POLL_MS)
     if DETECTOR is not None:
         parser["speech"] = {"detector": DETECTOR}
     parser["process"] = {"workers": workers}
@@ -517,6 +523,11 @@ def main() -> None:
                         help="[agent.echo] max_lag_ms of the voiceedge sides, or a comma list (0,100: every"
                         " voiceedge side with each, side by side; default: the service's; 0: no bound, a late"
                         " worker's backlog stays queued)")
+    parser.add_argument(
+        "--media-poll-ms",
+        help="[transceiver] media_poll_ms of the voiceedge sides, or a comma list (0,2: every voiceedge side with"
+        " each, side by side; default: the service's; 0: wake at every datagram)",
+    )
     parser.add_argument("--steer-by-owner", default=None,
                         help="[relay] steer_by_owner of the all-in-one sides, or a comma list (auto,no: each such"
                         " side with each, side by side; default: the service's, auto)")
@@ -579,15 +590,16 @@ def main() -> None:
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every side (or the capacity search) as ``args`` say."""
-    global DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER
+    global DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER, MEDIA_POLL_MS
     detectors: list[str | None] = [None] if args.detector is None else list(args.detector.split(","))
     if not set(detectors) <= {None, "silero", "energy"}:
         parser.error(f"--detector: silero, energy or both, not {args.detector!r}")
     lags: list[int | None] = [None] if args.echo_max_lag_ms is None else [int(x) for x in args.echo_max_lag_ms.split(",")]
     steers: list[str | None] = [None] if args.steer_by_owner is None else list(args.steer_by_owner.split(","))
+    polls: list[float | None] = [None] if args.media_poll_ms is None else [float(x) for x in args.media_poll_ms.split(",")]
     if not set(steers) <= {None, "auto", "yes", "no"}:
         parser.error(f"--steer-by-owner: auto, yes, no or a comma list of them, not {args.steer_by_owner!r}")
-    DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER = detectors[0], lags[0], steers[0]
+    DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER, MEDIA_POLL_MS = detectors[0], lags[0], steers[0], polls[0]
     if args.capacity:
         with tempfile.TemporaryDirectory(prefix="voiceedge-bench-") as tmp:
             capacity(args, Path(tmp))
@@ -610,16 +622,24 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             ours = name not in ("pionecho", "aiortc")
             steered = name in ALLINONE_SIDES
             variants = (
-                [(d, lag, st) for d in detectors for lag in lags for st in (steers if steered else [None])]
-                if ours else [(None, None, None)]
+                [
+                    (d, lag, st, poll)
+                    for d in detectors
+                    for lag in lags
+                    for st in (steers if steered else [None])
+                    for poll in polls
+                ]
+                if ours else [(None, None, None, None)]
             )
-            for detector, lag, steer in variants:
-                DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER = detector, lag, steer
+            for detector, lag, steer, poll in variants:
+                DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER, MEDIA_POLL_MS = detector, lag, steer, poll
                 label = name
                 if ours and len(detectors) > 1:
                     label += f" {detector}"
                 if ours and len(lags) > 1:
                     label += f" lag={lag}"
+                if ours and len(polls) > 1:
+                    label += f" poll={poll:g}"
                 if steered and len(steers) > 1:
                     label += f" steer={steer}"
                 for calls in [args.aiortc_calls] if name == "aiortc" else counts:

@@ -239,6 +239,52 @@ class BatchTests(SynchronousTestCase):
                 batch.recv(f.fileno())
 
 
+class SendListTests(SynchronousTestCase):
+    """send_list: bytes objects straight to sendmmsg, count at a time; what cannot go is counted."""
+
+    def setUp(self) -> None:
+        """Skip where the helper is not built."""
+        if Batch is None:
+            raise SkipTest("voiceedge.relay._batchio is not built: scripts/test builds it")
+        self.sender, self.receiver = udp(), udp()
+        self.addCleanup(self.sender.close)
+        self.addCleanup(self.receiver.close)
+        self.batch = Batch(bytearray(4 * 2048), 4, 2048, 0)
+
+    def test_every_datagram_in_order_over_several_calls(self) -> None:
+        """Eleven datagrams through a batch of four, equal runs among them (GSO): all arrive, in order, whole."""
+        to = self.receiver.getsockname()
+        datagrams = [(bytes([i]) * (100 if i < 6 else 50 + i), to) for i in range(11)]
+        sent, sent_bytes, failed = self.batch.send_list(self.sender.fileno(), datagrams)
+        self.assertEqual((sent, sent_bytes, failed), (11, sum(len(d) for d, _ in datagrams), 0))
+        self.assertEqual([d for d, _ in drain(self.receiver)], [d for d, _ in datagrams])
+        self.assertEqual(self.batch.queued, 0)
+
+    def test_entries_that_are_not_datagrams_are_skipped_and_counted(self) -> None:
+        """Not bytes, not a pair, a name rather than a numeric address: each failed with EINVAL; the rest go."""
+        to = self.receiver.getsockname()
+        datagrams: list[Any] = [(b"one", to), ("text", to), (b"x", ("localhost", to[1])), (b"y",), b"z", (b"two", to)]
+        sent, _, failed = self.batch.send_list(self.sender.fileno(), datagrams)
+        self.assertEqual((sent, failed, self.batch.last_errno), (2, 4, errno.EINVAL))
+        self.assertEqual([d for d, _ in drain(self.receiver)], [b"one", b"two"])
+
+    def test_a_refused_datagram_spares_the_rest(self) -> None:
+        """A datagram too long for UDP fails alone (EMSGSIZE)."""
+        to = self.receiver.getsockname()
+        sent, _, failed = self.batch.send_list(self.sender.fileno(), [(b"a", to), (b"x" * 70000, to), (b"b", to)])
+        self.assertEqual((sent, failed, self.batch.last_errno), (2, 1, errno.EMSGSIZE))
+        self.assertEqual([d for d, _ in drain(self.receiver)], [b"a", b"b"])
+
+    def test_misuse_raises(self) -> None:
+        """Not a list, or datagrams already queued, is a programming error; a closed socket fails every datagram."""
+        to = self.receiver.getsockname()
+        self.assertRaises(TypeError, self.batch.send_list, self.sender.fileno(), ((b"a", to),))
+        self.batch.queue(0, 0, 1, to)
+        self.assertRaises(BufferError, self.batch.send_list, self.sender.fileno(), [(b"a", to)])
+        self.batch.send(self.sender.fileno())
+        self.assertEqual(self.batch.send_list(-1, [(b"a", to), (b"b", to)]), (0, 0, 2))
+
+
 class DestinationCacheTests(SynchronousTestCase):
     """queue() converts a destination tuple once and reuses it: never the wrong address."""
 

@@ -1196,3 +1196,84 @@ def level_db(pcm: bytes) -> float:
     samples = struct.unpack(f"<{len(pcm) // 2}h", pcm)
     power = sum(x * x for x in samples) / max(1, len(samples))
     return 10 * math.log10(max(power, 1e-10) / 32768**2)
+
+
+class HeldDatagramsTests(SynchronousTestCase):
+    """What a read round or a tick sends leaves in one ``write_many`` call, in order; nothing is lost."""
+
+    def setUp(self) -> None:
+        self.clock = started_clock()
+        self.transceiver, self.outbox = make_transceiver(self.clock, agent_factory=PassthroughEchoAgentFactory())
+        self.calls = [
+            open_call(self.transceiver, self.clock, self.outbox, source=("127.0.0.1", 43000 + i)) for i in range(3)
+        ]
+        for call in self.calls:
+            call.check()
+            call.handshake()
+            call.inbox.clear()
+        self.batches: list[list[tuple[bytes, tuple[str, int]]]] = []
+        self.failing = 0
+        self.transceiver.write_many = self.write_many
+
+    def write_many(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> tuple[int, int, int]:
+        self.batches.append(list(datagrams))
+        failed = min(self.failing, len(datagrams))
+        for data, destination in datagrams[failed:]:
+            self.outbox.setdefault(destination, []).append(data)
+        return len(datagrams) - failed, sum(len(d) for d, _ in datagrams[failed:]), failed
+
+    def test_a_read_rounds_echoes_leave_in_one_call(self) -> None:
+        """Three callers' frames in one read round: their three echoes in one call, counted as sent."""
+        before = self.transceiver.packets_out
+        self.transceiver.read_started(False)
+        for call in self.calls:
+            call.send_rtp(10, TONE[0])
+        self.assertEqual(self.batches, [])
+        self.assertEqual([len(call.inbox) for call in self.calls], [0, 0, 0])
+        self.transceiver.read_ended()
+        self.assertEqual([[d for _, d in batch] for batch in self.batches], [[c.source for c in self.calls]])
+        for call in self.calls:
+            self.assertEqual([p.payload for p in call.received_rtp()], [TONE[0]])
+        self.assertEqual(self.transceiver.packets_out, before + 3)
+        self.assertEqual(self.transceiver.read_rounds, {"readable": 1})
+
+    def test_what_the_kernel_refuses_is_counted(self) -> None:
+        """Datagrams write_many could not send are send_failed drops, not packets out."""
+        self.failing = 2
+        before = self.transceiver.packets_out
+        self.transceiver.read_started(True)
+        for call in self.calls:
+            call.send_rtp(10, TONE[0])
+        self.transceiver.read_ended()
+        self.assertEqual(self.transceiver.packets_out, before + 1)
+        self.assertEqual(self.transceiver.drops["send_failed"], 2)
+        self.assertEqual(self.transceiver.read_rounds, {"poll": 1})
+
+    def test_the_tick_sends_every_sessions_frames_in_one_call(self) -> None:
+        """Bursts of two: each caller's second frame waits for its slot; the tick sends all three together."""
+        self.transceiver.read_started(False)
+        for call in self.calls:
+            call.send_rtp(10, TONE[0])
+            call.send_rtp(11, TONE[1])
+        self.transceiver.read_ended()
+        self.assertEqual(len(self.batches), 1)
+        self.clock.advance(0.02)
+        self.assertEqual(len(self.batches), 2)
+        self.assertEqual(sorted(d for _, d in self.batches[1]), sorted(c.source for c in self.calls))
+        for call in self.calls:
+            self.assertEqual([p.payload for p in call.received_rtp()], TONE[:2])
+
+    def test_outside_a_round_datagrams_go_at_once(self) -> None:
+        """A frame that arrives outside any read round (a test, a fake port) is echoed by write, at once."""
+        call = self.calls[0]
+        call.send_rtp(10, TONE[0])
+        self.assertEqual(self.batches, [])
+        self.assertEqual([p.payload for p in call.received_rtp()], [TONE[0]])
+
+    def test_holding_does_not_nest(self) -> None:
+        """Only who began holding sends; without write_many nothing is held."""
+        self.assertTrue(self.transceiver.hold_datagrams())
+        self.assertFalse(self.transceiver.hold_datagrams())
+        self.transceiver.send_held()
+        self.transceiver.write_many = None
+        self.assertFalse(self.transceiver.hold_datagrams())

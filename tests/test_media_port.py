@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from voiceedge.relay.protocol import BATCH_COUNT, _batchio, batch_backend
@@ -105,6 +106,147 @@ class _Backend:
         s.sendto(b"hello", ("::1", port.getHost().port))
         port.doRead()
         self.assertEqual(protocol.got, [(b"hello", s.getsockname()[:2])])  # type: ignore[attr-defined]
+
+
+    def test_write_list_sends_each_in_order_and_counts_failures(self) -> None:
+        """write_list sends every datagram in order; one the kernel refuses (too long) is counted, the rest go."""
+        port = self.listen(Recorder())
+        receiver = self.sender()
+        receiver.setblocking(False)
+        to = receiver.getsockname()
+        datagrams = [(bytes([i]) * (100 + i % 3), to) for i in range(2 * BATCH_COUNT + 1)]
+        datagrams.insert(5, (b"x" * 70000, to))
+        sent, sent_bytes, failed = port.write_list(datagrams)
+        self.assertEqual((sent, failed), (2 * BATCH_COUNT + 1, 1))  # type: ignore[attr-defined]
+        got = []
+        while True:
+            try:
+                got.append(receiver.recv(65536))
+            except BlockingIOError:
+                break
+        expected = [d for d, _ in datagrams if len(d) < 70000]
+        self.assertEqual(got, expected)  # type: ignore[attr-defined]
+        self.assertEqual(sent_bytes, sum(map(len, expected)))  # type: ignore[attr-defined]
+
+
+class FdClock(Clock):
+    """A task.Clock that keeps the readers a port adds, as a reactor does (it never reads them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readers: set[Any] = set()
+
+    def addReader(self, reader: Any) -> None:  # noqa: N802 - Twisted's name
+        self.readers.add(reader)
+
+    def removeReader(self, reader: Any) -> None:  # noqa: N802 - Twisted's name
+        self.readers.discard(reader)
+
+    def removeWriter(self, writer: Any) -> None:  # noqa: N802 - Twisted's name
+        """A port never writes through the reactor."""
+
+
+class Rounds(Recorder):
+    """A Recorder that also notes the read rounds around its datagrams."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rounds: list[tuple[str, Any]] = []
+
+    def readStarted(self, polled: bool) -> None:  # noqa: N802 - MediaPort's name
+        self.rounds.append(("started", polled))
+
+    def readEnded(self) -> None:  # noqa: N802 - MediaPort's name
+        self.rounds.append(("ended", len(self.got)))
+
+
+class PollingTests(unittest.SynchronousTestCase):
+    """Under load the port reads on a timer, and waits for the socket again once it is quiet."""
+
+    def setUp(self) -> None:
+        self.clock = FdClock()
+        self.protocol = Rounds()
+        self.port = MediaPort(0, self.protocol, interface="127.0.0.1", maxPacketSize=65536, reactor=self.clock)
+        self.port.backend = batch_backend()
+        self.port.poll_interval = 0.002
+        self.port.startListening()
+        self.addCleanup(self._close)
+        self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(self.sender.close)
+        self.sender.bind(("127.0.0.1", 0))
+
+    def _close(self) -> None:
+        if self.port.connected:
+            self.port.stopListening()
+            self.clock.advance(0)
+
+    def send(self, *datagrams: bytes) -> None:
+        for data in datagrams:
+            self.sender.sendto(data, ("127.0.0.1", self.port.getHost().port))
+
+    def test_wake_ups_far_apart_never_poll(self) -> None:
+        """A datagram per wake-up, each more than the interval after the last: the port keeps waiting on the socket."""
+        for i in range(3):
+            self.send(b"%d" % i)
+            self.port.doRead()
+            self.clock.advance(0.005)
+        self.assertIn(self.port, self.clock.readers)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual([r for r in self.protocol.rounds if r[0] == "started"], [("started", False)] * 3)
+
+    def test_a_quick_second_wake_up_polls_until_a_poll_finds_nothing(self) -> None:
+        """Two wake-ups within the interval: the port stops waiting on the socket and polls; what came meanwhile
+        is read by the poll, every round is framed by readStarted/readEnded, and an empty poll goes back to waiting."""
+        self.send(b"a")
+        self.port.doRead()
+        self.clock.advance(0.001)
+        self.send(b"b")
+        self.port.doRead()
+        self.assertNotIn(self.port, self.clock.readers)
+        self.send(b"c", b"d")
+        self.clock.advance(0.002)
+        self.assertEqual([d for d, _ in self.protocol.got], [b"a", b"b", b"c", b"d"])
+        self.assertNotIn(self.port, self.clock.readers)
+        self.clock.advance(0.002)  # nothing came: back to the socket
+        self.assertIn(self.port, self.clock.readers)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(
+            self.protocol.rounds,
+            [("started", False), ("ended", 1), ("started", False), ("ended", 2),
+             ("started", True), ("ended", 4), ("started", True), ("ended", 4)],
+        )
+
+    def test_a_flood_goes_back_to_reading_as_fast_as_the_loop_goes(self) -> None:
+        """A poll that reads a whole batch waits on the socket again (its readiness, not the timer, paces a flood)."""
+        self.port.batch = BATCH_COUNT
+        self.send(b"a")
+        self.port.doRead()
+        self.send(b"b")
+        self.port.doRead()
+        self.send(*[b"x"] * (BATCH_COUNT + 1))
+        self.clock.advance(0.002)
+        self.assertIn(self.port, self.clock.readers)
+        self.assertEqual(len(self.protocol.got), 2 + BATCH_COUNT)
+
+    def test_closing_while_polling_leaves_no_timer(self) -> None:
+        """Stopping the port cancels its next poll."""
+        self.send(b"a")
+        self.port.doRead()
+        self.port.doRead()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.port.stopListening()
+        self.clock.advance(0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertFalse(self.port.connected)
+
+    def test_no_interval_never_polls(self) -> None:
+        """poll_interval 0 (media_poll_ms = 0): every wake-up reads, none polls."""
+        self.port.poll_interval = 0.0
+        for _ in range(3):
+            self.send(b"a")
+            self.port.doRead()
+        self.assertIn(self.port, self.clock.readers)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class PythonBackendTests(_Backend, unittest.TestCase):

@@ -950,6 +950,28 @@ parse_address(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
     return 0;
 }
 
+/* addr ((host, port), numeric) into *ss and *len, through the destination cache for a tuple (the same
+ * tuple object each time: a session's destination, a relay's address); -1 with an exception set if it
+ * is not an address. */
+static int
+destination_of(Batch *self, PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
+{
+    if (!PyTuple_CheckExact(addr)) {
+        return parse_address(addr, ss, len);
+    }
+    CachedDestination *entry = &self->destinations[((uintptr_t)addr >> 4) % DESTINATION_CACHE];
+    if (entry->tuple != addr) {
+        if (parse_address(addr, &entry->addr, &entry->len) < 0) {
+            Py_CLEAR(entry->tuple);
+            return -1;
+        }
+        Py_XSETREF(entry->tuple, Py_NewRef(addr));
+    }
+    *len = entry->len;
+    memcpy(ss, &entry->addr, entry->len);
+    return 0;
+}
+
 /* Queue buffer[start:end] (payload from payload_start) for addr; -1 with an exception set if it cannot. */
 static int
 queue_one(Batch *self, Py_ssize_t start, Py_ssize_t payload_start, Py_ssize_t end, PyObject *addr)
@@ -964,18 +986,7 @@ queue_one(Batch *self, Py_ssize_t start, Py_ssize_t payload_start, Py_ssize_t en
     }
     Py_ssize_t i = self->queued;
     socklen_t len;
-    if (PyTuple_CheckExact(addr)) {
-        CachedDestination *entry = &self->destinations[((uintptr_t)addr >> 4) % DESTINATION_CACHE];
-        if (entry->tuple != addr) {
-            if (parse_address(addr, &entry->addr, &entry->len) < 0) {
-                Py_CLEAR(entry->tuple);
-                return -1;
-            }
-            Py_XSETREF(entry->tuple, Py_NewRef(addr));
-        }
-        len = entry->len;
-        memcpy(&self->tx_addrs[i], &entry->addr, len);
-    } else if (parse_address(addr, &self->tx_addrs[i], &len) < 0) {
+    if (destination_of(self, addr, &self->tx_addrs[i], &len) < 0) {
         return -1;
     }
     self->tx_msgs[i].msg_hdr.msg_namelen = len;
@@ -1100,22 +1111,17 @@ segment_runs(Batch *self, Py_ssize_t n)
     return messages;
 }
 
-static PyObject *
-Batch_send(Batch *self, PyObject *arg)
+/* sendmmsg the queue's n entries on fd (GSO runs if segment is set); add to *sent, *bytes, *failed. */
+static void
+send_queue(Batch *self, int fd, Py_ssize_t n, Py_ssize_t *sent_out, Py_ssize_t *bytes_out, Py_ssize_t *failed_out)
 {
-    int fd = PyObject_AsFileDescriptor(arg);
-    Py_ssize_t n = self->queued;
-    self->queued = 0;
-    if (fd < 0) {
-        /* Not a socket (not started): every datagram fails, as sendto would. */
-        PyErr_Clear();
-        self->last_errno = EBADF;
-        return Py_BuildValue("(nnn)", (Py_ssize_t)0, (Py_ssize_t)0, n);
-    }
     Py_ssize_t sent = 0, failed = 0, bytes = 0;
     if (!self->segment || n < 2) {
         send_each(self, fd, 0, n, &sent, &bytes, &failed);
-        return Py_BuildValue("(nnn)", sent, bytes, failed);
+        *sent_out += sent;
+        *bytes_out += bytes;
+        *failed_out += failed;
+        return;
     }
     Py_ssize_t messages = segment_runs(self, n);
     Py_ssize_t g = 0;
@@ -1151,6 +1157,83 @@ Batch_send(Batch *self, PyObject *arg)
             }
         }
         g += r;
+    }
+    *sent_out += sent;
+    *bytes_out += bytes;
+    *failed_out += failed;
+}
+
+static PyObject *
+Batch_send(Batch *self, PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    Py_ssize_t n = self->queued;
+    self->queued = 0;
+    if (fd < 0) {
+        /* Not a socket (not started): every datagram fails, as sendto would. */
+        PyErr_Clear();
+        self->last_errno = EBADF;
+        return Py_BuildValue("(nnn)", (Py_ssize_t)0, (Py_ssize_t)0, n);
+    }
+    Py_ssize_t sent = 0, failed = 0, bytes = 0;
+    send_queue(self, fd, n, &sent, &bytes, &failed);
+    return Py_BuildValue("(nnn)", sent, bytes, failed);
+}
+
+PyDoc_STRVAR(send_list_doc,
+"send_list(fd, datagrams) -> (sent, bytes, failed)\n\n"
+"sendmmsg every (data, (host, port)) of the list datagrams (data: bytes), count at a time,\n"
+"straight from the bytes objects (nothing is copied or queued in the buffer; the queue must be\n"
+"empty). As send(): a datagram the kernel refuses is skipped and counted in failed (its errno\n"
+"in last_errno), runs to one destination go as GSO sends while segment is set. An entry that is\n"
+"not (bytes, numeric address) is skipped and counted in failed too (last_errno EINVAL).");
+
+static PyObject *
+Batch_send_list(Batch *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "send_list(fd, datagrams: list)");
+        return NULL;
+    }
+    if (self->queued) {
+        PyErr_SetString(PyExc_BufferError, "send_list() with datagrams queued: send() them first");
+        return NULL;
+    }
+    int fd = PyObject_AsFileDescriptor(args[0]);
+    PyObject *list = args[1];
+    Py_ssize_t total = PyList_GET_SIZE(list);
+    if (fd < 0) {
+        PyErr_Clear();
+        self->last_errno = EBADF;
+        return Py_BuildValue("(nnn)", (Py_ssize_t)0, (Py_ssize_t)0, total);
+    }
+    Py_ssize_t sent = 0, failed = 0, bytes = 0;
+    /* Nothing below runs Python code, so the list and its items stay as they are. */
+    for (Py_ssize_t at = 0; at < total;) {
+        Py_ssize_t n = 0;
+        for (; at < total && n < self->count; at++) {
+            PyObject *item = PyList_GET_ITEM(list, at);
+            PyObject *data;
+            if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2
+                || !PyBytes_CheckExact(data = PyTuple_GET_ITEM(item, 0))) {
+                self->last_errno = EINVAL;
+                failed++;
+                continue;
+            }
+            socklen_t len;
+            if (destination_of(self, PyTuple_GET_ITEM(item, 1), &self->tx_addrs[n], &len) < 0) {
+                PyErr_Clear();
+                self->last_errno = EINVAL;
+                failed++;
+                continue;
+            }
+            self->tx_msgs[n].msg_hdr.msg_namelen = len;
+            self->tx_iov[n].iov_base = PyBytes_AS_STRING(data);
+            self->tx_iov[n].iov_len = (size_t)PyBytes_GET_SIZE(data);
+            self->tx_payload[n] = PyBytes_GET_SIZE(data);
+            n++;
+        }
+        send_queue(self, fd, n, &sent, &bytes, &failed);
     }
     return Py_BuildValue("(nnn)", sent, bytes, failed);
 }
@@ -1198,6 +1281,7 @@ static PyMethodDef Batch_methods[] = {
     {"route", (PyCFunction)(void (*)(void))Batch_route, METH_FASTCALL, route_doc},
     {"queue", (PyCFunction)(void (*)(void))Batch_queue, METH_FASTCALL, queue_doc},
     {"send", (PyCFunction)Batch_send, METH_O, send_doc},
+    {"send_list", (PyCFunction)(void (*)(void))Batch_send_list, METH_FASTCALL, send_list_doc},
     {"take", (PyCFunction)Batch_take, METH_NOARGS, take_doc},
     {NULL, NULL, 0, NULL},
 };

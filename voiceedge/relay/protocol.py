@@ -177,18 +177,23 @@ class BatchReadPort(udp.Port):
         log.error("socket {port} read failed: {e}", port=self.getHost(), e=e)
         return False
 
-    def _read_each(self, received: Callable[[bytes, Address], None], what: str) -> None:
-        """``recvfrom`` up to ``self.batch`` datagrams, each handed to ``received``; ``what`` names them in a failure's log."""
+    def _read_each(self, received: Callable[[bytes, Address], None], what: str) -> int:
+        """``recvfrom`` up to ``self.batch`` datagrams, each handed to ``received``; how many.
+
+        ``what`` names them in a failure's log.
+        """
         recv = self.socket.recvfrom
         size = self.maxPacketSize
         v6 = self.addressFamily == socket.AF_INET6
+        got = 0
         for _ in range(self.batch):
             try:
                 data, addr = recv(size)
             except OSError as e:
                 if self._read_error(e):
                     continue
-                return
+                return got
+            got += 1
             if v6:
                 addr = addr[:2]
             try:
@@ -196,6 +201,7 @@ class BatchReadPort(udp.Port):
             except Exception:
                 # A bug, not traffic: keep the port alive rather than let Twisted close it.
                 log.failure("{what} from {addr} failed", what=what, addr=addr)
+        return got
 
     def _new_batch(self, headroom: int) -> tuple[BatchIO, mmap.mmap]:
         """``BATCH_COUNT`` full-size slots (an anonymous mapping, resident as used) and their Batch."""
@@ -209,26 +215,29 @@ class BatchReadPort(udp.Port):
 
     def _read_batches(
         self, batch: BatchIO, recv: Callable[[int], list[Any]], handle: Callable[[list[Any]], None]
-    ) -> None:
-        """``recv`` rounds (a batch's ``recvmmsg`` into its slots), each handed to ``handle``, up to ``self.batch`` datagrams.
+    ) -> int:
+        """``recv`` rounds (a batch's ``recvmmsg`` into its slots), each handed to ``handle``, up to ``self.batch`` datagrams; how many.
 
         ``recv`` queues what the helper forwards itself and returns the rest;
         ``handle`` takes the rest and sends the queue.
         """
         fd = self._fd
+        got = 0
         for _ in range(self.batch // BATCH_COUNT):
             try:
                 rest = recv(fd)
             except OSError as e:
                 if self._read_error(e):
                     continue
-                return
+                return got
             received = batch.received
             if not received:
-                return
+                return got
+            got += received
             handle(rest)
             if received < BATCH_COUNT:
-                return  # the socket is (nearly) drained: no recvmmsg just to hear EAGAIN
+                return got  # the socket is (nearly) drained: no recvmmsg just to hear EAGAIN
+        return got
 
 
 class ClientPort(BatchReadPort):

@@ -192,6 +192,14 @@ class Transceiver:
         # False while draining: new offers get 503, live sessions go on.
         self.accepting = True
         self.write: Callable[[bytes, Address], None] = _not_listening
+        # Many datagrams in one system call, which the socket protocol sets
+        # where the port can (MediaPort.write_list): (sent, bytes, failed).
+        self.write_many: Callable[[list[tuple[bytes, Address]]], tuple[int, int, int]] | None = None
+        # What transmit() holds during a read round or a tick, for write_many.
+        self._outbox: list[tuple[bytes, Address]] | None = None
+        # Read rounds of the media socket, by what began them: "readable" (the
+        # reactor said so) or "poll" (MediaPort reading on a timer under load).
+        self.read_rounds: collections.Counter[str] = collections.Counter()
         self.relay_networks = settings.relay_networks
         self._trusted_relays: dict[str, bool] = {}
         # client address -> (relay that last delivered its packets, its
@@ -587,11 +595,19 @@ class Transceiver:
         return entry[1]
 
     def transmit(self, data: bytes, destination: Address) -> None:
-        """Send a session's datagram, through the client's relay if it has one."""
+        """Send a session's datagram, through the client's relay if it has one.
+
+        Inside a read round or a tick (:meth:`hold_datagrams`) it is held and
+        leaves with the others when the round ends.
+        """
         via = self._relay_of.get(destination)
         if via is not None:
             destination, _, header = via
             data = header + data
+        outbox = self._outbox
+        if outbox is not None:
+            outbox.append((data, destination))
+            return
         try:
             self.write(data, destination)
         except OSError:
@@ -601,6 +617,40 @@ class Transceiver:
             return
         self.packets_out += 1
         self.bytes_out += len(data)
+
+    def hold_datagrams(self) -> bool:
+        """Hold what :meth:`transmit` sends until :meth:`send_held`; whether this call began holding.
+
+        A read round or a tick makes many datagrams (at 100 calls, dozens per
+        round): one ``sendmmsg`` for them all instead of a ``sendto`` each. A
+        caller that did not begin holding must not send (a nested round).
+        """
+        if self._outbox is not None or self.write_many is None:
+            return False
+        self._outbox = []
+        return True
+
+    def send_held(self) -> None:
+        """Send what was held since :meth:`hold_datagrams`, in order, and stop holding."""
+        outbox = self._outbox
+        self._outbox = None
+        if not outbox or self.write_many is None:
+            return
+        sent, sent_bytes, failed = self.write_many(outbox)
+        self.packets_out += sent
+        self.bytes_out += sent_bytes
+        if failed:
+            # As transmit: a full buffer or no route loses those datagrams only.
+            self.drops["send_failed"] += failed
+
+    def read_started(self, polled: bool) -> None:
+        """The media socket begins a read round (``polled``: on MediaPort's timer, not readiness)."""
+        self.read_rounds["poll" if polled else "readable"] += 1
+        self.hold_datagrams()
+
+    def read_ended(self) -> None:
+        """The read round is over: what it made leaves now."""
+        self.send_held()
 
     # -- driving a session ----------------------------------------------------
 
@@ -849,6 +899,16 @@ class Transceiver:
     def _tick(self) -> None:
         # One tick for every session with audio playing: a timer per session
         # would cost a heap operation per frame, and they would drift apart.
+        if not self._sending:
+            return
+        holding = self.hold_datagrams()
+        try:
+            self._tick_sessions()
+        finally:
+            if holding:
+                self.send_held()
+
+    def _tick_sessions(self) -> None:
         now = self.clock.seconds()
         slot = int((now - self.grid_origin) / TICK + _SLOT_EPSILON)
         sending = self._sending
@@ -930,6 +990,14 @@ class Transceiver:
         yield ("counter", prefix + "packets_in", "Datagrams received.", {}, self.packets_in)
         yield ("counter", prefix + "bytes_in", "Bytes received.", {}, self.bytes_in)
         yield ("counter", prefix + "packets_out", "Datagrams sent.", {}, self.packets_out)
+        for trigger in ("readable", "poll"):
+            yield (
+                "counter",
+                prefix + "read_rounds",
+                "Read rounds of the media socket, by what began them (packets_in over these: datagrams per round).",
+                {"trigger": trigger},
+                self.read_rounds[trigger],
+            )
         yield ("counter", prefix + "bytes_out", "Bytes sent.", {}, self.bytes_out)
         yield ("gauge", prefix + "sessions_sending", "Sessions with agent audio playing.", {}, len(self._sending))
         for milestone, histogram in self.setup.items():

@@ -11,16 +11,22 @@ means the socket is drained. Without the helper it loops on ``recvfrom`` as
 Twisted does, minus the extras. Under callgrind, a live transceiver with
 eight passthrough calls spends about 6 % fewer instructions per received
 packet (README, "What the event loop costs per packet").
+
+Under load it reads on a timer instead (:attr:`MediaPort.poll_interval`, as a
+network card coalesces interrupts and Linux's NAPI polls a busy one): each
+wake-up of the event loop costs more than the datagram it delivers, and at
+100 calls datagrams come every 0.2 ms. What a round makes the transceiver
+send leaves in one ``sendmmsg`` (:meth:`MediaPort.write_list`).
 """
 
 from __future__ import annotations
 
 import mmap
-from typing import Any
+from typing import Any, Callable, cast
 
 from twisted.application import internet
 from twisted.internet import udp
-from twisted.internet.interfaces import IReactorFDSet
+from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
 from twisted.logger import Logger
 
 from voiceedge.relay.protocol import BATCH_COUNT, BatchReadPort, _batchio, batch_backend
@@ -37,11 +43,24 @@ class MediaPort(BatchReadPort):
     datagrams per system call into one preallocated mapping) or ``python``
     (``recvfrom`` per datagram). At most ``batch`` datagrams per wake-up, so
     a flood cannot starve the timers that pace every call's audio.
+
+    ``poll_interval`` (seconds; 0: never): when the socket wakes the loop
+    again sooner than this, the port stops waiting for it and reads it every
+    ``poll_interval`` instead, until a poll finds nothing (quiet again) or a
+    whole ``batch`` (a flood: read as fast as the loop goes). A datagram then
+    waits at most ``poll_interval`` before it is read.
+
+    A protocol may have ``readStarted(polled)`` and ``readEnded()``, called
+    around every read round (the transceiver holds what it sends meanwhile and
+    sends it with :meth:`write_list`).
     """
 
     backend = "python"
+    poll_interval = 0.0
     _slots: mmap.mmap | None = None
     _batch: Any = None
+    _poll: IDelayedCall | None = None
+    _last_wake = float("-inf")
 
     def startListening(self) -> None:  # noqa: N802 - Twisted's name
         """Bind, then make the receive slots if the backend is ``recvmmsg``."""
@@ -51,12 +70,41 @@ class MediaPort(BatchReadPort):
             stride = self.maxPacketSize
             self._slots = mmap.mmap(-1, BATCH_COUNT * stride)
             self._batch = _batchio.Batch(self._slots, BATCH_COUNT, stride, 0)
+        # The reactor is also the clock of the polls.
+        self._clock = cast(IReactorTime, self.reactor)
+        self._read_started: Callable[[bool], None] = getattr(self.protocol, "readStarted", _started)
+        self._read_ended: Callable[[], None] = getattr(self.protocol, "readEnded", _ended)
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - Twisted's name
-        """Closed: drop the batch and its mapping (freed with their last reference), then close as udp.Port does."""
+        """Closed: no more polls; drop the batch and its mapping (freed with their last reference), then close as udp.Port does."""
+        if self._poll is not None and self._poll.active():
+            self._poll.cancel()
+        self._poll = None
         self._batch = None
         self._slots = None
         super().connectionLost(reason)
+
+    def write_list(self, datagrams: list[tuple[bytes, Any]]) -> tuple[int, int, int]:
+        """Send every ``(data, (host, port))`` in order; ``(sent, bytes sent, failed)``.
+
+        With the helper, ``sendmmsg`` straight from the bytes (a datagram the
+        kernel refuses is skipped and counted); else ``sendto`` each.
+        """
+        batch = self._batch
+        if batch is not None:
+            result: tuple[int, int, int] = batch.send_list(self._fd, datagrams)
+            return result
+        sendto = self.socket.sendto
+        sent = sent_bytes = failed = 0
+        for data, addr in datagrams:
+            try:
+                sendto(data, addr)
+            except OSError:
+                failed += 1
+                continue
+            sent += 1
+            sent_bytes += len(data)
+        return sent, sent_bytes, failed
 
     def _hand_on(self, got: list[tuple[int, int, Any]]) -> None:
         """Each datagram of a ``recvmmsg`` round, copied out of its slot, to the protocol."""
@@ -70,12 +118,45 @@ class MediaPort(BatchReadPort):
                 log.failure("media datagram from {addr} failed", addr=addr)
 
     def doRead(self) -> None:
-        """Hand every waiting datagram to the protocol, up to ``batch`` of them."""
-        batch = self._batch
-        if batch is not None:
-            self._read_batches(batch, batch.recv, self._hand_on)
+        """The socket is readable: a read round; poll instead if it was readable a moment ago."""
+        self._round(False)
+        interval = self.poll_interval
+        if interval:
+            now = self._clock.seconds()
+            if now - self._last_wake < interval and self.connected:
+                # Datagrams come faster than polls would: fewer wake-ups, each reading more.
+                self.stopReading()
+                self._poll = self._clock.callLater(interval, self._polled)
+            self._last_wake = now
+
+    def _polled(self) -> None:
+        self._poll = None
+        if not self.connected:
+            return
+        got = self._round(True)
+        if got == 0 or got >= self.batch:
+            self.startReading()
         else:
-            self._read_each(self.protocol.datagramReceived, "media datagram")
+            self._poll = self._clock.callLater(self.poll_interval, self._polled)
+
+    def _round(self, polled: bool) -> int:
+        """Hand every waiting datagram to the protocol, up to ``batch`` of them; how many."""
+        self._read_started(polled)
+        try:
+            batch = self._batch
+            if batch is not None:
+                return self._read_batches(batch, batch.recv, self._hand_on)
+            return self._read_each(self.protocol.datagramReceived, "media datagram")
+        finally:
+            self._read_ended()
+
+
+def _started(polled: bool) -> None:
+    """A protocol without ``readStarted``."""
+
+
+def _ended() -> None:
+    """A protocol without ``readEnded``."""
 
 
 class MediaServer(internet.UDPServer):
@@ -84,6 +165,9 @@ class MediaServer(internet.UDPServer):
     On a reactor without file descriptors (a test's fake) it listens as
     ``UDPServer`` does.
     """
+
+    #: MediaPort.poll_interval of the port (seconds; 0: never poll).
+    poll_interval = 0.0
 
     def _getPort(self) -> udp.Port:  # noqa: N802 - Twisted's name
         reactor: Any = self.reactor
@@ -97,5 +181,6 @@ class MediaServer(internet.UDPServer):
         port_number, protocol = self.args
         port = MediaPort(port_number, protocol, reactor=reactor, **self.kwargs)
         port.backend = batch_backend()
+        port.poll_interval = self.poll_interval
         port.startListening()
         return port

@@ -37,9 +37,19 @@ class SharedSocketProtocol(DatagramProtocol):
             self.transceiver.write = sock.sendto  # type: ignore[assignment]
         else:
             self.transceiver.write = self.transport.write
+        # A MediaPort sends a read round's or a tick's datagrams in one call.
+        self.transceiver.write_many = getattr(self.transport, "write_list", None)
         # The port calls protocol.datagramReceived for every datagram: the
         # transceiver's own method, bound once, saves a call per packet.
         self.datagramReceived = self.transceiver.datagram_received  # type: ignore[method-assign, assignment]
+
+    def readStarted(self, polled: bool) -> None:  # noqa: N802 - MediaPort's name, after Twisted's
+        """A read round begins: the transceiver holds what it sends until :meth:`readEnded`."""
+        self.transceiver.read_started(polled)
+
+    def readEnded(self) -> None:  # noqa: N802 - MediaPort's name, after Twisted's
+        """The read round is over: what it made leaves in one call."""
+        self.transceiver.read_ended()
 
     def local_address(self) -> Address:
         """The address the socket is bound to."""

@@ -44,6 +44,12 @@ class TransceiverSettings:
     max_loop_lag_ms: float = setting(
         c.number(0, 60_000), "25", "new sessions get 503 while the event loop runs this late (smoothed); 0: no limit"
     )
+    media_poll_ms: float = setting(
+        c.number(0, 20),
+        "2",
+        "under load, read the media socket every this many ms rather than at each datagram "
+        "(a datagram waits at most this long); 0: at each datagram",
+    )
     setup_timeout: float = setting(c.seconds(1, 300), "15", "seconds for ICE and DTLS to complete")
     consent_timeout: float = setting(c.seconds(5, 300), "30", "RFC 7675 consent lifetime")
     relay_networks: tuple[Network, ...] = setting(

@@ -230,6 +230,7 @@ def build_transceiver(
     media_host, media_port = settings.media_listen
     # Twisted reads 8 KiB by default and would truncate a larger datagram.
     udp = MediaServer(media_port, protocols[0], interface=media_host, maxPacketSize=MAX_DATAGRAM)
+    udp.poll_interval = settings.media_poll_ms / 1000
     udp.setServiceParent(parent)
     TransceiverService(transceiver).setServiceParent(parent)
     return transceiver
