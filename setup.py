@@ -1,8 +1,9 @@
-"""The one compiled part: the relay's optional batched datagram I/O helper (see docs/relay.md).
+"""The compiled parts: the relay's batched datagram I/O helper (docs/relay.md) and the
+transceiver's SRTP-and-RTP-header helper (docs/transceiver.md), both optional.
 
 Everything else is declared in setup.cfg. ``optional=True``: without a C
-compiler or Python's headers the install still succeeds, and the relay reads
-with its pure-Python path (it says so in its log and in /metrics).
+compiler or Python's headers the install still succeeds, and the relay and the
+transceiver take their pure-Python paths (each says so in its log and in /metrics).
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ setup(
             "voiceedge.relay._batchio",
             ["voiceedge/relay/_batchio.c"],
             optional=True,
-        )
+        ),
+        # No libsrtp to link: it calls the one inside pylibsrtp's cffi module, by address.
+        Extension(
+            "voiceedge.transceiver._srtpio",
+            ["voiceedge/transceiver/_srtpio.c"],
+            optional=True,
+        ),
     ],
 )

@@ -15,6 +15,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.ice_client import binding_request
+from tests.srtp_paths import PythonSrtpPath
 from voiceedge.agents.echo import EchoAgentFactory, PassthroughEchoAgentFactory
 from voiceedge.agents.interfaces import AudioFrame, IAgent, IAgentFactory, IAgentSession
 from voiceedge.media.opus import OpusDecoder, OpusEncoder
@@ -1277,3 +1278,14 @@ class HeldDatagramsTests(SynchronousTestCase):
         self.transceiver.send_held()
         self.transceiver.write_many = None
         self.assertFalse(self.transceiver.hold_datagrams())
+
+
+# The same tests with every SrtpSession on the Python path (VOICEEDGE_SRTP_IO=python).
+
+
+class PythonPathWholeCallTests(PythonSrtpPath, WholeCallTests):
+    """WholeCallTests with the SRTP I/O in Python."""
+
+
+class PythonPathEarlyAndHostileTrafficTests(PythonSrtpPath, EarlyAndHostileTrafficTests):
+    """EarlyAndHostileTrafficTests with the SRTP I/O in Python."""

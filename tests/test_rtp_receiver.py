@@ -6,6 +6,7 @@ import collections
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.srtp_paths import PythonSrtpPath
 from voiceedge.transceiver.dtls import AEAD_AES_128_GCM, SrtpKeys
 from voiceedge.transceiver.rtp_receiver import RtpReceiver
 from voiceedge.transceiver.srtp import SrtpSession
@@ -120,3 +121,10 @@ class ReceiverTests(SynchronousTestCase):
         self.assertEqual(self.sink.drained, [])
         self.receiver.handle_timeout(1.5)
         self.assertEqual(self.sink.drained, [1.5])
+
+
+# The same tests with every SrtpSession on the Python path (VOICEEDGE_SRTP_IO=python).
+
+
+class PythonPathReceiverTests(PythonSrtpPath, ReceiverTests):
+    """ReceiverTests with the SRTP I/O in Python."""

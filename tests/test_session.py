@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.audio_samples import tone_pcm
 from tests.ice_client import binding_request
+from tests.srtp_paths import PythonSrtpPath
 from voiceedge.agents.interfaces import AudioFrame
 from voiceedge.media.detection import DetectionSettings
 from voiceedge.transceiver.dtls import DtlsCertificate, DtlsRole, DtlsState, DtlsTransport
@@ -317,3 +318,18 @@ class SpeechDetectionTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             session.set_speech_detection(DetectionSettings("energy", threshold_db=-1), T0)
         self.assertEqual(session.speech_detection, before)
+
+
+# The same tests with every SrtpSession on the Python path (VOICEEDGE_SRTP_IO=python).
+
+
+class PythonPathSetupTests(PythonSrtpPath, SetupTests):
+    """SetupTests with the SRTP I/O in Python."""
+
+
+class PythonPathPathAndRestartTests(PythonSrtpPath, PathAndRestartTests):
+    """PathAndRestartTests with the SRTP I/O in Python."""
+
+
+class PythonPathSpeechDetectionTests(PythonSrtpPath, SpeechDetectionTests):
+    """SpeechDetectionTests with the SRTP I/O in Python."""

@@ -7,11 +7,13 @@ import struct
 from pylibsrtp import Policy
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.srtp_paths import PythonSrtpPath
 from voiceedge.transceiver.dtls import SrtpKeys
 from voiceedge.transceiver.srtp import (
     MAX_LEARNED_SSRCS,
     MAX_OFFERED_SSRCS,
     PacketBudget,
+    RtpFields,
     SrtpError,
     SrtpSession,
 )
@@ -139,6 +141,11 @@ class CountingSrtp:
     def unprotect_rtp(self, packet: bytes) -> bytes:
         self.rtp_calls += 1
         return self.inner.unprotect_rtp(packet)
+
+    def read_rtp(self, packet: bytes) -> RtpFields:
+        """The receiver's path (unprotect and the header in one call), counted alike."""
+        self.rtp_calls += 1
+        return self.inner.read_rtp(packet)
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
         self.rtcp_calls += 1
@@ -270,3 +277,17 @@ class OfferedSsrcTests(SynchronousTestCase):
         self.assertEqual(session.receiver.srtp.inbound_ssrcs, frozenset({1111, 2222, *others[:-1]}))
         self.assertEqual(transceiver.drops["srtp_ssrc"], 1)
 
+
+# The same tests with every SrtpSession on the Python path (VOICEEDGE_SRTP_IO=python).
+
+
+class PythonPathInboundSsrcTests(PythonSrtpPath, InboundSsrcTests):
+    """InboundSsrcTests with the SRTP I/O in Python."""
+
+
+class PythonPathFloodTests(PythonSrtpPath, FloodTests):
+    """FloodTests with the SRTP I/O in Python."""
+
+
+class PythonPathOfferedSsrcTests(PythonSrtpPath, OfferedSsrcTests):
+    """OfferedSsrcTests with the SRTP I/O in Python."""

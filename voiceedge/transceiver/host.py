@@ -52,6 +52,7 @@ from voiceedge.transceiver.session_events import (
     UfragRetired,
 )
 from voiceedge.transceiver.settings import SpeechSettings, TransceiverSettings
+from voiceedge.transceiver.srtp import log_srtp_io_backend, srtp_io_backend
 from voiceedge.wire import encap, sdp, stun
 from voiceedge.wire.errors import WireError
 
@@ -255,6 +256,7 @@ class Transceiver:
     def start(self) -> None:
         """Start the shared tick (its first slot begins now) and the sweep."""
         self.grid_origin = self.clock.seconds()
+        log_srtp_io_backend(self.log)
         self._ticker.start(TICK, now=False)
         self._sweeper.start(SWEEP, now=False)
         if self.admission is not None:
@@ -975,6 +977,13 @@ class Transceiver:
                 n,
             )
         yield ("counter", prefix + "ice_restarts", "ICE restarts (PATCH).", {}, self.ice_restarts)
+        yield (
+            "gauge",
+            prefix + "srtp_io",
+            "How sessions protect and parse RTP: compiled (one call each way) or python.",
+            {"backend": srtp_io_backend()},
+            1,
+        )
         for reason, n in self.drops.items():
             yield ("counter", prefix + "drops", "Datagrams dropped, by reason.", {"reason": reason}, n)
         for repair, n in self.repairs.items():

@@ -15,17 +15,12 @@ counter the owner passes in.
 from __future__ import annotations
 
 import collections
-import struct
 from typing import Protocol
 
 from voiceedge.transceiver.rtp_stats import ReceiveStatistics
 from voiceedge.transceiver.srtp import PacketBudget, SrtpError, SrtpSession
 from voiceedge.wire.errors import WireError
 from voiceedge.wire.opus import SINGLE_FRAME_SECONDS, packet_duration
-from voiceedge.wire.rtp import parse_rtp
-
-# The fixed header, for the common packet (version 2, no padding, extension or CSRC: first byte 0x80).
-_header_unpack_from = struct.Struct("!BBHII").unpack_from
 
 __all__ = [
     "AUDIO_BURST",
@@ -96,23 +91,15 @@ class RtpReceiver:
             drops["rtp_over_rate"] += 1
             return False
         try:
-            plain = self.srtp.unprotect_rtp(data)
+            # Unprotect and parse the header: one compiled call where the helper is built.
+            payload_type, sequence_number, timestamp, ssrc, payload = self.srtp.read_rtp(data)
         except SrtpError as e:
             drops["srtp_" + e.reason] += 1
             return False
-        if len(plain) >= 12 and plain[0] == 0x80:
-            # What parse_rtp would make of it, without an RtpPacket per packet.
-            _, second, sequence_number, timestamp, ssrc = _header_unpack_from(plain)
-            payload_type = second & 0x7F
-            payload = plain[12:]
-        else:
-            try:
-                packet = parse_rtp(plain)
-            except WireError:
-                drops["rtp_malformed"] += 1
-                return True
-            payload_type, sequence_number, timestamp = packet.payload_type, packet.sequence_number, packet.timestamp
-            ssrc, payload = packet.ssrc, packet.payload
+        except WireError:
+            # It authenticated, but is not RTP that parses.
+            drops["rtp_malformed"] += 1
+            return True
         if payload_type != self.payload_type:
             drops["rtp_other_payload"] += 1
             return True

@@ -42,7 +42,7 @@ import os
 import struct
 from dataclasses import dataclass
 from collections import deque
-from typing import Literal, Protocol
+from typing import Callable, Literal, Protocol
 
 from voiceedge.transceiver.rtp_stats import SendStatistics
 
@@ -145,7 +145,10 @@ class RtpSender:
     """One outgoing RTP stream: pacing, sequence numbers, timestamps, marker, stop.
 
     ``source`` holds the frames; :meth:`poll` returns the RTP packets
-    (unprotected) due at ``now``. Events for the conversation side (what the
+    (unprotected) due at ``now``, or with ``write_rtp`` (an
+    :class:`~voiceedge.transceiver.srtp.SrtpSession`'s) the SRTP packets, each
+    built and protected in one call (:class:`~voiceedge.transceiver.srtp.SrtpError`
+    from it propagates). Events for the conversation side (what the
     caller actually hears) collect in :attr:`events` for the owner to take.
     """
 
@@ -159,6 +162,7 @@ class RtpSender:
         header_extension: bytes = b"",
         sequence_number: int | None = None,
         timestamp_base: int | None = None,
+        write_rtp: Callable[[int, int, int, int, bytes, bytes], bytes] | None = None,
     ) -> None:
         if not 0 <= payload_type <= 127:
             raise ValueError(f"RTP payload type out of range: {payload_type!r}")
@@ -169,6 +173,7 @@ class RtpSender:
         self.source = source
         self.grid_origin = grid_origin
         self._extension = header_extension
+        self._write_rtp = write_rtp
         self._sequence = (
             int.from_bytes(os.urandom(2), "big") if sequence_number is None else sequence_number
         )
@@ -315,6 +320,12 @@ class RtpSender:
         self._last_slot = self._last_sent_slot = slot
         self.stats.on_packet_sent(len(payload))
         extension = self._extension
+        write_rtp = self._write_rtp
+        if write_rtp is not None:
+            # Header and SRTP in one call: the same header as below, then protected.
+            return write_rtp(
+                (0x80 if marker else 0) | self.payload_type, sequence, timestamp, self.ssrc, extension, payload
+            )
         if extension:
             # The header with its X bit set (RFC 3550 §5.3.1), then the extension block.
             return (

@@ -519,8 +519,14 @@ class Session:
         extension = b""
         if audio.mid is not None and audio.mid_extension_id is not None:
             extension = mid_extension(audio.mid_extension_id, audio.mid)
+        # The sender builds each packet's header and protects it in one call (srtp.write_rtp).
         self.sender = RtpSender(
-            audio.payload_type, audio.ssrc, self._outbound, self.grid_origin, header_extension=extension
+            audio.payload_type,
+            audio.ssrc,
+            self._outbound,
+            self.grid_origin,
+            header_extension=extension,
+            write_rtp=srtp.write_rtp,
         )
         self.send_stats = self.sender.stats
         self._next_rtcp = now + RTCP_INTERVAL * self._rng.uniform(0.5, 1.5)
@@ -638,8 +644,8 @@ class Session:
             self.drops["rtp_no_destination"] += len(packets)
             return
         out = self._datagrams
-        for packet in packets:
-            out.append((srtp.protect_rtp(packet), destination))
+        for packet in packets:  # protected by the sender (write_rtp)
+            out.append((packet, destination))
         if self._awaiting_first_out:
             self._awaiting_first_out = False
             self._milestone("first_rtp_out", now)

@@ -3,23 +3,36 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import os
+import struct
+import weakref
+from typing import Any, Callable, Iterable
 
 import pylibsrtp
 from pylibsrtp import Policy, Session
 from pylibsrtp._binding import ffi, lib
+from twisted.logger import Logger
 
 from voiceedge.transceiver.dtls import SrtpKeys
 from voiceedge.wire.errors import WireError
+from voiceedge.wire.rtp import RtpError, parse_rtp
+
+try:
+    from voiceedge.transceiver import _srtpio
+except ImportError:  # not built (no compiler at install time): the python path
+    _srtpio = None  # type: ignore[assignment]
 
 __all__ = [
     "MAX_LEARNED_SSRCS",
     "MAX_OFFERED_SSRCS",
     "PacketBudget",
+    "RtpFields",
     "SrtpAuthError",
     "SrtpError",
     "SrtpReplayError",
     "SrtpSession",
+    "log_srtp_io_backend",
+    "srtp_io_backend",
 ]
 
 # The caller's packets' replay window, in packets. libsrtp shifts the whole
@@ -50,6 +63,53 @@ _srtp_protect = lib.srtp_protect
 _srtp_unprotect = lib.srtp_unprotect
 _srtp_protect_rtcp = lib.srtp_protect_rtcp
 _srtp_unprotect_rtcp = lib.srtp_unprotect_rtcp
+_header_pack = struct.Struct("!BBHII").pack
+_header_unpack_from = struct.Struct("!BBHII").unpack_from
+
+#: What :meth:`SrtpSession.read_rtp` returns: payload type, sequence number, timestamp, SSRC, payload.
+RtpFields = tuple[int, int, int, int, bytes]
+
+# VOICEEDGE_SRTP_IO=python makes every session protect and parse in Python even
+# where the compiled helper (voiceedge.transceiver._srtpio) is built (the tests
+# run both paths with it); any other value, or none, means the helper where it is built.
+_FORCE_ENV = "VOICEEDGE_SRTP_IO"
+# The helper's failure codes, by meaning (see _srtpio.c); parse_rtp's messages for its own.
+if _srtpio is not None:
+    _ELSEWHERE = _srtpio.CODE_ELSEWHERE
+    _TOO_LONG = _srtpio.CODE_TOO_LONG
+    _RTP_MESSAGES = {
+        _srtpio.CODE_RTP_SHORT: "RTP packet shorter than 12 bytes",
+        _srtpio.CODE_RTP_VERSION: "RTP version is not 2",
+        _srtpio.CODE_RTP_CSRC: "RTP CSRC list is truncated",
+        _srtpio.CODE_RTP_EXTENSION: "RTP header extension is truncated",
+        _srtpio.CODE_RTP_PADDING: "RTP padding count is invalid",
+    }
+    _SRTPIO_ADDRESSES = (
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect"))),
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_unprotect"))),
+    )
+
+
+def log_srtp_io_backend(log: Logger) -> str:
+    """Say in ``log`` which SRTP I/O path sessions take, and why; return it (:func:`srtp_io_backend`)."""
+    chosen = srtp_io_backend()
+    if chosen == "compiled":
+        log.info("transceiver: SRTP and RTP headers in one compiled call each way (voiceedge.transceiver._srtpio)")
+    elif _srtpio is None:
+        log.warn(
+            "transceiver: voiceedge.transceiver._srtpio is not built (no C compiler or Python headers at install):"
+            " SRTP and RTP headers in Python (srtp_io python)"
+        )
+    else:
+        log.info("transceiver: SRTP and RTP headers in Python (srtp_io python, {env}=python)", env=_FORCE_ENV)
+    return chosen
+
+
+def srtp_io_backend() -> str:
+    """``compiled`` where the helper is built (and not turned off with ``VOICEEDGE_SRTP_IO=python``), else ``python``."""
+    if _srtpio is None or os.environ.get(_FORCE_ENV, "") == "python":
+        return "python"
+    return "compiled"
 
 # Authentication tag length by profile; shorter packets cannot be genuine.
 _TAG_LENGTH = {
@@ -121,6 +181,20 @@ class PacketBudget:
         return True
 
 
+def _failure_handler(session: weakref.ref[SrtpSession]) -> Callable[[int, bytes | None], RtpFields]:
+    """The helper's ``failed``: the session's :meth:`SrtpSession._io_failed`, through a weak
+    reference, so the session and its helper make no cycle (a call's SRTP state is freed when
+    the call ends, not at the next garbage collection)."""
+
+    def failed(code: int, packet: bytes | None) -> RtpFields:
+        owner = session()
+        if owner is None:
+            raise SrtpError("malformed", "the SRTP session is gone")
+        return owner._io_failed(code, packet)
+
+    return failed
+
+
 class SrtpSession:
     """Protects what we send with ``keys.local_key`` and unprotects with ``keys.remote_key``.
 
@@ -133,6 +207,12 @@ class SrtpSession:
 
     Counters ``replayed``, ``auth_failed``, ``malformed`` and ``ssrc_refused``
     count rejected packets; each failure raises a subclass of :class:`SrtpError`.
+
+    The media path's RTP goes through :attr:`read_rtp` and :attr:`write_rtp`,
+    which also parse and build the RTP header: one call to the compiled
+    helper (:mod:`voiceedge.transceiver._srtpio`) per packet each way, or
+    the same in Python (``io="python"``, or where the helper is not built).
+    Both give the same packets, fields, errors and counts.
     """
 
     __slots__ = (
@@ -151,6 +231,11 @@ class SrtpSession:
         "_inbound_ssrcs",
         "_learned",
         "_max_learned",
+        "_io",
+        "io",
+        "read_rtp",
+        "write_rtp",
+        "__weakref__",
         "replayed",
         "auth_failed",
         "malformed",
@@ -163,7 +248,13 @@ class SrtpSession:
         replay_window: int = _REPLAY_WINDOW,
         offered_ssrcs: Iterable[int] = (),
         max_learned: int = MAX_LEARNED_SSRCS,
+        io: str | None = None,
     ) -> None:
+        chosen = io or srtp_io_backend()
+        if chosen not in ("compiled", "python"):
+            raise ValueError(f"unknown SRTP I/O path {chosen!r}")
+        if chosen == "compiled" and _srtpio is None:
+            raise ValueError("the compiled SRTP I/O path needs voiceedge.transceiver._srtpio, which is not built")
         self._profile = keys.profile
         self._remote_key = keys.remote_key
         self._window = replay_window
@@ -201,6 +292,30 @@ class SrtpSession:
         self.auth_failed = 0
         self.malformed = 0
         self.ssrc_refused = 0
+        #: Which path :attr:`read_rtp` and :attr:`write_rtp` take: ``compiled`` or ``python``.
+        self.io = chosen
+        self.read_rtp: Callable[[bytes], RtpFields]
+        self.write_rtp: Callable[[int, int, int, int, bytes, bytes], bytes]
+        self._io: _srtpio.RtpIo | None
+        if chosen == "compiled":
+            # The helper holds the pylibsrtp Sessions that own the contexts, for as long as it lives.
+            io_ = _srtpio.RtpIo(
+                *_SRTPIO_ADDRESSES,
+                int(ffi.cast("uintptr_t", self._tx_ctx)),
+                int(ffi.cast("uintptr_t", self._rx_ctx)),
+                (self._tx, self._rx),
+                _failure_handler(weakref.ref(self)),
+                self._min_rtp,
+                _MAX_RTP,
+            )
+            io_.accept(self._inbound_ssrcs)
+            self._io = io_
+            self.read_rtp = io_.read_rtp
+            self.write_rtp = io_.write_rtp
+        else:
+            self._io = None
+            self.read_rtp = self._read_rtp
+            self.write_rtp = self._write_rtp
 
     @property
     def inbound_ssrcs(self) -> frozenset[int]:
@@ -254,6 +369,8 @@ class SrtpSession:
             raise
         self._inbound_ssrcs.add(ssrc)
         self._learned += 1
+        if self._io is not None:
+            self._io.accept(self._inbound_ssrcs)
         return plain
 
     def protect_rtp(self, packet: bytes) -> bytes:
@@ -293,6 +410,47 @@ class SrtpSession:
         if status:
             raise self._classify_status(status)
         return buffer[0 : length[0]]
+
+    def _read_rtp(self, packet: bytes) -> RtpFields:
+        """:attr:`read_rtp` in Python: :meth:`unprotect_rtp`, then the header's fields.
+
+        ``SrtpError`` (counted) for a packet that does not verify; ``RtpError``
+        for one that verifies but does not parse.
+        """
+        plain = self.unprotect_rtp(packet)
+        if len(plain) >= 12 and plain[0] == 0x80:
+            # What parse_rtp would make of it, without an RtpPacket per packet.
+            _, second, sequence_number, timestamp, ssrc = _header_unpack_from(plain)
+            return second & 0x7F, sequence_number, timestamp, ssrc, plain[12:]
+        rtp = parse_rtp(plain)
+        return rtp.payload_type, rtp.sequence_number, rtp.timestamp, rtp.ssrc, rtp.payload
+
+    def _write_rtp(
+        self, marker_payload_type: int, sequence_number: int, timestamp: int, ssrc: int, extension: bytes, payload: bytes
+    ) -> bytes:
+        """:attr:`write_rtp` in Python: the header (its X bit set with an ``extension``), then :meth:`protect_rtp`."""
+        first = 0x90 if extension else 0x80
+        return self.protect_rtp(
+            _header_pack(first, marker_payload_type, sequence_number, timestamp, ssrc) + extension + payload
+        )
+
+    def _io_failed(self, code: int, packet: bytes | None) -> RtpFields:
+        """What the compiled helper does not do itself: count and raise as the Python path does.
+
+        Inbound (``packet`` given), a packet not for its path (an SSRC not yet
+        accepted, a length or version it does not take) goes the Python path whole.
+        """
+        if packet is None:
+            if code == _TOO_LONG:
+                self.malformed += 1
+                raise SrtpError("malformed", "packet is too long")
+            raise self._classify_status(code)
+        if code == _ELSEWHERE:
+            return self._read_rtp(packet)
+        message = _RTP_MESSAGES.get(code)
+        if message is not None:
+            raise RtpError(message)
+        raise self._classify_status(code)
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """Encrypt and authenticate one (compound) RTCP packet."""
