@@ -1,5 +1,5 @@
 """The compiled parts: the relay's batched datagram I/O helper (docs/relay.md) and the
-transceiver's SRTP-and-RTP-header helper (docs/transceiver.md), both optional.
+transceiver's SRTP-and-RTP-header helper (docs/session.md), both optional.
 
 Everything else is declared in setup.cfg. ``optional=True``: without a C
 compiler or Python's headers the install still succeeds, and the relay and the

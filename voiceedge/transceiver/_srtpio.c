@@ -1,4 +1,4 @@
-/* SRTP and the RTP header in one call each way, on the libsrtp inside pylibsrtp (docs/transceiver.md).
+/* SRTP and the RTP header in one call each way, on the libsrtp inside pylibsrtp (docs/session.md).
  *
  * The transceiver's media path per packet was: copy into a cffi buffer, call
  * libsrtp through cffi, slice the result out, unpack the header with struct
