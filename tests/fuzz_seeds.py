@@ -88,6 +88,12 @@ def seeds() -> dict[str, list[bytes]]:
     out["stun"] += stun_messages
     out["rtp"] += [d for k, d in received if k == "rtp"]
     out["rtcp"] += [d for k, d in received if k == "rtcp"]
+    # A profile byte, then packets: plaintext RTP to protect (1), and the same raw (0).
+    rtp_packets = [d for k, d in received if k == "rtp"][:3]
+    out["srtp_io"] += [
+        bytes([profile]) + b"".join(b"\x01" + chunk(p) + b"\x00" + chunk(p) for p in rtp_packets)
+        for profile in range(4)
+    ]
     out["rtcp"].append(rtcp.build_rtcp([rtcp.ReceiverReport(1234, [rtcp.ReportBlock(1, 0, 0, 5, 3, 0, 0)])]))
     sctp_packets = [d for k, d in received + sent if k == "sctp"]
     out["sctp_chunks"] += sctp_packets

@@ -146,6 +146,69 @@ def fuzz_rtp(data: bytes) -> None:
     packet.serialize()
 
 
+_SRTP_IO_SESSIONS: dict[int, Any] = {}
+
+
+def _srtp_io_sessions(index: int) -> Any:
+    """(sender, compiled receiver, python receiver) of the ``index``-th profile, fresh receivers each time."""
+    from pylibsrtp import Policy
+
+    from voiceedge.transceiver.dtls import SrtpKeys
+    from voiceedge.transceiver.srtp import SrtpSession
+
+    profile, length = (
+        (Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30),
+        (Policy.SRTP_PROFILE_AES128_CM_SHA1_32, 30),
+        (Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 28),
+        (Policy.SRTP_PROFILE_AEAD_AES_256_GCM, 44),
+    )[index % 4]
+    a, b = bytes(range(length)), bytes(range(100, 100 + length))
+    if index % 4 not in _SRTP_IO_SESSIONS:
+        _SRTP_IO_SESSIONS[index % 4] = SrtpSession(SrtpKeys(profile, a, b), io="python")
+    receivers = [
+        SrtpSession(SrtpKeys(profile, b, a), io=io, offered_ssrcs=[0x11223344], max_learned=1)
+        for io in ("compiled", "python")
+    ]
+    return _SRTP_IO_SESSIONS[index % 4], receivers
+
+
+@target
+def fuzz_srtp_io(data: bytes) -> None:
+    """SRTP I/O: the compiled helper and the Python path make the same of any packet.
+
+    The input picks a profile, then gives packets: raw ones (hostile SRTP), and plaintext ones
+    (any header: CSRC count, extension, padding) that a sender protects first, so they
+    authenticate and only the header parse can refuse them. Both receivers must return the
+    same fields or raise the same error (SrtpError or RtpError only), and count the same.
+    """
+    from voiceedge.transceiver import srtp
+    from voiceedge.wire.rtp import RtpError
+
+    if srtp._srtpio is None:
+        return
+    stream = Input(data)
+    sender, receivers = _srtp_io_sessions(stream.byte())
+    outcomes: list[list[tuple[Any, ...]]] = [[], []]
+    while stream:
+        protect = stream.byte() & 1
+        packet = stream.chunk()
+        if protect:
+            try:
+                packet = sender.protect_rtp(packet)
+            except srtp.SrtpError:
+                continue
+        for receiver, seen in zip(receivers, outcomes):
+            try:
+                seen.append(("ok", receiver.read_rtp(packet)))
+            except srtp.SrtpError as exc:
+                seen.append((type(exc).__name__, exc.reason, str(exc)))
+            except RtpError as exc:
+                seen.append(("RtpError", str(exc)))
+    counts = [(r.replayed, r.auth_failed, r.malformed, r.ssrc_refused, r.inbound_ssrcs) for r in receivers]
+    if outcomes[0] != outcomes[1] or counts[0] != counts[1]:
+        raise InvariantBroken(f"compiled {outcomes[0]} {counts[0]} != python {outcomes[1]} {counts[1]}")
+
+
 @target
 def fuzz_rtcp(data: bytes) -> None:
     """RTCP compound packets: parse; what parsed builds again."""
