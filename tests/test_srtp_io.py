@@ -367,6 +367,21 @@ class BackendChoiceTests(SynchronousTestCase):
         python = session("AEAD_AES_128_GCM", "python")
         self.assertIsInstance(python.read_rtp.__self__, SrtpSession)  # type: ignore[attr-defined]
 
+    def test_without_the_helper_the_python_path_and_a_warning(self) -> None:
+        """Where the helper is not built: sessions take the Python path, the log warns, and asking
+        for the compiled path is a clear error."""
+        from twisted.logger import Logger, LogLevel
+
+        self.patch(srtp_module, "_srtpio", None)
+        self.assertEqual(srtp_io_backend(), "python")
+        self.assertEqual(session("AEAD_AES_128_GCM", None).io, "python")  # type: ignore[arg-type]
+        with self.assertRaises(ValueError):
+            session("AEAD_AES_128_GCM", "compiled")
+        events: list[dict[str, Any]] = []
+        self.assertEqual(srtp_module.log_srtp_io_backend(Logger(observer=events.append)), "python")
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.warn])
+        self.assertIn("not built", events[0]["log_format"])
+
     def test_unknown_path_is_refused(self) -> None:
         with self.assertRaises(ValueError):
             session("AEAD_AES_128_GCM", "fast")
