@@ -239,6 +239,31 @@ class PollingTests(unittest.SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertFalse(self.port.connected)
 
+    def test_a_failing_round_hook_is_logged_and_polling_goes_on(self) -> None:
+        """readEnded raising (a bug) is logged; the datagrams were handed on and the polls go on."""
+
+        def broken() -> None:
+            raise ZeroDivisionError("a bug in readEnded")
+
+        self.port._read_ended = broken  # type: ignore[method-assign]
+        self.send(b"a")
+        self.port.doRead()
+        self.port.doRead()
+        self.send(b"b")
+        self.clock.advance(0.002)
+        self.assertEqual([d for d, _ in self.protocol.got], [b"a", b"b"])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 3)
+
+    def test_a_second_reader_does_not_start_a_second_poll(self) -> None:
+        """Readable while a poll is pending (something started reading again): still one poll."""
+        self.send(b"a")
+        self.port.doRead()
+        self.port.doRead()
+        self.port.startReading()
+        self.port.doRead()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
     def test_no_interval_never_polls(self) -> None:
         """poll_interval 0 (media_poll_ms = 0): every wake-up reads, none polls."""
         self.port.poll_interval = 0.0

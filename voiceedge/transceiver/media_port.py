@@ -123,7 +123,7 @@ class MediaPort(BatchReadPort):
         interval = self.poll_interval
         if interval:
             now = self._clock.seconds()
-            if now - self._last_wake < interval and self.connected:
+            if now - self._last_wake < interval and self.connected and self._poll is None:
                 # Datagrams come faster than polls would: fewer wake-ups, each reading more.
                 self.stopReading()
                 self._poll = self._clock.callLater(interval, self._polled)
@@ -140,15 +140,26 @@ class MediaPort(BatchReadPort):
             self._poll = self._clock.callLater(self.poll_interval, self._polled)
 
     def _round(self, polled: bool) -> int:
-        """Hand every waiting datagram to the protocol, up to ``batch`` of them; how many."""
-        self._read_started(polled)
+        """Hand every waiting datagram to the protocol, up to ``batch`` of them; how many.
+
+        A protocol's ``readStarted`` or ``readEnded`` raising is a bug, not
+        traffic: it is logged, and the port goes on reading (uncaught, it
+        would stop the polls, or make Twisted close the socket).
+        """
+        try:
+            self._read_started(polled)
+        except Exception:
+            log.failure("media read round: readStarted failed")
         try:
             batch = self._batch
             if batch is not None:
                 return self._read_batches(batch, batch.recv, self._hand_on)
             return self._read_each(self.protocol.datagramReceived, "media datagram")
         finally:
-            self._read_ended()
+            try:
+                self._read_ended()
+            except Exception:
+                log.failure("media read round: readEnded failed")
 
 
 def _started(polled: bool) -> None:
