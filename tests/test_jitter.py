@@ -303,3 +303,32 @@ class JitterBufferTests(SynchronousTestCase):
         sent = {seq % 65536 for seq, _ in arrivals}
         self.assertLessEqual(played, sent)
         self.assertGreaterEqual(len(played) + stats.late, len(sent))
+
+    @settings(max_examples=150, deadline=None)
+    @given(network())
+    def test_push_next_is_push_then_pop(self, case: tuple[int, list[tuple[int, float]]]) -> None:
+        """push_next() passes a packet through exactly when push() then pop() would, and leaves
+        the buffer as they do: the same frames, stats and deadlines, whatever the network."""
+        _, arrivals = case
+        plain, fast = JitterBuffer(capacity=20), JitterBuffer(capacity=20)
+        plain_out: list[tuple[int, int, bytes, bool]] = []
+        fast_out: list[tuple[int, int, bytes, bool]] = []
+        tick = 0.0
+        for seq, arrival in arrivals:
+            while tick <= arrival:
+                plain_out += [(f.sequence_number, f.timestamp, f.payload, f.lost) for f in drain(plain, tick)]
+                fast_out += [(f.sequence_number, f.timestamp, f.payload, f.lost) for f in drain(fast, tick)]
+                tick += TICK
+            push(plain, seq, arrival)
+            plain_out += [(f.sequence_number, f.timestamp, f.payload, f.lost) for f in drain(plain, arrival)]
+            number, timestamp = seq % 65536, (seq * 960) & 0xFFFFFFFF
+            if fast.push_next(number, timestamp, payload(number), arrival):
+                fast_out.append((number, timestamp, payload(number), False))
+                self.assertIsNone(fast.pop(arrival))
+            else:
+                push(fast, seq, arrival)
+                fast_out += [(f.sequence_number, f.timestamp, f.payload, f.lost) for f in drain(fast, arrival)]
+            self.assertEqual(fast_out, plain_out)
+            self.assertEqual(fast.stats, plain.stats)
+            self.assertEqual(fast.deadline(), plain.deadline())
+            self.assertEqual(len(fast), len(plain))

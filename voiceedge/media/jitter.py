@@ -195,6 +195,34 @@ class JitterBuffer:
             if since is not None:
                 self._observe(now - since, now)
 
+    def push_next(self, sequence_number: int, timestamp: int, payload: bytes, now: float) -> bool:
+        """:meth:`push` then :meth:`pop` of the packet the buffer awaits when it holds nothing else.
+
+        ``True`` if it was that packet: it went straight through (the caller plays
+        ``payload``; a :meth:`pop` now would return ``None``). ``False``: nothing was
+        done, :meth:`push` it. The in-order packet of a steady stream, once per frame:
+        the same bookkeeping as the two calls, without the :class:`Frame`.
+        """
+        nxt = self._next
+        if nxt is None or self._slots or sequence_number != nxt % _SEQ_MOD or self._highest != nxt - 1:
+            return False
+        stats = self.stats
+        stats.pushed += 1
+        self._suspect = None
+        self._highest = nxt
+        # pop's branch for a buffered frame.
+        self._next = nxt + 1
+        gone = nxt - self.capacity
+        holes = self._holes
+        if holes:
+            holes.pop(gone, None)
+        played = self._played
+        played.discard(gone)
+        played.add(nxt)
+        self._last_timestamp = timestamp
+        stats.played += 1
+        return True
+
     def pop(self, now: float) -> Frame | None:
         """Return the next frame in order, a lost-frame mark, or ``None`` if none is due."""
         nxt = self._next
