@@ -21,7 +21,7 @@ from voiceedge.media.speech import SpeechEvent, SpeechStopped
 from voiceedge.media.silero_batch import SileroBatcher
 from voiceedge.media.timeline import MediaTimeline
 from voiceedge.wire.errors import WireError
-from voiceedge.wire.opus import packet_duration
+from voiceedge.wire.opus import SINGLE_FRAME_SECONDS, packet_duration
 
 # Enough for an agent to queue a long answer ahead of playout, small enough
 # that a runaway agent cannot eat the process: 60 s.
@@ -430,6 +430,9 @@ class InboundOpus:
         self, on_frame: Callable[[OpusFrame], None], repairs: collections.Counter[str] | None = None
     ) -> None:
         self._jitter = JitterBuffer()
+        #: When :meth:`drain` is due (the jitter buffer gives up on a missing packet): the
+        #: buffer's own method, bound here, as Session.deadline asks it once per packet.
+        self.deadline: Callable[[], float | None] = self._jitter.deadline
         self._on_frame = on_frame
         self.frames_passed = 0
         self.frames_concealed = 0  # lost, left to the backend's decoder
@@ -457,10 +460,6 @@ class InboundOpus:
                 self.frames_passed += 1
                 self._on_frame(OpusFrame(frame.payload, frame.timestamp, now))
 
-    def deadline(self) -> float | None:
-        """When :meth:`drain` is due: the jitter buffer gives up on a missing packet."""
-        return self._jitter.deadline()
-
     def close(self) -> None:
         """The call ended: nothing is held elsewhere."""
 
@@ -480,10 +479,15 @@ class OutboundOpus:
 
     def add(self, payload: bytes) -> bool:
         """Queue one Opus packet; ``False`` (not queued) unless it is 20 ms of well-formed Opus."""
-        try:
-            if abs(packet_duration(payload) - 0.02) > 1e-9:
+        if payload and not payload[0] & 3:
+            # One frame (code 0), what encoders send: packet_duration without the call.
+            duration = SINGLE_FRAME_SECONDS[payload[0] >> 3]
+        else:
+            try:
+                duration = packet_duration(payload)
+            except WireError:
                 return False
-        except WireError:
+        if abs(duration - 0.02) > 1e-9:
             return False
         if len(self._frames) >= MAX_QUEUED_FRAMES:
             self.frames_dropped += 1

@@ -318,7 +318,10 @@ class RtpSender:
         sequence = self._sequence
         self._sequence = (sequence + 1) & 0xFFFF
         self._last_slot = self._last_sent_slot = slot
-        self.stats.on_packet_sent(len(payload))
+        # SendStatistics.on_packet_sent, inline: once per packet.
+        stats = self.stats
+        stats.packet_count = (stats.packet_count + 1) & 0xFFFFFFFF
+        stats.octet_count = (stats.octet_count + len(payload)) & 0xFFFFFFFF
         extension = self._extension
         write_rtp = self._write_rtp
         if write_rtp is not None:
