@@ -454,3 +454,20 @@ class MediaTimelineTests(SynchronousTestCase):
         timeline.place(0, 1.0)
         self.assertAlmostEqual(timeline.place(48000 * 3, 1.6), 1.6)
         self.assertEqual(timeline.reanchors, 0)
+
+
+class OpusFrameConstructionTests(SynchronousTestCase):
+    """The passthrough receiver builds its OpusFrames without their __init__: the same frames."""
+
+    def test_a_frame_built_fast_is_an_opus_frame(self) -> None:
+        from voiceedge.agents.interfaces import OpusFrame
+        from voiceedge.transceiver.audio import _opus_frame
+
+        fast, plain = _opus_frame(b"\x78\x01", 960, 12.5), OpusFrame(b"\x78\x01", 960, 12.5)
+        self.assertIs(type(fast), OpusFrame)
+        self.assertEqual(fast, plain)
+        self.assertEqual(hash(fast), hash(plain))
+        self.assertEqual(repr(fast), repr(plain))
+        self.assertFalse(fast.lost)
+        with self.assertRaises(AttributeError):  # still frozen (FrozenInstanceError)
+            fast.payload = b""  # type: ignore[misc]
