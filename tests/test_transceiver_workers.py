@@ -28,7 +28,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.redis_support import start_redis
-from tests.support import NO_LOAD_LIMITS_INI, free_tcp_port, free_udp_run, http_get, running_service
+from tests.support import NO_LOAD_LIMITS_INI, free_tcp_port, free_udp_run, http_get, running_service, scrape_metrics
 from tests.test_workers import _alive, _children, _free_tcp_pair, _until
 from voiceedge.fleet.local import INTERNAL_SECRET_ENV
 from voiceedge.fleet.membership import Membership
@@ -250,6 +250,11 @@ class TransceiverWorkersTests(TestCase):
                 self.assertTrue(result["ok"], result["error"])
                 self.assertGreater(result["in_packets"], 50, result)
             self.assertEqual({_owner(r) for r in results}, {"w0", "w1"})
+            # The supervisor's /metrics carries each worker's own, labelled: both took calls.
+            metrics = scrape_metrics(base)
+            self.assertEqual(metrics["voiceedge_workers_scraped"], {"worker=w0": 1.0, "worker=w1": 1.0})
+            packets = metrics["voiceedge_transceiver_packets_in_total"]
+            self.assertGreater(min(packets["worker=w0"], packets["worker=w1"]), 100, packets)
 
             # Four longer calls, two on each worker; worker 1 is killed under its two.
             _until("the first calls gone from the front door's view", lambda: http_get(base + "/healthz")[1]

@@ -32,7 +32,8 @@ from voiceedge.fleet.registry import DRAINING, SERVING, IRegistryStore, Registry
 from voiceedge.fleet.session_ends import SessionEnds, SessionReconciler
 from voiceedge.fleet.settings import FleetSettings, RegionSettings
 from voiceedge.fleet.steering import RegionMap
-from voiceedge.metrics import MetricsResource, Sample, SnapshotCollector, make_registry
+from voiceedge.fleet.worker_metrics import WorkersMetricsResource
+from voiceedge.metrics import Sample, SnapshotCollector, make_registry
 from voiceedge.signaling.ownership import SessionLedger
 from voiceedge.signaling.resource import build_site
 from voiceedge.signaling.settings import SignalingSettings
@@ -160,7 +161,9 @@ def build_front_door(
     own (``[transceiver] advertised_address``), as one transceiver does.
     Serves the API a transceiver serves, plus ``/readyz`` (503 until the
     workers have been read, and while ``draining()``) and ``/metrics`` as one
-    process does (on ``metrics_listen`` when set, else behind the keys).
+    process does (on ``metrics_listen`` when set, else behind the keys), with
+    every worker's metrics labelled by its id
+    (:class:`~voiceedge.fleet.worker_metrics.WorkersMetricsResource`).
     """
     fleet = FleetSettings(secret=secret, max_cpu=1000.0, avoid_failed=1.0)
     api = InternalApiClient(clock, secret, fleet.request_timeout)
@@ -179,9 +182,10 @@ def build_front_door(
     reconciler = SessionReconciler(ledger, view, api, clock, host.session_ended, grace=1.0)
     ends = SessionEnds(None, reconciler, clock, fleet.refresh_interval, fleet.refresh_interval)
     ends.setServiceParent(parent)
-    # As one process does it: /metrics on metrics_listen when set, else behind the keys.
+    # As one process does it: /metrics on metrics_listen when set, else behind the keys;
+    # with every worker's samples too (labelled worker="w<i>"), read from them at each scrape.
     registry = make_registry(host.metrics, view.metrics, ends.metrics, *more_metrics)
-    metrics = MetricsResource(registry)
+    metrics = WorkersMetricsResource(registry, api, {worker_id(index): address for index, address in apis.items()})
     site = build_site(
         host, signaling, ledger=ledger, admin={} if signaling.metrics_listen else {b"metrics": metrics},
         extra={b"readyz": ReadyResource(view, draining)}, reactor=clock,
