@@ -670,8 +670,14 @@ class Transceiver:
         try:
             while True:
                 datagrams = session.take_datagrams()
-                for data, destination in datagrams:
-                    self.transmit(data, destination)
+                if datagrams:
+                    outbox = self._outbox
+                    if outbox is not None and not self._relay_of:
+                        # transmit() for each, without the call: a round holds them, and no client has a relay.
+                        outbox.extend(datagrams)
+                    else:
+                        for data, destination in datagrams:
+                            self.transmit(data, destination)
                 events = session.take_events()
                 if not events:
                     # Sending feeds nothing back into the session: only handling

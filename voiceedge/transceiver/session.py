@@ -639,7 +639,11 @@ class Session:
         if not packets:
             return
         srtp = self._srtp
-        destination = self.ice.media_destination()
+        ice = self.ice
+        # media_destination()'s first answer (the selected path) without the call: once per packet.
+        destination = ice.selected
+        if destination is None:
+            destination = ice.media_destination()
         if srtp is None or destination is None:
             self.drops["rtp_no_destination"] += len(packets)
             return
