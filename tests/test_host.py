@@ -1238,6 +1238,20 @@ class HeldDatagramsTests(SynchronousTestCase):
         self.assertEqual(self.transceiver.packets_out, before + 3)
         self.assertEqual(self.transceiver.read_rounds, {"readable": 1})
 
+    def test_a_full_hold_leaves_at_once_and_holding_goes_on(self) -> None:
+        """At HELD_MAX held datagrams they go in one call; the rest of the round waits for its end."""
+        from voiceedge.transceiver import host
+
+        self.patch(host, "HELD_MAX", 2)
+        self.transceiver.read_started(False)
+        for call in self.calls:
+            call.send_rtp(10, TONE[0])
+        self.assertEqual([len(batch) for batch in self.batches], [2])
+        self.transceiver.read_ended()
+        self.assertEqual([len(batch) for batch in self.batches], [2, 1])
+        for call in self.calls:
+            self.assertEqual([p.payload for p in call.received_rtp()], [TONE[0]])
+
     def test_what_the_kernel_refuses_is_counted(self) -> None:
         """Datagrams write_many could not send are send_failed drops, not packets out."""
         self.failing = 2

@@ -81,6 +81,13 @@ _TIMER_SLACK = 1e-4
 SILERO_BATCH_DELAY = 0.005
 # A tick at a slot's start counts as that slot whatever the float rounding (as RtpSender.slot_at).
 _SLOT_EPSILON = 1e-6
+# At most this many datagrams wait in a read round's or a tick's hold: then
+# they leave in one call and holding goes on. A transcoding round spends a
+# few hundred microseconds per datagram (decode, detector, encode): an
+# unbounded hold delayed the first echo of a 20-datagram round by several ms,
+# and raised 100 calls' arrival gap p99 from 28 to 36 ms. Eight still makes
+# one system call of eight sends.
+HELD_MAX = 8
 # After a session ends on our side (hang-up, the agent, shutdown), checks with its
 # credentials are refused (RFC 7675 §5.2: 403 revokes consent) for as long as a
 # client keeps checking before it gives up by itself, so it learns at once.
@@ -609,6 +616,8 @@ class Transceiver:
         outbox = self._outbox
         if outbox is not None:
             outbox.append((data, destination))
+            if len(outbox) >= HELD_MAX:
+                self._send_outbox(outbox)
             return
         try:
             self.write(data, destination)
@@ -624,8 +633,9 @@ class Transceiver:
         """Hold what :meth:`transmit` sends until :meth:`send_held`; whether this call began holding.
 
         A read round or a tick makes many datagrams (at 100 calls, dozens per
-        round): one ``sendmmsg`` for them all instead of a ``sendto`` each. A
-        caller that did not begin holding must not send (a nested round).
+        round): one ``sendmmsg`` for up to :data:`HELD_MAX` of them instead of
+        a ``sendto`` each. A caller that did not begin holding must not send
+        (a nested round).
         """
         if self._outbox is not None or self.write_many is None:
             return False
@@ -636,9 +646,17 @@ class Transceiver:
         """Send what was held since :meth:`hold_datagrams`, in order, and stop holding."""
         outbox = self._outbox
         self._outbox = None
-        if not outbox or self.write_many is None:
+        if outbox:
+            self._send_outbox(outbox)
+
+    def _send_outbox(self, outbox: list[tuple[bytes, Address]]) -> None:
+        """Send the held datagrams in one call and empty the list (holding goes on)."""
+        write_many = self.write_many
+        if write_many is None:
+            outbox.clear()
             return
-        sent, sent_bytes, failed = self.write_many(outbox)
+        sent, sent_bytes, failed = write_many(outbox)
+        outbox.clear()
         self.packets_out += sent
         self.bytes_out += sent_bytes
         if failed:
@@ -675,6 +693,8 @@ class Transceiver:
                     if outbox is not None and not self._relay_of:
                         # transmit() for each, without the call: a round holds them, and no client has a relay.
                         outbox.extend(datagrams)
+                        if len(outbox) >= HELD_MAX:
+                            self._send_outbox(outbox)
                     else:
                         for data, destination in datagrams:
                             self.transmit(data, destination)
