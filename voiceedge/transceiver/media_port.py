@@ -16,7 +16,8 @@ Under load it reads on a timer instead (:attr:`MediaPort.poll_interval`, as a
 network card coalesces interrupts and Linux's NAPI polls a busy one): each
 wake-up of the event loop costs more than the datagram it delivers, and at
 100 calls datagrams come every 0.2 ms. What a round makes the transceiver
-send leaves in one ``sendmmsg`` (:meth:`MediaPort.write_list`).
+send leaves in one ``sendmmsg`` per eight datagrams (:meth:`MediaPort.write_list`,
+``HELD_MAX`` in :mod:`voiceedge.transceiver.host`).
 """
 
 from __future__ import annotations
