@@ -206,21 +206,10 @@ class JitterBuffer:
         nxt = self._next
         if nxt is None or self._slots or sequence_number != nxt % _SEQ_MOD or self._highest != nxt - 1:
             return False
-        stats = self.stats
-        stats.pushed += 1
+        self.stats.pushed += 1
         self._suspect = None
         self._highest = nxt
-        # pop's branch for a buffered frame.
-        self._next = nxt + 1
-        gone = nxt - self.capacity
-        holes = self._holes
-        if holes:
-            holes.pop(gone, None)
-        played = self._played
-        played.discard(gone)
-        played.add(nxt)
-        self._last_timestamp = timestamp
-        stats.played += 1
+        self._play(nxt, timestamp)
         return True
 
     def pop(self, now: float) -> Frame | None:
@@ -230,17 +219,7 @@ class JitterBuffer:
             return None
         slot = self._slots.pop(nxt, None)
         if slot is not None:
-            # _step, inline: once per frame.
-            self._next = nxt + 1
-            gone = nxt - self.capacity
-            holes = self._holes
-            if holes:
-                holes.pop(gone, None)
-            played = self._played
-            played.discard(gone)
-            played.add(nxt)
-            self._last_timestamp = slot[0]
-            self.stats.played += 1
+            self._play(nxt, slot[0])
             return Frame(nxt % _SEQ_MOD, slot[0], slot[1])
         if self._highest < nxt:
             return None  # nothing later has arrived: silence, not loss
@@ -338,6 +317,20 @@ class JitterBuffer:
         self._played = {s for s in self._played if s >= start - self.capacity}
         self._last_timestamp = None
         return start
+
+    def _play(self, nxt: int, timestamp: int) -> None:
+        """The awaited frame ``nxt`` (RTP ``timestamp``) is played: step past it (:meth:`_step`,
+        inline: once per frame) and count it."""
+        self._next = nxt + 1
+        gone = nxt - self.capacity
+        holes = self._holes
+        if holes:
+            holes.pop(gone, None)
+        played = self._played
+        played.discard(gone)
+        played.add(nxt)
+        self._last_timestamp = timestamp
+        self.stats.played += 1
 
     def _step(self, seq: int) -> None:
         """Move past ``seq`` and forget the hole that leaves the window behind."""
