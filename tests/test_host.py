@@ -1285,6 +1285,17 @@ class HeldDatagramsTests(SynchronousTestCase):
         self.assertEqual(self.batches, [])
         self.assertEqual([p.payload for p in call.received_rtp()], [TONE[0]])
 
+    def test_held_datagrams_go_one_at_a_time_if_write_many_is_gone(self) -> None:
+        """Should the socket's write_many go while datagrams are held, they are still sent, each by write."""
+        self.transceiver.read_started(False)
+        for call in self.calls:
+            call.send_rtp(10, TONE[0])
+        self.transceiver.write_many = None
+        self.transceiver.read_ended()
+        self.assertEqual(self.batches, [])
+        for call in self.calls:
+            self.assertEqual([p.payload for p in call.received_rtp()], [TONE[0]])
+
     def test_holding_does_not_nest(self) -> None:
         """Only who began holding sends; without write_many nothing is held."""
         self.assertTrue(self.transceiver.hold_datagrams())

@@ -619,6 +619,10 @@ class Transceiver:
             if len(outbox) >= HELD_MAX:
                 self._send_outbox(outbox)
             return
+        self._write_one(data, destination)
+
+    def _write_one(self, data: bytes, destination: Address) -> None:
+        """Send one datagram now, counted."""
         try:
             self.write(data, destination)
         except OSError:
@@ -653,7 +657,11 @@ class Transceiver:
         """Send the held datagrams in one call and empty the list (holding goes on)."""
         write_many = self.write_many
         if write_many is None:
+            # Holding begins only with write_many; should it have gone since, one at a time.
+            held = outbox[:]
             outbox.clear()
+            for data, destination in held:
+                self._write_one(data, destination)
             return
         sent, sent_bytes, failed = write_many(outbox)
         outbox.clear()
@@ -688,16 +696,8 @@ class Transceiver:
         try:
             while True:
                 datagrams = session.take_datagrams()
-                if datagrams:
-                    outbox = self._outbox
-                    if outbox is not None and not self._relay_of:
-                        # transmit() for each, without the call: a round holds them, and no client has a relay.
-                        outbox.extend(datagrams)
-                        if len(outbox) >= HELD_MAX:
-                            self._send_outbox(outbox)
-                    else:
-                        for data, destination in datagrams:
-                            self.transmit(data, destination)
+                for data, destination in datagrams:
+                    self.transmit(data, destination)
                 events = session.take_events()
                 if not events:
                     # Sending feeds nothing back into the session: only handling
