@@ -18,13 +18,13 @@ from tests.support import (
 )
 
 
-@pytest.mark.integration
-
 def echo_late_frames(metrics: dict[str, dict[str, float]]) -> int:
     """20 ms frames the echo agent dropped as late (``[agent.echo] max_lag_ms``), from a /metrics scrape."""
     events = metrics.get("voiceedge_agent_events_total", {})
     return int(sum(v for k, v in events.items() if "event=late_audio_dropped_ms" in k) // 20)
 
+
+@pytest.mark.integration
 class AiortcCallTests(TestCase):
     """aiortc calls the all-in-one echo over loopback: audio back, events both ways, sessions freed."""
 
