@@ -21,12 +21,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import TestCase
 
 from tests.fleet_support import Caller, ready, wait_until
 from tests.netns import Host, Network, require_namespaces
 from tests.redis_support import redis_command
 from tests.support import NO_LOAD_LIMITS_INI, http_get
+
+pytestmark = pytest.mark.integration
 
 SECRET = "netns-fleet-secret-" + "x" * 24
 HOP_DELAY_MS = 40

@@ -1,35 +1,21 @@
-"""Every fuzz target, briefly, under the coverage-guided engine; and the corpus replayed in process."""
+"""Every fuzz target, briefly, under the coverage-guided engine (the corpus replay is test_fuzz_corpus)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+import pytest
+from twisted.trial.unittest import TestCase
 
-from tests.fuzz_runner import SEED_CORPUS, FuzzRun, run_targets
+from tests.fuzz_runner import FuzzRun, run_targets
 from tests.fuzz_targets import TARGETS
+
+# Each target runs in processes of its own under the coverage-guided engine.
+pytestmark = pytest.mark.integration
 
 # Seconds per target in the test suite; bench/fuzz.py runs as long as asked.
 FUZZ_SECONDS = float(os.environ.get("VOICEEDGE_FUZZ_SECONDS", "2"))
-
-
-class CorpusReplayTests(SynchronousTestCase):
-    """Every input of the repository's corpus keeps its target's contract (in process, fast)."""
-
-    def test_every_target_has_seeds(self) -> None:
-        """Each target starts from real traffic, not from nothing."""
-        for name in TARGETS:
-            self.assertTrue(any((SEED_CORPUS / name).glob("*")), f"no seeds for {name}")
-
-    def test_corpus_replays(self) -> None:
-        """No corpus input raises (crash inputs found once stay here as regressions)."""
-        for name, run in TARGETS.items():
-            for path in sorted((SEED_CORPUS / name).glob("*")):
-                try:
-                    run(path.read_bytes())
-                except Exception as e:  # noqa: BLE001 - the report names the input
-                    self.fail(f"{name} {path.name}: {type(e).__name__}: {e}")
 
 
 # Every target's run, made by the first test that needs one: one process instruments and

@@ -8,9 +8,12 @@ import base64
 import os
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import TestCase
 
 from tests.support import NO_LOAD_LIMITS_INI, free_tcp_port, free_udp_port, running_service, scrape_metrics
+
+pytestmark = pytest.mark.integration
 
 LOOPBACK = "127.0.0.1"
 

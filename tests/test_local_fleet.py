@@ -21,12 +21,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import TestCase
 
 from tests.fleet_support import Caller, ready, wait_until
 from tests.redis_support import RedisProcess, start_redis
 from tests.support import NO_LOAD_LIMITS_INI, REPO_ROOT, free_tcp_port, free_udp_port, http_get, running_service
 from voiceedge.signaling import keys
+
+pytestmark = pytest.mark.integration
 
 FLEET = REPO_ROOT / "etc" / "local-fleet"
 UDP_PORTS = (3478, 3479, 3480)

@@ -23,6 +23,7 @@ import unittest as stdlib_unittest
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.trial import unittest
 
 from tests import pion_peer
@@ -37,6 +38,8 @@ from tests.support import (
     wait_workers_serving,
     write_allinone_config,
 )
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 SECONDS = 60.0
 CHANGE_AT = 20.0  # when each client restarts ICE or moves

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
@@ -15,6 +16,8 @@ from tests.test_registry import record
 from voiceedge.fleet.registry import RedisRegistryStore, RegistryPublisher, RegistryView
 from voiceedge.redis_connection import RedisClient, RedisConnectionSettings
 from voiceedge.relay.flow_store import RedisFlowStore
+
+pytestmark = pytest.mark.integration
 
 
 def sentinel_pair(testcase: Any) -> tuple[RedisProcess, RedisProcess, RedisProcess]:
