@@ -1,9 +1,11 @@
-"""Helpers for the relay's tests: which public-port backend can run here, and a recording batch."""
+"""Helpers for the relay's tests: which public-port backend can run here, a recording batch, a clock ports can read on."""
 
 from __future__ import annotations
 
 import mmap
+from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest
 
 from voiceedge.relay.core import OFFSET
@@ -79,3 +81,20 @@ class RecordingBatch:
         at = slot * self.stride + self.headroom
         self.buffer[at : at + len(data)] = data
         return at, len(data)
+
+
+class FdClock(Clock):
+    """A task.Clock that keeps the readers a port adds, as a reactor does (it never reads them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readers: set[Any] = set()
+
+    def addReader(self, reader: Any) -> None:  # noqa: N802 - Twisted's name
+        self.readers.add(reader)
+
+    def removeReader(self, reader: Any) -> None:  # noqa: N802 - Twisted's name
+        self.readers.discard(reader)
+
+    def removeWriter(self, writer: Any) -> None:  # noqa: N802 - Twisted's name
+        """A port never writes through the reactor."""

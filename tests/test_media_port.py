@@ -8,11 +8,12 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from voiceedge.relay.protocol import BATCH_COUNT, _batchio, batch_backend
 from voiceedge.transceiver.media_port import MediaPort, MediaServer
+
+from tests.relay_support import FdClock
 
 
 class Recorder(DatagramProtocol):
@@ -127,23 +128,6 @@ class _Backend:
         expected = [d for d, _ in datagrams if len(d) < 70000]
         self.assertEqual(got, expected)  # type: ignore[attr-defined]
         self.assertEqual(sent_bytes, sum(map(len, expected)))  # type: ignore[attr-defined]
-
-
-class FdClock(Clock):
-    """A task.Clock that keeps the readers a port adds, as a reactor does (it never reads them)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.readers: set[Any] = set()
-
-    def addReader(self, reader: Any) -> None:  # noqa: N802 - Twisted's name
-        self.readers.add(reader)
-
-    def removeReader(self, reader: Any) -> None:  # noqa: N802 - Twisted's name
-        self.readers.discard(reader)
-
-    def removeWriter(self, writer: Any) -> None:  # noqa: N802 - Twisted's name
-        """A port never writes through the reactor."""
 
 
 class Rounds(Recorder):

@@ -23,7 +23,7 @@ from voiceedge.relay.protocol import (
     listen_client,
     listen_transceiver,
 )
-from tests.relay_support import RecordingBatch, require_backend
+from tests.relay_support import FdClock, RecordingBatch, require_backend
 from voiceedge.wire import encap
 from voiceedge.wire.encap import Envelope
 from voiceedge.wire.route_token import Route, RouteTokenCodec
@@ -629,6 +629,130 @@ class LoopbackSocketTests(TestCase):
             yield internal.stopListening()
             sink.close()
             client.close()
+
+
+class PollingTests(SynchronousTestCase):
+    """Under load the relay's ports read on a timer (``[relay] poll_ms``): nothing is lost or reordered, rounds are counted.
+
+    Real loopback sockets on a clock that records the ports' readers; the
+    test calls ``doRead`` where the reactor would.
+    """
+
+    backend = "python"
+    interval = 0.002
+
+    def setUp(self) -> None:
+        require_backend(self.backend)
+        self.clock = FdClock()
+        self.relay = Relay(
+            self.clock, codec(),
+            RelaySettings(public_listen=("127.0.0.1", 0), transceiver_networks=(ipaddress.ip_network("127.0.0.0/8"),)),
+        )
+        self.public = listen_client(
+            self.relay, ("127.0.0.1", 0), self.clock, backend=self.backend, poll_interval=self.interval  # type: ignore[arg-type]
+        )
+        self.internal = listen_transceiver(
+            self.relay, ("127.0.0.1", 0), self.clock, backend=self.backend, poll_interval=self.interval  # type: ignore[arg-type]
+        )
+        self.addCleanup(self._close)
+        self.client = self._socket()
+        self.transceiver = self._socket()
+        self.relay_address = ("127.0.0.1", self.public.getHost().port)
+        self.internal_address = ("127.0.0.1", self.internal.getHost().port)
+        # Confirm the client's flow to the transceiver socket, one wake-up each way.
+        self.client.sendto(binding_request(token(self.transceiver.getsockname())), self.relay_address)
+        self.public.doRead()
+        (request, _), = self._receive(self.transceiver)
+        self.envelope, _ = encap.decode(request)
+        self.transceiver.sendto(encap.encode(self.envelope, b"\x01\x01answer"), self.internal_address)
+        self.internal.doRead()
+        self.assertEqual(self._receive(self.client), [(b"\x01\x01answer", self.relay_address)])
+        self.clock.advance(1)
+
+    def _socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        return sock
+
+    def _receive(self, sock: socket.socket) -> list[tuple[bytes, Any]]:
+        got = []
+        while True:
+            try:
+                data, addr = sock.recvfrom(65536)
+            except BlockingIOError:
+                return got
+            got.append((data, addr[:2]))
+
+    def _close(self) -> None:
+        for port in (self.public, self.internal):
+            if port.connected:
+                port.stopListening()
+        self.clock.advance(0)
+
+    def test_a_quick_second_wake_up_polls_and_every_packet_goes_on_in_order(self) -> None:
+        """Two wake-ups of the public port within poll_ms: it stops waiting on the socket; the next poll forwards
+        what came meanwhile, in order; an empty poll goes back to waiting. The return direction does the same."""
+        media = [srtp(100 + i) for i in range(6)]
+        self.client.sendto(media[0], self.relay_address)
+        self.public.doRead()
+        self.clock.advance(0.001)
+        self.client.sendto(media[1], self.relay_address)
+        self.public.doRead()
+        self.assertNotIn(self.public, self.clock.readers)
+        for m in media[2:]:
+            self.client.sendto(m, self.relay_address)
+        self.clock.advance(self.interval)
+        self.assertEqual([encap.decode(d)[1] for d, _ in self._receive(self.transceiver)], media)
+        self.clock.advance(self.interval)
+        self.assertIn(self.public, self.clock.readers)
+
+        replies = [m[::-1] for m in media]
+        self.transceiver.sendto(encap.encode(self.envelope, replies[0]), self.internal_address)
+        self.internal.doRead()
+        self.internal.doRead()
+        self.assertNotIn(self.internal, self.clock.readers)
+        for r in replies[1:]:
+            self.transceiver.sendto(encap.encode(self.envelope, r), self.internal_address)
+        self.clock.advance(self.interval)
+        self.assertEqual([d for d, _ in self._receive(self.client)], replies)
+        self.clock.advance(self.interval)
+        self.assertIn(self.internal, self.clock.readers)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+        rounds = self.relay.read_rounds
+        self.assertEqual((rounds["client", False], rounds["client", True]), (3, 2))
+        self.assertEqual((rounds["transceiver", False], rounds["transceiver", True]), (3, 2))
+        text = generate_latest(make_registry(self.relay.metrics)).decode()
+        self.assertIn('voiceedge_relay_read_rounds_total{port="client",trigger="poll"} 2.0', text)
+        self.assertIn('voiceedge_relay_read_rounds_total{port="transceiver",trigger="readable"} 3.0', text)
+
+    def test_wake_ups_far_apart_never_poll(self) -> None:
+        """A datagram per 20 ms (one call): every one is read the moment its wake-up comes, no timer."""
+        for i in range(3):
+            self.client.sendto(srtp(), self.relay_address)
+            self.public.doRead()
+            self.clock.advance(0.02)
+        self.assertEqual(len(self._receive(self.transceiver)), 3)
+        self.assertIn(self.public, self.clock.readers)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.relay.read_rounds["client", True], 0)
+
+    def test_closing_while_polling_leaves_no_timer(self) -> None:
+        """Stopping the relay's ports cancels their next polls."""
+        for port in (self.public, self.internal):
+            port.doRead()
+            port.doRead()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        self._close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class PollingTestsRecvmmsg(PollingTests):
+    """PollingTests through the batch backend (the compiled helper)."""
+
+    backend = "recvmmsg"
 
 
 class BatchPathTests(SynchronousTestCase):

@@ -156,7 +156,7 @@ def makeService(config: Options, clock: IReactorTime | None = None) -> service.M
     top = service.MultiService()
     relay_service = relay_tap.RelayService(
         relay, relay_settings.public_listen, relay_settings.internal_listen, udp_reactor,
-        reuse_port=worker is not None,
+        reuse_port=worker is not None, poll_interval=relay_settings.poll_ms / 1000,
     )
     relay_service.setServiceParent(top)
     transceiver = transceiver_tap.build_transceiver(

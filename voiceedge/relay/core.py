@@ -25,6 +25,7 @@ packet from its client, so such a spoofer cannot take a live call's flow away
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import mmap
 import socket
@@ -258,6 +259,9 @@ class Relay:
         self.from_peer_packets = 0
         self.to_peer_packets = 0
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        # Read rounds of the relay's sockets, by (port, polled): what the ports' polling under
+        # load saves is wake-ups, and packets over rounds is datagrams per wake-up.
+        self.read_rounds: collections.Counter[tuple[str, bool]] = collections.Counter()
         self._sources: dict[str, bool] = {}
 
         # Workers of the all-in-one (use_steering): this worker's index, its own transceiver's
@@ -1058,6 +1062,11 @@ class Relay:
                {"direction": "from_relay"}, self.from_peer_packets)
         yield ("counter", p + "global_hop_packets", "Datagrams over the global hop to or from other relays",
                {"direction": "to_relay"}, self.to_peer_packets)
+        for port in ("client", "transceiver", "peer"):
+            for polled in (False, True):
+                yield ("counter", p + "read_rounds",
+                       "Read rounds of the relay's sockets, by port and by what began them (readable, or a poll under load)",
+                       {"port": port, "trigger": "poll" if polled else "readable"}, self.read_rounds[port, polled])
         yield ("gauge", p + "batch_io", "How the public socket reads: recvmmsg/sendmmsg, or one datagram per call",
                {"backend": "python" if self.batch is None else "recvmmsg"}, 1)
         for direction, batch in (("to_transceiver", self.batch), ("to_client", self.return_batch)):

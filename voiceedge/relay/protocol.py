@@ -19,10 +19,10 @@ import errno
 import mmap
 import os
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.internet import udp
-from twisted.internet.interfaces import IReactorUDP
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -163,10 +163,58 @@ class PeerProtocol(DatagramProtocol):
 
 
 class BatchReadPort(udp.Port):
-    """A udp.Port that reads up to ``batch`` datagrams per wake-up with its own loop (the relay's ports, the transceiver's media port)."""
+    """A udp.Port that reads up to ``batch`` datagrams per wake-up with its own loop (the relay's ports, the transceiver's media port).
+
+    Each wake-up is a read round (:meth:`_round`, the subclass's). Under load
+    the port reads on a timer instead, as a network card coalesces interrupts
+    and Linux's NAPI polls a busy one: at 100 calls datagrams come every
+    0.2 ms, and each wake-up of the event loop costs more than the datagram
+    it delivers. ``poll_interval`` (seconds; 0: never): when the socket wakes
+    the loop again sooner than this, the port stops waiting for it and reads
+    it every ``poll_interval`` instead, until a poll finds nothing (quiet
+    again) or a whole ``batch`` (a flood: read as fast as the loop goes). A
+    datagram then waits at most ``poll_interval`` before it is read.
+    """
 
     batch = 512
+    poll_interval = 0.0
     _fd = -1  # the socket's descriptor, for the helper's system calls
+    _poll: IDelayedCall | None = None
+    _last_wake = float("-inf")
+
+    def doRead(self) -> None:  # noqa: N802 - Twisted's name
+        """The socket is readable: a read round; poll instead if it was readable a moment ago."""
+        self._round(False)
+        interval = self.poll_interval
+        if interval:
+            clock = cast(IReactorTime, self.reactor)
+            now = clock.seconds()
+            if now - self._last_wake < interval and self.connected and self._poll is None:
+                # Datagrams come faster than polls would: fewer wake-ups, each reading more.
+                self.stopReading()
+                self._poll = clock.callLater(interval, self._polled)
+            self._last_wake = now
+
+    def _polled(self) -> None:
+        self._poll = None
+        if not self.connected:
+            return
+        got = self._round(True)
+        if got == 0 or got >= self.batch:
+            self.startReading()
+        else:
+            self._poll = cast(IReactorTime, self.reactor).callLater(self.poll_interval, self._polled)
+
+    def _round(self, polled: bool) -> int:
+        """Read up to ``batch`` waiting datagrams and hand them on; how many (``polled``: on the timer)."""
+        raise NotImplementedError
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - Twisted's name
+        """Closed: no more polls, then close as udp.Port does."""
+        if self._poll is not None and self._poll.active():
+            self._poll.cancel()
+        self._poll = None
+        super().connectionLost(reason)
 
     def _read_error(self, e: OSError) -> bool:
         """True to keep reading after ``e``, False to stop this round."""
@@ -266,24 +314,26 @@ class ClientPort(BatchReadPort):
             enable_reuse_port(sock)
         return sock
 
-    def doRead(self) -> None:
-        """Receive datagrams straight into the relay's buffers, up to ``batch`` per wake-up."""
+    def _round(self, polled: bool) -> int:
+        """Receive datagrams straight into the relay's buffers, up to ``batch``; how many."""
         relay: Relay = self.protocol.relay
+        relay.read_rounds["client", polled] += 1
         batch = relay.batch
         if batch is not None:
-            self._read_batches(batch, relay.read_client_batch, relay.client_batch)
-            return
+            return self._read_batches(batch, relay.read_client_batch, relay.client_batch)
         recv_into = self.socket.recvfrom_into
         view = relay.rx_payload
         received = relay.client_received
         v6 = self.addressFamily == socket.AF_INET6
+        got = 0
         for _ in range(self.batch):
             try:
                 n, addr = recv_into(view)
             except OSError as e:
                 if self._read_error(e):
                     continue
-                return
+                return got
+            got += 1
             if v6:
                 addr = addr[:2]
             try:
@@ -292,6 +342,7 @@ class ClientPort(BatchReadPort):
                 # A bug, not traffic: keep the port alive rather than let
                 # Twisted close it.
                 log.failure("relay: client datagram from {addr} failed", addr=addr)
+        return got
 
 
 class TransceiverPort(BatchReadPort):
@@ -314,18 +365,23 @@ class TransceiverPort(BatchReadPort):
         """Where each datagram goes."""
         return relay.transceiver_datagram
 
-    def doRead(self) -> None:
-        """Receive datagrams and hand them to the relay, up to ``batch`` per wake-up."""
+    #: Which of the relay's ports this is, in ``Relay.read_rounds``.
+    name = "transceiver"
+
+    def _round(self, polled: bool) -> int:
+        """Receive datagrams and hand them to the relay, up to ``batch``; how many."""
         relay: Relay = self.protocol.relay
+        relay.read_rounds[self.name, polled] += 1
         batch = relay.return_batch
         if batch is not None and self.backend == "recvmmsg":
-            self._read_batches(batch, relay.read_return_batch, relay.transceiver_batch)
-            return
-        self._read_each(self.received(relay), "relay: internal datagram")
+            return self._read_batches(batch, relay.read_return_batch, relay.transceiver_batch)
+        return self._read_each(self.received(relay), "relay: internal datagram")
 
 
 class PeerPort(TransceiverPort):
     """The global-hop port: the same batch loop, into :meth:`Relay.peer_datagram`."""
+
+    name = "peer"
 
     def received(self, relay: Relay) -> Any:
         """Where each datagram goes."""
@@ -354,11 +410,13 @@ def listen_client(
     reactor: IReactorUDP,
     reuse_port: bool = False,
     backend: str | None = None,
+    poll_interval: float = 0.0,
 ) -> udp.Port:
     """Open the public UDP port on ``address`` for ``relay`` (shared by workers with ``reuse_port``).
 
     ``backend`` (``recvmmsg`` or ``python``; default :func:`batch_backend`)
     says how it reads; the first port of a process logs which.
+    ``poll_interval``: :attr:`BatchReadPort.poll_interval`.
     """
     global _told
     chosen = backend or batch_backend()
@@ -385,17 +443,18 @@ def listen_client(
     port = ClientPort(address[1], ClientProtocol(relay), interface=address[0], maxPacketSize=65536, reactor=reactor)
     port.reuse_port = reuse_port
     port.backend = chosen
+    port.poll_interval = poll_interval
     port.startListening()
     enlarge_buffers(port.socket)
     return port
 
 
 def listen_transceiver(
-    relay: Relay, address: Address, reactor: IReactorUDP, backend: str | None = None
+    relay: Relay, address: Address, reactor: IReactorUDP, backend: str | None = None, poll_interval: float = 0.0
 ) -> udp.Port:
     """Open the internal UDP port on ``address`` (port 0: any free one) for ``relay``.
 
-    ``backend`` as for :func:`listen_client` (default :func:`batch_backend`).
+    ``backend`` and ``poll_interval`` as for :func:`listen_client` (default :func:`batch_backend`).
     """
     chosen = backend or batch_backend()
     if chosen not in ("recvmmsg", "python"):
@@ -404,6 +463,7 @@ def listen_transceiver(
         raise ValueError("the recvmmsg backend needs voiceedge.relay._batchio, which is not built")
     port = TransceiverPort(address[1], TransceiverProtocol(relay), interface=address[0], maxPacketSize=65536, reactor=reactor)
     port.backend = chosen
+    port.poll_interval = poll_interval
     port.startListening()
     enlarge_buffers(port.socket)
     return port

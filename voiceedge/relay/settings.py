@@ -53,6 +53,12 @@ class RelaySettings:
     max_flows: int = setting(c.integer(1, 10_000_000), "100000", "bound of the flow table")
     flow_idle_timeout: float = setting(c.seconds(10, 3600), "40", "a confirmed flow idle this long ends")
     pending_timeout: float = setting(c.seconds(1, 300), "10", "an unconfirmed flow lives this long")
+    poll_ms: float = setting(
+        c.number(0, 20),
+        "2",
+        "under load, read the public and internal sockets every this many ms rather than at each datagram "
+        "(a datagram waits at most this long); 0: at each datagram",
+    )
     max_payload: int = setting(
         c.integer(576, MAX_CLIENT_PAYLOAD),
         str(MAX_CLIENT_PAYLOAD),

@@ -118,9 +118,12 @@ class RelayService(service.Service):
         reactor: IReactorUDP,
         peer_listen: Address | None = None,
         reuse_port: bool = False,
+        poll_interval: float = 0.0,
     ) -> None:
         self.relay = relay
         self.reuse_port = reuse_port
+        # BatchReadPort.poll_interval of the public and internal ports (seconds; 0: never poll).
+        self.poll_interval = poll_interval
         self.public_listen = public_listen
         self.internal_listen = internal_listen
         self.peer_listen = peer_listen
@@ -132,8 +135,12 @@ class RelayService(service.Service):
     def startService(self) -> None:
         """Bind the sockets, then start the sweep (which connects the cache)."""
         super().startService()
-        self.public_port = listen_client(self.relay, self.public_listen, self.reactor, self.reuse_port)
-        self.internal_port = listen_transceiver(self.relay, self.internal_listen, self.reactor)
+        self.public_port = listen_client(
+            self.relay, self.public_listen, self.reactor, self.reuse_port, poll_interval=self.poll_interval
+        )
+        self.internal_port = listen_transceiver(
+            self.relay, self.internal_listen, self.reactor, poll_interval=self.poll_interval
+        )
         if self.peer_listen is not None:
             self.peer_port = listen_peer(self.relay, self.peer_listen, self.reactor)
         self.relay.start()
@@ -261,7 +268,7 @@ def makeService(config: Options, clock: IReactorTime | None = None) -> service.M
     )
     RelayService(
         relay, settings.relay.public_listen, offset_port(settings.relay.internal_listen, index), udp_reactor,
-        settings.global_hop.listen, reuse_port=count > 1,
+        settings.global_hop.listen, reuse_port=count > 1, poll_interval=settings.relay.poll_ms / 1000,
     ).setServiceParent(top)
     site = build_site(relay, index if worker is not None else None)
     strports.service(offset_strport(settings.http.listen, index), site).setServiceParent(top)

@@ -12,10 +12,9 @@ Twisted does, minus the extras. Under callgrind, a live transceiver with
 eight passthrough calls spends about 6 % fewer instructions per received
 packet (README, "What the event loop costs per packet").
 
-Under load it reads on a timer instead (:attr:`MediaPort.poll_interval`, as a
-network card coalesces interrupts and Linux's NAPI polls a busy one): each
-wake-up of the event loop costs more than the datagram it delivers, and at
-100 calls datagrams come every 0.2 ms. What a round makes the transceiver
+Under load it reads on a timer instead (``poll_interval``, from
+:class:`~voiceedge.relay.protocol.BatchReadPort`, as the relay's ports can).
+What a round makes the transceiver
 send leaves in one ``sendmmsg`` per eight datagrams (:meth:`MediaPort.write_list`,
 ``HELD_MAX`` in :mod:`voiceedge.transceiver.host`).
 """
@@ -23,11 +22,11 @@ send leaves in one ``sendmmsg`` per eight datagrams (:meth:`MediaPort.write_list
 from __future__ import annotations
 
 import mmap
-from typing import Any, Callable, cast
+from typing import Any, Callable
 
 from twisted.application import internet
 from twisted.internet import udp
-from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 
 from voiceedge.relay.protocol import BATCH_COUNT, BatchReadPort, _batchio, batch_backend
@@ -45,11 +44,8 @@ class MediaPort(BatchReadPort):
     (``recvfrom`` per datagram). At most ``batch`` datagrams per wake-up, so
     a flood cannot starve the timers that pace every call's audio.
 
-    ``poll_interval`` (seconds; 0: never): when the socket wakes the loop
-    again sooner than this, the port stops waiting for it and reads it every
-    ``poll_interval`` instead, until a poll finds nothing (quiet again) or a
-    whole ``batch`` (a flood: read as fast as the loop goes). A datagram then
-    waits at most ``poll_interval`` before it is read.
+    Under load it reads every ``poll_interval`` instead of at each wake-up
+    (:class:`~voiceedge.relay.protocol.BatchReadPort`).
 
     A protocol may have ``readStarted(polled)`` and ``readEnded()``, called
     around every read round (the transceiver holds what it sends meanwhile and
@@ -57,11 +53,8 @@ class MediaPort(BatchReadPort):
     """
 
     backend = "python"
-    poll_interval = 0.0
     _slots: mmap.mmap | None = None
     _batch: Any = None
-    _poll: IDelayedCall | None = None
-    _last_wake = float("-inf")
 
     def startListening(self) -> None:  # noqa: N802 - Twisted's name
         """Bind, then make the receive slots if the backend is ``recvmmsg``."""
@@ -71,16 +64,11 @@ class MediaPort(BatchReadPort):
             stride = self.maxPacketSize
             self._slots = mmap.mmap(-1, BATCH_COUNT * stride)
             self._batch = _batchio.Batch(self._slots, BATCH_COUNT, stride, 0)
-        # The reactor is also the clock of the polls.
-        self._clock = cast(IReactorTime, self.reactor)
         self._read_started: Callable[[bool], None] = getattr(self.protocol, "readStarted", _started)
         self._read_ended: Callable[[], None] = getattr(self.protocol, "readEnded", _ended)
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - Twisted's name
-        """Closed: no more polls; drop the batch and its mapping (freed with their last reference), then close as udp.Port does."""
-        if self._poll is not None and self._poll.active():
-            self._poll.cancel()
-        self._poll = None
+        """Closed: drop the batch and its mapping (freed with their last reference), then close as BatchReadPort does."""
         self._batch = None
         self._slots = None
         super().connectionLost(reason)
@@ -117,28 +105,6 @@ class MediaPort(BatchReadPort):
             except Exception:
                 # A bug, not traffic: keep the socket open rather than let Twisted close it.
                 log.failure("media datagram from {addr} failed", addr=addr)
-
-    def doRead(self) -> None:
-        """The socket is readable: a read round; poll instead if it was readable a moment ago."""
-        self._round(False)
-        interval = self.poll_interval
-        if interval:
-            now = self._clock.seconds()
-            if now - self._last_wake < interval and self.connected and self._poll is None:
-                # Datagrams come faster than polls would: fewer wake-ups, each reading more.
-                self.stopReading()
-                self._poll = self._clock.callLater(interval, self._polled)
-            self._last_wake = now
-
-    def _polled(self) -> None:
-        self._poll = None
-        if not self.connected:
-            return
-        got = self._round(True)
-        if got == 0 or got >= self.batch:
-            self.startReading()
-        else:
-            self._poll = self._clock.callLater(self.poll_interval, self._polled)
 
     def _round(self, polled: bool) -> int:
         """Hand every waiting datagram to the protocol, up to ``batch`` of them; how many.
