@@ -164,6 +164,8 @@ ECHO_MAX_LAG_MS: int | None = None
 MEDIA_POLL_MS: float | None = None
 #: ``[relay] steer_by_owner`` for the all-in-one sides (``--steer-by-owner``); None: its default.
 STEER_BY_OWNER: str | None = None
+#: ``[relay] poll_ms`` for the all-in-one sides (``--relay-poll-ms``); None: its default.
+RELAY_POLL_MS: float | None = None
 #: The sides that run the all-in-one (where ``--steer-by-owner`` applies).
 ALLINONE_SIDES = ("transcoding", "passthrough")
 
@@ -191,8 +193,12 @@ def allinone(log_dir: Path, passthrough: bool, workers: str | None) -> Iterator[
         extra["transceiver"]["media_poll_ms"] = MEDIA_POLL_MS
     if workers is not None:
         extra["process"] = {"workers": workers}
+    if STEER_BY_OWNER is not None or RELAY_POLL_MS is not None:
+        extra["relay"] = {}
     if STEER_BY_OWNER is not None:
-        extra["relay"] = {"steer_by_owner": STEER_BY_OWNER}
+        extra["relay"]["steer_by_owner"] = STEER_BY_OWNER
+    if RELAY_POLL_MS is not None:
+        extra["relay"]["poll_ms"] = RELAY_POLL_MS
     ini = write_allinone_config(log_dir, http_port, media_port, **extra, **_echo_options(passthrough))
     base = f"http://{LOOPBACK}:{http_port}"
     with running_service(["voiceedge", "--config", str(ini)], base + "/healthz", log_dir=log_dir, timeout=60) as proc:
@@ -531,6 +537,9 @@ def main() -> None:
     parser.add_argument("--steer-by-owner", default=None,
                         help="[relay] steer_by_owner of the all-in-one sides, or a comma list (auto,no: each such"
                         " side with each, side by side; default: the service's, auto)")
+    parser.add_argument("--relay-poll-ms", default=None,
+                        help="[relay] poll_ms of the all-in-one sides, or a comma list (0,2: each such side with"
+                        " each, side by side; default: the service's; 0: wake at every datagram)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="calls made and ended before each side's load (RSS per call counts from after them)")
     parser.add_argument("--capacity", default="", help="worker counts to find the calls held for, e.g. 1,2")
@@ -590,16 +599,20 @@ def main() -> None:
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every side (or the capacity search) as ``args`` say."""
-    global DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER, MEDIA_POLL_MS
+    global DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER, MEDIA_POLL_MS, RELAY_POLL_MS
     detectors: list[str | None] = [None] if args.detector is None else list(args.detector.split(","))
     if not set(detectors) <= {None, "silero", "energy"}:
         parser.error(f"--detector: silero, energy or both, not {args.detector!r}")
     lags: list[int | None] = [None] if args.echo_max_lag_ms is None else [int(x) for x in args.echo_max_lag_ms.split(",")]
     steers: list[str | None] = [None] if args.steer_by_owner is None else list(args.steer_by_owner.split(","))
     polls: list[float | None] = [None] if args.media_poll_ms is None else [float(x) for x in args.media_poll_ms.split(",")]
+    relay_polls: list[float | None] = (
+        [None] if args.relay_poll_ms is None else [float(x) for x in args.relay_poll_ms.split(",")]
+    )
     if not set(steers) <= {None, "auto", "yes", "no"}:
         parser.error(f"--steer-by-owner: auto, yes, no or a comma list of them, not {args.steer_by_owner!r}")
     DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER, MEDIA_POLL_MS = detectors[0], lags[0], steers[0], polls[0]
+    RELAY_POLL_MS = relay_polls[0]
     if args.capacity:
         with tempfile.TemporaryDirectory(prefix="voiceedge-bench-") as tmp:
             capacity(args, Path(tmp))
@@ -623,16 +636,18 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             steered = name in ALLINONE_SIDES
             variants = (
                 [
-                    (d, lag, st, poll)
+                    (d, lag, st, poll, relay_poll)
                     for d in detectors
                     for lag in lags
                     for st in (steers if steered else [None])
                     for poll in polls
+                    for relay_poll in (relay_polls if steered else [None])
                 ]
-                if ours else [(None, None, None, None)]
+                if ours else [(None, None, None, None, None)]
             )
-            for detector, lag, steer, poll in variants:
+            for detector, lag, steer, poll, relay_poll in variants:
                 DETECTOR, ECHO_MAX_LAG_MS, STEER_BY_OWNER, MEDIA_POLL_MS = detector, lag, steer, poll
+                RELAY_POLL_MS = relay_poll
                 label = name
                 if ours and len(detectors) > 1:
                     label += f" {detector}"
@@ -642,6 +657,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                     label += f" poll={poll:g}"
                 if steered and len(steers) > 1:
                     label += f" steer={steer}"
+                if steered and len(relay_polls) > 1:
+                    label += f" relay_poll={relay_poll:g}"
                 for calls in [args.aiortc_calls] if name == "aiortc" else counts:
                     side = measure(name, calls, args, Path(tmp), label[len(name):].replace(" ", "-"))
                     side.name = label
