@@ -17,7 +17,9 @@ sink's losses on a loaded machine do not count against a forwarder). Variants:
 * ``plain``: ``while True: sendto(recvfrom())``, the floor for Python.
 * ``relay-recvmmsg``: the relay as ``twistd voiceedge-relay`` runs it where
   the compiled helper is built (ClientPort: ``recvmmsg`` into slots, one
-  ``sendmmsg`` per batch).
+  ``sendmmsg`` per batch), reading at every wake-up (``[relay] poll_ms = 0``).
+* ``relay-recvmmsg-poll``: the same reading every 2 ms under load
+  (``poll_ms = 2``, the default: docs/relay.md, "Polling under load").
 * ``relay-recvmmsg-nogso``: the same with ``VOICEEDGE_RELAY_GSO=off``: each
   datagram its own message in the ``sendmmsg``, where by default a run of
   equal datagrams to one destination leaves as one ``UDP_SEGMENT`` (GSO)
@@ -146,6 +148,11 @@ def run_relay(secret_hex: str, stock_port: bool, public_port: int = 0, backend: 
         # The recvmmsg backend with every datagram its own message (no UDP_SEGMENT runs).
         os.environ["VOICEEDGE_RELAY_GSO"] = "off"
         backend = "recvmmsg"
+    poll_interval = 0.0
+    if backend and backend.endswith("-poll"):
+        # [relay] poll_ms = 2 (the default of the services).
+        poll_interval = 0.002
+        backend = backend.removesuffix("-poll")
     codec = RouteTokenCodec({1: bytes.fromhex(secret_hex)}, 1)
     relay = Relay(reactor, codec, RelaySettings(public_listen=(LOOPBACK, 3478)))
     _report_cpu_on_usr1(lambda: relay.to_transceiver_packets + relay.to_client_packets)
@@ -155,9 +162,11 @@ def run_relay(secret_hex: str, stock_port: bool, public_port: int = 0, backend: 
     else:
         public = listen_client(
             relay, (LOOPBACK, public_port), reactor,  # type: ignore[arg-type]
-            reuse_port=bool(public_port), backend=backend or None,
+            reuse_port=bool(public_port), backend=backend or None, poll_interval=poll_interval,
         )
-        internal = listen_transceiver(relay, (LOOPBACK, 0), reactor, backend=backend or None)  # type: ignore[arg-type]
+        internal = listen_transceiver(
+            relay, (LOOPBACK, 0), reactor, backend=backend or None, poll_interval=poll_interval  # type: ignore[arg-type]
+        )
     for port in (public, internal):
         port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
     relay.start()
@@ -834,7 +843,7 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=60_000, help="packets per second sent")
     parser.add_argument("--size", type=int, default=200, help="payload bytes")
-    parser.add_argument("--variants", default="plain,relay-recvmmsg,relay-python,relay-stock-port")
+    parser.add_argument("--variants", default="plain,relay-recvmmsg,relay-recvmmsg-poll,relay-python,relay-stock-port")
     parser.add_argument("--workers", default="1,2", help="relay processes for the throughput run (empty: skip)")
     parser.add_argument("--flood", type=int, default=400_000, help="packets for the throughput run")
     parser.add_argument(

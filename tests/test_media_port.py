@@ -212,6 +212,18 @@ class PollingTests(unittest.SynchronousTestCase):
         self.assertIn(self.port, self.clock.readers)
         self.assertEqual(len(self.protocol.got), 2 + BATCH_COUNT)
 
+    def test_a_wake_up_that_reads_a_whole_batch_does_not_begin_polling(self) -> None:
+        """Two quick wake-ups of which the second reads a whole batch (a flood): the port stays on the socket's
+        readiness, which reads faster than a poll per interval could (a batch per interval would overflow the socket)."""
+        self.port.batch = BATCH_COUNT
+        self.send(b"a")
+        self.port.doRead()
+        self.send(*[b"x"] * BATCH_COUNT)
+        self.port.doRead()
+        self.assertIn(self.port, self.clock.readers)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.protocol.got), 1 + BATCH_COUNT)
+
     def test_closing_while_polling_leaves_no_timer(self) -> None:
         """Stopping the port cancels its next poll."""
         self.send(b"a")

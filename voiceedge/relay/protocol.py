@@ -172,8 +172,9 @@ class BatchReadPort(udp.Port):
     it delivers. ``poll_interval`` (seconds; 0: never): when the socket wakes
     the loop again sooner than this, the port stops waiting for it and reads
     it every ``poll_interval`` instead, until a poll finds nothing (quiet
-    again) or a whole ``batch`` (a flood: read as fast as the loop goes). A
-    datagram then waits at most ``poll_interval`` before it is read.
+    again) or a whole ``batch`` (a flood: read as fast as the loop goes, and
+    a wake-up that reads a whole batch does not begin polling). A datagram
+    then waits at most ``poll_interval`` before it is read.
     """
 
     batch = 512
@@ -184,12 +185,14 @@ class BatchReadPort(udp.Port):
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's name
         """The socket is readable: a read round; poll instead if it was readable a moment ago."""
-        self._round(False)
+        got = self._round(False)
         interval = self.poll_interval
         if interval:
             clock = cast(IReactorTime, self.reactor)
             now = clock.seconds()
-            if now - self._last_wake < interval and self.connected and self._poll is None:
+            # A whole batch read is a flood: waiting for a poll would cap it at a batch per
+            # interval and let the socket's buffer overflow; its readiness paces it instead.
+            if got < self.batch and now - self._last_wake < interval and self.connected and self._poll is None:
                 # Datagrams come faster than polls would: fewer wake-ups, each reading more.
                 self.stopReading()
                 self._poll = clock.callLater(interval, self._polled)
