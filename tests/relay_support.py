@@ -1,8 +1,9 @@
-"""Helpers for the relay's tests: which public-port backend can run here, a recording batch, a clock ports can read on."""
+"""Helpers for the relay's tests: which public-port backend can run here, a recording batch, a clock ports can read on, and draining a socket."""
 
 from __future__ import annotations
 
 import mmap
+import socket
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -98,3 +99,14 @@ class FdClock(Clock):
 
     def removeWriter(self, writer: Any) -> None:  # noqa: N802 - Twisted's name
         """A port never writes through the reactor."""
+
+
+def drain(sock: socket.socket) -> list[tuple[bytes, Any]]:
+    """Everything waiting on the non-blocking ``sock``: ``(data, (host, port))`` each."""
+    got = []
+    while True:
+        try:
+            data, addr = sock.recvfrom(65536)
+        except BlockingIOError:
+            return got
+        got.append((data, addr[:2]))

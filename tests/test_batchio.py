@@ -11,6 +11,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from voiceedge.wire import encap
 
+from tests.relay_support import drain
+
 try:
     from voiceedge.relay._batchio import Batch
 except ImportError:  # scripts/test builds it; a bare checkout may not have
@@ -26,17 +28,6 @@ def udp(family: int = socket.AF_INET) -> socket.socket:
     sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
     sock.setblocking(False)
     return sock
-
-
-def drain(sock: socket.socket) -> list[tuple[bytes, Any]]:
-    """Everything waiting on ``sock``."""
-    got = []
-    while True:
-        try:
-            data, addr = sock.recvfrom(65536)
-        except BlockingIOError:
-            return got
-        got.append((data, addr[:2]))
 
 
 class BatchTests(SynchronousTestCase):

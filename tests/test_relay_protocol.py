@@ -23,7 +23,7 @@ from voiceedge.relay.protocol import (
     listen_client,
     listen_transceiver,
 )
-from tests.relay_support import FdClock, RecordingBatch, require_backend
+from tests.relay_support import FdClock, RecordingBatch, drain, require_backend
 from voiceedge.wire import encap
 from voiceedge.wire.encap import Envelope
 from voiceedge.wire.route_token import Route, RouteTokenCodec
@@ -662,11 +662,11 @@ class PollingTests(SynchronousTestCase):
         # Confirm the client's flow to the transceiver socket, one wake-up each way.
         self.client.sendto(binding_request(token(self.transceiver.getsockname())), self.relay_address)
         self.public.doRead()
-        (request, _), = self._receive(self.transceiver)
+        (request, _), = drain(self.transceiver)
         self.envelope, _ = encap.decode(request)
         self.transceiver.sendto(encap.encode(self.envelope, b"\x01\x01answer"), self.internal_address)
         self.internal.doRead()
-        self.assertEqual(self._receive(self.client), [(b"\x01\x01answer", self.relay_address)])
+        self.assertEqual(drain(self.client), [(b"\x01\x01answer", self.relay_address)])
         self.clock.advance(1)
 
     def _socket(self) -> socket.socket:
@@ -675,15 +675,6 @@ class PollingTests(SynchronousTestCase):
         sock.bind(("127.0.0.1", 0))
         sock.setblocking(False)
         return sock
-
-    def _receive(self, sock: socket.socket) -> list[tuple[bytes, Any]]:
-        got = []
-        while True:
-            try:
-                data, addr = sock.recvfrom(65536)
-            except BlockingIOError:
-                return got
-            got.append((data, addr[:2]))
 
     def _close(self) -> None:
         for port in (self.public, self.internal):
@@ -704,7 +695,7 @@ class PollingTests(SynchronousTestCase):
         for m in media[2:]:
             self.client.sendto(m, self.relay_address)
         self.clock.advance(self.interval)
-        self.assertEqual([encap.decode(d)[1] for d, _ in self._receive(self.transceiver)], media)
+        self.assertEqual([encap.decode(d)[1] for d, _ in drain(self.transceiver)], media)
         self.clock.advance(self.interval)
         self.assertIn(self.public, self.clock.readers)
 
@@ -716,7 +707,7 @@ class PollingTests(SynchronousTestCase):
         for r in replies[1:]:
             self.transceiver.sendto(encap.encode(self.envelope, r), self.internal_address)
         self.clock.advance(self.interval)
-        self.assertEqual([d for d, _ in self._receive(self.client)], replies)
+        self.assertEqual([d for d, _ in drain(self.client)], replies)
         self.clock.advance(self.interval)
         self.assertIn(self.internal, self.clock.readers)
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -734,7 +725,7 @@ class PollingTests(SynchronousTestCase):
             self.client.sendto(srtp(), self.relay_address)
             self.public.doRead()
             self.clock.advance(0.02)
-        self.assertEqual(len(self._receive(self.transceiver)), 3)
+        self.assertEqual(len(drain(self.transceiver)), 3)
         self.assertIn(self.public, self.clock.readers)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.relay.read_rounds["client", True], 0)
