@@ -144,15 +144,15 @@ def run_relay(secret_hex: str, stock_port: bool, public_port: int = 0, backend: 
     )
     from voiceedge.wire.route_token import RouteTokenCodec
 
+    poll_interval = 0.0
+    if backend and backend.endswith("-poll"):
+        # [relay] poll_ms = 2 (the default of the services); any backend may take it.
+        poll_interval = 0.002
+        backend = backend.removesuffix("-poll")
     if backend == "recvmmsg-nogso":
         # The recvmmsg backend with every datagram its own message (no UDP_SEGMENT runs).
         os.environ["VOICEEDGE_RELAY_GSO"] = "off"
         backend = "recvmmsg"
-    poll_interval = 0.0
-    if backend and backend.endswith("-poll"):
-        # [relay] poll_ms = 2 (the default of the services).
-        poll_interval = 0.002
-        backend = backend.removesuffix("-poll")
     codec = RouteTokenCodec({1: bytes.fromhex(secret_hex)}, 1)
     relay = Relay(reactor, codec, RelaySettings(public_listen=(LOOPBACK, 3478)))
     _report_cpu_on_usr1(lambda: relay.to_transceiver_packets + relay.to_client_packets)

@@ -1,4 +1,4 @@
-"""Helpers for the relay's tests: which public-port backend can run here, a recording batch, a clock ports can read on, and draining a socket."""
+"""Helpers for the relay's tests: which backend can run here, a recording batch, a clock for ports, draining a socket."""
 
 from __future__ import annotations
 
